@@ -1,0 +1,32 @@
+# `make demo`: set up (.venv) and run the main job end to end on the embedded defaults.
+# `make test`: set up and run the whole suite. `make bench`: the side-by-side benchmark.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= $(CURDIR)/.demo
+
+.PHONY: setup demo test test-unit bench clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	STORAGE_PATH=$(DEMO_DIR) $(PY) -m fstore.demo
+
+test: setup
+	$(PY) -m pytest -p no:cacheprovider tests
+
+test-unit: setup
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+bench: setup
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench
+
+clean:
+	rm -rf $(DEMO_DIR) spark-warehouse metastore_db derby.log

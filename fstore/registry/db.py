@@ -1,0 +1,72 @@
+"""Registry database: engine creation and schema upgrades (Alembic).
+
+Callers own sessions: ``with Session(engine) as s, s.begin(): ...`` frames one
+transaction, so a failed request leaves the registry as it was.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+
+from fstore.errors import Unavailable
+from fstore.settings import Settings
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def make_engine(settings: Settings) -> Engine:
+    """An engine for the registry; SQLite gets WAL, foreign keys and a busy timeout."""
+    url = settings.database_url
+    if settings.is_sqlite:
+        _ensure_sqlite_folder(url)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
+                         pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    path = url.split("sqlite:///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def alembic_config(database_url: str):
+    """An Alembic config pointing at the packaged migrations and ``database_url``."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Bring the registry schema to ``revision`` (default: the newest)."""
+    from alembic import command
+
+    if settings.is_sqlite:
+        _ensure_sqlite_folder(settings.database_url)
+    try:
+        command.upgrade(alembic_config(settings.database_url), revision)
+    except OperationalError as exc:
+        raise Unavailable(f"registry database unreachable: {exc.orig}") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None before the first upgrade)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

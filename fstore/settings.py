@@ -1,0 +1,160 @@
+"""Typed settings, read once from the environment and passed explicitly.
+
+``Settings.from_env()`` is the only place that reads ``os.environ`` for
+configuration. A bad value raises ``InvalidDefinition`` naming the variable and
+the values it accepts, so a misconfigured process stops at start-up.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from fstore.errors import InvalidDefinition
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in allowed:
+        raise InvalidDefinition(f"{name}={value!r} is not valid; use one of: {', '.join(allowed)}", field=name)
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidDefinition(f"{name}={raw!r} is not a boolean; use true or false", field=name)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidDefinition(f"{name}={raw!r} is not an integer", field=name) from None
+    if not minimum <= value <= maximum:
+        raise InvalidDefinition(f"{name}={value} is out of range [{minimum}, {maximum}]", field=name)
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidDefinition(f"{name}={raw!r} is not a number", field=name) from None
+    if value < minimum:
+        raise InvalidDefinition(f"{name}={value} must be >= {minimum}", field=name)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything configurable about one fstore deployment."""
+
+    storage_backend: str = "local"
+    storage_path: str = field(default_factory=lambda: str(Path.cwd() / "fstore_data"))
+    storage_format: str = "delta"
+    database_url: str = ""
+    redis_url: str = ""
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    spark_master: str = "local[*]"
+    spark_remote: str = ""
+    max_compute_threads: int = 0
+    serving_cache_enabled: bool = False
+    serving_cache_ttl: float = 5.0
+    max_entities_per_request: int = 1000
+    max_historical_rows: int = 1_000_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    port: int = 8002
+    auth_enabled: bool | None = None
+    redis_timeout: float = 0.25
+    db_pool_size: int = 5
+    redis_pool_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            # The default registry is a SQLite file beside the data, so one folder is the whole store.
+            if self.storage_backend == "local":
+                url = f"sqlite:///{Path(self.storage_path).resolve() / 'registry.db'}"
+            else:
+                url = f"sqlite:///{Path.cwd().resolve() / 'fstore_registry.db'}"
+            object.__setattr__(self, "database_url", url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read the settings from ``env`` (default ``os.environ``); overrides win."""
+        env = os.environ if env is None else env
+        backend = _choice(env, "STORAGE_BACKEND", "local", ("local", "s3"))
+        if backend == "s3" and not env.get("S3_BUCKET"):
+            raise InvalidDefinition("STORAGE_BACKEND=s3 needs S3_BUCKET", field="S3_BUCKET")
+        database_url = env.get("DATABASE_URL", "").strip()
+        if database_url and not database_url.startswith(("sqlite:", "postgresql", "postgres:")):
+            raise InvalidDefinition(
+                f"DATABASE_URL={database_url!r} is not supported; use sqlite:///PATH or postgresql://…",
+                field="DATABASE_URL",
+            )
+        if database_url.startswith("postgres:"):
+            database_url = "postgresql:" + database_url[len("postgres:"):]
+        redis_url = env.get("REDIS_URL", "").strip()
+        if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise InvalidDefinition(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://", field="REDIS_URL")
+        auth_raw = env.get("AUTH_ENABLED")
+        values = dict(
+            storage_backend=backend,
+            storage_path=env.get("STORAGE_PATH", "").strip() or str(Path.cwd() / "fstore_data"),
+            storage_format=_choice(env, "STORAGE_FORMAT", "delta", ("delta", "parquet")),
+            database_url=database_url,
+            redis_url=redis_url,
+            s3_endpoint=env.get("S3_ENDPOINT", "").strip(),
+            s3_bucket=env.get("S3_BUCKET", "").strip(),
+            s3_access_key=env.get("S3_ACCESS_KEY", "").strip(),
+            s3_secret_key=env.get("S3_SECRET_KEY", "").strip(),
+            spark_master=env.get("SPARK_MASTER", "").strip() or "local[*]",
+            spark_remote=env.get("SPARK_REMOTE", "").strip(),
+            max_compute_threads=_int(env, "MAX_COMPUTE_THREADS", 0, maximum=1024),
+            serving_cache_enabled=_bool(env, "SERVING_CACHE_ENABLED", False),
+            serving_cache_ttl=_float(env, "SERVING_CACHE_TTL", 5.0),
+            max_entities_per_request=_int(env, "MAX_ENTITIES_PER_REQUEST", 1000, minimum=1),
+            max_historical_rows=_int(env, "MAX_HISTORICAL_ROWS", 1_000_000, minimum=1),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1024),
+            port=_int(env, "PORT", 8002, minimum=1, maximum=65535),
+            auth_enabled=None if auth_raw is None or not auth_raw.strip() else _bool(env, "AUTH_ENABLED", False),
+            redis_timeout=_float(env, "REDIS_TIMEOUT", 0.25),
+            db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1, maximum=1000),
+            redis_pool_size=_int(env, "REDIS_POOL_SIZE", 32, minimum=1, maximum=10000),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        """A copy with some fields changed (tests and tools)."""
+        return replace(self, **changes)
+
+    @property
+    def data_root(self) -> str:
+        """Where offline tables live: a local folder or an ``s3a://`` bucket prefix."""
+        if self.storage_backend == "s3":
+            return f"s3a://{self.s3_bucket}/{self.storage_path.strip('/') or 'fstore'}"
+        return str(Path(self.storage_path).resolve())
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

