@@ -1,0 +1,100 @@
+"""Shared fixtures: settings → registry engine → store → app → client, one Spark session.
+
+Services: the integration tests talk to the real PostgreSQL and Redis on
+127.0.0.1. Without them a test skips, unless FSTORE_REQUIRE_SERVICES=1 (CI),
+where it fails instead.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from fstore.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("FSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("FSTORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+REQUIRE_SERVICES = os.environ.get("FSTORE_REQUIRE_SERVICES") == "1"
+
+
+def _service_missing(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable: {exc}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture()
+def settings(tmp_path) -> Settings:
+    """Embedded defaults in a fresh folder: SQLite registry, local Delta, embedded online store."""
+    return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store")})
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A PostgreSQL database of its own for this test session, dropped at the end."""
+    from sqlalchemy import create_engine, text
+
+    name = f"fstore_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure means the service is not usable
+        _service_missing("PostgreSQL", exc)
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture()
+def pg_settings(tmp_path, pg_database) -> Settings:
+    """Settings on the real PostgreSQL, with an empty schema for each test."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_database)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "DATABASE_URL": pg_database})
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_registry_settings(request, tmp_path) -> Settings:
+    """The same test on the SQLite registry and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("settings")
+    return request.getfixturevalue("pg_settings")
+
+
+@pytest.fixture()
+def redis_url() -> str:
+    """The real Redis (database 15), emptied for each test."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=2)
+    try:
+        client.flushdb()
+    except Exception as exc:  # noqa: BLE001
+        _service_missing("Redis", exc)
+    yield REDIS_TEST_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole run, with few shuffle partitions (tests use small data)."""
+    from fstore.engine.session import get_spark
+
+    session = get_spark(
+        Settings.from_env({"SPARK_MASTER": "local[2]"}),
+        app_name="fstore-tests",
+        extra={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+               "spark.driver.memory": "2g", "spark.sql.adaptive.enabled": "false"},
+    )
+    yield session
+    session.stop()
