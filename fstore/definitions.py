@@ -576,3 +576,36 @@ def composite_order(features: list[Feature]) -> list[Feature]:
     for f in features:
         visit(f, [])
     return ordered
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSetVersion:
+    """One immutable version of a feature set, resolved: what the compiler and the jobs work from."""
+
+    feature_set: FeatureSet
+    version: int
+    entities: tuple[Entity, ...]
+    features: tuple[Feature, ...]
+    feature_versions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.feature_set.name
+
+    @property
+    def join_keys(self) -> tuple[str, ...]:
+        """The entity key columns, in entity order, each once."""
+        keys: list[str] = []
+        for entity in self.entities:
+            keys.extend(k for k in entity.join_keys if k not in keys)
+        return tuple(keys)
+
+    @property
+    def ttl_seconds(self) -> int | None:
+        return self.feature_set.ttl_seconds
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)

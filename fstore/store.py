@@ -1,0 +1,292 @@
+"""``FeatureStore``: the one object the SDK, the server, the CLI and the jobs hold.
+
+It binds a ``Settings`` to the registry engine, a lazily created Spark session
+and a lazily opened online store, and exposes every operation as a method. Each
+method is a thin delegation to the module that owns the behaviour (``registry``,
+``materialize``, ``serving``, ``retrieval`` …), so a newcomer finds a behaviour
+by its name. Registry methods run in one transaction each and return plain
+JSON-ready dicts.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from sqlalchemy.orm import Session
+
+from fstore.registry.db import make_engine, upgrade
+from fstore.settings import Settings
+
+if TYPE_CHECKING:
+    from fstore.definitions import FeatureSetVersion
+
+
+class FeatureStore:
+    """A feature store for one ``Settings``: registry, offline store, online store, Spark."""
+
+    def __init__(self, settings: Settings | None = None, *, auto_upgrade: bool | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.engine = make_engine(self.settings)
+        # An embedded SQLite registry upgrades itself; a shared PostgreSQL one is upgraded on purpose
+        # (`fstore db upgrade`), so two versions of the code never race to migrate it.
+        if auto_upgrade if auto_upgrade is not None else self.settings.is_sqlite:
+            upgrade(self.settings)
+        self._spark = None
+        self._online = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One registry transaction: committed when the block ends, rolled back on any error."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @property
+    def spark(self):
+        """The Spark session, created on first use (the active one under spark-submit)."""
+        if self._spark is None:
+            with self._lock:
+                if self._spark is None:
+                    from fstore.engine.session import get_spark
+
+                    self._spark = get_spark(self.settings)
+        return self._spark
+
+    def use_spark(self, spark) -> "FeatureStore":
+        """Use an existing Spark session (tests, notebooks)."""
+        self._spark = spark
+        return self
+
+    @property
+    def online(self):
+        """The online store (Redis when ``REDIS_URL`` is set, else the embedded one), opened on first use."""
+        if self._online is None:
+            with self._lock:
+                if self._online is None:
+                    from fstore.online import open_online_store
+
+                    self._online = open_online_store(self.settings)
+        return self._online
+
+    def close(self) -> None:
+        """Release connections (the Spark session is left to its owner)."""
+        if self._online is not None:
+            self._online.close()
+        self.engine.dispose()
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def create_entity(self, body: dict, *, actor: str = "") -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.create_entity(s, body, actor=actor)
+
+    def update_entity(self, ref: str | int, changes: dict, *, actor: str = "") -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.update_entity(s, ref, changes, actor=actor)
+
+    def get_entity(self, ref: str | int) -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.get_entity(s, ref)
+
+    def list_entities(self, *, query: str | None = None, limit: int = 50, offset: int = 0) -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.list_entities(s, query=query, limit=limit, offset=offset)
+
+    def delete_entity(self, ref: str | int, *, actor: str = "") -> None:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            repo.delete_entity(s, ref, actor=actor)
+
+    def create_feature_set(self, body: dict, *, actor: str = "") -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.create_feature_set(s, body, actor=actor, store=self)
+
+    def update_feature_set(self, ref: str | int, changes: dict, *, actor: str = "") -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.update_feature_set(s, ref, changes, actor=actor, store=self)
+
+    def get_feature_set(self, ref: str | int, *, version: int | None = None) -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.get_feature_set(s, ref, version=version)
+
+    def list_feature_sets(self, *, query: str | None = None, entity: str | None = None, owner: str | None = None,
+                          tag: str | None = None, limit: int = 50, offset: int = 0) -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.list_feature_sets(s, query=query, entity=entity, owner=owner, tag=tag, limit=limit, offset=offset)
+
+    def delete_feature_set(self, ref: str | int, *, actor: str = "") -> None:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            repo.delete_feature_set(s, ref, actor=actor)
+
+    def feature_set_versions(self, ref: str | int) -> list[dict]:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.feature_set_versions(s, ref)
+
+    def create_feature(self, body: dict, *, actor: str = "") -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.create_feature(s, body, actor=actor, store=self)
+
+    def update_feature(self, ref: str | int, changes: dict, *, feature_set: str | None = None, actor: str = "") -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.update_feature(s, ref, changes, feature_set=feature_set, actor=actor, store=self)
+
+    def get_feature(self, ref: str | int, *, feature_set: str | None = None, version: int | None = None) -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.get_feature(s, ref, feature_set=feature_set, version=version)
+
+    def list_features(self, *, query: str | None = None, feature_set: str | None = None, entity: str | None = None,
+                      owner: str | None = None, data_type: str | None = None, tag: str | None = None,
+                      limit: int = 50, offset: int = 0) -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.list_features(s, query=query, feature_set=feature_set, entity=entity, owner=owner,
+                                      data_type=data_type, tag=tag, limit=limit, offset=offset)
+
+    def delete_feature(self, ref: str | int, *, feature_set: str | None = None, actor: str = "") -> None:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            repo.delete_feature(s, ref, feature_set=feature_set, actor=actor)
+
+    def feature_versions(self, ref: str | int, *, feature_set: str | None = None) -> list[dict]:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.feature_versions(s, ref, feature_set=feature_set)
+
+    def search(self, text: str, *, kinds: tuple[str, ...] = ("entity", "feature_set", "feature"),
+               limit: int = 50, offset: int = 0) -> dict:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.search(s, text, kinds=kinds, limit=limit, offset=offset)
+
+    def plan(self, path: str) -> dict:
+        """What ``apply(path)`` would change, without changing anything."""
+        from fstore.apply import plan
+
+        return plan(self, path)
+
+    def apply(self, path: str, *, actor: str = "") -> dict:
+        """Apply a YAML file or folder of definitions declaratively, in one transaction."""
+        from fstore.apply import apply
+
+        return apply(self, path, actor=actor)
+
+    def feature_set_version(self, ref: str | int, version: int | None = None) -> "FeatureSetVersion":
+        """The resolved domain object of a feature set version (the compiler's input)."""
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.load_feature_set_version(s, ref, version=version)
+
+    # -- computation ------------------------------------------------------------------------
+
+    def compile(self, ref: str | int, *, version: int | None = None) -> str:
+        """The Spark SQL that computes a feature set version, as a user can read it."""
+        from fstore.compiler import compile_feature_set
+
+        return compile_feature_set(self.feature_set_version(ref, version)).sql
+
+    def materialize(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "",
+                    kind: str = "full") -> dict:
+        """Compute ``[start, end)`` into the offline and online stores; returns the finished run."""
+        from fstore.materialize import materialize
+
+        return materialize(self, ref, start, end, actor=actor, kind=kind)
+
+    def start_materialization(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "") -> dict:
+        """Start a run in the background and return it at once (status ``pending``/``running``)."""
+        from fstore.materialize import start_materialization
+
+        return start_materialization(self, ref, start, end, actor=actor)
+
+    def materialize_incremental(self, ref: str | int, *, end: datetime | None = None, actor: str = "") -> dict:
+        """Compute from the set's watermark to ``end`` (default now)."""
+        from fstore.materialize import materialize_incremental
+
+        return materialize_incremental(self, ref, end=end, actor=actor)
+
+    def backfill(self, ref: str | int, start: datetime, end: datetime, *, chunk_seconds: int = 86400,
+                 actor: str = "", progress: Callable[[dict], None] | None = None) -> dict:
+        """Materialize a long range chunk by chunk, resuming after the last chunk done."""
+        from fstore.backfill import backfill
+
+        return backfill(self, ref, start, end, chunk_seconds=chunk_seconds, actor=actor, progress=progress)
+
+    def get_run(self, run_id: str) -> dict:
+        from fstore.registry import runs
+
+        with self.transaction() as s:
+            return runs.get_run(s, run_id)
+
+    def list_runs(self, ref: str | int | None = None, *, limit: int = 50, offset: int = 0) -> dict:
+        from fstore.registry import runs
+
+        with self.transaction() as s:
+            return runs.list_runs(s, ref, limit=limit, offset=offset)
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def get_online_features(self, *, features: list[str], entities: dict | list,
+                            feature_sets: list[str] | None = None) -> dict:
+        """Latest values per entity from the online store: ``{"features": …, "metadata": …}``."""
+        from fstore.serving import get_online_features
+
+        return get_online_features(self, features=features, entities=entities, feature_sets=feature_sets)
+
+    def get_historical_features(self, *, entity_df: Any, features: list[str], feature_sets: list[str] | None = None,
+                                as_of: int | str | datetime | None = None, timestamp_column: str | None = None,
+                                save_as: str | None = None, actor: str = ""):
+        """Point-in-time-correct features for each entity row; ``.to_df()`` / ``.to_spark()``."""
+        from fstore.retrieval import get_historical_features
+
+        return get_historical_features(self, entity_df=entity_df, features=features, feature_sets=feature_sets,
+                                       as_of=as_of, timestamp_column=timestamp_column, save_as=save_as, actor=actor)
+
+    def start_batch_retrieval(self, *, entity_source: dict, features: list[str], output_path: str,
+                              output_format: str = "delta", feature_sets: list[str] | None = None,
+                              actor: str = "") -> dict:
+        """Run a large retrieval as a job writing Delta/Parquet; returns the job at once."""
+        from fstore.retrieval import start_batch_retrieval
+
+        return start_batch_retrieval(self, entity_source=entity_source, features=features, output_path=output_path,
+                                     output_format=output_format, feature_sets=feature_sets, actor=actor)
+
+    def get_job(self, job_id: str) -> dict:
+        from fstore.registry import jobs
+
+        with self.transaction() as s:
+            return jobs.get_job(s, job_id)
