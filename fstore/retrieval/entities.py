@@ -1,0 +1,150 @@
+"""The entity frame of a retrieval: checked, timestamps normalized to UTC, rows numbered.
+
+A user hands a pandas or Spark DataFrame of entity rows (join keys, a
+timestamp, any other columns). Here it becomes a Spark DataFrame with a
+TIMESTAMP column ``__fs_ts`` (UTC) and a row number ``__fs_row`` that the
+result is ordered by, so every row comes back in its place, duplicates kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Sequence
+
+from fstore.errors import InvalidDefinition
+
+ROW = "__fs_row"
+TS = "__fs_ts"
+TIMESTAMP_CANDIDATES = ("event_timestamp", "timestamp", "ts")
+RESERVED_PREFIX = "__fs_"
+
+
+@dataclass(frozen=True)
+class Entities:
+    """The prepared entity rows and what the retrieval needs to know about them."""
+
+    df: Any  # Spark DataFrame: the user's columns + __fs_ts + __fs_row
+    columns: tuple[str, ...]  # the user's columns, in order
+    timestamp_column: str
+    min_ts: datetime | None
+    max_ts: datetime | None
+    count: int
+
+
+def find_timestamp_column(columns: Sequence[str], timestamp_column: str | None) -> str:
+    """The entity frame's timestamp column: the one named, or the first of the usual names present."""
+    if timestamp_column is not None:
+        if timestamp_column not in columns:
+            raise InvalidDefinition(f"entity_df has no timestamp column {timestamp_column!r} (its columns: {', '.join(map(str, columns))})",
+                                    field="timestamp_column")
+        return timestamp_column
+    for name in TIMESTAMP_CANDIDATES:
+        if name in columns:
+            return name
+    raise InvalidDefinition(f"entity_df needs a timestamp column: name it with timestamp_column or call it one of "
+                            f"{', '.join(TIMESTAMP_CANDIDATES)} (its columns: {', '.join(map(str, columns))})",
+                            field="timestamp_column")
+
+
+def _check_columns(columns: Sequence[Any]) -> None:
+    for name in columns:
+        if not isinstance(name, str):
+            raise InvalidDefinition(f"entity_df column names must be strings, got {name!r}", field="entity_df")
+        if name.startswith(RESERVED_PREFIX):
+            raise InvalidDefinition(f"entity_df column {name!r} uses the reserved prefix {RESERVED_PREFIX}", field="entity_df")
+    duplicates = sorted({c for c in columns if list(columns).count(c) > 1})
+    if duplicates:
+        raise InvalidDefinition(f"entity_df has duplicate columns: {', '.join(duplicates)}", field="entity_df")
+
+
+def _utc_series(series, name: str):
+    """A pandas series of instants as naive UTC ``datetime64[us]``; any offset normalized, naive taken as UTC."""
+    import pandas as pd
+    from pandas.api import types as ptypes
+
+    if ptypes.is_datetime64_any_dtype(series.dtype):
+        out = pd.to_datetime(series, utc=True)
+    elif ptypes.is_numeric_dtype(series.dtype) or ptypes.is_bool_dtype(series.dtype):
+        raise InvalidDefinition(f"entity_df timestamp column {name!r} holds numbers; give datetimes or ISO 8601 strings",
+                                field="timestamp_column")
+    else:
+        values = series.map(lambda v: v.isoformat() if isinstance(v, datetime) else v)
+        try:
+            out = pd.to_datetime(values, utc=True, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise InvalidDefinition(f"entity_df timestamp column {name!r} has a value that is not a timestamp: {exc}",
+                                    field="timestamp_column") from None
+    nulls = int(out.isna().sum())
+    if nulls:
+        raise InvalidDefinition(f"entity_df timestamp column {name!r} has {nulls} empty value(s)", field="timestamp_column")
+    return out.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+
+
+def prepare_entities(spark, entity_df: Any, timestamp_column: str | None, *, max_rows: int | None = None) -> Entities:
+    """Check the entity frame and turn it into numbered Spark rows with a UTC timestamp."""
+    import pandas as pd
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if isinstance(entity_df, pd.DataFrame):
+        columns = list(entity_df.columns)
+        _check_columns(columns)
+        ts_name = find_timestamp_column(columns, timestamp_column)
+        if max_rows is not None and len(entity_df) > max_rows:
+            from fstore.errors import TooLarge
+
+            raise TooLarge(f"entity_df has {len(entity_df)} rows, over the limit of {max_rows} (MAX_HISTORICAL_ROWS); "
+                           "run it as a batch retrieval job", field="entity_df")
+        if len(entity_df) == 0:
+            raise InvalidDefinition("entity_df has no rows", field="entity_df")
+        frame = entity_df.reset_index(drop=True).copy()
+        ts_values = _utc_series(frame[ts_name], ts_name)
+        frame[TS] = ts_values
+        frame[ROW] = range(len(frame))
+        # The user's timestamp column comes back normalized to UTC as well.
+        frame[ts_name] = ts_values
+        try:
+            df = spark.createDataFrame(frame)
+        except Exception as exc:  # noqa: BLE001 - pyarrow/Spark type errors name the column
+            raise InvalidDefinition(f"entity_df cannot be read by Spark: {exc}", field="entity_df") from None
+        return Entities(df=df, columns=tuple(columns), timestamp_column=ts_name,
+                        min_ts=ts_values.min().to_pydatetime(), max_ts=ts_values.max().to_pydatetime(), count=len(frame))
+    if isinstance(entity_df, SparkDataFrame):
+        columns = list(entity_df.columns)
+        _check_columns(columns)
+        ts_name = find_timestamp_column(columns, timestamp_column)
+        field = entity_df.schema[ts_name]
+        if isinstance(field.dataType, (T.TimestampType, T.TimestampNTZType, T.DateType, T.StringType)):
+            ts_col = F.col(ts_name).cast(T.TimestampType())
+        else:
+            raise InvalidDefinition(f"entity_df timestamp column {ts_name!r} has type {field.dataType.simpleString()}; "
+                                    "give a timestamp or ISO 8601 strings", field="timestamp_column")
+        df = entity_df.withColumn(TS, ts_col).withColumn(ROW, F.monotonically_increasing_id())
+        # Number the rows once: a later recomputation must give every row the same number.
+        df = df.localCheckpoint(eager=True)
+        stats = df.agg(F.unix_micros(F.min(TS)).alias("lo"), F.unix_micros(F.max(TS)).alias("hi"), F.count(F.lit(1)).alias("n"),
+                       F.count(TS).alias("n_ts")).first()
+        if stats["n"] == 0:
+            raise InvalidDefinition("entity_df has no rows", field="entity_df")
+        if stats["n_ts"] != stats["n"]:
+            raise InvalidDefinition(f"entity_df timestamp column {ts_name!r} has {stats['n'] - stats['n_ts']} empty or unreadable value(s)",
+                                    field="timestamp_column")
+        return Entities(df=df, columns=tuple(columns), timestamp_column=ts_name, min_ts=_from_micros(stats["lo"]), max_ts=_from_micros(stats["hi"]),
+                        count=int(stats["n"]))
+    raise InvalidDefinition(f"entity_df must be a pandas or Spark DataFrame, not {type(entity_df).__name__}", field="entity_df")
+
+
+def _from_micros(value: int | None) -> datetime | None:
+    """Naive UTC from Unix microseconds (collecting a TIMESTAMP would apply the driver's local zone)."""
+    if value is None:
+        return None
+    return (datetime(1970, 1, 1) + timedelta(microseconds=value))
+
+
+def check_keys(entities: Entities, keys: Sequence[str], feature_set: str) -> None:
+    """Every join key of a feature set must be a column of the entity frame."""
+    missing = [k for k in keys if k not in entities.columns]
+    if missing:
+        raise InvalidDefinition(f"entity_df has no column {', '.join(missing)}, the join key(s) of feature set {feature_set}",
+                                field=missing[0])
