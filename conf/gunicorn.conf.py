@@ -1,0 +1,44 @@
+"""gunicorn settings for ``gunicorn -c conf/gunicorn.conf.py server:app``.
+
+- bind from ``PORT`` (default 8002), ``WEB_CONCURRENCY`` workers (default 2, one per core here).
+- ``gthread`` workers with ``GUNICORN_THREADS`` threads: a slow historical request holds one
+  thread, not the whole worker, and keep-alive connections are honoured (sync workers ignore them).
+- ``preload_app`` off: each worker builds its own app, so registry pools, Redis connections and a
+  lazily created Spark session are never shared across a fork.
+- No ``max_requests`` recycling: gunicorn's recycling pauses a worker and resets its connections
+  (see ANCHORS.md); fstore workers do not leak, so they live as long as the server.
+"""
+from __future__ import annotations
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '8002'))}"
+workers = int(os.environ.get("WEB_CONCURRENCY", os.environ.get("GUNICORN_WORKERS", "2")))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+preload_app = False
+max_requests = 0
+max_requests_jitter = 0
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "30"))
+# Historical retrieval runs Spark inside a request; give it time, but not forever.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+backlog = 2048
+limit_request_line = 8190
+limit_request_fields = 100
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        "fstore": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
+    },
+    "root": {"level": "WARNING", "handlers": ["console"]},
+}

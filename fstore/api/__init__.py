@@ -1,0 +1,45 @@
+"""The REST API: ``create_app(settings=None, store=None)`` builds the Flask app around one ``FeatureStore``.
+
+flask-openapi3 generates ``/openapi.json`` and the interactive docs at ``/docs``
+from the same pydantic schemas (``fstore.api.schemas``) that validate requests.
+Blueprints per area (``registry``, ``compute``, ``serving``, ``health``) hold thin
+views; ``fstore.api.errors`` is the one place errors become JSON.
+"""
+from __future__ import annotations
+
+from flask import redirect
+from flask_openapi3 import Info, OpenAPI
+
+from fstore.settings import Settings
+
+
+def create_app(settings: Settings | None = None, store=None) -> OpenAPI:
+    """The Flask app for ``settings`` (default: from the environment), or around an existing ``store``."""
+    from fstore.api import compute, health, registry, serving
+    from fstore.api.errors import ErrorBody, JSONProvider, register_error_handlers, validation_error_callback
+    from fstore.store import FeatureStore
+
+    if store is None:
+        store = FeatureStore(settings or Settings.from_env())
+    settings = store.settings
+    app = OpenAPI(
+        __name__,
+        info=Info(title="fstore", version="1.0.0",
+                  description="A feature store on Apache Spark: registry, materialization, online and offline serving."),
+        validation_error_status=422,
+        validation_error_model=ErrorBody,
+        validation_error_callback=validation_error_callback,
+        doc_prefix="/openapi",
+        doc_url="/openapi.json",
+    )
+    app.json = JSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["fstore"] = store
+    register_error_handlers(app)
+    for blueprint in (health.bp, registry.bp, compute.bp, serving.bp):
+        app.register_api(blueprint)
+
+    # The spec and docs live under /openapi (flask-openapi3); the seed's short names point there.
+    app.add_url_rule("/openapi.json", "openapi_json", lambda: app.api_doc)
+    app.add_url_rule("/docs", "docs", lambda: redirect("/openapi/swagger", code=302))
+    return app

@@ -1,0 +1,28 @@
+"""What every view needs: the app's ``FeatureStore`` and the acting user."""
+from __future__ import annotations
+
+from flask import current_app, request
+
+from fstore.errors import InvalidDefinition
+
+MAX_ACTOR_LENGTH = 200
+
+
+def get_store():
+    """The one ``FeatureStore`` built by ``create_app``."""
+    return current_app.extensions["fstore"]
+
+
+def actor() -> str:
+    """Who is acting: the ``X-Actor`` header (later, the API key's owner); empty when not given."""
+    value = request.headers.get("X-Actor", "").strip()
+    if len(value) > MAX_ACTOR_LENGTH:
+        raise InvalidDefinition(f"X-Actor is longer than {MAX_ACTOR_LENGTH} characters", field="X-Actor")
+    return value
+
+
+def created(item: dict, collection: str):
+    """A 201 response for a new object, with its ``Location``."""
+    ident = item.get("id", item.get("name")) if isinstance(item, dict) else None
+    headers = {"Location": f"{collection}/{ident}"} if ident is not None else {}
+    return item, 201, headers

@@ -1,0 +1,55 @@
+"""Computation endpoints: the compiled SQL of a feature set, materialization runs and their status.
+
+``POST …/materialize`` starts a run in the background and answers 202 with the
+run at once; clients poll ``GET /api/v1/runs/{run_id}``.
+"""
+from __future__ import annotations
+
+from flask_openapi3 import APIBlueprint, Tag
+
+from fstore.api.common import actor, get_store
+from fstore.api.errors import ErrorBody
+from fstore.api.schemas import MaterializeBody, Page, RefPath, RunIdPath, RunPath, VersionQuery
+from fstore.errors import NotFound
+
+_ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
+bp = APIBlueprint("compute", __name__, url_prefix="/api/v1", abp_responses=_ERRORS)
+_runs = Tag(name="materialization", description="Compiled SQL, materialization runs")
+
+
+@bp.get("/feature-sets/<id_or_name>/compile", tags=[_runs])
+def compile_feature_set(path: RefPath, query: VersionQuery):
+    """The Spark SQL that computes a feature set version."""
+    sql = get_store().compile(path.id_or_name, version=query.version)
+    return {"feature_set": path.id_or_name, "version": query.version, "sql": sql}
+
+
+@bp.post("/feature-sets/<id_or_name>/materialize", tags=[_runs])
+def materialize(path: RefPath, body: MaterializeBody):
+    """Start materializing ``[start_date, end_date)``; returns the run (202) at once."""
+    start, end = body.range()
+    run = get_store().start_materialization(path.id_or_name, start, end, actor=actor())
+    headers = {"Location": f"/api/v1/runs/{run['id']}"} if isinstance(run, dict) and "id" in run else {}
+    return run, 202, headers
+
+
+@bp.get("/feature-sets/<id_or_name>/runs", tags=[_runs])
+def list_runs(path: RefPath, query: Page):
+    """A feature set's runs, newest first."""
+    return get_store().list_runs(path.id_or_name, limit=query.limit, offset=query.offset)
+
+
+@bp.get("/feature-sets/<id_or_name>/runs/<run_id>", tags=[_runs])
+def get_feature_set_run(path: RunPath):
+    """One run of a feature set: status, rows read/written/rejected, duration, Delta version, error."""
+    run = get_store().get_run(path.run_id)
+    ref = path.id_or_name
+    if ref not in (str(run.get("feature_set")), str(run.get("feature_set_id"))):
+        raise NotFound(f"run {path.run_id} is not a run of feature set {ref}", field="run_id")
+    return run
+
+
+@bp.get("/runs/<run_id>", tags=[_runs])
+def get_run(path: RunIdPath):
+    """One run by id."""
+    return get_store().get_run(path.run_id)

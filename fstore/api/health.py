@@ -1,0 +1,46 @@
+"""Liveness and readiness: ``/health`` does no I/O; ``/ready`` checks the registry and the online store."""
+from __future__ import annotations
+
+from flask_openapi3 import APIBlueprint, Tag
+from sqlalchemy import text
+
+from fstore.api.common import get_store
+
+bp = APIBlueprint("health", __name__)
+_tag = Tag(name="health")
+
+
+@bp.get("/health", tags=[_tag])
+def health():
+    """The process is up (no I/O, for liveness probes)."""
+    return {"status": "ok"}
+
+
+@bp.get("/ready", tags=[_tag])
+def ready():
+    """The registry answers and the online store pings; 503 naming the backend that does not."""
+    store = get_store()
+    checks: dict[str, str] = {}
+    problems: list[str] = []
+    try:
+        with store.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["registry"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported, not raised
+        checks["registry"] = "unavailable"
+        problems.append(f"registry unreachable: {_first_line(exc)}")
+    try:
+        store.online.ping()
+        checks["online_store"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["online_store"] = "unavailable"
+        problems.append(f"online store unreachable: {_first_line(exc)}")
+    if problems:
+        body = {"status": "unavailable", "checks": checks,
+                "error": {"code": "unavailable", "message": "; ".join(problems), "field": None}}
+        return body, 503
+    return {"status": "ready", "checks": checks}
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -1,0 +1,152 @@
+"""Registry endpoints: entities, feature sets, features, their versions, and search.
+
+Each view validates the request with its schema, calls one ``FeatureStore``
+method (one registry transaction) and returns its JSON-ready result. Bodies go
+to the store as the user wrote them (``request.get_json()``), so the domain
+model sees exactly the fields sent and names any it refuses.
+"""
+from __future__ import annotations
+
+from flask import request
+from flask_openapi3 import APIBlueprint, Tag
+
+from fstore.api.common import actor, created, get_store
+from fstore.api.errors import ErrorBody
+from fstore.api.schemas import (
+    EntityBody, EntityPatch, EntityQuery, FeatureBody, FeatureGetQuery, FeaturePatch, FeatureQuery,
+    FeatureSetBody, FeatureSetPatch, FeatureSetQuery, FeatureSetRefQuery, RefPath, SearchQuery, VersionQuery,
+)
+
+_ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
+bp = APIBlueprint("registry", __name__, url_prefix="/api/v1", abp_responses=_ERRORS)
+
+_entities = Tag(name="entities", description="What features describe, and their join keys")
+_sets = Tag(name="feature sets", description="Features computed together from one source")
+_features = Tag(name="features", description="Named values per entity and event time")
+
+ENTITIES = "/api/v1/entities"
+FEATURE_SETS = "/api/v1/feature-sets"
+FEATURES = "/api/v1/features"
+
+
+# -- entities -------------------------------------------------------------------------------
+
+@bp.post("/entities", tags=[_entities])
+def create_entity(body: EntityBody):
+    """Create an entity."""
+    return created(get_store().create_entity(request.get_json(), actor=actor()), ENTITIES)
+
+
+@bp.get("/entities", tags=[_entities])
+def list_entities(query: EntityQuery):
+    """List entities, optionally matching ``q``."""
+    return get_store().list_entities(query=query.q, limit=query.limit, offset=query.offset)
+
+
+@bp.get("/entities/<id_or_name>", tags=[_entities])
+def get_entity(path: RefPath):
+    """One entity by id or name."""
+    return get_store().get_entity(path.id_or_name)
+
+
+@bp.patch("/entities/<id_or_name>", tags=[_entities])
+def update_entity(path: RefPath, body: EntityPatch):
+    """Change an entity."""
+    return get_store().update_entity(path.id_or_name, request.get_json(), actor=actor())
+
+
+@bp.delete("/entities/<id_or_name>", tags=[_entities])
+def delete_entity(path: RefPath):
+    """Delete an entity no feature set uses."""
+    get_store().delete_entity(path.id_or_name, actor=actor())
+    return "", 204
+
+
+# -- feature sets -----------------------------------------------------------------------------
+
+@bp.post("/feature-sets", tags=[_sets])
+def create_feature_set(body: FeatureSetBody):
+    """Create a feature set (version 1)."""
+    return created(get_store().create_feature_set(request.get_json(), actor=actor()), FEATURE_SETS)
+
+
+@bp.get("/feature-sets", tags=[_sets])
+def list_feature_sets(query: FeatureSetQuery):
+    """List feature sets: search ``q``, filter by entity, owner, tag; paginate."""
+    return get_store().list_feature_sets(query=query.q, entity=query.entity, owner=query.owner, tag=query.tag,
+                                         limit=query.limit, offset=query.offset)
+
+
+@bp.get("/feature-sets/<id_or_name>", tags=[_sets])
+def get_feature_set(path: RefPath, query: VersionQuery):
+    """One feature set by id or name (its latest version, or ``version``)."""
+    return get_store().get_feature_set(path.id_or_name, version=query.version)
+
+
+@bp.patch("/feature-sets/<id_or_name>", tags=[_sets])
+def update_feature_set(path: RefPath, body: FeatureSetPatch):
+    """Change a feature set: makes a new version."""
+    return get_store().update_feature_set(path.id_or_name, request.get_json(), actor=actor())
+
+
+@bp.delete("/feature-sets/<id_or_name>", tags=[_sets])
+def delete_feature_set(path: RefPath):
+    """Delete a feature set and its features."""
+    get_store().delete_feature_set(path.id_or_name, actor=actor())
+    return "", 204
+
+
+@bp.get("/feature-sets/<id_or_name>/versions", tags=[_sets])
+def feature_set_versions(path: RefPath):
+    """Every version of a feature set: what changed, when, by whom."""
+    return {"items": get_store().feature_set_versions(path.id_or_name)}
+
+
+# -- features ----------------------------------------------------------------------------------
+
+@bp.post("/features", tags=[_features])
+def create_feature(body: FeatureBody):
+    """Create a feature in a feature set (``feature_set_id`` takes an id or a name); the set gets a new version."""
+    return created(get_store().create_feature(request.get_json(), actor=actor()), FEATURES)
+
+
+@bp.get("/features", tags=[_features])
+def list_features(query: FeatureQuery):
+    """List features: search ``q``, filter by feature set, entity, owner, data type, tag; paginate."""
+    return get_store().list_features(query=query.q, feature_set=query.feature_set, entity=query.entity,
+                                     owner=query.owner, data_type=query.data_type, tag=query.tag,
+                                     limit=query.limit, offset=query.offset)
+
+
+@bp.get("/features/<id_or_name>", tags=[_features])
+def get_feature(path: RefPath, query: FeatureGetQuery):
+    """One feature by id or name (``feature_set`` when the name is in several sets)."""
+    return get_store().get_feature(path.id_or_name, feature_set=query.feature_set, version=query.version)
+
+
+@bp.patch("/features/<id_or_name>", tags=[_features])
+def update_feature(path: RefPath, query: FeatureSetRefQuery, body: FeaturePatch):
+    """Change a feature: makes a new version of it and of its set."""
+    return get_store().update_feature(path.id_or_name, request.get_json(), feature_set=query.feature_set,
+                                      actor=actor())
+
+
+@bp.delete("/features/<id_or_name>", tags=[_features])
+def delete_feature(path: RefPath, query: FeatureSetRefQuery):
+    """Delete a feature that no other feature depends on."""
+    get_store().delete_feature(path.id_or_name, feature_set=query.feature_set, actor=actor())
+    return "", 204
+
+
+@bp.get("/features/<id_or_name>/versions", tags=[_features])
+def feature_versions(path: RefPath, query: FeatureSetRefQuery):
+    """Every version of a feature."""
+    return {"items": get_store().feature_versions(path.id_or_name, feature_set=query.feature_set)}
+
+
+# -- search -------------------------------------------------------------------------------------
+
+@bp.get("/search", tags=[Tag(name="search")])
+def search(query: SearchQuery):
+    """Search entities, feature sets and features by name, description, owner and tags."""
+    return get_store().search(query.q, kinds=query.kind_tuple(), limit=query.limit, offset=query.offset)

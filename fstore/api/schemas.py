@@ -1,0 +1,287 @@
+"""Pydantic models of the REST API: they validate requests and generate ``/openapi.json``.
+
+Definition bodies (entities, feature sets, features) are deliberately permissive:
+they check the JSON types of the fields users write and let unknown fields
+through, because the domain model (``fstore.definitions``) is the one place that
+decides what a definition may contain and names the field at fault. Views hand
+the raw JSON object on, never a re-serialized model, so what the user wrote is
+what the registry sees.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fstore.errors import InvalidDefinition
+
+_BODY = ConfigDict(strict=True, extra="allow")
+_CLOSED_BODY = ConfigDict(strict=True, extra="forbid")
+_QUERY = ConfigDict(extra="forbid")
+
+Tags = Union[dict[str, str], list[str]]
+Duration = Union[int, str]
+
+
+# -- path and query parameters ----------------------------------------------------------------
+
+class RefPath(BaseModel):
+    id_or_name: str = Field(description="numeric id or name", max_length=200)
+
+
+class RunPath(BaseModel):
+    id_or_name: str = Field(description="numeric id or name of the feature set", max_length=200)
+    run_id: str = Field(max_length=200)
+
+
+class RunIdPath(BaseModel):
+    run_id: str = Field(max_length=200)
+
+
+class JobPath(BaseModel):
+    job_id: str = Field(max_length=200)
+
+
+class Page(BaseModel):
+    model_config = _QUERY
+    limit: int = Field(50, ge=1, le=1000, description="at most this many items")
+    offset: int = Field(0, ge=0, le=10_000_000, description="skip this many items")
+
+
+class EntityQuery(Page):
+    q: Optional[str] = Field(None, max_length=200, description="text searched in name and description")
+
+
+class FeatureSetQuery(EntityQuery):
+    entity: Optional[str] = Field(None, max_length=200)
+    owner: Optional[str] = Field(None, max_length=200)
+    tag: Optional[str] = Field(None, max_length=200)
+
+
+class FeatureQuery(FeatureSetQuery):
+    feature_set: Optional[str] = Field(None, max_length=200)
+    data_type: Optional[str] = Field(None, max_length=50)
+
+
+class SearchQuery(Page):
+    q: str = Field(min_length=1, max_length=200, description="text searched in name, description, owner and tags")
+    kinds: Optional[str] = Field(None, max_length=100, description="comma-separated: entity, feature_set, feature")
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        allowed = {"entity", "feature_set", "feature"}
+        given = [k.strip() for k in value.split(",") if k.strip()]
+        unknown = [k for k in given if k not in allowed]
+        if unknown or not given:
+            raise ValueError(f"kinds must be a comma-separated list of {', '.join(sorted(allowed))}")
+        return value
+
+    def kind_tuple(self) -> tuple[str, ...]:
+        if self.kinds is None:
+            return ("entity", "feature_set", "feature")
+        return tuple(k.strip() for k in self.kinds.split(",") if k.strip())
+
+
+class VersionQuery(BaseModel):
+    model_config = _QUERY
+    version: Optional[int] = Field(None, ge=1, le=2**31 - 1)
+
+
+class FeatureGetQuery(VersionQuery):
+    feature_set: Optional[str] = Field(None, max_length=200, description="the set, when the name is in several")
+
+
+class FeatureSetRefQuery(BaseModel):
+    model_config = _QUERY
+    feature_set: Optional[str] = Field(None, max_length=200, description="the set, when the name is in several")
+
+
+# -- definitions --------------------------------------------------------------------------------
+
+class EntityBody(BaseModel):
+    """An entity: what features describe, and its join key column(s)."""
+
+    model_config = _BODY
+    name: str = Field(examples=["user"])
+    join_keys: Optional[Union[list[str], str]] = Field(None, examples=[["user_id"]])
+    join_key: Optional[Union[list[str], str]] = None
+    value_type: Optional[str] = Field(None, examples=["int"])
+    description: Optional[str] = None
+
+
+class EntityPatch(EntityBody):
+    name: Optional[str] = None  # type: ignore[assignment]
+
+
+class SourceBody(BaseModel):
+    """Where a feature set's rows come from: exactly one of path (+ format), table or query."""
+
+    model_config = _BODY
+    path: Optional[str] = None
+    format: Optional[str] = Field(None, examples=["parquet"])
+    table: Optional[str] = None
+    query: Optional[str] = None
+    event_timestamp_column: Optional[str] = None
+    timestamp_column: Optional[str] = None
+    created_timestamp_column: Optional[str] = None
+    entity_columns: Optional[list[str]] = None
+    options: Optional[dict[str, Any]] = None
+    type: Optional[str] = None
+
+
+class FeatureSetBody(BaseModel):
+    """A feature set: features computed together from one source, keyed by the same entities."""
+
+    model_config = _BODY
+    name: str = Field(examples=["user_profile"])
+    entities: Union[list[str], str] = Field(examples=[["user_id"]])
+    description: Optional[str] = None
+    owner: Optional[str] = None
+    source_type: Optional[str] = Field(None, examples=["batch"])
+    offline_enabled: Optional[bool] = None
+    online_enabled: Optional[bool] = None
+    materialization_schedule: Optional[str] = Field(None, examples=["0 * * * *"])
+    source: Optional[SourceBody] = None
+    ttl: Optional[Duration] = Field(None, examples=["30d"])
+    ttl_seconds: Optional[Duration] = None
+    tags: Optional[Tags] = None
+
+
+class FeatureSetPatch(FeatureSetBody):
+    name: Optional[str] = None  # type: ignore[assignment]
+    entities: Optional[Union[list[str], str]] = None  # type: ignore[assignment]
+
+
+class FeatureBody(BaseModel):
+    """A feature: a SQL expression, a window aggregation, a composite of other features, or a Python function."""
+
+    model_config = _BODY
+    name: str = Field(examples=["user_age"])
+    feature_set_id: Optional[Union[int, str]] = Field(None, examples=["user_profile"])
+    feature_set: Optional[Union[int, str]] = None
+    data_type: Optional[str] = Field(None, examples=["int"])
+    type: Optional[str] = None
+    description: Optional[str] = None
+    transformation: Optional[str] = Field(None, examples=["EXTRACT(YEAR FROM AGE(current_date, date_of_birth))"])
+    python: Optional[str] = None
+    dialect: Optional[str] = Field(None, examples=["postgres"])
+    validation_rules: Optional[dict[str, Any]] = None
+    default_value: Any = None
+    window_size: Optional[Duration] = None
+    aggregation: Optional[str] = None
+    window_filter: Optional[str] = None
+    source_features: Optional[list[str]] = None
+    tags: Optional[Tags] = None
+    owner: Optional[str] = None
+
+
+class FeaturePatch(FeatureBody):
+    name: Optional[str] = None  # type: ignore[assignment]
+
+
+# -- computation ----------------------------------------------------------------------------------
+
+def parse_instant(value: Any, field: str) -> datetime:
+    """An ISO 8601 date or timestamp with any offset (naive means UTC), as an aware UTC datetime."""
+    if not isinstance(value, str):
+        raise InvalidDefinition(f"{field} must be an ISO 8601 string such as 2024-01-01T00:00:00Z", field=field)
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidDefinition(f"{field} {value!r} is not an ISO 8601 date or timestamp", field=field) from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+class MaterializeBody(BaseModel):
+    """The range to compute, ``[start_date, end_date)``; ``start``/``end`` are accepted too."""
+
+    model_config = _CLOSED_BODY
+    start_date: Optional[str] = Field(None, examples=["2024-01-01T00:00:00Z"])
+    end_date: Optional[str] = Field(None, examples=["2024-02-01T00:00:00Z"])
+    start: Optional[str] = None
+    end: Optional[str] = None
+
+    def range(self) -> tuple[datetime, datetime]:
+        """The parsed ``[start, end)``; ``InvalidDefinition`` naming the field when it is missing or bad."""
+        if self.start_date is not None and self.start is not None:
+            raise InvalidDefinition("give start_date or start, not both", field="start")
+        if self.end_date is not None and self.end is not None:
+            raise InvalidDefinition("give end_date or end, not both", field="end")
+        start = self.start_date if self.start_date is not None else self.start
+        end = self.end_date if self.end_date is not None else self.end
+        if start is None:
+            raise InvalidDefinition("start_date is required", field="start_date")
+        if end is None:
+            raise InvalidDefinition("end_date is required", field="end_date")
+        start_at, end_at = parse_instant(start, "start_date"), parse_instant(end, "end_date")
+        if start_at >= end_at:
+            raise InvalidDefinition(f"end_date {end} must be after start_date {start}", field="end_date")
+        return start_at, end_at
+
+
+# -- serving -----------------------------------------------------------------------------------------
+
+class OnlineBody(BaseModel):
+    """Latest feature values for entity keys: ``entities`` as ``{"user_id": [1, 2]}`` or a list of key rows."""
+
+    model_config = _CLOSED_BODY
+    feature_sets: Optional[list[str]] = Field(None, examples=[["user_profile"]])
+    entities: Union[dict[str, Any], list[dict[str, Any]]] = Field(examples=[{"user_id": [1001, 1002]}])
+    features: list[str] = Field(examples=[["user_age", "account_balance"]])
+
+
+class EntityFrame(BaseModel):
+    """Entity rows as a table: column names and rows of values."""
+
+    model_config = _CLOSED_BODY
+    columns: list[str] = Field(min_length=1, examples=[["user_id", "event_timestamp"]])
+    data: list[list[Any]] = Field(examples=[[[1001, "2024-01-15T00:00:00Z"]]])
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> "EntityFrame":
+        width = len(self.columns)
+        if len(set(self.columns)) != width:
+            raise InvalidDefinition("entity_df.columns lists a name twice", field="entity_df.columns")
+        for number, row in enumerate(self.data):
+            if len(row) != width:
+                raise InvalidDefinition(f"entity_df row {number} has {len(row)} values for {width} columns",
+                                        field="entity_df.data")
+        return self
+
+    def to_pandas(self):
+        """The rows as a pandas DataFrame; retrieval itself checks the columns and normalizes timestamps."""
+        import pandas as pd
+
+        return pd.DataFrame(self.data, columns=self.columns)
+
+
+class HistoricalBody(BaseModel):
+    """Point-in-time-correct features for each entity row."""
+
+    model_config = _CLOSED_BODY
+    feature_sets: Optional[list[str]] = Field(None, examples=[["user_profile"]])
+    entity_df: EntityFrame
+    features: list[str] = Field(examples=[["user_age", "purchases_last_30d"]])
+    as_of: Optional[Union[int, str]] = Field(None, description="a Delta version or a timestamp")
+    timestamp_column: Optional[str] = Field(None, max_length=63)
+    save_as: Optional[str] = Field(None, max_length=63, description="record the result as a training set")
+
+
+class BatchBody(BaseModel):
+    """A large retrieval run as a job: entity rows from a path or table, output to a path."""
+
+    model_config = _CLOSED_BODY
+    entity_source: dict[str, Any] = Field(examples=[{"path": "/data/entities.parquet", "format": "parquet"}])
+    features: list[str]
+    output_path: str = Field(min_length=1)
+    output_format: str = Field("delta", examples=["delta", "parquet"])
+    feature_sets: Optional[list[str]] = None
