@@ -1,0 +1,91 @@
+"""``validate_version``: refuse, at apply time, a feature set version that cannot compute.
+
+Static checks always run and never start Spark: every expression parses and
+translates, windows are recognised, the composite order exists (no cycle, no
+missing feature), python functions import and are callable. Only when the set
+has a source that can be read does it also analyse the compiled query on Spark
+against the source's schema; Spark's own message is returned, naming the
+feature at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from fstore.definitions import FeatureSetVersion
+from fstore.errors import InvalidDefinition, NotFound
+
+
+def load_python(spec: str, *, feature: str):
+    """The callable named ``module:function``; an import failure names the feature."""
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the definition unusable
+        raise InvalidDefinition(f"feature {feature}: python module {module_name!r} cannot be imported: {exc}",
+                                field="python") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise InvalidDefinition(f"feature {feature}: {spec!r} is not a callable in module {module_name}", field="python")
+    return func
+
+
+def _analysis_message(exc: Exception) -> str:
+    text = getattr(exc, "getMessage", None)
+    message = text() if callable(text) else str(exc)
+    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+
+
+def _closure(fsv: FeatureSetVersion, name: str) -> FeatureSetVersion:
+    """A version holding only ``name`` and the features it (transitively) depends on."""
+    from fstore.compiler import _plan
+
+    plan = _plan(fsv)
+    deps = {f.name: set(f.source_features) for f, _ in plan.row + [x for lvl in plan.levels for x in lvl]}
+    keep, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo.extend(deps.get(n, ()))
+    return dataclasses.replace(fsv, features=tuple(f for f in fsv.features if f.name in keep))
+
+
+def validate_version(store, fsv: FeatureSetVersion) -> None:
+    """Raise ``InvalidDefinition`` (naming the feature) if ``fsv`` cannot be computed."""
+    from fstore.compiler import compile_feature_set
+
+    compiled = compile_feature_set(fsv)
+    for name, spec, _ in compiled.python_features:
+        load_python(spec, feature=name)
+    source = fsv.feature_set.source
+    if source is None or not fsv.features:
+        return
+    from pyspark.errors import AnalysisException, PySparkException
+
+    from fstore.engine.spark import read_source
+
+    spark = store.spark
+    try:
+        df = read_source(spark, source)
+    except NotFound:
+        return  # not readable yet: the run will say so
+    df.createOrReplaceTempView(compiled.source_view)
+    try:
+        spark.sql(compiled.wide_sql).selectExpr(*compiled.projection).schema
+        return
+    except (AnalysisException, PySparkException) as exc:
+        first_error = exc
+    from fstore.compiler import _plan
+
+    plan = _plan(fsv)
+    ordered = [f for f, _ in plan.row] + [fsv.feature(n) for n in plan.windows] + [f for lvl in plan.levels for f, _ in lvl]
+    for feature in ordered:
+        single = compile_feature_set(_closure(fsv, feature.name))
+        try:
+            spark.sql(single.wide_sql).selectExpr(*single.projection).schema
+        except (AnalysisException, PySparkException) as exc:
+            raise InvalidDefinition(f"feature {feature.name} does not compile against the source: {_analysis_message(exc)}",
+                                    field="transformation") from None
+    raise InvalidDefinition(f"feature set {fsv.name} does not compile against the source: {_analysis_message(first_error)}",
+                            field="features")

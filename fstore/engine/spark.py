@@ -1,0 +1,187 @@
+"""The Spark engine: reading sources and running a compiled feature set.
+
+Spark specifics stay here. ``read_source`` reads a path (parquet, csv with a
+header and an inferred schema, json, delta), a Spark table or a SQL query, and
+keeps the event times in ``[start - lookback, end)``. Delta sources are read
+without the Delta jars (the machine cannot fetch them from Maven, see
+DESIGN.md): ``deltalake`` lists the current version's files and Spark reads them
+as Parquet with ``basePath`` so hive-style partition columns come back.
+
+``compute`` = read (with the look-back the longest window needs) → compiled SQL
+→ python features on the executors (``mapInPandas``) → only the rows with event
+time in ``[start, end)``.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+
+from fstore.compiler import EVENT_TIME, CompiledQuery, compile_feature_set, internal_column
+from fstore.definitions import FeatureSetVersion, Source
+from fstore.errors import ComputeError, InvalidDefinition, NotFound
+
+
+def to_utc_naive(value: datetime | str) -> datetime:
+    """A naive UTC datetime from an aware/naive datetime or an ISO string (naive means UTC)."""
+    if isinstance(value, str):
+        text = value.strip().replace("Z", "+00:00")
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidDefinition(f"{value!r} is not an ISO 8601 timestamp", field="timestamp") from None
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def ts_literal(value: datetime | str) -> str:
+    """A Spark SQL TIMESTAMP literal (the session time zone is UTC)."""
+    return f"TIMESTAMP'{to_utc_naive(value).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file:")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path[len("file:"):] if path.startswith("file:") else path
+
+
+def read_delta(spark, path: str, *, version: int | None = None, storage_options: dict | None = None):
+    """A Delta table's files (current or ``version``) read as Parquet by Spark, partition columns included."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(path, version=version, storage_options=storage_options)
+    except TableNotFoundError:
+        raise NotFound(f"no Delta table at {path}") from None
+    files = table.file_uris()
+    if not files:
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        schema = from_arrow_schema(table.schema().to_arrow() if hasattr(table.schema(), "to_arrow")
+                                   else table.schema().to_pyarrow())
+        return spark.createDataFrame([], schema)
+    root = table.table_uri.rstrip("/")
+    df = spark.read.option("basePath", root).parquet(*files)
+    partitions = table.metadata().partition_columns
+    if partitions:
+        # Spark infers partition value types from the strings; the table's schema decides.
+        arrow = table.schema().to_arrow() if hasattr(table.schema(), "to_arrow") else table.schema().to_pyarrow()
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        for name in partitions:
+            df = df.withColumn(name, df[name].cast(from_arrow_type(arrow.field(name).type)))
+    return df
+
+
+def read_source(spark, source: Source, *, start: datetime | None = None, end: datetime | None = None,
+                lookback_seconds: int = 0):
+    """The source rows with event time in ``[start - lookback, end)`` (either bound optional)."""
+    from pyspark.errors import AnalysisException
+
+    if source.path:
+        if _is_local(source.path) and not os.path.exists(_local(source.path)):
+            raise NotFound(f"source path {source.path} does not exist")
+        try:
+            if source.format == "delta":
+                df = read_delta(spark, source.path)
+            elif source.format == "csv":
+                reader = spark.read.option("header", "true").option("inferSchema", "true")
+                df = reader.options(**source.options).csv(source.path)
+            else:
+                df = spark.read.options(**source.options).format(source.format).load(source.path)
+        except AnalysisException as exc:
+            if "PATH_NOT_FOUND" in str(exc):
+                raise NotFound(f"source path {source.path} does not exist") from None
+            raise InvalidDefinition(f"source {source.path} cannot be read as {source.format}: {exc}", field="source") from None
+    elif source.table:
+        if not spark.catalog.tableExists(source.table):
+            raise NotFound(f"source table {source.table} does not exist")
+        df = spark.table(source.table)
+    else:
+        try:
+            df = spark.sql(source.query)
+        except AnalysisException as exc:
+            raise InvalidDefinition(f"source query does not run: {exc}", field="source.query") from None
+    ts = source.event_timestamp_column
+    if ts not in df.columns:
+        raise InvalidDefinition(f"the source has no event timestamp column {ts!r}; its columns are: {', '.join(df.columns)}",
+                                field="source.event_timestamp_column")
+    conds = []
+    if start is not None:
+        conds.append(f"CAST(`{ts}` AS TIMESTAMP) >= {ts_literal(to_utc_naive(start) - timedelta(seconds=lookback_seconds))}")
+    if end is not None:
+        conds.append(f"CAST(`{ts}` AS TIMESTAMP) < {ts_literal(end)}")
+    return df.where(" AND ".join(conds)) if conds else df
+
+
+def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
+    """Append each python feature's column, computed per partition on the executors."""
+    from pyspark.sql.types import StructField, StructType, _parse_datatype_string
+
+    from fstore.compiler.check import load_python
+
+    for name, spec, _ in compiled.python_features:
+        load_python(spec, feature=name)  # fail on the driver, with the feature's name, before Spark runs
+    py = compiled.python_features
+    internal = {c: c[len("__f_"):] for c in df.columns if c.startswith("__f_")}
+    hidden = [c for c in df.columns if c.startswith("__fs_")]
+    out_schema = StructType(df.schema.fields + [StructField(internal_column(n), _parse_datatype_string(t), True) for n, _, t in py])
+
+    def apply(batches: Iterator) -> Iterator:
+        import pandas as pd
+
+        from fstore.compiler.check import load_python as load
+
+        funcs = [(n, load(spec, feature=n)) for n, spec, _ in py]
+        for pdf in batches:
+            shadowed = [v for v in internal.values() if v in pdf.columns]
+            shown = pdf.drop(columns=hidden + shadowed).rename(columns=internal)
+            for name, func in funcs:
+                result = func(shown.copy())
+                if isinstance(result, pd.DataFrame):
+                    result = result[name] if name in result.columns else result.iloc[:, 0]
+                if not isinstance(result, pd.Series) or len(result) != len(pdf):
+                    raise ComputeError(f"python feature {name} returned {type(result).__name__} of length "
+                                       f"{len(result) if hasattr(result, '__len__') else '?'}; expected a Series of {len(pdf)} rows")
+                values = result.reset_index(drop=True)
+                pdf[internal_column(name)] = values.values
+                shown[name] = values.values
+            yield pdf
+
+    return df.mapInPandas(apply, schema=out_schema)
+
+
+def run_compiled(spark, fsv: FeatureSetVersion, compiled: CompiledQuery, source_df):
+    """Run ``compiled`` over ``source_df`` (all its rows): the feature frame, before any range filter."""
+    from pyspark.errors import AnalysisException
+
+    source_df.createOrReplaceTempView(compiled.source_view)
+    try:
+        wide = spark.sql(compiled.wide_sql)
+        if compiled.python_features:
+            wide = _python_stage(wide, compiled, fsv)
+        return wide.selectExpr(*compiled.projection)
+    except AnalysisException as exc:
+        raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: {exc}") from None
+
+
+def compute(spark, fsv: FeatureSetVersion, *, start: datetime | None = None, end: datetime | None = None):
+    """The features of ``fsv`` for every source event with event time in ``[start, end)``."""
+    if fsv.feature_set.source is None:
+        raise InvalidDefinition(f"feature set {fsv.name} has no source to compute from", field="source")
+    compiled = compile_feature_set(fsv)
+    source_df = read_source(spark, fsv.feature_set.source, start=start, end=end, lookback_seconds=compiled.lookback_seconds)
+    df = run_compiled(spark, fsv, compiled, source_df)
+    conds = []
+    if start is not None:
+        conds.append(f"event_timestamp >= {ts_literal(start)}")
+    if end is not None:
+        conds.append(f"event_timestamp < {ts_literal(end)}")
+    return df.where(" AND ".join(conds)) if conds else df
+
+
+__all__ = ["read_source", "compute", "read_delta", "run_compiled", "ts_literal", "to_utc_naive", "EVENT_TIME"]
