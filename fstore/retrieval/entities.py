@@ -142,6 +142,14 @@ def _from_micros(value: int | None) -> datetime | None:
     return (datetime(1970, 1, 1) + timedelta(microseconds=value))
 
 
+def ts_lit(value: datetime):
+    """A Spark TIMESTAMP literal for a naive UTC datetime, independent of the driver's local zone."""
+    from pyspark.sql import functions as F
+
+    micros = (value - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+    return F.timestamp_micros(F.lit(micros))
+
+
 def check_keys(entities: Entities, keys: Sequence[str], feature_set: str) -> None:
     """Every join key of a feature set must be a column of the entity frame."""
     missing = [k for k in keys if k not in entities.columns]

@@ -1,0 +1,77 @@
+"""Saved training sets: what a retrieval used, so it can be re-created exactly.
+
+A training set records the feature references as asked, each feature set's
+version and feature versions, each set's offline Delta version at retrieval
+time, the entity count, where the entity rows came from and where the entity
+frame and the result were written (``<data_root>/training_sets/<name>/``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fstore.definitions import check_name
+from fstore.errors import AlreadyExists, NotFound
+from fstore.registry.models import TrainingSetRow, utcnow
+from fstore.registry.runs import iso
+
+
+def training_set_dict(row: TrainingSetRow) -> dict[str, Any]:
+    """The JSON shape of a training set."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "entity_count": row.entity_count,
+        "output_path": row.output_path,
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by,
+        **{k: v for k, v in row.spec.items() if k not in ("entity_count", "output_path")},
+    }
+
+
+def _row(s: Session, ref: str | int) -> TrainingSetRow:
+    row = None
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        row = s.get(TrainingSetRow, ref)
+    elif isinstance(ref, str) and ref.strip():
+        text = ref.strip()
+        row = s.scalars(select(TrainingSetRow).where(TrainingSetRow.name == text)).first()
+        if row is None and text.isdigit():
+            row = s.get(TrainingSetRow, int(text))
+    if row is None:
+        raise NotFound(f"training set {ref} not found", field="name")
+    return row
+
+
+def check_new_name(s: Session, name: str) -> str:
+    """A valid name not yet taken (checked before any Spark work is spent)."""
+    check_name(name, field_name="save_as")
+    if s.scalars(select(TrainingSetRow.id).where(TrainingSetRow.name == name)).first() is not None:
+        raise AlreadyExists(f"training set {name} already exists", field="save_as")
+    return name
+
+
+def create_training_set(s: Session, name: str, spec: dict[str, Any], *, entity_count: int, output_path: str,
+                        actor: str = "") -> dict[str, Any]:
+    """Record a training set; a taken name is ``AlreadyExists``."""
+    check_new_name(s, name)
+    row = TrainingSetRow(name=name, spec=spec, entity_count=entity_count, output_path=output_path,
+                         created_at=utcnow(), created_by=actor or "")
+    s.add(row)
+    s.flush()
+    return training_set_dict(row)
+
+
+def get_training_set(s: Session, ref: str | int) -> dict[str, Any]:
+    """A training set by name or id."""
+    return training_set_dict(_row(s, ref))
+
+
+def list_training_sets(s: Session, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """Training sets, newest first: ``{"items", "total", "limit", "offset"}``."""
+    rows = s.scalars(select(TrainingSetRow).order_by(TrainingSetRow.created_at.desc(), TrainingSetRow.id.desc())
+                     .limit(limit).offset(offset)).all()
+    total = s.scalar(select(func.count()).select_from(TrainingSetRow))
+    return {"items": [training_set_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
