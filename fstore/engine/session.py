@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from fstore.settings import Settings
@@ -47,6 +48,8 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     if active is not None:
         return active
     ensure_java()
+    # Python workers must run this interpreter (this venv), or they cannot import fstore's dependencies.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if settings.spark_remote:
         return builder.remote(settings.spark_remote).getOrCreate()
