@@ -1,0 +1,190 @@
+"""Bulk load of a computed feature DataFrame into the online store, from the Spark executors.
+
+The plan, all in Spark:
+
+1. drop rows without a key or event time, and (when the set has a TTL) rows already
+   older than the TTL, which would never be served;
+2. build each row's hash key in SQL (keys normalized by entity value type and
+   length-prefixed, exactly as ``fstore.online.base.redis_key`` does);
+3. keep the latest row per key: ``max(struct(event_timestamp, created_timestamp, …))``
+   grouped by key, a hash aggregate with map-side partial aggregation (no sort);
+4. encode every value in SQL to the online text form (``base`` module docstring);
+   for Redis even the RESP framing of each key and each row's arguments is built in
+   SQL, so the Python side only joins ready bytes;
+5. ``foreachPartition``: each partition opens its own client from picklable config
+   (URL or file path, the ``Codec``) and writes pipelined batches through the
+   newer-wins Lua script (Redis) or upsert (embedded). An accumulator counts the
+   keys actually written (a key whose stored value is newer is not counted).
+
+Nothing is collected to the driver.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any, Iterable
+
+from fstore.errors import ComputeError, InvalidDefinition
+from fstore.online.base import Codec, as_codec, key_prefix
+
+if TYPE_CHECKING:
+    from fstore.definitions import FeatureSetVersion
+    from fstore.settings import Settings
+
+REDIS_BATCH = 500
+EMBEDDED_BATCH = 5000
+
+
+def _q(name: str) -> str:
+    return f"`{name}`"
+
+
+def key_text_sql(column: str, value_type: str) -> str:
+    """SQL text of one key column normalized like ``base.normalize_key_value``."""
+    c = _q(column)
+    return {
+        "int": f"CAST(CAST({c} AS BIGINT) AS STRING)",
+        "string": f"CAST({c} AS STRING)",
+        "float": f"CAST(CAST({c} AS DOUBLE) AS STRING)",
+        "bool": f"CASE WHEN {c} THEN '1' ELSE '0' END",
+        "timestamp": f"CAST(unix_micros(CAST({c} AS TIMESTAMP)) AS STRING)",
+    }[value_type]
+
+
+def value_text_sql(expr: str, data_type: str) -> str:
+    """SQL text of one feature value in the online text form (NULL stays NULL)."""
+    if data_type == "float":
+        return f"CAST(CAST({expr} AS DOUBLE) AS STRING)"
+    if data_type == "int":
+        return f"CAST(CAST({expr} AS BIGINT) AS STRING)"
+    if data_type == "bool":
+        return f"CASE WHEN {expr} THEN '1' WHEN NOT {expr} THEN '0' END"
+    if data_type == "string":
+        return f"CAST({expr} AS STRING)"
+    if data_type == "timestamp":
+        return f"CAST(unix_micros(CAST({expr} AS TIMESTAMP)) AS STRING)"
+    if data_type == "list<timestamp>":
+        return f"to_json(transform({expr}, x -> unix_micros(CAST(x AS TIMESTAMP))))"
+    if data_type.startswith("list<"):
+        return f"to_json({expr})"
+    raise InvalidDefinition(f"data type {data_type} has no online codec", field="data_type")
+
+
+def _resp_sql(binary_expr: str) -> str:
+    """SQL building the RESP bulk string ``$<len>\\r\\n<bytes>\\r\\n`` of a binary value."""
+    return (f"concat(encode(concat('$', CAST(octet_length({binary_expr}) AS STRING)), 'UTF-8'), "
+            f"X'0D0A', {binary_expr}, X'0D0A')")
+
+
+def latest_rows(df, codec: Codec, *, now_micros: int | None = None):
+    """One row per hash key: ``k`` (key text), ``ts`` (event micros), then each feature's text."""
+    columns = set(df.columns)
+    needed = [*codec.key_columns, "event_timestamp", *codec.feature_names]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise InvalidDefinition(f"cannot load feature set {codec.name} online: the DataFrame lacks column(s) "
+                                f"{', '.join(missing)}", field=missing[0])
+    conditions = [f"{_q(c)} IS NOT NULL" for c in (*codec.key_columns, "event_timestamp")]
+    if codec.ttl_seconds:
+        now = now_micros if now_micros is not None else int(time.time() * 1_000_000)
+        conditions.append(f"unix_micros(CAST(event_timestamp AS TIMESTAMP)) >= {now - codec.ttl_seconds * 1_000_000}")
+    parts = [f"CAST(length({key_text_sql(c, t)}) AS STRING), ':', {key_text_sql(c, t)}"
+             for c, t in zip(codec.key_columns, codec.key_types)]
+    key_sql = f"concat('{key_prefix(codec.name)}', {', '.join(parts)})"
+    order = ["unix_micros(CAST(event_timestamp AS TIMESTAMP)) AS ts"]
+    if "created_timestamp" in columns:
+        order.append("CAST(created_timestamp AS TIMESTAMP) AS created")
+    values = [f"{value_text_sql(_q(name), dt)} AS `v{i}`" for i, (name, dt) in enumerate(codec.features)]
+    encoded = df.where(" AND ".join(conditions)).selectExpr(f"{key_sql} AS k", *order, *values)
+    struct_fields = ", ".join(["ts", *(["created"] if "created_timestamp" in columns else []),
+                               *(f"`v{i}`" for i in range(len(codec.features)))])
+    from pyspark.sql import functions as F
+
+    return (encoded.selectExpr("k", f"struct({struct_fields}) AS r").groupBy("k").agg(F.max("r").alias("r"))
+            .selectExpr("k", "r.ts AS ts", *(f"r.`v{i}` AS `v{i}`" for i in range(len(codec.features)))))
+
+
+def redis_packed(latest, codec: Codec):
+    """Per key: ``kr`` (the key as a RESP bulk string) and ``p`` (RESP of ``@ts`` then every value)."""
+    payload = [_resp_sql("encode(CAST(ts AS STRING), 'UTF-8')")]
+    payload += [_resp_sql(f"coalesce(encode(`v{i}`, 'UTF-8'), X'FF')") for i in range(len(codec.features))]
+    key = _resp_sql("encode(k, 'UTF-8')")
+    return latest.selectExpr(f"{key} AS kr", f"concat({', '.join(payload)}) AS p")
+
+
+def _redis_partition(config: dict[str, Any], codec: Codec, counter, rows: Iterable) -> None:
+    from fstore.online.redis_store import RedisOnlineStore
+
+    store = RedisOnlineStore(config["url"], pool_size=1, timeout=config["timeout"], breaker=None)
+    try:
+        def batches():
+            keys: list[bytes] = []
+            payloads: list[bytes] = []
+            for kr, p in rows:
+                keys.append(kr)
+                payloads.append(p)
+                if len(keys) >= REDIS_BATCH:
+                    yield keys, payloads
+                    keys, payloads = [], []
+            if keys:
+                yield keys, payloads
+
+        counter.add(store.write_packed(codec, batches()))
+    finally:
+        store.close()
+
+
+def _embedded_partition(config: dict[str, Any], codec: Codec, counter, rows: Iterable) -> None:
+    from fstore.online.embedded import EmbeddedOnlineStore, data_json
+
+    store = EmbeddedOnlineStore(config["path"])
+    fields = codec.feature_names
+    try:
+        params: list[tuple[str, str, int, str]] = []
+        newest = None
+        for row in rows:
+            k, ts = row[0], row[1]
+            params.append((codec.name, k, ts, data_json(fields, row[2:])))
+            newest = ts if newest is None or ts > newest else newest
+            if len(params) >= EMBEDDED_BATCH:
+                counter.add(store.write_params(codec.name, params, newest))
+                params, newest = [], None
+        if params:
+            counter.add(store.write_params(codec.name, params, newest))
+    finally:
+        store.close()
+
+
+def load_dataframe(df, fsv: "FeatureSetVersion | Codec", settings: "Settings", *, now_micros: int | None = None) -> int:
+    """Load the latest row per entity key of ``df`` into the online store; returns keys written.
+
+    ``df`` has the compiler's output columns (join keys, ``event_timestamp``,
+    optionally ``created_timestamp``, the features). A key whose stored event time
+    is newer than the loaded one keeps its value and is not counted.
+    """
+    from fstore.online import embedded_path
+
+    codec = as_codec(fsv)
+    latest = latest_rows(df, codec, now_micros=now_micros)
+    spark = df.sparkSession
+    counter = spark.sparkContext.accumulator(0)
+    try:
+        if settings.redis_url:
+            config = {"url": settings.redis_url, "timeout": max(settings.redis_timeout, 30.0)}
+            redis_packed(latest, codec).foreachPartition(partial(_redis_partition, config, codec, counter))
+        else:
+            config = {"path": str(embedded_path(settings))}
+            latest.foreachPartition(partial(_embedded_partition, config, codec, counter))
+    except Exception as exc:  # a Spark job failure wraps the executor's error in Py4J/PySpark types
+        if type(exc).__module__.startswith(("pyspark", "py4j")):
+            raise ComputeError(f"online load of feature set {codec.name} failed: {_first_line(exc)}") from exc
+        raise
+    return int(counter.value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("fstore.errors.Unavailable: ", "Unavailable: "):
+        if marker in text:
+            return text[text.index(marker) + len(marker):].splitlines()[0]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -1,0 +1,281 @@
+"""The Redis online store: hashes per entity key, Lua for atomic newer-wins writes and one-trip reads.
+
+Writes go through one Lua script taking many keys per call: for each key it compares
+the stored ``@ts`` with the write's and drops an older write, atomically, so a
+backfill never moves serving backwards even with concurrent writers. The script
+also keeps ``fsmeta:<set>``, the newest event time written, for freshness.
+
+Reads are one Lua call (``EVALSHA``) whatever the number of keys and feature sets:
+``HMGET @ts f1..fn`` per key inside Redis, one flat reply back.
+
+Reliability: a bounded connection pool, short socket timeouts, bounded retries with
+exponential backoff (redis-py ``Retry``), and a circuit breaker that fails fast with
+``Unavailable`` while Redis is down and closes by itself once a probe succeeds.
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable, Sequence
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from fstore.errors import Unavailable
+from fstore.online.base import NULL, TS_FIELD, Codec, EncodedRow, OnlineStore, key_prefix
+from fstore.online.breaker import CircuitBreaker, CircuitOpen
+
+_READ_LUA = """
+local out = {}
+local n = 0
+local a = 2
+local k = 1
+for g = 1, tonumber(ARGV[1]) do
+  local nkeys = tonumber(ARGV[a])
+  local nf = tonumber(ARGV[a + 1])
+  local fields = {'@ts'}
+  for j = 1, nf do fields[j + 1] = ARGV[a + 1 + j] end
+  a = a + 2 + nf
+  for i = 1, nkeys do
+    local vals = redis.call('HMGET', KEYS[k], unpack(fields))
+    for j = 1, nf + 1 do
+      n = n + 1
+      out[n] = vals[j]
+    end
+    k = k + 1
+  end
+end
+return out
+"""
+
+_WRITE_LUA = """
+local nf = tonumber(ARGV[1])
+local a = nf + 2
+local written = 0
+local newest = nil
+local newest_text = nil
+for i = 2, #KEYS do
+  local ts_text = ARGV[a]
+  local ts = tonumber(ts_text)
+  local cur = redis.call('HGET', KEYS[i], '@ts')
+  if (not cur) or tonumber(cur) <= ts then
+    local args = {'@ts', ts_text}
+    for j = 1, nf do
+      args[2 * j + 1] = ARGV[1 + j]
+      args[2 * j + 2] = ARGV[a + j]
+    end
+    redis.call('HSET', KEYS[i], unpack(args))
+    written = written + 1
+  end
+  if (not newest) or ts > newest then
+    newest = ts
+    newest_text = ts_text
+  end
+  a = a + 1 + nf
+end
+if newest then
+  local m = redis.call('GET', KEYS[1])
+  if (not m) or tonumber(m) < newest then redis.call('SET', KEYS[1], newest_text) end
+end
+return written
+"""
+
+READ_SHA = hashlib.sha1(_READ_LUA.encode()).hexdigest()
+WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
+_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def meta_key(feature_set: str) -> str:
+    return f"fsmeta:{feature_set}"
+
+
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def pack_write(codec_fields: Sequence[str], feature_set: str, keys: Sequence[bytes], payloads: Sequence[bytes]) -> bytes:
+    """The RESP bytes of one ``EVALSHA`` write call.
+
+    ``keys`` are RESP bulk strings of the hash keys; ``payloads`` per key the RESP
+    bulk strings of its ``@ts`` then each feature value, in ``codec_fields`` order.
+    Built by hand so the bulk loader (which gets these pieces ready-made from
+    Spark) does no per-value work in Python.
+    """
+    nf = len(codec_fields)
+    numkeys = len(keys) + 1
+    nargs = 3 + numkeys + 1 + nf + len(keys) * (1 + nf)
+    head = [b"*%d\r\n$7\r\nEVALSHA\r\n" % nargs, bulk(WRITE_SHA.encode()), bulk(b"%d" % numkeys),
+            bulk(meta_key(feature_set).encode())]
+    head.extend(keys)
+    head.append(bulk(b"%d" % nf))
+    head.extend(bulk(f.encode()) for f in codec_fields)
+    head.extend(payloads)
+    return b"".join(head)
+
+
+def encoded_payload(row: EncodedRow) -> bytes:
+    return bulk(b"%d" % row.ts) + b"".join(bulk(v) for v in row.values)
+
+
+class RedisOnlineStore(OnlineStore):
+    """Online store on one Redis (``redis://``, ``rediss://`` or ``unix://`` URL)."""
+
+    def __init__(self, url: str, *, pool_size: int = 32, timeout: float = 0.25, retries: int = 2,
+                 breaker: CircuitBreaker | None = None, write_batch: int = 500) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.write_batch = write_batch
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout, retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=0)
+        self._client = redis.Redis(connection_pool=self._pool)
+        self.breaker = breaker or CircuitBreaker(threshold=3, reset_seconds=0.5, max_reset_seconds=5.0)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run one Redis operation behind the breaker; connection trouble becomes ``Unavailable``."""
+        try:
+            self.breaker.before_call()
+        except CircuitOpen as exc:
+            raise Unavailable(f"online store unavailable: Redis at {self._where()} is failing ({exc.last_error}); "
+                              f"retrying in {exc.retry_in:.2f}s") from None
+        try:
+            result = fn()
+        except _ERRORS as exc:
+            self.breaker.failure(exc)
+            raise Unavailable(f"online store unavailable: Redis at {self._where()}: {exc}") from None
+        except BaseException:
+            self.breaker.success()  # Redis answered (with an error reply): it is up
+            raise
+        self.breaker.success()
+        return result
+
+    def _where(self) -> str:
+        kwargs = self._pool.connection_kwargs
+        if "path" in kwargs:
+            return str(kwargs["path"])
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    def _evalsha(self, sha: str, script: str, numkeys: int, *args: Any) -> Any:
+        try:
+            return self._client.evalsha(sha, numkeys, *args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(script)
+            return self._client.evalsha(sha, numkeys, *args)
+
+    # -- contract --------------------------------------------------------------------------
+
+    def write_encoded(self, codec: Codec, rows: Sequence[EncodedRow]) -> int:
+        fields = codec.feature_names
+        written = 0
+        for start in range(0, len(rows), self.write_batch):
+            chunk = rows[start:start + self.write_batch]
+            args: list[Any] = [meta_key(codec.name), *(r.key for r in chunk), len(fields), *fields]
+            for r in chunk:
+                args.append(r.ts)
+                args.extend(r.values)
+            written += int(self._call(lambda: self._evalsha(WRITE_SHA, _WRITE_LUA, len(chunk) + 1, *args)))
+        return written
+
+    def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
+        keys: list[str] = []
+        args: list[Any] = [len(requests)]
+        for _, group_keys, fields in requests:
+            keys.extend(group_keys)
+            args.append(len(group_keys))
+            args.append(len(fields))
+            args.extend(fields)
+        if not keys:
+            return [[] for _ in requests]
+        flat = self._call(lambda: self._evalsha(READ_SHA, _READ_LUA, len(keys), *keys, *args))
+        out: list[list[Any]] = []
+        pos = 0
+        for _, group_keys, fields in requests:
+            width = len(fields) + 1
+            results = []
+            for _ in group_keys:
+                ts = flat[pos]
+                results.append(None if ts is None else (int(ts), flat[pos + 1:pos + width]))
+                pos += width
+            out.append(results)
+        return out
+
+    def ping(self) -> None:
+        self._call(self._client.ping)
+
+    def close(self) -> None:
+        self._pool.disconnect()
+
+    def delete_feature_set(self, name: str) -> int:
+        def run() -> int:
+            removed = 0
+            batch: list[bytes] = []
+            for key in self._client.scan_iter(match=key_prefix(name) + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    removed += self._client.unlink(*batch)
+                    batch = []
+            if batch:
+                removed += self._client.unlink(*batch)
+            self._client.delete(meta_key(name))
+            return removed
+
+        return self._call(run)
+
+    def newest_timestamp(self, name: str) -> datetime | None:
+        raw = self._call(lambda: self._client.get(meta_key(name)))
+        if raw is None:
+            return None
+        micros = int(raw)
+        return datetime(1970, 1, 1) + timedelta(microseconds=micros)
+
+    # -- bulk load from executors -----------------------------------------------------------
+
+    def write_packed(self, codec: Codec, batches: Iterable[tuple[list[bytes], list[bytes]]], *, depth: int = 4) -> int:
+        """Send pre-packed write batches (RESP key strings, RESP payloads), ``depth`` calls in flight.
+
+        The bulk loader's path: no per-value Python work, a few calls pipelined per round trip.
+        """
+        fields = codec.feature_names
+        written = 0
+        self._call(lambda: self._client.script_load(_WRITE_LUA))
+
+        def flush(pending: list[bytes]) -> int:
+            def run() -> int:
+                connection = self._pool.get_connection()
+                try:
+                    connection.send_packed_command(b"".join(pending))
+                    total = 0
+                    error = None
+                    for _ in pending:
+                        try:
+                            total += int(connection.read_response())
+                        except redis.ResponseError as exc:  # read every reply before raising
+                            error = exc
+                    if error is not None:
+                        raise error
+                    return total
+                except BaseException:
+                    connection.disconnect()
+                    raise
+                finally:
+                    self._pool.release(connection)
+
+            return self._call(run)
+
+        pending: list[bytes] = []
+        for keys, payloads in batches:
+            pending.append(pack_write(fields, codec.name, keys, payloads))
+            if len(pending) >= depth:
+                written += flush(pending)
+                pending = []
+        if pending:
+            written += flush(pending)
+        return written
+
+
+__all__ = ["RedisOnlineStore", "NULL", "TS_FIELD", "pack_write", "bulk", "encoded_payload"]

@@ -1,0 +1,315 @@
+"""Online serving: entity keys → the latest feature values, in one online-store round trip.
+
+Answer shape (the seed's, plus a parallel ``statuses`` map)::
+
+    {"features": {entity_id: {feature: value}},
+     "statuses": {entity_id: {feature: "present" | "missing" | "expired"}},
+     "metadata": {"latency_ms", "cache_hit", "cache_hits", "cache_misses",
+                  "feature_sets": {name: version}, "degraded"}}
+
+- ``feature`` is the name as the request wrote it (``f``, ``set:f``, ``set@2:f``).
+- ``entity_id`` is the key value as text for a single-key entity row (``"1"``);
+  for a compound row it is ``key=value`` pairs joined by ``,`` in the row's order
+  (``"user_id=1,merchant_id=7"``).
+- ``present``: stored and not older than the set's TTL (age ``<= ttl``), value as
+  stored (a stored null stays null). ``missing``: never stored for that key.
+  ``expired``: stored, but older than the TTL. Missing and expired values are the
+  feature's ``default_value`` (or null), never the stale value.
+- ``cache_hit`` is true when every lookup was answered by the in-process cache.
+- ``degraded`` is true when the online store was unreachable and every lookup
+  was answered from the cache (entries up to ``STALE_GRACE_SECONDS`` past their TTL).
+
+Entities come as columns ``{"user_id": ["1", "2"]}``, one row ``{"user_id": "1"}``
+or rows ``[{"user_id": "1", "merchant_id": "7"}]``; each requested feature set
+takes the join keys it needs from each row, matched by the entity's value type.
+
+Resolution of names to feature set versions is cached per store for
+``RESOLVE_TTL_SECONDS``: a registry change becomes visible to serving within
+that time (and at once in a new process). Values are cached per
+(feature set, version, entity key) for ``settings.serving_cache_ttl`` seconds when
+``settings.serving_cache_enabled``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from fstore.errors import InvalidDefinition, TooLarge, Unavailable
+from fstore.online.base import NULL, Codec
+
+if TYPE_CHECKING:
+    from fstore.store import FeatureStore
+
+RESOLVE_TTL_SECONDS = 2.0
+STALE_GRACE_SECONDS = 60.0
+CACHE_MAX_ENTRIES = 200_000
+_MISSING, _PRESENT, _EXPIRED = "missing", "present", "expired"
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One feature set version's part of a request, prepared once and reused while cached."""
+
+    codec: Codec
+    read_fields: tuple[str, ...]  # the fields read from the store (every feature when the cache is on)
+    picks: tuple[tuple[str, int, Callable[[bytes], Any], Any], ...]  # (output name, index, decoder, default)
+    ttl_micros: int | None
+
+
+class _State:
+    """Per-store caches: resolved plans and values (both small, both bounded)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.plans: dict[tuple, tuple[float, list[_Group]]] = {}
+        self.codecs: dict[tuple[str, int], Codec] = {}
+        self.values: dict[tuple[str, int, str], tuple[float, Any]] = {}
+
+
+_STATES: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
+
+
+def _state(store: Any) -> _State:
+    state = _STATES.get(store)
+    if state is None:
+        with _STATES_LOCK:
+            state = _STATES.setdefault(store, _State())
+    return state
+
+
+def clear_caches(store: Any) -> None:
+    """Forget resolved names and cached values of ``store`` (tests, or after a registry change)."""
+    with _STATES_LOCK:
+        _STATES.pop(store, None)
+
+
+# -- request parsing -------------------------------------------------------------------------
+
+def entity_rows(entities: Any) -> list[dict[str, Any]]:
+    """The request's entities as rows of key → value (columns, one row, or rows)."""
+    if isinstance(entities, Mapping):
+        if not entities:
+            raise InvalidDefinition("entities must name at least one entity key", field="entities")
+        lists = {k: v for k, v in entities.items() if isinstance(v, list)}
+        if not lists:
+            return [dict(entities)]
+        if len(lists) != len(entities):
+            scalar = sorted(set(entities) - set(lists))
+            raise InvalidDefinition(f"entities mixes lists and single values ({', '.join(scalar)}); "
+                                    "give every key a list of the same length", field="entities")
+        lengths = {len(v) for v in lists.values()}
+        if len(lengths) != 1:
+            raise InvalidDefinition("entities lists have different lengths: "
+                                    + ", ".join(f"{k}={len(v)}" for k, v in lists.items()), field="entities")
+        keys = list(lists)
+        return [dict(zip(keys, values)) for values in zip(*lists.values())]
+    if isinstance(entities, list):
+        for index, row in enumerate(entities):
+            if not isinstance(row, Mapping) or not row:
+                raise InvalidDefinition(f"entities[{index}] must be an object of entity key to value", field="entities")
+        return [dict(row) for row in entities]
+    raise InvalidDefinition("entities must be an object of key → value(s) or a list of such objects", field="entities")
+
+
+def entity_id(row: Mapping[str, Any]) -> str:
+    """The answer's key for one entity row (see the module docstring)."""
+    if len(row) == 1:
+        return _text(next(iter(row.values())))
+    return ",".join(f"{k}={_text(v)}" for k, v in row.items())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+# -- resolution ------------------------------------------------------------------------------
+
+def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any, cache_all: bool) -> list[_Group]:
+    try:
+        key = (tuple(features), tuple(feature_sets) if feature_sets is not None else None, cache_all)
+        hash(key)
+    except TypeError:
+        key = None
+    now = time.monotonic()
+    if key is not None:
+        hit = state.plans.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+    from fstore.references import resolve
+
+    groups = []
+    for group in resolve(store, features, feature_sets):
+        fsv = group.version
+        if not fsv.feature_set.online_enabled:
+            raise InvalidDefinition(f"feature set {fsv.name} is not online-enabled (online_enabled: false)", field="features")
+        codec_key = (fsv.name, fsv.version)
+        codec = state.codecs.get(codec_key)
+        if codec is None:
+            codec = state.codecs[codec_key] = Codec.from_version(fsv)
+        read_fields = codec.feature_names if cache_all else group.features
+        index = {name: i for i, name in enumerate(read_fields)}
+        picks = tuple((out, index[name], codec.decoders[name], fsv.feature(name).default_value)
+                      for name, out in zip(group.features, group.output_names))
+        ttl = fsv.ttl_seconds * 1_000_000 if fsv.ttl_seconds else None
+        groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl))
+    if key is not None:
+        with state.lock:
+            if len(state.plans) > 1000:
+                state.plans.clear()
+            state.plans[key] = (now + RESOLVE_TTL_SECONDS, groups)
+    return groups
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+def get_online_features(store: "FeatureStore", *, features: list[str], entities: dict | list,
+                        feature_sets: list[str] | None = None, now_micros: int | None = None) -> dict:
+    """The latest values of ``features`` for ``entities`` (shape in the module docstring).
+
+    ``now_micros`` fixes "now" for the TTL status (tests); by default the wall clock.
+    """
+    started = time.perf_counter()
+    settings = store.settings
+    rows = entity_rows(entities)
+    if len(rows) > settings.max_entities_per_request:
+        raise TooLarge(f"{len(rows)} entities requested; at most {settings.max_entities_per_request} per request "
+                       "(MAX_ENTITIES_PER_REQUEST); use historical or batch retrieval for more", field="entities")
+    state = _state(store)
+    cache_on = settings.serving_cache_enabled
+    groups = _plan(store, state, features, feature_sets, cache_on)
+
+    used = set()
+    for g in groups:
+        used.update(g.codec.key_columns)
+    unknown = sorted({k for row in rows for k in row} - used)
+    if unknown:
+        raise InvalidDefinition(f"entity key(s) {', '.join(unknown)} are not join keys of the requested feature sets "
+                                f"(which use {', '.join(sorted(used))})", field="entities")
+
+    # Hash keys per group, in row order; then cache lookups; then one round trip for the rest.
+    keys_per_group = []
+    for g in groups:
+        codec = g.codec
+        try:
+            keys_per_group.append([codec.key_of(row) for row in rows])
+        except InvalidDefinition as exc:
+            raise InvalidDefinition(f"{exc.message} (feature set {codec.name} is keyed by "
+                                    f"{', '.join(codec.key_columns)})", field="entities") from None
+    results: list[list[Any]] = [[None] * len(rows) for _ in groups]
+    hits = misses = 0
+    wanted: list[tuple[int, list[int], list[str]]] = []
+    mono = time.monotonic()
+    values = state.values
+    for gi, (g, keys) in enumerate(zip(groups, keys_per_group)):
+        todo_idx, todo_keys = [], []
+        for ri, key in enumerate(keys):
+            if cache_on:
+                entry = values.get((g.codec.name, g.codec.version, key))
+                if entry is not None and entry[0] > mono:
+                    results[gi][ri] = entry[1]
+                    hits += 1
+                    continue
+            todo_idx.append(ri)
+            todo_keys.append(key)
+        if todo_keys:
+            wanted.append((gi, todo_idx, todo_keys))
+            misses += len(todo_keys)
+
+    degraded = False
+    if wanted:
+        try:
+            answers = store.online.read_many([(groups[gi].codec.name, todo_keys, groups[gi].read_fields)
+                                              for gi, _, todo_keys in wanted])
+        except Unavailable:
+            if not cache_on:
+                raise
+            answers = _from_stale_cache(state, groups, wanted, mono)
+            degraded = True
+        expires = mono + settings.serving_cache_ttl
+        for (gi, todo_idx, todo_keys), answer in zip(wanted, answers):
+            codec = groups[gi].codec
+            for ri, key, result in zip(todo_idx, todo_keys, answer):
+                results[gi][ri] = result
+                if cache_on and not degraded:
+                    values[(codec.name, codec.version, key)] = (expires, result)
+        if cache_on and len(values) > CACHE_MAX_ENTRIES:
+            _evict(state, mono)
+
+    now = now_micros if now_micros is not None else time.time_ns() // 1000
+    out_features: dict[str, dict[str, Any]] = {}
+    out_status: dict[str, dict[str, str]] = {}
+    ids = [entity_id(row) for row in rows]
+    for gi, g in enumerate(groups):
+        picks = g.picks
+        ttl = g.ttl_micros
+        for ri, result in enumerate(results[gi]):
+            eid = ids[ri]
+            fo = out_features.get(eid)
+            if fo is None:
+                fo = out_features[eid] = {}
+                out_status[eid] = {}
+            so = out_status[eid]
+            if result is None:
+                for out, _, _, default in picks:
+                    fo[out] = default
+                    so[out] = _MISSING
+                continue
+            ts, raw = result
+            if ttl is not None and now - ts > ttl:
+                for out, i, _, default in picks:
+                    fo[out] = default
+                    so[out] = _EXPIRED if raw[i] is not None else _MISSING
+                continue
+            for out, i, decode, default in picks:
+                value = raw[i]
+                if value is None:
+                    fo[out] = default
+                    so[out] = _MISSING
+                else:
+                    fo[out] = None if value == NULL else decode(value)
+                    so[out] = _PRESENT
+    return {
+        "features": out_features,
+        "statuses": out_status,
+        "metadata": {
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "cache_hit": hits > 0 and misses == 0,
+            "cache_hits": hits,
+            "cache_misses": misses,
+            "feature_sets": {g.codec.name: g.codec.version for g in groups},
+            "degraded": degraded,
+        },
+    }
+
+
+def _from_stale_cache(state: _State, groups: list[_Group], wanted, mono: float) -> list[list[Any]]:
+    """Answers from cache entries past their TTL (within the grace), or the original ``Unavailable``."""
+    answers = []
+    for gi, _, keys in wanted:
+        codec = groups[gi].codec
+        answer = []
+        for key in keys:
+            entry = state.values.get((codec.name, codec.version, key))
+            if entry is None or entry[0] + STALE_GRACE_SECONDS < mono:
+                raise Unavailable(f"online store unavailable and {codec.name} key {key} is not cached")
+            answer.append(entry[1])
+        answers.append(answer)
+    return answers
+
+
+def _evict(state: _State, mono: float) -> None:
+    """Drop entries past their grace, then the oldest inserted until the cache is back to 3/4 of its bound."""
+    with state.lock:
+        values = state.values
+        for key in [k for k, (exp, _) in values.items() if exp + STALE_GRACE_SECONDS < mono]:
+            values.pop(key, None)
+        excess = len(values) - CACHE_MAX_ENTRIES * 3 // 4
+        if excess > 0:
+            for key in list(values)[:excess]:
+                values.pop(key, None)
