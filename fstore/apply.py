@@ -295,6 +295,21 @@ def _summary(results: list[dict], applied: bool) -> dict:
     return {"applied": applied, "changes": results, "summary": counts}
 
 
+def describe(result: dict) -> str:
+    """The result as lines a person reads: one per object, then the counts."""
+    lines = []
+    for change in result["changes"]:
+        action = {"create": "create", "update": f"update -> v{change['version']}", "unchanged": "unchanged"}[change["action"]]
+        detail = f"  ({', '.join(change['changes'])})" if change.get("changes") else ""
+        lines.append(f"  {action:<16} {change['kind']:<12} {change['name']}{detail}")
+    n = result["summary"]
+    if result["applied"]:
+        lines.append(f"applied: {n['create']} created, {n['update']} updated, {n['unchanged']} unchanged")
+    else:
+        lines.append(f"plan: {n['create']} to create, {n['update']} to update, {n['unchanged']} unchanged")
+    return "\n".join(lines)
+
+
 def plan(store: "FeatureStore", path: str | Path) -> dict:
     """What ``apply`` would do with these files: the same steps in a transaction that is rolled back."""
     with Session(store.engine, expire_on_commit=False) as s:

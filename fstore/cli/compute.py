@@ -1,0 +1,119 @@
+"""Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler."""
+from __future__ import annotations
+
+import click
+
+from fstore.cli import main
+from fstore.cli.output import CliState, emit, fields, json_option, pass_cli, table, page_footer
+from fstore.definitions import parse_duration
+
+RUN_FIELDS = ["id", "feature_set", "feature_set_version", "kind", "status", "start", "end", "rows_read", "rows_written",
+              "rows_rejected", "online_rows", "offline_version", "duration_s", "error"]
+RUN_COLUMNS = ["id", "feature_set", "kind", "status", "start", "end", "rows_written", "rows_rejected", "duration_s"]
+
+
+def run_text(run: dict) -> str:
+    """A run's figures, then its quality report per feature when it has one."""
+    text = fields(run, [k for k in RUN_FIELDS if k in run])
+    quality = run.get("quality") or {}
+    if isinstance(quality, dict) and quality:
+        rows = [{"feature": name, **(q if isinstance(q, dict) else {"value": q})} for name, q in quality.items()]
+        columns = ["feature"] + [c for c in ("count", "nulls", "violations", "min", "max", "mean", "distinct") if any(c in r for r in rows)]
+        text += "\n\nquality\n" + table(rows, columns)
+    return text
+
+
+@main.command("compile")
+@click.argument("name")
+@click.option("--version", type=int, help="An old version of the set.")
+@pass_cli
+def compile_(cli: CliState, name: str, version: int | None) -> None:
+    """Print the Spark SQL that computes a feature set."""
+    click.echo(cli.store.compile(name, version=version))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--start", required=True, help="ISO 8601 date or time (UTC unless an offset is given).")
+@click.option("--end", required=True, help="Exclusive end, ISO 8601.")
+@json_option
+@pass_cli
+def materialize(cli: CliState, name: str, start: str, end: str) -> None:
+    """Compute [START, END) of a feature set into the offline and online stores."""
+    emit(cli, cli.store.materialize(name, start, end, actor=cli.actor), run_text)
+
+
+@main.command("materialize-incremental")
+@click.argument("name")
+@click.option("--end", help="Exclusive end, ISO 8601 (default: now).")
+@json_option
+@pass_cli
+def materialize_incremental(cli: CliState, name: str, end: str | None) -> None:
+    """Compute a feature set from its watermark to END (default now)."""
+    emit(cli, cli.store.materialize_incremental(name, end=end, actor=cli.actor), run_text)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--start", required=True, help="ISO 8601 date or time.")
+@click.option("--end", required=True, help="Exclusive end, ISO 8601.")
+@click.option("--chunk", default="1d", show_default=True, help="Chunk length: 6h, 1d, 7d…")
+@json_option
+@pass_cli
+def backfill(cli: CliState, name: str, start: str, end: str, chunk: str) -> None:
+    """Materialize a long range chunk by chunk; a re-run resumes after the last chunk done."""
+    seconds = parse_duration(chunk, field_name="chunk")
+
+    def progress(event: dict) -> None:
+        rows = "" if event.get("rows_written") is None else f", {event['rows_written']} rows"
+        error = f": {event['error']}" if event.get("error") else ""
+        click.echo(f"[{event['chunk']}/{event['chunks']}] {event['start']} .. {event['end']} {event['status']}{rows}{error}",
+                   err=cli.as_json)
+
+    result = cli.store.backfill(name, start, end, chunk_seconds=seconds, actor=cli.actor, progress=progress)
+    emit(cli, result, lambda r: fields(r, ["id", "feature_set", "status", "resumed", "chunks", "chunks_run",
+                                           "chunks_skipped", "rows_written"]))
+
+
+@main.group()
+def runs() -> None:
+    """Materialization runs."""
+
+
+@runs.command("list")
+@click.argument("name", required=False)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+@json_option
+@pass_cli
+def runs_list(cli: CliState, name: str | None, limit: int, offset: int) -> None:
+    """List runs, newest first (of one feature set when NAME is given)."""
+    page = cli.store.list_runs(name, limit=limit, offset=offset)
+    emit(cli, page, lambda p: table(p["items"], RUN_COLUMNS) + "\n" + page_footer(p))
+
+
+@runs.command("show")
+@click.argument("run_id")
+@json_option
+@pass_cli
+def runs_show(cli: CliState, run_id: str) -> None:
+    """Show one run: figures, error, quality report."""
+    emit(cli, cli.store.get_run(run_id), run_text)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run what is due now, then exit (for cron or Airflow).")
+@click.option("--poll", default=30.0, show_default=True, help="Seconds between passes.")
+@json_option
+@pass_cli
+def scheduler(cli: CliState, once: bool, poll: float) -> None:
+    """Run feature sets by their materialization_schedule (until interrupted)."""
+    from fstore.scheduler import run_scheduler
+
+    try:
+        outcomes = run_scheduler(cli.store, once=once, poll_seconds=poll)
+    except KeyboardInterrupt:
+        click.echo("scheduler stopped", err=True)
+        return
+    emit(cli, outcomes, lambda rows: table(rows, sorted({k for r in rows for k in r if not isinstance(r[k], (dict, list))}))
+         if rows else "nothing was due")

@@ -1,0 +1,262 @@
+"""Registry commands: apply/plan, entities, feature sets, features, search, the schema, the server."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from fstore.cli import main
+from fstore.apply import describe
+from fstore.cli.output import CliState, emit, fields, json_option, page_footer, pass_cli, table
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PAGE = [click.option("--limit", type=int, default=50, show_default=True, help="At most this many (1-500)."),
+        click.option("--offset", type=int, default=0, show_default=True, help="Skip this many first.")]
+
+
+def paged(command):
+    for option in reversed(PAGE):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@json_option
+@pass_cli
+def apply(cli: CliState, path: str) -> None:
+    """Apply a YAML file or folder of definitions (in one transaction; idempotent)."""
+    emit(cli, cli.store.apply(path, actor=cli.actor), describe)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@json_option
+@pass_cli
+def plan(cli: CliState, path: str) -> None:
+    """Show what `fstore apply PATH` would change, changing nothing."""
+    emit(cli, cli.store.plan(path), describe)
+
+
+def _confirm(yes: bool, what: str) -> None:
+    if not yes:
+        click.confirm(f"delete {what}?", abort=True)
+
+
+# -- entities ------------------------------------------------------------------------------
+
+@main.group()
+def entities() -> None:
+    """Entities: what features describe, and their join keys."""
+
+
+@entities.command("list")
+@click.option("--query", "-q", help="Text in the name or description.")
+@paged
+@json_option
+@pass_cli
+def entities_list(cli: CliState, query: str | None, limit: int, offset: int) -> None:
+    """List entities."""
+    page = cli.store.list_entities(query=query, limit=limit, offset=offset)
+    emit(cli, page, lambda p: table(p["items"], ["id", "name", "join_keys", "value_type", "version", "description"])
+         + "\n" + page_footer(p))
+
+
+@entities.command("show")
+@click.argument("ref")
+@json_option
+@pass_cli
+def entities_show(cli: CliState, ref: str) -> None:
+    """Show one entity (by id, name or join key)."""
+    emit(cli, cli.store.get_entity(ref), fields)
+
+
+@entities.command("delete")
+@click.argument("ref")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_cli
+def entities_delete(cli: CliState, ref: str, yes: bool) -> None:
+    """Delete an entity no feature set uses."""
+    _confirm(yes, f"entity {ref}")
+    cli.store.delete_entity(ref, actor=cli.actor)
+    click.echo(f"deleted entity {ref}")
+
+
+# -- feature sets --------------------------------------------------------------------------
+
+SET_COLUMNS = ["id", "name", "version", "entities", "owner", "features", "materialization_schedule", "watermark"]
+
+
+@main.group("feature-sets")
+def feature_sets() -> None:
+    """Feature sets: features computed together from one source."""
+
+
+@feature_sets.command("list")
+@click.option("--query", "-q", help="Text in the name, description, owner or tags.")
+@click.option("--entity", help="Only sets keyed by this entity.")
+@click.option("--owner")
+@click.option("--tag", help="A tag key, or key=value.")
+@paged
+@json_option
+@pass_cli
+def feature_sets_list(cli: CliState, query, entity, owner, tag, limit: int, offset: int) -> None:
+    """List feature sets."""
+    page = cli.store.list_feature_sets(query=query, entity=entity, owner=owner, tag=tag, limit=limit, offset=offset)
+    emit(cli, page, lambda p: table(p["items"], SET_COLUMNS) + "\n" + page_footer(p))
+
+
+@feature_sets.command("show")
+@click.argument("ref")
+@click.option("--version", type=int, help="An old version instead of the current one.")
+@json_option
+@pass_cli
+def feature_sets_show(cli: CliState, ref: str, version: int | None) -> None:
+    """Show one feature set (by id or name)."""
+    emit(cli, cli.store.get_feature_set(ref, version=version), fields)
+
+
+@feature_sets.command("versions")
+@click.argument("ref")
+@json_option
+@pass_cli
+def feature_sets_versions(cli: CliState, ref: str) -> None:
+    """List every version of a feature set: what changed, when, by whom."""
+    rows = cli.store.feature_set_versions(ref)
+    emit(cli, rows, lambda vs: table([{**v, "changes": _changes(v["changes"])} for v in vs],
+                                     ["version", "created_at", "created_by", "changes", "features"]))
+
+
+@feature_sets.command("delete")
+@click.argument("ref")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_cli
+def feature_sets_delete(cli: CliState, ref: str, yes: bool) -> None:
+    """Delete a feature set and its features (the offline data stays on disk)."""
+    _confirm(yes, f"feature set {ref} and its features")
+    cli.store.delete_feature_set(ref, actor=cli.actor)
+    click.echo(f"deleted feature set {ref}")
+
+
+def _changes(changes: list[dict]) -> str:
+    return ", ".join(c["field"] if c["field"] != "created" else "created" for c in changes)
+
+
+# -- features ------------------------------------------------------------------------------
+
+FEATURE_COLUMNS = ["id", "name", "feature_set", "version", "data_type", "owner", "description"]
+
+
+@main.group()
+def features() -> None:
+    """Features: named values computed per entity and event time."""
+
+
+@features.command("list")
+@click.option("--query", "-q", help="Text in the name, description, owner or tags.")
+@click.option("--feature-set", help="Only features of this set.")
+@click.option("--entity", help="Only features of sets keyed by this entity.")
+@click.option("--owner")
+@click.option("--data-type")
+@click.option("--tag", help="A tag key, or key=value.")
+@paged
+@json_option
+@pass_cli
+def features_list(cli: CliState, query, feature_set, entity, owner, data_type, tag, limit: int, offset: int) -> None:
+    """List features."""
+    page = cli.store.list_features(query=query, feature_set=feature_set, entity=entity, owner=owner, data_type=data_type,
+                                   tag=tag, limit=limit, offset=offset)
+    emit(cli, page, lambda p: table(p["items"], FEATURE_COLUMNS) + "\n" + page_footer(p))
+
+
+@features.command("show")
+@click.argument("ref")
+@click.option("--feature-set", help="The set, when the name is in several.")
+@click.option("--version", type=int, help="An old version instead of the current one.")
+@json_option
+@pass_cli
+def features_show(cli: CliState, ref: str, feature_set: str | None, version: int | None) -> None:
+    """Show one feature (by id, name, or SET:NAME)."""
+    emit(cli, cli.store.get_feature(ref, feature_set=feature_set, version=version), fields)
+
+
+@features.command("versions")
+@click.argument("ref")
+@click.option("--feature-set", help="The set, when the name is in several.")
+@json_option
+@pass_cli
+def features_versions(cli: CliState, ref: str, feature_set: str | None) -> None:
+    """List every version of a feature, with its lineage."""
+    rows = cli.store.feature_versions(ref, feature_set=feature_set)
+    emit(cli, rows, lambda vs: table([{**v, "changes": _changes(v["changes"])} for v in vs],
+                                     ["version", "created_at", "created_by", "changes", "lineage"]))
+
+
+@features.command("delete")
+@click.argument("ref")
+@click.option("--feature-set", help="The set, when the name is in several.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_cli
+def features_delete(cli: CliState, ref: str, feature_set: str | None, yes: bool) -> None:
+    """Delete a feature no other feature depends on."""
+    _confirm(yes, f"feature {ref}")
+    cli.store.delete_feature(ref, feature_set=feature_set, actor=cli.actor)
+    click.echo(f"deleted feature {ref}")
+
+
+# -- search, schema, server ----------------------------------------------------------------
+
+@main.command()
+@click.argument("text")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["entity", "feature_set", "feature"]),
+              help="Only these kinds (repeatable).")
+@paged
+@json_option
+@pass_cli
+def search(cli: CliState, text: str, kinds: tuple[str, ...], limit: int, offset: int) -> None:
+    """Search entities, feature sets and features by name, description, owner and tags."""
+    page = cli.store.search(text, kinds=kinds or ("entity", "feature_set", "feature"), limit=limit, offset=offset)
+    emit(cli, page, lambda p: table(p["items"], ["kind", "id", "name", "feature_set", "owner", "description"])
+         + "\n" + page_footer(p))
+
+
+@main.group()
+def db() -> None:
+    """The registry database."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Bring the registry schema to the newest revision (what `alembic upgrade head` does)."""
+    from fstore.registry.db import upgrade
+    from fstore.settings import Settings
+
+    settings = Settings.from_env()
+    upgrade(settings, revision)
+    click.echo(f"registry at {settings.database_url.split('@')[-1]} upgraded to {revision}")
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, help="Default: the PORT setting (8002).")
+@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
+def serve(host: str, port: int | None, workers: int) -> None:
+    """Serve the REST API: gunicorn when installed, else Flask's development server."""
+    from fstore.settings import Settings
+
+    settings = Settings.from_env()
+    port = port or settings.port
+    if importlib.util.find_spec("gunicorn") is not None:
+        command = [sys.executable, "-m", "gunicorn", "server:app", "-c", str(REPO_ROOT / "conf" / "gunicorn.conf.py"),
+                   "--bind", f"{host}:{port}", "--workers", str(workers)]
+        click.echo(f"serving on http://{host}:{port} with gunicorn ({workers} workers)", err=True)
+        raise SystemExit(subprocess.call(command, cwd=REPO_ROOT, env=os.environ.copy()))
+    from fstore.api import create_app
+
+    click.echo(f"gunicorn is not installed: serving on http://{host}:{port} with Flask's development server", err=True)
+    create_app(settings).run(host=host, port=port, threaded=True)

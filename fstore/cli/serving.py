@@ -1,0 +1,103 @@
+"""Serving commands: online lookups and point-in-time training data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fstore.cli import main
+from fstore.cli.output import CliState, emit, json_option, pass_cli, table, to_json
+from fstore.errors import InvalidDefinition, NotFound
+
+
+def _names(text: str, option: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InvalidDefinition(f"{option} needs at least one name", field=option.lstrip("-"))
+    return names
+
+
+def _entity_row(text: str) -> dict[str, str]:
+    """``user_id=1`` or ``user_id=1,merchant_id=7`` (a compound key) as one entity row."""
+    row: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise InvalidDefinition(f"--entity {text!r} must be KEY=VALUE[,KEY=VALUE…]", field="entity")
+        row[key.strip()] = value.strip()
+    return row
+
+
+def _online_text(answer: dict) -> str:
+    features = answer.get("features", {})
+    rows = []
+    for entity, values in features.items():
+        row = {"entity": entity}
+        for name, value in (values or {}).items():
+            row[name] = value.get("value") if isinstance(value, dict) and "value" in value else value
+        rows.append(row)
+    columns = ["entity"] + sorted({k for r in rows for k in r if k != "entity"}, key=lambda k: list(rows[0]).index(k)
+                                  if k in rows[0] else 10**6)
+    meta = answer.get("metadata", {})
+    return table(rows, columns) + ("\n" + ", ".join(f"{k}={v}" for k, v in meta.items()) if meta else "")
+
+
+@main.command("get-online-features")
+@click.option("--features", required=True, help="Comma-separated: name, set:name or set@version:name.")
+@click.option("--entity", "entities", multiple=True, required=True,
+              help="KEY=VALUE (repeat for more entities; KEY=V,KEY2=V2 for a compound key).")
+@click.option("--feature-sets", help="Comma-separated sets to look names up in.")
+@json_option
+@pass_cli
+def get_online_features(cli: CliState, features: str, entities: tuple[str, ...], feature_sets: str | None) -> None:
+    """Latest feature values for some entities, from the online store."""
+    answer = cli.store.get_online_features(features=_names(features, "--features"),
+                                           entities=[_entity_row(e) for e in entities],
+                                           feature_sets=_names(feature_sets, "--feature-sets") if feature_sets else None)
+    emit(cli, answer, _online_text)
+
+
+def _read_entities(path: str):
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise NotFound(f"entities file {path} does not exist", field="entities")
+    if p.suffix == ".csv":
+        return pd.read_csv(p)
+    if p.suffix == ".parquet" or p.is_dir():
+        return pd.read_parquet(p)
+    raise InvalidDefinition(f"entities file {path}: use a .csv or .parquet file (or a Parquet folder)", field="entities")
+
+
+@main.command("get-historical-features")
+@click.option("--entities", "entities_path", required=True, help="A CSV or Parquet file of entity keys and timestamps.")
+@click.option("--features", required=True, help="Comma-separated: name, set:name or set@version:name.")
+@click.option("--output", required=True, help="Where to write: FILE.csv, FILE.parquet, or a folder (Parquet, by Spark).")
+@click.option("--feature-sets", help="Comma-separated sets to look names up in.")
+@click.option("--as-of", help="Read the offline store as it was: a Delta version number or a timestamp.")
+@click.option("--timestamp-column", help="The entity file's timestamp column (default: found by name).")
+@click.option("--save-as", help="Record the result as a training set of this name.")
+@json_option
+@pass_cli
+def get_historical_features(cli: CliState, entities_path: str, features: str, output: str, feature_sets: str | None,
+                            as_of: str | None, timestamp_column: str | None, save_as: str | None) -> None:
+    """Point-in-time-correct features for each row of an entity file (training data)."""
+    entity_df = _read_entities(entities_path)
+    as_of_value: int | str | None = int(as_of) if as_of and as_of.isdigit() else as_of
+    result = cli.store.get_historical_features(
+        entity_df=entity_df, features=_names(features, "--features"),
+        feature_sets=_names(feature_sets, "--feature-sets") if feature_sets else None,
+        as_of=as_of_value, timestamp_column=timestamp_column, save_as=save_as, actor=cli.actor)
+    out = Path(output)
+    if out.suffix in (".csv", ".parquet"):
+        frame = result.to_df()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
+        rows = len(frame)
+    else:
+        frame = result.to_spark()
+        frame.write.mode("overwrite").parquet(str(out))
+        rows = frame.count()
+    summary = {"output": str(out), "rows": rows, "entities": len(entity_df)}
+    click.echo(to_json(summary) if cli.as_json else f"wrote {rows} rows to {out}")
