@@ -85,6 +85,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     port: int = 8002
     auth_enabled: bool | None = None
+    bind_host: str = ""  # where the server listens (FSTORE_BIND_HOST, set by server.py/gunicorn); "" = not bound
     redis_timeout: float = 0.25
     db_pool_size: int = 5
     redis_pool_size: int = 32
@@ -136,6 +137,7 @@ class Settings:
             max_historical_rows=_int(env, "MAX_HISTORICAL_ROWS", 1_000_000, minimum=1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1024),
             port=_int(env, "PORT", 8002, minimum=1, maximum=65535),
+            bind_host=env.get("FSTORE_BIND_HOST", "").strip(),
             auth_enabled=None if auth_raw is None or not auth_raw.strip() else _bool(env, "AUTH_ENABLED", False),
             redis_timeout=_float(env, "REDIS_TIMEOUT", 0.25),
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1, maximum=1000),

@@ -14,7 +14,12 @@ def get_store():
 
 
 def actor() -> str:
-    """Who is acting: the ``X-Actor`` header (later, the API key's owner); empty when not given."""
+    """Who is acting: the API key's owner when auth is on, else the ``X-Actor`` header; empty when not given."""
+    from flask import g
+
+    key = g.get("api_key")
+    if key is not None:
+        return key.actor
     value = request.headers.get("X-Actor", "").strip()
     if len(value) > MAX_ACTOR_LENGTH:
         raise InvalidDefinition(f"X-Actor is longer than {MAX_ACTOR_LENGTH} characters", field="X-Actor")

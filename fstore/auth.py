@@ -1,0 +1,279 @@
+"""API keys: creation (shown once), verification, expiry, revocation, scopes and grants.
+
+A key is ``fsk_`` + 43 URL-safe characters from ``secrets`` (256 random bits).
+Only ``sha256(key)`` is stored, with the first 12 characters as a public prefix
+for listing and audit. A slow password hash (bcrypt, scrypt) exists to stretch
+low-entropy secrets that a human chose; a 256-bit random key cannot be guessed
+from its SHA-256 by any amount of stretching, and a fast hash lets every
+request be verified without a 100 ms key-derivation cost. For the same reason no
+salt is needed: two keys never share a value, so there is nothing to precompute.
+
+Scopes say *what* a key may do; grants say *on which* feature sets and features.
+An empty grant means every feature set. ``admin`` implies every other scope.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fstore.definitions import check_name, parse_duration
+from fstore.errors import InvalidDefinition, NotFound, Unauthorized
+from fstore.registry.models import ApiKeyRow, utcnow
+
+SCOPES: tuple[str, ...] = ("read_registry", "write_registry", "materialize", "serve_online", "serve_historical", "admin")
+KEY_PREFIX = "fsk_"
+PREFIX_LENGTH = 12
+_INVALID = "missing or invalid API key"
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key: hex SHA-256 (see the module docstring for why this is enough)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grant:
+    """Which feature sets and features a key may touch; both empty means all of them.
+
+    ``features`` entries are ``set:feature`` (one feature of one set) or a bare
+    ``feature`` (that feature in any set). A feature set named in ``feature_sets``
+    grants all its features.
+    """
+
+    feature_sets: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset()
+
+    @property
+    def unrestricted(self) -> bool:
+        return not self.feature_sets and not self.features
+
+    def allows_feature_set(self, name: str) -> bool:
+        """True when at least part of the set is granted (so the set may be named and listed)."""
+        if self.unrestricted or name in self.feature_sets:
+            return True
+        return any(f.split(":", 1)[0] == name for f in self.features if ":" in f)
+
+    def allows_whole_set(self, name: str) -> bool:
+        """True when every feature of the set is granted (needed to change or materialize it)."""
+        return self.unrestricted or name in self.feature_sets
+
+    def allows_feature(self, feature_set: str | None, name: str) -> bool:
+        """True when feature ``name`` of ``feature_set`` (None: of an unknown set) is granted."""
+        if self.unrestricted or name in self.features:
+            return True
+        if feature_set is None:
+            return False
+        return feature_set in self.feature_sets or f"{feature_set}:{name}" in self.features
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"feature_sets": sorted(self.feature_sets), "features": sorted(self.features)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Grant":
+        data = data or {}
+        return cls(feature_sets=frozenset(data.get("feature_sets") or ()), features=frozenset(data.get("features") or ()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    """A verified key as a request sees it (never the secret itself)."""
+
+    id: int
+    prefix: str
+    owner: str
+    scopes: frozenset[str]
+    grant: Grant = field(default_factory=Grant)
+    expires_at: datetime | None = None
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names whoever used this key."""
+        return f"{self.owner} ({self.prefix}…)"
+
+    def has_scope(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+def _check_scopes(scopes: Any) -> list[str]:
+    if isinstance(scopes, str):
+        scopes = [s for s in scopes.replace(",", " ").split() if s]
+    if not isinstance(scopes, (list, tuple)) or not scopes:
+        raise InvalidDefinition(f"scopes must be a non-empty list of: {', '.join(SCOPES)}", field="scopes")
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise InvalidDefinition(f"unknown scope(s) {', '.join(map(str, unknown))}; use: {', '.join(SCOPES)}", field="scopes")
+    return sorted(set(scopes))
+
+
+def _check_names(values: Any, what: str) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [v for v in values.replace(",", " ").split() if v]
+    if not isinstance(values, (list, tuple)):
+        raise InvalidDefinition(f"{what} must be a list of names", field=what)
+    out = []
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidDefinition(f"{what} must be a list of names, got {value!r}", field=what)
+        parts = value.split(":")
+        if len(parts) > (2 if what == "features" else 1):
+            raise InvalidDefinition(f"{what} entry {value!r} is not a name" + (" or set:feature" if what == "features" else ""),
+                                    field=what)
+        for part in parts:
+            check_name(part, field_name=what)
+        out.append(value)
+    return sorted(set(out))
+
+
+def _expiry(expires_in: Any, expires_at: datetime | None) -> datetime | None:
+    if expires_in is not None and expires_in != "":
+        return utcnow() + timedelta(seconds=parse_duration(expires_in, field_name="expires_in"))
+    if expires_at is not None:
+        if expires_at.tzinfo is not None:
+            expires_at = expires_at.astimezone(timezone.utc).replace(tzinfo=None)
+        if expires_at <= utcnow():
+            raise InvalidDefinition("expires_at is in the past", field="expires_at")
+    return expires_at
+
+
+def key_to_dict(row: ApiKeyRow) -> dict:
+    """A key's public record: never the hash, never the secret."""
+    now = utcnow()
+    status = "revoked" if row.revoked_at else "expired" if row.expires_at and row.expires_at <= now else "active"
+    return {
+        "id": row.id, "prefix": row.prefix, "owner": row.owner, "scopes": list(row.scopes),
+        "grants": Grant.from_dict(row.grants).to_dict(), "status": status,
+        "created_at": _iso(row.created_at), "expires_at": _iso(row.expires_at),
+        "revoked_at": _iso(row.revoked_at), "last_used_at": _iso(row.last_used_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds") + "Z"
+
+
+def create_key(s: Session, *, owner: Any, scopes: Any, feature_sets: Any = None, features: Any = None,
+               expires_in: Any = None, expires_at: datetime | None = None) -> dict:
+    """Create a key; the answer's ``key`` field is the only time the secret is ever shown."""
+    if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
+        raise InvalidDefinition("owner must be a non-empty string of at most 200 characters", field="owner")
+    row = ApiKeyRow(owner=owner.strip(), scopes=_check_scopes(scopes),
+                    grants={"feature_sets": _check_names(feature_sets, "feature_sets"),
+                            "features": _check_names(features, "features")},
+                    expires_at=_expiry(expires_in, expires_at), created_at=utcnow())
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row.prefix = key[:PREFIX_LENGTH]
+    row.key_hash = hash_key(key)
+    s.add(row)
+    s.flush()
+    return {**key_to_dict(row), "key": key}
+
+
+def _find(s: Session, ref: Any) -> ApiKeyRow:
+    text = str(ref).strip()
+    if text.isdigit():
+        row = s.get(ApiKeyRow, int(text))
+    else:
+        rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.prefix == text)).all()
+        row = rows[0] if len(rows) == 1 else None
+    if row is None:
+        raise NotFound(f"API key {text!r} not found (give its id or its prefix)", field="key")
+    return row
+
+
+def get_key(s: Session, ref: Any) -> dict:
+    return key_to_dict(_find(s, ref))
+
+
+def list_keys(s: Session, *, owner: str | None = None, include_inactive: bool = True,
+              limit: int = 50, offset: int = 0) -> dict:
+    """Keys, newest first, without secrets or hashes."""
+    query = select(ApiKeyRow)
+    if owner:
+        query = query.where(ApiKeyRow.owner == owner)
+    if not include_inactive:
+        query = query.where(ApiKeyRow.revoked_at.is_(None))
+    total = s.scalar(select(func.count()).select_from(query.subquery()))
+    rows = s.scalars(query.order_by(ApiKeyRow.id.desc()).limit(limit).offset(offset)).all()
+    items = [key_to_dict(r) for r in rows]
+    if not include_inactive:
+        items = [i for i in items if i["status"] == "active"]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+def revoke_key(s: Session, ref: Any) -> dict:
+    """Revoke a key for good (revoking twice keeps the first time)."""
+    row = _find(s, ref)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return key_to_dict(row)
+
+
+def verify_key(s: Session, key: str | None, *, touch_after: float = 60.0) -> ApiKey:
+    """The key's record if it exists, is not revoked and has not expired; else ``Unauthorized``.
+
+    The message is the same for every failure, so a caller learns nothing about which keys exist.
+    """
+    if not key or not isinstance(key, str) or len(key) > 256:
+        raise Unauthorized(_INVALID)
+    row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key)))
+    now = utcnow()
+    if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        raise Unauthorized(_INVALID)
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() >= touch_after:
+        row.last_used_at = now
+    return ApiKey(id=row.id, prefix=row.prefix, owner=row.owner, scopes=frozenset(row.scopes),
+                  grant=Grant.from_dict(row.grants), expires_at=row.expires_at)
+
+
+class KeyVerifier:
+    """Verifies keys against the registry with a short in-process cache.
+
+    Online serving cannot afford a registry round trip per request, so a verified
+    key is remembered for ``ttl`` seconds: a revocation made in another process
+    takes effect within that time (at once in this one, through ``forget``).
+    Expiry is checked on every request.
+    """
+
+    def __init__(self, session_factory, *, ttl: float = 10.0) -> None:
+        self._session_factory = session_factory
+        self._ttl = ttl
+        self._cache: dict[str, tuple[ApiKey, float]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, key: str | None) -> ApiKey:
+        if not key or not isinstance(key, str) or len(key) > 256:
+            raise Unauthorized(_INVALID)
+        digest = hash_key(key)
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < self._ttl:
+            api_key = hit[0]
+            if api_key.expires_at is None or api_key.expires_at > utcnow():
+                return api_key
+        with self._session_factory() as s:
+            api_key = verify_key(s, key)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (api_key, now)
+        return api_key
+
+    def forget(self, key_ids: Iterable[int] | None = None) -> None:
+        """Drop cached keys (all of them, or those with these ids) after a revocation."""
+        with self._lock:
+            if key_ids is None:
+                self._cache.clear()
+                return
+            ids = set(key_ids)
+            for digest in [d for d, (k, _) in self._cache.items() if k.id in ids]:
+                self._cache.pop(digest, None)

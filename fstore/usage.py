@@ -1,0 +1,290 @@
+"""Serving usage: counted in memory per request, aggregated per minute, flushed in the background.
+
+The request path only appends one tuple to a deque (atomic in CPython, no lock,
+no parsing); a daemon thread turns pending events into per-minute rows of table
+``usage`` every ``interval`` seconds. Rows come at three levels, told apart by
+empty columns, so no total is ever double counted:
+
+* ``feature_set="" feature=""`` — one per request (requests and latency per key);
+* ``feature_set=S feature=""`` — per feature set asked (entities, cache hits);
+* ``feature_set=S feature=F`` — per feature (entities asked, entities that had a value).
+
+Latency is a fixed-bucket histogram (``BUCKETS_MS``), so p50/p95/p99 can be
+read over any period by adding histograms.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from fstore.errors import InvalidDefinition
+from fstore.registry.models import UsageRow
+
+log = logging.getLogger(__name__)
+
+BUCKETS_MS: tuple[float, ...] = (0.25, 0.5, 1, 2, 3, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_N_BUCKETS = len(BUCKETS_MS) + 1  # the last bucket is "above 10 s"
+
+Resolver = Callable[[str], str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """What one request asked and got: (feature set, feature) pairs, entity count, coverage, cache."""
+
+    features: tuple[tuple[str, str], ...]
+    entities: int
+    found: dict[tuple[str, str], int]
+    cache_hit: bool
+
+
+def summarize_online(body: Any, response: Any, resolve_set: Resolver | None = None) -> Summary:
+    """Read an online-serving request body and its JSON answer into a ``Summary``.
+
+    ``features`` of the answer is keyed by entity id, each a mapping feature → value
+    (or → ``{"value", "status"}``); a value counts as found when it is not null and
+    its status, if any, is ``present``.
+    """
+    body = body if isinstance(body, dict) else {}
+    response = response if isinstance(response, dict) else {}
+    sets = body.get("feature_sets") if isinstance(body.get("feature_sets"), list) else []
+    pairs: list[tuple[str, str, str]] = []  # (set, feature, name as written)
+    for ref in body.get("features") or ():
+        if not isinstance(ref, str):
+            continue
+        if ":" in ref:
+            head, name = ref.split(":", 1)
+            pairs.append((head.split("@", 1)[0], name, ref))
+        elif len(sets) == 1 and isinstance(sets[0], str):
+            pairs.append((sets[0], ref, ref))
+        else:
+            pairs.append((resolve_set(ref) if resolve_set else "", ref, ref))
+    rows = response.get("features")
+    rows = rows.values() if isinstance(rows, dict) else rows if isinstance(rows, list) else ()
+    found = {(fs, f): 0 for fs, f, _ in pairs}
+    entities = 0
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        entities += 1
+        for fs, f, written in pairs:
+            value = row.get(written, row.get(f))
+            if isinstance(value, dict) and "value" in value:
+                ok = value.get("value") is not None and value.get("status", "present") == "present"
+            else:
+                ok = value is not None
+            found[(fs, f)] += ok
+    metadata = response.get("metadata") if isinstance(response.get("metadata"), dict) else {}
+    return Summary(features=tuple((fs, f) for fs, f, _ in pairs), entities=entities, found=found,
+                   cache_hit=bool(metadata.get("cache_hit")))
+
+
+def bucket_index(latency_ms: float) -> int:
+    return bisect_left(BUCKETS_MS, latency_ms)
+
+
+def percentile(histogram: list[int], q: float) -> float | None:
+    """The upper bound (ms) of the bucket holding quantile ``q``; None when nothing was counted."""
+    total = sum(histogram)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(histogram):
+        seen += count
+        if seen >= rank and count:
+            # Above the last bound is reported as the last bound (JSON has no infinity).
+            return float(BUCKETS_MS[min(i, len(BUCKETS_MS) - 1)])
+    return float(BUCKETS_MS[-1])
+
+
+class UsageRecorder:
+    """In-memory usage aggregation with a background flush to the registry."""
+
+    def __init__(self, engine: Engine, *, interval: float = 10.0, max_pending: int = 500_000,
+                 resolve_set: Resolver | None = None) -> None:
+        self._engine = engine
+        self._interval = interval
+        # Bounded: if the registry is down for long, the oldest events are dropped rather than memory exhausted.
+        self._pending: deque = deque(maxlen=max_pending)
+        self._resolve_set = resolve_set
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._flush_lock = threading.Lock()
+
+    # -- the request path: one append ------------------------------------------------------
+
+    def record(self, *, endpoint: str, api_key: str, body: Any, response_body: bytes | None, latency_ms: float) -> None:
+        """Note one serving request; all parsing happens later, off the request path."""
+        self._pending.append((time.time(), endpoint, api_key, body, response_body, latency_ms))
+
+    # -- background ------------------------------------------------------------------------
+
+    def start(self) -> "UsageRecorder":
+        """Start the flush thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="fstore-usage-flush", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and flush what is pending."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the flusher must survive a registry outage
+                log.exception("usage flush failed; will retry")
+
+    def _aggregate(self, events: list) -> dict[tuple, list]:
+        agg: dict[tuple, list] = {}
+
+        def add(key: tuple, entities: int, found: int, cache: int, bucket: int) -> None:
+            slot = agg.get(key)
+            if slot is None:
+                slot = agg[key] = [0, 0, 0, 0, [0] * _N_BUCKETS]
+            slot[0] += 1
+            slot[1] += entities
+            slot[2] += found
+            slot[3] += cache
+            slot[4][bucket] += 1
+
+        for at, endpoint, api_key, body, response_body, latency_ms in events:
+            minute = datetime.fromtimestamp(at - at % 60, timezone.utc).replace(tzinfo=None)
+            try:
+                response = json.loads(response_body) if response_body else None
+            except ValueError:
+                response = None
+            summary = summarize_online(body, response, self._resolve_set)
+            bucket = bucket_index(latency_ms)
+            cache = int(summary.cache_hit)
+            add((minute, api_key, endpoint, "", ""), summary.entities, 0, cache, bucket)
+            for fs in dict.fromkeys(fs for fs, _ in summary.features):
+                add((minute, api_key, endpoint, fs, ""), summary.entities, 0, cache, bucket)
+            for fs, f in summary.features:
+                add((minute, api_key, endpoint, fs, f), summary.entities, summary.found.get((fs, f), 0), cache, bucket)
+        return agg
+
+    def flush(self) -> int:
+        """Write pending events to ``usage`` (adding to existing minute rows); returns events flushed."""
+        with self._flush_lock:
+            events = []
+            while self._pending:
+                events.append(self._pending.popleft())
+            if not events:
+                return 0
+            agg = self._aggregate(events)
+            for attempt in range(3):
+                try:
+                    self._write(agg)
+                    return len(events)
+                except IntegrityError:
+                    continue  # another worker inserted the same minute row first: read it and add
+                except SQLAlchemyError:
+                    # Keep the events for the next flush (registry briefly unavailable).
+                    self._pending.extendleft(reversed(events))
+                    raise
+            self._pending.extendleft(reversed(events))
+            return 0
+
+    def _write(self, agg: dict[tuple, list]) -> None:
+        with Session(self._engine) as s, s.begin():
+            for (minute, api_key, endpoint, fs, f), (requests, entities, found, cache, hist) in agg.items():
+                row = s.scalar(select(UsageRow).where(
+                    UsageRow.minute == minute, UsageRow.api_key == api_key, UsageRow.endpoint == endpoint,
+                    UsageRow.feature_set == fs, UsageRow.feature == f).with_for_update())
+                if row is None:
+                    s.add(UsageRow(minute=minute, api_key=api_key, endpoint=endpoint, feature_set=fs, feature=f,
+                                   requests=requests, entities=entities, entities_found=found, cache_hits=cache,
+                                   latency_ms=hist))
+                    s.flush()
+                else:
+                    row.requests += requests
+                    row.entities += entities
+                    row.entities_found += found
+                    row.cache_hits += cache
+                    old = list(row.latency_ms) + [0] * (_N_BUCKETS - len(row.latency_ms))
+                    row.latency_ms = [a + b for a, b in zip(old, hist)]
+
+
+# -- reading --------------------------------------------------------------------------------
+
+_LEVELS = ("key", "feature_set", "feature")
+_GRANULARITY = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def query_usage(s: Session, *, start: datetime, end: datetime | None = None, level: str = "feature_set",
+                granularity: str | None = None, api_key: str | None = None, feature_set: str | None = None,
+                allowed_set: Callable[[str], bool] | None = None) -> dict:
+    """Usage between ``start`` and ``end`` at one level (``key``, ``feature_set`` or ``feature``).
+
+    Each item carries requests, entities, p50/p95/p99 latency (ms, bucket upper bounds),
+    cache hit rate and, per feature, coverage (share of requested entities that had a
+    value). ``granularity`` (minute/hour/day) splits items over time.
+    """
+    if level not in _LEVELS:
+        raise InvalidDefinition(f"level {level!r} is not one of {', '.join(_LEVELS)}", field="level")
+    if granularity is not None and granularity not in _GRANULARITY:
+        raise InvalidDefinition(f"granularity {granularity!r} is not one of {', '.join(_GRANULARITY)}", field="granularity")
+    end = end or datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=1)
+    if end <= start:
+        raise InvalidDefinition("end_date must be after start_date", field="end_date")
+    query = select(UsageRow).where(UsageRow.minute >= start, UsageRow.minute < end)
+    if level == "key":
+        query = query.where(UsageRow.feature_set == "", UsageRow.feature == "")
+    elif level == "feature_set":
+        query = query.where(UsageRow.feature_set != "", UsageRow.feature == "")
+    else:
+        query = query.where(UsageRow.feature != "")
+    if api_key:
+        query = query.where(UsageRow.api_key == api_key)
+    if feature_set:
+        query = query.where(UsageRow.feature_set == feature_set)
+    groups: dict[tuple, list] = {}
+    for row in s.scalars(query):
+        if allowed_set is not None and row.feature_set and not allowed_set(row.feature_set):
+            continue
+        period = None
+        if granularity:
+            step = _GRANULARITY[granularity]
+            epoch = row.minute.replace(tzinfo=timezone.utc).timestamp()
+            period = datetime.fromtimestamp(epoch - epoch % step, timezone.utc).replace(tzinfo=None)
+        key = (period, row.api_key, row.endpoint, row.feature_set, row.feature)
+        slot = groups.setdefault(key, [0, 0, 0, 0, [0] * _N_BUCKETS])
+        slot[0] += row.requests
+        slot[1] += row.entities
+        slot[2] += row.entities_found
+        slot[3] += row.cache_hits
+        slot[4] = [a + b for a, b in zip(slot[4], list(row.latency_ms) + [0] * (_N_BUCKETS - len(row.latency_ms)))]
+    items = []
+    for (period, key, endpoint, fs, f), (requests, entities, found, cache, hist) in sorted(
+            groups.items(), key=lambda kv: tuple("" if v is None else str(v) for v in kv[0])):
+        item = {"api_key": key, "endpoint": endpoint, "requests": requests, "entities": entities,
+                "latency_ms": {"p50": percentile(hist, 0.50), "p95": percentile(hist, 0.95), "p99": percentile(hist, 0.99)},
+                "cache_hit_rate": round(cache / requests, 4) if requests else None}
+        if period is not None:
+            item["period"] = period.isoformat() + "Z"
+        if level != "key":
+            item["feature_set"] = fs
+        if level == "feature":
+            item["feature"] = f
+            item["coverage"] = round(found / entities, 4) if entities else None
+        items.append(item)
+    return {"start_date": start.isoformat() + "Z", "end_date": end.isoformat() + "Z", "level": level, "items": items}
