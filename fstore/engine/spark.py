@@ -48,6 +48,13 @@ def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path[len("file:"):] if path.startswith("file:") else path
 
 
+def delta_arrow_schema(table):
+    """A Delta table's schema as a pyarrow schema (deltalake 1.x hands out arro3 objects)."""
+    import pyarrow as pa
+
+    return pa.schema(table.schema().to_arrow())
+
+
 def read_delta(spark, path: str, *, version: int | None = None, storage_options: dict | None = None):
     """A Delta table's files (current or ``version``) read as Parquet by Spark, partition columns included."""
     from deltalake import DeltaTable
@@ -61,15 +68,13 @@ def read_delta(spark, path: str, *, version: int | None = None, storage_options:
     if not files:
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        schema = from_arrow_schema(table.schema().to_arrow() if hasattr(table.schema(), "to_arrow")
-                                   else table.schema().to_pyarrow())
-        return spark.createDataFrame([], schema)
+        return spark.createDataFrame([], from_arrow_schema(delta_arrow_schema(table)))
     root = table.table_uri.rstrip("/")
     df = spark.read.option("basePath", root).parquet(*files)
     partitions = table.metadata().partition_columns
     if partitions:
         # Spark infers partition value types from the strings; the table's schema decides.
-        arrow = table.schema().to_arrow() if hasattr(table.schema(), "to_arrow") else table.schema().to_pyarrow()
+        arrow = delta_arrow_schema(table)
         from pyspark.sql.pandas.types import from_arrow_type
 
         for name in partitions:
@@ -118,15 +123,34 @@ def read_source(spark, source: Source, *, start: datetime | None = None, end: da
     return df.where(" AND ".join(conds)) if conds else df
 
 
+def _ship_by_value(funcs) -> None:
+    """Pickle user modules by value (cloudpickle), unless they are installed packages or the standard library."""
+    import inspect
+    import sys
+    import sysconfig
+
+    from pyspark import cloudpickle
+
+    installed = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    for func in funcs:
+        module = inspect.getmodule(func)
+        path = getattr(module, "__file__", None) or ""
+        if module is None or not path or any(path.startswith(p) for p in installed) or path.startswith(sys.base_prefix):
+            continue
+        cloudpickle.register_pickle_by_value(module)
+
+
 def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
     """Append each python feature's column, computed per partition on the executors."""
     from pyspark.sql.types import StructField, StructType, _parse_datatype_string
 
     from fstore.compiler.check import load_python
 
-    for name, spec, _ in compiled.python_features:
-        load_python(spec, feature=name)  # fail on the driver, with the feature's name, before Spark runs
     py = compiled.python_features
+    # Load on the driver (a bad name fails here, naming the feature) and ship the functions by value,
+    # so a user module need not be installed on every executor.
+    funcs = [(n, load_python(spec, feature=n)) for n, spec, _ in py]
+    _ship_by_value(func for _, func in funcs)
     internal = {c: c[len("__f_"):] for c in df.columns if c.startswith("__f_")}
     hidden = [c for c in df.columns if c.startswith("__fs_")]
     out_schema = StructType(df.schema.fields + [StructField(internal_column(n), _parse_datatype_string(t), True) for n, _, t in py])
@@ -134,9 +158,6 @@ def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
     def apply(batches: Iterator) -> Iterator:
         import pandas as pd
 
-        from fstore.compiler.check import load_python as load
-
-        funcs = [(n, load(spec, feature=n)) for n, spec, _ in py]
         for pdf in batches:
             shadowed = [v for v in internal.values() if v in pdf.columns]
             shown = pdf.drop(columns=hidden + shadowed).rename(columns=internal)

@@ -1,0 +1,276 @@
+"""The compiler on real Spark: AGE against the real PostgreSQL, event-time "now", composites, python features,
+validation at apply time."""
+from __future__ import annotations
+
+import sys
+import textwrap
+from datetime import date, datetime
+
+import pandas as pd
+import pytest
+
+from fstore.compiler import compile_feature_set, validate_version
+from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.engine.spark import compute, read_source
+from fstore.errors import InvalidDefinition, NotFound
+
+pytestmark = pytest.mark.spark
+
+
+def make_fsv(features: list[dict], source: dict | None, *, name: str = "users") -> FeatureSetVersion:
+    body = {"name": name, "entities": ["user"]}
+    if source is not None:
+        body["source"] = source
+    return FeatureSetVersion(
+        feature_set=FeatureSet.from_dict(body), version=1,
+        entities=(Entity.from_dict({"name": "user", "join_keys": ["user_id"]}),),
+        features=tuple(Feature.from_dict(f, feature_set=name) for f in features),
+    )
+
+
+class _Store:
+    """What validate_version needs from a FeatureStore: a Spark session (counts its use)."""
+
+    def __init__(self, spark) -> None:
+        self._spark, self.used = spark, 0
+
+    @property
+    def spark(self):
+        self.used += 1
+        return self._spark
+
+
+def _write(spark, tmp_path, pdf: pd.DataFrame, name: str = "src") -> str:
+    path = str(tmp_path / name)
+    spark.createDataFrame(pdf).write.parquet(path)
+    return path
+
+
+def _age_pairs() -> list[tuple[date, date]]:
+    births = [date(2000, 2, 29), date(1996, 2, 29), date(1990, 3, 1), date(1990, 2, 28), date(1985, 12, 31),
+              date(2001, 1, 31), date(1999, 7, 15), date(2004, 2, 29)]
+    events = []
+    for year in (2019, 2020, 2021, 2023, 2024, 2025):
+        events += [date(year, 2, 27), date(year, 2, 28), date(year, 3, 1), date(year, 3, 2), date(year, 7, 14),
+                   date(year, 7, 15), date(year, 12, 30), date(year, 12, 31), date(year, 1, 30), date(year, 1, 31)]
+        if year % 4 == 0:
+            events.append(date(year, 2, 29))
+    events += [date(1980, 5, 5), date(1999, 7, 14)]  # event before birth: negative ages, as PostgreSQL gives
+    return [(e, b) for e in events for b in births]
+
+
+def test_age_matches_postgresql_at_birthdays_and_leap_days(spark, tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import PG_ADMIN_URL
+
+    pairs = _age_pairs()
+    engine = create_engine(PG_ADMIN_URL)
+    values = ", ".join(f"(DATE '{e}', DATE '{b}')" for e, b in pairs)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            f"SELECT e, b, EXTRACT(YEAR FROM AGE(e, b))::int, EXTRACT(MONTH FROM AGE(e, b))::int, "
+            f"EXTRACT(DAY FROM AGE(e, b))::int FROM (VALUES {values}) AS t(e, b)")).all()
+    engine.dispose()
+    expected = {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
+    pdf = pd.DataFrame({"user_id": [f"u{i}" for i in range(len(pairs))],
+                        "ts": [datetime(e.year, e.month, e.day, 13, 30) for e, _ in pairs],
+                        "date_of_birth": [b for _, b in pairs]})
+    path = _write(spark, tmp_path, pdf)
+    fsv = make_fsv([
+        {"name": "age", "data_type": "int", "dialect": "postgres",
+         "transformation": "EXTRACT(YEAR FROM AGE(current_date, date_of_birth))"},
+        {"name": "age_months", "data_type": "int", "dialect": "postgres",
+         "transformation": "EXTRACT(MONTH FROM AGE(current_date, date_of_birth))"},
+        {"name": "age_days", "data_type": "int", "dialect": "postgres",
+         "transformation": "date_part('day', age(date_of_birth))"},
+    ], {"path": path, "event_timestamp_column": "ts"})
+    got = compute(spark, fsv).toPandas()
+    assert len(got) == len(pairs)
+    index = {f"u{i}": p for i, p in enumerate(pairs)}
+    mismatches = [(index[r.user_id], (r.age, r.age_months, r.age_days), expected[index[r.user_id]])
+                  for r in got.itertuples() if (r.age, r.age_months, r.age_days) != expected[index[r.user_id]]]
+    assert mismatches == []
+    # the cases the brief names, spelled out
+    def age_at(e, b):
+        return expected[(e, b)][0]
+    assert age_at(date(2021, 2, 28), date(2000, 2, 29)) == 20  # non-leap year: not yet on 28 Feb
+    assert age_at(date(2021, 3, 1), date(2000, 2, 29)) == 21   # ... a year older on 1 Mar
+    assert age_at(date(2024, 2, 29), date(2000, 2, 29)) == 24  # leap year: on the birthday itself
+    assert age_at(date(2024, 2, 28), date(2000, 2, 29)) == 23
+
+
+def test_age_with_timestamps_borrows_a_day_like_postgresql(spark, tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import PG_ADMIN_URL
+
+    pairs = [(datetime(2024, 3, 1, 8, 0), datetime(2000, 3, 1, 9, 0)), (datetime(2024, 3, 1, 9, 0), datetime(2000, 3, 1, 9, 0)),
+             (datetime(2024, 3, 31, 0, 0), datetime(2024, 1, 31, 0, 0, 1)), (datetime(2023, 3, 1, 0, 0), datetime(2023, 1, 31, 12, 0))]
+    engine = create_engine(PG_ADMIN_URL)
+    with engine.connect() as conn:
+        expected = [tuple(conn.execute(text(
+            "SELECT EXTRACT(YEAR FROM AGE(:a, :b))::int, EXTRACT(MONTH FROM AGE(:a, :b))::int, EXTRACT(DAY FROM AGE(:a, :b))::int"),
+            {"a": a, "b": b}).one()) for a, b in pairs]
+    engine.dispose()
+    pdf = pd.DataFrame({"user_id": [f"u{i}" for i in range(len(pairs))], "ts": [a for a, _ in pairs], "born": [b for _, b in pairs]})
+    fsv = make_fsv([{"name": f"p_{part}", "data_type": "int", "dialect": "postgres",
+                     "transformation": f"EXTRACT({part} FROM AGE(now(), born))"} for part in ("YEAR", "MONTH", "DAY")],
+                   {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
+    got = compute(spark, fsv).toPandas().sort_values("user_id")
+    assert [tuple(r) for r in got[["p_YEAR", "p_MONTH", "p_DAY"]].itertuples(index=False)] == expected
+
+
+def test_now_and_current_date_mean_the_event_time(spark, tmp_path):
+    pdf = pd.DataFrame({"user_id": ["a", "b"], "ts": [datetime(2020, 5, 17, 23, 59, 59), datetime(2021, 1, 1, 0, 0)],
+                        "signup": [date(2020, 5, 7), date(2020, 12, 1)]})
+    fsv = make_fsv([
+        {"name": "today", "data_type": "string", "transformation": "CAST(current_date AS STRING)"},
+        {"name": "days_since_signup", "data_type": "int", "transformation": "datediff(current_date(), signup)"},
+        {"name": "now_ts", "data_type": "timestamp", "transformation": "now()", "dialect": "postgres"},
+        {"name": "hours", "data_type": "float", "transformation": "(unix_timestamp(current_timestamp()) - unix_timestamp(CAST(signup AS TIMESTAMP))) / 3600.0"},
+    ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
+    got = compute(spark, fsv).toPandas().sort_values("user_id").reset_index(drop=True)
+    assert list(got.today) == ["2020-05-17", "2021-01-01"]
+    assert list(got.days_since_signup) == [10, 31]
+    assert list(got.now_ts) == list(pdf.ts)
+    assert got.hours[0] == pytest.approx(10 * 24 + 23 + 59 / 60 + 59 / 3600)
+
+
+def test_composites_in_dependency_order_and_seed_ratio(spark, tmp_path):
+    ts = [datetime(2024, 1, d) for d in (1, 2, 3)] + [datetime(2024, 1, 1)]
+    pdf = pd.DataFrame({"user_id": ["u", "u", "u", "v"], "timestamp": ts,
+                        "signup": [date(2023, 12, 31), date(2023, 12, 31), date(2023, 12, 31), date(2024, 1, 1)],
+                        "amount": [10.0, 20.0, 30.0, 5.0]})
+    fsv = make_fsv([
+        {"name": "rate_x2", "data_type": "float", "transformation": "rate * 2", "source_features": ["rate"]},
+        {"name": "rate", "data_type": "float", "dialect": "postgres",
+         "transformation": "purchases_last_30d / NULLIF(days_since_signup, 0)"},
+        {"name": "purchases_last_30d", "data_type": "int", "dialect": "postgres",
+         "transformation": "COUNT(*) OVER (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN INTERVAL '30 days' PRECEDING AND CURRENT ROW)"},
+        {"name": "days_since_signup", "data_type": "int", "transformation": "datediff(current_date, signup)"},
+        {"name": "amount", "data_type": "float", "transformation": "amount * 100"},  # shadows the source column
+        {"name": "amount_plus", "data_type": "float", "transformation": "amount + 1", "source_features": ["amount"]},
+    ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "timestamp"})
+    compiled = compile_feature_set(fsv)
+    assert "composite_2" in compiled.sql and compiled.lookback_seconds == 30 * 86400
+    got = compute(spark, fsv).toPandas().sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
+    assert list(got.columns) == ["user_id", "event_timestamp", "created_timestamp", "rate_x2", "rate",
+                                 "purchases_last_30d", "days_since_signup", "amount", "amount_plus"]
+    assert list(got.purchases_last_30d) == [1, 2, 3, 1]
+    assert list(got.days_since_signup) == [1, 2, 3, 0]
+    assert list(got.rate[:3]) == [1.0, 1.0, 1.0] and pd.isna(got.rate[3])  # NULLIF(0) → null, not a division error
+    assert list(got.rate_x2[:3]) == [2.0, 2.0, 2.0]
+    assert list(got.amount) == [1000.0, 2000.0, 3000.0, 500.0]
+    assert list(got.amount_plus) == [1001.0, 2001.0, 3001.0, 501.0]
+    assert list(got.created_timestamp) == list(got.event_timestamp)
+
+
+def test_python_features_run_on_the_executors(spark, tmp_path, monkeypatch):
+    module = tmp_path / "h3a_pyfeatures.py"
+    module.write_text(textwrap.dedent("""
+        import pandas as pd
+
+        def doubled(df):
+            return df["amount"] * 2
+
+        def as_frame(df):
+            return pd.DataFrame({"label": df["user_id"] + ":" + df["big"].astype(str)})
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pdf = pd.DataFrame({"user_id": ["a", "b"], "ts": [datetime(2024, 1, 1), datetime(2024, 1, 2)], "amount": [1.5, 2.5]})
+    fsv = make_fsv([
+        {"name": "dbl", "data_type": "float", "python": "h3a_pyfeatures:doubled"},
+        {"name": "big", "data_type": "int", "transformation": "CAST(amount * 10 AS INT)"},
+        {"name": "label", "data_type": "string", "python": "h3a_pyfeatures:as_frame"},
+    ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
+    df = compute(spark, fsv)
+    assert "MapInPandas" in df._jdf.queryExecution().executedPlan().toString()
+    got = df.toPandas().sort_values("user_id")
+    assert list(got.dbl) == [3.0, 5.0] and list(got.label) == ["a:15", "b:25"] and list(got.big) == [15, 25]
+    sys.modules.pop("h3a_pyfeatures", None)
+
+
+def test_validate_version_names_the_feature_with_sparks_message(spark, tmp_path):
+    pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
+    source = {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"}
+    store = _Store(spark)
+    validate_version(store, make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount + 1"}], source))
+    with pytest.raises(InvalidDefinition) as err:
+        validate_version(store, make_fsv([
+            {"name": "ok", "data_type": "float", "transformation": "amount + 1"},
+            {"name": "broken", "data_type": "float", "transformation": "amount + no_such_column"},
+        ], source))
+    assert "feature broken" in err.value.message and "no_such_column" in err.value.message
+    with pytest.raises(InvalidDefinition, match="event timestamp column 'when'.*user_id, ts, amount"):
+        validate_version(store, make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount"}],
+                                         {**source, "event_timestamp_column": "when"}))
+
+
+def test_validate_version_static_checks_do_not_start_spark():
+    store = _Store(None)
+    cases = [
+        ([{"name": "x", "data_type": "int", "transformation": "amount +* 2"}], "feature x"),
+        ([{"name": "a", "data_type": "int", "transformation": "b + 1", "source_features": ["b"]},
+          {"name": "b", "data_type": "int", "transformation": "a + 1", "source_features": ["a"]}], "cycle"),
+        ([{"name": "p", "data_type": "int", "python": "no_such_module_h3a:fn"}], "cannot be imported"),
+        ([{"name": "p", "data_type": "int", "python": "os.path:no_such_fn"}], "not a callable"),
+        ([{"name": "w", "data_type": "int", "transformation":
+           "COUNT(*) OVER (PARTITION BY other_id ORDER BY ts RANGE BETWEEN INTERVAL '1 day' PRECEDING AND CURRENT ROW)"}], "PARTITION BY"),
+        ([{"name": "w", "data_type": "int", "transformation":
+           "COUNT(*) OVER (PARTITION BY user_id ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)"}], "RANGE"),
+        ([{"name": "w", "data_type": "int", "window_size": "2d", "transformation":
+           "COUNT(*) OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL '1 day' PRECEDING AND CURRENT ROW)"}], "disagrees"),
+        ([{"name": "w", "data_type": "int", "transformation":
+           "SUM(x) OVER (PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL '1 month' PRECEDING AND CURRENT ROW)"}], "fixed duration"),
+        ([{"name": "g", "data_type": "int", "dialect": "postgres", "transformation": "AGE(now(), born) > INTERVAL '1 year'"}], "AGE"),
+        ([{"name": "event_timestamp", "data_type": "int", "transformation": "1"}], "taken"),
+    ]
+    for features, message in cases:
+        with pytest.raises(InvalidDefinition, match=message):
+            validate_version(store, make_fsv(features, {"path": "/nonexistent/h3a", "event_timestamp_column": "ts"}))
+    validate_version(store, make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}], None))
+    # a source that is not readable yet: static checks only
+    validate_version(store, make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}], None))
+    assert store.used == 0
+
+
+def test_read_source_formats_and_errors(spark, tmp_path):
+    pdf = pd.DataFrame({"user_id": ["a", "b", "c"], "ts": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"]),
+                        "amount": [1.0, 2.0, 3.0]})
+    csv = tmp_path / "src.csv"
+    pdf.to_csv(csv, index=False)
+    src = {"path": str(csv), "format": "csv", "event_timestamp_column": "ts"}
+    from fstore.definitions import Source
+
+    df = read_source(spark, Source.from_dict(src), start=datetime(2024, 1, 2), end=datetime(2024, 1, 3))
+    assert [r.user_id for r in df.collect()] == ["b"]
+    df = read_source(spark, Source.from_dict(src), start=datetime(2024, 1, 2), end=datetime(2024, 1, 3), lookback_seconds=86400)
+    assert sorted(r.user_id for r in df.collect()) == ["a", "b"]
+    json_path = tmp_path / "src.json"
+    spark.createDataFrame(pdf).write.json(str(json_path))
+    assert read_source(spark, Source.from_dict({"path": str(json_path), "format": "json", "event_timestamp_column": "ts"})).count() == 3
+    spark.createDataFrame(pdf).createOrReplaceTempView("h3a_events")
+    assert read_source(spark, Source.from_dict({"query": "SELECT * FROM h3a_events WHERE amount > 1",
+                                                "event_timestamp_column": "ts"})).count() == 2
+    with pytest.raises(NotFound, match="/no/such/path"):
+        read_source(spark, Source.from_dict({"path": "/no/such/path", "event_timestamp_column": "ts"}))
+    with pytest.raises(NotFound, match="no_such_table"):
+        read_source(spark, Source.from_dict({"table": "no_such_table", "event_timestamp_column": "ts"}))
+
+
+def test_read_delta_source_with_partitions(spark, tmp_path):
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    table = pa.table({"user_id": ["a", "b", "c"], "ts": pa.array([datetime(2024, 1, 1), datetime(2024, 1, 2), datetime(2024, 1, 3)],
+                                                                  pa.timestamp("us", tz="UTC")),
+                      "region": ["eu", "us", "eu"], "amount": [1.0, 2.0, 3.0]})
+    path = str(tmp_path / "delta_src")
+    write_deltalake(path, table, partition_by=["region"])
+    from fstore.definitions import Source
+
+    df = read_source(spark, Source.from_dict({"path": path, "format": "delta", "event_timestamp_column": "ts"}),
+                     end=datetime(2024, 1, 3))
+    rows = sorted((r.user_id, r.region, r.amount) for r in df.collect())
+    assert rows == [("a", "eu", 1.0), ("b", "us", 2.0)]
