@@ -1,0 +1,376 @@
+"""``python -m bench [materialize|online|historical|correctness|all] [--scale N] [--quick]``
+
+Runs fstore and Feast 0.67 on the same generated data, the same Redis (loopback)
+and the same machine, in one run, and writes ``bench/results/<part>.json`` and
+``bench/results/latest.md``. Feast is optional (the ``bench`` extra); without it
+the benchmark says so and measures fstore alone. Redis databases 8 (Feast) and 9
+(fstore) are flushed and used; nothing else in Redis is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from bench import feast_side, fstore_side, httpload, report
+from bench.data import Dataset, bench_dir, generate
+
+FEAST_DB, FSTORE_DB = 8, 9
+FEAST_PORT, FSTORE_PORT = 16566, 18002
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PART_TIMEOUT = 1800  # seconds; any one subprocess of the benchmark is stopped after this
+
+
+@dataclass(kw_only=True)
+class Context:
+    """What every part shares: the data, scratch folders, Feast's presence and the run's size knobs."""
+
+    dataset: Dataset
+    work: Path
+    feast: str | None
+    quick: bool
+    results: Path = report.RESULTS
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def feast_repo(self) -> Path:
+        return self.work / "feast-repo"
+
+    @property
+    def fstore_store(self) -> Path:
+        return self.work / "fstore-store"
+
+    def output(self, system: str, rows: int) -> str:
+        return str(self.work / f"historical-{system}-{rows}.parquet")
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def flush(db: int) -> None:
+    subprocess.run(["redis-cli", "-p", "6379", "-n", str(db), "flushdb"], check=True, capture_output=True, timeout=60)
+
+
+def dbsize(db: int) -> int:
+    out = subprocess.run(["redis-cli", "-p", "6379", "-n", str(db), "dbsize"], check=True, capture_output=True,
+                         text=True, timeout=60)
+    return int(out.stdout.strip())
+
+
+def run_json(command: list[str], *, env: dict | None = None, cwd: Path = REPO_ROOT) -> tuple[dict, float]:
+    """Run a subprocess that prints JSON on its last stdout line; returns it and the wall seconds."""
+    began = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=PART_TIMEOUT)
+    wall = time.perf_counter() - began
+    lines = [l for l in done.stdout.splitlines() if l.strip().startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(command[:6])} … failed (exit {done.returncode}):\n"
+                           f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+    return json.loads(lines[-1]), wall
+
+
+def py(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+
+def ensure_setup(ctx: Context) -> None:
+    """Both systems' definitions, applied once per data set (markers in the scratch folder)."""
+    marker = ctx.work / "setup.json"
+    if marker.exists():
+        return
+    if ctx.feast:
+        log("Feast: writing the repo and applying definitions")
+        feast_side.write_repo(ctx.feast_repo, ctx.dataset.events_path, FEAST_DB)
+        run_json(py("bench.feast_side", "setup", "--repo", str(ctx.feast_repo), "--events", ctx.dataset.events_path,
+                    "--redis-db", str(FEAST_DB)))
+    log("fstore: applying definitions")
+    run_json(py("bench.fstore_side", "--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB), "setup",
+                "--events", ctx.dataset.events_path))
+    marker.write_text(json.dumps({"feast": ctx.feast}))
+
+
+def ensure_materialized(ctx: Context) -> None:
+    """Online parts need both Redis databases loaded, historical needs fstore's offline table."""
+    ensure_setup(ctx)
+    if not (ctx.work / "materialized.json").exists() or dbsize(FSTORE_DB) == 0:
+        log("fstore: materializing once (prerequisite)")
+        flush(FSTORE_DB)
+        run_json(fstore_side.job_command(ctx.dataset.start, ctx.dataset.end),
+                 env=fstore_side.environment(ctx.fstore_store, FSTORE_DB))
+        (ctx.work / "materialized.json").write_text("{}")
+    if ctx.feast and dbsize(FEAST_DB) == 0:
+        log("Feast: materializing once (prerequisite)")
+        run_json(py("bench.feast_side", "materialize", "--repo", str(ctx.feast_repo),
+                    "--start", ctx.dataset.start.isoformat(), "--end", ctx.dataset.end.isoformat()))
+
+
+# -- parts ------------------------------------------------------------------------------------------
+
+def part_materialize(ctx: Context) -> dict:
+    """Whole range into Redis: CLI wall and in-process times for both, fstore's stages, Redis' HSET rate."""
+    ensure_setup(ctx)
+    rows = ctx.dataset.sizes.events
+    out: dict = {"source_rows": rows}
+    log("redis-benchmark HSET reference (DB 8)")
+    flush(FEAST_DB)
+    bench_out = subprocess.run(["redis-benchmark", "-q", "-P", "16", "-t", "hset", "-n", "1000000", "-p", "6379",
+                                "--dbnum", str(FEAST_DB)], capture_output=True, text=True, timeout=300)
+    out["redis_hset"] = bench_out.stdout.strip().splitlines()[-1].split("\r")[-1].strip() if bench_out.stdout else None
+    flush(FEAST_DB)
+    if ctx.feast:
+        f: dict = {}
+        log("Feast: `feast materialize` (CLI)")
+        began = time.perf_counter()
+        done = subprocess.run(feast_side.cli_materialize_command(ctx.feast_repo, ctx.dataset.start, ctx.dataset.end),
+                              capture_output=True, text=True, cwd=ctx.work, timeout=PART_TIMEOUT)
+        f["cli_seconds"] = time.perf_counter() - began
+        if done.returncode != 0:
+            raise RuntimeError(f"feast materialize failed: {done.stderr[-3000:]}")
+        f["cli_keys"] = dbsize(FEAST_DB)
+        flush(FEAST_DB)
+        log("Feast: FeatureStore.materialize (in-process)")
+        result, wall = run_json(py("bench.feast_side", "materialize", "--repo", str(ctx.feast_repo),
+                                   "--start", ctx.dataset.start.isoformat(), "--end", ctx.dataset.end.isoformat()))
+        f.update(inprocess_seconds=result["seconds"], inprocess_process_wall=wall, inprocess_keys=dbsize(FEAST_DB))
+        f["cli_rows_per_s"] = rows / f["cli_seconds"]
+        f["inprocess_rows_per_s"] = rows / f["inprocess_seconds"]
+        out["feast"] = f
+    s: dict = {}
+    log("fstore: store.materialize in-process, cold then warm")
+    result, wall = run_json(py("bench.fstore_side", "--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB),
+                               "materialize", "--start", ctx.dataset.start.isoformat(),
+                               "--end", ctx.dataset.end.isoformat(), "--repeats", "2"),
+                            env=fstore_side.environment(ctx.fstore_store, FSTORE_DB))
+    cold, warm = result["runs"][0], result["runs"][-1]
+    s.update(session_seconds=result["session_seconds"], cold_seconds=cold["seconds"], warm_seconds=warm["seconds"],
+             cold_stages=cold["stages"], warm_stages=warm["stages"], runs=result["runs"], inprocess_process_wall=wall,
+             cold_rows_per_s=rows / cold["seconds"], warm_rows_per_s=rows / warm["seconds"])
+    flush(FSTORE_DB)
+    log("fstore: python jobs/materialize.py (CLI)")
+    job, wall = run_json(fstore_side.job_command(ctx.dataset.start, ctx.dataset.end),
+                         env=fstore_side.environment(ctx.fstore_store, FSTORE_DB))
+    s.update(cli_seconds=wall, cli_run=job, cli_rows_per_s=rows / wall, cli_keys=dbsize(FSTORE_DB))
+    (ctx.work / "materialized.json").write_text("{}")
+    out["fstore"] = s
+    return out
+
+
+def _wait_http(target: httpload.Target, body: bytes, process: subprocess.Popen, seconds: float = 180) -> dict:
+    deadline = time.time() + seconds
+    last: Exception | None = None
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{target.name} server exited with {process.returncode} before answering")
+        try:
+            return httpload.check(target, body)
+        except (OSError, RuntimeError) as exc:
+            last = exc
+            time.sleep(0.3)
+    raise RuntimeError(f"{target.name} server did not answer within {seconds:.0f} s: {last}")
+
+
+@contextmanager
+def server(command: list[str], *, env: dict | None, log_path: Path, port: int) -> Iterator[subprocess.Popen]:
+    """Start a server in its own process group; stop exactly that group afterwards."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} is already in use; stop what listens there first")
+    with open(log_path, "w") as logfile:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            yield process
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(30)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+def feast_body(ids: list[int]) -> bytes:
+    return json.dumps({"features": feast_side.feature_refs(), "entities": {"user_id": ids}}).encode()
+
+
+def fstore_body(ids: list[int]) -> bytes:
+    return json.dumps({"features": fstore_side.feature_refs(), "entities": {"user_id": ids}}).encode()
+
+
+def _load(target: httpload.Target, ctx: Context, *, concurrent: bool) -> dict:
+    """Sequential or 4-client load at 1 and 100 entities per request (same bodies for both systems)."""
+    users = ctx.dataset.sizes.users
+    scale = 5 if ctx.quick else 1
+    out = {}
+    for batch, n_seq, n_conc in ((1, 3000, 1500), (100, 600, 300)):
+        n_seq, n_conc = n_seq // scale, n_conc // scale
+        warm = max(20, n_seq // 10)
+        key = f"batch{batch}"
+        if not concurrent:
+            payloads = httpload.bodies(target, requests=warm + n_seq, batch=batch, users=users, seed=batch)
+            out[key] = {"sequential": httpload.sequential(target, payloads, warmup=warm)}
+        else:
+            payloads = [httpload.bodies(target, requests=warm + n_conc, batch=batch, users=users, seed=1000 * batch + c)
+                        for c in range(4)]
+            out[key] = {"concurrent": httpload.concurrent(target, payloads, warmup=warm)}
+        log(f"{target.name} batch {batch} {'4 clients' if concurrent else '1 client'}: {out[key]}")
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    return {k: {**a.get(k, {}), **b.get(k, {})} for k in set(a) | set(b)}
+
+
+def _online_values(answer: dict, system: str) -> dict[int, list]:
+    """``{user_id: [f0..f9]}`` from either server's answer (for the online cross-check)."""
+    if system == "feast":
+        names = answer["metadata"]["feature_names"]
+        columns = {name: r["values"] for name, r in zip(names, answer["results"])}
+        return {int(u): [columns[f][i] for f in feast_side.FEATURES] for i, u in enumerate(columns["user_id"])}
+    features = answer.get("features")
+    if isinstance(features, list):  # one object per entity
+        return {int(row["user_id"]): [row.get(f, row.get(f"user_events:{f}")) for f in fstore_side.FEATURES]
+                for row in features}
+    ids = features["user_id"]
+    def col(f):  # noqa: E306
+        return features.get(f, features.get(f"user_events:{f}"))
+    return {int(u): [col(f)[i] for f in fstore_side.FEATURES] for i, u in enumerate(ids)}
+
+
+def part_online(ctx: Context) -> dict:
+    """HTTP online serving: `feast serve` against fstore under gunicorn, same Redis, same client."""
+    ensure_materialized(ctx)
+    out: dict = {"client": "Python http.client keep-alive, 1 process per client, on the same cores as the servers"}
+    probe_ids = list(range(0, ctx.dataset.sizes.users, max(1, ctx.dataset.sizes.users // 100)))[:100]
+    answers = {}
+    env = fstore_side.environment(ctx.fstore_store, FSTORE_DB)
+    target = httpload.Target(name="fstore", port=FSTORE_PORT, path="/api/v1/serving/online", body=fstore_body)
+    log("fstore: gunicorn, 2 workers")
+    with server(fstore_side.server_command(FSTORE_PORT, 2), env=env, log_path=ctx.work / "fstore-server.log",
+                port=FSTORE_PORT) as process:
+        _wait_http(target, fstore_body([1]), process)
+        answers["fstore"] = httpload.check(target, fstore_body(probe_ids))
+        out["fstore"] = _merge(_load(target, ctx, concurrent=False), _load(target, ctx, concurrent=True))
+        out["fstore"]["server"] = " ".join(fstore_side.server_command(FSTORE_PORT, 2)[1:])
+    if ctx.feast:
+        target = httpload.Target(name="feast", port=FEAST_PORT, path="/get-online-features", body=feast_body)
+        log("Feast: feast serve (defaults: 1 worker) for one client")
+        with server(feast_side.serve_command(ctx.feast_repo, FEAST_PORT, 1), env=None,
+                    log_path=ctx.work / "feast-serve-1.log", port=FEAST_PORT) as process:
+            _wait_http(target, feast_body([1]), process)
+            answers["feast"] = httpload.check(target, feast_body(probe_ids))
+            sequential = _load(target, ctx, concurrent=False)
+        log("Feast: feast serve -w 2 for 4 clients")
+        with server(feast_side.serve_command(ctx.feast_repo, FEAST_PORT, 2), env=None,
+                    log_path=ctx.work / "feast-serve-2.log", port=FEAST_PORT) as process:
+            _wait_http(target, feast_body([1]), process)
+            concurrent = _load(target, ctx, concurrent=True)
+        out["feast"] = _merge(sequential, concurrent)
+        out["feast"]["server"] = ("1 client: feast serve (defaults: 1 worker, access log on); "
+                                  "4 clients: feast serve -w 2 (other defaults, incl. --max-requests 1000)")
+        try:
+            f_vals, s_vals = _online_values(answers["feast"], "feast"), _online_values(answers["fstore"], "fstore")
+            differing = [u for u in probe_ids if f_vals.get(u) != s_vals.get(u)]
+            out["cross_check"] = {"entities": len(probe_ids), "differing": differing[:20], "n_differing": len(differing)}
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            out["cross_check"] = {"error": f"could not read the answers: {exc!r}",
+                                  "fstore_sample": json.dumps(answers["fstore"])[:800]}
+    return out
+
+
+def part_historical(ctx: Context) -> dict:
+    """Historical retrieval at the small and large entity frames: best of N warm, and cold."""
+    ensure_materialized(ctx)
+    sizes = [ctx.dataset.sizes.entities_small, ctx.dataset.sizes.entities_large]
+    repeats = 1 if ctx.quick else 3
+    files = [ctx.dataset.entities_path(n) for n in sizes]
+    out: dict = {"sizes": sizes, "repeats": repeats}
+    for system, module, extra, env in (
+            ("feast", "bench.feast_side", ["--repo", str(ctx.feast_repo)], None),
+            ("fstore", "bench.fstore_side", ["--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB)],
+             fstore_side.environment(ctx.fstore_store, FSTORE_DB))):
+        if system == "feast" and not ctx.feast:
+            continue
+        log(f"{system}: historical retrieval {sizes}")
+        command = py(module, *(extra if system == "fstore" else []), "historical",
+                     *(extra if system == "feast" else []), "--entities", *files,
+                     "--outputs", *[ctx.output(system, n) for n in sizes], "--repeats", str(repeats))
+        result, wall = run_json(command, env=env)
+        per = result["files"]
+        best = {str(n): min(per[f]["seconds"]) for n, f in zip(sizes, files)}
+        out[system] = {"best_seconds": best, "all_seconds": {str(n): per[f]["seconds"] for n, f in zip(sizes, files)},
+                       "rows_out": {str(n): per[f]["rows_out"] for n, f in zip(sizes, files)},
+                       "cold_seconds": per[files[0]]["cold_seconds"], "session_seconds": result.get("session_seconds"),
+                       "ratio_large_small": best[str(sizes[1])] / best[str(sizes[0])], "process_wall": wall}
+        log(f"{system}: {out[system]}")
+    return out
+
+
+def part_correctness(ctx: Context) -> dict:
+    from bench.compare import compare_all
+
+    sizes = [ctx.dataset.sizes.entities_small, ctx.dataset.sizes.entities_large]
+    if not all(Path(ctx.output("fstore", n)).exists() for n in sizes) or (
+            ctx.feast and not all(Path(ctx.output("feast", n)).exists() for n in sizes)):
+        report.write_part("historical", _wrap(ctx, part_historical(ctx)), ctx.results)
+    return compare_all(ctx.dataset, {n: ctx.output("fstore", n) for n in sizes},
+                       {n: ctx.output("feast", n) for n in sizes} if ctx.feast else None)
+
+
+PARTS = {"materialize": part_materialize, "online": part_online, "historical": part_historical,
+         "correctness": part_correctness}
+
+
+def _wrap(ctx: Context, data: dict, *, start: dict | None = None, date: str | None = None) -> dict:
+    return {"date": date or report.now(), "machine": start or report.machine(), "load_avg_end": list(os.getloadavg()),
+            "feast_version": ctx.feast, "data": {"scale": ctx.dataset.scale, "sizes": asdict(ctx.dataset.sizes),
+                                                  "path": ctx.dataset.root},
+            "quick": ctx.quick, "notes": ctx.notes, **data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("part", nargs="?", default="all", choices=(*PARTS, "all"))
+    parser.add_argument("--scale", type=float, default=None, help="multiply the data sizes (default 1; 0.1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and repeats, scale 0.1 unless --scale")
+    args = parser.parse_args(argv)
+    scale = args.scale if args.scale is not None else (0.1 if args.quick else 1.0)
+    if not scale > 0:
+        parser.error("--scale must be positive")
+    log(f"generating data (scale {scale:g}) under {bench_dir()}")
+    dataset = generate(scale)
+    version = feast_side.feast_version()
+    results = report.RESULTS if scale == 1 and not args.quick else report.RESULTS / f"scale-{scale:g}{'-quick' if args.quick else ''}"
+    ctx = Context(dataset=dataset, work=bench_dir() / f"work-scale-{scale:g}", feast=version, quick=args.quick,
+                  results=results)
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        ctx.notes.append("Feast is not installed (pip install -e .[bench]); fstore measured alone.")
+        log(ctx.notes[-1])
+    for name in (PARTS if args.part == "all" else [args.part]):
+        start, date = report.machine(), report.now()
+        log(f"== {name} (load average {start['load_avg']})")
+        data = PARTS[name](ctx)
+        path = report.write_part(name, _wrap(ctx, data, start=start, date=date), results)
+        log(f"wrote {path}")
+    md = report.write_markdown(results)
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""fstore's side of the benchmark: the same work as Feast, through the ``FeatureStore`` facade.
+
+Run as a subprocess (``python -m bench.fstore_side <command> …``) printing one JSON
+object on its last stdout line, so each part gets a Spark session of its own
+(cold, then warm) and never shares a heap with Feast.
+
+Commands:
+  setup        register entity ``user_id``, feature set ``user_events`` (source: the generated
+               Parquet) and features f0..f9 (float), in a fresh store folder
+  materialize  ``store.materialize`` over the whole range, twice in one process: cold, then warm
+               (Redis flushed before each), with the run record's seconds per stage
+  historical   ``store.get_historical_features`` for entity Parquet files: the first call (cold
+               session) and the best of N warm calls per file; results saved as Parquet
+
+The CLI job (``python jobs/materialize.py``) and the server (gunicorn) are started by
+the orchestrator with ``job_command`` / ``server_command`` and ``environment``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FEATURE_SET = "user_events"
+FEATURES = tuple(f"f{i}" for i in range(10))
+SPARK_EXTRA = {"spark.driver.memory": "4g", "spark.ui.enabled": "false"}
+
+
+def environment(store_dir: Path, redis_db: int) -> dict[str, str]:
+    """The environment every fstore process of the benchmark runs with (also the server and the job)."""
+    env = dict(os.environ)
+    env.update({"STORAGE_PATH": str(store_dir), "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+                "SPARK_MASTER": "local[2]", "AUTH_ENABLED": "false", "DATABASE_URL": ""})
+    env.pop("SPARK_REMOTE", None)
+    return env
+
+
+def feature_refs() -> list[str]:
+    return [f"{FEATURE_SET}:{name}" for name in FEATURES]
+
+
+def open_store(store_dir: Path, redis_db: int):
+    """A ``FeatureStore`` on the benchmark's store folder and Redis DB, with a local[2] Spark session."""
+    from fstore.engine.session import get_spark
+    from fstore.settings import Settings
+    from fstore.store import FeatureStore
+
+    settings = Settings.from_env(environment(store_dir, redis_db))
+    store = FeatureStore(settings)
+    store.use_spark(get_spark(settings, app_name="fstore-bench", extra=SPARK_EXTRA))
+    return store
+
+
+def apply_definitions(store, events_path: str) -> None:
+    """The benchmark's definitions, through the facade (what a user would POST)."""
+    store.create_entity({"name": "user_id", "join_keys": ["user_id"], "value_type": "int"}, actor="bench")
+    store.create_feature_set({"name": FEATURE_SET, "entities": ["user_id"],
+                              "source": {"path": events_path, "format": "parquet",
+                                         "event_timestamp_column": "event_timestamp"}}, actor="bench")
+    for name in FEATURES:
+        store.create_feature({"name": name, "feature_set": FEATURE_SET, "data_type": "float",
+                              "transformation": name}, actor="bench")
+
+
+def flush_redis(redis_db: int) -> None:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+    client.flushdb()
+    client.close()
+
+
+def materialize(store_dir: Path, redis_db: int, start: datetime, end: datetime, repeats: int) -> dict:
+    """Whole-range materialization ``repeats`` times in one process (the first on a cold session)."""
+    began = time.perf_counter()
+    store = open_store(store_dir, redis_db)
+    store.spark.range(1).count()
+    session_seconds = time.perf_counter() - began
+    runs = []
+    for _ in range(repeats):
+        flush_redis(redis_db)
+        t0 = time.perf_counter()
+        run = store.materialize(FEATURE_SET, start, end, actor="bench")
+        runs.append({"seconds": time.perf_counter() - t0, "status": run.get("status"),
+                     "rows_read": run.get("rows_read"), "rows_written": run.get("rows_written"),
+                     "online_rows": run.get("online_rows"), "stages": run.get("stages"),
+                     "duration_s": run.get("duration_s")})
+    store.close()
+    return {"session_seconds": session_seconds, "runs": runs}
+
+
+def job_command(start: datetime, end: datetime) -> list[str]:
+    """``python jobs/materialize.py`` for the whole range (its own JVM: a CLI wall time)."""
+    return [sys.executable, str(REPO_ROOT / "jobs" / "materialize.py"), "--feature-set", FEATURE_SET,
+            "--start", start.isoformat(), "--end", end.isoformat(), "--actor", "bench"]
+
+
+def server_command(port: int, workers: int = 2) -> list[str]:
+    """gunicorn with the project's configuration; bind and workers given explicitly."""
+    return [sys.executable, "-m", "gunicorn", "server:app", "-c", str(REPO_ROOT / "conf" / "gunicorn.conf.py"),
+            "-b", f"127.0.0.1:{port}", "-w", str(workers)]
+
+
+def historical(store_dir: Path, redis_db: int, entity_files: list[str], outputs: list[str], repeats: int) -> dict:
+    """Cold (first call on a fresh session) and warm (best of ``repeats``) retrieval per entity file."""
+    import pandas as pd
+
+    began = time.perf_counter()
+    store = open_store(store_dir, redis_db)
+    store.spark.range(1).count()
+    session_seconds = time.perf_counter() - began
+    out: dict = {"session_seconds": session_seconds, "files": {}}
+    for index, (path, output) in enumerate(zip(entity_files, outputs)):
+        entity_df = pd.read_parquet(path)
+        entity_df.insert(0, "row_id", range(len(entity_df)))
+        times, result = [], None
+        for _ in range(repeats + (1 if index == 0 else 0)):
+            t0 = time.perf_counter()
+            result = store.get_historical_features(entity_df=entity_df, features=feature_refs(), actor="bench").to_df()
+            times.append(time.perf_counter() - t0)
+        assert result is not None
+        result.to_parquet(output, index=False)
+        cold = times.pop(0) if index == 0 else None
+        out["files"][path] = {"rows_in": len(entity_df), "rows_out": len(result), "cold_seconds": cold,
+                              "seconds": times, "columns": list(result.columns)}
+    store.close()
+    return out
+
+
+def _date(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fstore_side", description=__doc__.split("\n")[0])
+    parser.add_argument("--store", required=True, help="the benchmark's fstore folder (registry + Delta)")
+    parser.add_argument("--redis-db", type=int, required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("setup")
+    p.add_argument("--events", required=True)
+    p = sub.add_parser("materialize")
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date, required=True)
+    p.add_argument("--repeats", type=int, default=2)
+    p = sub.add_parser("historical")
+    p.add_argument("--entities", nargs="+", required=True)
+    p.add_argument("--outputs", nargs="+", required=True)
+    p.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    store_dir = Path(args.store)
+    if args.command == "setup":
+        shutil.rmtree(store_dir, ignore_errors=True)
+        store_dir.mkdir(parents=True)
+        store = open_store(store_dir, args.redis_db)
+        t0 = time.perf_counter()
+        apply_definitions(store, args.events)
+        out = {"seconds": time.perf_counter() - t0}
+        store.close()
+    elif args.command == "materialize":
+        out = materialize(store_dir, args.redis_db, args.start, args.end, args.repeats)
+    else:
+        out = historical(store_dir, args.redis_db, args.entities, args.outputs, args.repeats)
+    print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()

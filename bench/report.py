@@ -1,0 +1,165 @@
+"""Results: one JSON file per part under ``bench/results/``, and a Markdown table of all of them.
+
+Every part's JSON carries the machine it ran on (cores, memory, load average at
+start and end) and the date, because absolute times drift between machines and
+runs; the ratios fstore / Feast measured in one run are what holds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("materialize", "online", "historical", "correctness")
+
+
+def machine() -> dict:
+    """Cores, memory, load average and versions of what is measured."""
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    redis_version = None
+    try:
+        info = subprocess.run(["redis-cli", "-p", "6379", "info", "server"], capture_output=True, text=True, timeout=5)
+        redis_version = next((l.split(":", 1)[1].strip() for l in info.stdout.splitlines() if l.startswith("redis_version:")), None)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cores": os.cpu_count(), "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout or 0),
+            "mem_gib": round(mem_kib / 1024 / 1024, 1), "load_avg": list(os.getloadavg()),
+            "python": platform.python_version(), "redis": redis_version, "kernel": platform.release()}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_part(name: str, data: dict, results: Path = RESULTS) -> Path:
+    """Write ``results/<name>.json``."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def load_parts(results: Path = RESULTS) -> dict[str, dict]:
+    return {name: json.loads((results / f"{name}.json").read_text()) for name in PARTS if (results / f"{name}.json").exists()}
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """``a / b`` as ``0.42×``, or ``–`` when either side is missing."""
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def _s(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} s"
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} ms"
+
+
+def _rate(value: float | None, unit: str = "rows/s") -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1000:.1f}k {unit}" if value >= 10_000 else f"{value:,.0f} {unit}"
+
+
+def _materialize_rows(m: dict) -> list[list[str]]:
+    f, s = m.get("feast") or {}, m.get("fstore") or {}
+    rows = []
+    fc, sc = f.get("cli_seconds"), s.get("cli_seconds")
+    rows.append(["materialize, CLI wall (`feast materialize` / `python jobs/materialize.py`)",
+                 f"{_s(fc)} ({_rate(f.get('cli_rows_per_s'))})", f"{_s(sc)} ({_rate(s.get('cli_rows_per_s'))})",
+                 f"time {ratio(sc, fc)}, rows/s {ratio(s.get('cli_rows_per_s'), f.get('cli_rows_per_s'))}"])
+    fi, si = f.get("inprocess_seconds"), s.get("warm_seconds")
+    rows.append(["materialize, in-process (fstore: warm Spark session)",
+                 f"{_s(fi)} ({_rate(f.get('inprocess_rows_per_s'))})", f"{_s(si)} ({_rate(s.get('warm_rows_per_s'))})",
+                 f"time {ratio(si, fi)}, rows/s {ratio(s.get('warm_rows_per_s'), f.get('inprocess_rows_per_s'))}"])
+    if s.get("cold_seconds") is not None:
+        rows.append(["materialize, in-process, fstore's first run in a fresh session", "–",
+                     f"{_s(s['cold_seconds'])} ({_rate(s.get('cold_rows_per_s'))})", "–"])
+    if s.get("warm_stages"):
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in s["warm_stages"].items())
+        rows.append(["fstore stages (warm run)", "–", stages, "–"])
+    if m.get("redis_hset"):
+        rows.append(["reference: `redis-benchmark -q -P 16 -t hset -n 1000000`", "–", m["redis_hset"], "–"])
+    return rows
+
+
+def _online_rows(o: dict) -> list[list[str]]:
+    rows = []
+    for key, label in (("batch1", "1 entity × 10 features"), ("batch100", "100 entities × 10 features")):
+        f = (o.get("feast") or {}).get(key) or {}
+        s = (o.get("fstore") or {}).get(key) or {}
+        fs, ss = f.get("sequential") or {}, s.get("sequential") or {}
+        rows.append([f"HTTP online, 1 client, {label}: p50 / p95 / p99",
+                     " / ".join(_ms(fs.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms")) + f" ({_rate(fs.get('req_per_s'), 'req/s')})",
+                     " / ".join(_ms(ss.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms")) + f" ({_rate(ss.get('req_per_s'), 'req/s')})",
+                     f"p99 {ratio(ss.get('p99_ms'), fs.get('p99_ms'))}"])
+        fc, sc = f.get("concurrent") or {}, s.get("concurrent") or {}
+        rows.append([f"HTTP online, 4 clients, {label}: req/s, p99",
+                     f"{_rate(fc.get('req_per_s'), 'req/s')}, p99 {_ms(fc.get('p99_ms'))}" + (f", {fc['errors']} errors" if fc.get("errors") else ""),
+                     f"{_rate(sc.get('req_per_s'), 'req/s')}, p99 {_ms(sc.get('p99_ms'))}" + (f", {sc['errors']} errors" if sc.get("errors") else ""),
+                     f"req/s {ratio(sc.get('req_per_s'), fc.get('req_per_s'))}, p99 {ratio(sc.get('p99_ms'), fc.get('p99_ms'))}"])
+    return rows
+
+
+def _historical_rows(h: dict) -> list[list[str]]:
+    rows = []
+    f, s = h.get("feast") or {}, h.get("fstore") or {}
+    for n in h.get("sizes", []):
+        fb, sb = (f.get("best_seconds") or {}).get(str(n)), (s.get("best_seconds") or {}).get(str(n))
+        fr, sr = (f.get("rows_out") or {}).get(str(n)), (s.get("rows_out") or {}).get(str(n))
+        rows.append([f"historical, {n:,} entity rows, best of {h.get('repeats')} (rows returned)",
+                     f"{_s(fb)} ({fr:,} rows)" if fr is not None else _s(fb),
+                     f"{_s(sb)} ({sr:,} rows)" if sr is not None else _s(sb), f"time {ratio(sb, fb)}"])
+    rows.append(["historical, ratio large/small", ratio(f.get("ratio_large_small"), 1.0), ratio(s.get("ratio_large_small"), 1.0), "–"])
+    rows.append(["historical, first call in a fresh process (cold, small frame)", _s(f.get("cold_seconds")),
+                 _s(s.get("cold_seconds")) + (f" + {s['session_seconds']:.1f} s Spark start" if s.get("session_seconds") else ""),
+                 "–"])
+    return rows
+
+
+def markdown(parts: dict[str, dict]) -> str:
+    """The table of every part present, with the machine, the load and the date of each."""
+    lines = ["# fstore against Feast 0.67 — side by side, one run, same machine, same data", ""]
+    first = next(iter(parts.values()), {})
+    m = first.get("machine", {})
+    lines += [f"Machine: {m.get('nproc')} cores, {m.get('mem_gib')} GiB memory, Python {m.get('python')}, "
+              f"Redis {m.get('redis')} on loopback (client, servers and Redis share the same cores). "
+              f"Data: {first.get('data', {}).get('sizes')} (scale {first.get('data', {}).get('scale')}).", ""]
+    lines += ["| part | date (UTC) | load average at start → end (1/5/15 min) | Feast |", "|---|---|---|---|"]
+    for name, data in parts.items():
+        start, end = data.get("machine", {}).get("load_avg"), data.get("load_avg_end")
+        fmt = lambda v: "/".join(f"{x:.2f}" for x in v) if v else "–"  # noqa: E731
+        lines.append(f"| {name} | {data.get('date')} | {fmt(start)} → {fmt(end)} | {data.get('feast_version') or 'absent'} |")
+    lines += ["", "Ratios are fstore / Feast: below 1× is faster for times and latencies, above 1× is more for rates.", "",
+              "| work | Feast 0.67 | fstore | fstore / Feast |", "|---|---|---|---|"]
+    builders = {"materialize": _materialize_rows, "online": _online_rows, "historical": _historical_rows}
+    for name, build in builders.items():
+        if name in parts:
+            lines += ["| " + " | ".join(row) + " |" for row in build(parts[name])]
+    if "correctness" in parts:
+        c = parts["correctness"]
+        lines += ["", "## Correctness (historical results, row by row)", ""]
+        for n, summary in (c.get("sizes") or {}).items():
+            lines.append(f"- {int(n):,} entity rows: {summary.get('verdict')}")
+            for item in summary.get("differences", []):
+                lines.append(f"  - {item['count']:,} rows — {item['what']}: {item['explanation']}")
+    notes = [n for data in parts.values() for n in data.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(results: Path = RESULTS) -> Path:
+    path = results / "latest.md"
+    path.write_text(markdown(load_parts(results)))
+    return path
