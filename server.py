@@ -5,9 +5,15 @@ environment (``PORT``, ``DATABASE_URL``, ``REDIS_URL``, …).
 """
 from __future__ import annotations
 
-from fstore.api import create_app
+import os
+
+# Where this server listens decides whether API keys are required (when AUTH_ENABLED is unset);
+# under gunicorn the config already set it from the real bind list.
+os.environ.setdefault("FSTORE_BIND_HOST", os.environ.get("HOST", "0.0.0.0"))
+
+from fstore.api import create_app  # noqa: E402
 
 app = create_app()
 
 if __name__ == "__main__":
-    app.run(host="0.0.0.0", port=app.extensions["fstore"].settings.port, threaded=True)
+    app.run(host=os.environ.get("HOST", "0.0.0.0"), port=app.extensions["fstore"].settings.port, threaded=True)

@@ -42,3 +42,28 @@ logconfig_dict = {
     },
     "root": {"level": "WARNING", "handlers": ["console"]},
 }
+
+
+def on_starting(server):
+    """In the master, before any worker loads the app: tell the app where it listens, share metrics.
+
+    ``FSTORE_BIND_HOST`` (gunicorn's real bind list, ``-b`` flags included) decides whether API keys
+    are required when ``AUTH_ENABLED`` is not set. ``PROMETHEUS_MULTIPROC_DIR`` must be set before any
+    process imports prometheus_client, so every worker writes its figures where a scrape adds them up;
+    a fresh folder per start keeps old figures out.
+    """
+    import shutil
+    import tempfile
+
+    os.environ["FSTORE_BIND_HOST"] = ",".join(server.cfg.bind)
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(tempfile.gettempdir(), f"fstore-metrics-{os.getpid()}")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+def child_exit(server, worker):
+    """A worker ended: drop its live gauges from the shared metrics folder."""
+    from fstore.metrics import gunicorn_child_exit
+
+    gunicorn_child_exit(server, worker)

@@ -259,4 +259,4 @@ def serve(host: str, port: int | None, workers: int) -> None:
     from fstore.api import create_app
 
     click.echo(f"gunicorn is not installed: serving on http://{host}:{port} with Flask's development server", err=True)
-    create_app(settings).run(host=host, port=port, threaded=True)
+    create_app(settings.with_(bind_host=host)).run(host=host, port=port, threaded=True)  # bind decides auth
