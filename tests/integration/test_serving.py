@@ -1,0 +1,197 @@
+"""Online serving through the SDK, on the real Redis and the embedded store, with a real registry."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from fstore.errors import InvalidDefinition, NotFound, TooLarge
+from fstore.online.base import to_micros
+from fstore.serving import clear_caches
+from fstore.settings import Settings
+from fstore.store import FeatureStore
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+NOW = to_micros(T0) + 10 * 1_000_000
+
+
+def _make_store(settings: Settings) -> FeatureStore:
+    store = FeatureStore(settings)
+    store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+    store.create_entity({"name": "merchant", "join_keys": ["merchant_id"], "value_type": "string"})
+    store.create_feature_set({"name": "user_stats", "entities": ["user"], "ttl": "60s", "features": [
+        {"name": "clicks", "data_type": "int", "transformation": "clicks", "default_value": 0},
+        {"name": "score", "data_type": "float", "transformation": "score"},
+        {"name": "label", "data_type": "string", "transformation": "label"},
+    ]})
+    store.create_feature_set({"name": "merchant_stats", "entities": ["merchant"], "features": [
+        {"name": "risk", "data_type": "float", "transformation": "risk"},
+        {"name": "score", "data_type": "float", "transformation": "score"},
+    ]})
+    store.create_feature_set({"name": "pair_stats", "entities": ["user", "merchant"], "features": [
+        {"name": "pair_count", "data_type": "int", "transformation": "n"},
+    ]})
+    users = store.feature_set_version("user_stats")
+    store.online.write_rows(users, [
+        {"user_id": 1, "event_timestamp": T0, "clicks": 5, "score": 0.5, "label": "a"},
+        {"user_id": 2, "event_timestamp": T0, "clicks": None, "score": 2.0, "label": ""},
+    ])
+    store.online.write_rows(store.feature_set_version("merchant_stats"), [
+        {"merchant_id": "m:7", "event_timestamp": T0, "risk": 0.9, "score": 9.0}])
+    store.online.write_rows(store.feature_set_version("pair_stats"), [
+        {"user_id": 1, "merchant_id": "m:7", "event_timestamp": T0, "pair_count": 3}])
+    return store
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def store(request, tmp_path):
+    env = {"STORAGE_PATH": str(tmp_path / "store")}
+    if request.param == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    s = _make_store(Settings.from_env(env))
+    yield s
+    s.close()
+
+
+def test_columns_request_with_statuses_nulls_and_defaults(store):
+    from fstore.serving import get_online_features
+
+    out = get_online_features(store, features=["clicks", "user_stats:score", "label"],
+                              entities={"user_id": ["1", 2, 3]}, now_micros=NOW)
+    assert out["features"] == {
+        "1": {"clicks": 5, "user_stats:score": 0.5, "label": "a"},
+        "2": {"clicks": None, "user_stats:score": 2.0, "label": ""},  # a stored null stays null
+        "3": {"clicks": 0, "user_stats:score": None, "label": None},  # missing: the default or null
+    }
+    assert out["statuses"]["1"] == {"clicks": "present", "user_stats:score": "present", "label": "present"}
+    assert set(out["statuses"]["3"].values()) == {"missing"}
+    meta = out["metadata"]
+    assert meta["cache_hit"] is False and meta["feature_sets"] == {"user_stats": 1} and meta["latency_ms"] >= 0
+
+
+def test_the_sdk_method_answers_the_seed_shape(store):
+    out = store.get_online_features(features=["clicks"], entities={"user_id": "1"})
+    assert set(out) == {"features", "statuses", "metadata"} and "1" in out["features"]
+
+
+@pytest.mark.parametrize(("age_seconds", "status"), [(0, "present"), (60, "present"), (60.000001, "expired"), (3600, "expired")])
+def test_ttl_edge(store, age_seconds, status):
+    from fstore.serving import get_online_features
+
+    now = to_micros(T0) + round(age_seconds * 1_000_000)
+    out = get_online_features(store, features=["clicks", "score"], entities={"user_id": 1}, feature_sets=["user_stats"],
+                              now_micros=now)
+    assert out["statuses"]["1"] == {"clicks": status, "score": status}
+    if status == "expired":  # never the stale value: the default (clicks) or null (score)
+        assert out["features"]["1"] == {"clicks": 0, "score": None}
+    else:
+        assert out["features"]["1"] == {"clicks": 5, "score": 0.5}
+
+
+def test_rows_with_compound_keys_and_sets_keyed_by_different_entities(store):
+    from fstore.serving import get_online_features
+
+    out = get_online_features(store, features=["clicks", "risk", "pair_count", "merchant_stats:score"],
+                              entities=[{"user_id": 1, "merchant_id": "m:7"}, {"user_id": "2", "merchant_id": "m:8"}],
+                              now_micros=NOW)
+    assert out["features"] == {
+        "user_id=1,merchant_id=m:7": {"clicks": 5, "risk": 0.9, "pair_count": 3, "merchant_stats:score": 9.0},
+        "user_id=2,merchant_id=m:8": {"clicks": None, "risk": None, "pair_count": None, "merchant_stats:score": None},
+    }
+    assert out["statuses"]["user_id=2,merchant_id=m:8"] == {
+        "clicks": "present", "risk": "missing", "pair_count": "missing", "merchant_stats:score": "missing"}
+    assert out["metadata"]["feature_sets"] == {"user_stats": 1, "merchant_stats": 1, "pair_stats": 1}
+    with pytest.raises(InvalidDefinition, match="needs entity key merchant_id"):
+        get_online_features(store, features=["clicks", "risk"], entities=[{"user_id": 1}])
+
+
+def test_ambiguous_and_unknown_names(store):
+    with pytest.raises(InvalidDefinition) as err:
+        store.get_online_features(features=["score"], entities={"user_id": 1})
+    assert err.value.http_status == 422
+    assert "merchant_stats:score" in err.value.message and "user_stats:score" in err.value.message
+    # a feature_sets scope removes the ambiguity
+    out = store.get_online_features(features=["score"], entities={"user_id": 1}, feature_sets=["user_stats"])
+    assert "score" in out["features"]["1"]
+    with pytest.raises(NotFound, match="nope"):
+        store.get_online_features(features=["nope"], entities={"user_id": 1})
+    with pytest.raises(NotFound, match="no_such_set"):
+        store.get_online_features(features=["no_such_set:clicks"], entities={"user_id": 1})
+    with pytest.raises(NotFound, match="feature risk not found in feature set user_stats"):
+        store.get_online_features(features=["user_stats:risk"], entities={"user_id": 1})
+
+
+@pytest.mark.parametrize(("entities", "message"), [
+    ({"user_id": ["1", "2"], "merchant_id": "m"}, "mixes lists"),
+    ({"user_id": ["1", "2"], "merchant_id": ["m"]}, "different lengths"),
+    ({"usr_id": "1"}, "usr_id"),
+    ({"user_id": "abc"}, "not a int"),
+    ([{"user_id": 1}, "2"], r"entities\[1\]"),
+    ({}, "at least one"),
+    ("1", "must be an object"),
+    ({"merchant_id": "m:7"}, "merchant_id are not join keys"),
+])
+def test_bad_entities_name_the_problem(store, entities, message):
+    with pytest.raises(InvalidDefinition, match=message) as err:
+        store.get_online_features(features=["clicks"], entities=entities)
+    assert err.value.field == "entities"
+
+
+def test_entity_limit(tmp_path, redis_url):
+    store = _make_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url,
+                                           "MAX_ENTITIES_PER_REQUEST": "3"}))
+    store.get_online_features(features=["clicks"], entities={"user_id": [1, 2, 3]})
+    with pytest.raises(TooLarge, match="4 entities") as err:
+        store.get_online_features(features=["clicks"], entities={"user_id": [1, 2, 3, 4]})
+    assert err.value.http_status == 413
+    store.close()
+
+
+def test_cache_hits_skip_the_online_store(tmp_path, redis_url):
+    from fstore.serving import get_online_features
+
+    store = _make_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url,
+                                           "SERVING_CACHE_ENABLED": "true", "SERVING_CACHE_TTL": "30"}))
+    online = store.online
+    reads = []
+    original = online.read_many
+    online.read_many = lambda requests: reads.append(requests) or original(requests)
+    first = get_online_features(store, features=["clicks"], entities={"user_id": [1, 3]}, now_micros=NOW)
+    assert first["metadata"]["cache_hit"] is False and first["metadata"]["cache_misses"] == 2
+    # a request for other features of the same set is answered by the same cache entries
+    second = get_online_features(store, features=["user_stats:score", "clicks"], entities={"user_id": ["3", 1]},
+                                 now_micros=NOW)
+    assert second["metadata"]["cache_hit"] is True and second["metadata"]["cache_hits"] == 2
+    assert second["features"] == {"3": {"user_stats:score": None, "clicks": 0},
+                                  "1": {"user_stats:score": 0.5, "clicks": 5}}
+    assert len(reads) == 1
+    # a cached value still expires by the set's TTL at read time
+    later = get_online_features(store, features=["clicks"], entities={"user_id": 1}, now_micros=NOW + 3600 * 10**6)
+    assert later["statuses"]["1"]["clicks"] == "expired" and later["metadata"]["cache_hit"] is True
+    mixed = get_online_features(store, features=["clicks"], entities={"user_id": [1, 2]}, now_micros=NOW)
+    assert mixed["metadata"]["cache_hit"] is False and mixed["metadata"]["cache_hits"] == 1
+    assert len(reads) == 2
+    store.close()
+
+
+def test_name_resolution_is_cached_then_refreshed(store):
+    from fstore import serving
+
+    calls = []
+    original = store.feature_set_version
+    store.feature_set_version = lambda *a, **k: calls.append(a) or original(*a, **k)
+    store.get_online_features(features=["user_stats:clicks"], entities={"user_id": 1})
+    store.get_online_features(features=["user_stats:clicks"], entities={"user_id": 1})
+    assert len(calls) == 1  # the second request did not touch the registry
+    store.create_feature({"feature_set": "user_stats", "name": "added", "data_type": "int", "transformation": "1"})
+    clear_caches(store)  # what RESOLVE_TTL_SECONDS does by itself after at most that long
+    out = store.get_online_features(features=["user_stats:added"], entities={"user_id": 1})
+    assert out["metadata"]["feature_sets"] == {"user_stats": 2} and out["statuses"]["1"]["user_stats:added"] == "missing"
+    assert serving.RESOLVE_TTL_SECONDS <= 2.0
+
+
+def test_a_set_not_online_enabled_is_refused(store):
+    store.create_feature_set({"name": "offline_only", "entities": ["user"], "online_enabled": False,
+                              "features": [{"name": "x", "data_type": "int", "transformation": "x"}]})
+    with pytest.raises(InvalidDefinition, match="not online-enabled"):
+        store.get_online_features(features=["offline_only:x"], entities={"user_id": 1})
