@@ -48,7 +48,8 @@ def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> 
 
 def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: str,
                features: Sequence[tuple[str, str]], ttl_seconds: int | None,
-               event_ts: str = "event_timestamp", created_ts: str | None = "created_timestamp") -> DataFrame:
+               event_ts: str = "event_timestamp", created_ts: str | None = "created_timestamp",
+               broadcast_keys: bool = False) -> DataFrame:
     """Add to each label row the values of the latest feature row at or before its time.
 
     ``labels``: the entity rows; they must hold ``keys`` and the TIMESTAMP column
@@ -59,11 +60,17 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     when the latest one is older than ``ttl_seconds`` (an age of exactly the TTL
     is still valid). Label rows with a NULL key or time get NULLs.
     Rows come back unordered; the caller restores its order.
+
+    ``broadcast_keys``: first drop the feature rows of keys no label row has, by a
+    broadcast semi-join (no shuffle) — worth it when the label rows are few
+    enough to broadcast and cover a fraction of the keys.
     """
     rows = rows.where(F.col(event_ts).isNotNull())
     for key in keys:
         rows = rows.where(F.col(key).isNotNull())
     rows = align_key_types(labels, rows, keys)
+    if broadcast_keys:
+        rows = rows.join(F.broadcast(labels.select(*keys)), on=list(keys), how="left_semi")
     payload = F.struct(F.col(event_ts).alias(EVENT_TS), *[F.col(src).alias(out) for src, out in features])
     feature_side = rows.select(
         *[F.col(k) for k in keys],

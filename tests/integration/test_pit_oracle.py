@@ -70,13 +70,14 @@ def oracle(features: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def spark_join(spark, features: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
+def spark_join(spark, features: pd.DataFrame, entities: pd.DataFrame, broadcast_keys: bool = False) -> pd.DataFrame:
     prepared = prepare_entities(spark, entities, None)
     rows = spark.createDataFrame(features.astype({"f_int": "Int64"}),
                                  schema="user long, merchant string, event_timestamp timestamp, "
                                         "created_timestamp timestamp, f_int long, f_str string")
     joined = as_of_join(prepared.df, rows, keys=["user", "merchant"], ts=TS,
-                        features=[("f_int", "f_int"), ("f_str", "f_str")], ttl_seconds=TTL)
+                        features=[("f_int", "f_int"), ("f_str", "f_str")], ttl_seconds=TTL,
+                        broadcast_keys=broadcast_keys)
     result = joined.toPandas().sort_values(ROW).reset_index(drop=True)
     return result[["user", "merchant", "ts", "extra", "f_int", "f_str"]]
 
@@ -86,11 +87,11 @@ def _as_records(df: pd.DataFrame) -> list[tuple]:
             for row in df.astype(object).itertuples(index=False)]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-def test_as_of_join_matches_oracle(spark, seed):
+@pytest.mark.parametrize(("seed", "broadcast_keys"), [(1, False), (2, False), (3, True), (4, False), (5, True)])
+def test_as_of_join_matches_oracle(spark, seed, broadcast_keys):
     features, entities = random_case(seed)
     expected = oracle(features, entities)
-    got = spark_join(spark, features, entities)
+    got = spark_join(spark, features, entities, broadcast_keys)
     assert len(got) == len(entities)
     assert _as_records(got) == _as_records(expected)
 

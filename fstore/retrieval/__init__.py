@@ -1,0 +1,20 @@
+"""Historical retrieval: point-in-time-correct training data, training sets and batch retrieval jobs.
+
+* ``get_historical_features`` — entity rows with timestamps → features as they
+  were at each row's time (``fstore.retrieval.historical`` documents exactly
+  which value each kind of feature takes);
+* ``recreate_training_set`` — a saved retrieval, again, pinned to its versions;
+* ``start_batch_retrieval`` — a large entity source → a background job writing
+  Delta or Parquet.
+
+The Spark building blocks: ``pit`` (the one-shuffle as-of join), ``windows``
+(windows evaluated at label time), ``entities`` (the entity frame).
+"""
+from __future__ import annotations
+
+from fstore.retrieval.batch import run_batch_job, start_batch_retrieval
+from fstore.retrieval.historical import RetrievalResult, get_historical_features, output_name
+from fstore.retrieval.training import recreate_training_set
+
+__all__ = ["RetrievalResult", "get_historical_features", "output_name", "recreate_training_set",
+           "run_batch_job", "start_batch_retrieval"]

@@ -1,0 +1,209 @@
+"""Batch retrieval: a large entity source → features written as Delta or Parquet, as a background job.
+
+``start_batch_retrieval`` checks the request (entity source, features, output),
+records a ``batch_retrieval`` job and starts ``python jobs/retrieve.py --job-id
+ID`` detached, returning the pending job at once. ``run_batch_job`` (what that
+process runs, also reachable through ``spark-submit jobs/retrieve.py``) reads
+the entity rows on Spark, runs the same point-in-time retrieval as
+``get_historical_features``, writes the result and records progress, then the
+output location and row count (or the error) on the job.
+
+Delta output without Delta's Spark jars (DESIGN.md): Spark writes the Parquet
+files, the driver commits them to a new Delta log with ``deltalake``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fstore.definitions import SOURCE_FORMATS
+from fstore.errors import AlreadyExists, FStoreError, InvalidDefinition
+
+if TYPE_CHECKING:
+    from fstore.store import FeatureStore
+
+OUTPUT_FORMATS = ("delta", "parquet")
+JOB_SCRIPT = Path(__file__).resolve().parents[2] / "jobs" / "retrieve.py"
+_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file:")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path[len("file:"):] if path.startswith("file:") else path
+
+
+def check_entity_source(entity_source: Any) -> dict[str, Any]:
+    """``{"path", "format"}`` or ``{"table"}`` (optionally ``timestamp_column``), normalized."""
+    if not isinstance(entity_source, dict):
+        raise InvalidDefinition("entity_source must be an object with path (and format) or table", field="entity_source")
+    unknown = sorted(set(entity_source) - {"path", "format", "table", "timestamp_column"})
+    if unknown:
+        raise InvalidDefinition(f"unknown field(s) for entity_source: {', '.join(unknown)}", field=f"entity_source.{unknown[0]}")
+    path, table = entity_source.get("path"), entity_source.get("table")
+    if bool(path) == bool(table):
+        raise InvalidDefinition("entity_source needs exactly one of path or table", field="entity_source")
+    out: dict[str, Any] = {}
+    if path:
+        if not isinstance(path, str):
+            raise InvalidDefinition("entity_source.path must be a string", field="entity_source.path")
+        fmt = str(entity_source.get("format") or "parquet").lower()
+        if fmt not in SOURCE_FORMATS:
+            raise InvalidDefinition(f"entity_source.format {fmt!r} is not one of: {', '.join(SOURCE_FORMATS)}",
+                                    field="entity_source.format")
+        if _is_local(path):
+            path = os.path.abspath(_local(path))
+            if not os.path.exists(path):
+                raise InvalidDefinition(f"entity_source.path {path} does not exist", field="entity_source.path")
+        out.update(path=path, format=fmt)
+    else:
+        if not isinstance(table, str) or not _TABLE_RE.match(table):
+            raise InvalidDefinition(f"entity_source.table {table!r} is not a valid table name", field="entity_source.table")
+        out["table"] = table
+    ts = entity_source.get("timestamp_column")
+    if ts is not None:
+        if not isinstance(ts, str) or not ts:
+            raise InvalidDefinition("entity_source.timestamp_column must be a column name", field="entity_source.timestamp_column")
+        out["timestamp_column"] = ts
+    return out
+
+
+def check_output(output_path: Any, output_format: Any) -> tuple[str, str]:
+    """An output location that holds nothing yet (nothing stored is ever overwritten) and a known format."""
+    if not isinstance(output_path, str) or not output_path.strip():
+        raise InvalidDefinition("output_path is required", field="output_path")
+    fmt = str(output_format or "delta").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise InvalidDefinition(f"output_format {output_format!r} is not one of: {', '.join(OUTPUT_FORMATS)}",
+                                field="output_format")
+    path = output_path.strip()
+    if _is_local(path):
+        path = os.path.abspath(_local(path))
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise AlreadyExists(f"output_path {path} already exists and is not empty; choose a new location",
+                                field="output_path")
+    elif fmt == "delta":
+        raise InvalidDefinition("Delta output is written to a local path; use output_format parquet for "
+                                f"{path.split('://', 1)[0]}:// locations", field="output_format")
+    return path, fmt
+
+
+def start_batch_retrieval(store: "FeatureStore", *, entity_source: dict, features: list[str], output_path: str,
+                          output_format: str = "delta", feature_sets: list[str] | None = None,
+                          actor: str = "") -> dict:
+    """Record a batch retrieval job and start it in a detached process; returns the job (pending)."""
+    from fstore.materialize import job_log_path, settings_env
+    from fstore.references import resolve
+    from fstore.registry.jobs import create_job, update_job
+
+    source = check_entity_source(entity_source)
+    path, fmt = check_output(output_path, output_format)
+    resolve(store, features, feature_sets)  # unknown or ambiguous features fail now, not in the job
+    params = {"entity_source": source, "features": list(features),
+              "feature_sets": list(feature_sets) if feature_sets else None,
+              "output_path": path, "output_format": fmt}
+    with store.transaction() as s:
+        job = create_job(s, "batch_retrieval", params, actor=actor)
+    import subprocess
+    import sys
+    import threading
+
+    env = {**os.environ, **settings_env(store.settings)}
+    root = str(JOB_SCRIPT.parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        with open(job_log_path(store.settings, job["id"]), "ab") as out:
+            proc = subprocess.Popen([sys.executable, str(JOB_SCRIPT), "--job-id", job["id"]], env=env, cwd=root,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    except OSError as exc:
+        with store.transaction() as s:
+            update_job(s, job["id"], status="failed", error=f"could not start the job process: {exc}")
+        raise
+    threading.Thread(target=proc.wait, name=f"reap-job-{job['id'][:8]}", daemon=True).start()
+    return job
+
+
+def _read_entities(spark, source: dict[str, Any]):
+    from fstore.engine.spark import read_delta
+
+    if "table" in source:
+        if not spark.catalog.tableExists(source["table"]):
+            raise InvalidDefinition(f"entity_source.table {source['table']} does not exist", field="entity_source.table")
+        return spark.table(source["table"])
+    if source["format"] == "delta":
+        return read_delta(spark, source["path"])
+    reader = spark.read
+    if source["format"] == "csv":
+        reader = reader.option("header", "true").option("inferSchema", "true")
+    return reader.format(source["format"]).load(source["path"])
+
+
+def write_output(spark_df, path: str, fmt: str) -> None:
+    """Write the result as Parquet, or as a new Delta table (Parquet files committed with deltalake)."""
+    check_output(path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
+    exists = _is_local(path) and os.path.isdir(path)
+    spark_df.write.mode("append" if exists else "errorifexists").parquet(path)
+    if fmt == "delta":
+        commit_parquet_folder_as_delta(path)
+
+
+def commit_parquet_folder_as_delta(path: str) -> None:
+    """Turn a folder of Parquet files written by Spark into version 0 of a Delta table."""
+    import pyarrow.parquet as pq
+    from deltalake import Schema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    files = sorted(p for p in Path(path).iterdir() if p.suffix == ".parquet" and p.is_file())
+    if not files:
+        raise FStoreError(f"no Parquet files were written to {path}")
+    schema = pq.read_schema(files[0])
+    actions = []
+    for file in files:
+        meta = pq.read_metadata(file)
+        stat = file.stat()
+        actions.append(AddAction(path=file.name, size=stat.st_size, partition_values={},
+                                 modification_time=int(stat.st_mtime * 1000), data_change=True,
+                                 stats=json.dumps({"numRecords": meta.num_rows})))
+    create_table_with_add_actions(path, Schema.from_arrow(schema), actions, mode="error")
+
+
+def run_batch_job(store: "FeatureStore", job_id: str) -> dict:
+    """Execute a recorded batch retrieval job (in the job process); returns the finished job."""
+    from fstore.references import resolve
+    from fstore.registry.jobs import get_job, update_job
+    from fstore.retrieval.entities import prepare_entities
+    from fstore.retrieval.historical import retrieve
+
+    with store.transaction() as s:
+        job = get_job(s, job_id)
+        if job["status"] != "pending":
+            raise InvalidDefinition(f"job {job_id} is {job['status']}, not pending", field="job_id")
+        update_job(s, job_id, status="running", progress=0.05)
+    params = job["params"]
+    try:
+        spark = store.spark
+        source = params["entity_source"]
+        entities = prepare_entities(spark, _read_entities(spark, source), source.get("timestamp_column"))
+        with store.transaction() as s:
+            update_job(s, job_id, progress=0.3)
+        groups = resolve(store, params["features"], params["feature_sets"])
+        result = retrieve(store, entities, groups, {g.version.name: None for g in groups})
+        with store.transaction() as s:
+            update_job(s, job_id, progress=0.5)
+        write_output(result.to_spark(), params["output_path"], params["output_format"])
+        outcome = {"output_path": params["output_path"], "output_format": params["output_format"],
+                   "row_count": entities.count, "columns": list(result.columns),
+                   "feature_sets": result.meta["feature_sets"]}
+        with store.transaction() as s:
+            return update_job(s, job_id, status="succeeded", progress=1.0, result=outcome)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, FStoreError) else f"{type(exc).__name__}: {exc}"
+        with store.transaction() as s:
+            update_job(s, job_id, status="failed", error=message)
+        raise

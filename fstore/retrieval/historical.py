@@ -1,0 +1,345 @@
+"""Historical retrieval: entity rows with timestamps → point-in-time-correct features, on Spark.
+
+Which value each kind of feature takes, for an entity row with keys ``k`` and
+timestamp ``t`` (UTC):
+
+* **Row, composite and python features** come from the feature set's offline
+  store (as it was at ``as_of`` when given): the row of key ``k`` with the
+  greatest ``event_timestamp <= t``, ties on event time broken by the greatest
+  ``created_timestamp``. Its value is taken as it is, NULL included (an older
+  non-null value never shows through). No row at or before ``t`` → NULL. A row
+  older than the set's TTL (``event_timestamp < t - ttl``; an age of exactly the
+  TTL is still valid) → NULL. Nothing after ``t`` is ever visible.
+* **Windowed features** are the window evaluated *at* ``t``: the aggregate over
+  the source events of key ``k`` with event time in ``(t - size, t]``, read
+  from the set's source (not the offline store, which only holds values at
+  event times). The TTL does not apply: the window already ages events out.
+  An empty window gives 0 for counts and NULL otherwise, like materialization.
+* **Composite features that depend (directly or not) on a windowed feature**
+  are recomputed at ``t`` from the exact window values and the point-in-time
+  values of their other inputs, then cast to the feature's type.
+
+Output: every entity row, in the original order, duplicates kept, with every
+column of the entity frame (its timestamp column normalized to UTC), followed
+by one column per requested feature, named as requested: a bare name stays
+bare (``txn_count_30d``), a name given with its set (``transactions:txn_count_30d``
+or ``transactions@3:txn_count_30d``) becomes ``transactions__txn_count_30d``,
+so one call can ask the same feature name of two sets.
+
+Plan on Spark: per feature set, one union + running-window shuffle for the
+point-in-time join (``fstore.retrieval.pit``) and, when it has windowed
+features, one more for the windows (``fstore.retrieval.windows``). Entity
+columns ride along in one struct, so nothing is joined back afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from fstore.errors import InvalidDefinition, NotFound
+from fstore.references import FeatureGroup
+from fstore.retrieval.entities import ROW, TS, Entities, check_keys, ts_lit
+
+if TYPE_CHECKING:
+    from fstore.definitions import Feature, FeatureSetVersion
+    from fstore.store import FeatureStore
+
+LABEL = "__fs_label"
+# Up to this many entity rows, their keys are broadcast to drop other keys' feature rows before the shuffle.
+BROADCAST_MAX_ROWS = 2_000_000
+
+
+def output_name(written: str) -> str:
+    """The column a requested feature is answered under (see the module docstring)."""
+    if ":" not in written:
+        return written
+    set_part, name = written.split(":", 1)
+    return f"{set_part.split('@', 1)[0]}__{name}"
+
+
+@dataclass
+class RetrievalResult:
+    """The features of each entity row; computed on Spark when asked for."""
+
+    spark_df: Any  # unordered, with the row number column
+    columns: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_spark(self):
+        """A Spark DataFrame of the rows in the entity frame's order."""
+        return self.spark_df.orderBy(ROW).select(*[_col(c) for c in self.columns])
+
+    def to_df(self):
+        """A pandas DataFrame of the rows in the entity frame's order (index 0..n-1)."""
+        frame = self.spark_df.select(ROW, *[_col(c) for c in self.columns]).toPandas()
+        frame = frame.sort_values(ROW, kind="stable").reset_index(drop=True)
+        return frame.drop(columns=[ROW])
+
+
+def _col(name: str):
+    from pyspark.sql import functions as F
+
+    return F.col(f"`{name}`")
+
+
+def normalize_as_of(as_of: Any, set_names: list[str]) -> int | datetime | None:
+    """``as_of`` as a Delta version (one set only) or a naive UTC timestamp."""
+    from fstore.engine.spark import to_utc_naive
+
+    if as_of is None or as_of == "":
+        return None
+    if isinstance(as_of, bool):
+        raise InvalidDefinition("as_of must be a Delta version or a timestamp", field="as_of")
+    if isinstance(as_of, str) and as_of.strip().isdigit():
+        as_of = int(as_of.strip())
+    if isinstance(as_of, int):
+        if as_of < 0:
+            raise InvalidDefinition("as_of version must be >= 0", field="as_of")
+        if len(set(set_names)) != 1:
+            raise InvalidDefinition(f"as_of as a Delta version applies to one feature set; this request reads "
+                                    f"{', '.join(sorted(set(set_names)))}: give a timestamp instead", field="as_of")
+        return as_of
+    if isinstance(as_of, (str, datetime)):
+        try:
+            return to_utc_naive(as_of)
+        except InvalidDefinition:
+            raise InvalidDefinition(f"as_of {as_of!r} is neither a Delta version nor an ISO 8601 timestamp",
+                                    field="as_of") from None
+    raise InvalidDefinition("as_of must be a Delta version or a timestamp", field="as_of")
+
+
+def _dependencies(fsv: "FeatureSetVersion", feature: "Feature") -> set[str]:
+    """The features of the set a composite reads (declared, or named in its expression)."""
+    from fstore.compiler.dialect import column_names
+
+    names = {f.name for f in fsv.features}
+    deps = set(feature.source_features)
+    if feature.transformation and not feature.python and feature.window is None:
+        try:
+            deps |= column_names(feature.transformation, feature.dialect, feature=feature.name) & names
+        except InvalidDefinition:
+            pass
+    return deps - {feature.name}
+
+
+@dataclass(frozen=True)
+class _SetPlan:
+    """How each feature of one set is computed at label time."""
+
+    windows: dict[str, Any]        # name -> WindowSpec
+    recompute: list[str]           # composites over windows, in dependency order
+    offline: list[str]             # read point-in-time from the offline store
+
+
+def plan_set(fsv: "FeatureSetVersion", wanted: tuple[str, ...]) -> _SetPlan:
+    """Split the wanted features (and what their recomputation needs) into the three kinds."""
+    from fstore.compiler.windows import window_spec
+
+    specs = {f.name: window_spec(fsv, f, event_time=TS) for f in fsv.features}
+    windowed = {n for n, s in specs.items() if s is not None}
+    deps = {f.name: _dependencies(fsv, f) for f in fsv.features}
+    over_windows: dict[str, bool] = {}
+
+    def depends_on_window(name: str, seen: frozenset = frozenset()) -> bool:
+        if name not in over_windows:
+            feature = fsv.feature(name)
+            if name in windowed:
+                over_windows[name] = True
+            elif feature.python or name in seen:
+                over_windows[name] = False
+            else:
+                over_windows[name] = any(depends_on_window(d, seen | {name}) for d in deps[name])
+        return over_windows[name]
+
+    needed: set[str] = set()
+
+    def need(name: str) -> None:
+        if name in needed:
+            return
+        needed.add(name)
+        if name not in windowed and depends_on_window(name):
+            for d in deps[name]:
+                need(d)
+
+    for name in wanted:
+        need(name)
+    recompute = {n for n in needed if n not in windowed and depends_on_window(n)}
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered or name not in recompute:
+            return
+        for d in sorted(deps[name]):
+            visit(d)
+        ordered.append(name)
+
+    for f in fsv.features:
+        visit(f.name)
+    return _SetPlan(windows={f.name: specs[f.name] for f in fsv.features if f.name in needed and f.name in windowed},
+                    recompute=ordered,
+                    offline=[f.name for f in fsv.features if f.name in needed and f.name not in windowed
+                             and f.name not in recompute])
+
+
+def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[str], as_of: int | datetime | None,
+                  entities: Entities):
+    """The set's offline rows that can be visible to some entity row, and the Delta version read."""
+    from pyspark.sql import functions as F
+
+    from fstore import offline
+
+    version = as_of if isinstance(as_of, int) else None
+    if as_of is None:
+        version = offline.current_version(store.settings, fsv.name)
+    try:
+        rows = offline.read_table(store.spark, store.settings, fsv.name,
+                                  as_of=version if version is not None else as_of)
+    except NotFound as exc:
+        raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from "
+                       f"(materialize it first{'; or the as_of is before its first version' if as_of is not None else ''}): "
+                       f"{exc.message}", field="features") from None
+    missing = [n for n in names if n not in rows.columns]
+    if missing:
+        raise InvalidDefinition(f"the offline store of feature set {fsv.name} has no column for {', '.join(missing)}; "
+                                f"materialize version {fsv.version} of the set first", field="features")
+    # Only rows some entity row can see: at or before the last label, not older than TTL before the first.
+    rows = rows.where(F.col("event_timestamp") <= ts_lit(entities.max_ts))
+    lower = entities.min_ts - timedelta(seconds=fsv.ttl_seconds) if fsv.ttl_seconds else None
+    if lower is not None:
+        rows = rows.where(F.col("event_timestamp") >= ts_lit(lower))
+    if "event_date" in rows.columns:  # partition pruning
+        rows = rows.where(F.col("event_date") <= F.lit(entities.max_ts.date()))
+        if lower is not None:
+            rows = rows.where(F.col("event_date") >= F.lit(lower.date()))
+    created = "created_timestamp" if "created_timestamp" in rows.columns else None
+    keep = [*fsv.join_keys, "event_timestamp", *([created] if created else []), *names]
+    return rows.select(*[_col(c) for c in keep]), version, created
+
+
+def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities):
+    """The source rows whose events fall in some label row's window, keyed by the set's join keys."""
+    from pyspark.sql import functions as F
+
+    from fstore.compiler.windows import source_key_columns
+    from fstore.engine.spark import read_source
+
+    source = fsv.feature_set.source
+    if source is None:
+        raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
+                                field="features")
+    events = read_source(store.spark, source, start=entities.min_ts, end=entities.max_ts + timedelta(microseconds=1),
+                         lookback_seconds=longest)
+    for src, key in zip(source_key_columns(fsv), fsv.join_keys):
+        if src not in events.columns:
+            raise InvalidDefinition(f"the source of feature set {fsv.name} has no key column {src}", field="source")
+        if src != key:
+            events = events.withColumn(key, F.col(src))
+    return events, source.event_timestamp_column
+
+
+def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGroup],
+             as_of: dict[str, int | datetime | None]) -> RetrievalResult:
+    """Compute the features of ``groups`` for the prepared entity rows (see the module docstring)."""
+    from pyspark.sql import functions as F
+
+    from fstore.compiler import feature_expression, spark_type
+    from fstore.retrieval.pit import as_of_join
+    from fstore.retrieval.windows import exact_windows
+
+    outputs: list[tuple[str, str]] = []  # (internal column, output name)
+    for group in groups:
+        check_keys(entities, group.version.join_keys, group.version.name)
+    for group in groups:
+        for written in group.output_names:
+            out = output_name(written)
+            if out in entities.columns:
+                raise InvalidDefinition(f"feature {written} would be answered as column {out}, which the entity_df "
+                                        "already has; rename that column", field="features")
+            if out in [o for _, o in outputs]:
+                raise InvalidDefinition(f"two requested features would both be answered as column {out}", field="features")
+            outputs.append((f"__fs_o{len(outputs)}", out))
+    frame = entities.df.select(F.col(ROW), F.col(TS), F.struct(*[_col(c) for c in entities.columns]).alias(LABEL))
+    sets: list[dict[str, Any]] = []
+    done: list[str] = []
+    position = 0
+    for group in groups:
+        fsv = group.version
+        keys = fsv.join_keys
+        plan = plan_set(fsv, group.features)
+        labels = frame.select("*", *[F.col(LABEL)[k].alias(k) for k in keys])
+        version, set_as_of = None, as_of.get(fsv.name)
+        if plan.offline:
+            rows, version, created = _offline_rows(store, fsv, plan.offline, set_as_of, entities)
+            labels = as_of_join(labels, rows, keys=keys, ts=TS, features=[(n, n) for n in plan.offline],
+                                ttl_seconds=fsv.ttl_seconds, created_ts=created,
+                                broadcast_keys=entities.count <= BROADCAST_MAX_ROWS)
+        if plan.windows:
+            longest = max(spec.size_seconds for spec in plan.windows.values())
+            events, event_ts = _source_events(store, fsv, longest, entities)
+            labels = exact_windows(labels, events, keys=keys, ts=TS, event_ts=event_ts,
+                                   windows=[(spec, n) for n, spec in plan.windows.items()],
+                                   lo=entities.min_ts, hi=entities.max_ts)
+            for name in plan.windows:
+                labels = labels.withColumn(name, F.col(name).cast(spark_type(fsv.feature(name).data_type)))
+        for name in plan.recompute:
+            expression = feature_expression(fsv, name, timestamp=TS)
+            labels = labels.withColumn(name, F.expr(expression).cast(spark_type(fsv.feature(name).data_type)))
+        mine = outputs[position:position + len(group.features)]
+        position += len(group.features)
+        frame = labels.select(F.col(ROW), F.col(TS), F.col(LABEL), *[F.col(c) for c in done],
+                              *[F.col(name).alias(internal) for name, (internal, _) in zip(group.features, mine)])
+        done += [internal for internal, _ in mine]
+        sets.append({
+            "feature_set": fsv.name, "version": fsv.version, "features": list(group.features),
+            "output_names": list(group.output_names),
+            "feature_versions": {n: fsv.feature_versions.get(n) for n in group.features},
+            "offline_version": version,
+            "as_of": set_as_of.isoformat() + "Z" if isinstance(set_as_of, datetime) else None,
+            "exact_windows": sorted(plan.windows), "recomputed": plan.recompute,
+        })
+    result = frame.select(F.col(ROW), *[F.col(LABEL)[c].alias(c) for c in entities.columns],
+                          *[F.col(internal).alias(out) for internal, out in outputs])
+    return RetrievalResult(spark_df=result, columns=tuple(entities.columns) + tuple(o for _, o in outputs),
+                           meta={"feature_sets": sets, "entity_count": entities.count,
+                                 "timestamp_column": entities.timestamp_column})
+
+
+def get_historical_features(store: "FeatureStore", *, entity_df: Any, features: list[str],
+                            feature_sets: list[str] | None = None, as_of: int | str | datetime | None = None,
+                            timestamp_column: str | None = None, save_as: str | None = None,
+                            actor: str = "") -> RetrievalResult:
+    """Point-in-time-correct features for each row of ``entity_df`` (see the module docstring).
+
+    ``as_of`` reads the offline store as it was (a Delta version when one set is
+    asked, or a timestamp for all). ``save_as`` records the retrieval as a
+    training set (written under ``<data_root>/training_sets/<name>/``).
+    """
+    from fstore.references import resolve
+    from fstore.retrieval.entities import prepare_entities
+
+    groups = resolve(store, features, feature_sets)
+    pinned = normalize_as_of(as_of, [g.version.name for g in groups])
+    if save_as is not None:
+        from fstore.registry.training_sets import check_new_name
+
+        with store.transaction() as s:
+            check_new_name(s, save_as)
+    entities = prepare_entities(store.spark, entity_df, timestamp_column,
+                                max_rows=store.settings.max_historical_rows)
+    result = retrieve(store, entities, groups, {g.version.name: pinned for g in groups})
+    if save_as is not None:
+        from fstore.retrieval.training import save_training_set
+
+        save_training_set(store, save_as, entities, result, features=features, feature_sets=feature_sets,
+                          as_of=pinned, entity_source=_describe(entity_df), actor=actor)
+    return result
+
+
+def _describe(entity_df: Any) -> dict[str, Any]:
+    """Where the entity rows came from, as far as a DataFrame tells."""
+    import pandas as pd
+
+    if isinstance(entity_df, pd.DataFrame):
+        return {"kind": "pandas", "columns": [str(c) for c in entity_df.columns]}
+    return {"kind": "spark", "columns": list(entity_df.columns)}

@@ -1,0 +1,85 @@
+"""Training sets: save a retrieval with everything needed to re-create it exactly.
+
+Saving writes the entity rows (timestamps already normalized to UTC) and the
+result as Parquet under ``<data_root>/training_sets/<name>/{entities,data}``
+and records in the registry, per feature set, the set and feature versions,
+the offline Delta version read (or the ``as_of`` timestamp) and the names the
+features were answered under. Re-creating reads the saved entity rows and runs
+the same retrieval pinned to those versions, so later materializations of the
+offline store do not change the answer.
+
+Windowed features are evaluated from the set's source at label time (see
+``fstore.retrieval.historical``); a source whose past rows are rewritten can
+therefore change them on re-creation — the offline store cannot.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fstore.references import FeatureGroup
+from fstore.retrieval.entities import ROW, Entities, prepare_entities
+from fstore.retrieval.historical import RetrievalResult, retrieve
+
+if TYPE_CHECKING:
+    from fstore.store import FeatureStore
+
+
+def training_set_root(store: "FeatureStore", name: str) -> str:
+    return f"{store.settings.data_root.rstrip('/')}/training_sets/{name}"
+
+
+def save_training_set(store: "FeatureStore", name: str, entities: Entities, result: RetrievalResult, *,
+                      features: list[str], feature_sets: list[str] | None, as_of: int | datetime | None,
+                      entity_source: dict[str, Any], actor: str = "") -> dict[str, Any]:
+    """Write the entity rows and the result as Parquet and record the training set."""
+    from pyspark.sql import functions as F
+
+    from fstore.registry.training_sets import create_training_set
+
+    root = training_set_root(store, name)
+    entities_path, data_path = f"{root}/entities", f"{root}/data"
+    # One ordered file: reading it back numbers the rows in the same order.
+    (entities.df.orderBy(ROW).select(*[F.col(f"`{c}`") for c in entities.columns])
+     .coalesce(1).write.mode("overwrite").parquet(entities_path))
+    result.to_spark().write.mode("overwrite").parquet(data_path)
+    spec = {
+        "features": list(features),
+        "feature_sets": list(feature_sets) if feature_sets else None,
+        "groups": result.meta["feature_sets"],
+        "offline_versions": {g["feature_set"]: g["offline_version"] for g in result.meta["feature_sets"]},
+        "as_of": as_of if isinstance(as_of, int) else (as_of.isoformat() + "Z" if as_of else None),
+        "timestamp_column": entities.timestamp_column,
+        "entity_source": entity_source,
+        "entities_path": entities_path,
+        "data_path": data_path,
+        "columns": list(result.columns),
+    }
+    with store.transaction() as s:
+        saved = create_training_set(s, name, spec, entity_count=entities.count, output_path=data_path, actor=actor)
+    result.meta["training_set"] = saved
+    return saved
+
+
+def recreate_training_set(store: "FeatureStore", name: str) -> RetrievalResult:
+    """Run a saved training set's retrieval again, pinned to its recorded versions."""
+    from fstore.engine.spark import to_utc_naive
+    from fstore.registry.training_sets import get_training_set
+
+    with store.transaction() as s:
+        saved = get_training_set(s, name)
+    groups, as_of = [], {}
+    for g in saved["groups"]:
+        fsv = store.feature_set_version(g["feature_set"], g["version"])
+        groups.append(FeatureGroup(version=fsv, features=tuple(g["features"]), output_names=tuple(g["output_names"])))
+        if g["offline_version"] is not None:
+            as_of[fsv.name] = int(g["offline_version"])
+        elif g.get("as_of"):
+            as_of[fsv.name] = to_utc_naive(g["as_of"])
+        else:
+            as_of[fsv.name] = None
+    entity_df = store.spark.read.parquet(saved["entities_path"])
+    entities = prepare_entities(store.spark, entity_df, saved["timestamp_column"])
+    result = retrieve(store, entities, groups, as_of)
+    result.meta["training_set"] = saved
+    return result
