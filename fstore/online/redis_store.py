@@ -248,7 +248,7 @@ class RedisOnlineStore(OnlineStore):
             def run() -> int:
                 connection = self._pool.get_connection()
                 try:
-                    connection.send_packed_command(b"".join(pending))
+                    connection.send_packed_command([b"".join(pending)])
                     total = 0
                     error = None
                     for _ in pending:
