@@ -216,6 +216,9 @@ def _run(s: Session, store: "FeatureStore", path: str | Path, actor: str) -> lis
 def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: _Recorder) -> None:
     row = s.scalar(select(FeatureSetRow).where(FeatureSetRow.name == item.name))
     if row is None:
+        for f in item.features:  # parse each one here first, so an error names its own file and line
+            with _context(f, "feature"):
+                Feature.from_dict(f.body, feature_set=item.name)
         body = {**item.body, "features": [{**f.body, "feature_set": item.name} for f in item.features]}
         try:
             out = repo.create_feature_set(s, body, actor=actor, store=store)

@@ -1,0 +1,213 @@
+"""Declarative apply and plan: idempotent, versioned, one transaction, errors that name file and line."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from fstore.apply import describe
+from fstore.errors import InvalidDefinition, NotFound
+from fstore.examples import write_example_sources
+from fstore.registry.models import EntityRow, FeatureRow, FeatureSetRow, FeatureSetVersionRow, FeatureVersionRow
+from fstore.store import FeatureStore
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "conf" / "examples"
+
+PROFILE = """
+entities:
+  - name: user
+    join_keys: [user_id]
+    value_type: int
+feature_sets:
+  - name: profile
+    entities: [user_id]
+    owner: ds
+    source:
+      path: users_data
+      event_timestamp_column: updated_at
+    features:
+      - name: balance
+        data_type: float
+        transformation: account_balance
+        validation_rules: {min_value: 0}
+      - name: rich
+        data_type: bool
+        transformation: balance > 1000
+        source_features: [balance]
+"""
+
+
+@pytest.fixture()
+def store(any_registry_settings):
+    store = FeatureStore(any_registry_settings, auto_upgrade=True)
+    yield store
+    store.close()
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def counts(store) -> dict[str, int]:
+    with store.transaction() as s:
+        return {m.__tablename__: s.scalar(select(func.count()).select_from(m))
+                for m in (EntityRow, FeatureSetRow, FeatureSetVersionRow, FeatureRow, FeatureVersionRow)}
+
+
+def actions(result) -> dict[str, tuple[str, int]]:
+    return {f"{c['kind']}:{c['name']}": (c["action"], c["version"]) for c in result["changes"]}
+
+
+def test_apply_creates_then_changes_nothing(store, tmp_path):
+    path = write(tmp_path / "defs", "profile.yaml", PROFILE)
+    planned = store.plan(str(path))
+    assert planned["applied"] is False and planned["summary"] == {"create": 4, "update": 0, "unchanged": 0}
+    assert counts(store)["feature_sets"] == 0  # plan changed nothing
+    applied = store.apply(str(path), actor="alice")
+    assert actions(applied) == actions(planned) == {
+        "entity:user": ("create", 1), "feature_set:profile": ("create", 1),
+        "feature:profile:balance": ("create", 1), "feature:profile:rich": ("create", 1)}
+    assert applied["changes"][1]["file"] == f"{path}:7"
+    snapshot = counts(store)
+    again = store.apply(str(path.parent), actor="alice")
+    assert again["summary"] == {"create": 0, "update": 0, "unchanged": 4}
+    assert counts(store) == snapshot
+    fs = store.get_feature_set("profile")
+    assert fs["entities"] == ["user"] and fs["source"]["path"] == str((path.parent / "users_data").resolve())
+    assert store.get_feature("rich")["lineage"] == {"balance": 1}
+    assert "applied: 0 created, 0 updated, 4 unchanged" in describe(again)
+
+
+def test_changed_file_makes_new_versions_and_removed_fields_are_removed(store, tmp_path):
+    path = write(tmp_path, "profile.yaml", PROFILE)
+    store.apply(str(path))
+    changed = PROFILE.replace("owner: ds", "owner: ml").replace("        validation_rules: {min_value: 0}\n", "")
+    write(tmp_path, "profile.yaml", changed)
+    planned = store.plan(str(path))
+    assert actions(planned)["feature:profile:balance"] == ("update", 2)
+    assert store.get_feature("balance")["version"] == 1  # plan rolled back
+    result = store.apply(str(path), actor="bob")
+    got = actions(result)
+    assert got["feature:profile:balance"] == ("update", 2) and got["feature:profile:rich"] == ("unchanged", 1)
+    # the set changed itself (owner) and through its feature: v1 → v2 (owner) → v3 (balance v2)
+    assert got["feature_set:profile"] == ("update", 3)
+    assert next(c for c in result["changes"] if c["name"] == "profile")["changes"] == ["owner"]
+    assert store.get_feature("balance")["validation_rules"] == {"on_violation": "null"}
+    versions = store.feature_versions("balance")
+    assert versions[-1]["created_by"] == "bob" and [c["field"] for c in versions[-1]["changes"]] == ["validation_rules"]
+    assert store.apply(str(path))["summary"]["update"] == 0
+
+
+def test_a_bad_file_changes_nothing(store, tmp_path):
+    folder = tmp_path / "defs"
+    write(folder, "a_good.yaml", PROFILE)
+    write(folder, "b_bad.yaml", """
+        features:
+          - name: broken
+            feature_set: profile
+            data_type: float
+            transformation: balance * 2
+            colour: red
+        """)
+    with pytest.raises(InvalidDefinition, match=r"b_bad.yaml:3: feature broken: unknown field\(s\) for feature: colour"):
+        store.apply(str(folder))
+    assert counts(store) == {"entities": 0, "feature_sets": 0, "feature_set_versions": 0, "features": 0,
+                             "feature_versions": 0}
+    write(folder, "b_bad.yaml", """
+        features:
+          - name: loop
+            feature_set: profile
+            data_type: float
+            transformation: rich
+            source_features: [nothing_here]
+        """)
+    with pytest.raises(InvalidDefinition, match="nothing_here"):
+        store.apply(str(folder))
+    assert counts(store)["feature_sets"] == 0
+
+
+def test_loose_features_join_their_set(store, tmp_path):
+    folder = tmp_path / "defs"
+    write(folder, "a.yaml", PROFILE)
+    write(folder, "b.yaml", """
+        features:
+          - name: double_balance
+            feature_set: profile
+            data_type: float
+            transformation: balance * 2
+            source_features: [balance]
+        """)
+    result = store.apply(str(folder))
+    assert actions(result)["feature:profile:double_balance"] == ("create", 1)
+    # later, alone, against the registered set
+    write(tmp_path / "more", "c.yaml", """
+        features:
+          - {name: half_balance, feature_set: profile, data_type: float, transformation: account_balance / 2}
+        """)
+    assert actions(store.apply(str(tmp_path / "more")))["feature:profile:half_balance"] == ("create", 1)
+    write(tmp_path / "orphan", "d.yaml", "features:\n  - {name: x, feature_set: nowhere, data_type: int, transformation: '1'}\n")
+    with pytest.raises(NotFound, match="d.yaml:2: feature x: feature set 'nowhere' not found"):
+        store.apply(str(tmp_path / "orphan"))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("feature_sets:\n  - name: x\n    entities: [a\n", r"bad.yaml:\d+: invalid YAML"),
+    ("feature_sets:\n  - name: x\n\tentities: []\n", r"bad.yaml:3: invalid YAML"),
+    ("- just\n- a list\n", r"bad.yaml:1: a definitions file must be a mapping"),
+    ("sets: []\n", r"unknown top-level key\(s\) sets"),
+    ("entities: {name: user}\n", r"bad.yaml:1: entities must be a list"),
+    ("entities:\n  - user\n", r"bad.yaml:2: each of entities must be a mapping"),
+    ("entities:\n  - {name: user}\n  - {name: user}\n", r"bad.yaml:3: entity user is also defined at .*bad.yaml:2"),
+    ("feature_sets:\n  - name: s\n    entities: [k]\n    source: {path: '${HOME}/x'}\n", r"only \$\{STORAGE_PATH\}"),
+    ("feature_sets:\n  - name: s\n    entities: [k]\n    schedule: daily\n", r"bad.yaml:2: feature set s: unknown field"),
+    ("features:\n  - {name: f, data_type: int, transformation: '1'}\n", r"bad.yaml:2: feature f needs feature_set"),
+])
+def test_file_errors_name_file_and_line(store, tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidDefinition, match=message):
+        store.plan(str(path))
+    assert counts(store)["entities"] == 0
+
+
+def test_missing_paths_and_empty_folders(store, tmp_path):
+    with pytest.raises(NotFound, match="no such file"):
+        store.apply(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidDefinition, match="no .yaml"):
+        store.apply(str(tmp_path / "empty"))
+    (tmp_path / "blank.yaml").write_text("# nothing yet\n")
+    assert store.apply(str(tmp_path / "blank.yaml"))["changes"] == []
+
+
+def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_path):
+    """The shipped examples, with their generated sources, pass the compiler's checks on Spark."""
+    store = FeatureStore(settings).use_spark(spark)
+    try:
+        write_example_sources(Path(settings.storage_path) / "example_sources")
+        result = store.apply(str(EXAMPLES), actor="ci")
+        assert result["summary"] == {"create": 11, "update": 0, "unchanged": 0}
+        fs = store.get_feature_set("user_activity")
+        assert fs["source"]["path"] == str(Path(settings.storage_path) / "example_sources" / "purchases")
+        assert fs["features"] == ["purchases_last_30d", "spend_last_7d", "days_since_signup", "purchase_frequency"]
+        assert store.get_feature("purchase_frequency", feature_set="user_activity")["lineage"] == {
+            "purchases_last_30d": 1, "days_since_signup": 1}
+        assert store.plan(str(EXAMPLES))["summary"] == {"create": 0, "update": 0, "unchanged": 11}
+        before = counts(store)
+        bad = write(tmp_path / "bad", "bad.yaml", """
+            features:
+              - name: nonsense
+                feature_set: user_profile
+                data_type: float
+                transformation: no_such_column * 2
+            """)
+        with pytest.raises(InvalidDefinition, match="nonsense"):
+            store.apply(str(bad))
+        assert counts(store) == before
+    finally:
+        store.close()
