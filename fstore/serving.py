@@ -227,9 +227,9 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
             answers = store.online.read_many([(groups[gi].codec.name, todo_keys, groups[gi].read_fields)
                                               for gi, _, todo_keys in wanted])
         except Unavailable:
-            if not cache_on:
+            answers = _from_stale_cache(state, groups, wanted, mono) if cache_on else None
+            if answers is None:
                 raise
-            answers = _from_stale_cache(state, groups, wanted, mono)
             degraded = True
         expires = mono + settings.serving_cache_ttl
         for (gi, todo_idx, todo_keys), answer in zip(wanted, answers):
@@ -288,8 +288,8 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
     }
 
 
-def _from_stale_cache(state: _State, groups: list[_Group], wanted, mono: float) -> list[list[Any]]:
-    """Answers from cache entries past their TTL (within the grace), or the original ``Unavailable``."""
+def _from_stale_cache(state: _State, groups: list[_Group], wanted, mono: float) -> list[list[Any]] | None:
+    """Answers from cache entries past their TTL (within the grace); None unless every key has one."""
     answers = []
     for gi, _, keys in wanted:
         codec = groups[gi].codec
@@ -297,7 +297,7 @@ def _from_stale_cache(state: _State, groups: list[_Group], wanted, mono: float) 
         for key in keys:
             entry = state.values.get((codec.name, codec.version, key))
             if entry is None or entry[0] + STALE_GRACE_SECONDS < mono:
-                raise Unavailable(f"online store unavailable and {codec.name} key {key} is not cached")
+                return None
             answer.append(entry[1])
         answers.append(answer)
     return answers
