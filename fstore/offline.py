@@ -1,0 +1,359 @@
+"""The offline store: one table per feature set, partitioned by event date.
+
+Layout: ``<data_root>/offline/<feature_set>``; columns: join keys,
+``event_timestamp``, ``created_timestamp``, the features, partition column
+``event_date`` (the UTC date of the event time).
+
+``write_range`` replaces exactly the rows with event time in ``[start, end)``,
+in ONE Delta commit: the partitions (days) the range touches are rewritten
+with their old rows outside the range plus the new rows, and the old files of
+those days are removed in the same commit. Two runs of a range give the same
+table contents. Spark writes new files under ``data/<write id>/``; a file
+becomes part of the table only when the commit names it, so a run killed
+before the commit leaves the previous version intact and readable (its
+orphaned files are invisible to readers and removable by ``VACUUM``).
+
+Commits: when the Delta classes are on Spark's class path, Spark writes
+``format("delta")`` itself (``replaceWhere``). Otherwise (the usual case, see
+DESIGN.md — the jars come from Maven, which this machine cannot reach) Spark
+writes Parquet and the driver commits the files with ``deltalake``
+(``create_table_with_add_actions`` for the first commit,
+``DeltaTable.create_write_transaction`` with add and remove actions after),
+with per-file stats (numRecords, minValues, maxValues, nullCount) read from
+the Parquet footers. Either way the result is a real Delta table with
+versions and time travel. ``STORAGE_FORMAT=parquet`` keeps plain Parquet
+partitions with the same replace semantics (a day's folder is swapped by
+renames, so local storage only).
+
+S3 (``STORAGE_BACKEND=s3``): Spark writes through ``s3a://``; ``deltalake``
+gets ``storage_options`` built from the settings. This path is written but not
+exercised here (no object store on this machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from fstore.definitions import FeatureSetVersion
+from fstore.engine.spark import delta_arrow_schema, to_utc_naive, ts_literal
+from fstore.errors import ComputeError, InvalidDefinition, NotFound
+from fstore.settings import Settings
+
+PARTITION = "event_date"
+
+
+def table_uri(settings: Settings, name: str) -> str:
+    """Where the offline table of feature set ``name`` lives (a path or an ``s3a://`` URI)."""
+    return f"{settings.data_root}/offline/{name}"
+
+
+def _delta_uri(uri: str) -> str:
+    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
+
+
+def storage_options(settings: Settings) -> dict[str, str] | None:
+    """``deltalake`` storage options for S3 (endpoint, keys, plain HTTP for MinIO); None for local files."""
+    if settings.storage_backend != "s3":
+        return None
+    options = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    if settings.s3_endpoint:
+        options["AWS_ENDPOINT_URL"] = settings.s3_endpoint
+        if settings.s3_endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if settings.s3_access_key:
+        options["AWS_ACCESS_KEY_ID"] = settings.s3_access_key
+        options["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_key
+    return options
+
+
+def _filesystem(settings: Settings):
+    """A pyarrow filesystem and a function turning a table URI into its path on it."""
+    from pyarrow import fs
+
+    if settings.storage_backend == "s3":
+        endpoint = settings.s3_endpoint
+        s3 = fs.S3FileSystem(access_key=settings.s3_access_key or None, secret_key=settings.s3_secret_key or None,
+                             endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
+                             scheme="http" if endpoint.startswith("http://") else "https")
+        return s3, lambda uri: uri.split("://", 1)[1]
+    return fs.LocalFileSystem(), lambda uri: uri
+
+
+def _delta_table(settings: Settings, name: str, version: int | str | datetime | None = None):
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    uri = _delta_uri(table_uri(settings, name))
+    try:
+        table = DeltaTable(uri, storage_options=storage_options(settings))
+    except TableNotFoundError:
+        return None
+    if version is not None:
+        try:
+            table.load_as_version(version)
+        except Exception as exc:  # noqa: BLE001 - deltalake raises several types for a version it cannot find
+            raise NotFound(f"offline table {name} has no version as of {version!r}: {exc}") from None
+    return table
+
+
+def current_version(settings: Settings, name: str) -> int | None:
+    """The latest Delta version of ``name``'s offline table; None when it does not exist (or in Parquet mode)."""
+    if settings.storage_format != "delta":
+        return None
+    table = _delta_table(settings, name)
+    return None if table is None else table.version()
+
+
+def _delta_classes_available(spark) -> bool:
+    try:
+        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        return True
+    except Exception:  # noqa: BLE001 - py4j raises a generic error for a missing class, or no JVM (Connect)
+        return False
+
+
+def _days(start: datetime, end: datetime) -> list[date]:
+    """The UTC dates a range ``[start, end)`` touches."""
+    first, last = start.date(), (end - timedelta(microseconds=1)).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _prepare(df, fsv: FeatureSetVersion, start: datetime, end: datetime):
+    """The rows to write: exactly the expected columns, in the range, with ``event_date``."""
+    from pyspark.sql import functions as F
+
+    columns = list(fsv.join_keys) + ["event_timestamp", "created_timestamp"] + [f.name for f in fsv.features]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ComputeError(f"the rows to write for {fsv.name} lack column(s) {', '.join(missing)}")
+    rows = df.select(*columns).where(f"event_timestamp >= {ts_literal(start)} AND event_timestamp < {ts_literal(end)}")
+    return rows.withColumn(PARTITION, F.to_date("event_timestamp"))
+
+
+def _outside(df, start: datetime, end: datetime):
+    return df.where(f"event_timestamp < {ts_literal(start)} OR event_timestamp >= {ts_literal(end)}")
+
+
+def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: datetime, end: datetime) -> int | None:
+    """Replace the rows with event time in ``[start, end)`` by ``df``'s; returns the new Delta version (None for Parquet)."""
+    start, end = to_utc_naive(start), to_utc_naive(end)
+    if end <= start:
+        raise InvalidDefinition(f"the range end {end} is not after its start {start}", field="end")
+    rows = _prepare(df, fsv, start, end)
+    if settings.storage_format == "parquet":
+        _write_parquet(spark, settings, fsv.name, rows, start, end)
+        return None
+    if _delta_classes_available(spark):
+        return _write_with_delta_spark(settings, fsv.name, rows, start, end)
+    staged = stage_delta_files(spark, settings, fsv.name, rows, start, end)
+    return commit_delta_files(settings, fsv.name, staged)
+
+
+# -- Delta through Spark's own writer (jars on the class path) ----------------------------------
+
+
+def _write_with_delta_spark(settings: Settings, name: str, rows, start: datetime, end: datetime) -> int:
+    uri = table_uri(settings, name)
+    (rows.write.format("delta").mode("overwrite").partitionBy(PARTITION)
+     .option("replaceWhere", f"event_timestamp >= {ts_literal(start)} AND event_timestamp < {ts_literal(end)}")
+     .save(uri))
+    return current_version(settings, name)
+
+
+# -- Delta through deltalake commits ----------------------------------------------------------------
+
+
+class StagedWrite:
+    """Files Spark wrote for one ``write_range``, not yet part of the table."""
+
+    def __init__(self, *, adds: list, removes: list, schema, first: bool, start: datetime, end: datetime) -> None:
+        self.adds, self.removes, self.schema, self.first = adds, removes, schema, first
+        self.start, self.end = start, end
+
+
+def _stats(metadata, columns: list[str]) -> str:
+    """Delta file stats from a Parquet footer (numRecords, minValues, maxValues, nullCount)."""
+    stats: dict[str, Any] = {"numRecords": metadata.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
+    schema = metadata.schema
+    for i in range(metadata.num_columns):
+        name = schema.column(i).path
+        if name not in columns:
+            continue
+        mins, maxs, nulls, complete = [], [], 0, True
+        for rg in range(metadata.num_row_groups):
+            st = metadata.row_group(rg).column(i).statistics
+            if st is None or not st.has_null_count:
+                complete = False
+                break
+            nulls += st.null_count
+            if st.has_min_max:
+                mins.append(st.min)
+                maxs.append(st.max)
+        if not complete:
+            continue
+        stats["nullCount"][name] = nulls
+        if mins and all(isinstance(v, (int, float, str, datetime, date)) and not isinstance(v, bool) for v in mins + maxs):
+            stats["minValues"][name] = _json_value(min(mins))
+            stats["maxValues"][name] = _json_value(max(maxs))
+    return json.dumps(stats)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = to_utc_naive(value)
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetime, end: datetime) -> StagedWrite:
+    """Write the new contents of the touched days with Spark; nothing is visible until ``commit_delta_files``."""
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction, RemoveAction
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    uri = table_uri(settings, name)
+    table = _delta_table(settings, name)
+    days = {d.isoformat() for d in _days(start, end)}
+    removes, combined = [], rows
+    now_ms = int(time.time() * 1000)
+    if table is not None:
+        touched = [a for a in _add_actions(table) if a["partition_values"].get(PARTITION) in days]
+        removes = [RemoveAction(path=a["path"], data_change=True, deletion_timestamp=now_ms, size=a["size"],
+                                partition_values=a["partition_values"]) for a in touched]
+        if touched:
+            old = _read_files(spark, table, [a["path"] for a in touched])
+            combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
+    write_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+    folder = f"{uri}/data/{write_id}"
+    combined.repartition(PARTITION).write.partitionBy(PARTITION).parquet(folder)
+    fs, to_path = _filesystem(settings)
+    from pyarrow.fs import FileSelector
+
+    data_columns = [c for c in rows.columns if c != PARTITION]
+    adds = []
+    for info in fs.get_file_info(FileSelector(to_path(folder), recursive=True)):
+        if not info.is_file or not info.base_name.endswith(".parquet"):
+            continue
+        relative = info.path[len(to_path(uri)):].lstrip("/")
+        day = next(p.split("=", 1)[1] for p in relative.split("/") if p.startswith(f"{PARTITION}="))
+        with fs.open_input_file(info.path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        adds.append(AddAction(path=relative, size=info.size, partition_values={PARTITION: day},
+                              modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else now_ms,
+                              data_change=True, stats=_stats(metadata, data_columns)))
+    arrow_schema = to_arrow_schema(rows.schema)
+    return StagedWrite(adds=adds, removes=removes, schema=arrow_schema, first=table is None, start=start, end=end)
+
+
+def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> int:
+    """The one commit that makes a staged write the table's new version; returns that version."""
+    from deltalake import Schema
+    from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+    uri = _delta_uri(table_uri(settings, name))
+    meta = CommitProperties(custom_metadata={"fstore.operation": "write_range", "fstore.start": staged.start.isoformat(),
+                                             "fstore.end": staged.end.isoformat()})
+    if staged.first:
+        create_table_with_add_actions(uri, Schema.from_arrow(staged.schema), staged.adds, mode="error",
+                                      partition_by=[PARTITION], name=name, storage_options=storage_options(settings),
+                                      commit_properties=meta)
+    else:
+        table = _delta_table(settings, name)
+        table.create_write_transaction(staged.adds + staged.removes, mode="append", schema=staged.schema,
+                                       partition_by=[PARTITION], commit_properties=meta)
+    return current_version(settings, name)
+
+
+def _add_actions(table) -> list[dict]:
+    """The current files of a Delta table: path, size and partition values."""
+    import pyarrow as pa
+
+    actions = pa.table(table.get_add_actions(flatten=False))
+    out = []
+    for row in actions.select(["path", "size_bytes", "partition"]).to_pylist():
+        values = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in (row["partition"] or {}).items()}
+        out.append({"path": row["path"], "size": row["size_bytes"], "partition_values": values})
+    return out
+
+
+def _read_files(spark, table, paths: list[str]):
+    """Rows of some of a Delta table's files, with ``event_date`` derived from the event time."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    schema = delta_arrow_schema(table)
+    data_schema = from_arrow_schema(schema.remove(schema.get_field_index(PARTITION)))
+    root = table.table_uri.rstrip("/")
+    uris = [p if "://" in p or p.startswith("/") else f"{root}/{p}" for p in paths]
+    if not uris:
+        return spark.createDataFrame([], from_arrow_schema(schema))
+    df = spark.read.schema(data_schema).parquet(*uris)
+    return df.withColumn(PARTITION, F.to_date("event_timestamp"))
+
+
+def read_table(spark, settings: Settings, name: str, *, as_of: int | str | datetime | None = None):
+    """The offline table of ``name`` (as of a version, or the version current at a time) as a Spark DataFrame."""
+    if settings.storage_format == "parquet":
+        if as_of is not None:
+            raise InvalidDefinition("as_of needs STORAGE_FORMAT=delta; Parquet tables keep no versions", field="as_of")
+        return _read_parquet(spark, settings, name)
+    version = as_of
+    if isinstance(as_of, str) and not as_of.strip().isdigit():
+        version = to_utc_naive(as_of)
+    elif isinstance(as_of, str):
+        version = int(as_of)
+    if isinstance(version, datetime):
+        from datetime import timezone
+
+        version = to_utc_naive(version).replace(tzinfo=timezone.utc)
+    table = _delta_table(settings, name, version)
+    if table is None:
+        raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at {table_uri(settings, name)})")
+    return _read_files(spark, table, table.file_uris())
+
+
+# -- plain Parquet ----------------------------------------------------------------------------------
+
+
+def _read_parquet(spark, settings: Settings, name: str):
+    from pyspark.sql import functions as F
+
+    uri = table_uri(settings, name)
+    if settings.storage_backend == "local" and not os.path.isdir(uri):
+        raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at {uri})")
+    return spark.read.parquet(uri).withColumn(PARTITION, F.to_date("event_timestamp"))
+
+
+def _write_parquet(spark, settings: Settings, name: str, rows, start: datetime, end: datetime) -> None:
+    """Rewrite the touched days: stage them whole, then swap each day's folder by renames."""
+    if settings.storage_backend != "local":
+        raise InvalidDefinition("STORAGE_FORMAT=parquet replaces days by folder renames and needs STORAGE_BACKEND=local; "
+                                "use STORAGE_FORMAT=delta on S3", field="STORAGE_FORMAT")
+    uri = table_uri(settings, name)
+    days = [d.isoformat() for d in _days(start, end)]
+    existing = [f"{uri}/{PARTITION}={d}" for d in days if os.path.isdir(f"{uri}/{PARTITION}={d}")]
+    combined = rows
+    if existing:
+        from pyspark.sql import functions as F
+
+        data_schema = rows.drop(PARTITION).schema
+        old = spark.read.schema(data_schema).parquet(*existing).withColumn(PARTITION, F.to_date("event_timestamp"))
+        combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
+    staging = f"{uri}/_staging/{uuid.uuid4().hex}"
+    combined.repartition(PARTITION).write.partitionBy(PARTITION).parquet(staging)
+    for day in days:
+        target, fresh = f"{uri}/{PARTITION}={day}", f"{staging}/{PARTITION}={day}"
+        trash = f"{staging}/old-{day}"
+        if os.path.isdir(target):
+            os.rename(target, trash)
+        if os.path.isdir(fresh):
+            os.rename(fresh, target)
+    shutil.rmtree(staging, ignore_errors=True)

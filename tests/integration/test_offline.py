@@ -1,0 +1,118 @@
+"""The offline store on real Spark: Delta commits through deltalake, range replacement, time travel, Parquet mode."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from fstore import offline
+from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.errors import NotFound
+
+pytestmark = pytest.mark.spark
+
+FSV = FeatureSetVersion(
+    feature_set=FeatureSet.from_dict({"name": "txn", "entities": ["user"]}), version=1,
+    entities=(Entity.from_dict({"name": "user", "join_keys": ["user_id"]}),),
+    features=(Feature.from_dict({"name": "amount", "data_type": "float", "transformation": "amount"}, feature_set="txn"),
+              Feature.from_dict({"name": "n", "data_type": "int", "transformation": "n"}, feature_set="txn")),
+)
+T0 = datetime(2024, 3, 1)
+
+
+def frame(spark, rows: list[tuple[str, datetime, float, int]]):
+    """Feature rows as the compiler produces them (created = event time)."""
+    pdf = pd.DataFrame(rows, columns=["user_id", "event_timestamp", "amount", "n"])
+    pdf["created_timestamp"] = pdf["event_timestamp"]
+    return spark.createDataFrame(pdf[["user_id", "event_timestamp", "created_timestamp", "amount", "n"]],
+                                 "user_id string, event_timestamp timestamp, created_timestamp timestamp, amount double, n bigint")
+
+
+def contents(df) -> list[tuple]:
+    return sorted((r.user_id, r.event_timestamp, r.amount, r.n, str(r.event_date)) for r in df.collect())
+
+
+def hours(h: float) -> datetime:
+    return T0 + timedelta(hours=h)
+
+
+def test_replace_range_is_exact_idempotent_and_time_travels(spark, settings):
+    v0 = offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1), ("a", hours(20), 2.0, 2),
+                                                                  ("b", hours(30), 3.0, 3), ("b", hours(50), 4.0, 4)]),
+                             T0, hours(72))
+    assert v0 == 0 and offline.current_version(settings, "txn") == 0
+    first = contents(offline.read_table(spark, settings, "txn"))
+    assert [r[0:3] for r in first] == [("a", hours(1), 1.0), ("a", hours(20), 2.0), ("b", hours(30), 3.0), ("b", hours(50), 4.0)]
+    assert first[0][4] == "2024-03-01" and first[2][4] == "2024-03-02"
+    # a partial-day range [10h, 31h): replaces a@20h and b@30h; a@1h and b@50h (same days, outside) survive
+    new = frame(spark, [("a", hours(12), 9.0, 9), ("c", hours(30.5), 8.0, 8), ("z", hours(31), 7.0, 7)])  # z is outside: dropped
+    v1 = offline.write_range(spark, settings, FSV, new, hours(10), hours(31))
+    second = contents(offline.read_table(spark, settings, "txn"))
+    assert v1 == 1
+    assert [(r[0], r[1], r[2]) for r in second] == [("a", hours(1), 1.0), ("a", hours(12), 9.0), ("b", hours(50), 4.0),
+                                                     ("c", hours(30.5), 8.0)]
+    # the same range again: same contents, one more version
+    v2 = offline.write_range(spark, settings, FSV, new, hours(10), hours(31))
+    assert v2 == 2 and contents(offline.read_table(spark, settings, "txn")) == second
+    # time travel by version and by timestamp
+    assert contents(offline.read_table(spark, settings, "txn", as_of=0)) == first
+    assert contents(offline.read_table(spark, settings, "txn", as_of="1")) == second
+    from deltalake import DeltaTable
+
+    table = DeltaTable(offline.table_uri(settings, "txn"))
+    assert table.version() == 2 and [h["version"] for h in table.history()] == [2, 1, 0]
+    ts0 = [h for h in table.history() if h["version"] == 0][0]["timestamp"]
+    assert contents(offline.read_table(spark, settings, "txn", as_of=datetime.fromtimestamp(ts0 / 1000 + 0.0005, timezone.utc)
+                                       .isoformat())) == first
+    # any Delta reader sees the same rows
+    arrow = table.to_pyarrow_table().to_pandas().sort_values(["user_id", "event_timestamp"])
+    assert list(arrow.amount) == [r[2] for r in second] and table.metadata().partition_columns == ["event_date"]
+    old = DeltaTable(offline.table_uri(settings, "txn"))
+    old.load_as_version(0)
+    assert sorted(old.to_pyarrow_table().to_pandas().amount) == [1.0, 2.0, 3.0, 4.0]
+    import pyarrow as pa
+
+    stats = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    assert sum(a["num_records"] for a in stats) == 4
+    with pytest.raises(NotFound):
+        offline.read_table(spark, settings, "txn", as_of=99)
+    with pytest.raises(NotFound):
+        offline.read_table(spark, settings, "no_such_set")
+    assert offline.current_version(settings, "no_such_set") is None
+
+
+def test_a_commit_that_never_happens_leaves_the_previous_version(spark, settings):
+    offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1), ("b", hours(2), 2.0, 2)]), T0, hours(24))
+    before = contents(offline.read_table(spark, settings, "txn"))
+    rows = offline._prepare(frame(spark, [("a", hours(1), 100.0, 100)]), FSV, T0, hours(24))
+    staged = offline.stage_delta_files(spark, settings, "txn", rows, T0, hours(24))  # the job dies before its commit
+    assert staged.adds and staged.removes
+    assert all(os.path.exists(os.path.join(offline.table_uri(settings, "txn"), a.path)) for a in staged.adds)
+    assert offline.current_version(settings, "txn") == 0
+    assert contents(offline.read_table(spark, settings, "txn")) == before
+    # the next run commits normally; the orphaned files never appear
+    offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 5.0, 5)]), T0, hours(24))
+    assert [(r[0], r[2]) for r in contents(offline.read_table(spark, settings, "txn"))] == [("a", 5.0)]
+
+
+def test_parquet_mode_replaces_ranges_the_same_way(spark, settings):
+    pq = settings.with_(storage_format="parquet")
+    assert offline.write_range(spark, pq, FSV, frame(spark, [("a", hours(1), 1.0, 1), ("a", hours(20), 2.0, 2),
+                                                              ("b", hours(30), 3.0, 3)]), T0, hours(48)) is None
+    new = frame(spark, [("a", hours(12), 9.0, 9)])
+    for _ in range(2):
+        offline.write_range(spark, pq, FSV, new, hours(10), hours(31))
+        got = contents(offline.read_table(spark, pq, "txn"))
+        assert [(r[0], r[1], r[2], r[4]) for r in got] == [("a", hours(1), 1.0, "2024-03-01"), ("a", hours(12), 9.0, "2024-03-01")]
+    assert offline.current_version(pq, "txn") is None
+    assert not os.listdir(os.path.join(offline.table_uri(pq, "txn"), "_staging"))
+
+
+def test_s3_storage_options_from_settings():
+    s3 = offline.storage_options(type("S", (), {"storage_backend": "s3", "s3_endpoint": "http://minio:9000",
+                                                 "s3_access_key": "k", "s3_secret_key": "s"})())
+    assert s3["AWS_ENDPOINT_URL"] == "http://minio:9000" and s3["AWS_ALLOW_HTTP"] == "true"
+    assert s3["AWS_ACCESS_KEY_ID"] == "k" and s3["AWS_SECRET_ACCESS_KEY"] == "s"
+    assert offline._delta_uri("s3a://bucket/fstore/offline/x") == "s3://bucket/fstore/offline/x"
