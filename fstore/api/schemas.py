@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fstore.errors import InvalidDefinition
+from fstore.registry.repo import MAX_LIMIT
 
 _BODY = ConfigDict(strict=True, extra="allow")
 _CLOSED_BODY = ConfigDict(strict=True, extra="forbid")
@@ -45,7 +46,7 @@ class JobPath(BaseModel):
 
 class Page(BaseModel):
     model_config = _QUERY
-    limit: int = Field(50, ge=1, le=1000, description="at most this many items")
+    limit: int = Field(50, ge=1, le=MAX_LIMIT, description="at most this many items")
     offset: int = Field(0, ge=0, le=10_000_000, description="skip this many items")
 
 
@@ -149,6 +150,7 @@ class FeatureSetBody(BaseModel):
     ttl: Optional[Duration] = Field(None, examples=["30d"])
     ttl_seconds: Optional[Duration] = None
     tags: Optional[Tags] = None
+    features: Optional[list[dict[str, Any]]] = Field(None, description="features created with the set (version 1)")
 
 
 class FeatureSetPatch(FeatureSetBody):
