@@ -1,0 +1,155 @@
+"""The CLI through click's runner: tables, --json, one-line errors with exit codes, never a traceback."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from fstore.cli import main
+
+DEFS = """
+entities:
+  - {name: user, join_keys: [user_id], value_type: int, description: A customer}
+feature_sets:
+  - name: profile
+    entities: [user]
+    owner: ds
+    description: Account figures
+    tags: {team: growth}
+    source: {path: not_generated_here, event_timestamp_column: updated_at}
+    features:
+      - {name: balance, data_type: float, transformation: account_balance, owner: finance}
+      - {name: rich, data_type: bool, transformation: balance > 1000, source_features: [balance]}
+"""
+
+
+@pytest.fixture()
+def env(any_registry_settings, tmp_path):
+    """The environment a user would export; the CLI reads its settings from it."""
+    values = {"STORAGE_PATH": any_registry_settings.storage_path, "DATABASE_URL": any_registry_settings.database_url}
+    return values
+
+
+@pytest.fixture()
+def cli(env):
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0, extra_env: dict | None = None):
+        result = runner.invoke(main, list(args), env={**env, **(extra_env or {})}, catch_exceptions=False)
+        assert "Traceback" not in result.output
+        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+        return result
+
+    run("db", "upgrade")  # PostgreSQL is upgraded on purpose; SQLite also upgrades itself
+    return run
+
+
+@pytest.fixture()
+def defs(tmp_path):
+    path = tmp_path / "defs" / "profile.yaml"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(DEFS))
+    return str(path)
+
+
+def test_help_needs_no_database(tmp_path):
+    result = CliRunner().invoke(main, ["--help"], env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert result.exit_code == 0
+    for command in ("apply", "plan", "entities", "feature-sets", "features", "search", "db", "serve", "compile",
+                    "materialize", "materialize-incremental", "backfill", "runs", "scheduler",
+                    "get-online-features", "get-historical-features"):
+        assert command in result.stdout
+
+
+def test_plan_apply_and_readable_tables(cli, defs):
+    planned = cli("plan", defs)
+    assert "create           feature_set  profile" in planned.stdout
+    assert "plan: 4 to create, 0 to update, 0 unchanged" in planned.stdout
+    applied = cli("--actor", "carol", "apply", defs)
+    assert "applied: 4 created, 0 updated, 0 unchanged" in applied.stdout
+    assert "applied: 0 created, 0 updated, 4 unchanged" in cli("apply", defs).stdout
+
+    table = cli("features", "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "NAME", "FEATURE_SET", "VERSION", "DATA_TYPE", "OWNER", "DESCRIPTION"]
+    assert table[2].split()[1:6] == ["balance", "profile", "1", "float", "finance"]  # ids: PG sequences skip after a plan
+    assert table[-1] == "1-2 of 2"
+    shown = cli("feature-sets", "show", "profile").stdout
+    assert "owner" in shown and "balance, rich" in shown
+    versions = cli("feature-sets", "versions", "profile").stdout
+    assert "carol" in versions and "balance=1, rich=1" in versions
+    assert "user_id" in cli("entities", "list").stdout
+    found = cli("search", "growth").stdout
+    assert "feature_set" in found and "profile" in found
+    assert "(none)" in cli("features", "list", "--owner", "nobody").stdout
+
+
+def test_json_output_for_scripts(cli, defs):
+    result = json.loads(cli("--json", "apply", defs).stdout)
+    assert result["summary"] == {"create": 4, "update": 0, "unchanged": 0}
+    page = json.loads(cli("features", "list", "--json", "--feature-set", "profile", "--limit", "1", "--offset", "1").stdout)
+    assert page["total"] == 2 and [f["name"] for f in page["items"]] == ["rich"]
+    rich = json.loads(cli("features", "show", "profile:rich", "--json").stdout)
+    assert rich["lineage"] == {"balance": 1} and rich["created_at"].endswith("Z")
+    entity = json.loads(cli("entities", "show", "user_id", "--json").stdout)
+    assert entity["name"] == "user" and entity["join_keys"] == ["user_id"]
+    versions = json.loads(cli("features", "versions", "balance", "--json").stdout)
+    assert [v["version"] for v in versions] == [1]
+    hits = json.loads(cli("search", "fin", "--kind", "feature", "--json").stdout)
+    assert [(h["kind"], h["name"]) for h in hits["items"]] == [("feature", "balance")]
+
+
+def test_delete_commands(cli, defs):
+    cli("apply", defs)
+    conflict = cli("features", "delete", "balance", "--yes", code=5)
+    assert conflict.stderr.strip() == ("error: feature balance is used by feature(s) rich in feature set profile; "
+                                       "delete or change them first")
+    cli("features", "delete", "rich", "--yes")
+    assert cli("feature-sets", "show", "profile", "--json").stdout.count('"rich"') == 0
+    cli("entities", "delete", "user", "--yes", code=5)
+    cli("feature-sets", "delete", "profile", "-y")
+    cli("entities", "delete", "user", "--yes")
+    cli("entities", "delete", "user", "--yes", code=3)
+    declined = cli("feature-sets", "delete", "ghost", code=1)  # no --yes, no answer: aborted, nothing done
+    assert "delete feature set ghost" in declined.stdout
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (("features", "show", "ghost"), 3, "error: feature 'ghost' not found"),
+    (("feature-sets", "show", "profile", "--version", "9"), 3, "error: feature set profile has no version 9"),
+    (("features", "list", "--limit", "0"), 2, "error: limit must be an integer from 1 to 500"),
+    (("features", "list", "--data-type", "blob"), 2, "error: data_type 'blob' is not a data type"),
+    (("runs", "show", "no-such-run"), 3, "error: materialization run 'no-such-run' does not exist"),
+    (("materialize", "profile", "--start", "2026-01-02", "--end", "2026-01-01"), 2, "error: start 2026-01-02"),
+    (("backfill", "profile", "--start", "2026-01-01", "--end", "2026-01-02", "--chunk", "often"), 2,
+     "error: chunk 'often' is not a duration"),
+    (("get-online-features", "--features", "balance", "--entity", "user_id"), 2, "error: --entity 'user_id' must be"),
+    (("get-historical-features", "--entities", "/no/such.csv", "--features", "balance", "--output", "/tmp/x.csv"), 3,
+     "error: entities file /no/such.csv does not exist"),
+])
+def test_errors_are_one_line_with_the_exit_code(cli, defs, args, code, message):
+    cli("apply", defs)
+    result = cli(*args, code=code)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_bad_files_and_settings_are_one_line_errors(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("entities:\n  - {name: user, join_keys: [user id]}\n")
+    result = cli("apply", str(bad), code=2)
+    assert result.stderr.strip().startswith(f"error: {bad}:2: entity user: join_keys 'user id' is not a valid name")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("entities: [\n")
+    assert f"{broken}:2: invalid YAML" in cli("plan", str(broken), code=2).stderr
+    settings_error = cli("entities", "list", code=2, extra_env={"STORAGE_FORMAT": "orc"})
+    assert settings_error.stderr.strip() == "error: STORAGE_FORMAT='orc' is not valid; use one of: delta, parquet"
+    missing = cli("apply", str(tmp_path / "nope.yaml"), code=2)  # click's own usage error, also one clear line
+    assert "does not exist" in missing.stderr
+
+
+def test_compile_prints_the_sql(cli, defs):
+    cli("apply", defs)
+    sql = cli("compile", "profile").stdout
+    assert "account_balance" in sql and "balance" in sql
