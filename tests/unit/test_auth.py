@@ -1,0 +1,200 @@
+"""API keys, grants, scope rules and the pure helpers of usage and monitoring (SQLite file registry, no services)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from fstore import auth
+from fstore.api.security import required_scope
+from fstore.errors import InvalidDefinition, NotFound, Unauthorized
+from fstore.monitoring import _feature_stats, late_against_schedule
+from fstore.registry.models import ApiKeyRow, utcnow
+from fstore.store import FeatureStore
+from fstore.usage import BUCKETS_MS, bucket_index, percentile, summarize_online
+
+
+@pytest.fixture()
+def store(settings):
+    store = FeatureStore(settings)
+    yield store
+    store.close()
+
+
+def test_a_key_is_shown_once_and_only_its_hash_is_stored(store):
+    with store.transaction() as s:
+        created = auth.create_key(s, owner="alice", scopes="read_registry, serve_online", feature_sets=["payments"])
+    key = created["key"]
+    assert key.startswith("fsk_") and len(key) >= 40 and created["prefix"] == key[:12]
+    with store.transaction() as s:
+        row = s.scalar(select(ApiKeyRow))
+        assert row.key_hash == auth.hash_key(key) and len(row.key_hash) == 64
+        assert key not in str([getattr(row, c.name) for c in ApiKeyRow.__table__.columns])
+        assert "key" not in auth.get_key(s, created["id"]) and "key" not in auth.list_keys(s)["items"][0]
+        assert "key_hash" not in auth.get_key(s, created["prefix"])
+        verified = auth.verify_key(s, key)
+    assert verified.owner == "alice" and verified.scopes == {"read_registry", "serve_online"}
+    assert verified.grant.feature_sets == {"payments"}
+
+
+def test_two_keys_never_collide(store):
+    with store.transaction() as s:
+        keys = {auth.create_key(s, owner="a", scopes=["admin"])["key"] for _ in range(20)}
+    assert len(keys) == 20
+
+
+def test_expired_and_revoked_keys_fail_like_unknown_ones(store):
+    with store.transaction() as s:
+        short = auth.create_key(s, owner="a", scopes=["admin"], expires_in="1h")
+        gone = auth.create_key(s, owner="b", scopes=["admin"])
+    assert short["expires_at"] is not None and short["status"] == "active"
+    with store.transaction() as s:
+        auth.verify_key(s, short["key"])
+        s.execute(update(ApiKeyRow).where(ApiKeyRow.id == short["id"]).values(expires_at=utcnow() - timedelta(seconds=1)))
+        revoked = auth.revoke_key(s, gone["id"])
+        assert revoked["status"] == "revoked" and auth.revoke_key(s, gone["id"])["revoked_at"] == revoked["revoked_at"]
+    messages = set()
+    for key in (short["key"], gone["key"], "fsk_unknown", "", None, "x" * 1000):
+        with store.transaction() as s, pytest.raises(Unauthorized) as info:
+            auth.verify_key(s, key)
+        messages.add(info.value.message)
+    assert messages == {"missing or invalid API key"}
+    with store.transaction() as s:
+        assert auth.get_key(s, short["id"])["status"] == "expired"
+        assert [k["id"] for k in auth.list_keys(s, include_inactive=False)["items"]] == []
+
+
+def test_the_verifier_cache_forgets_a_revoked_key_and_checks_expiry(store):
+    with store.transaction() as s:
+        created = auth.create_key(s, owner="a", scopes=["admin"])
+    verifier = auth.KeyVerifier(store.transaction, ttl=60)
+    assert verifier.verify(created["key"]).id == created["id"]
+    with store.transaction() as s:
+        auth.revoke_key(s, created["id"])
+    assert verifier.verify(created["key"]).id == created["id"]  # cached for up to ttl in other processes
+    verifier.forget([created["id"]])
+    with pytest.raises(Unauthorized):
+        verifier.verify(created["key"])
+
+
+def test_last_used_is_recorded(store):
+    with store.transaction() as s:
+        created = auth.create_key(s, owner="a", scopes=["admin"])
+    with store.transaction() as s:
+        auth.verify_key(s, created["key"])
+    with store.transaction() as s:
+        assert auth.get_key(s, created["id"])["last_used_at"] is not None
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"owner": "a", "scopes": ["root"]}, "scopes"),
+    ({"owner": "a", "scopes": []}, "scopes"),
+    ({"owner": "a", "scopes": 5}, "scopes"),
+    ({"owner": " ", "scopes": ["admin"]}, "owner"),
+    ({"owner": None, "scopes": ["admin"]}, "owner"),
+    ({"owner": "a", "scopes": ["admin"], "expires_in": "-1d"}, "expires_in"),
+    ({"owner": "a", "scopes": ["admin"], "expires_in": "0"}, "expires_in"),
+    ({"owner": "a", "scopes": ["admin"], "expires_at": datetime(2000, 1, 1)}, "expires_at"),
+    ({"owner": "a", "scopes": ["admin"], "feature_sets": ["a b"]}, "feature_sets"),
+    ({"owner": "a", "scopes": ["admin"], "features": ["a:b:c"]}, "features"),
+    ({"owner": "a", "scopes": ["admin"], "features": [3]}, "features"),
+])
+def test_bad_keys_are_refused_naming_the_field_and_nothing_is_stored(store, kwargs, field):
+    with pytest.raises(InvalidDefinition) as info, store.transaction() as s:
+        auth.create_key(s, **kwargs)
+    assert info.value.field == field
+    with store.transaction() as s:
+        assert auth.list_keys(s)["total"] == 0
+
+
+def test_unknown_key_reference_is_not_found(store):
+    with pytest.raises(NotFound), store.transaction() as s:
+        auth.revoke_key(s, "fsk_nothing")
+
+
+@pytest.mark.parametrize(("grant", "set_visible", "whole", "feature", "allowed"), [
+    (auth.Grant(), True, True, ("any", "x"), True),
+    (auth.Grant(feature_sets=frozenset({"a"})), True, True, ("a", "x"), True),
+    (auth.Grant(feature_sets=frozenset({"b"})), False, False, ("a", "x"), False),
+    (auth.Grant(features=frozenset({"a:x"})), True, False, ("a", "x"), True),
+    (auth.Grant(features=frozenset({"a:x"})), True, False, ("a", "y"), False),
+    (auth.Grant(features=frozenset({"x"})), False, False, ("a", "x"), True),
+])
+def test_grants(grant, set_visible, whole, feature, allowed):
+    assert grant.allows_feature_set("a") is set_visible
+    assert grant.allows_whole_set("a") is whole
+    assert grant.allows_feature(*feature) is allowed
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), [
+    ("GET", "/api/v1/feature-sets", "read_registry"),
+    ("POST", "/api/v1/feature-sets", "write_registry"),
+    ("DELETE", "/api/v1/features/x", "write_registry"),
+    ("POST", "/api/v1/feature-sets/x/materialize", "materialize"),
+    ("GET", "/api/v1/feature-sets/x/runs", "read_registry"),
+    ("POST", "/api/v1/serving/online", "serve_online"),
+    ("POST", "/api/v1/serving/historical", "serve_historical"),
+    ("POST", "/api/v1/serving/batch", "serve_historical"),
+    ("GET", "/api/v1/keys", "admin"),
+    ("DELETE", "/api/v1/keys/3", "admin"),
+    ("GET", "/api/v1/audit", "admin"),
+    ("GET", "/monitoring/usage", "admin"),
+    ("GET", "/monitoring/metrics", "read_registry"),
+    ("GET", "/ready", None),
+    ("GET", "/something/new", "admin"),
+])
+def test_scope_rules(method, path, scope):
+    assert required_scope(method, path) == scope
+
+
+def test_admin_implies_every_scope():
+    key = auth.ApiKey(id=1, prefix="fsk_x", owner="o", scopes=frozenset({"admin"}))
+    assert all(key.has_scope(s) for s in auth.SCOPES)
+    reader = auth.ApiKey(id=2, prefix="fsk_y", owner="o", scopes=frozenset({"read_registry"}))
+    assert reader.has_scope("read_registry") and not reader.has_scope("write_registry")
+
+
+# -- usage and monitoring helpers --------------------------------------------------------------------
+
+def test_latency_histogram_percentiles():
+    hist = [0] * (len(BUCKETS_MS) + 1)
+    for ms in [0.3] * 90 + [4.0] * 9 + [20000.0]:
+        hist[bucket_index(ms)] += 1
+    assert percentile(hist, 0.5) == 0.5 and percentile(hist, 0.95) == 5 and percentile(hist, 0.99) == 5
+    assert percentile(hist, 1.0) == BUCKETS_MS[-1]
+    assert percentile([0] * len(hist), 0.5) is None
+
+
+def test_summarize_online_counts_coverage_and_names_sets():
+    body = {"features": ["payments:amount", "age", "risk"], "entities": {"user_id": [1, 2]}}
+    response = {"features": {"1": {"payments:amount": 5.0, "age": None, "risk": {"value": 1, "status": "present"}},
+                             "2": {"payments:amount": None, "age": 3, "risk": {"value": 2, "status": "expired"}}},
+                "metadata": {"cache_hit": True}}
+    summary = summarize_online(body, response, {"age": "profile", "risk": ""}.get)
+    assert summary.features == (("payments", "amount"), ("profile", "age"), ("", "risk"))
+    assert summary.entities == 2 and summary.cache_hit
+    assert summary.found == {("payments", "amount"): 1, ("profile", "age"): 1, ("", "risk"): 1}
+    assert summarize_online("junk", None).entities == 0
+
+
+def test_quality_report_shapes():
+    stats = _feature_stats({"x": {"count": 10, "nulls": 2, "violations": {"min": 1, "max": 2}, "mean": 1.5}})
+    assert stats == {"x": {"count": 10, "nulls": 2, "violations": 3, "mean": 1.5, "null_rate": 0.2}}
+    assert _feature_stats(None) == {} and _feature_stats({"x": 3}) == {}
+
+
+@pytest.mark.parametrize(("now", "last_success", "late"), [
+    (datetime(2024, 1, 1, 10, 30), datetime(2024, 1, 1, 10, 1), False),   # ran after the 10:00 tick
+    (datetime(2024, 1, 1, 10, 30), datetime(2024, 1, 1, 9, 1), True),     # missed 10:00
+    (datetime(2024, 1, 1, 10, 3), datetime(2024, 1, 1, 9, 1), False),     # 10:00 is still within its grace
+    (datetime(2024, 1, 1, 10, 30), None, True),
+])
+def test_late_against_an_hourly_schedule(now, last_success, late):
+    assert late_against_schedule("0 * * * *", last_success, now) is late
+    assert late_against_schedule(None, last_success, now) is None
+
+
+def test_a_set_created_after_the_tick_is_not_late():
+    now = datetime(2024, 1, 1, 10, 30)
+    assert late_against_schedule("0 * * * *", None, now, created_at=datetime(2024, 1, 1, 10, 20)) is False
