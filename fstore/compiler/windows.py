@@ -170,7 +170,7 @@ def window_sql(spec: WindowSpec, *, keys: tuple[str, ...], timestamp: str, event
     if fn == "count":
         agg = f"COUNT({guarded(value or '1')})"
     elif fn == "count_distinct":
-        agg = f"SIZE(COLLECT_SET({guarded(value)}))"
+        agg = f"COLLECT_SET({guarded(value)})"
     elif fn == "stddev":
         agg = f"STDDEV_SAMP({guarded(value)})"
     elif fn == "last":
@@ -181,5 +181,6 @@ def window_sql(spec: WindowSpec, *, keys: tuple[str, ...], timestamp: str, event
         agg = f"{fn.upper()}({guarded(value)})"
     size_us = spec.size_seconds * 1_000_000
     partition = ", ".join(quote(k) for k in keys)
-    return (f"{agg} OVER (PARTITION BY {partition} ORDER BY UNIX_MICROS({quote(timestamp)}) "
+    over = (f"{agg} OVER (PARTITION BY {partition} ORDER BY UNIX_MICROS({quote(timestamp)}) "
             f"RANGE BETWEEN {size_us - 1} PRECEDING AND CURRENT ROW)")
+    return f"SIZE({over})" if fn == "count_distinct" else over

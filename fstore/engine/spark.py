@@ -187,7 +187,8 @@ def run_compiled(spark, fsv: FeatureSetVersion, compiled: CompiledQuery, source_
             wide = _python_stage(wide, compiled, fsv)
         return wide.selectExpr(*compiled.projection)
     except AnalysisException as exc:
-        raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: {exc}") from None
+        message = (exc.getMessage() if hasattr(exc, "getMessage") else str(exc)).strip().splitlines()[0]
+        raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: {message}") from None
 
 
 def compute(spark, fsv: FeatureSetVersion, *, start: datetime | None = None, end: datetime | None = None):
