@@ -290,3 +290,25 @@ class FeatureStore:
 
         with self.transaction() as s:
             return jobs.get_job(s, job_id)
+
+    # -- training sets ----------------------------------------------------------------------
+
+    def list_training_sets(self, *, limit: int = 50, offset: int = 0) -> dict:
+        """Saved training sets, newest first: ``{"items", "total", "limit", "offset"}``."""
+        from fstore.registry import training_sets
+
+        with self.transaction() as s:
+            return training_sets.list_training_sets(s, limit=limit, offset=offset)
+
+    def get_training_set(self, name: str | int) -> dict:
+        """A saved training set: features, versions, Delta versions, entity count, output path."""
+        from fstore.registry import training_sets
+
+        with self.transaction() as s:
+            return training_sets.get_training_set(s, name)
+
+    def recreate_training_set(self, name: str | int):
+        """Re-run a saved training set's retrieval pinned to its recorded versions; ``.to_df()`` / ``.to_spark()``."""
+        from fstore.retrieval import recreate_training_set
+
+        return recreate_training_set(self, name)

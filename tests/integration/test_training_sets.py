@@ -1,0 +1,78 @@
+"""Training sets: saved with their versions, listed, shown, re-created exactly after the offline store changed."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from fstore.errors import AlreadyExists, InvalidDefinition, NotFound
+from fstore.store import FeatureStore
+from test_retrieval import fill_offline, H, T0, T_END, create_sets, events, labels, write_source
+
+pytestmark = pytest.mark.spark
+
+FEATURES = ["user_txn:amount_x2", "txn_count_2d", "avg_amount_2d", "merchant_amount"]
+
+
+@pytest.fixture()
+def store(any_registry_settings, spark, tmp_path):
+    s = FeatureStore(any_registry_settings, auto_upgrade=True).use_spark(spark)
+    create_sets(s, write_source(tmp_path / "source", events()))
+    for name in ("user_txn", "merchant_txn"):
+        fill_offline(s, name)
+    yield s
+    s.close()
+
+
+def test_save_list_show_and_recreate_after_the_offline_store_changed(store, tmp_path):
+    entity_rows = labels()
+    first = store.get_historical_features(entity_df=entity_rows, features=FEATURES, save_as="churn_2024", actor="ann")
+    original = first.to_df()
+    saved = store.get_training_set("churn_2024")
+    assert saved["name"] == "churn_2024" and saved["entity_count"] == len(entity_rows) and saved["created_by"] == "ann"
+    by_set = {g["feature_set"]: g for g in saved["groups"]}
+    assert set(by_set) == {"user_txn", "merchant_txn"}
+    assert by_set["user_txn"]["offline_version"] == saved["offline_versions"]["user_txn"] is not None
+    assert by_set["user_txn"]["feature_versions"]["txn_count_2d"] == 1
+    assert saved["output_path"].endswith("training_sets/churn_2024/data")
+    written = pd.read_parquet(saved["output_path"])
+    assert len(written) == len(entity_rows) and list(written.columns) == list(original.columns)
+    listed = store.list_training_sets()
+    assert listed["total"] == 1 and listed["items"][0]["name"] == "churn_2024"
+
+    # The offline store moves on: amounts are corrected and both sets re-materialized.
+    changed = events()
+    changed["amount"] = changed["amount"] + 1000
+    write_source(tmp_path / "source", changed)
+    for name in ("user_txn", "merchant_txn"):
+        fill_offline(store, name)
+    assert not store.get_historical_features(entity_df=entity_rows, features=["user_txn:amount_x2"]).to_df() \
+        .user_txn__amount_x2.equals(original.user_txn__amount_x2)
+
+    again = store.recreate_training_set("churn_2024").to_df()
+    # Row features come from the pinned Delta versions: identical.
+    pd.testing.assert_frame_equal(again[["user_id", "merchant_id", "event_timestamp", "note", "user_txn__amount_x2",
+                                         "merchant_amount"]],
+                                  original[["user_id", "merchant_id", "event_timestamp", "note", "user_txn__amount_x2",
+                                            "merchant_amount"]])
+    assert list(again.columns) == list(original.columns)
+
+
+def test_recreate_is_identical_when_nothing_changed(store):
+    entity_rows = labels()
+    original = store.get_historical_features(entity_df=entity_rows, features=FEATURES, save_as="same").to_df()
+    pd.testing.assert_frame_equal(store.recreate_training_set("same").to_df(), original)
+
+
+def test_names_are_checked_before_any_work(store):
+    entity_rows = pd.DataFrame({"user_id": [1], "merchant_id": [10], "ts": [T0 + H]})
+    store.get_historical_features(entity_df=entity_rows, features=FEATURES, save_as="taken")
+    with pytest.raises(AlreadyExists):
+        store.get_historical_features(entity_df=entity_rows, features=FEATURES, save_as="taken")
+    with pytest.raises(InvalidDefinition) as info:
+        store.get_historical_features(entity_df=entity_rows, features=FEATURES, save_as="no spaces")
+    assert info.value.field == "save_as"
+    assert store.list_training_sets()["total"] == 1
+    with pytest.raises(NotFound):
+        store.get_training_set("missing")
+    with pytest.raises(NotFound):
+        store.recreate_training_set("missing")
