@@ -1,0 +1,182 @@
+"""Materialization runs end to end on real Spark: Delta offline store, Redis or embedded online store."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from fstore.errors import ComputeError, Conflict, InvalidDefinition, NotFound
+from fstore.materialize import lock_name
+from fstore.registry import runs
+from test_materialize_support import (  # noqa: F401 - fixtures
+    DAY, FEATURES, T0, T_END, any_online_store, create_set, delta_version, events, expected_online, make_store,
+    offline_rows, online_values, oracle, source, store, write_source,
+)
+
+pytestmark = pytest.mark.spark
+
+
+def test_a_run_writes_delta_and_the_online_store(any_online_store, source):
+    store = any_online_store
+    create_set(store, source)
+    run = store.materialize("user_txn", T0, T_END, actor="ann")
+
+    frame = events()
+    assert run["status"] == "succeeded" and run["error"] is None and run["kind"] == "full"
+    assert run["rows_read"] == len(frame) == run["rows_written"] and run["rows_rejected"] == 0
+    assert run["online_rows"] == 3 and run["offline_version"] == delta_version(store)
+    assert set(run["stages"]) == {"read", "compute", "validate", "offline", "online"}
+    assert set(run["quality"]) >= set(FEATURES)
+    assert run["start"] == "2024-01-01T00:00:00Z" and run["end"] == "2024-01-06T00:00:00Z"
+    assert offline_rows(store) == oracle(frame)
+    assert online_values(store) == expected_online(frame)
+    assert store.get_run(run["id"]) == run
+    listed = store.list_runs("user_txn")
+    assert listed["total"] == 1 and listed["items"][0]["id"] == run["id"]
+
+
+def test_the_watermark_advances_only_forwards(store, source):
+    created = create_set(store, source)
+    store.materialize("user_txn", T0 + 3 * DAY, T_END)
+    store.materialize("user_txn", T0, T0 + DAY)
+    with store.transaction() as s:
+        assert runs.get_watermark(s, created["id"]) == T_END
+
+
+def test_the_same_range_twice_gives_the_same_table_in_a_new_version(store, source):
+    create_set(store, source)
+    first = store.materialize("user_txn", T0, T_END)
+    rows = offline_rows(store)
+    second = store.materialize("user_txn", T0, T_END)
+    assert second["offline_version"] > first["offline_version"]
+    assert offline_rows(store) == rows == oracle(events())
+    # the earlier version stays readable (time travel)
+    assert offline_rows(store, version=first["offline_version"]) == rows
+
+
+def test_a_sub_range_replaces_exactly_its_rows(store, source, tmp_path):
+    create_set(store, source)
+    store.materialize("user_txn", T0, T_END)
+    changed = events()
+    changed.loc[changed.user_id == 2, "amount"] *= 10  # the source is corrected everywhere...
+    write_source(tmp_path / "source" / "transactions", changed)
+    store.materialize("user_txn", T0 + DAY, T0 + 2 * DAY)  # ...but only day 2 is recomputed
+    expected = [r for r in oracle(events()) if not T0 + DAY <= r[1] < T0 + 2 * DAY]
+    expected += [r for r in oracle(changed) if T0 + DAY <= r[1] < T0 + 2 * DAY]
+    assert offline_rows(store) == sorted(expected)
+
+
+def test_timezone_aware_bounds_are_read_as_utc(store, source):
+    create_set(store, source)
+    plus2 = timezone(timedelta(hours=2))
+    run = store.materialize("user_txn", datetime(2024, 1, 1, 2, tzinfo=plus2), datetime(2024, 1, 6, 2, tzinfo=plus2))
+    assert run["start"] == "2024-01-01T00:00:00Z" and run["rows_written"] == len(events())
+
+
+@pytest.mark.parametrize(("start", "end"), [(T_END, T0), (T0, T0), ("not a time", T_END)])
+def test_a_bad_range_is_refused_and_nothing_recorded(store, source, start, end):
+    create_set(store, source)
+    with pytest.raises(InvalidDefinition) as info:
+        store.materialize("user_txn", start, end)
+    assert info.value.field in ("start", "end")
+    assert store.list_runs()["total"] == 0
+
+
+def test_an_unknown_feature_set_is_not_found(store):
+    with pytest.raises(NotFound):
+        store.materialize("nope", T0, T_END)
+
+
+def test_a_second_run_while_one_runs_is_refused(store, source):
+    created = create_set(store, source)
+    # another process is running: it holds the set's lock for its recorded run
+    with store.transaction() as s:
+        other = runs.create_run(s, feature_set_id=created["id"], feature_set_version=1, start=T0, end=T_END,
+                                status="running")
+    runs.acquire_lock(store.engine, lock_name(created["id"]), other["id"], 60)
+    for attempt in (lambda: store.materialize("user_txn", T0, T_END),
+                    lambda: store.start_materialization("user_txn", T0, T_END)):
+        with pytest.raises(Conflict) as info:
+            attempt()
+        assert other["id"] in info.value.message and "running since" in info.value.message
+    assert store.list_runs()["total"] == 1  # the refused attempts recorded nothing
+    runs.release_lock(store.engine, lock_name(created["id"]), other["id"])
+    assert store.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+
+
+def test_two_concurrent_runs_on_postgres_one_is_refused(pg_settings, spark, source):
+    from fstore.registry.db import upgrade
+
+    upgrade(pg_settings)
+    first, second = make_store(pg_settings, spark), make_store(pg_settings, spark)
+    create_set(first, source)
+    barrier = threading.Barrier(2)
+    outcomes: list = [None, None]
+
+    def go(i, st):
+        barrier.wait()
+        try:
+            outcomes[i] = st.materialize("user_txn", T0, T_END)["status"]
+        except Conflict as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=go, args=(i, st)) for i, st in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first.close()
+    second.close()
+    assert sorted(map(type, outcomes), key=str) == sorted([str, Conflict], key=str)
+    assert "already being materialized" in next(o for o in outcomes if isinstance(o, Conflict)).message
+
+
+def test_validation_fail_policy_fails_the_run_and_writes_nothing(store, tmp_path):
+    path = write_source(tmp_path / "src", events())
+    create_set(store, path, amount_rules={"max_value": 500, "on_violation": "fail"})
+    good = store.materialize("user_txn", T0, T_END)
+    before_rows, before_online = offline_rows(store), online_values(store)
+    bad = events()
+    bad.loc[bad.index[-1], "amount"] = 1000.0  # user 3's last event: amount_x2 = 2000 > 500
+    write_source(tmp_path / "src", bad)
+    with pytest.raises(ComputeError):
+        store.materialize("user_txn", T0, T_END + DAY)
+    failed = store.list_runs("user_txn")["items"][0]
+    assert failed["status"] == "failed" and failed["error"] and failed["offline_version"] is None
+    assert delta_version(store) == good["offline_version"]
+    assert offline_rows(store) == before_rows and online_values(store) == before_online
+    with store.transaction() as s:
+        assert runs.get_watermark(s, store.get_feature_set("user_txn")["id"]) == T_END
+    assert runs.lock_holder(store.engine, lock_name(failed["feature_set_id"])) is None
+
+
+def test_validation_drop_row_policy_counts_rejected_rows(store, tmp_path):
+    path = write_source(tmp_path / "src", events())
+    create_set(store, path, amount_rules={"max_value": 150, "on_violation": "drop_row"})
+    run = store.materialize("user_txn", T0, T_END)
+    dropped = [r for r in oracle(events()) if r[2] > 150]  # user 2's 100.0 event (x2 = 200)
+    assert run["status"] == "succeeded" and run["rows_rejected"] == len(dropped) == 1
+    assert run["rows_written"] == run["rows_read"] - 1
+    assert offline_rows(store) == [r for r in oracle(events()) if r[2] <= 150]
+
+
+def test_a_failing_source_records_a_failed_run(store, tmp_path):
+    path = write_source(tmp_path / "src", events())
+    create_set(store, path)
+    for f in (tmp_path / "src").glob("*.parquet"):
+        f.unlink()
+    (tmp_path / "src").rmdir()
+    with pytest.raises((NotFound, ComputeError)) as info:
+        store.materialize("user_txn", T0, T_END)
+    run = store.list_runs()["items"][0]
+    assert run["status"] == "failed" and run["error"] == info.value.message
+    assert "src" in run["error"]
+
+
+def test_online_disabled_writes_only_offline(store, source):
+    create_set(store, source, online=False)
+    run = store.materialize("user_txn", T0, T_END)
+    assert run["online_rows"] is None and "online" not in run["stages"]
+    assert online_values(store) == {1: None, 2: None, 3: None}
+    assert offline_rows(store) == oracle(events())
