@@ -225,6 +225,7 @@ def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetim
     removes, combined = [], rows
     now_ms = int(time.time() * 1000)
     if table is not None:
+        _schema_changes(table, to_arrow_schema(rows.schema))  # refuse a type change before writing anything
         touched = [a for a in _add_actions(table) if a["partition_values"].get(PARTITION) in days]
         removes = [RemoveAction(path=a["path"], data_change=True, deletion_timestamp=now_ms, size=a["size"],
                                 partition_values=a["partition_values"]) for a in touched]
@@ -267,9 +268,33 @@ def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> in
                                       commit_properties=meta)
     else:
         table = _delta_table(settings, name)
+        _evolve_schema(table, staged.schema)
         table.create_write_transaction(staged.adds + staged.removes, mode="append", schema=staged.schema,
                                        partition_by=[PARTITION], commit_properties=meta)
     return current_version(settings, name)
+
+
+def _schema_changes(table, schema) -> list:
+    """New columns of ``schema`` (a feature added in a later version); a changed type is refused."""
+    current = delta_arrow_schema(table)
+    added = []
+    for field in schema:
+        if field.name not in current.names:
+            added.append(field)
+        elif current.field(field.name).type != field.type:
+            raise ComputeError(f"column {field.name} of the offline table is {current.field(field.name).type} but the "
+                               f"feature set now makes it {field.type}; give the changed feature a new name")
+    return added
+
+
+def _evolve_schema(table, schema) -> None:
+    """Add the columns a new feature set version brought (a metadata-only commit before the data commit)."""
+    import pyarrow as pa
+    from deltalake import Schema
+
+    added = _schema_changes(table, schema)
+    if added:
+        table.alter.add_columns(Schema.from_arrow(pa.schema(added)).fields)
 
 
 def _add_actions(table) -> list[dict]:

@@ -116,3 +116,21 @@ def test_s3_storage_options_from_settings():
     assert s3["AWS_ENDPOINT_URL"] == "http://minio:9000" and s3["AWS_ALLOW_HTTP"] == "true"
     assert s3["AWS_ACCESS_KEY_ID"] == "k" and s3["AWS_SECRET_ACCESS_KEY"] == "s"
     assert offline._delta_uri("s3a://bucket/fstore/offline/x") == "s3://bucket/fstore/offline/x"
+
+
+def test_a_new_feature_adds_a_column_and_a_changed_type_is_refused(spark, settings):
+    from fstore.errors import ComputeError
+
+    offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1)]), T0, hours(24))
+    extra = Feature.from_dict({"name": "label", "data_type": "string", "transformation": "'x'"}, feature_set="txn")
+    fsv2 = FeatureSetVersion(feature_set=FSV.feature_set, version=2, entities=FSV.entities, features=FSV.features + (extra,))
+    rows = frame(spark, [("b", hours(30), 2.0, 2)]).selectExpr("*", "'new' AS label")
+    assert offline.write_range(spark, settings, fsv2, rows, hours(24), hours(48)) == 2  # 1 = the added column
+    got = sorted((r.user_id, r.label) for r in offline.read_table(spark, settings, "txn").collect())
+    assert got == [("a", None), ("b", "new")]
+    changed = Feature.from_dict({"name": "n", "data_type": "string", "transformation": "n"}, feature_set="txn")
+    fsv3 = FeatureSetVersion(feature_set=FSV.feature_set, version=3, entities=FSV.entities, features=(FSV.features[0], changed))
+    with pytest.raises(ComputeError, match="column n of the offline table is int64"):
+        offline.write_range(spark, settings, fsv3, frame(spark, [("c", hours(50), 3.0, 3)]).selectExpr(
+            "user_id", "event_timestamp", "created_timestamp", "amount", "CAST(n AS STRING) AS n"), hours(48), hours(72))
+    assert offline.current_version(settings, "txn") == 2
