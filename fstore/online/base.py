@@ -110,6 +110,22 @@ def normalize_key_value(value: Any, value_type: str, *, key: str) -> str:
     raise InvalidDefinition(f"entity key {key} has unsupported value type {value_type}", field="entities")
 
 
+def key_normalizer(value_type: str, key: str) -> Callable[[Any], str]:
+    """A fast ``normalize_key_value`` for one key column: the common exact types skip the general path."""
+    if value_type == "string":
+        return lambda v: v if type(v) is str else normalize_key_value(v, value_type, key=key)
+    if value_type == "int":
+        def int_text(v: Any) -> str:
+            if type(v) is int:
+                return str(v)
+            if type(v) is str and v.isascii() and v.isdigit() and (v[0] != "0" or v == "0"):
+                return v
+            return normalize_key_value(v, value_type, key=key)
+
+        return int_text
+    return lambda v: normalize_key_value(v, value_type, key=key)
+
+
 def redis_key(feature_set: str, parts: Sequence[str]) -> str:
     """The hash key of one entity key in one feature set (parts length-prefixed, so always distinct)."""
     return f"fs:{feature_set}:" + "".join(f"{len(p)}:{p}" for p in parts)
@@ -220,7 +236,7 @@ class Codec:
 
     def __getstate__(self) -> dict[str, Any]:
         # The prepared decoders (lambdas) stay behind; an executor or another process rebuilds them.
-        return {k: v for k, v in self.__dict__.items() if k != "decoders"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("decoders", "_normalizers")}
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -231,14 +247,20 @@ class Codec:
         """Per-feature decoders, built once per codec (a codec is built once per set version)."""
         return {name: decoder(data_type) for name, data_type in self.features}
 
+    @cached_property
+    def _normalizers(self) -> tuple[tuple[str, Callable[[Any], str]], ...]:
+        return tuple((c, key_normalizer(t, c)) for c, t in zip(self.key_columns, self.key_types))
+
     def key_of(self, values: Mapping[str, Any]) -> str:
         """The hash key of a row or entity mapping (each key normalized by its value type)."""
-        parts = []
-        for column, value_type in zip(self.key_columns, self.key_types):
-            if column not in values:
-                raise InvalidDefinition(f"feature set {self.name} needs entity key {column}", field="entities")
-            parts.append(normalize_key_value(values[column], value_type, key=column))
-        return redis_key(self.name, parts)
+        key = f"fs:{self.name}:"
+        for column, normalize in self._normalizers:
+            try:
+                text = normalize(values[column])
+            except KeyError:
+                raise InvalidDefinition(f"feature set {self.name} needs entity key {column}", field="entities") from None
+            key += f"{len(text)}:{text}"
+        return key
 
 
 def as_codec(feature_set: "Codec | FeatureSetVersion") -> Codec:

@@ -74,6 +74,7 @@ def test_bad_values_are_refused_naming_the_field(data_type, value):
 
 @pytest.mark.parametrize(("value_type", "values"), [
     ("int", [1, "1", " 1", 1.0]),
+    ("int", [7, "7", "007", "\u0667"]),
     ("string", ["1", 1]),
     ("bool", [True, "true", 1, "1"]),
     ("timestamp", [TS, TS_ISO, to_micros(TS)]),
