@@ -16,6 +16,10 @@ rewrites happen in one place:
   born on 29 Feb turns a year older on 1 Mar in non-leap years, and on the
   birthday itself otherwise. Other uses of ``AGE`` are refused, because Spark
   has no interval type with PostgreSQL's symbolic months.
+
+Known difference: ``a / b`` is Spark's division (a fraction) even with
+``dialect: postgres``, where two integers would divide with truncation; write
+``a DIV b`` (spark) or ``CAST(a / b AS INT)`` when truncation is meant.
 """
 from __future__ import annotations
 

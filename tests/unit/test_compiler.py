@@ -29,7 +29,7 @@ def test_compiled_query_shape_and_columns():
          "transformation": "EXTRACT(YEAR FROM AGE(current_date, date_of_birth))"},
         {"name": "purchases_last_30d", "data_type": "int", "dialect": "postgres", "transformation": SEED_COUNT},
         {"name": "spend_7d", "data_type": "float", "transformation": "amount", "window_size": "7d", "aggregation": "sum"},
-        {"name": "ratio", "data_type": "float", "transformation": "purchases_last_30d / NULLIF(age, 0)", "dialect": "postgres"},
+        {"name": "ratio", "data_type": "float", "transformation": "purchases_last_30d / NULLIF(age, 0)"},
         {"name": "tags", "data_type": "list<string>", "transformation": "array(category)"},
     )
     c = compile_feature_set(fsv)
@@ -126,3 +126,4 @@ def test_python_features_are_listed_for_the_engine():
     assert c.python_features == (("p", "my.module:score", "DOUBLE"),)
     assert "python feature p = my.module:score" in c.sql
     assert spark_type("list<int>") == "ARRAY<BIGINT>" and spark_type("bool") == "BOOLEAN"
+
