@@ -57,6 +57,8 @@ def cell(value: Any, width: int = 60) -> str:
         text = ""
     elif isinstance(value, bool):
         text = "yes" if value else "no"
+    elif isinstance(value, float):
+        text = f"{value:.10g}"  # no binary noise like 151.26999999999998
     elif isinstance(value, (list, tuple)):
         text = ", ".join(cell(v, width) for v in value)
     elif isinstance(value, dict):

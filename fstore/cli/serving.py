@@ -29,17 +29,23 @@ def _entity_row(text: str) -> dict[str, str]:
 
 
 def _online_text(answer: dict) -> str:
-    features = answer.get("features", {})
-    rows = []
-    for entity, values in features.items():
+    """One row per entity, one column per feature; a value that is not present shows its status."""
+    statuses = answer.get("statuses", {})
+    rows, columns = [], ["entity"]
+    for entity, values in answer.get("features", {}).items():
         row = {"entity": entity}
         for name, value in (values or {}).items():
-            row[name] = value.get("value") if isinstance(value, dict) and "value" in value else value
+            status = statuses.get(entity, {}).get(name, "present")
+            if status == "present":
+                row[name] = value
+            else:  # a missing or expired value is null or the feature's default: say which
+                row[name] = f"({status})" if value is None else f"{value} ({status}, default)"
+            if name not in columns:
+                columns.append(name)
         rows.append(row)
-    columns = ["entity"] + sorted({k for r in rows for k in r if k != "entity"}, key=lambda k: list(rows[0]).index(k)
-                                  if k in rows[0] else 10**6)
     meta = answer.get("metadata", {})
-    return table(rows, columns) + ("\n" + ", ".join(f"{k}={v}" for k, v in meta.items()) if meta else "")
+    summary = ", ".join(f"{k}={meta[k]}" for k in ("latency_ms", "cache_hit", "degraded") if k in meta)
+    return table(rows, columns) + (f"\n{summary}" if summary else "")
 
 
 @main.command("get-online-features")

@@ -153,3 +153,45 @@ def test_compile_prints_the_sql(cli, defs):
     cli("apply", defs)
     sql = cli("compile", "profile").stdout
     assert "account_balance" in sql and "balance" in sql
+
+
+def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp_path):
+    """materialize, runs, get-online-features (real Redis) and get-historical-features on the examples."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from fstore.examples import END, write_example_sources
+    from fstore.store import FeatureStore
+
+    write_example_sources(Path(settings.storage_path) / "example_sources", users=20, purchases=300)
+    env = {"STORAGE_PATH": settings.storage_path, "DATABASE_URL": settings.database_url, "REDIS_URL": redis_url}
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0):
+        result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
+        assert "Traceback" not in result.output
+        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+        return result
+
+    FeatureStore(settings).use_spark(spark).close()  # the CLI's store finds this active Spark session
+    examples = Path(__file__).resolve().parents[2] / "conf" / "examples"
+    run("apply", str(examples))
+    assert "SELECT" in run("compile", "user_activity").stdout.upper()
+    done = run("materialize", "user_profile", "--start", "2025-12-01", "--end", END.isoformat()).stdout
+    assert "succeeded" in done and "rows_written" in done
+    assert "user_profile" in run("runs", "list", "user_profile").stdout
+    online = run("get-online-features", "--features", "user_profile:account_balance,user_segment",
+                 "--entity", "user_id=1", "--entity", "user_id=12345").stdout.splitlines()
+    assert online[0].split() == ["ENTITY", "USER_PROFILE:ACCOUNT_BALANCE", "USER_SEGMENT"]
+    assert online[2].split()[0] == "1" and online[3].split() == ["12345", "(missing)", "unknown", "(missing,", "default)"]
+    entities = tmp_path / "labels.csv"
+    pd.DataFrame({"user_id": [1, 2], "event_timestamp": ["2026-02-28T00:00:00Z", "2025-01-01T00:00:00Z"]}).to_csv(
+        entities, index=False)
+    out = tmp_path / "training.parquet"
+    written = run("get-historical-features", "--entities", str(entities), "--features", "user_profile:account_balance",
+                  "--output", str(out))
+    assert f"wrote 2 rows to {out}" in written.stdout
+    frame = pd.read_parquet(out)
+    assert list(frame["user_id"]) == [1, 2]
+    assert frame.iloc[1].isna().iloc[-1]  # before any profile row existed: nothing is visible
