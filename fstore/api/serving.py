@@ -41,8 +41,8 @@ def historical(body: HistoricalBody):
                                            feature_sets=body.feature_sets, as_of=body.as_of,
                                            timestamp_column=body.timestamp_column, save_as=body.save_as,
                                            actor=actor())
-    metadata = getattr(result, "metadata", None)
-    return frame_to_json(result.to_df(), metadata if isinstance(metadata, dict) else None)
+    meta = getattr(result, "meta", None)
+    return frame_to_json(result.to_df(), meta if isinstance(meta, dict) else None)
 
 
 @bp.post("/batch", tags=[_tag])
