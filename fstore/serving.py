@@ -222,10 +222,13 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
             misses += len(todo_keys)
 
     degraded = False
+    metrics = _metrics()
     if wanted:
         try:
+            trip = time.perf_counter()
             answers = store.online.read_many([(groups[gi].codec.name, todo_keys, groups[gi].read_fields)
                                               for gi, _, todo_keys in wanted])
+            metrics.observe_online_store(time.perf_counter() - trip, "read")
         except Unavailable:
             answers = _from_stale_cache(state, groups, wanted, mono) if cache_on else None
             if answers is None:
@@ -274,11 +277,15 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
                 else:
                     fo[out] = None if value == NULL else decode(value)
                     so[out] = _PRESENT
+    seconds = time.perf_counter() - started
+    missed = {gi for gi, _, _ in wanted}
+    for gi, g in enumerate(groups):
+        metrics.observe_online(g.codec.name, seconds, cache_hit=gi not in missed)
     return {
         "features": out_features,
         "statuses": out_status,
         "metadata": {
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "latency_ms": round(seconds * 1000, 3),
             "cache_hit": hits > 0 and misses == 0,
             "cache_hits": hits,
             "cache_misses": misses,
@@ -286,6 +293,19 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
             "degraded": degraded,
         },
     }
+
+
+_METRICS = None
+
+
+def _metrics():
+    """``fstore.metrics``, imported on first use (its multi-process set-up must precede the import)."""
+    global _METRICS
+    if _METRICS is None:
+        from fstore import metrics
+
+        _METRICS = metrics
+    return _METRICS
 
 
 def _from_stale_cache(state: _State, groups: list[_Group], wanted, mono: float) -> list[list[Any]] | None:

@@ -146,6 +146,10 @@ class RedisOnlineStore(OnlineStore):
         try:
             result = fn()
         except _ERRORS as exc:
+            if isinstance(exc, redis.ConnectionError) and "No connection available" in str(exc):
+                # Our own pool is exhausted (too many concurrent callers): Redis is not at fault, keep the breaker closed.
+                raise Unavailable(f"online store unavailable: all {self._pool.max_connections} connections to "
+                                  f"Redis are busy (REDIS_POOL_SIZE)") from None
             self.breaker.failure(exc)
             raise Unavailable(f"online store unavailable: Redis at {self._where()}: {exc}") from None
         except BaseException:

@@ -182,3 +182,17 @@ def test_redis_read_of_many_keys_and_sets_is_one_round_trip(redis_url, tmp_path,
     assert len(sent) == 1
     assert [int(r[1][0]) for r in result[0]] == list(range(300)) and result[1] == [None] * 100
     store.close()
+
+
+def test_an_exhausted_pool_is_unavailable_without_opening_the_breaker(redis_url):
+    from fstore.errors import Unavailable
+    from fstore.online.redis_store import RedisOnlineStore
+
+    store = RedisOnlineStore(redis_url, pool_size=1, timeout=0.05)
+    held = store._pool.get_connection()
+    with pytest.raises(Unavailable, match="REDIS_POOL_SIZE"):
+        store.ping()
+    assert store.breaker.state == "closed"
+    store._pool.release(held)
+    store.ping()
+    store.close()

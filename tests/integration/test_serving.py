@@ -195,3 +195,16 @@ def test_a_set_not_online_enabled_is_refused(store):
                               "features": [{"name": "x", "data_type": "int", "transformation": "x"}]})
     with pytest.raises(InvalidDefinition, match="not online-enabled"):
         store.get_online_features(features=["offline_only:x"], entities={"user_id": 1})
+
+
+def test_serving_records_prometheus_figures(store):
+    from prometheus_client import REGISTRY
+
+    def value(name, labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    misses = value("fstore_online_cache_total", {"feature_set": "user_stats", "result": "miss"})
+    trips = value("fstore_online_store_roundtrip_seconds_count", {"operation": "read"})
+    store.get_online_features(features=["clicks"], entities={"user_id": [1, 2]})
+    assert value("fstore_online_cache_total", {"feature_set": "user_stats", "result": "miss"}) == misses + 1
+    assert value("fstore_online_store_roundtrip_seconds_count", {"operation": "read"}) == trips + 1
