@@ -163,7 +163,7 @@ def create_entity(s: Session, body: dict, *, actor: str = "") -> dict:
 
 def update_entity(s: Session, ref: str | int, changes: dict, *, actor: str = "") -> dict:
     """Merge ``changes`` into an entity; its keys and type cannot change while feature sets use it."""
-    row = _entity_row(s, ref, by_join_key=False)
+    row = _entity_row(s, ref)
     changes = _body(changes, "entity changes")
     if "name" in changes and changes["name"] != row.name:
         raise InvalidDefinition("an entity cannot be renamed; create a new one", field="name")
@@ -207,7 +207,7 @@ def _sets_using_entity(s: Session, name: str) -> list[str]:
 
 def delete_entity(s: Session, ref: str | int, *, actor: str = "") -> None:
     """Delete an entity no feature set uses."""
-    row = _entity_row(s, ref, by_join_key=False)
+    row = _entity_row(s, ref)
     users = _sets_using_entity(s, row.name)
     if users:
         raise Conflict(f"entity {row.name} is used by feature set(s): {', '.join(users)}; delete or change them first")
@@ -235,19 +235,30 @@ def feature_set_dict(row: FeatureSetRow, features: Iterable[str]) -> dict:
             "created_at": iso(row.created_at), "updated_at": iso(row.updated_at), "watermark": iso(row.watermark)}
 
 
-def _resolve_entities(s: Session, fs: FeatureSet, actor: str) -> tuple[FeatureSet, tuple[Entity, ...]]:
-    """Entities by name or join key; an unknown one is registered with itself as join key (string)."""
+def _resolve_entities(s: Session, fs: FeatureSet) -> tuple[FeatureSet, tuple[Entity, ...], list[Entity]]:
+    """Entities by name or join key; an unknown one becomes a new entity keyed by itself (string).
+
+    Returns the set naming its entities canonically, the entities, and the new ones to register,
+    which the caller inserts only after validation (so no write lock is held while Spark checks SQL).
+    """
     names: list[str] = []
     entities: list[Entity] = []
+    new: list[Entity] = []
     for ref in fs.entities:
         try:
-            row = _entity_row(s, ref)
+            entity = Entity.from_dict(_entity_row(s, ref).spec)
         except NotFound:
-            row = _insert_entity(s, Entity(name=ref, join_keys=(ref,)), actor)
-        if row.name not in names:
-            names.append(row.name)
-            entities.append(Entity.from_dict(row.spec))
-    return FeatureSet.from_dict({**fs.to_dict(), "entities": names}), tuple(entities)
+            entity = Entity(name=ref, join_keys=(ref,))
+            new.append(entity)
+        if entity.name not in names:
+            names.append(entity.name)
+            entities.append(entity)
+    return FeatureSet.from_dict({**fs.to_dict(), "entities": names}), tuple(entities), new
+
+
+def _register(s: Session, new: list[Entity], actor: str) -> None:
+    for entity in new:
+        _insert_entity(s, entity, actor)
 
 
 def _entities_of(s: Session, fs: FeatureSet) -> tuple[Entity, ...]:
@@ -294,7 +305,7 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
     fs = FeatureSet.from_dict(body)
     if s.scalar(select(FeatureSetRow.id).where(FeatureSetRow.name == fs.name)) is not None:
         raise AlreadyExists(f"feature set {fs.name!r} already exists", field="name")
-    fs, entities = _resolve_entities(s, fs, actor)
+    fs, entities, new_entities = _resolve_entities(s, fs)
     features = []
     for item in inline:
         item = _body(item, "feature")
@@ -309,6 +320,7 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
         raise AlreadyExists(f"feature(s) {', '.join(dupes)} listed twice in feature set {fs.name}", field="features")
     _validate(store, FeatureSetVersion(feature_set=fs, version=1, entities=entities, features=tuple(features),
                                        feature_versions={f.name: 1 for f in features}))
+    _register(s, new_entities, actor)
     now = utcnow()
     row = FeatureSetRow(name=fs.name, version=1, spec=fs.to_dict(), created_at=now, updated_at=now)
     s.add(row)
@@ -330,7 +342,7 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
     merged = {**row.spec, **changes}
     if "ttl" in changes:
         merged.pop("ttl_seconds", None)
-    fs, entities = _resolve_entities(s, FeatureSet.from_dict(merged), actor)
+    fs, entities, new_entities = _resolve_entities(s, FeatureSet.from_dict(merged))
     changed = diff(row.spec, fs.to_dict())
     current = _current_features(s, row.id)
     if not changed:
@@ -338,6 +350,7 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
     _validate(store, FeatureSetVersion(feature_set=fs, version=row.version + 1, entities=entities,
                                        features=tuple(f for f, _, _ in current),
                                        feature_versions={f.name: v for f, v, _ in current}))
+    _register(s, new_entities, actor)
     _new_set_version(s, row, fs, [(f, v) for f, v, _ in current], changed, actor)
     return feature_set_dict(row, [f.name for f, _, _ in current])
 
