@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -255,7 +254,9 @@ def serve(host: str, port: int | None, workers: int) -> None:
         command = [sys.executable, "-m", "gunicorn", "server:app", "-c", str(REPO_ROOT / "conf" / "gunicorn.conf.py"),
                    "--bind", f"{host}:{port}", "--workers", str(workers)]
         click.echo(f"serving on http://{host}:{port} with gunicorn ({workers} workers)", err=True)
-        raise SystemExit(subprocess.call(command, cwd=REPO_ROOT, env=os.environ.copy()))
+        # gunicorn replaces this process, so signals (Ctrl-C, a supervisor's TERM) reach it directly
+        os.chdir(REPO_ROOT)
+        os.execv(sys.executable, command)
     from fstore.api import create_app
 
     click.echo(f"gunicorn is not installed: serving on http://{host}:{port} with Flask's development server", err=True)
