@@ -163,6 +163,10 @@ def _read(store: "FeatureStore", path: str | Path) -> tuple[list[_Item], list[_I
     for s in sets:
         seen = {}
         for f in s.features:
+            named = f.body.pop("feature_set", None), f.body.pop("feature_set_id", None)
+            if any(n is not None and n != s.name for n in named):
+                raise InvalidDefinition(f"{f.where}: feature {f.name} is written inside feature set {s.name} "
+                                        f"but names another set", field="feature_set")
             if f.name in seen:
                 raise InvalidDefinition(f"{f.where}: feature {f.name} of feature set {s.name} is also defined at {seen[f.name].where}")
             seen[f.name] = f

@@ -166,6 +166,8 @@ def test_loose_features_join_their_set(store, tmp_path):
     ("feature_sets:\n  - name: s\n    entities: [k]\n    source: {path: '${HOME}/x'}\n", r"only \$\{STORAGE_PATH\}"),
     ("feature_sets:\n  - name: s\n    entities: [k]\n    schedule: daily\n", r"bad.yaml:2: feature set s: unknown field"),
     ("features:\n  - {name: f, data_type: int, transformation: '1'}\n", r"bad.yaml:2: feature f needs feature_set"),
+    ("feature_sets:\n  - name: s\n    entities: [k]\n    features:\n      - {name: f, feature_set: other, data_type: int, "
+     "transformation: '1'}\n", r"bad.yaml:5: feature f is written inside feature set s but names another set"),
 ])
 def test_file_errors_name_file_and_line(store, tmp_path, text, message):
     path = tmp_path / "bad.yaml"
