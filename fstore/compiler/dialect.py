@@ -103,7 +103,7 @@ def _age_rewrite(node: exp.Expression, event_time: str, feature: str) -> exp.Exp
             args = [exp.Cast(this=exp.column(event_time, quoted=True), to=exp.DataType.build("DATE")), args[0]]
         if len(args) != 2:
             raise InvalidDefinition(f"feature {feature}: AGE takes one or two arguments", field="transformation")
-        a, b = (f"CAST({arg.sql(dialect='spark')} AS TIMESTAMP)" for arg in args)
+        a, b = (f"CAST({arg.sql(dialect='spark', identify=True)} AS TIMESTAMP)" for arg in args)
         return a, b
 
     def fn(n: exp.Expression) -> exp.Expression:
@@ -158,7 +158,7 @@ def to_spark(text: str, dialect: str, *, event_time: str, feature: str, rename: 
 
         node = node.transform(fn)
     try:
-        return node.sql(dialect="spark")
+        return node.sql(dialect="spark", identify=True)
     except SqlglotError as exc:
         raise InvalidDefinition(f"feature {feature}: {field} cannot be translated to Spark SQL: {exc}", field=field) from None
 

@@ -92,7 +92,7 @@ def _from_over(node: exp.Window, fsv: FeatureSetVersion, feature: Feature, event
     if isinstance(agg, exp.Filter):
         where = agg.expression
         filter_node = where.this if isinstance(where, exp.Where) else where
-        filter_sql = rewrite(filter_node, event_time=event_time, feature=name).sql(dialect="spark")
+        filter_sql = rewrite(filter_node, event_time=event_time, feature=name).sql(dialect="spark", identify=True)
         agg = agg.this
     value: exp.Expression | None
     if isinstance(agg, exp.Count):
@@ -110,7 +110,8 @@ def _from_over(node: exp.Window, fsv: FeatureSetVersion, feature: Feature, event
     else:
         raise InvalidDefinition(f"feature {name}: window aggregate {agg.sql()} is not supported; "
                                 "use COUNT, COUNT(DISTINCT), SUM, AVG, MIN, MAX, STDDEV or LAST_VALUE", field="transformation")
-    value_sql = rewrite(value, event_time=event_time, feature=name).sql(dialect="spark") if value is not None else None
+    value_sql = (rewrite(value, event_time=event_time, feature=name).sql(dialect="spark", identify=True)
+                 if value is not None else None)
     if feature.window is not None:
         if feature.window.size_seconds != size:
             raise InvalidDefinition(f"feature {name}: window_size ({feature.window.size_seconds}s) disagrees with the "

@@ -60,13 +60,13 @@ def test_created_timestamp_and_renamed_entity_columns():
 @pytest.mark.parametrize(("text", "dialect", "function", "size", "value", "filt"), [
     (SEED_COUNT, "postgres", "count", 30 * 86400, None, None),
     ("count(distinct merchant) over (partition by user_id order by timestamp range between interval 1 hour preceding and current row)",
-     "spark", "count_distinct", 3600, "merchant", None),
+     "spark", "count_distinct", 3600, "`merchant`", None),
     ("SUM(amount) FILTER (WHERE amount > 0) OVER (PARTITION BY user_id ORDER BY timestamp "
-     "RANGE BETWEEN INTERVAL '15 minutes' PRECEDING AND CURRENT ROW)", "postgres", "sum", 900, "amount", "amount > 0"),
+     "RANGE BETWEEN INTERVAL '15 minutes' PRECEDING AND CURRENT ROW)", "postgres", "sum", 900, "`amount`", "`amount` > 0"),
     ("LAST_VALUE(amount) OVER (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN INTERVAL '30' SECOND PRECEDING AND CURRENT ROW)",
-     "spark", "last", 30, "amount", None),
+     "spark", "last", 30, "`amount`", None),
     ("stddev(amount) OVER (PARTITION BY user_id ORDER BY timestamp RANGE BETWEEN INTERVAL '7 days' PRECEDING AND CURRENT ROW)",
-     "postgres", "stddev", 7 * 86400, "amount", None),
+     "postgres", "stddev", 7 * 86400, "`amount`", None),
 ])
 def test_windows_recognised_from_sql(text, dialect, function, size, value, filt):
     fsv = make_fsv({"name": "w", "data_type": "float", "dialect": dialect, "transformation": text})
