@@ -76,6 +76,9 @@ def test_replace_range_is_exact_idempotent_and_time_travels(spark, settings):
 
     stats = pa.table(table.get_add_actions(flatten=True)).to_pylist()
     assert sum(a["num_records"] for a in stats) == 4
+    day1 = [a for a in stats if a["partition.event_date"] in ("2024-03-01", datetime(2024, 3, 1).date())]
+    assert day1 and day1[0]["min.event_timestamp"] is not None and day1[0]["null_count.amount"] == 0
+    assert min(a["min.amount"] for a in stats) == 1.0 and max(a["max.amount"] for a in stats) == 9.0
     with pytest.raises(NotFound):
         offline.read_table(spark, settings, "txn", as_of=99)
     with pytest.raises(NotFound):
