@@ -4,10 +4,11 @@ The plan, all in Spark:
 
 1. drop rows without a key or event time, and (when the set has a TTL) rows already
    older than the TTL, which would never be served;
-2. build each row's hash key in SQL (keys normalized by entity value type and
-   length-prefixed, exactly as ``fstore.online.base.redis_key`` does);
-3. keep the latest row per key: ``max(struct(event_timestamp, created_timestamp, …))``
-   grouped by key, a hash aggregate with map-side partial aggregation (no sort);
+2. keep the latest row per key: ``max(struct(event_timestamp, created_timestamp, …))``
+   grouped by the keys cast to their entity's value type (map-side partial
+   aggregation first; grouping on longs rather than text keeps the sort cheap);
+3. build each surviving row's hash key in SQL (keys normalized by entity value
+   type and length-prefixed, exactly as ``fstore.online.base.redis_key`` does);
 4. encode every value in SQL to the online text form (``base`` module docstring);
    for Redis even the RESP framing of each key and each row's arguments is built in
    SQL, so the Python side only joins ready bytes;
@@ -39,16 +40,25 @@ def _q(name: str) -> str:
     return f"`{name}`"
 
 
-def key_text_sql(column: str, value_type: str) -> str:
-    """SQL text of one key column normalized like ``base.normalize_key_value``."""
+def key_native_sql(column: str, value_type: str) -> str:
+    """SQL of one key column as its entity's value type (compact to group by: a long for ints and times)."""
     c = _q(column)
     return {
-        "int": f"CAST(CAST({c} AS BIGINT) AS STRING)",
+        "int": f"CAST({c} AS BIGINT)",
         "string": f"CAST({c} AS STRING)",
-        "float": f"CAST(CAST({c} AS DOUBLE) AS STRING)",
-        "bool": f"CASE WHEN {c} THEN '1' ELSE '0' END",
-        "timestamp": f"CAST(unix_micros(CAST({c} AS TIMESTAMP)) AS STRING)",
+        "float": f"CAST({c} AS DOUBLE)",
+        "bool": f"CAST({c} AS BOOLEAN)",
+        "timestamp": f"unix_micros(CAST({c} AS TIMESTAMP))",
     }[value_type]
+
+
+def key_text_sql(native: str, value_type: str) -> str:
+    """SQL text of a native key value, normalized like ``base.normalize_key_value``."""
+    if value_type == "string":
+        return native
+    if value_type == "bool":
+        return f"CASE WHEN {native} THEN '1' ELSE '0' END"
+    return f"CAST({native} AS STRING)"
 
 
 def value_text_sql(expr: str, data_type: str) -> str:
@@ -84,24 +94,29 @@ def latest_rows(df, codec: Codec, *, now_micros: int | None = None):
     if missing:
         raise InvalidDefinition(f"cannot load feature set {codec.name} online: the DataFrame lacks column(s) "
                                 f"{', '.join(missing)}", field=missing[0])
-    conditions = [f"{_q(c)} IS NOT NULL" for c in (*codec.key_columns, "event_timestamp")]
-    if codec.ttl_seconds:
-        now = now_micros if now_micros is not None else int(time.time() * 1_000_000)
-        conditions.append(f"unix_micros(CAST(event_timestamp AS TIMESTAMP)) >= {now - codec.ttl_seconds * 1_000_000}")
-    parts = [f"CAST(length({key_text_sql(c, t)}) AS STRING), ':', {key_text_sql(c, t)}"
-             for c, t in zip(codec.key_columns, codec.key_types)]
-    key_sql = f"concat('{key_prefix(codec.name)}', {', '.join(parts)})"
+    # Group by the keys as native values (a sort on longs, not on strings) and reduce with the raw
+    # feature values; only the surviving row per key is turned into text.
+    natives = [f"{key_native_sql(c, t)} AS `_k{i}`" for i, (c, t) in enumerate(zip(codec.key_columns, codec.key_types))]
     order = ["unix_micros(CAST(event_timestamp AS TIMESTAMP)) AS ts"]
     if "created_timestamp" in columns:
         order.append("CAST(created_timestamp AS TIMESTAMP) AS created")
-    values = [f"{value_text_sql(_q(name), dt)} AS `v{i}`" for i, (name, dt) in enumerate(codec.features)]
-    encoded = df.where(" AND ".join(conditions)).selectExpr(f"{key_sql} AS k", *order, *values)
+    raw = [f"{_q(name)} AS `v{i}`" for i, name in enumerate(codec.feature_names)]
+    conditions = ["ts IS NOT NULL", *(f"`_k{i}` IS NOT NULL" for i in range(len(natives)))]
+    if codec.ttl_seconds:
+        now = now_micros if now_micros is not None else int(time.time() * 1_000_000)
+        conditions.append(f"ts >= {now - codec.ttl_seconds * 1_000_000}")
+    selected = df.selectExpr(*natives, *order, *raw).where(" AND ".join(conditions))
     struct_fields = ", ".join(["ts", *(["created"] if "created_timestamp" in columns else []),
                                *(f"`v{i}`" for i in range(len(codec.features)))])
+    group = [f"_k{i}" for i in range(len(natives))]
+    parts = [f"CAST(length({key_text_sql(f'`_k{i}`', t)}) AS STRING), ':', {key_text_sql(f'`_k{i}`', t)}"
+             for i, t in enumerate(codec.key_types)]
+    key_sql = f"concat('{key_prefix(codec.name)}', {', '.join(parts)})"
+    values = [f"{value_text_sql(f'r.`v{i}`', dt)} AS `v{i}`" for i, (_, dt) in enumerate(codec.features)]
     from pyspark.sql import functions as F
 
-    return (encoded.selectExpr("k", f"struct({struct_fields}) AS r").groupBy("k").agg(F.max("r").alias("r"))
-            .selectExpr("k", "r.ts AS ts", *(f"r.`v{i}` AS `v{i}`" for i in range(len(codec.features)))))
+    return (selected.selectExpr(*group, f"struct({struct_fields}) AS r").groupBy(*group).agg(F.max("r").alias("r"))
+            .selectExpr(f"{key_sql} AS k", "r.ts AS ts", *values))
 
 
 def redis_packed(latest, codec: Codec):
