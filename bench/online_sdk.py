@@ -74,7 +74,12 @@ def main() -> None:
     parser.add_argument("--load-keys", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=5000)
     parser.add_argument("--profile", action="store_true", help="cProfile the 100-entity path")
+    parser.add_argument("--outage", action="store_true",
+                        help="only time how fast serving fails while a redis-server of its own is down or paused")
     args = parser.parse_args()
+    if args.outage:
+        outage()
+        return
 
     import redis
 
@@ -139,6 +144,54 @@ def main() -> None:
         store.close()
         if store._spark is not None:
             store._spark.stop()
+
+
+def outage() -> None:
+    """Seconds per failing call: Redis refusing connections, Redis hung (CLIENT PAUSE), breaker open."""
+    import socket
+    import subprocess
+
+    from fstore.errors import Unavailable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = Path(tempfile.mkdtemp(prefix="fstore-bench-outage-"))
+    subprocess.run(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                    "--dir", str(folder)], check=True, capture_output=True)
+    time.sleep(0.5)
+    store = FeatureStore(Settings.from_env({"STORAGE_PATH": str(folder / "store"), "REDIS_URL": f"redis://127.0.0.1:{port}/0"}))
+    try:
+        store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+        make_set(store, "bench_users")
+        names = ["bench_users:" + f for f in FEATURES]
+
+        def failing_call() -> float:
+            t = time.perf_counter()
+            try:
+                store.get_online_features(features=names, entities={"user_id": [1]})
+            except Unavailable:
+                return time.perf_counter() - t
+            raise AssertionError("expected Unavailable")
+
+        store.get_online_features(features=names, entities={"user_id": [1]})
+        subprocess.run(["redis-cli", "-p", str(port), "client", "pause", "3000", "ALL"], check=True, capture_output=True)
+        hung = [failing_call() for _ in range(3)]
+        opened = [failing_call() for _ in range(1000)]
+        print(f"Redis hung (CLIENT PAUSE): first 3 calls {', '.join(f'{x * 1000:.0f} ms' for x in hung)} "
+              f"(timeout {store.settings.redis_timeout}s x attempts), then breaker open: "
+              f"median {sorted(opened)[500] * 1e6:.0f} us per call")
+        time.sleep(3.5)
+        store.get_online_features(features=names, entities={"user_id": [1]})
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        time.sleep(0.3)
+        refused = [failing_call() for _ in range(3)]
+        opened = [failing_call() for _ in range(1000)]
+        print(f"Redis down (connection refused): first 3 calls {', '.join(f'{x * 1000:.1f} ms' for x in refused)}, "
+              f"then breaker open: median {sorted(opened)[500] * 1e6:.0f} us per call")
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        store.close()
 
 
 if __name__ == "__main__":
