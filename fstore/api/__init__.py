@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, store=None) -> OpenAPI:
         __name__,
         info=Info(title="fstore", version="1.0.0",
                   description="A feature store on Apache Spark: registry, materialization, online and offline serving."),
+        security_schemes={},  # never null in the document (security.install fills it when keys are on)
         validation_error_status=422,
         validation_error_model=ErrorBody,
         validation_error_callback=validation_error_callback,

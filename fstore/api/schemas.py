@@ -10,7 +10,7 @@ what the registry sees.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +21,15 @@ _BODY = ConfigDict(strict=True, extra="allow")
 _CLOSED_BODY = ConfigDict(strict=True, extra="forbid")
 _QUERY = ConfigDict(extra="forbid")
 
+# A reference in a path or filter: a numeric id or an identifier. Checked here, at the edge, so that a
+# look-alike (a Unicode digit, a 30-digit number) is a 422 naming the parameter, never a database error.
+REF_PATTERN = r"^(?:[0-9]{1,15}|[A-Za-z_][A-Za-z0-9_]{0,62})$"
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+FEATURE_REF_PATTERN = r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}(?:@[0-9]{1,9})?:)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+IdNumber = Annotated[int, Field(ge=0, le=10**15)]
+RefText = Annotated[str, Field(pattern=REF_PATTERN)]
+FeatureRefText = Annotated[str, Field(pattern=FEATURE_REF_PATTERN)]
+
 Tags = Union[dict[str, str], list[str]]
 Duration = Union[int, str]
 
@@ -28,20 +37,20 @@ Duration = Union[int, str]
 # -- path and query parameters ----------------------------------------------------------------
 
 class RefPath(BaseModel):
-    id_or_name: str = Field(description="numeric id or name", max_length=200)
+    id_or_name: str = Field(description="numeric id or name", pattern=REF_PATTERN)
 
 
 class RunPath(BaseModel):
-    id_or_name: str = Field(description="numeric id or name of the feature set", max_length=200)
-    run_id: str = Field(max_length=200)
+    id_or_name: str = Field(description="numeric id or name of the feature set", pattern=REF_PATTERN)
+    run_id: str = Field(pattern=ID_PATTERN)
 
 
 class RunIdPath(BaseModel):
-    run_id: str = Field(max_length=200)
+    run_id: str = Field(pattern=ID_PATTERN)
 
 
 class JobPath(BaseModel):
-    job_id: str = Field(max_length=200)
+    job_id: str = Field(pattern=ID_PATTERN)
 
 
 class Page(BaseModel):
@@ -55,13 +64,13 @@ class EntityQuery(Page):
 
 
 class FeatureSetQuery(EntityQuery):
-    entity: Optional[str] = Field(None, max_length=200)
+    entity: Optional[str] = Field(None, pattern=REF_PATTERN)
     owner: Optional[str] = Field(None, max_length=200)
     tag: Optional[str] = Field(None, max_length=200)
 
 
 class FeatureQuery(FeatureSetQuery):
-    feature_set: Optional[str] = Field(None, max_length=200)
+    feature_set: Optional[str] = Field(None, pattern=REF_PATTERN)
     data_type: Optional[str] = Field(None, max_length=50)
 
 
@@ -93,12 +102,12 @@ class VersionQuery(BaseModel):
 
 
 class FeatureGetQuery(VersionQuery):
-    feature_set: Optional[str] = Field(None, max_length=200, description="the set, when the name is in several")
+    feature_set: Optional[str] = Field(None, pattern=REF_PATTERN, description="the set, when the name is in several")
 
 
 class FeatureSetRefQuery(BaseModel):
     model_config = _QUERY
-    feature_set: Optional[str] = Field(None, max_length=200, description="the set, when the name is in several")
+    feature_set: Optional[str] = Field(None, pattern=REF_PATTERN, description="the set, when the name is in several")
 
 
 # -- definitions --------------------------------------------------------------------------------
@@ -163,8 +172,8 @@ class FeatureBody(BaseModel):
 
     model_config = _BODY
     name: str = Field(examples=["user_age"])
-    feature_set_id: Optional[Union[int, str]] = Field(None, examples=["user_profile"])
-    feature_set: Optional[Union[int, str]] = None
+    feature_set_id: Optional[Union[IdNumber, RefText]] = Field(None, examples=["user_profile"])
+    feature_set: Optional[Union[IdNumber, RefText]] = None
     data_type: Optional[str] = Field(None, examples=["int"])
     type: Optional[str] = None
     description: Optional[str] = None
@@ -236,9 +245,9 @@ class OnlineBody(BaseModel):
     """Latest feature values for entity keys: ``entities`` as ``{"user_id": [1, 2]}`` or a list of key rows."""
 
     model_config = _CLOSED_BODY
-    feature_sets: Optional[list[str]] = Field(None, examples=[["user_profile"]])
+    feature_sets: Optional[list[RefText]] = Field(None, examples=[["user_profile"]])
     entities: Union[dict[str, Any], list[dict[str, Any]]] = Field(examples=[{"user_id": [1001, 1002]}])
-    features: list[str] = Field(examples=[["user_age", "account_balance"]])
+    features: list[FeatureRefText] = Field(examples=[["user_age", "account_balance"]])
 
 
 class EntityFrame(BaseModel):
@@ -270,9 +279,9 @@ class HistoricalBody(BaseModel):
     """Point-in-time-correct features for each entity row."""
 
     model_config = _CLOSED_BODY
-    feature_sets: Optional[list[str]] = Field(None, examples=[["user_profile"]])
+    feature_sets: Optional[list[RefText]] = Field(None, examples=[["user_profile"]])
     entity_df: EntityFrame
-    features: list[str] = Field(examples=[["user_age", "purchases_last_30d"]])
+    features: list[FeatureRefText] = Field(examples=[["user_age", "purchases_last_30d"]])
     as_of: Optional[Union[int, str]] = Field(None, description="a Delta version or a timestamp")
     timestamp_column: Optional[str] = Field(None, max_length=63)
     save_as: Optional[str] = Field(None, max_length=63, description="record the result as a training set")
@@ -283,7 +292,7 @@ class BatchBody(BaseModel):
 
     model_config = _CLOSED_BODY
     entity_source: dict[str, Any] = Field(examples=[{"path": "/data/entities.parquet", "format": "parquet"}])
-    features: list[str]
+    features: list[FeatureRefText]
     output_path: str = Field(min_length=1)
     output_format: str = Field("delta", examples=["delta", "parquet"])
-    feature_sets: Optional[list[str]] = None
+    feature_sets: Optional[list[RefText]] = None
