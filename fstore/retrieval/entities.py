@@ -127,6 +127,11 @@ def prepare_entities(spark, entity_df: Any, timestamp_column: str | None, *, max
                        F.count(TS).alias("n_ts")).first()
         if stats["n"] == 0:
             raise InvalidDefinition("entity_df has no rows", field="entity_df")
+        if max_rows is not None and stats["n"] > max_rows:
+            from fstore.errors import TooLarge
+
+            raise TooLarge(f"entity_df has {stats['n']} rows, over the limit of {max_rows} (MAX_HISTORICAL_ROWS); "
+                           "run it as a batch retrieval job", field="entity_df")
         if stats["n_ts"] != stats["n"]:
             raise InvalidDefinition(f"entity_df timestamp column {ts_name!r} has {stats['n'] - stats['n_ts']} empty or unreadable value(s)",
                                     field="timestamp_column")

@@ -1,6 +1,7 @@
 """Historical retrieval end to end on real Spark: materialized Delta offline store, exact windows, as_of, errors."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -180,6 +181,9 @@ def test_as_of_reads_the_offline_store_as_it_was(store, tmp_path):
     from fstore.offline import current_version
 
     before = current_version(store.settings, "user_txn")
+    time.sleep(0.05)
+    between = datetime.now(timezone.utc)
+    time.sleep(0.05)
     changed = events()
     changed["amount"] = changed["amount"] * 10
     write_source(tmp_path / "source", changed)
@@ -187,7 +191,10 @@ def test_as_of_reads_the_offline_store_as_it_was(store, tmp_path):
     entity_rows = pd.DataFrame({"user_id": [1], "event_timestamp": [T0 + 21 * H]})
     now = store.get_historical_features(entity_df=entity_rows, features=["user_txn:amount_x2"]).to_df()
     then = store.get_historical_features(entity_df=entity_rows, features=["user_txn:amount_x2"], as_of=before).to_df()
+    at_time = store.get_historical_features(entity_df=entity_rows, features=["user_txn:amount_x2"],
+                                            as_of=between.isoformat()).to_df()
     assert list(now.user_txn__amount_x2) == [100.0] and list(then.user_txn__amount_x2) == [10.0]
+    assert list(at_time.user_txn__amount_x2) == [10.0]
     with pytest.raises(InvalidDefinition) as info:
         store.get_historical_features(entity_df=entity_rows.assign(merchant_id=10),
                                       features=["user_txn:amount_x2", "merchant_amount"], as_of=before)
@@ -206,6 +213,17 @@ def test_bad_requests_name_the_problem(store, frame, kwargs, error, field, words
     with pytest.raises(error) as info:
         store.get_historical_features(entity_df=frame, features=["amount_x2"], feature_sets=["user_txn"], **kwargs)
     assert info.value.field == field and words in info.value.message
+
+
+def test_over_the_row_limit_is_refused(store, spark):
+    from fstore.errors import TooLarge
+
+    limited = FeatureStore(store.settings.with_(max_historical_rows=2)).use_spark(spark)
+    frame = pd.DataFrame({"user_id": [1, 2, 3], "ts": [T0, T0, T0]})
+    for entity_df in (frame, spark.createDataFrame(frame)):
+        with pytest.raises(TooLarge):
+            limited.get_historical_features(entity_df=entity_df, features=["user_txn:amount_x2"])
+    limited.close()
 
 
 def test_unknown_feature_is_not_found(store):
