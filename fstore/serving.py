@@ -31,6 +31,7 @@ that time (and at once in a new process). Values are cached per
 """
 from __future__ import annotations
 
+import operator
 import threading
 import time
 import weakref
@@ -57,6 +58,10 @@ class _Group:
     read_fields: tuple[str, ...]  # the fields read from the store (every feature when the cache is on)
     picks: tuple[tuple[str, int, Callable[[bytes], Any], Any], ...]  # (output name, index, decoder, default)
     ttl_micros: int | None
+    outs: tuple[str, ...] = ()  # output names, in request order
+    decoders: tuple[Callable[[bytes], Any], ...] = ()
+    getter: Callable[[Any], Any] | None = None  # picks the asked fields out of the read ones (None: same order)
+    present: dict[str, str] | None = None  # {output: "present"}, to update statuses in one call
 
 
 class _State:
@@ -122,6 +127,28 @@ def entity_id(row: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={_text(v)}" for k, v in row.items())
 
 
+def _entity_ids(rows: list[dict[str, Any]]) -> list[str]:
+    """``entity_id`` of every row; single-key rows (the common case) without the general path."""
+    try:
+        return [v if type(v) is str else _text(v) for (v,) in (row.values() for row in rows)]
+    except ValueError:  # a row with several keys
+        return [entity_id(row) for row in rows]
+
+
+def _keys(codec: Codec, rows: list[dict[str, Any]]) -> list[str]:
+    """The hash keys of ``codec`` for every row, in row order."""
+    if len(codec.key_columns) != 1:
+        return [codec.key_of(row) for row in rows]
+    column = codec.key_columns[0]
+    normalize = codec.normalizers[0][1]
+    prefix = f"fs:{codec.name}:"
+    try:
+        texts = [normalize(row[column]) for row in rows]
+    except KeyError:
+        raise InvalidDefinition(f"feature set {codec.name} needs entity key {column}", field="entities") from None
+    return [f"{prefix}{len(t)}:{t}" for t in texts]
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -157,7 +184,12 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         picks = tuple((out, index[name], codec.decoders[name], fsv.feature(name).default_value)
                       for name, out in zip(group.features, group.output_names))
         ttl = fsv.ttl_seconds * 1_000_000 if fsv.ttl_seconds else None
-        groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl))
+        indexes = tuple(p[1] for p in picks)
+        getter = None if indexes == tuple(range(len(read_fields))) else (
+            (lambda raw, i=indexes[0]: (raw[i],)) if len(indexes) == 1 else operator.itemgetter(*indexes))
+        groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl,
+                             outs=tuple(p[0] for p in picks), decoders=tuple(p[2] for p in picks), getter=getter,
+                             present=dict.fromkeys((p[0] for p in picks), _PRESENT)))
     if key is not None:
         with state.lock:
             if len(state.plans) > 1000:
@@ -197,7 +229,7 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
     for g in groups:
         codec = g.codec
         try:
-            keys_per_group.append([codec.key_of(row) for row in rows])
+            keys_per_group.append(_keys(codec, rows))
         except InvalidDefinition as exc:
             raise InvalidDefinition(f"{exc.message} (feature set {codec.name} is keyed by "
                                     f"{', '.join(codec.key_columns)})", field="entities") from None
@@ -207,6 +239,10 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
     mono = time.monotonic()
     values = state.values
     for gi, (g, keys) in enumerate(zip(groups, keys_per_group)):
+        if not cache_on:
+            wanted.append((gi, range(len(keys)), keys))
+            misses += len(keys)
+            continue
         todo_idx, todo_keys = [], []
         for ri, key in enumerate(keys):
             if cache_on:
@@ -237,9 +273,12 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
         expires = mono + settings.serving_cache_ttl
         for (gi, todo_idx, todo_keys), answer in zip(wanted, answers):
             codec = groups[gi].codec
+            if not cache_on:
+                results[gi] = answer
+                continue
             for ri, key, result in zip(todo_idx, todo_keys, answer):
                 results[gi][ri] = result
-                if cache_on and not degraded:
+                if not degraded:
                     values[(codec.name, codec.version, key)] = (expires, result)
         if cache_on and len(values) > CACHE_MAX_ENTRIES:
             _evict(state, mono)
@@ -247,7 +286,7 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
     now = now_micros if now_micros is not None else time.time_ns() // 1000
     out_features: dict[str, dict[str, Any]] = {}
     out_status: dict[str, dict[str, str]] = {}
-    ids = [entity_id(row) for row in rows]
+    ids = _entity_ids(rows)
     for gi, g in enumerate(groups):
         picks = g.picks
         ttl = g.ttl_micros
@@ -269,6 +308,12 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
                     fo[out] = default
                     so[out] = _EXPIRED if raw[i] is not None else _MISSING
                 continue
+            try:  # the common case: every asked value stored and not null (decoders raise otherwise)
+                fo.update(zip(g.outs, [d(v) for d, v in zip(g.decoders, raw if g.getter is None else g.getter(raw))]))
+                so.update(g.present)
+                continue
+            except (ValueError, TypeError, KeyError):
+                pass
             for out, i, decode, default in picks:
                 value = raw[i]
                 if value is None:

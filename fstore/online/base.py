@@ -196,13 +196,19 @@ def _list_decoder(inner: str) -> Callable[[bytes], Any]:
 
 
 def decoder(data_type: str) -> Callable[[bytes], Any]:
-    """A function from stored bytes (never ``NULL``; callers test that first) to the JSON-ready value."""
+    """A function from stored bytes to the JSON-ready value.
+
+    Given ``NULL`` or ``None`` every decoder raises (``ValueError``, ``TypeError`` or
+    ``KeyError``) rather than inventing a value, so a caller may decode a whole row
+    optimistically and handle nulls and missing fields only when that fails.
+    """
     if data_type == "float":
         return float
     if data_type == "int":
         return int
     if data_type == "bool":
-        return b"1".__eq__
+        # strict: anything but b"1"/b"0" (a NULL, a missing None) raises, which serving's fast path relies on
+        return {b"1": True, b"0": False}.__getitem__
     if data_type == "string":
         return bytes.decode
     if data_type == "timestamp":
@@ -236,7 +242,7 @@ class Codec:
 
     def __getstate__(self) -> dict[str, Any]:
         # The prepared decoders (lambdas) stay behind; an executor or another process rebuilds them.
-        return {k: v for k, v in self.__dict__.items() if k not in ("decoders", "_normalizers")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("decoders", "normalizers")}
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -248,13 +254,13 @@ class Codec:
         return {name: decoder(data_type) for name, data_type in self.features}
 
     @cached_property
-    def _normalizers(self) -> tuple[tuple[str, Callable[[Any], str]], ...]:
+    def normalizers(self) -> tuple[tuple[str, Callable[[Any], str]], ...]:
         return tuple((c, key_normalizer(t, c)) for c, t in zip(self.key_columns, self.key_types))
 
     def key_of(self, values: Mapping[str, Any]) -> str:
         """The hash key of a row or entity mapping (each key normalized by its value type)."""
         key = f"fs:{self.name}:"
-        for column, normalize in self._normalizers:
+        for column, normalize in self.normalizers:
             try:
                 text = normalize(values[column])
             except KeyError:

@@ -152,3 +152,11 @@ def test_breaker_opens_fails_fast_probes_and_closes():
     breaker.success()
     assert breaker.state == "closed"
     breaker.before_call()
+
+
+@pytest.mark.parametrize("data_type", ["int", "float", "bool", "string", "timestamp", "list<int>", "list<timestamp>", "list<float>"])
+def test_decoders_refuse_null_and_missing(data_type):
+    """Serving decodes a row optimistically and falls back when a decoder raises: none may invent a value."""
+    for raw in (NULL, None):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            decoder(data_type)(raw)
