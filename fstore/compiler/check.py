@@ -63,16 +63,15 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
         return
     from pyspark.errors import AnalysisException, PySparkException
 
-    from fstore.engine.spark import read_source
+    from fstore.engine.spark import read_source, wide_frame
 
     spark = store.spark
     try:
         df = read_source(spark, source)
     except NotFound:
         return  # not readable yet: the run will say so
-    df.createOrReplaceTempView(compiled.source_view)
     try:
-        spark.sql(compiled.wide_sql).selectExpr(*compiled.projection).schema
+        wide_frame(spark, compiled, df).selectExpr(*compiled.projection).schema
         return
     except (AnalysisException, PySparkException) as exc:
         first_error = exc
@@ -83,7 +82,7 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
     for feature in ordered:
         single = compile_feature_set(_closure(fsv, feature.name))
         try:
-            spark.sql(single.wide_sql).selectExpr(*single.projection).schema
+            wide_frame(spark, single, df).selectExpr(*single.projection).schema
         except (AnalysisException, PySparkException) as exc:
             raise InvalidDefinition(f"feature {feature.name} does not compile against the source: {_analysis_message(exc)}",
                                     field="transformation") from None

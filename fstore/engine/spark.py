@@ -176,13 +176,28 @@ def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
     return df.mapInPandas(apply, schema=out_schema)
 
 
+def wide_frame(spark, compiled: CompiledQuery, source_df):
+    """``compiled.wide_sql`` over ``source_df``, analysed at once.
+
+    The source is registered under a view name of its own for this call (then dropped), so two
+    computations of the same feature set version in one Spark session never see each other's rows.
+    """
+    import uuid
+
+    view = f"{compiled.source_view}_{uuid.uuid4().hex[:12]}"
+    source_df.createOrReplaceTempView(view)
+    try:
+        return spark.sql(compiled.wide_sql.replace(f"`{compiled.source_view}`", f"`{view}`"))
+    finally:
+        spark.catalog.dropTempView(view)
+
+
 def run_compiled(spark, fsv: FeatureSetVersion, compiled: CompiledQuery, source_df):
     """Run ``compiled`` over ``source_df`` (all its rows): the feature frame, before any range filter."""
     from pyspark.errors import AnalysisException
 
-    source_df.createOrReplaceTempView(compiled.source_view)
     try:
-        wide = spark.sql(compiled.wide_sql)
+        wide = wide_frame(spark, compiled, source_df)
         if compiled.python_features:
             wide = _python_stage(wide, compiled, fsv)
         return wide.selectExpr(*compiled.projection)
@@ -206,4 +221,4 @@ def compute(spark, fsv: FeatureSetVersion, *, start: datetime | None = None, end
     return df.where(" AND ".join(conds)) if conds else df
 
 
-__all__ = ["read_source", "compute", "read_delta", "run_compiled", "ts_literal", "to_utc_naive", "EVENT_TIME"]
+__all__ = ["read_source", "compute", "read_delta", "run_compiled", "wide_frame", "ts_literal", "to_utc_naive", "EVENT_TIME"]
