@@ -98,6 +98,7 @@ def install(app: Flask, store, *, usage_interval: float = 10.0, start_usage_thre
     if start_usage_thread:
         security.usage.start()
     app.extensions["fstore_security"] = security
+    _document(app, required=enabled)
 
     def before() -> None:
         g.fstore_t0 = time.perf_counter()
@@ -129,6 +130,19 @@ def install(app: Flask, store, *, usage_interval: float = 10.0, start_usage_thre
         return response
 
     return security
+
+
+def _document(app: Flask, *, required: bool) -> None:
+    """Declare both key forms in ``/openapi.json`` (flask-openapi3 app); required everywhere when auth is on."""
+    if not hasattr(app, "security_schemes"):
+        return
+    app.security_schemes = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    if required:
+        app.openapi_extensions = {**(app.openapi_extensions or {}), "security": [{"bearer": []}, {"apiKey": []}]}
+    app.spec_json = {}  # built lazily on first request of the document
 
 
 def _presented_key() -> str | None:
