@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 from sqlalchemy import select
@@ -213,7 +213,7 @@ def _run(s: Session, store: "FeatureStore", path: str | Path, actor: str) -> lis
     for item in loose:
         with _context(item, "feature"):
             set_ref = item.body.get("feature_set", item.body.get("feature_set_id"))
-            _apply_features(s, store, repo._set_row(s, set_ref), [item], actor, rec)
+            _apply_features(s, store, repo.find_set(s, set_ref), [item], actor, rec)
     return rec.results
 
 

@@ -1,4 +1,4 @@
-"""Registry CRUD: entities, feature sets, features, their immutable versions, lineage and search.
+"""Registry CRUD: entities, feature sets, features, their immutable versions and lineage.
 
 Every function takes the caller's SQLAlchemy ``Session`` (the caller frames the
 transaction, so a failed call leaves the registry as it was) and returns
@@ -7,13 +7,15 @@ refused); every change to a feature set or feature writes a new immutable
 version row recording what changed, when and by whom. A feature set version
 row also keeps a snapshot of its features' specs, so an old version can be
 rebuilt exactly even after a feature was changed, deleted or re-created.
+
+Finding objects by reference lives in ``lookup``, listing and search in
+``search``; both are re-exported here so callers import one module.
 """
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,11 +24,20 @@ from fstore.definitions import (
     Feature,
     FeatureSet,
     FeatureSetVersion,
-    check_name,
     composite_order,
-    normalize_data_type,
 )
 from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
+from fstore.registry.lookup import (  # noqa: F401 - re-exported: callers use repo.<name>
+    as_id,
+    check_ref,
+    entity_dict,
+    feature_dict,
+    feature_set_dict,
+    find_entity,
+    find_feature,
+    find_set,
+    iso,
+)
 from fstore.registry.models import (
     EntityRow,
     FeatureRow,
@@ -35,42 +46,20 @@ from fstore.registry.models import (
     FeatureVersionRow,
     utcnow,
 )
+from fstore.registry.search import (  # noqa: F401 - discovery lives in search; repo stays the one import point
+    KINDS,
+    MAX_LIMIT,
+    list_entities,
+    list_feature_sets,
+    list_features,
+    search,
+)
 
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
 
-KINDS = ("entity", "feature_set", "feature")
-MAX_LIMIT = 500
-
 
 # -- small helpers -------------------------------------------------------------------------
-
-def iso(value: datetime | None) -> str | None:
-    """A naive-UTC registry timestamp as ISO 8601 with ``Z``."""
-    return None if value is None else value.isoformat() + "Z"
-
-
-def _as_id(ref: Any) -> int | None:
-    if isinstance(ref, bool):
-        return None
-    if isinstance(ref, int):
-        return ref
-    if isinstance(ref, str) and ref.strip().isdigit():
-        return int(ref.strip())
-    return None
-
-
-def _check_ref(ref: Any, what: str) -> None:
-    if _as_id(ref) is None and not isinstance(ref, str):
-        raise InvalidDefinition(f"{what} reference {ref!r} must be an id or a name", field=what)
-
-
-def _check_page(limit: int, offset: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidDefinition(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidDefinition("offset must be an integer >= 0", field="offset")
-
 
 def _body(body: Any, what: str) -> dict:
     if not isinstance(body, Mapping):
@@ -83,37 +72,10 @@ def _tags_text(tags: Mapping[str, str]) -> str:
     return " " + " ".join(f"{k}={v}".lower() for k, v in sorted(tags.items())) + " " if tags else ""
 
 
-def _like(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _text_match(text: str | None, *columns):
-    if not text:
-        return None
-    pattern = _like(text)
-    return or_(*(func.lower(c).like(pattern, escape="\\") for c in columns))
-
-
-def _tag_match(tag: str | None, column):
-    """``key`` matches any value of that tag; ``key=value`` matches exactly."""
-    if not tag:
-        return None
-    tag = tag.lower()
-    token = f"% {tag} %" if "=" in tag else f"% {tag}=%"
-    return column.like(token.replace("_", "\\_"), escape="\\")
-
-
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[dict]:
     """What changed between two specs: ``[{"field", "old", "new"}]`` per top-level field."""
     return [{"field": k, "old": old.get(k), "new": new.get(k)}
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-
-
-def _page(s: Session, stmt, order_col, limit: int, offset: int) -> tuple[list, int]:
-    total = s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-    rows = list(s.scalars(stmt.order_by(order_col).limit(limit).offset(offset)))
-    return rows, int(total or 0)
 
 
 def _flush(s: Session, what: str) -> None:
@@ -124,26 +86,6 @@ def _flush(s: Session, what: str) -> None:
 
 
 # -- entities ------------------------------------------------------------------------------
-
-def _entity_row(s: Session, ref: Any, *, by_join_key: bool = True) -> EntityRow:
-    _check_ref(ref, "entity")
-    row_id = _as_id(ref)
-    row = s.get(EntityRow, row_id) if row_id is not None else s.scalar(select(EntityRow).where(EntityRow.name == ref))
-    if row is None and by_join_key and row_id is None:
-        matches = [r for r in s.scalars(select(EntityRow).order_by(EntityRow.id)) if ref in r.spec.get("join_keys", [])]
-        if len(matches) > 1:
-            raise InvalidDefinition(f"join key {ref!r} belongs to several entities: {', '.join(r.name for r in matches)}; name the entity",
-                                    field="entities")
-        row = matches[0] if matches else None
-    if row is None:
-        raise NotFound(f"entity {ref!r} not found")
-    return row
-
-
-def entity_dict(row: EntityRow) -> dict:
-    return {"id": row.id, "name": row.name, **{k: row.spec[k] for k in ("join_keys", "value_type", "description")},
-            "version": row.version, "created_at": iso(row.created_at), "updated_at": iso(row.updated_at)}
-
 
 def _insert_entity(s: Session, entity: Entity, actor: str) -> EntityRow:
     if s.scalar(select(EntityRow.id).where(EntityRow.name == entity.name)) is not None:
@@ -163,7 +105,7 @@ def create_entity(s: Session, body: dict, *, actor: str = "") -> dict:
 
 def update_entity(s: Session, ref: str | int, changes: dict, *, actor: str = "") -> dict:
     """Merge ``changes`` into an entity; its keys and type cannot change while feature sets use it."""
-    row = _entity_row(s, ref)
+    row = find_entity(s, ref)
     changes = _body(changes, "entity changes")
     if "name" in changes and changes["name"] != row.name:
         raise InvalidDefinition("an entity cannot be renamed; create a new one", field="name")
@@ -187,18 +129,7 @@ def update_entity(s: Session, ref: str | int, changes: dict, *, actor: str = "")
 
 def get_entity(s: Session, ref: str | int) -> dict:
     """One entity by id, name or join key."""
-    return entity_dict(_entity_row(s, ref))
-
-
-def list_entities(s: Session, *, query: str | None = None, limit: int = 50, offset: int = 0) -> dict:
-    """Entities whose name or description contains ``query`` (case-insensitive), by id."""
-    _check_page(limit, offset)
-    stmt = select(EntityRow)
-    cond = _text_match(query, EntityRow.name, EntityRow.description)
-    if cond is not None:
-        stmt = stmt.where(cond)
-    rows, total = _page(s, stmt, EntityRow.id, limit, offset)
-    return {"items": [entity_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+    return entity_dict(find_entity(s, ref))
 
 
 def _sets_using_entity(s: Session, name: str) -> list[str]:
@@ -207,7 +138,7 @@ def _sets_using_entity(s: Session, name: str) -> list[str]:
 
 def delete_entity(s: Session, ref: str | int, *, actor: str = "") -> None:
     """Delete an entity no feature set uses."""
-    row = _entity_row(s, ref)
+    row = find_entity(s, ref)
     users = _sets_using_entity(s, row.name)
     if users:
         raise Conflict(f"entity {row.name} is used by feature set(s): {', '.join(users)}; delete or change them first")
@@ -217,22 +148,8 @@ def delete_entity(s: Session, ref: str | int, *, actor: str = "") -> None:
 
 # -- feature sets --------------------------------------------------------------------------
 
-def _set_row(s: Session, ref: Any) -> FeatureSetRow:
-    _check_ref(ref, "feature_set")
-    row_id = _as_id(ref)
-    row = s.get(FeatureSetRow, row_id) if row_id is not None else s.scalar(select(FeatureSetRow).where(FeatureSetRow.name == ref))
-    if row is None:
-        raise NotFound(f"feature set {ref!r} not found")
-    return row
-
-
 def _feature_rows(s: Session, set_id: int) -> list[FeatureRow]:
     return list(s.scalars(select(FeatureRow).where(FeatureRow.feature_set_id == set_id).order_by(FeatureRow.id)))
-
-
-def feature_set_dict(row: FeatureSetRow, features: Iterable[str]) -> dict:
-    return {"id": row.id, "name": row.name, "version": row.version, **row.spec, "features": list(features),
-            "created_at": iso(row.created_at), "updated_at": iso(row.updated_at), "watermark": iso(row.watermark)}
 
 
 def _resolve_entities(s: Session, fs: FeatureSet) -> tuple[FeatureSet, tuple[Entity, ...], list[Entity]]:
@@ -246,7 +163,7 @@ def _resolve_entities(s: Session, fs: FeatureSet) -> tuple[FeatureSet, tuple[Ent
     new: list[Entity] = []
     for ref in fs.entities:
         try:
-            entity = Entity.from_dict(_entity_row(s, ref).spec)
+            entity = Entity.from_dict(find_entity(s, ref).spec)
         except NotFound:
             entity = Entity(name=ref, join_keys=(ref,))
             new.append(entity)
@@ -262,7 +179,7 @@ def _register(s: Session, new: list[Entity], actor: str) -> None:
 
 
 def _entities_of(s: Session, fs: FeatureSet) -> tuple[Entity, ...]:
-    return tuple(Entity.from_dict(_entity_row(s, name, by_join_key=False).spec) for name in fs.entities)
+    return tuple(Entity.from_dict(find_entity(s, name, by_join_key=False).spec) for name in fs.entities)
 
 
 def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion) -> None:
@@ -333,7 +250,7 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
 
 def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str = "", store: "FeatureStore | None" = None) -> dict:
     """Merge ``changes`` into the current spec; a real change makes a new version, no change makes none."""
-    row = _set_row(s, ref)
+    row = find_set(s, ref)
     changes = _body(changes, "feature set changes")
     if "name" in changes and changes["name"] != row.name:
         raise InvalidDefinition("a feature set cannot be renamed; create a new one", field="name")
@@ -357,7 +274,7 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
 
 def get_feature_set(s: Session, ref: str | int, *, version: int | None = None) -> dict:
     """The current feature set, or one of its old versions (its spec and feature names then)."""
-    row = _set_row(s, ref)
+    row = find_set(s, ref)
     if version is None:
         return feature_set_dict(row, [r.name for r in _feature_rows(s, row.id)])
     vrow = _set_version_row(s, row, version)
@@ -376,43 +293,9 @@ def _set_version_row(s: Session, row: FeatureSetRow, version: Any) -> FeatureSet
     return vrow
 
 
-def list_feature_sets(s: Session, *, query: str | None = None, entity: str | None = None, owner: str | None = None,
-                      tag: str | None = None, limit: int = 50, offset: int = 0) -> dict:
-    """Feature sets matching the text and filters, ordered by id."""
-    _check_page(limit, offset)
-    stmt = _set_filter(s, select(FeatureSetRow), query=query, entity=entity, owner=owner, tag=tag)
-    rows, total = _page(s, stmt, FeatureSetRow.id, limit, offset)
-    names = _feature_names_by_set(s, [r.id for r in rows])
-    return {"items": [feature_set_dict(r, names.get(r.id, [])) for r in rows], "total": total, "limit": limit, "offset": offset}
-
-
-def _set_filter(s: Session, stmt, *, query=None, entity=None, owner=None, tag=None):
-    cond = _text_match(query, FeatureSetRow.name, FeatureSetRow.description, FeatureSetRow.owner, FeatureSetRow.tags_text)
-    if cond is not None:
-        stmt = stmt.where(cond)
-    if owner:
-        stmt = stmt.where(func.lower(FeatureSetRow.owner) == owner.lower())
-    if tag:
-        stmt = stmt.where(_tag_match(tag, FeatureSetRow.tags_text))
-    if entity:
-        name = _entity_row(s, entity).name
-        ids = [r.id for r in s.scalars(select(FeatureSetRow)) if name in r.spec.get("entities", [])]
-        stmt = stmt.where(FeatureSetRow.id.in_(ids or [-1]))
-    return stmt
-
-
-def _feature_names_by_set(s: Session, set_ids: list[int]) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    if set_ids:
-        for set_id, name in s.execute(select(FeatureRow.feature_set_id, FeatureRow.name)
-                                      .where(FeatureRow.feature_set_id.in_(set_ids)).order_by(FeatureRow.id)):
-            out.setdefault(set_id, []).append(name)
-    return out
-
-
 def delete_feature_set(s: Session, ref: str | int, *, actor: str = "") -> None:
     """Delete a feature set with its features and versions (its offline data is left in place)."""
-    row = _set_row(s, ref)
+    row = find_set(s, ref)
     for feature in _feature_rows(s, row.id):
         s.delete(feature)
     s.delete(row)
@@ -421,7 +304,7 @@ def delete_feature_set(s: Session, ref: str | int, *, actor: str = "") -> None:
 
 def feature_set_versions(s: Session, ref: str | int) -> list[dict]:
     """Every version of a feature set, oldest first."""
-    row = _set_row(s, ref)
+    row = find_set(s, ref)
     rows = s.scalars(select(FeatureSetVersionRow).where(FeatureSetVersionRow.feature_set_id == row.id)
                      .order_by(FeatureSetVersionRow.version))
     return [{"version": v.version, "spec": {k: x for k, x in v.spec.items() if k != "feature_specs"},
@@ -431,7 +314,7 @@ def feature_set_versions(s: Session, ref: str | int) -> list[dict]:
 
 def load_feature_set_version(s: Session, ref: str | int, *, version: int | None = None) -> FeatureSetVersion:
     """The resolved domain object of a feature set version (current by default), the compiler's input."""
-    row = _set_row(s, ref)
+    row = find_set(s, ref)
     if version is None:
         fs = FeatureSet.from_dict(row.spec)
         current = _current_features(s, row.id)
@@ -455,12 +338,6 @@ def feature_set_names_with_feature(s: Session, name: str) -> list[str]:
 
 # -- features ------------------------------------------------------------------------------
 
-def feature_dict(row: FeatureRow, set_name: str, lineage: Mapping[str, int]) -> dict:
-    return {"id": row.id, "name": row.name, "feature_set": set_name, "feature_set_id": row.feature_set_id,
-            "version": row.version, **row.spec, "lineage": dict(lineage),
-            "created_at": iso(row.created_at), "updated_at": iso(row.updated_at)}
-
-
 def _lineage(feature: Feature, versions: Mapping[str, int]) -> dict[str, int]:
     return {name: versions[name] for name in feature.source_features if name in versions}
 
@@ -481,45 +358,14 @@ def _latest_lineage(s: Session, row: FeatureRow) -> dict:
                                                             FeatureVersionRow.version == row.version)) or {}
 
 
-def _feature_row(s: Session, ref: Any, feature_set: Any = None) -> tuple[FeatureRow, FeatureSetRow]:
-    """A feature by id, by name (unique across sets, or within ``feature_set``), or as ``set:name``."""
-    _check_ref(ref, "feature")
-    row_id = _as_id(ref)
-    if row_id is not None:
-        row = s.get(FeatureRow, row_id)
-        if row is None:
-            raise NotFound(f"feature {ref!r} not found")
-        set_row = s.get(FeatureSetRow, row.feature_set_id)
-        if feature_set is not None and _set_row(s, feature_set).id != set_row.id:
-            raise NotFound(f"feature {ref!r} is not in feature set {feature_set!r}")
-        return row, set_row
-    if ":" in ref and feature_set is None:
-        feature_set, ref = ref.split(":", 1)
-    if feature_set is not None:
-        set_row = _set_row(s, feature_set)
-        row = s.scalar(select(FeatureRow).where(FeatureRow.feature_set_id == set_row.id, FeatureRow.name == ref))
-        if row is None:
-            raise NotFound(f"feature {ref!r} not found in feature set {set_row.name}")
-        return row, set_row
-    rows = list(s.scalars(select(FeatureRow).where(FeatureRow.name == ref).order_by(FeatureRow.id)))
-    if not rows:
-        raise NotFound(f"feature {ref!r} not found")
-    if len(rows) > 1:
-        sets = [s.get(FeatureSetRow, r.feature_set_id).name for r in rows]
-        raise InvalidDefinition(f"feature name {ref!r} is in several feature sets ({', '.join(sets)}); name the feature set",
-                                field="feature_set")
-    return rows[0], s.get(FeatureSetRow, rows[0].feature_set_id)
-
-
-
 def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None) -> dict:
     """Add a feature to a set (named by ``feature_set`` or ``feature_set_id``, id or name); the set gets a new version."""
     body = _body(body, "feature")
     by_name, by_id = body.get("feature_set"), body.get("feature_set_id")
     if by_name is None and by_id is None:
         raise InvalidDefinition("feature_set (or feature_set_id) is required", field="feature_set")
-    set_row = _set_row(s, by_name if by_name is not None else by_id)
-    if by_name is not None and by_id is not None and _set_row(s, by_id).id != set_row.id:
+    set_row = find_set(s, by_name if by_name is not None else by_id)
+    if by_name is not None and by_id is not None and find_set(s, by_id).id != set_row.id:
         raise InvalidDefinition(f"feature_set {by_name!r} and feature_set_id {by_id!r} name different feature sets",
                                 field="feature_set_id")
     feature = Feature.from_dict(body, feature_set=set_row.name)
@@ -537,13 +383,10 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
     return feature_dict(row, set_row.name, _lineage(feature, versions))
 
 
-_FEATURE_ALIASES = {"type": "data_type", "validation": "validation_rules"}
-
-
 def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: str | None = None, actor: str = "",
                    store: "FeatureStore | None" = None) -> dict:
     """Merge ``changes`` into a feature; a real change makes new feature and feature set versions."""
-    row, set_row = _feature_row(s, ref, feature_set)
+    row, set_row = find_feature(s, ref, feature_set)
     changes = _body(changes, "feature changes")
     if "name" in changes and changes["name"] != row.name:
         raise InvalidDefinition("a feature cannot be renamed; create a new one", field="name")
@@ -580,7 +423,7 @@ def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: st
 
 def get_feature(s: Session, ref: str | int, *, feature_set: str | None = None, version: int | None = None) -> dict:
     """The current feature, or one of its old versions."""
-    row, set_row = _feature_row(s, ref, feature_set)
+    row, set_row = find_feature(s, ref, feature_set)
     if version is None:
         return feature_dict(row, set_row.name, _latest_lineage(s, row))
     vrow = _feature_version_row(s, row, version)
@@ -597,50 +440,9 @@ def _feature_version_row(s: Session, row: FeatureRow, version: Any) -> FeatureVe
     return vrow
 
 
-def list_features(s: Session, *, query: str | None = None, feature_set: str | None = None, entity: str | None = None,
-                  owner: str | None = None, data_type: str | None = None, tag: str | None = None,
-                  limit: int = 50, offset: int = 0) -> dict:
-    """Features matching the text and filters, ordered by id."""
-    _check_page(limit, offset)
-    stmt = _feature_filter(s, select(FeatureRow), query=query, feature_set=feature_set, entity=entity, owner=owner,
-                           data_type=data_type, tag=tag)
-    rows, total = _page(s, stmt, FeatureRow.id, limit, offset)
-    return {"items": _feature_dicts(s, rows), "total": total, "limit": limit, "offset": offset}
-
-
-def _feature_filter(s: Session, stmt, *, query=None, feature_set=None, entity=None, owner=None, data_type=None, tag=None):
-    cond = _text_match(query, FeatureRow.name, FeatureRow.description, FeatureRow.owner, FeatureRow.tags_text)
-    if cond is not None:
-        stmt = stmt.where(cond)
-    if feature_set:
-        stmt = stmt.where(FeatureRow.feature_set_id == _set_row(s, feature_set).id)
-    if entity:
-        set_ids = select(FeatureSetRow.id)
-        set_ids = _set_filter(s, set_ids, entity=entity)
-        stmt = stmt.where(FeatureRow.feature_set_id.in_(set_ids))
-    if owner:
-        stmt = stmt.where(func.lower(FeatureRow.owner) == owner.lower())
-    if data_type:
-        stmt = stmt.where(FeatureRow.data_type == normalize_data_type(data_type))
-    if tag:
-        stmt = stmt.where(_tag_match(tag, FeatureRow.tags_text))
-    return stmt
-
-
-def _feature_dicts(s: Session, rows: list[FeatureRow]) -> list[dict]:
-    if not rows:
-        return []
-    set_names = dict(s.execute(select(FeatureSetRow.id, FeatureSetRow.name)
-                               .where(FeatureSetRow.id.in_({r.feature_set_id for r in rows}))).all())
-    lineages = {(fid, v): lin for fid, v, lin in s.execute(
-        select(FeatureVersionRow.feature_id, FeatureVersionRow.version, FeatureVersionRow.lineage)
-        .where(FeatureVersionRow.feature_id.in_([r.id for r in rows])))}
-    return [feature_dict(r, set_names[r.feature_set_id], lineages.get((r.id, r.version), {})) for r in rows]
-
-
 def delete_feature(s: Session, ref: str | int, *, feature_set: str | None = None, actor: str = "") -> None:
     """Delete a feature no other feature depends on; the set gets a new version without it."""
-    row, set_row = _feature_row(s, ref, feature_set)
+    row, set_row = find_feature(s, ref, feature_set)
     current = _current_features(s, set_row.id)
     dependants = [f.name for f, _, _ in current if row.name in f.source_features]
     if dependants:
@@ -656,50 +458,7 @@ def delete_feature(s: Session, ref: str | int, *, feature_set: str | None = None
 
 def feature_versions(s: Session, ref: str | int, *, feature_set: str | None = None) -> list[dict]:
     """Every version of a feature, oldest first, with its lineage."""
-    row, _ = _feature_row(s, ref, feature_set)
+    row, _ = find_feature(s, ref, feature_set)
     rows = s.scalars(select(FeatureVersionRow).where(FeatureVersionRow.feature_id == row.id).order_by(FeatureVersionRow.version))
     return [{"version": v.version, "spec": dict(v.spec), "lineage": dict(v.lineage), "changes": list(v.changes),
              "created_at": iso(v.created_at), "created_by": v.created_by} for v in rows]
-
-
-# -- search --------------------------------------------------------------------------------
-
-def search(s: Session, text: str, *, kinds: Iterable[str] = KINDS, limit: int = 50, offset: int = 0) -> dict:
-    """Entities, feature sets and features whose name, description, owner or tags contain ``text``.
-
-    Items carry a ``kind``; they come entities first, then feature sets, then features, each by id.
-    """
-    _check_page(limit, offset)
-    kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise InvalidDefinition(f"kinds must be some of: {', '.join(KINDS)}", field="kinds")
-    if not isinstance(text, str):
-        raise InvalidDefinition("search text must be a string", field="q")
-    plans = {
-        "entity": (_text_stmt(EntityRow, text, EntityRow.name, EntityRow.description), EntityRow.id,
-                   lambda rows: [entity_dict(r) for r in rows]),
-        "feature_set": (_set_filter(s, select(FeatureSetRow), query=text), FeatureSetRow.id,
-                        lambda rows: [feature_set_dict(r, n) for r, n in
-                                      zip(rows, [_feature_names_by_set(s, [r.id]).get(r.id, []) for r in rows])]),
-        "feature": (_feature_filter(s, select(FeatureRow), query=text), FeatureRow.id, lambda rows: _feature_dicts(s, rows)),
-    }
-    items: list[dict] = []
-    total = 0
-    skip, want = offset, limit
-    for kind in KINDS:
-        if kind not in kinds:
-            continue
-        stmt, order, render = plans[kind]
-        rows, count = _page(s, stmt, order, want, skip) if want > 0 else ([], _page(s, stmt, order, 1, 0)[1])
-        total += count
-        skip = max(0, skip - count)
-        items.extend({"kind": kind, **item} for item in render(rows))
-        want = limit - len(items)
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
-
-
-def _text_stmt(model, text: str, *columns):
-    cond = _text_match(text, *columns)
-    stmt = select(model)
-    return stmt.where(cond) if cond is not None else stmt
