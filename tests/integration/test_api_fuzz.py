@@ -32,7 +32,7 @@ def test_no_generated_request_gets_a_server_error(app):
         operation = result.ok()
         operations += 1
 
-        @hsettings(max_examples=8, deadline=None, database=None, derandomize=True,
+        @hsettings(max_examples=5, deadline=None, database=None, derandomize=True,
                    suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def run(case):

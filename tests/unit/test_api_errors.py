@@ -151,3 +151,18 @@ def test_timestamps_render_as_utc_z():
     from fstore.api.render import to_json_value
 
     assert to_json_value(eastern) == "2024-01-01T00:00:00Z"
+
+
+def test_unexpected_exception_is_a_logged_generic_500(settings, caplog):
+    app = create_app(settings)
+
+    def boom():
+        raise RuntimeError("secret detail")
+
+    app.add_url_rule("/boom", "boom", boom)
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    error = error_of(response)
+    assert error["code"] == "internal_error" and "secret" not in error["message"]
+    assert any("secret detail" in (r.exc_text or "") or "boom" in r.getMessage() for r in caplog.records)
+    app.extensions["fstore"].close()
