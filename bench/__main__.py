@@ -241,14 +241,9 @@ def _online_values(answer: dict, system: str) -> dict[int, list]:
         names = answer["metadata"]["feature_names"]
         columns = {name: r["values"] for name, r in zip(names, answer["results"])}
         return {int(u): [columns[f][i] for f in feast_side.FEATURES] for i, u in enumerate(columns["user_id"])}
-    features = answer.get("features")
-    if isinstance(features, list):  # one object per entity
-        return {int(row["user_id"]): [row.get(f, row.get(f"user_events:{f}")) for f in fstore_side.FEATURES]
-                for row in features}
-    ids = features["user_id"]
-    def col(f):  # noqa: E306
-        return features.get(f, features.get(f"user_events:{f}"))
-    return {int(u): [col(f)[i] for f in fstore_side.FEATURES] for i, u in enumerate(ids)}
+    features = answer["features"]  # {"<user_id>": {"user_events:f0": value, …}, …}
+    return {int(u): [row.get(f"user_events:{f}", row.get(f)) for f in fstore_side.FEATURES]
+            for u, row in features.items()}
 
 
 def part_online(ctx: Context) -> dict:

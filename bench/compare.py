@@ -77,13 +77,27 @@ def compare_system(name: str, result: pd.DataFrame, expected: pd.DataFrame) -> d
                        | (got.loc[both, "event_timestamp"].to_numpy() != exp.loc[both, "event_timestamp"].to_numpy())]
     values_differ = both[~_values_equal(got.loc[both], exp.loc[both]).to_numpy()]
     dropped_explained = missing[no_feature_row.loc[missing].to_numpy()]
-    dropped_unexplained = missing.difference(dropped_explained)
+    remaining = missing.difference(dropped_explained)
+    # An entity row identical (key and timestamp) to another one that was returned: collapsed into it.
+    returned_keys = set(zip(got["user_id"], got["event_timestamp"]))
+    duplicate = remaining[[(u, t) in returned_keys for u, t in
+                           zip(exp.loc[remaining, "user_id"], exp.loc[remaining, "event_timestamp"])]]
+    dropped_unexplained = remaining.difference(duplicate)
     differences = []
     if len(dropped_explained):
         differences.append({"what": f"{name} returned no row", "count": int(len(dropped_explained)), "explained": True,
-                            "explanation": "the user has no event at or before the row's timestamp (checked row by row "
-                                           "against the oracle); Feast's file/dask store drops such entity rows, "
-                                           "fstore returns them with null features"})
+                            "explanation": "the user's events all come after the row's timestamp (checked row by row "
+                                           "against the oracle). Feast's file/dask store left-joins every event of the "
+                                           "user, then filters `feature_ts <= entity_ts`, which removes the entity row "
+                                           "itself when no event passes (a user with no events at all keeps its row, "
+                                           "with nulls); fstore returns every entity row, with null features here"})
+    if len(duplicate):
+        differences.append({"what": f"{name} returned one row for several identical entity rows", "count": int(len(duplicate)),
+                            "explained": True,
+                            "explanation": "the entity frame holds the same (user_id, event_timestamp) more than once; "
+                                           "Feast drops duplicates on (join keys, entity timestamp), so the copies "
+                                           "collapse into one row (whose values are correct); fstore keeps every copy",
+                            "examples": _examples(exp, duplicate, 5)})
     for what, index in (("returned no row although a feature row exists at or before its timestamp", dropped_unexplained),
                         ("returned a row that is not in the entity frame", extra),
                         ("changed the entity row's key or timestamp", keys_differ),
