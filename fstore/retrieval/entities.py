@@ -116,11 +116,13 @@ def prepare_entities(spark, entity_df: Any, timestamp_column: str | None, *, max
         ts_name = find_timestamp_column(columns, timestamp_column)
         field = entity_df.schema[ts_name]
         if isinstance(field.dataType, (T.TimestampType, T.TimestampNTZType, T.DateType, T.StringType)):
-            ts_col = F.col(ts_name).cast(T.TimestampType())
+            # try_cast: an unreadable string becomes NULL and is reported below, not a Spark stack trace.
+            ts_col = F.col(ts_name).try_cast(T.TimestampType())
         else:
             raise InvalidDefinition(f"entity_df timestamp column {ts_name!r} has type {field.dataType.simpleString()}; "
                                     "give a timestamp or ISO 8601 strings", field="timestamp_column")
-        df = entity_df.withColumn(TS, ts_col).withColumn(ROW, F.monotonically_increasing_id())
+        # The user's timestamp column comes back as a UTC TIMESTAMP, as for pandas frames.
+        df = entity_df.withColumn(ts_name, ts_col).withColumn(TS, F.col(ts_name)).withColumn(ROW, F.monotonically_increasing_id())
         # Number the rows once: a later recomputation must give every row the same number.
         df = df.localCheckpoint(eager=True)
         stats = df.agg(F.unix_micros(F.min(TS)).alias("lo"), F.unix_micros(F.max(TS)).alias("hi"), F.count(F.lit(1)).alias("n"),

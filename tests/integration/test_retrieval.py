@@ -160,6 +160,14 @@ def test_spark_entity_frame_and_offsets_normalized_to_utc(store, spark):
     spark_rows = spark.createDataFrame([(2, T0 + 30 * H, "b"), (1, T0 + 21 * H, "a")], "user_id long, ts timestamp, tag string")
     by_spark = store.get_historical_features(entity_df=spark_rows, features=["user_txn:amount_x2"]).to_df()
     assert list(by_spark.tag) == ["b", "a"] and list(by_spark.user_txn__amount_x2) == [100.0, 10.0]
+    as_text = spark.createDataFrame([("2024-01-02T02:00:00+05:00", 1), ("2024-01-01T21:00:00", 1)], "ts string, user_id long")
+    by_text = store.get_historical_features(entity_df=as_text, features=["user_txn:amount_x2"]).to_df()
+    assert list(by_text.user_txn__amount_x2) == [10.0, 10.0]  # 21:00 UTC both, written two ways
+    assert list(by_text.ts) == [pd.Timestamp(T0 + 21 * H)] * 2
+    bad_text = spark.createDataFrame([("yesterday", 1)], "ts string, user_id long")
+    with pytest.raises(InvalidDefinition) as info:
+        store.get_historical_features(entity_df=bad_text, features=["user_txn:amount_x2"])
+    assert info.value.field == "timestamp_column" and "unreadable" in info.value.message
 
 
 def test_sets_keyed_by_different_entities_and_compound_keys(store):
