@@ -25,7 +25,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable
 
-from fstore.errors import ComputeError, InvalidDefinition
+from fstore.errors import ComputeError, InvalidDefinition, Unavailable
 from fstore.online.base import Codec, as_codec, key_prefix
 
 if TYPE_CHECKING:
@@ -192,14 +192,19 @@ def load_dataframe(df, fsv: "FeatureSetVersion | Codec", settings: "Settings", *
             latest.foreachPartition(partial(_embedded_partition, config, codec, counter))
     except Exception as exc:  # a Spark job failure wraps the executor's error in Py4J/PySpark types
         if type(exc).__module__.startswith(("pyspark", "py4j")):
-            raise ComputeError(f"online load of feature set {codec.name} failed: {_first_line(exc)}") from exc
+            text = str(exc)
+            marker = "fstore.errors.Unavailable: "
+            if marker in text:  # the store was unreachable from an executor: say so, as a 503 / exit 7
+                reason = text[text.index(marker) + len(marker):].splitlines()[0]
+                raise Unavailable(f"online load of feature set {codec.name} failed: {reason}") from None
+            raise ComputeError(f"online load of feature set {codec.name} failed: {_first_line(text, exc)}") from exc
         raise
     return int(counter.value)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("fstore.errors.Unavailable: ", "Unavailable: "):
-        if marker in text:
-            return text[text.index(marker) + len(marker):].splitlines()[0]
+def _first_line(text: str, exc: BaseException) -> str:
+    """The executor's own error line from a Spark failure, else the first line."""
+    for line in text.splitlines():
+        if line.startswith("fstore.errors.") or line.startswith(("ValueError", "TypeError", "redis.exceptions.")):
+            return line
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -112,3 +112,17 @@ def test_a_dataframe_without_the_feature_columns_is_refused(spark, load_settings
     df = spark.createDataFrame([(1, T0)], "user_id int, event_timestamp timestamp")
     with pytest.raises(InvalidDefinition, match="lacks column"):
         load_dataframe(df, CODEC, load_settings)
+
+
+def test_an_unreachable_redis_fails_the_load_with_unavailable(spark, tmp_path):
+    import socket
+
+    from fstore.errors import Unavailable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    df = rows_df(spark, [(1, "m", T0, None, 1.0, 1, True, "x", None, None, None)])
+    with pytest.raises(Unavailable, match="online load of feature set txn_stats failed: online store unavailable"):
+        load_dataframe(df, CODEC, settings)
