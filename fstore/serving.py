@@ -372,9 +372,10 @@ def _evict(state: _State, mono: float) -> None:
     """Drop entries past their grace, then the oldest inserted until the cache is back to 3/4 of its bound."""
     with state.lock:
         values = state.values
-        for key in [k for k, (exp, _) in values.items() if exp + STALE_GRACE_SECONDS < mono]:
+        snapshot = list(values.items())  # one C-level copy: other threads may insert meanwhile
+        for key in [k for k, (exp, _) in snapshot if exp + STALE_GRACE_SECONDS < mono]:
             values.pop(key, None)
         excess = len(values) - CACHE_MAX_ENTRIES * 3 // 4
         if excess > 0:
-            for key in list(values)[:excess]:
+            for key, _ in snapshot[:excess]:
                 values.pop(key, None)

@@ -208,3 +208,17 @@ def test_serving_records_prometheus_figures(store):
     store.get_online_features(features=["clicks"], entities={"user_id": [1, 2]})
     assert value("fstore_online_cache_total", {"feature_set": "user_stats", "result": "miss"}) == misses + 1
     assert value("fstore_online_store_roundtrip_seconds_count", {"operation": "read"}) == trips + 1
+
+
+def test_the_value_cache_stays_bounded(tmp_path, redis_url, monkeypatch):
+    from fstore import serving
+
+    monkeypatch.setattr(serving, "CACHE_MAX_ENTRIES", 4)
+    store = _make_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url,
+                                           "SERVING_CACHE_ENABLED": "true", "SERVING_CACHE_TTL": "60"}))
+    for user in range(20):
+        store.get_online_features(features=["clicks"], entities={"user_id": user})
+        assert len(serving._state(store).values) <= 4
+    # the newest keys survived eviction and still answer from the cache
+    assert store.get_online_features(features=["clicks"], entities={"user_id": 19})["metadata"]["cache_hit"] is True
+    store.close()
