@@ -8,7 +8,8 @@ Layout: ``<data_root>/offline/<feature_set>``; columns: join keys,
 in ONE Delta commit: the partitions (days) the range touches are rewritten
 with their old rows outside the range plus the new rows, and the old files of
 those days are removed in the same commit. Two runs of a range give the same
-table contents. Spark writes new files under ``data/<write id>/``; a file
+table contents. Spark writes new files under ``_staging/<write id>/``, the
+driver moves them into the day folders (``event_date=YYYY-MM-DD/``); a file
 becomes part of the table only when the commit names it, so a run killed
 before the commit leaves the previous version intact and readable (its
 orphaned files are invisible to readers and removable by ``VACUUM``).
@@ -233,7 +234,7 @@ def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetim
             old = _read_files(spark, table, [a["path"] for a in touched])
             combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     write_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-    folder = f"{uri}/data/{write_id}"
+    folder = f"{uri}/_staging/{write_id}"  # hidden from Spark's listing (leading underscore)
     combined.repartition(PARTITION).write.partitionBy(PARTITION).parquet(folder)
     fs, to_path = _filesystem(settings)
     from pyarrow.fs import FileSelector
@@ -243,13 +244,19 @@ def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetim
     for info in fs.get_file_info(FileSelector(to_path(folder), recursive=True)):
         if not info.is_file or not info.base_name.endswith(".parquet"):
             continue
-        relative = info.path[len(to_path(uri)):].lstrip("/")
-        day = next(p.split("=", 1)[1] for p in relative.split("/") if p.startswith(f"{PARTITION}="))
-        with fs.open_input_file(info.path) as handle:
+        day = next(p.split("=", 1)[1] for p in info.path.split("/") if p.startswith(f"{PARTITION}="))
+        # Spark's file names carry its job's UUID, so they never collide with earlier writes. Moved beside
+        # the table's other files, they are still invisible to readers until the commit names them.
+        relative = f"{PARTITION}={day}/{info.base_name}"
+        target = f"{to_path(uri)}/{relative}"
+        fs.create_dir(f"{to_path(uri)}/{PARTITION}={day}", recursive=True)
+        fs.move(info.path, target)
+        with fs.open_input_file(target) as handle:
             metadata = pq.ParquetFile(handle).metadata
         adds.append(AddAction(path=relative, size=info.size, partition_values={PARTITION: day},
                               modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else now_ms,
                               data_change=True, stats=_stats(metadata, data_columns)))
+    fs.delete_dir(to_path(folder))
     arrow_schema = to_arrow_schema(rows.schema)
     return StagedWrite(adds=adds, removes=removes, schema=arrow_schema, first=table is None, start=start, end=end)
 
@@ -317,10 +324,18 @@ def _read_files(spark, table, paths: list[str]):
     schema = delta_arrow_schema(table)
     data_schema = from_arrow_schema(schema.remove(schema.get_field_index(PARTITION)))
     root = table.table_uri.rstrip("/")
+    bare_root = root[len("file://"):] if root.startswith("file://") else root
     uris = [p if "://" in p or p.startswith("/") else f"{root}/{p}" for p in paths]
     if not uris:
         return spark.createDataFrame([], from_arrow_schema(schema))
-    df = spark.read.schema(data_schema).parquet(*uris)
+    relative = [u[len(root):] if u.startswith(root) else u[len(bare_root):] if u.startswith(bare_root) else None for u in uris]
+    if all(r is not None and r.lstrip("/").startswith(f"{PARTITION}=") and r.lstrip("/").count("/") == 1 for r in relative):
+        # Hive layout: Spark sees event_date as a partition column and prunes files on it.
+        df = spark.read.schema(data_schema).option("basePath", root).parquet(*uris)
+        if PARTITION in df.columns:
+            return df.withColumn(PARTITION, F.col(PARTITION).cast("date"))
+    else:
+        df = spark.read.schema(data_schema).parquet(*uris)
     return df.withColumn(PARTITION, F.to_date("event_timestamp"))
 
 

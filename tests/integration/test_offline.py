@@ -1,6 +1,8 @@
 """The offline store on real Spark: Delta commits through deltalake, range replacement, time travel, Parquet mode."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from datetime import datetime, timedelta, timezone
 
@@ -53,6 +55,12 @@ def test_replace_range_is_exact_idempotent_and_time_travels(spark, settings):
     assert v1 == 1
     assert [(r[0], r[1], r[2]) for r in second] == [("a", hours(1), 1.0), ("a", hours(12), 9.0), ("b", hours(50), 4.0),
                                                      ("c", hours(30.5), 8.0)]
+    # event_date is a real partition column: a filter on it prunes files
+    pruned = offline.read_table(spark, settings, "txn").where("event_date = DATE'2024-03-02'")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        pruned.explain("formatted")
+    assert "PartitionFilters: [isnotnull(event_date" in out.getvalue() and pruned.count() == 1
     # the same range again: same contents, one more version
     v2 = offline.write_range(spark, settings, FSV, new, hours(10), hours(31))
     assert v2 == 2 and contents(offline.read_table(spark, settings, "txn")) == second
