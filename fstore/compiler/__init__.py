@@ -18,7 +18,12 @@ the engine registers it) and is built of CTE stages:
 
 Python features (``module:function``) are listed in ``CompiledQuery.python_features``
 and applied by the engine between the last stage and the final select, with
-``mapInPandas`` on the executors.
+``mapInPandas`` on the executors, batch by batch. The function receives a pandas
+DataFrame with the source's columns and every SQL feature (by its name; a
+feature shadows a source column of the same name) and returns a Series of the
+same length (or a DataFrame: the column named like the feature, else its first
+column). Its module is shipped to the executors by value unless it is an
+installed package. SQL features cannot read python features.
 
 Time inside a transformation: ``current_date``, ``current_timestamp`` and
 ``now()`` mean the ROW'S EVENT TIME (``current_date`` is its date), never the
