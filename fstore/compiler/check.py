@@ -63,8 +63,10 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
         return
     from pyspark.errors import AnalysisException, PySparkException
 
-    from fstore.engine.spark import read_source, wide_frame
+    from fstore.engine.spark import local_path_missing, read_source, wide_frame
 
+    if local_path_missing(source):
+        return  # not readable yet (the run will say so); no reason to start Spark
     spark = store.spark
     try:
         df = read_source(spark, source)

@@ -82,13 +82,18 @@ def read_delta(spark, path: str, *, version: int | None = None, storage_options:
     return df
 
 
+def local_path_missing(source: Source) -> bool:
+    """True when the source is a local path that does not exist (checked without Spark)."""
+    return bool(source.path) and _is_local(source.path) and not os.path.exists(_local(source.path))
+
+
 def read_source(spark, source: Source, *, start: datetime | None = None, end: datetime | None = None,
                 lookback_seconds: int = 0):
     """The source rows with event time in ``[start - lookback, end)`` (either bound optional)."""
     from pyspark.errors import AnalysisException
 
     if source.path:
-        if _is_local(source.path) and not os.path.exists(_local(source.path)):
+        if local_path_missing(source):
             raise NotFound(f"source path {source.path} does not exist")
         try:
             if source.format == "delta":

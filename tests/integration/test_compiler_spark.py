@@ -231,7 +231,8 @@ def test_validate_version_static_checks_do_not_start_spark():
             validate_version(store, make_fsv(features, {"path": "/nonexistent/h3a", "event_timestamp_column": "ts"}))
     validate_version(store, make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}], None))
     # a source that is not readable yet: static checks only
-    validate_version(store, make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}], None))
+    validate_version(store, make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}],
+                                     {"path": "/nonexistent/h3a", "event_timestamp_column": "ts"}))
     assert store.used == 0
 
 
