@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fstore.definitions import check_name
@@ -60,7 +61,10 @@ def create_training_set(s: Session, name: str, spec: dict[str, Any], *, entity_c
     row = TrainingSetRow(name=name, spec=spec, entity_count=entity_count, output_path=output_path,
                          created_at=utcnow(), created_by=actor or "")
     s.add(row)
-    s.flush()
+    try:
+        s.flush()
+    except IntegrityError:  # another process took the name between the check and the insert
+        raise AlreadyExists(f"training set {name} already exists", field="save_as") from None
     return training_set_dict(row)
 
 
@@ -75,3 +79,19 @@ def list_training_sets(s: Session, *, limit: int = 50, offset: int = 0) -> dict[
                      .limit(limit).offset(offset)).all()
     total = s.scalar(select(func.count()).select_from(TrainingSetRow))
     return {"items": [training_set_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def finish_training_set(s: Session, name: str, spec: dict[str, Any], *, entity_count: int,
+                        output_path: str) -> dict[str, Any]:
+    """Fill in a reserved training set once its files are written."""
+    row = _row(s, name)
+    row.spec, row.entity_count, row.output_path = spec, entity_count, output_path
+    s.flush()
+    return training_set_dict(row)
+
+
+def drop_reservation(s: Session, name: str) -> None:
+    """Forget a training set whose files could not be written (only a reservation, never a finished one)."""
+    row = s.scalars(select(TrainingSetRow).where(TrainingSetRow.name == name)).first()
+    if row is not None and row.spec.get("status") == "writing":
+        s.delete(row)

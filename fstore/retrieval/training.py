@@ -35,15 +35,25 @@ def save_training_set(store: "FeatureStore", name: str, entities: Entities, resu
     """Write the entity rows and the result as Parquet and record the training set."""
     from pyspark.sql import functions as F
 
-    from fstore.registry.training_sets import create_training_set
+    from fstore.registry.training_sets import create_training_set, drop_reservation, finish_training_set
 
     root = training_set_root(store, name)
     entities_path, data_path = f"{root}/entities", f"{root}/data"
-    # One ordered file: reading it back numbers the rows in the same order.
-    (entities.df.orderBy(ROW).select(*[F.col(f"`{c}`") for c in entities.columns])
-     .coalesce(1).write.mode("overwrite").parquet(entities_path))
-    result.to_spark().write.mode("overwrite").parquet(data_path)
+    # Reserve the name first: the unique row makes this save the only writer of the folder, so
+    # overwriting can only replace leftovers of an earlier failed save of the same name.
+    with store.transaction() as s:
+        create_training_set(s, name, {"status": "writing"}, entity_count=0, output_path="", actor=actor)
+    try:
+        # One ordered file: reading it back numbers the rows in the same order.
+        (entities.df.orderBy(ROW).select(*[F.col(f"`{c}`") for c in entities.columns])
+         .coalesce(1).write.mode("overwrite").parquet(entities_path))
+        result.to_spark().write.mode("overwrite").parquet(data_path)
+    except BaseException:
+        with store.transaction() as s:
+            drop_reservation(s, name)
+        raise
     spec = {
+        "status": "ready",
         "features": list(features),
         "feature_sets": list(feature_sets) if feature_sets else None,
         "groups": result.meta["feature_sets"],
@@ -56,7 +66,7 @@ def save_training_set(store: "FeatureStore", name: str, entities: Entities, resu
         "columns": list(result.columns),
     }
     with store.transaction() as s:
-        saved = create_training_set(s, name, spec, entity_count=entities.count, output_path=data_path, actor=actor)
+        saved = finish_training_set(s, name, spec, entity_count=entities.count, output_path=data_path)
     result.meta["training_set"] = saved
     return saved
 
@@ -68,6 +78,10 @@ def recreate_training_set(store: "FeatureStore", name: str) -> RetrievalResult:
 
     with store.transaction() as s:
         saved = get_training_set(s, name)
+    if saved.get("status") != "ready":
+        from fstore.errors import Conflict
+
+        raise Conflict(f"training set {saved['name']} is still being written; try again when it is ready", field="name")
     groups, as_of = [], {}
     for g in saved["groups"]:
         fsv = store.feature_set_version(g["feature_set"], g["version"])

@@ -29,6 +29,7 @@ def test_save_list_show_and_recreate_after_the_offline_store_changed(store, tmp_
     original = first.to_df()
     saved = store.get_training_set("churn_2024")
     assert saved["name"] == "churn_2024" and saved["entity_count"] == len(entity_rows) and saved["created_by"] == "ann"
+    assert saved["status"] == "ready"
     by_set = {g["feature_set"]: g for g in saved["groups"]}
     assert set(by_set) == {"user_txn", "merchant_txn"}
     assert by_set["user_txn"]["offline_version"] == saved["offline_versions"]["user_txn"] is not None
