@@ -1,16 +1,15 @@
 """fstore: package metadata, pinned dependencies and the `fstore` console script."""
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="fstore",
     version="0.1.0",
     description="A feature store whose heavy work runs on Apache Spark",
     python_requires=">=3.10",
-    packages=find_packages(include=["fstore", "fstore.*"]),
-    py_modules=["cli", "server"],
+    # Namespace discovery also picks up the Alembic folders, which have no __init__.py.
+    packages=find_namespace_packages(include=["fstore", "fstore.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"fstore": ["registry/migrations/*.py", "registry/migrations/*.mako",
-                             "registry/migrations/versions/*.py"]},
+    package_data={"fstore.registry.migrations": ["*.mako"]},
     install_requires=[
         "pyspark==4.0.1",          # the compute engine (local[*] or a cluster)
         "delta-spark==4.0.0",      # Delta's Python API when its jars are on Spark's class path
