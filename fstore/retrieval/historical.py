@@ -17,7 +17,10 @@ timestamp ``t`` (UTC):
   An empty window gives 0 for counts and NULL otherwise, like materialization.
 * **Composite features that depend (directly or not) on a windowed feature**
   are recomputed at ``t`` from the exact window values and the point-in-time
-  values of their other inputs, then cast to the feature's type.
+  values of their other inputs, then cast to the feature's type. A composite
+  whose expression also reads raw source columns cannot be evaluated without a
+  source row, so it keeps its point-in-time offline value (as a row feature).
+  Python features always come from the offline store.
 
 Output: every entity row, in the original order, duplicates kept, with every
 column of the entity frame (its timestamp column normalized to UTC), followed
@@ -123,6 +126,19 @@ def _dependencies(fsv: "FeatureSetVersion", feature: "Feature") -> set[str]:
     return deps - {feature.name}
 
 
+def _reads_only_features(fsv: "FeatureSetVersion", feature: "Feature") -> bool:
+    """Whether an expression reads nothing but other features of its set (so it can run at label time)."""
+    from fstore.compiler.dialect import column_names
+
+    if not feature.transformation:
+        return False
+    try:
+        used = column_names(feature.transformation, feature.dialect, feature=feature.name)
+    except InvalidDefinition:
+        return False
+    return used <= {f.name for f in fsv.features} - {feature.name}
+
+
 @dataclass(frozen=True)
 class _SetPlan:
     """How each feature of one set is computed at label time."""
@@ -146,7 +162,9 @@ def plan_set(fsv: "FeatureSetVersion", wanted: tuple[str, ...]) -> _SetPlan:
             feature = fsv.feature(name)
             if name in windowed:
                 over_windows[name] = True
-            elif feature.python or name in seen:
+            elif feature.python or name in seen or not _reads_only_features(fsv, feature):
+                # A composite that also reads source columns has no source row at label time:
+                # it keeps its point-in-time value from the offline store.
                 over_windows[name] = False
             else:
                 over_windows[name] = any(depends_on_window(d, seen | {name}) for d in deps[name])

@@ -78,3 +78,34 @@ def test_bad_entity_frames_are_refused(spark, frame, field, words):
     with pytest.raises(InvalidDefinition) as info:
         prepare_entities(spark, frame, None)
     assert info.value.field == field and words in info.value.message
+
+
+def _version():
+    from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion, Source, Window
+
+    def f(name, **kw):
+        return Feature(name=name, feature_set="s", data_type=kw.pop("data_type", "float"), **kw)
+
+    features = (
+        f("amount_x2", transformation="amount * 2"),
+        f("c2d", data_type="int", window=Window(size_seconds=172800, function="count")),
+        f("s2d", window=Window(size_seconds=172800, function="sum"), transformation="amount"),
+        f("avg2d", transformation="s2d / c2d", source_features=("s2d", "c2d")),
+        f("mixed", transformation="c2d * amount", source_features=("c2d",)),
+        f("plus", transformation="avg2d + amount_x2"),
+    )
+    return FeatureSetVersion(feature_set=FeatureSet(name="s", entities=("user",), source=Source(path="/x")), version=1,
+                             entities=(Entity(name="user", join_keys=("user_id",)),), features=features)
+
+
+@pytest.mark.parametrize(("wanted", "windows", "recompute", "offline"), [
+    (("avg2d",), ["c2d", "s2d"], ["avg2d"], []),
+    (("mixed",), [], [], ["mixed"]),  # reads a source column: its offline value
+    (("plus",), ["c2d", "s2d"], ["avg2d", "plus"], ["amount_x2"]),
+    (("amount_x2", "c2d"), ["c2d"], [], ["amount_x2"]),
+])
+def test_which_features_are_recomputed_at_label_time(wanted, windows, recompute, offline):
+    from fstore.retrieval.historical import plan_set
+
+    plan = plan_set(_version(), wanted)
+    assert (sorted(plan.windows), plan.recompute, plan.offline) == (windows, recompute, offline)
