@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("py4j", "alembic"):  # keep the one-line JSON summary the last line of the output
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from fstore.engine.session import get_spark
     from fstore.errors import FStoreError
     from fstore.materialize import LOCK_TTL_SECONDS, execute_run, materialize, materialize_incremental
