@@ -120,3 +120,17 @@ def test_a_run_killed_during_its_write_leaves_the_previous_version_intact(store,
     abandoned = store.get_run(killed["id"])
     assert abandoned["status"] == "failed" and "abandoned" in abandoned["error"]
     assert [r[2] for r in offline_rows(store)] == [r[2] * 10 for r in before]
+
+
+@pytest.mark.parametrize("env", [
+    {"STORAGE_PATH": "/data/x"},
+    {"STORAGE_PATH": "/data/y", "DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h:6379/2",
+     "STORAGE_FORMAT": "parquet", "SPARK_MASTER": "spark://m:7077", "MAX_COMPUTE_THREADS": "3", "REDIS_TIMEOUT": "0.5"},
+    {"STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_ENDPOINT": "http://minio:9000", "S3_ACCESS_KEY": "k",
+     "S3_SECRET_KEY": "s", "STORAGE_PATH": "fs"},
+])
+def test_the_job_process_sees_the_same_settings(env):
+    from fstore.settings import Settings
+
+    settings = Settings.from_env(env)
+    assert Settings.from_env(settings_env(settings)) == settings
