@@ -127,6 +127,34 @@ def _historical_rows(h: dict) -> list[list[str]]:
     return rows
 
 
+HOW_MEASURED = [
+    "Materialize: rows/s = source rows / wall seconds (Feast writes the latest row per user to Redis, fstore writes "
+    "every row to Delta and the latest per user to Redis). Redis is flushed before each run. fstore in-process: "
+    "`store.materialize` twice in one process, the first on a fresh Spark session (cold), the second warm.",
+    "Online: Python `http.client` keep-alive clients, one process per client, bodies built before timing, the same "
+    "user ids for both systems; warm-up requests untimed. Feast: `feast serve` defaults (1 worker) for one client, "
+    "`feast serve -w 2` for 4 clients (its default `--max-requests 1000` recycles workers: the errors column counts "
+    "the dropped connections); fstore: `gunicorn server:app -c conf/gunicorn.conf.py -w 2`. Both keep their default "
+    "access logs on.",
+    "Historical: `get_historical_features(...).to_df()` into pandas for both; Feast's file (dask) offline store reads "
+    "the source Parquet, fstore reads its Delta table on a local[2] Spark session. Best of N after a first call; the "
+    "cold figure is the first call in a fresh process (for fstore, after the Spark session start shown).",
+]
+
+
+def _load_notes(parts: dict[str, dict]) -> list[str]:
+    """A warning when other work loaded the machine: the figures then measure the contention as much as the code."""
+    loads = [v for data in parts.values() for v in ((data.get("machine") or {}).get("load_avg", [0])[:1]
+                                                     + (data.get("load_avg_end") or [0])[:1])]
+    cores = next((data.get("machine", {}).get("nproc") for data in parts.values()), None) or 1
+    if loads and max(loads) > 1.5 * cores:
+        return [f"The machine was busy with other work during this run: 1-minute load average {min(loads):.1f}–"
+                f"{max(loads):.1f} on {cores} cores. Absolute figures are far below what a quiet machine gives, and "
+                "the load changed between parts, so even the ratios carry that noise; rerun on a quiet machine to judge "
+                "against the targets."]
+    return []
+
+
 def markdown(parts: dict[str, dict]) -> str:
     """The table of every part present, with the machine, the load and the date of each."""
     lines = ["# fstore against Feast 0.67 — side by side, one run, same machine, same data", ""]
@@ -153,7 +181,13 @@ def markdown(parts: dict[str, dict]) -> str:
             lines.append(f"- {int(n):,} entity rows: {summary.get('verdict')}")
             for item in summary.get("differences", []):
                 lines.append(f"  - {item['count']:,} rows — {item['what']}: {item['explanation']}")
+    if "online" in parts and parts["online"].get("cross_check"):
+        cc = parts["online"]["cross_check"]
+        lines += ["", "## Online cross-check", "",
+                  f"- the same {cc.get('entities')} users asked of both servers: "
+                  + (f"{cc['n_differing']} differ" if "n_differing" in cc else cc.get("error", "?"))]
     notes = [n for data in parts.values() for n in data.get("notes", [])]
+    notes += _load_notes(parts) + HOW_MEASURED
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
     return "\n".join(lines) + "\n"
