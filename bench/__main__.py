@@ -2,7 +2,8 @@
 
 Runs fstore and Feast 0.67 on the same generated data, the same Redis (loopback)
 and the same machine, in one run, and writes ``bench/results/<part>.json`` and
-``bench/results/latest.md``. Feast is optional (the ``bench`` extra); without it
+``bench/results/latest.md`` (runs with ``--quick`` or another ``--scale`` write under
+``$FSTORE_BENCH_DIR/results/`` instead, so only the reference run is committed). Feast is optional (the ``bench`` extra); without it
 the benchmark says so and measures fstore alone. Redis databases 8 (Feast) and 9
 (fstore) are flushed and used; nothing else in Redis is touched.
 """
@@ -349,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"generating data (scale {scale:g}) under {bench_dir()}")
     dataset = generate(scale)
     version = feast_side.feast_version()
-    results = report.RESULTS if scale == 1 and not args.quick else report.RESULTS / f"scale-{scale:g}{'-quick' if args.quick else ''}"
+    # Only the reference run (scale 1, full length) is committed; other runs write beside their data.
+    results = report.RESULTS if scale == 1 and not args.quick else bench_dir() / "results" / f"scale-{scale:g}{'-quick' if args.quick else ''}"
     ctx = Context(dataset=dataset, work=bench_dir() / f"work-scale-{scale:g}", feast=version, quick=args.quick,
                   results=results)
     ctx.work.mkdir(parents=True, exist_ok=True)

@@ -49,3 +49,43 @@ def test_generate_writes_parquet_once_and_reuses_it(tmp_path):
 def test_scale_must_be_positive():
     with pytest.raises(ValueError, match="scale must be positive"):
         Sizes.for_scale(0)
+
+
+def _tiny_events() -> pd.DataFrame:
+    ts = pd.to_datetime(["2026-07-01T10:00:00Z", "2026-07-02T10:00:00Z", "2026-07-03T10:00:00Z"])
+    frame = pd.DataFrame({"user_id": [1, 1, 2], "event_timestamp": ts.astype("datetime64[us, UTC]")})
+    for i, name in enumerate(FEATURES):
+        frame[name] = [float(i), float(i) + 0.5, float(i) + 0.25]
+    return frame
+
+
+def _tiny_entities() -> pd.DataFrame:
+    ts = pd.to_datetime(["2026-07-02T10:00:00Z",   # tie with user 1's second event: visible
+                         "2026-07-01T09:00:00Z",   # before user 1's first event: no feature row
+                         "2026-07-05T00:00:00Z",   # user 2, after its only event
+                         "2026-07-05T00:00:00Z"])  # the same entity row again
+    return pd.DataFrame({"user_id": [1, 1, 2, 2], "event_timestamp": ts.astype("datetime64[us, UTC]")})
+
+
+def test_oracle_applies_the_le_rule_and_leaves_rows_without_a_feature_row_null():
+    from bench.compare import oracle
+
+    expected = oracle(_tiny_events(), _tiny_entities())
+    assert list(expected["row_id"]) == [0, 1, 2, 3]
+    assert expected.loc[0, "f0"] == 0.5 and pd.isna(expected.loc[1, "f0"]) and expected.loc[2, "f3"] == 3.25
+
+
+def test_compare_explains_feast_drops_and_flags_a_wrong_value():
+    from bench.compare import compare_system, oracle
+
+    expected = oracle(_tiny_events(), _tiny_entities())
+    feast_like = expected.drop(index=[1, 3]).drop(columns="_feature_ts")  # drops the empty row, collapses the copy
+    report = compare_system("Feast", feast_like, expected)
+    assert [d["explained"] for d in report["differences"]] == [True, True]
+    assert report["rows_equal"] == 2
+
+    wrong = expected.drop(columns="_feature_ts").copy()
+    wrong.loc[2, "f9"] += 1e-12  # "exactly equal" means exactly
+    report = compare_system("fstore", wrong, expected)
+    assert [(d["explained"], d["count"]) for d in report["differences"]] == [(False, 1)]
+    assert report["differences"][0]["examples"][0]["row_id"] == 2
