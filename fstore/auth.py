@@ -253,8 +253,9 @@ class KeyVerifier:
     def verify(self, key: str | None) -> ApiKey:
         if not key or not isinstance(key, str) or len(key) > 256:
             raise Unauthorized(_INVALID)
-        digest = hash_key(key)
-        hit = self._cache.get(digest)
+        # Keyed by the presented key itself, so a hit costs one dict lookup (no hashing); the
+        # secret lives only in this process's memory, where the request carrying it already is.
+        hit = self._cache.get(key)
         now = time.monotonic()
         if hit is not None and now - hit[1] < self._ttl:
             api_key = hit[0]
@@ -265,7 +266,7 @@ class KeyVerifier:
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (api_key, now)
+            self._cache[key] = (api_key, now)
         return api_key
 
     def forget(self, key_ids: Iterable[int] | None = None) -> None:

@@ -113,8 +113,10 @@ class UsageRecorder:
     """In-memory usage aggregation with a background flush to the registry."""
 
     def __init__(self, engine: Engine, *, interval: float = 10.0, max_pending: int = 500_000,
-                 resolve_set: Resolver | None = None) -> None:
+                 resolve_set: Resolver | None = None,
+                 observe: Callable[[str, Any, float], None] | None = None) -> None:
         self._engine = engine
+        self._observe = observe
         self._interval = interval
         # Bounded: if the registry is down for long, the oldest events are dropped rather than memory exhausted.
         self._pending: deque = deque(maxlen=max_pending)
@@ -173,6 +175,9 @@ class UsageRecorder:
             except ValueError:
                 response = None
             summary = summarize_online(body, response, self._resolve_set)
+            if self._observe is not None and summary.features:
+                # Per-set serving latency for Prometheus, recorded here rather than on the request path.
+                self._observe(endpoint, dict.fromkeys(fs for fs, _ in summary.features if fs), latency_ms / 1000.0)
             bucket = bucket_index(latency_ms)
             cache = int(summary.cache_hit)
             add((minute, api_key, endpoint, "", ""), summary.entities, 0, cache, bucket)

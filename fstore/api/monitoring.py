@@ -140,6 +140,12 @@ _METRICS_RESPONSE = {"200": {"description": "Prometheus text exposition format",
 
 # -- monitoring ---------------------------------------------------------------------------------
 
+def _flush_usage() -> None:
+    security = current_app.extensions.get("fstore_security")
+    if security is not None:
+        security.usage.flush()
+
+
 def _grant() -> auth.Grant | None:
     key = g.get("api_key")
     return None if key is None or key.grant.unrestricted else key.grant
@@ -150,6 +156,7 @@ def metrics_text():
     """Prometheus metrics of every worker, plus run and freshness figures read from the registry."""
     from fstore import metrics
 
+    _flush_usage()  # per-set serving latency is recorded by the usage flusher: bring this worker's up to date
     grant = _grant()
     text, content_type = metrics.render(get_store(), allowed=grant.allows_feature_set if grant else None)
     if grant is not None:
@@ -180,9 +187,7 @@ def data_freshness():
 @bp.get("/monitoring/usage", tags=[_mon], responses={200: Items})
 def usage_report(query: UsageQuery):
     """Requests per API key, feature set or feature, with p50/p95/p99 latency, cache hit rate and coverage."""
-    security = current_app.extensions.get("fstore_security")
-    if security is not None:
-        security.usage.flush()  # include what this worker has not flushed yet
+    _flush_usage()  # include what this worker has not flushed yet
     end = to_utc(query.end_date, field_name="end_date") if query.end_date else None
     start = to_utc(query.start_date, field_name="start_date") if query.start_date else utcnow() - timedelta(days=1)
     grant = _grant()

@@ -94,25 +94,26 @@ def install(app: Flask, store, *, usage_interval: float = 10.0, start_usage_thre
     names = _SetNames(store)
     security = Security(enabled=enabled,
                         verifier=KeyVerifier(store.transaction),
-                        usage=UsageRecorder(store.engine, interval=usage_interval, resolve_set=names.single_set))
+                        usage=UsageRecorder(store.engine, interval=usage_interval, resolve_set=names.single_set,
+                                            observe=metrics.observe_serving))
     if start_usage_thread:
         security.usage.start()
     app.extensions["fstore_security"] = security
     _document(app, required=enabled)
 
     def before() -> None:
-        g.fstore_t0 = time.perf_counter()
-        if request.path == "/health":
+        ctx = g._get_current_object()
+        ctx.fstore_t0 = time.perf_counter()
+        ctx.api_key = None
+        req = request._get_current_object()
+        path = req.path
+        if path == "/health" or not security.enabled:
             return
-        g.api_key = None
-        if not security.enabled:
-            return
-        api_key = security.verifier.verify(_presented_key())
-        g.api_key = api_key
-        scope = required_scope(request.method, request.path)
+        api_key = security.verifier.verify(_presented_key(req))
+        ctx.api_key = api_key
+        scope = required_scope(req.method, path)
         if scope is not None and not api_key.has_scope(scope):
-            raise Forbidden(f"this API key lacks the scope {scope!r} needed for {request.method} {request.path}",
-                            field="scope")
+            raise Forbidden(f"this API key lacks the scope {scope!r} needed for {req.method} {path}", field="scope")
         if not api_key.grant.unrestricted:
             _check_grant(store, names, api_key.grant)
 
@@ -145,14 +146,15 @@ def _document(app: Flask, *, required: bool) -> None:
     app.spec_json = {}  # built lazily on first request of the document
 
 
-def _presented_key() -> str | None:
-    header = request.headers.get("Authorization", "")
+def _presented_key(req) -> str | None:
+    headers = req.headers
+    header = headers.get("Authorization", "")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized("missing or invalid API key")
         return value.strip()
-    return request.headers.get("X-API-Key", "").strip() or None
+    return headers.get("X-API-Key", "").strip() or None
 
 
 def current_key() -> ApiKey | None:
@@ -294,40 +296,32 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
 # -- after the view ------------------------------------------------------------------------------
 
 def _after(store, security: Security, names: _SetNames, response: Response) -> Response:
-    seconds = time.perf_counter() - g.get("fstore_t0", time.perf_counter())
-    endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    ctx = g._get_current_object()
+    req = request._get_current_object()
+    seconds = time.perf_counter() - getattr(ctx, "fstore_t0", time.perf_counter())
+    rule = req.url_rule
+    endpoint = rule.rule if rule is not None else "<unmatched>"
     status = response.status_code
     error_code = None
     if status >= 400 and response.is_json:
         payload = response.get_json(silent=True)
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             error_code = payload["error"].get("code")
-    metrics.observe_request(endpoint, request.method, status, seconds, error_code)
-    key = current_key()
-    usage_endpoint = USAGE_ENDPOINTS.get(request.path)
+    method = req.method
+    metrics.observe_request(endpoint, method, status, seconds, error_code)
+    key = getattr(ctx, "api_key", None)
+    usage_endpoint = USAGE_ENDPOINTS.get(req.path)
     if usage_endpoint is not None and status == 200:
-        body = request.get_json(silent=True) if request.is_json else None
-        sets = _sets_named(body)
-        if sets:
-            metrics.observe_serving(usage_endpoint, sets, seconds)
-        security.usage.record(endpoint=usage_endpoint, api_key=key.prefix if key else "", body=body,
+        # One append; parsing, attribution and per-set metrics happen in the usage flusher.
+        security.usage.record(endpoint=usage_endpoint, api_key=key.prefix if key else "",
+                              body=req.get_json(silent=True) if req.is_json else None,
                               response_body=response.get_data() if usage_endpoint == "online" else None,
                               latency_ms=seconds * 1000.0)
-    if request.method in _WRITE_METHODS and not _READ_POSTS.match(request.path):
+    elif method in _WRITE_METHODS and not _READ_POSTS.match(req.path):
         _audit(store, response, status, error_code)
     if key is not None and not key.grant.unrestricted and status < 300 and response.is_json:
         _filter_response(response, key.grant)
     return response
-
-
-def _sets_named(body: Any) -> list[str]:
-    if not isinstance(body, dict):
-        return []
-    sets = [s for s in body.get("feature_sets") or () if isinstance(s, str)] if isinstance(body.get("feature_sets"), list) else []
-    for ref in body.get("features") or () if isinstance(body.get("features"), list) else ():
-        if isinstance(ref, str) and ":" in ref:
-            sets.append(ref.split(":", 1)[0].split("@", 1)[0])
-    return list(dict.fromkeys(sets))
 
 
 def _audit(store, response: Response, status: int, error_code: str | None) -> None:
