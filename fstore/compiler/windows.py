@@ -78,7 +78,10 @@ def _from_over(node: exp.Window, fsv: FeatureSetVersion, feature: Feature, event
             f"({', '.join(source_key_columns(fsv))}), not {', '.join(sorted(partition)) or 'nothing'}", field="transformation")
     order = node.args.get("order")
     ordered = order.expressions if order else []
-    if len(ordered) != 1 or not isinstance(ordered[0].this, exp.Column) or ordered[0].this.name not in (ts_column, "event_timestamp"):
+    # A set without a source yet (the seed's bodies) may name its event-time column here; the check
+    # runs again, against the source's event_timestamp_column, when a source is given.
+    if len(ordered) != 1 or not isinstance(ordered[0].this, exp.Column) or (
+            source is not None and ordered[0].this.name not in (ts_column, "event_timestamp")):
         raise InvalidDefinition(f"feature {name}: the window must be ORDER BY the event timestamp column {ts_column}",
                                 field="transformation")
     spec = node.args.get("spec")

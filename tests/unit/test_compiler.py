@@ -127,3 +127,14 @@ def test_python_features_are_listed_for_the_engine():
     assert "python feature p = my.module:score" in c.sql
     assert spark_type("list<int>") == "ARRAY<BIGINT>" and spark_type("bool") == "BOOLEAN"
 
+
+
+def test_seed_window_accepted_before_the_set_has_a_source():
+    """The seed's bodies create the set without a source; its window's ORDER BY column is checked later."""
+    fsv = FeatureSetVersion(
+        feature_set=FeatureSet.from_dict({"name": "user_activity", "entities": ["user_id"]}), version=1,
+        entities=(Entity.from_dict({"name": "user_id"}),),
+        features=(Feature.from_dict({"name": "n", "data_type": "int", "dialect": "postgres",
+                                     "transformation": SEED_COUNT}, feature_set="user_activity"),),
+    )
+    assert window_spec(fsv, fsv.features[0], event_time="t").size_seconds == 30 * 86400
