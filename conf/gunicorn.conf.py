@@ -56,14 +56,33 @@ def on_starting(server):
     import tempfile
 
     os.environ["FSTORE_BIND_HOST"] = ",".join(server.cfg.bind)
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(tempfile.gettempdir(), f"fstore-metrics-{os.getpid()}")
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = given or os.path.join(tempfile.gettempdir(), f"fstore-metrics-{os.getpid()}")
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    if not given:
+        _created_metrics_dirs.append(folder)
+    # Imported now, with the folder set, not inside child_exit: that hook runs in a signal handler,
+    # where a first import can be re-entered by the next worker's exit.
+    from prometheus_client import multiprocess
+
+    _multiprocess.append(multiprocess)
+
+
+_created_metrics_dirs: list[str] = []
+_multiprocess: list = []
+
+
+def on_exit(server):
+    """The master stops: remove the metrics folder this start created (its figures die with the workers)."""
+    import shutil
+
+    for folder in _created_metrics_dirs:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def child_exit(server, worker):
     """A worker ended: drop its live gauges from the shared metrics folder."""
-    from fstore.metrics import gunicorn_child_exit
-
-    gunicorn_child_exit(server, worker)
+    for multiprocess in _multiprocess:
+        multiprocess.mark_process_dead(worker.pid)
