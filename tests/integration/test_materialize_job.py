@@ -134,3 +134,15 @@ def test_the_job_process_sees_the_same_settings(env):
 
     settings = Settings.from_env(env)
     assert Settings.from_env(settings_env(settings)) == settings
+
+
+def test_the_job_cli_runs_incrementally(store, source):
+    create_set(store, source)
+    env = {**os.environ, **settings_env(store.settings)}
+    proc = subprocess.run([sys.executable, str(JOB_SCRIPT), "--feature-set", "user_txn", "--incremental",
+                           "--end", "2024-01-06T00:00:00Z"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "succeeded" and out["start"] == "2024-01-01T01:00:00Z" and out["rows_written"] == len(events())
+    assert store.get_run(out["id"])["kind"] == "incremental"
+    assert offline_rows(store) == oracle(events())
