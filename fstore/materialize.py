@@ -70,7 +70,7 @@ def materialize(store: "FeatureStore", ref: str | int, start: datetime, end: dat
     except BaseException:
         runs.release_lock(store.engine, lock_name(fs_id), run_id)
         raise
-    _clean_up_after(store, taken)
+    _clean_up_after(store, taken, fs_id)
     return _run_locked(store, run_id, fs_id, fsv, start, end, lock_ttl)
 
 
@@ -95,7 +95,7 @@ def execute_run(store: "FeatureStore", run_id: str, *, lock_ttl: float = LOCK_TT
     except BaseException:
         runs.release_lock(store.engine, lock_name(fs_id), run_id)
         raise
-    _clean_up_after(store, taken)
+    _clean_up_after(store, taken, fs_id)
     return _run_locked(store, run_id, fs_id, fsv, start, end, lock_ttl)
 
 
@@ -261,14 +261,23 @@ def _take_lock(store: "FeatureStore", fs_id: int, set_name: str, run_id: str, tt
     return holder
 
 
-def _clean_up_after(store: "FeatureStore", taken: dict | None) -> None:
-    """A lease taken over from a dead run: mark that run failed so it does not look alive forever."""
-    if taken and taken.get("taken_over"):
-        reason = (f"abandoned: its process stopped renewing the lock (lease ended {runs.iso(taken['expires_at'])}); "
-                  "nothing after the last offline commit was kept")
-        with store.transaction() as s:
+def _clean_up_after(store: "FeatureStore", taken: dict | None, fs_id: int) -> None:
+    """With the set's lock held, close the books of runs whose process died so they do not look alive forever.
+
+    A lease taken over from a dead run marks that run failed; a run left ``pending`` for longer than
+    a lease (its job process never started it) is marked failed too.
+    """
+    with store.transaction() as s:
+        if taken and taken.get("taken_over"):
+            reason = (f"abandoned: its process stopped renewing the lock (lease ended "
+                      f"{runs.iso(taken['expires_at'])}); nothing after the last offline commit was kept")
             if runs.fail_abandoned_run(s, taken["owner"], reason):
                 log.warning("run %s was abandoned; marked failed", taken["owner"])
+        stale = runs.fail_stale_pending(
+            s, fs_id, older_than=utcnow() - timedelta(seconds=LOCK_TTL_SECONDS),
+            reason=f"never started: no job process took it up within {LOCK_TTL_SECONDS:.0f}s")
+        if stale:
+            log.warning("runs %s never started; marked failed", ", ".join(stale))
 
 
 def _conflict_message(store: "FeatureStore", set_name: str, holder: dict) -> str:

@@ -229,6 +229,16 @@ def fail_abandoned_run(s: Session, run_id: str, reason: str) -> bool:
     return True
 
 
+def fail_stale_pending(s: Session, feature_set_id: int, *, older_than: datetime, reason: str) -> list[str]:
+    """Mark ``pending`` runs of a set created before ``older_than`` failed (their job never started them)."""
+    rows = s.scalars(select(MaterializationRunRow).where(
+        MaterializationRunRow.feature_set_id == feature_set_id, MaterializationRunRow.status == "pending",
+        MaterializationRunRow.created_at < older_than)).all()
+    for row in rows:
+        finish_run(s, row.id, status="failed", error=reason)
+    return [row.id for row in rows]
+
+
 # -- backfills ----------------------------------------------------------------------------------
 
 def backfill_to_dict(row: BackfillRow) -> dict[str, Any]:

@@ -180,3 +180,20 @@ def test_online_disabled_writes_only_offline(store, source):
     assert run["online_rows"] is None and "online" not in run["stages"]
     assert online_values(store) == {1: None, 2: None, 3: None}
     assert offline_rows(store) == oracle(events())
+
+
+def test_a_pending_run_whose_job_never_started_is_closed_by_the_next_run(store, source):
+    from sqlalchemy import update
+
+    from fstore.registry.models import MaterializationRunRow
+
+    created = create_set(store, source)
+    with store.transaction() as s:
+        stale = runs.create_run(s, feature_set_id=created["id"], feature_set_version=1, start=T0, end=T_END)
+        fresh = runs.create_run(s, feature_set_id=created["id"], feature_set_version=1, start=T0, end=T_END)
+        s.execute(update(MaterializationRunRow).where(MaterializationRunRow.id == stale["id"])
+                  .values(created_at=datetime(2024, 1, 1)))
+    assert store.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+    closed = store.get_run(stale["id"])
+    assert closed["status"] == "failed" and "never started" in closed["error"]
+    assert store.get_run(fresh["id"])["status"] == "pending"  # its job may still be starting
