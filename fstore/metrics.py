@@ -5,7 +5,9 @@ Under gunicorn several worker processes each count their own requests. When
 the gunicorn config does it, see ``prepare_multiprocess_dir``) prometheus-client
 keeps each worker's values in memory-mapped files in that folder and a scrape
 served by any worker adds them all up. The folder must be emptied when the
-master starts, and a dead worker's gauges removed (``gunicorn_child_exit``).
+master starts, and a dead worker's gauges removed: ``conf/gunicorn.conf.py``
+does both (``on_starting``, ``child_exit``); ``prepare_multiprocess_dir`` and
+``gunicorn_child_exit`` are the same steps for a gunicorn config of your own.
 
 Materialization and freshness figures are not pushed by other modules: a
 collector reads them from the registry (table ``materialization_runs``) at
