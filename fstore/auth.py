@@ -180,7 +180,7 @@ def create_key(s: Session, *, owner: Any, scopes: Any, feature_sets: Any = None,
 
 def _find(s: Session, ref: Any) -> ApiKeyRow:
     text = str(ref).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         row = s.get(ApiKeyRow, int(text))
     else:
         rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.prefix == text)).all()

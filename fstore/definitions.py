@@ -30,7 +30,7 @@ DIALECTS = ("spark", "postgres")
 SOURCE_FORMATS = ("parquet", "csv", "delta", "json")
 SOURCE_TYPES = ("batch", "stream", "request")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$", re.ASCII)
 _LONG_UNITS = {"second": "s", "minute": "m", "hour": "h", "day": "d", "week": "w"}
 
 
@@ -73,13 +73,13 @@ def parse_duration(value: Any, *, field_name: str) -> int:
         seconds = int(value)
     elif isinstance(value, str):
         text = value.strip().lower()
-        long = re.match(r"^(\d+)\s*(second|minute|hour|day|week)s?$", text)
+        long = re.match(r"^(\d+)\s*(second|minute|hour|day|week)s?$", text, re.ASCII)
         if long:
             text = f"{long.group(1)}{_LONG_UNITS[long.group(2)]}"
         match = _DURATION_RE.match(text)
         if match:
             seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        elif text.isdigit():
+        elif text.isascii() and text.isdigit():
             seconds = int(text)
         else:
             raise InvalidDefinition(f"{field_name} {value!r} is not a duration; write e.g. 30s, 15m, 1h, 7d", field=field_name)

@@ -346,7 +346,7 @@ def read_table(spark, settings: Settings, name: str, *, as_of: int | str | datet
             raise InvalidDefinition("as_of needs STORAGE_FORMAT=delta; Parquet tables keep no versions", field="as_of")
         return _read_parquet(spark, settings, name)
     version = as_of
-    if isinstance(as_of, str) and not as_of.strip().isdigit():
+    if isinstance(as_of, str) and not (as_of.strip().isascii() and as_of.strip().isdigit()):
         version = to_utc_naive(as_of)
     elif isinstance(as_of, str):
         version = int(as_of)

@@ -193,7 +193,7 @@ class _SetNames:
 
     def set_name(self, ref: str) -> str | None:
         """The name of feature set ``ref`` (id or name); None when there is none."""
-        if not ref.isdigit():
+        if not (ref.isascii() and ref.isdigit()):
             return ref
 
         def load():
@@ -270,7 +270,7 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
         feature_set = request.args.get("feature_set") or (body.get("feature_set") if isinstance(body.get("feature_set"), str) else None)
         if match:
             ref = match.group(1)
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit():
                 try:
                     item = store.get_feature(ref)
                 except FStoreError:

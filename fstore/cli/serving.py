@@ -90,7 +90,7 @@ def get_historical_features(cli: CliState, entities_path: str, features: str, ou
                             as_of: str | None, timestamp_column: str | None, save_as: str | None) -> None:
     """Point-in-time-correct features for each row of an entity file (training data)."""
     entity_df = _read_entities(entities_path)
-    as_of_value: int | str | None = int(as_of) if as_of and as_of.isdigit() else as_of
+    as_of_value: int | str | None = int(as_of) if as_of and as_of.isascii() and as_of.isdigit() else as_of
     result = cli.store.get_historical_features(
         entity_df=entity_df, features=_names(features, "--features"),
         feature_sets=_names(feature_sets, "--feature-sets") if feature_sets else None,

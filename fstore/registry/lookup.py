@@ -26,7 +26,7 @@ def as_id(ref: Any) -> int | None:
         return None
     if isinstance(ref, int):
         return ref
-    if isinstance(ref, str) and ref.strip().isdigit():
+    if isinstance(ref, str) and ref.strip().isascii() and ref.strip().isdigit():
         return int(ref.strip())
     return None
 

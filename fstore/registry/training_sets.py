@@ -39,7 +39,7 @@ def _row(s: Session, ref: str | int) -> TrainingSetRow:
     elif isinstance(ref, str) and ref.strip():
         text = ref.strip()
         row = s.scalars(select(TrainingSetRow).where(TrainingSetRow.name == text)).first()
-        if row is None and text.isdigit():
+        if row is None and text.isascii() and text.isdigit():
             row = s.get(TrainingSetRow, int(text))
     if row is None:
         raise NotFound(f"training set {ref} not found", field="name")

@@ -94,7 +94,7 @@ def normalize_as_of(as_of: Any, set_names: list[str]) -> int | datetime | None:
         return None
     if isinstance(as_of, bool):
         raise InvalidDefinition("as_of must be a Delta version or a timestamp", field="as_of")
-    if isinstance(as_of, str) and as_of.strip().isdigit():
+    if isinstance(as_of, str) and as_of.strip().isascii() and as_of.strip().isdigit():
         as_of = int(as_of.strip())
     if isinstance(as_of, int):
         if as_of < 0:

@@ -218,3 +218,10 @@ def test_non_mapping_bodies_are_refused():
             cls.from_dict(["not", "a", "mapping"])
     with pytest.raises(InvalidDefinition, match="source"):
         Source.from_dict("s3://bucket")
+
+
+@pytest.mark.parametrize("text", ["³", "１２", "٣d"])
+def test_non_ascii_digits_are_not_durations(text):
+    """Unicode digits pass str.isdigit() but not int(); they must be refused, not crash."""
+    with pytest.raises(InvalidDefinition):
+        parse_duration(text, field_name="ttl")
