@@ -15,7 +15,7 @@ from fstore.settings import Settings
 
 def create_app(settings: Settings | None = None, store=None) -> OpenAPI:
     """The Flask app for ``settings`` (default: from the environment), or around an existing ``store``."""
-    from fstore.api import compute, health, monitoring, registry, security, serving
+    from fstore.api import compute, health, monitoring, registry, security, serving, training
     from fstore.api.errors import ErrorBody, JSONProvider, register_error_handlers, validation_error_callback
     from fstore.store import FeatureStore
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, store=None) -> OpenAPI:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["fstore"] = store
     register_error_handlers(app)
-    for blueprint in (health.bp, registry.bp, compute.bp, serving.bp, monitoring.bp):
+    for blueprint in (health.bp, registry.bp, compute.bp, serving.bp, training.bp, monitoring.bp):
         app.register_api(blueprint)
     security.install(app, store)
 

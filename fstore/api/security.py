@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_READ_POSTS = re.compile(r"^/api/v1/serving/(online|historical)$")  # POSTs that read, not write
+_READ_POSTS = re.compile(r"^/api/v1/(serving/(online|historical)|training-sets/[^/]+/recreate)$")  # POSTs that read
 USAGE_ENDPOINTS = {"/api/v1/serving/online": "online", "/api/v1/serving/historical": "historical"}
 
 # (methods or None for any, path pattern, scope or None for "any valid key"); first match wins.
@@ -48,6 +48,7 @@ SCOPE_RULES: tuple[tuple[frozenset[str] | None, re.Pattern, str | None], ...] = 
         ("", r"^/monitoring/", "read_registry"),
         ("POST", r"^/api/v1/serving/online$", "serve_online"),
         ("", r"^/api/v1/serving/", "serve_historical"),
+        ("GET HEAD POST", r"^/api/v1/training-sets(/|$)", "serve_historical"),
         ("POST PUT PATCH DELETE", r"^/api/v1/feature-sets/[^/]+/(materialize|backfill|runs)", "materialize"),
         ("GET HEAD", r"^/api/v1/", "read_registry"),
         ("", r"^/api/v1/", "write_registry"),
@@ -291,6 +292,19 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
         for feature in body.get("features") or () if isinstance(body.get("features"), list) else ():
             if isinstance(feature, str):
                 _check_feature(names, grant, feature, None, sets)
+    elif (match := re.match(r"^/api/v1/training-sets/([^/]+)", path)):
+        try:
+            saved = store.get_training_set(match.group(1))
+        except FStoreError:
+            return  # does not exist or is not a valid name: the view answers as for anyone
+        if not _training_set_allowed(saved, grant):
+            raise _deny(f"training set {match.group(1)!r} (it reads features outside the grant)")
+
+
+def _training_set_allowed(saved: dict, grant: Grant) -> bool:
+    """True when every feature a training set read is granted."""
+    return all(grant.allows_feature(g.get("feature_set"), f)
+               for g in saved.get("groups") or () for f in g.get("features") or ())
 
 
 # -- after the view ------------------------------------------------------------------------------
@@ -383,6 +397,8 @@ def _visible(item: dict, grant: Grant, path: str) -> bool:
 def _clean(payload: Any, grant: Grant, path: str) -> tuple[Any, int | bool]:
     """The payload without what the grant hides, and how many list items were hidden (True: all of it)."""
     if isinstance(payload, dict):
+        if path.startswith("/api/v1/training-sets") and "groups" in payload:  # a training set: all or nothing
+            return (payload, 0) if _training_set_allowed(payload, grant) else (None, True)
         if not _visible(payload, grant, path):
             return None, True
         out = dict(payload)

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "fstore.cli.registry",   # apply, plan, entities, feature-sets, features, search, db, serve
     "fstore.cli.compute",    # compile, materialize, materialize-incremental, backfill, runs, scheduler
     "fstore.cli.serving",    # get-online-features, get-historical-features
+    "fstore.cli.training",   # training-sets list/show/recreate
     "fstore.cli.ops",        # keys, monitor (operations; optional until that module exists)
 )
 

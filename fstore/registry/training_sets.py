@@ -17,6 +17,7 @@ from fstore.definitions import check_name
 from fstore.errors import AlreadyExists, NotFound
 from fstore.registry.models import TrainingSetRow, utcnow
 from fstore.registry.runs import iso
+from fstore.registry.search import _check_page
 
 
 def training_set_dict(row: TrainingSetRow) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def get_training_set(s: Session, ref: str | int) -> dict[str, Any]:
 
 def list_training_sets(s: Session, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
     """Training sets, newest first: ``{"items", "total", "limit", "offset"}``."""
+    _check_page(limit, offset)
     rows = s.scalars(select(TrainingSetRow).order_by(TrainingSetRow.created_at.desc(), TrainingSetRow.id.desc())
                      .limit(limit).offset(offset)).all()
     total = s.scalar(select(func.count()).select_from(TrainingSetRow))

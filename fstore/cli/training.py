@@ -1,0 +1,84 @@
+"""Training-set commands: list the saved ones, show one, re-create one exactly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fstore.cli import main
+from fstore.cli.output import CliState, emit, fields, json_option, page_footer, pass_cli, table, to_json
+from fstore.cli.registry import paged
+
+LIST_COLUMNS = ["id", "name", "status", "entity_count", "feature_sets", "created_at", "created_by"]
+SHOW_KEYS = ["id", "name", "status", "entity_count", "features", "groups", "as_of", "timestamp_column",
+             "entity_source", "columns", "output_path", "created_at", "created_by"]
+
+
+def _sets(item: dict) -> list[str]:
+    """``set@version`` of every feature set the training set read."""
+    return [f"{g['feature_set']}@{g['version']}" for g in item.get("groups") or ()]
+
+
+def _group_lines(item: dict) -> list[str]:
+    """One readable entry per feature set: version, offline version (or as_of) and its features."""
+    lines = []
+    for g in item.get("groups") or ():
+        pinned = f"offline v{g['offline_version']}" if g.get("offline_version") is not None \
+            else f"as of {g.get('as_of') or 'latest'}"
+        lines.append(f"{g['feature_set']}@{g['version']} ({pinned}): {' '.join(g['features'])}")
+    return lines
+
+
+def _show_text(item: dict) -> str:
+    return fields({**item, "groups": "; ".join(_group_lines(item))}, [k for k in SHOW_KEYS if k in item or k == "groups"])
+
+
+def write_result(result, output: str) -> tuple[Path, int]:
+    """Write a retrieval result as ``get-historical-features --output`` does: CSV/Parquet file, or a Parquet folder."""
+    out = Path(output)
+    if out.suffix in (".csv", ".parquet"):
+        frame = result.to_df()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
+        return out, len(frame)
+    frame = result.to_spark()
+    frame.write.mode("overwrite").parquet(str(out))
+    return out, frame.count()
+
+
+@main.group("training-sets")
+def training_sets() -> None:
+    """Training sets: saved retrievals (get-historical-features --save-as), re-creatable exactly."""
+
+
+@training_sets.command("list")
+@paged
+@json_option
+@pass_cli
+def training_sets_list(cli: CliState, limit: int, offset: int) -> None:
+    """List saved training sets, newest first."""
+    page = cli.store.list_training_sets(limit=limit, offset=offset)
+    emit(cli, page, lambda p: table([{**i, "feature_sets": _sets(i)} for i in p["items"]], LIST_COLUMNS)
+         + "\n" + page_footer(p))
+
+
+@training_sets.command("show")
+@click.argument("name")
+@json_option
+@pass_cli
+def training_sets_show(cli: CliState, name: str) -> None:
+    """Show one training set (by name or id): features, versions, pinned offline versions, paths."""
+    emit(cli, cli.store.get_training_set(name), _show_text)
+
+
+@training_sets.command("recreate")
+@click.argument("name")
+@click.option("--output", required=True, help="Where to write: FILE.csv, FILE.parquet, or a folder (Parquet, by Spark).")
+@json_option
+@pass_cli
+def training_sets_recreate(cli: CliState, name: str, output: str) -> None:
+    """Re-run a training set's retrieval pinned to its recorded versions and write the rows."""
+    result = cli.store.recreate_training_set(name)
+    out, rows = write_result(result, output)
+    summary = {"training_set": result.meta["training_set"]["name"], "output": str(out), "rows": rows}
+    click.echo(to_json(summary) if cli.as_json else f"wrote {rows} rows of training set {summary['training_set']} to {out}")
