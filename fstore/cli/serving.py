@@ -55,6 +55,20 @@ def _online_text(answer: dict) -> str:
 @click.option("--feature-sets", help="Comma-separated sets to look names up in.")
 @json_option
 @pass_cli
+def write_result(result, output: str) -> tuple[Path, int]:
+    """Write a retrieval result: a CSV or Parquet file (pandas), or a Parquet folder (Spark)."""
+    out = Path(output)
+    if out.suffix in (".csv", ".parquet"):
+        frame = result.to_df()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
+        return out, len(frame)
+    frame = result.to_spark()
+    frame.write.mode("overwrite").parquet(str(out))
+    # Count what was written (Parquet footers) rather than running the retrieval a second time.
+    return out, frame.sparkSession.read.parquet(str(out)).count()
+
+
 def get_online_features(cli: CliState, features: str, entities: tuple[str, ...], feature_sets: str | None) -> None:
     """Latest feature values for some entities, from the online store."""
     answer = cli.store.get_online_features(features=_names(features, "--features"),
@@ -95,15 +109,6 @@ def get_historical_features(cli: CliState, entities_path: str, features: str, ou
         entity_df=entity_df, features=_names(features, "--features"),
         feature_sets=_names(feature_sets, "--feature-sets") if feature_sets else None,
         as_of=as_of_value, timestamp_column=timestamp_column, save_as=save_as, actor=cli.actor)
-    out = Path(output)
-    if out.suffix in (".csv", ".parquet"):
-        frame = result.to_df()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
-        rows = len(frame)
-    else:
-        frame = result.to_spark()
-        frame.write.mode("overwrite").parquet(str(out))
-        rows = frame.count()
+    out, rows = write_result(result, output)
     summary = {"output": str(out), "rows": rows, "entities": len(entity_df)}
     click.echo(to_json(summary) if cli.as_json else f"wrote {rows} rows to {out}")

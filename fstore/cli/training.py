@@ -1,13 +1,12 @@
 """Training-set commands: list the saved ones, show one, re-create one exactly."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from fstore.cli import main
 from fstore.cli.output import CliState, emit, fields, json_option, page_footer, pass_cli, table, to_json
 from fstore.cli.registry import paged
+from fstore.cli.serving import write_result
 
 LIST_COLUMNS = ["id", "name", "status", "entity_count", "feature_sets", "created_at", "created_by"]
 SHOW_KEYS = ["id", "name", "status", "entity_count", "features", "groups", "as_of", "timestamp_column",
@@ -31,19 +30,6 @@ def _group_lines(item: dict) -> list[str]:
 
 def _show_text(item: dict) -> str:
     return fields({**item, "groups": "; ".join(_group_lines(item))}, [k for k in SHOW_KEYS if k in item or k == "groups"])
-
-
-def write_result(result, output: str) -> tuple[Path, int]:
-    """Write a retrieval result as ``get-historical-features --output`` does: CSV/Parquet file, or a Parquet folder."""
-    out = Path(output)
-    if out.suffix in (".csv", ".parquet"):
-        frame = result.to_df()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
-        return out, len(frame)
-    frame = result.to_spark()
-    frame.write.mode("overwrite").parquet(str(out))
-    return out, frame.count()
 
 
 @main.group("training-sets")
