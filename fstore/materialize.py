@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import socket
 import sys
 import threading
 import time
@@ -165,6 +166,7 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
             runs.advance_watermark(s, fs_id, end)
         log.info("run %s of %s [%s, %s) succeeded: %s rows written in %.2fs", run_id, fsv.name, runs.iso(start),
                  runs.iso(end), figures.get("rows_written"), time.perf_counter() - began)
+        _audit_run(store, run_id, fsv.name, "ok")
         return run
     except BaseException as exc:
         error = _as_fstore_error(exc, fsv.name, start, end)
@@ -175,6 +177,7 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
         except Exception:  # noqa: BLE001 - the registry may be what failed; the original error matters more
             log.exception("could not record the failure of run %s", run_id)
         log.warning("run %s of %s failed: %s", run_id, fsv.name, error.message)
+        _audit_run(store, run_id, fsv.name, "failed", error.message)
         if error is exc or not isinstance(exc, Exception):
             raise
         raise error from exc
@@ -246,6 +249,20 @@ def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: d
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+def _audit_run(store: "FeatureStore", run_id: str, set_name: str, outcome: str, error: str | None = None) -> None:
+    """Every materialization lands in the audit log, whoever started it (REST, CLI, scheduler, backfill)."""
+    from fstore import audit
+
+    try:
+        with store.transaction() as s:
+            run = runs.get_run(s, run_id)
+        audit.record(store.engine, actor=run.get("created_by") or "", action="materialize", target=set_name,
+                     source_ip=socket.gethostname(), outcome=outcome,
+                     detail={"run_id": run_id, "kind": run.get("kind"), "start": run.get("start"), "end": run.get("end"),
+                             "rows_written": run.get("rows_written"), "error": error})
+    except Exception:  # noqa: BLE001 - a run's outcome stands even if the audit log cannot be written
+        log.exception("could not write the audit record of run %s", run_id)
 
 def _load_version(s, fs_id: int, version: int | None) -> "FeatureSetVersion":
     from fstore.registry.repo import load_feature_set_version

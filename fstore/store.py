@@ -110,6 +110,12 @@ class FeatureStore:
         with self.transaction() as s:
             repo.delete_entity(s, ref, actor=actor)
 
+    def entity_versions(self, ref: str | int) -> list[dict]:
+        from fstore.registry import repo
+
+        with self.transaction() as s:
+            return repo.entity_versions(s, ref)
+
     def create_feature_set(self, body: dict, *, actor: str = "") -> dict:
         from fstore.registry import repo
 

@@ -55,6 +55,12 @@ def update_entity(path: RefPath, body: EntityPatch):
     return get_store().update_entity(path.id_or_name, request.get_json(), actor=actor())
 
 
+@bp.get("/entities/<id_or_name>/versions", tags=[_entities])
+def entity_versions(path: RefPath):
+    """Every version of an entity: what changed, when, by whom."""
+    return {"items": get_store().entity_versions(path.id_or_name)}
+
+
 @bp.delete("/entities/<id_or_name>", tags=[_entities])
 def delete_entity(path: RefPath):
     """Delete an entity no feature set uses."""

@@ -74,6 +74,17 @@ def entities_show(cli: CliState, ref: str) -> None:
     emit(cli, cli.store.get_entity(ref), fields)
 
 
+@entities.command("versions")
+@click.argument("ref")
+@json_option
+@pass_cli
+def entities_versions(cli: CliState, ref: str) -> None:
+    """List every version of an entity: what changed, when, by whom."""
+    rows = cli.store.entity_versions(ref)
+    emit(cli, rows, lambda vs: table([{**v, "changes": _changes(v["changes"])} for v in vs],
+                                     ["version", "created_at", "created_by", "changes"]))
+
+
 @entities.command("delete")
 @click.argument("ref")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")

@@ -48,13 +48,6 @@ def _online_text(answer: dict) -> str:
     return table(rows, columns) + (f"\n{summary}" if summary else "")
 
 
-@main.command("get-online-features")
-@click.option("--features", required=True, help="Comma-separated: name, set:name or set@version:name.")
-@click.option("--entity", "entities", multiple=True, required=True,
-              help="KEY=VALUE (repeat for more entities; KEY=V,KEY2=V2 for a compound key).")
-@click.option("--feature-sets", help="Comma-separated sets to look names up in.")
-@json_option
-@pass_cli
 def write_result(result, output: str) -> tuple[Path, int]:
     """Write a retrieval result: a CSV or Parquet file (pandas), or a Parquet folder (Spark)."""
     out = Path(output)
@@ -69,6 +62,13 @@ def write_result(result, output: str) -> tuple[Path, int]:
     return out, frame.sparkSession.read.parquet(str(out)).count()
 
 
+@main.command("get-online-features")
+@click.option("--features", required=True, help="Comma-separated: name, set:name or set@version:name.")
+@click.option("--entity", "entities", multiple=True, required=True,
+              help="KEY=VALUE (repeat for more entities; KEY=V,KEY2=V2 for a compound key).")
+@click.option("--feature-sets", help="Comma-separated sets to look names up in.")
+@json_option
+@pass_cli
 def get_online_features(cli: CliState, features: str, entities: tuple[str, ...], feature_sets: str | None) -> None:
     """Latest feature values for some entities, from the online store."""
     answer = cli.store.get_online_features(features=_names(features, "--features"),

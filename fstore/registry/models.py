@@ -35,6 +35,21 @@ class EntityRow(Base):
     created_by: Mapped[str] = mapped_column(String(200), default="")
 
 
+class EntityVersionRow(Base):
+    """One immutable version of an entity: its spec, what changed, when and by whom."""
+
+    __tablename__ = "entity_versions"
+    __table_args__ = (UniqueConstraint("entity_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entity_id: Mapped[int] = mapped_column(ForeignKey("entities.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]]
+    changes: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
 class FeatureSetRow(Base):
     __tablename__ = "feature_sets"
 

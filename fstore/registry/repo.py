@@ -40,6 +40,7 @@ from fstore.registry.lookup import (  # noqa: F401 - re-exported: callers use re
 )
 from fstore.registry.models import (
     EntityRow,
+    EntityVersionRow,
     FeatureRow,
     FeatureSetRow,
     FeatureSetVersionRow,
@@ -95,6 +96,7 @@ def _insert_entity(s: Session, entity: Entity, actor: str) -> EntityRow:
                     created_at=now, updated_at=now, created_by=actor)
     s.add(row)
     _flush(s, f"entity {entity.name!r}")
+    s.add(EntityVersionRow(entity_id=row.id, version=1, spec=row.spec, changes=[], created_at=now, created_by=actor))
     return row
 
 
@@ -120,11 +122,22 @@ def update_entity(s: Session, ref: str | int, changes: dict, *, actor: str = "")
         if users:
             raise Conflict(f"entity {row.name} is used by feature set(s) {', '.join(users)}; its join keys and value type cannot change",
                            field="join_keys")
+    changed = diff(row.spec, new)
     row.spec, row.description = new, new["description"]
     row.version += 1
     row.updated_at = utcnow()
+    s.add(EntityVersionRow(entity_id=row.id, version=row.version, spec=new, changes=changed,
+                           created_at=row.updated_at, created_by=actor))
     s.flush()
     return entity_dict(row)
+
+
+def entity_versions(s: Session, ref: str | int) -> list[dict]:
+    """Every version of an entity, oldest first."""
+    row = find_entity(s, ref)
+    rows = s.scalars(select(EntityVersionRow).where(EntityVersionRow.entity_id == row.id).order_by(EntityVersionRow.version))
+    return [{"version": v.version, "spec": dict(v.spec), "changes": list(v.changes), "created_at": iso(v.created_at),
+             "created_by": v.created_by} for v in rows]
 
 
 def get_entity(s: Session, ref: str | int) -> dict:

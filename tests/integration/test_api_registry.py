@@ -167,8 +167,12 @@ def test_entity_crud(client):
     created = client.post("/api/v1/entities", json={"name": "merchant", "join_keys": ["merchant_id"], "value_type": "int"})
     assert created.status_code == 201, created.get_json()
     assert client.get("/api/v1/entities/merchant").get_json()["join_keys"] == ["merchant_id"]
-    patched = client.patch("/api/v1/entities/merchant", json={"description": "a shop"})
+    patched = client.patch("/api/v1/entities/merchant", json={"description": "a shop"}, headers={"X-Actor": "eve"})
     assert patched.status_code == 200 and patched.get_json()["description"] == "a shop"
+    versions = client.get("/api/v1/entities/merchant/versions").get_json()["items"]
+    assert [(v["version"], v["created_by"]) for v in versions] == [(1, ""), (2, "eve")]
+    assert versions[1]["changes"] == [{"field": "description", "old": "", "new": "a shop"}]
+    assert versions[0]["spec"]["description"] == ""
     assert client.delete("/api/v1/entities/merchant").status_code == 204
     assert client.get("/api/v1/entities/merchant").status_code == 404
 

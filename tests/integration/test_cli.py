@@ -96,6 +96,7 @@ def test_json_output_for_scripts(cli, defs):
     assert entity["name"] == "user" and entity["join_keys"] == ["user_id"]
     versions = json.loads(cli("features", "versions", "balance", "--json").stdout)
     assert [v["version"] for v in versions] == [1]
+    assert [v["version"] for v in json.loads(cli("entities", "versions", "user", "--json").stdout)] == [1]
     hits = json.loads(cli("search", "fin", "--kind", "feature", "--json").stdout)
     assert [(h["kind"], h["name"]) for h in hits["items"]] == [("feature", "balance")]
 

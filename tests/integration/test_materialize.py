@@ -34,6 +34,7 @@ def test_a_run_writes_delta_and_the_online_store(any_online_store, source):
     assert store.get_run(run["id"]) == run
     listed = store.list_runs("user_txn")
     assert listed["total"] == 1 and listed["items"][0]["id"] == run["id"]
+    assert audited_runs(store) == [("ann", "user_txn", "ok", run["id"])]
 
 
 def test_the_watermark_advances_only_forwards(store, source):
@@ -172,6 +173,17 @@ def test_a_failing_source_records_a_failed_run(store, tmp_path):
     run = store.list_runs()["items"][0]
     assert run["status"] == "failed" and run["error"] == info.value.message
     assert "src" in run["error"]
+    assert audited_runs(store) == [("", "user_txn", "failed", run["id"])]
+
+
+def audited_runs(store):
+    """The audit log's materialization rows: (actor as recorded, target, outcome, run id)."""
+    from fstore.audit import list_audit
+
+    with store.transaction() as s:
+        items = list_audit(s, action="materialize")["items"]
+    return [(i["actor"] if i["actor"] != "anonymous" else "", i["target"], i["outcome"], i["detail"]["run_id"])
+            for i in items]
 
 
 def test_online_disabled_writes_only_offline(store, source):

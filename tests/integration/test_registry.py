@@ -247,3 +247,33 @@ def test_failed_call_leaves_registry_unchanged(store):
     assert store.get_feature_set("user_profile") == snapshot
     with pytest.raises(NotFound):
         store.get_entity("order_id")
+
+
+def test_entity_versions_keep_every_spec(store):
+    store.create_entity({"name": "user", "join_keys": ["user_id"]}, actor="ann")
+    store.update_entity("user", {"description": "a customer"}, actor="bob")
+    store.update_entity("user", {"description": "a customer"}, actor="bob")  # no change, no version
+    versions = store.entity_versions("user")
+    assert [(v["version"], v["created_by"], v["spec"]["description"]) for v in versions] == [
+        (1, "ann", ""), (2, "bob", "a customer")]
+    with pytest.raises(NotFound):
+        store.entity_versions("nobody")
+
+
+def test_upgrade_from_0001_records_existing_entities_as_their_first_version(any_registry_settings):
+    """Migration 0002 backfills entity_versions for entities registered before it."""
+    from fstore.registry.db import current_revision, make_engine, upgrade
+
+    upgrade(any_registry_settings, "0001")
+    engine = make_engine(any_registry_settings)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO entities (name, version, spec, description, created_at, updated_at, created_by) VALUES "
+            "('user', 3, '{\"name\": \"user\", \"join_keys\": [\"user_id\"], \"value_type\": \"string\", "
+            "\"description\": \"x\"}', 'x', '2026-01-01 00:00:00', '2026-01-02 00:00:00', 'ann')")
+    upgrade(any_registry_settings)
+    assert current_revision(engine) == "0002"
+    engine.dispose()
+    store = FeatureStore(any_registry_settings)
+    assert [(v["version"], v["created_by"]) for v in store.entity_versions("user")] == [(3, "ann")]
+    store.close()
