@@ -66,15 +66,21 @@ class EmbeddedOnlineStore(OnlineStore):
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._guard():
-            self._conn().executescript(_SCHEMA)
+            conn = self._conn()
+            # Creating tables takes the write lock; skip it when they exist (the common case: executors).
+            if conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN ('online_values', 'online_meta')").fetchone()[0] < 2:
+                conn.executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            # WAL is a property of the file: switch it once. Switching needs a lock that several executors
+            # opening the file at once would fight over ("database is locked" without waiting).
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
             self._local.pid = os.getpid()
             with self._lock:

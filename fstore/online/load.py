@@ -178,6 +178,7 @@ def load_dataframe(df, fsv: "FeatureSetVersion | Codec", settings: "Settings", *
     is newer than the loaded one keeps its value and is not counted.
     """
     from fstore.online import embedded_path
+    from fstore.online.embedded import EmbeddedOnlineStore
 
     codec = as_codec(fsv)
     latest = latest_rows(df, codec, now_micros=now_micros)
@@ -189,6 +190,7 @@ def load_dataframe(df, fsv: "FeatureSetVersion | Codec", settings: "Settings", *
             redis_packed(latest, codec).foreachPartition(partial(_redis_partition, config, codec, counter))
         else:
             config = {"path": str(embedded_path(settings))}
+            EmbeddedOnlineStore(config["path"]).close()  # file, WAL mode and tables made once, before the executors
             latest.foreachPartition(partial(_embedded_partition, config, codec, counter))
     except Exception as exc:  # a Spark job failure wraps the executor's error in Py4J/PySpark types
         if type(exc).__module__.startswith(("pyspark", "py4j")):
