@@ -37,7 +37,8 @@ logconfig_dict = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
     "loggers": {
         "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        # GUNICORN_ACCESS_LOG= (empty) turns the access log off; the handler here would otherwise keep it.
+        "gunicorn.access": {"level": "INFO" if accesslog else "WARNING", "handlers": ["console"], "propagate": False},
         "fstore": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
     },
     "root": {"level": "WARNING", "handlers": ["console"]},
