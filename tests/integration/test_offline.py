@@ -145,3 +145,15 @@ def test_a_new_feature_adds_a_column_and_a_changed_type_is_refused(spark, settin
         offline.write_range(spark, settings, fsv3, frame(spark, [("c", hours(50), 3.0, 3)]).selectExpr(
             "user_id", "event_timestamp", "created_timestamp", "amount", "CAST(n AS STRING) AS n"), hours(48), hours(72))
     assert offline.current_version(settings, "txn") == 2
+
+
+def test_reads_of_a_version_are_reused_but_a_recreated_table_is_read_anew(spark, settings):
+    """The DataFrame over a version's files is cached; a table dropped and re-created at its path is not confused with it."""
+    import shutil
+
+    offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1)]), T0, hours(24))
+    assert offline.read_table(spark, settings, "txn") is offline.read_table(spark, settings, "txn")
+    shutil.rmtree(offline.table_uri(settings, "txn"))
+    offline.write_range(spark, settings, FSV, frame(spark, [("b", hours(2), 2.0, 2)]), T0, hours(24))
+    assert offline.current_version(settings, "txn") == 0
+    assert [r[0] for r in contents(offline.read_table(spark, settings, "txn"))] == ["b"]
