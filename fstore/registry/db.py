@@ -20,7 +20,7 @@ def make_engine(settings: Settings) -> Engine:
     """An engine for the registry; SQLite gets WAL, foreign keys and a busy timeout."""
     url = settings.database_url
     if settings.is_sqlite:
-        _ensure_sqlite_folder(url)
+        ensure_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -36,7 +36,7 @@ def make_engine(settings: Settings) -> Engine:
                          pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
-def _ensure_sqlite_folder(url: str) -> None:
+def ensure_sqlite_folder(url: str) -> None:
     path = url.split("sqlite:///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     from alembic import command
 
     if settings.is_sqlite:
-        _ensure_sqlite_folder(settings.database_url)
+        ensure_sqlite_folder(settings.database_url)
     try:
         command.upgrade(alembic_config(settings.database_url), revision)
     except OperationalError as exc:

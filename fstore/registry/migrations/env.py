@@ -19,6 +19,10 @@ if not url:
 
 
 def run_migrations() -> None:
+    if url.startswith("sqlite"):
+        from fstore.registry.db import ensure_sqlite_folder
+
+        ensure_sqlite_folder(url)  # `alembic upgrade head` on a fresh machine: the folder may not exist yet
     connectable = engine_from_config(config.get_section(config.config_ini_section) or {"sqlalchemy.url": url},
                                      prefix="sqlalchemy.", poolclass=pool.NullPool)
     with connectable.connect() as connection:
