@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from fstore.errors import InvalidDefinition, NotFound
 from fstore.store import FeatureStore
+from test_materialize_support import write_source
 
 pytestmark = pytest.mark.spark
 
@@ -29,16 +29,6 @@ def events() -> pd.DataFrame:
         (3, 11, T0 + 47 * H, 4.0), (3, 11, T0 + 50 * H, 6.0),
     ]
     return pd.DataFrame(rows, columns=["user_id", "merchant_id", "event_timestamp", "amount"])
-
-
-def write_source(path: Path, frame: pd.DataFrame) -> str:
-    path.mkdir(parents=True, exist_ok=True)
-    for old in path.glob("*.parquet"):
-        old.unlink()
-    frame = frame.copy()
-    frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[us]")
-    frame.to_parquet(path / "part-0.parquet", index=False)
-    return str(path)
 
 
 def create_sets(store: FeatureStore, source: str) -> None:
