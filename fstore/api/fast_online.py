@@ -1,0 +1,123 @@
+"""The online endpoint's fast path: ``POST /api/v1/serving/online`` answered below Flask.
+
+Online lookups are the one endpoint where the web framework costs more than the
+work: Flask's request context, routing, the body hooks and flask-openapi3's
+validation took about 0.2 ms of a 0.8 ms request (profiled). ``OnlineFastPath``
+wraps the Flask app's WSGI callable and answers an ordinary online request
+itself, with the same steps in the same order:
+
+1. the API key (when auth is on): present, valid, with the ``serve_online`` scope
+   and an unrestricted grant;
+2. the body: within ``MAX_BODY_BYTES``, ``Content-Type`` JSON, a JSON object that
+   ``OnlineBody`` accepts;
+3. ``store.get_online_features``;
+4. the request metrics and the usage record the after-request hook writes.
+
+Anything else — a missing or bad key, a grant limited to some features, a body
+that fails any check, an error from the store — is handed to Flask untouched
+(the body put back), so every error keeps its one code path and its one shape
+(``fstore.api.errors``) and is counted once. Only successful answers are made
+here, so the two paths cannot disagree on what a failure looks like.
+"""
+from __future__ import annotations
+
+import io
+import time
+from typing import Any, Callable, Iterable
+
+import orjson
+from pydantic import ValidationError
+
+from fstore import metrics
+from fstore.api.schemas import OnlineBody
+from fstore.api.security import required_scope
+from fstore.errors import FStoreError
+
+PATH = "/api/v1/serving/online"
+_JSON_HEADERS = "application/json"
+
+
+class OnlineFastPath:
+    """WSGI middleware: online requests that pass every check are answered here; the rest go to ``app``."""
+
+    def __init__(self, app: Callable, store, security, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.store = store
+        self.security = security
+        self.max_body_bytes = max_body_bytes
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        started = time.perf_counter()
+        body = self._read_body(environ)
+        answer = self._answer(environ, body, started) if body is not None else None
+        if answer is None:
+            return self.app(environ, start_response)
+        start_response("200 OK", [("Content-Type", _JSON_HEADERS), ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    def _read_body(self, environ: dict) -> bytes | None:
+        """The body, read once and put back for Flask; None when Flask should read it (no length, too long)."""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            return None
+        if not 0 < length <= self.max_body_bytes:
+            return None
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        return body
+
+    def _answer(self, environ: dict, body: bytes, started: float) -> bytes | None:
+        """The answer's bytes, or None to let Flask handle (and explain) the request."""
+        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if mimetype != "application/json" and not mimetype.endswith("+json"):
+            return None
+        key = None
+        if self.security.enabled:
+            key = self._key(environ)
+            if key is None:
+                return None
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if type(data) is not dict:
+            return None
+        try:
+            OnlineBody.model_validate(data)
+            result = self.store.get_online_features(features=data["features"], entities=data["entities"],
+                                                    feature_sets=data.get("feature_sets"))
+            answer = orjson.dumps(result, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME) + b"\n"
+        except (ValidationError, FStoreError, TypeError):
+            return None
+        seconds = time.perf_counter() - started
+        metrics.observe_request(PATH, "POST", 200, seconds)
+        self.security.usage.record(endpoint="online", api_key=key.prefix if key is not None else "", body=data,
+                                   response_body=answer, latency_ms=seconds * 1000.0)
+        return answer
+
+    def _key(self, environ: dict):
+        """The verified, unrestricted key with the ``serve_online`` scope; None for anything less."""
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if header:
+            scheme, _, value = header.partition(" ")
+            presented = value.strip() if scheme.lower() == "bearer" else ""
+        else:
+            presented = environ.get("HTTP_X_API_KEY", "").strip()
+        if not presented:
+            return None
+        try:
+            key = self.security.verifier.verify(presented)
+        except FStoreError:
+            return None
+        if not key.has_scope(required_scope("POST", PATH)) or not key.grant.unrestricted:
+            return None
+        return key
+
+
+def _json_default(value: Any) -> Any:
+    from fstore.api.render import to_json_value
+
+    return to_json_value(value)
