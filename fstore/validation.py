@@ -32,11 +32,12 @@ _NUMERIC = ("int", "float")
 
 @dataclass(frozen=True)
 class Validated:
-    """The rows after the policies, a quality report per feature, and how many rows were dropped."""
+    """The rows after the policies, a quality report per feature, how many rows were checked and dropped."""
 
     df: Any
     quality: dict[str, dict[str, Any]]
     rows_rejected: int
+    rows_checked: int = 0
 
 
 def _rules(feature: Feature) -> list[tuple[str, Any]]:
@@ -130,4 +131,4 @@ def validate(df, fsv: FeatureSetVersion) -> Validated:
             replacement = F.array(*[F.lit(x) for x in f.default_value])
         out = out.withColumn(f.name, F.when(violated, replacement.cast(spark_type(f.data_type)))
                              .otherwise(F.col(f"`{f.name}`")))
-    return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0))
+    return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0), rows_checked=rows)

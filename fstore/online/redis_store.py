@@ -55,16 +55,16 @@ local a = nf + 2
 local written = 0
 local newest = nil
 local newest_text = nil
+local args = {'@ts', ''}
+for j = 1, nf do args[2 * j + 1] = ARGV[1 + j] end
 for i = 2, #KEYS do
   local ts_text = ARGV[a]
   local ts = tonumber(ts_text)
   local cur = redis.call('HGET', KEYS[i], '@ts')
   if (not cur) or tonumber(cur) <= ts then
-    local args = {'@ts', ts_text}
-    for j = 1, nf do
-      args[2 * j + 1] = ARGV[1 + j]
-      args[2 * j + 2] = ARGV[a + j]
-    end
+    -- one argument table for every key: field names set once above, values overwritten here
+    args[2] = ts_text
+    for j = 1, nf do args[2 * j + 2] = ARGV[a + j] end
     redis.call('HSET', KEYS[i], unpack(args))
     written = written + 1
   end

@@ -30,7 +30,7 @@ from fstore.registry.models import BackfillRow, FeatureSetRow, LockRow, Material
 
 RUN_STATUSES = ("pending", "running", "succeeded", "failed")
 RUN_KINDS = ("full", "incremental", "backfill", "scheduled")
-STAGES = ("read", "compute", "validate", "offline", "online")
+STAGES = ("read", "compute_validate", "offline", "online")
 
 
 # -- time ---------------------------------------------------------------------------------------

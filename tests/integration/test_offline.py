@@ -157,3 +157,19 @@ def test_reads_of_a_version_are_reused_but_a_recreated_table_is_read_anew(spark,
     offline.write_range(spark, settings, FSV, frame(spark, [("b", hours(2), 2.0, 2)]), T0, hours(24))
     assert offline.current_version(settings, "txn") == 0
     assert [r[0] for r in contents(offline.read_table(spark, settings, "txn"))] == ["b"]
+
+
+def test_a_file_is_skipped_only_when_its_stats_prove_it_inside_the_range():
+    start, end = datetime(2024, 1, 1), datetime(2024, 1, 2)
+    utc = timezone.utc
+
+    def action(low, high):
+        return {"event_min": low, "event_max": high}
+
+    _inside = offline._inside
+    assert _inside(action(datetime(2024, 1, 1, tzinfo=utc), datetime(2024, 1, 1, 23, 59, 59, 999000, tzinfo=utc)), start, end)
+    # Stats are truncated to the millisecond: a max in the range's last millisecond may hide a later event.
+    assert not _inside(action(datetime(2024, 1, 1), datetime(2024, 1, 1, 23, 59, 59, 999001)), start, end)
+    assert not _inside(action(datetime(2023, 12, 31, 23, 59, 59), datetime(2024, 1, 1, 12)), start, end)
+    assert not _inside(action(None, datetime(2024, 1, 1, 12)), start, end)  # no stats: read the file
+    assert not _inside({}, start, end)
