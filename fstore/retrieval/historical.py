@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from fstore.errors import InvalidDefinition, NotFound
 from fstore.references import FeatureGroup
-from fstore.retrieval.entities import ROW, TS, Entities, check_keys, ts_lit
+from fstore.retrieval.entities import ROW, TS, Entities, check_keys
 
 if TYPE_CHECKING:
     from fstore.definitions import Feature, FeatureSetVersion
@@ -71,19 +71,23 @@ class RetrievalResult:
 
     def to_spark(self):
         """A Spark DataFrame of the rows in the entity frame's order."""
-        return self.spark_df.orderBy(ROW).select(*[_col(c) for c in self.columns])
+        return self.spark_df.orderBy(ROW).selectExpr(*[_q(c) for c in self.columns])
 
     def to_df(self):
         """A pandas DataFrame of the rows in the entity frame's order (index 0..n-1)."""
-        frame = self.spark_df.select(ROW, *[_col(c) for c in self.columns]).toPandas()
+        frame = self.spark_df.selectExpr(ROW, *[_q(c) for c in self.columns]).toPandas()
         frame = frame.sort_values(ROW, kind="stable").reset_index(drop=True)
         return frame.drop(columns=[ROW])
 
 
-def _col(name: str):
-    from pyspark.sql import functions as F
+def _q(name: str) -> str:
+    """A column name quoted for Spark SQL (plans are built as SQL text: one JVM call per step)."""
+    return "`" + name.replace("`", "``") + "`"
 
-    return F.col(f"`{name}`")
+
+def _text(value: str) -> str:
+    """A Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def normalize_as_of(as_of: Any, set_names: list[str]) -> int | datetime | None:
@@ -203,9 +207,8 @@ def plan_set(fsv: "FeatureSetVersion", wanted: tuple[str, ...]) -> _SetPlan:
 def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[str], as_of: int | datetime | None,
                   entities: Entities):
     """The set's offline rows that can be visible to some entity row, and the Delta version read."""
-    from pyspark.sql import functions as F
-
     from fstore import offline
+    from fstore.engine.spark import ts_literal
 
     version = as_of if isinstance(as_of, int) else None
     if as_of is None:
@@ -222,17 +225,19 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
         raise InvalidDefinition(f"the offline store of feature set {fsv.name} has no column for {', '.join(missing)}; "
                                 f"materialize version {fsv.version} of the set first", field="features")
     # Only rows some entity row can see: at or before the last label, not older than TTL before the first.
-    rows = rows.where(F.col("event_timestamp") <= ts_lit(entities.max_ts))
+    conditions = [f"event_timestamp <= {ts_literal(entities.max_ts)}"]
     lower = entities.min_ts - timedelta(seconds=fsv.ttl_seconds) if fsv.ttl_seconds else None
     if lower is not None:
-        rows = rows.where(F.col("event_timestamp") >= ts_lit(lower))
-    if "event_date" in rows.columns:  # partition pruning
-        rows = rows.where(F.col("event_date") <= F.lit(entities.max_ts.date()))
+        conditions.append(f"event_timestamp >= {ts_literal(lower)}")
+    columns = rows.columns
+    if "event_date" in columns:  # partition pruning
+        conditions.append(f"event_date <= DATE'{entities.max_ts.date().isoformat()}'")
         if lower is not None:
-            rows = rows.where(F.col("event_date") >= F.lit(lower.date()))
-    created = "created_timestamp" if "created_timestamp" in rows.columns else None
+            conditions.append(f"event_date >= DATE'{lower.date().isoformat()}'")
+    rows = rows.where(" AND ".join(conditions))
+    created = "created_timestamp" if "created_timestamp" in columns else None
     keep = [*fsv.join_keys, "event_timestamp", *([created] if created else []), *names]
-    return rows.select(*[_col(c) for c in keep]), version, created
+    return rows.selectExpr(*[_q(c) for c in keep]), version, created
 
 
 def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities):
@@ -277,7 +282,8 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
             if out in [o for _, o in outputs]:
                 raise InvalidDefinition(f"two requested features would both be answered as column {out}", field="features")
             outputs.append((f"__fs_o{len(outputs)}", out))
-    frame = entities.df.select(F.col(ROW), F.col(TS), F.struct(*[_col(c) for c in entities.columns]).alias(LABEL))
+    label = ", ".join(f"{_text(c)}, {_q(c)}" for c in entities.columns)
+    frame = entities.df.selectExpr(ROW, TS, f"named_struct({label}) AS {LABEL}")
     sets: list[dict[str, Any]] = []
     done: list[str] = []
     position = 0
@@ -285,7 +291,7 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
         fsv = group.version
         keys = fsv.join_keys
         plan = plan_set(fsv, group.features)
-        labels = frame.select("*", *[F.col(LABEL)[k].alias(k) for k in keys])
+        labels = frame.selectExpr("*", *[f"{LABEL}.{_q(k)} AS {_q(k)}" for k in keys])
         version, set_as_of = None, as_of.get(fsv.name)
         if plan.offline:
             rows, version, created = _offline_rows(store, fsv, plan.offline, set_as_of, entities)
@@ -305,8 +311,8 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
             labels = labels.withColumn(name, F.expr(expression).cast(spark_type(fsv.feature(name).data_type)))
         mine = outputs[position:position + len(group.features)]
         position += len(group.features)
-        frame = labels.select(F.col(ROW), F.col(TS), F.col(LABEL), *[F.col(c) for c in done],
-                              *[F.col(name).alias(internal) for name, (internal, _) in zip(group.features, mine)])
+        frame = labels.selectExpr(ROW, TS, LABEL, *done,
+                                  *[f"{_q(name)} AS {internal}" for name, (internal, _) in zip(group.features, mine)])
         done += [internal for internal, _ in mine]
         sets.append({
             "feature_set": fsv.name, "version": fsv.version, "features": list(group.features),
@@ -316,8 +322,8 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
             "as_of": set_as_of.isoformat() + "Z" if isinstance(set_as_of, datetime) else None,
             "exact_windows": sorted(plan.windows), "recomputed": plan.recompute,
         })
-    result = frame.select(F.col(ROW), *[F.col(LABEL)[c].alias(c) for c in entities.columns],
-                          *[F.col(internal).alias(out) for internal, out in outputs])
+    result = frame.selectExpr(ROW, *[f"{LABEL}.{_q(c)} AS {_q(c)}" for c in entities.columns],
+                              *[f"{internal} AS {_q(out)}" for internal, out in outputs])
     return RetrievalResult(spark_df=result, columns=tuple(entities.columns) + tuple(o for _, o in outputs),
                            meta={"feature_sets": sets, "entity_count": entities.count,
                                  "timestamp_column": entities.timestamp_column})
