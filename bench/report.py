@@ -79,7 +79,7 @@ def _materialize_rows(m: dict) -> list[list[str]]:
                  f"{_s(fc)} ({_rate(f.get('cli_rows_per_s'))})", f"{_s(sc)} ({_rate(s.get('cli_rows_per_s'))})",
                  f"time {ratio(sc, fc)}, rows/s {ratio(s.get('cli_rows_per_s'), f.get('cli_rows_per_s'))}"])
     fi, si = f.get("inprocess_seconds"), s.get("warm_seconds")
-    rows.append(["materialize, in-process (fstore: warm Spark session)",
+    rows.append(["materialize, in-process (fstore: warm Spark session, best of the 2 runs after the first)",
                  f"{_s(fi)} ({_rate(f.get('inprocess_rows_per_s'))})", f"{_s(si)} ({_rate(s.get('warm_rows_per_s'))})",
                  f"time {ratio(si, fi)}, rows/s {ratio(s.get('warm_rows_per_s'), f.get('inprocess_rows_per_s'))}"])
     if s.get("cold_seconds") is not None:
@@ -130,7 +130,8 @@ def _historical_rows(h: dict) -> list[list[str]]:
 HOW_MEASURED = [
     "Materialize: rows/s = source rows / wall seconds (Feast writes the latest row per user to Redis, fstore writes "
     "every row to Delta and the latest per user to Redis). Redis is flushed before each run. fstore in-process: "
-    "`store.materialize` twice in one process, the first on a fresh Spark session (cold), the second warm.",
+    "`store.materialize` three times in one process: the first on a fresh Spark session (cold), the best of the "
+    "other two (warm).",
     "Online: Python `http.client` keep-alive clients, one process per client, bodies built before timing, the same "
     "user ids for both systems; warm-up requests untimed. Feast: `feast serve` defaults (1 worker) for one client, "
     "`feast serve -w 2` for 4 clients (its default `--max-requests 1000` recycles workers: the errors column counts "

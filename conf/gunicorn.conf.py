@@ -14,7 +14,10 @@ import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '8002'))}"
 workers = int(os.environ.get("WEB_CONCURRENCY", os.environ.get("GUNICORN_WORKERS", "2")))
-worker_class = "gthread"
+# GUNICORN_WORKER_CLASS=sync suits pods that only serve online lookups behind a load balancer:
+# no hand-off between a poller thread and a request thread, but one request at a time per worker
+# and no keep-alive (README, Performance).
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 preload_app = False
 max_requests = 0
