@@ -22,10 +22,9 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from fstore.errors import ComputeError, Conflict, FStoreError
 from fstore.registry import runs
@@ -159,7 +158,7 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
     name = lock_name(fs_id)
     began = time.perf_counter()
     try:
-        with _heartbeat(store, name, run_id, lock_ttl) as lost:
+        with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost:
             figures = _compute_and_write(store, fsv, start, end, lost, run_id)
         with store.transaction() as s:
             run = runs.finish_run(s, run_id, status="succeeded", **figures)
@@ -319,29 +318,6 @@ def _refuse_fresh_pending(s, fs_id: int, set_name: str) -> None:
     if row is not None:
         raise Conflict(f"feature set {set_name} already has run {row.id} starting (pending since "
                        f"{runs.iso(row.created_at)}); wait for it to finish")
-
-
-@contextmanager
-def _heartbeat(store: "FeatureStore", name: str, owner: str, ttl: float) -> Iterator[threading.Event]:
-    """Renew the lease every ``ttl/3`` seconds while the block runs; the event is set if it was lost."""
-    stop, lost = threading.Event(), threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(ttl / 3):
-            try:
-                if not runs.heartbeat_lock(store.engine, name, owner, ttl):
-                    lost.set()
-                    return
-            except Exception:  # noqa: BLE001 - a registry blip: try again next beat, the lease has slack
-                log.warning("heartbeat of lock %s failed; retrying", name, exc_info=True)
-
-    thread = threading.Thread(target=beat, name=f"lock-heartbeat-{owner[:8]}", daemon=True)
-    thread.start()
-    try:
-        yield lost
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def _earliest_event(store: "FeatureStore", fsv: "FeatureSetVersion") -> datetime | None:

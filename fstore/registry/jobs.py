@@ -9,17 +9,19 @@ as it goes and, at the end, records the output location and row count in
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fstore.errors import InvalidDefinition, NotFound
-from fstore.registry.models import JobRow, utcnow
+from fstore.registry.models import JobRow, LockRow, utcnow
 from fstore.registry.runs import iso
 
 JOB_STATUSES = ("pending", "running", "succeeded", "failed")
 JOB_KINDS = ("batch_retrieval",)
+JOB_LEASE_SECONDS = 120.0
 
 
 def job_dict(row: JobRow) -> dict[str, Any]:
@@ -56,9 +58,40 @@ def _row(s: Session, job_id: str) -> JobRow:
     return row
 
 
+def lease_name(job_id: str) -> str:
+    """The registry lease a job's process holds (and renews) while it works."""
+    return f"job:{job_id}"
+
+
+def _close_if_abandoned(s: Session, row: JobRow) -> None:
+    """Mark failed a job whose process is gone: running without a live lease, or pending for longer than one.
+
+    The job process takes its lease before it moves the job to ``running`` and renews it every
+    ``JOB_LEASE_SECONDS / 3``; a killed process stops renewing, so its lease expires.
+    """
+    if row.status not in ("pending", "running"):
+        return
+    now = utcnow()
+    if row.status == "pending":
+        if row.created_at is not None and row.created_at < now - timedelta(seconds=JOB_LEASE_SECONDS):
+            row.status, row.finished_at = "failed", now
+            row.error = f"never started: no job process took it up within {JOB_LEASE_SECONDS:.0f}s"
+            s.flush()
+        return
+    lease = s.get(LockRow, lease_name(row.id))
+    if lease is None or lease.expires_at < now:
+        since = iso(lease.expires_at) if lease is not None else "an unknown time"
+        row.status, row.finished_at = "failed", now
+        row.error = (f"abandoned: its process stopped renewing its lease (lease ended {since}); "
+                     "the output may be incomplete, start the job again")
+        s.flush()
+
+
 def get_job(s: Session, job_id: str) -> dict[str, Any]:
-    """A job by id; ``NotFound`` names an unknown id."""
-    return job_dict(_row(s, job_id))
+    """A job by id (a job whose process died is reported, and recorded, as failed); ``NotFound`` names an unknown id."""
+    row = _row(s, job_id)
+    _close_if_abandoned(s, row)
+    return job_dict(row)
 
 
 def update_job(s: Session, job_id: str, *, status: str | None = None, progress: float | None = None,
@@ -88,4 +121,6 @@ def list_jobs(s: Session, *, kind: str | None = None, limit: int = 50, offset: i
     if kind:
         query, count = query.where(JobRow.kind == kind), count.where(JobRow.kind == kind)
     rows = s.scalars(query.order_by(JobRow.created_at.desc()).limit(limit).offset(offset)).all()
+    for row in rows:
+        _close_if_abandoned(s, row)
     return {"items": [job_dict(r) for r in rows], "total": s.scalar(count), "limit": limit, "offset": offset}

@@ -16,6 +16,8 @@ committed on its own, independently of any longer transaction.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -27,6 +29,8 @@ from sqlalchemy.orm import Session
 
 from fstore.errors import Conflict, InvalidDefinition, NotFound
 from fstore.registry.models import BackfillRow, FeatureSetRow, LockRow, MaterializationRunRow, utcnow
+
+log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("pending", "running", "succeeded", "failed")
 RUN_KINDS = ("full", "incremental", "backfill", "scheduled")
@@ -350,6 +354,32 @@ def heartbeat_lock(bind: Engine | Session, name: str, owner: str, ttl: float) ->
             update(LockRow).where(LockRow.name == name, LockRow.owner == owner)
             .values(expires_at=utcnow() + timedelta(seconds=ttl))
         ).rowcount == 1
+
+
+@contextmanager
+def keep_lease(engine: Engine, name: str, owner: str, ttl: float) -> Iterator[threading.Event]:
+    """Renew lock ``name`` every ``ttl/3`` seconds while the block runs; the event is set if the lease was lost.
+
+    A process that dies stops renewing, so its lease expires and others can see it is gone.
+    """
+    stop, lost = threading.Event(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ttl / 3):
+            try:
+                if not heartbeat_lock(engine, name, owner, ttl):
+                    lost.set()
+                    return
+            except Exception:  # noqa: BLE001 - a registry blip: try again next beat, the lease has slack
+                log.warning("heartbeat of lock %s failed; retrying", name, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"lease-{owner[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def release_lock(bind: Engine | Session, name: str, owner: str) -> bool:

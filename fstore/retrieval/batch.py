@@ -174,18 +174,38 @@ def commit_parquet_folder_as_delta(path: str) -> None:
 
 
 def run_batch_job(store: "FeatureStore", job_id: str) -> dict:
-    """Execute a recorded batch retrieval job (in the job process); returns the finished job."""
-    from fstore.references import resolve
-    from fstore.registry.jobs import get_job, update_job
-    from fstore.retrieval.entities import prepare_entities
-    from fstore.retrieval.historical import retrieve
+    """Execute a recorded batch retrieval job (in the job process); returns the finished job.
+
+    The process holds the lease ``job:<id>`` while it works and renews it; if it dies, readers of
+    the job see the lease end and report the job failed (``fstore.registry.jobs``).
+    """
+    from fstore.registry import runs
+    from fstore.registry.jobs import JOB_LEASE_SECONDS, get_job, lease_name, update_job
 
     with store.transaction() as s:
         job = get_job(s, job_id)
         if job["status"] != "pending":
             raise InvalidDefinition(f"job {job_id} is {job['status']}, not pending", field="job_id")
-        update_job(s, job_id, status="running", progress=0.05)
-    params = job["params"]
+    # The lease first, then "running": a reader never sees a running job without a live lease.
+    holder = runs.try_acquire_lock(store.engine, lease_name(job_id), job_id, JOB_LEASE_SECONDS)
+    if holder is not None and not holder.get("taken_over"):
+        raise InvalidDefinition(f"job {job_id} is already being run by another process", field="job_id")
+    try:
+        with runs.keep_lease(store.engine, lease_name(job_id), job_id, JOB_LEASE_SECONDS):
+            with store.transaction() as s:
+                update_job(s, job_id, status="running", progress=0.05)
+            return _run_job(store, job_id, job["params"])
+    finally:
+        runs.release_lock(store.engine, lease_name(job_id), job_id)
+
+
+def _run_job(store: "FeatureStore", job_id: str, params: dict) -> dict:
+    """The work of a running job: entities, retrieval, output; records progress and the outcome."""
+    from fstore.references import resolve
+    from fstore.registry.jobs import update_job
+    from fstore.retrieval.entities import prepare_entities
+    from fstore.retrieval.historical import retrieve
+
     try:
         spark = store.spark
         source = params["entity_source"]

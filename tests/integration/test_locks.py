@@ -185,3 +185,44 @@ def test_compare_and_set_lets_one_claimant_win(engine):
     assert not runs.compare_and_set(engine, "schedule:1", None, "2024-01-01T00:00:00")
     assert runs.compare_and_set(engine, "schedule:1", "2024-01-01T00:00:00", "2024-01-01T01:00:00")
     assert not runs.compare_and_set(engine, "schedule:1", "2024-01-01T00:00:00", "2024-01-01T02:00:00")
+
+
+def test_a_batch_job_whose_process_died_is_reported_failed(engine):
+    """A running job is alive while its lease is; a pending job nobody took up fails after one lease."""
+    from sqlalchemy import update
+
+    from fstore.registry import jobs
+    from fstore.registry.models import JobRow
+
+    with Session(engine) as s, s.begin():
+        alive = jobs.create_job(s, "batch_retrieval", {"n": 1})["id"]
+        dead = jobs.create_job(s, "batch_retrieval", {"n": 2})["id"]
+        stuck = jobs.create_job(s, "batch_retrieval", {"n": 3})["id"]
+    for job_id in (alive, dead):
+        assert runs.try_acquire_lock(engine, jobs.lease_name(job_id), job_id, 60) is None
+        with Session(engine) as s, s.begin():
+            jobs.update_job(s, job_id, status="running")
+    # The dead job's process stopped renewing: move its lease into the past, as time would.
+    with Session(engine) as s, s.begin():
+        s.execute(update(runs.LockRow).where(runs.LockRow.name == jobs.lease_name(dead))
+                  .values(expires_at=datetime(2000, 1, 1)))
+        s.execute(update(JobRow).where(JobRow.id == stuck).values(created_at=datetime(2000, 1, 1)))
+
+    with Session(engine) as s, s.begin():
+        assert jobs.get_job(s, alive)["status"] == "running"
+        gone = jobs.get_job(s, dead)
+        assert gone["status"] == "failed" and gone["error"].startswith("abandoned: its process stopped renewing")
+        assert gone["finished_at"] is not None
+        listed = {j["id"]: j for j in jobs.list_jobs(s)["items"]}
+        assert listed[stuck]["status"] == "failed" and listed[stuck]["error"].startswith("never started")
+    with Session(engine) as s:  # recorded, not only reported
+        assert s.get(JobRow, dead).status == "failed" and s.get(JobRow, alive).status == "running"
+
+
+def test_keep_lease_renews_until_the_block_ends(engine):
+    assert runs.try_acquire_lock(engine, "job:x", "x", 0.6) is None
+    with runs.keep_lease(engine, "job:x", "x", 0.6) as lost:
+        time.sleep(1.5)  # longer than the lease: only the renewals keep it
+        holder = runs.lock_holder(engine, "job:x")
+        assert holder is not None and not holder["expired"] and not lost.is_set()
+    assert runs.release_lock(engine, "job:x", "x")
