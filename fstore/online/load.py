@@ -27,6 +27,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from fstore.compiler.dialect import quote
 from fstore.errors import ComputeError, InvalidDefinition, Unavailable
 from fstore.online.base import Codec, as_codec, key_prefix
 
@@ -38,13 +39,9 @@ REDIS_BATCH = 500
 EMBEDDED_BATCH = 5000
 
 
-def _q(name: str) -> str:
-    return f"`{name}`"
-
-
 def key_native_sql(column: str, value_type: str) -> str:
     """SQL of one key column as its entity's value type (compact to group by: a long for ints and times)."""
-    c = _q(column)
+    c = quote(column)
     return {
         "int": f"CAST({c} AS BIGINT)",
         "string": f"CAST({c} AS STRING)",
@@ -102,7 +99,7 @@ def latest_rows(df, codec: Codec, *, now_micros: int | None = None):
     order = ["unix_micros(CAST(event_timestamp AS TIMESTAMP)) AS ts"]
     if "created_timestamp" in columns:
         order.append("CAST(created_timestamp AS TIMESTAMP) AS created")
-    raw = [f"{_q(name)} AS `v{i}`" for i, name in enumerate(codec.feature_names)]
+    raw = [f"{quote(name)} AS `v{i}`" for i, name in enumerate(codec.feature_names)]
     conditions = ["ts IS NOT NULL", *(f"`_k{i}` IS NOT NULL" for i in range(len(natives)))]
     if codec.ttl_seconds:
         now = now_micros if now_micros is not None else int(time.time() * 1_000_000)

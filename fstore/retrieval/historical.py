@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from fstore.compiler.dialect import quote
 from fstore.errors import InvalidDefinition, NotFound
 from fstore.references import FeatureGroup
 from fstore.retrieval.entities import ROW, TS, Entities, check_keys
@@ -71,18 +72,13 @@ class RetrievalResult:
 
     def to_spark(self):
         """A Spark DataFrame of the rows in the entity frame's order."""
-        return self.spark_df.orderBy(ROW).selectExpr(*[_q(c) for c in self.columns])
+        return self.spark_df.orderBy(ROW).selectExpr(*[quote(c) for c in self.columns])
 
     def to_df(self):
         """A pandas DataFrame of the rows in the entity frame's order (index 0..n-1)."""
-        frame = self.spark_df.selectExpr(ROW, *[_q(c) for c in self.columns]).toPandas()
+        frame = self.spark_df.selectExpr(ROW, *[quote(c) for c in self.columns]).toPandas()
         frame = frame.sort_values(ROW, kind="stable").reset_index(drop=True)
         return frame.drop(columns=[ROW])
-
-
-def _q(name: str) -> str:
-    """A column name quoted for Spark SQL (plans are built as SQL text: one JVM call per step)."""
-    return "`" + name.replace("`", "``") + "`"
 
 
 def _text(value: str) -> str:
@@ -237,7 +233,7 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     rows = rows.where(" AND ".join(conditions))
     created = "created_timestamp" if "created_timestamp" in columns else None
     keep = [*fsv.join_keys, "event_timestamp", *([created] if created else []), *names]
-    return rows.selectExpr(*[_q(c) for c in keep]), version, created
+    return rows.selectExpr(*[quote(c) for c in keep]), version, created
 
 
 def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities):
@@ -282,7 +278,7 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
             if out in [o for _, o in outputs]:
                 raise InvalidDefinition(f"two requested features would both be answered as column {out}", field="features")
             outputs.append((f"__fs_o{len(outputs)}", out))
-    label = ", ".join(f"{_text(c)}, {_q(c)}" for c in entities.columns)
+    label = ", ".join(f"{_text(c)}, {quote(c)}" for c in entities.columns)
     frame = entities.df.selectExpr(ROW, TS, f"named_struct({label}) AS {LABEL}")
     sets: list[dict[str, Any]] = []
     done: list[str] = []
@@ -291,7 +287,7 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
         fsv = group.version
         keys = fsv.join_keys
         plan = plan_set(fsv, group.features)
-        labels = frame.selectExpr("*", *[f"{LABEL}.{_q(k)} AS {_q(k)}" for k in keys])
+        labels = frame.selectExpr("*", *[f"{LABEL}.{quote(k)} AS {quote(k)}" for k in keys])
         version, set_as_of = None, as_of.get(fsv.name)
         if plan.offline:
             rows, version, created = _offline_rows(store, fsv, plan.offline, set_as_of, entities)
@@ -312,7 +308,7 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
         mine = outputs[position:position + len(group.features)]
         position += len(group.features)
         frame = labels.selectExpr(ROW, TS, LABEL, *done,
-                                  *[f"{_q(name)} AS {internal}" for name, (internal, _) in zip(group.features, mine)])
+                                  *[f"{quote(name)} AS {internal}" for name, (internal, _) in zip(group.features, mine)])
         done += [internal for internal, _ in mine]
         sets.append({
             "feature_set": fsv.name, "version": fsv.version, "features": list(group.features),
@@ -322,8 +318,8 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
             "as_of": set_as_of.isoformat() + "Z" if isinstance(set_as_of, datetime) else None,
             "exact_windows": sorted(plan.windows), "recomputed": plan.recompute,
         })
-    result = frame.selectExpr(ROW, *[f"{LABEL}.{_q(c)} AS {_q(c)}" for c in entities.columns],
-                              *[f"{internal} AS {_q(out)}" for internal, out in outputs])
+    result = frame.selectExpr(ROW, *[f"{LABEL}.{quote(c)} AS {quote(c)}" for c in entities.columns],
+                              *[f"{internal} AS {quote(out)}" for internal, out in outputs])
     return RetrievalResult(spark_df=result, columns=tuple(entities.columns) + tuple(o for _, o in outputs),
                            meta={"feature_sets": sets, "entity_count": entities.count,
                                  "timestamp_column": entities.timestamp_column})

@@ -23,17 +23,14 @@ from typing import Sequence
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fstore.compiler.dialect import quote
+
 KIND = "__fs_kind"
 CREATED = "__fs_created"
 PAYLOAD = "__fs_payload"
 EVENT_TS = "__fs_event_ts"
 _LATEST = "__fs_latest"
 FEATURE_ROW, LABEL_ROW = 0, 1
-
-
-def _q(name: str) -> str:
-    """A column name quoted for Spark SQL."""
-    return "`" + name.replace("`", "``") + "`"
 
 
 def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> DataFrame:
@@ -46,7 +43,7 @@ def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> 
     row_types = {f.name: f.dataType for f in rows.schema.fields}
     for key in keys:
         if row_types[key] != label_types[key]:
-            rows = rows.withColumn(key, F.col(_q(key)).cast(label_types[key]))
+            rows = rows.withColumn(key, F.col(quote(key)).cast(label_types[key]))
     return rows
 
 
@@ -73,25 +70,25 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     call into the JVM, where building it from ``Column`` objects made one call per
     column, function and alias (about 0.4 s of py4j traffic per retrieval, measured).
     """
-    quoted_keys = [_q(k) for k in keys]
-    rows = rows.where(" AND ".join(f"{c} IS NOT NULL" for c in [_q(event_ts), *quoted_keys]))
+    quoted_keys = [quote(k) for k in keys]
+    rows = rows.where(" AND ".join(f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]))
     rows = align_key_types(labels, rows, keys)
     if broadcast_keys:
         rows = rows.join(F.broadcast(labels.select(*quoted_keys)), on=list(keys), how="left_semi")
-    payload = ", ".join([f"'{EVENT_TS}', {_q(event_ts)}", *(f"'{out}', {_q(src)}" for src, out in features)])
-    created = f"CAST({_q(created_ts)} AS TIMESTAMP)" if created_ts else "CAST(NULL AS TIMESTAMP)"
-    feature_side = rows.selectExpr(*quoted_keys, f"CAST({_q(event_ts)} AS TIMESTAMP) AS {_q(ts)}",
+    payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
+    created = f"CAST({quote(created_ts)} AS TIMESTAMP)" if created_ts else "CAST(NULL AS TIMESTAMP)"
+    feature_side = rows.selectExpr(*quoted_keys, f"CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}",
                                    f"{FEATURE_ROW} AS {KIND}", f"{created} AS {CREATED}",
                                    f"named_struct({payload}) AS {PAYLOAD}")
     # The label rows lack CREATED and PAYLOAD: the union fills them with NULLs of the feature side's types.
     label_side = labels.selectExpr("*", f"{LABEL_ROW} AS {KIND}")
     both = label_side.unionByName(feature_side, allowMissingColumns=True)
     window = (f"PARTITION BY {', '.join(quoted_keys)} "
-              f"ORDER BY {_q(ts)} ASC NULLS FIRST, {KIND} ASC, {CREATED} ASC NULLS FIRST "
+              f"ORDER BY {quote(ts)} ASC NULLS FIRST, {KIND} ASC, {CREATED} ASC NULLS FIRST "
               "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
     joined = both.selectExpr("*", f"last({PAYLOAD}, true) OVER ({window}) AS {_LATEST}").where(f"{KIND} = {LABEL_ROW}")
-    visible = f"{_LATEST} IS NOT NULL AND {_q(ts)} IS NOT NULL"
+    visible = f"{_LATEST} IS NOT NULL AND {quote(ts)} IS NOT NULL"
     if ttl_seconds is not None:
-        visible += f" AND {_LATEST}.{EVENT_TS} >= {_q(ts)} - make_dt_interval(0, 0, 0, {int(ttl_seconds)})"
-    outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{_q(out)} END AS {_q(out)}" for _, out in features]
-    return joined.selectExpr(*[_q(c) for c in labels.columns], *outputs)
+        visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - make_dt_interval(0, 0, 0, {int(ttl_seconds)})"
+    outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{quote(out)} END AS {quote(out)}" for _, out in features]
+    return joined.selectExpr(*[quote(c) for c in labels.columns], *outputs)
