@@ -30,6 +30,7 @@ CREATED = "__fs_created"
 PAYLOAD = "__fs_payload"
 EVENT_TS = "__fs_event_ts"
 _LATEST = "__fs_latest"
+_LAST_LABEL = "__fs_last_label"
 FEATURE_ROW, LABEL_ROW = 0, 1
 
 
@@ -62,9 +63,12 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     is still valid). Label rows with a NULL key or time get NULLs.
     Rows come back unordered; the caller restores its order.
 
-    ``broadcast_keys``: first drop the feature rows of keys no label row has, by a
-    broadcast semi-join (no shuffle) — worth it when the label rows are few
-    enough to broadcast and cover a fraction of the keys.
+    ``broadcast_keys``: first keep only the feature rows some label row can see: of a
+    key some label row has, at or before that key's latest label time. A broadcast
+    join with each key's latest label time does it without shuffling the feature
+    rows; the rows it drops (other keys, and each key's rows after its last label:
+    about half of them for labels spread over the feature rows' span) are never
+    shuffled or sorted. Worth it when the label rows are few enough to broadcast.
 
     The plan is written as SQL text (``selectExpr``/``where`` strings): each is one
     call into the JVM, where building it from ``Column`` objects made one call per
@@ -74,7 +78,9 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     rows = rows.where(" AND ".join(f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]))
     rows = align_key_types(labels, rows, keys)
     if broadcast_keys:
-        rows = rows.join(F.broadcast(labels.select(*quoted_keys)), on=list(keys), how="left_semi")
+        latest_label = labels.groupBy(*quoted_keys).agg(F.max(quote(ts)).alias(_LAST_LABEL))
+        rows = (rows.join(F.broadcast(latest_label), on=list(keys), how="inner")
+                .where(f"{quote(event_ts)} <= {_LAST_LABEL}").drop(_LAST_LABEL))
     payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
     created = f"CAST({quote(created_ts)} AS TIMESTAMP)" if created_ts else "CAST(NULL AS TIMESTAMP)"
     feature_side = rows.selectExpr(*quoted_keys, f"CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}",
