@@ -276,6 +276,15 @@ def part_online(ctx: Context) -> dict:
                     log_path=ctx.work / "feast-serve-2.log", port=FEAST_PORT) as process:
             _wait_http(target, feast_body([1]), process)
             concurrent = _load(target, ctx, concurrent=True)
+        # fstore's access log is off by default and Feast's is on: measure Feast without it too.
+        log("Feast: feast serve -w 2 --no-access-log for 4 clients, 1 entity")
+        with server(feast_side.serve_command(ctx.feast_repo, FEAST_PORT, 2, access_log=False), env=None,
+                    log_path=ctx.work / "feast-serve-2-quiet.log", port=FEAST_PORT) as process:
+            _wait_http(target, feast_body([1]), process)
+            n = 1500 // (5 if ctx.quick else 1)
+            payloads = [httpload.bodies(target, requests=n + 150, batch=1, users=ctx.dataset.sizes.users, seed=1000 + c)
+                        for c in range(4)]
+            out["feast_no_access_log"] = {"batch1": {"concurrent": httpload.concurrent(target, payloads, warmup=150)}}
         out["feast"] = _merge(sequential, concurrent)
         out["feast"]["server"] = ("1 client: feast serve (defaults: 1 worker, access log on); "
                                   "4 clients: feast serve -w 2 (other defaults, incl. --max-requests 1000)")

@@ -95,11 +95,13 @@ def cli_materialize_command(repo: Path, start: datetime, end: datetime) -> list[
     return [*feast_cli(), "-c", str(repo), "materialize", start.isoformat(), end.isoformat(), "--views", FEATURE_VIEW]
 
 
-def serve_command(repo: Path, port: int, workers: int) -> list[str]:
-    """``feast serve`` with its defaults, except the port and (for the concurrent test) the workers."""
+def serve_command(repo: Path, port: int, workers: int, *, access_log: bool = True) -> list[str]:
+    """``feast serve`` with its defaults, except the port, the workers and (when asked) its access log."""
     command = [*feast_cli(), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port)]
     if workers != 1:
         command += ["-w", str(workers)]
+    if not access_log:
+        command.append("--no-access-log")
     return command
 
 

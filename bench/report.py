@@ -108,6 +108,15 @@ def _online_rows(o: dict) -> list[list[str]]:
                      f"{_rate(fc.get('req_per_s'), 'req/s')}, p99 {_ms(fc.get('p99_ms'))}" + (f", {fc['errors']} errors" if fc.get("errors") else ""),
                      f"{_rate(sc.get('req_per_s'), 'req/s')}, p99 {_ms(sc.get('p99_ms'))}" + (f", {sc['errors']} errors" if sc.get("errors") else ""),
                      f"req/s {ratio(sc.get('req_per_s'), fc.get('req_per_s'))}, p99 {ratio(sc.get('p99_ms'), fc.get('p99_ms'))}"])
+        quiet = (((o.get("feast_no_access_log") or {}).get(key) or {}).get("concurrent")) or {}
+        if quiet:
+            rows.append([f"HTTP online, 4 clients, {label}, both access logs off (`feast serve --no-access-log`): "
+                         "req/s, p99",
+                         f"{_rate(quiet.get('req_per_s'), 'req/s')}, p99 {_ms(quiet.get('p99_ms'))}"
+                         + (f", {quiet['errors']} errors" if quiet.get("errors") else ""),
+                         f"{_rate(sc.get('req_per_s'), 'req/s')}, p99 {_ms(sc.get('p99_ms'))}",
+                         f"req/s {ratio(sc.get('req_per_s'), quiet.get('req_per_s'))}, "
+                         f"p99 {ratio(sc.get('p99_ms'), quiet.get('p99_ms'))}"])
     return rows
 
 
@@ -135,8 +144,9 @@ HOW_MEASURED = [
     "Online: Python `http.client` keep-alive clients, one process per client, bodies built before timing, the same "
     "user ids for both systems; warm-up requests untimed. Feast: `feast serve` defaults (1 worker) for one client, "
     "`feast serve -w 2` for 4 clients (its default `--max-requests 1000` recycles workers: the errors column counts "
-    "the dropped connections); fstore: `gunicorn server:app -c conf/gunicorn.conf.py -w 2`. Both keep their default "
-    "access logs on.",
+    "the dropped connections); fstore: `gunicorn server:app -c conf/gunicorn.conf.py -w 2`. Each keeps its default: "
+    "Feast's access log is on, fstore's is off (`GUNICORN_ACCESS_LOG=-` turns it on); Feast is also measured with "
+    "`--no-access-log` for 4 clients.",
     "Historical: `get_historical_features(...).to_df()` into pandas for both; Feast's file (dask) offline store reads "
     "the source Parquet, fstore reads its Delta table on a local[2] Spark session. Best of N after a first call; the "
     "cold figure is the first call in a fresh process (for fstore, after the Spark session start shown).",

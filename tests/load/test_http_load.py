@@ -56,7 +56,7 @@ def server(tmp_path, redis_url):
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "server:app", "-c", "conf/gunicorn.conf.py", "-w", "2",
          "-b", f"127.0.0.1:{port}"],
-        cwd=REPO, env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_ACCESS_LOG": ""},
+        cwd=REPO, env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)},
         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
