@@ -222,3 +222,34 @@ def test_the_value_cache_stays_bounded(tmp_path, redis_url, monkeypatch):
     # the newest keys survived eviction and still answer from the cache
     assert store.get_online_features(features=["clicks"], entities={"user_id": 19})["metadata"]["cache_hit"] is True
     store.close()
+
+
+def test_float_sets_decode_in_one_parse_with_missing_expired_and_null_rows_in_place(store):
+    """An all-float group's values are parsed at once; skipped rows must not shift the values of later rows."""
+    from datetime import timedelta
+
+    from fstore.serving import get_online_features
+
+    store.create_feature_set({"name": "float_stats", "entities": ["user"], "ttl": "60s", "features": [
+        {"name": "a", "data_type": "float", "transformation": "a"},
+        {"name": "b", "data_type": "float", "transformation": "b", "default_value": 7.5},
+    ]})
+    store.online.write_rows(store.feature_set_version("float_stats"), [
+        {"user_id": 1, "event_timestamp": T0, "a": 0.1, "b": -0.0},
+        {"user_id": 2, "event_timestamp": T0 - timedelta(seconds=120), "a": 2.0, "b": 2.0},  # expired at NOW
+        {"user_id": 4, "event_timestamp": T0, "a": None, "b": 4.0},  # a stored null
+        {"user_id": 5, "event_timestamp": T0, "a": 1e-5, "b": 1e300},
+    ])
+    out = get_online_features(store, features=["a", "b"], feature_sets=["float_stats"],
+                              entities={"user_id": [1, 2, 3, 5, 1]}, now_micros=NOW)
+    assert out["features"] == {"1": {"a": 0.1, "b": -0.0}, "2": {"a": None, "b": 7.5}, "3": {"a": None, "b": 7.5},
+                               "5": {"a": 1e-5, "b": 1e300}}
+    assert str(out["features"]["1"]["b"]) == "-0.0"
+    assert out["statuses"]["2"] == {"a": "expired", "b": "expired"}
+    assert out["statuses"]["3"] == {"a": "missing", "b": "missing"}
+    assert out["statuses"]["5"] == {"a": "present", "b": "present"}
+    with_null = get_online_features(store, features=["b", "a"], feature_sets=["float_stats"],
+                                    entities={"user_id": [5, 4, 1]}, now_micros=NOW)
+    assert with_null["features"] == {"5": {"b": 1e300, "a": 1e-5}, "4": {"b": 4.0, "a": None},
+                                     "1": {"b": -0.0, "a": 0.1}}
+    assert with_null["statuses"]["4"] == {"b": "present", "a": "present"}  # a stored null is present, as null
