@@ -388,10 +388,16 @@ def _read_files(spark, table, paths: list[str]):
 
 def read_table(spark, settings: Settings, name: str, *, as_of: int | str | datetime | None = None):
     """The offline table of ``name`` (as of a version, or the version current at a time) as a Spark DataFrame."""
+    return read_table_version(spark, settings, name, as_of=as_of)[0]
+
+
+def read_table_version(spark, settings: Settings, name: str, *,
+                       as_of: int | str | datetime | None = None) -> tuple[Any, int | None]:
+    """``read_table`` and the Delta version it read (None for Parquet), from one open of the Delta log."""
     if settings.storage_format == "parquet":
         if as_of is not None:
             raise InvalidDefinition("as_of needs STORAGE_FORMAT=delta; Parquet tables keep no versions", field="as_of")
-        return _read_parquet(spark, settings, name)
+        return _read_parquet(spark, settings, name), None
     version = as_of
     if isinstance(as_of, str) and not (as_of.strip().isascii() and as_of.strip().isdigit()):
         version = to_utc_naive(as_of)
@@ -414,7 +420,7 @@ def read_table(spark, settings: Settings, name: str, *, as_of: int | str | datet
         if len(_VERSION_FRAMES) >= _VERSION_FRAMES_MAX:
             _VERSION_FRAMES.pop(next(iter(_VERSION_FRAMES)))
         _VERSION_FRAMES[key] = cached
-    return cached
+    return cached, table.version()
 
 
 _VERSION_FRAMES: dict[tuple[int, str, str, int], Any] = {}

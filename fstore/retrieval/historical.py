@@ -206,12 +206,8 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     from fstore import offline
     from fstore.engine.spark import ts_literal
 
-    version = as_of if isinstance(as_of, int) else None
-    if as_of is None:
-        version = offline.current_version(store.settings, fsv.name)
     try:
-        rows = offline.read_table(store.spark, store.settings, fsv.name,
-                                  as_of=version if version is not None else as_of)
+        rows, version = offline.read_table_version(store.spark, store.settings, fsv.name, as_of=as_of)
     except NotFound as exc:
         raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from "
                        f"(materialize it first{'; or the as_of is before its first version' if as_of is not None else ''}): "
