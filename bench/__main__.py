@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -129,6 +130,8 @@ def part_materialize(ctx: Context) -> dict:
     bench_out = subprocess.run(["redis-benchmark", "-q", "-P", "16", "-t", "hset", "-n", "1000000", "-p", "6379",
                                 "--dbnum", str(FEAST_DB)], capture_output=True, text=True, timeout=300)
     out["redis_hset"] = bench_out.stdout.strip().splitlines()[-1].split("\r")[-1].strip() if bench_out.stdout else None
+    rate = re.search(r"HSET: ([0-9.]+) requests per second", out["redis_hset"] or "")
+    out["redis_hset_per_s"] = float(rate.group(1)) if rate else None
     flush(FEAST_DB)
     if ctx.feast:
         f: dict = {}
@@ -159,6 +162,10 @@ def part_materialize(ctx: Context) -> dict:
     s.update(session_seconds=result["session_seconds"], cold_seconds=cold["seconds"], warm_seconds=warm["seconds"],
              cold_stages=cold["stages"], warm_stages=warm["stages"], runs=result["runs"], inprocess_process_wall=wall,
              cold_rows_per_s=rows / cold["seconds"], warm_rows_per_s=rows / warm["seconds"])
+    if warm.get("online_rows") and (warm.get("stages") or {}).get("online"):
+        # Each key is one hash: the features plus the event time field.
+        s["online_load"] = {"keys": warm["online_rows"], "fields_per_key": len(fstore_side.FEATURES) + 1,
+                            "seconds": warm["stages"]["online"]}
     flush(FSTORE_DB)
     log("fstore: python jobs/materialize.py (CLI)")
     job, wall = run_json(fstore_side.job_command(ctx.dataset.start, ctx.dataset.end),

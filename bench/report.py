@@ -90,6 +90,15 @@ def _materialize_rows(m: dict) -> list[list[str]]:
         rows.append(["fstore stages (warm run)", "–", stages, "–"])
     if m.get("redis_hset"):
         rows.append(["reference: `redis-benchmark -q -P 16 -t hset -n 1000000`", "–", m["redis_hset"], "–"])
+    load, hset = s.get("online_load"), m.get("redis_hset_per_s")
+    if load and load.get("seconds"):
+        keys_per_s = load["keys"] / load["seconds"]
+        fields_per_s = keys_per_s * load["fields_per_key"]
+        rows.append([f"fstore online load (warm online stage, Spark's latest-per-key aggregation included): "
+                     f"{load['keys']:,} keys × {load['fields_per_key']} fields",
+                     "–", f"{load['seconds']:.2f} s: {_rate(keys_per_s, 'keys/s')}, {_rate(fields_per_s, 'fields/s')}",
+                     (f"redis-benchmark's single-field HSET/s ÷ fstore's fields/s: {hset / fields_per_s:.2f}×; "
+                      f"÷ keys/s: {hset / keys_per_s:.1f}×") if hset else "–"])
     return rows
 
 

@@ -111,6 +111,22 @@ def current_version(settings: Settings, name: str) -> int | None:
     return None if table is None else table.version()
 
 
+def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: list[int],
+           dry_run: bool) -> list[str]:
+    """Delta VACUUM of ``name``'s table: files removed over ``retain_hours`` ago (or named by no version and
+    that old), except the files of ``keep_versions``; returns their paths. The caller holds the set's lock
+    (``fstore.vacuum``)."""
+    table = _delta_table(settings, name)
+    if table is None:
+        raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at {table_uri(settings, name)})")
+    current = table.version()
+    keep = sorted({v for v in keep_versions if 0 <= v <= current})
+    # full: also files no version names (a run killed between writing its files and committing them),
+    # once they are older than the retention; enforce_retention_duration off: the caller chose the hours.
+    return list(table.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=False,
+                             full=True, keep_versions=keep or None))
+
+
 def _delta_classes_available(spark) -> bool:
     try:
         spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")

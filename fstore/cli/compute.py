@@ -102,6 +102,21 @@ def runs_show(cli: CliState, run_id: str) -> None:
 
 
 @main.command()
+@click.argument("name")
+@click.option("--retain-hours", type=int, default=168, show_default=True,
+              help="Keep files removed less than this many hours ago (time travel within it keeps working).")
+@click.option("--dry-run", is_flag=True, help="Only list the files that would be deleted.")
+@json_option
+@pass_cli
+def vacuum(cli: CliState, name: str, retain_hours: int, dry_run: bool) -> None:
+    """Delete offline files no version worth keeping reads (training sets' versions are kept)."""
+    result = cli.store.vacuum_offline(name, retain_hours=retain_hours, dry_run=dry_run, actor=cli.actor)
+    emit(cli, result, lambda r: (f"{'would delete' if r['dry_run'] else 'deleted'} {r['files']} file(s) of "
+                                 f"{r['feature_set']} (retention {r['retain_hours']} h; versions kept for training "
+                                 f"sets: {', '.join(map(str, r['kept_versions'])) or 'none'})"))
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="Run what is due now, then exit (for cron or Airflow).")
 @click.option("--poll", default=30.0, show_default=True, help="Seconds between passes.")
 @json_option

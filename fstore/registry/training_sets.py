@@ -83,6 +83,16 @@ def list_training_sets(s: Session, *, limit: int = 50, offset: int = 0) -> dict[
     return {"items": [training_set_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
 
+def pinned_versions(s: Session, feature_set: str) -> list[int]:
+    """The offline versions of ``feature_set`` that saved training sets read (a vacuum keeps their files)."""
+    versions = set()
+    for spec in s.scalars(select(TrainingSetRow.spec)):
+        version = (spec or {}).get("offline_versions", {}).get(feature_set)
+        if isinstance(version, int) and not isinstance(version, bool):
+            versions.add(version)
+    return sorted(versions)
+
+
 def finish_training_set(s: Session, name: str, spec: dict[str, Any], *, entity_count: int,
                         output_path: str) -> dict[str, Any]:
     """Fill in a reserved training set once its files are written."""

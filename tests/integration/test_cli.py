@@ -126,6 +126,8 @@ def test_delete_commands(cli, defs):
     (("backfill", "profile", "--start", "2026-01-01", "--end", "2026-01-02", "--chunk", "often"), 2,
      "error: chunk 'often' is not a duration"),
     (("get-online-features", "--features", "balance", "--entity", "user_id"), 2, "error: --entity 'user_id' must be"),
+    (("vacuum", "profile"), 3, "error: feature set profile has no offline table yet"),
+    (("vacuum", "profile", "--retain-hours", "-1"), 2, "error: retain_hours must be a whole number of hours >= 0"),
     (("get-historical-features", "--entities", "/no/such.csv", "--features", "balance", "--output", "/tmp/x.csv"), 3,
      "error: entities file /no/such.csv does not exist"),
 ])
@@ -182,6 +184,7 @@ def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp
     done = run("materialize", "user_profile", "--start", "2025-12-01", "--end", END.isoformat()).stdout
     assert "succeeded" in done and "rows_written" in done
     assert "user_profile" in run("runs", "list", "user_profile").stdout
+    assert "would delete 0 file(s) of user_profile (retention 168 h" in run("vacuum", "user_profile", "--dry-run").stdout
     online = run("get-online-features", "--features", "user_profile:account_balance,user_segment",
                  "--entity", "user_id=1", "--entity", "user_id=12345").stdout.splitlines()
     assert online[0].split() == ["ENTITY", "USER_PROFILE:ACCOUNT_BALANCE", "USER_SEGMENT"]

@@ -77,3 +77,55 @@ def test_names_are_checked_before_any_work(store):
         store.get_training_set("missing")
     with pytest.raises(NotFound):
         store.recreate_training_set("missing")
+
+
+def _data_files(root) -> set:
+    from pathlib import Path
+
+    return {p for p in Path(root).rglob("*.parquet") if "_delta_log" not in p.parts and "_staging" not in p.parts}
+
+
+def test_vacuum_keeps_what_training_sets_and_the_current_version_read_and_deletes_the_rest(store):
+    from pathlib import Path
+
+    from deltalake import DeltaTable
+
+    from fstore import offline
+    from fstore.errors import Conflict
+    from fstore.materialize import lock_name
+    from fstore.registry import runs
+
+    original = store.get_historical_features(entity_df=labels(), features=["user_txn:amount_x2"],
+                                             save_as="pinned").to_df()
+    pinned = store.get_training_set("pinned")["offline_versions"]["user_txn"]
+    fill_offline(store, "user_txn")  # a new version replacing every file of the pinned one
+    unpinned = offline.current_version(store.settings, "user_txn")
+    fill_offline(store, "user_txn")  # and again: the files of `unpinned` are now read by no one
+    root = offline.table_uri(store.settings, "user_txn")
+    before = _data_files(root)
+
+    dry = store.vacuum_offline("user_txn", retain_hours=0, dry_run=True)
+    assert dry["files"] > 0 and dry["dry_run"] is True and _data_files(root) == before
+    done = store.vacuum_offline("user_txn", retain_hours=0, actor="ops")
+    assert done["files"] == dry["files"] and done["kept_versions"] == [pinned]
+    assert len(_data_files(root)) == len(before) - done["files"]
+
+    assert all(Path(f).exists() for f in DeltaTable(root).file_uris())  # the current version is whole
+    assert all(Path(f).exists() for f in DeltaTable(root, version=pinned).file_uris())
+    assert not all(Path(f).exists() for f in DeltaTable(root, version=unpinned).file_uris())
+    pd.testing.assert_frame_equal(store.recreate_training_set("pinned").to_df(), original)
+    # Within the default retention nothing just removed is touched.
+    assert store.vacuum_offline("user_txn")["files"] == 0
+
+    with store.transaction() as s:
+        lock = lock_name(runs.feature_set_row(s, "user_txn").id)
+    assert runs.try_acquire_lock(store.engine, lock, "a-running-run", 60) is None
+    try:
+        with pytest.raises(Conflict, match="being materialized"):
+            store.vacuum_offline("user_txn", retain_hours=0)
+    finally:
+        runs.release_lock(store.engine, lock, "a-running-run")
+    with pytest.raises(NotFound):
+        store.vacuum_offline("no_such_set")
+    with pytest.raises(InvalidDefinition, match="retain_hours"):
+        store.vacuum_offline("user_txn", retain_hours=-1)
