@@ -1,7 +1,8 @@
 """Computation endpoints: the compiled SQL of a feature set, materialization runs and their status.
 
 ``POST …/materialize`` starts a run in the background and answers 202 with the
-run at once; clients poll ``GET /api/v1/runs/{run_id}``.
+run at once; clients poll ``GET /api/v1/runs/{run_id}``. ``POST …/vacuum`` deletes
+offline files old versions no longer need (admin scope: it deletes data).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from fstore.api.common import actor, get_store
 from fstore.api.errors import ErrorBody
-from fstore.api.schemas import MaterializeBody, Page, RefPath, RunIdPath, RunPath, VersionQuery
+from fstore.api.schemas import MaterializeBody, Page, RefPath, RunIdPath, RunPath, VacuumBody, VersionQuery
 from fstore.errors import NotFound
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
@@ -31,6 +32,13 @@ def materialize(path: RefPath, body: MaterializeBody):
     run = get_store().start_materialization(path.id_or_name, start, end, actor=actor())
     headers = {"Location": f"/api/v1/runs/{run['id']}"} if isinstance(run, dict) and "id" in run else {}
     return run, 202, headers
+
+
+@bp.post("/feature-sets/<id_or_name>/vacuum", tags=[_runs])
+def vacuum(path: RefPath, body: VacuumBody):
+    """Delete offline files that no version worth keeping reads (``fstore.vacuum``); needs the admin scope."""
+    return get_store().vacuum_offline(path.id_or_name, retain_hours=body.retain_hours, dry_run=body.dry_run,
+                                      actor=actor())
 
 
 @bp.get("/feature-sets/<id_or_name>/runs", tags=[_runs])

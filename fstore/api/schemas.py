@@ -212,6 +212,14 @@ def parse_instant(value: Any, field: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+class VacuumBody(BaseModel):
+    """What an offline vacuum keeps: files removed less than ``retain_hours`` ago (and training sets' versions)."""
+
+    model_config = _CLOSED_BODY
+    retain_hours: int = Field(168, ge=0, le=1_000_000, description="keep files removed less than this many hours ago")
+    dry_run: bool = Field(False, description="only list the files that would be deleted")
+
+
 class MaterializeBody(BaseModel):
     """The range to compute, ``[start_date, end_date)``; ``start``/``end`` are accepted too."""
 

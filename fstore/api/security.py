@@ -45,6 +45,7 @@ SCOPE_RULES: tuple[tuple[frozenset[str] | None, re.Pattern, str | None], ...] = 
     (frozenset(m.split()) if m else None, re.compile(p), s) for m, p, s in (
         ("", r"^/api/v1/(keys|audit)(/|$)", "admin"),
         ("", r"^/monitoring/usage$", "admin"),
+        ("", r"^/api/v1/feature-sets/[^/]+/vacuum$", "admin"),  # it deletes offline data for good
         ("", r"^/monitoring/", "read_registry"),
         ("POST", r"^/api/v1/serving/online$", "serve_online"),
         ("", r"^/api/v1/serving/", "serve_historical"),

@@ -123,6 +123,10 @@ def test_materialize_then_serve_online_historical_and_batch(client, tmp_path):
                                                    "output_path": "/tmp/out", "output_format": "xlsx"}, (422,), None),
     ("materialize_unknown_set", "/api/v1/feature-sets/nope/materialize",
      {"start_date": "2024-01-01", "end_date": "2024-01-02"}, (404,), None),
+    ("vacuum_unknown_set", "/api/v1/feature-sets/nope/vacuum", {"dry_run": True}, (404,), None),
+    ("vacuum_nothing_materialized", "/api/v1/feature-sets/user_activity/vacuum", {}, (404,), None),
+    ("vacuum_negative_hours", "/api/v1/feature-sets/user_activity/vacuum", {"retain_hours": -1}, (422,), "retain_hours"),
+    ("vacuum_unknown_field", "/api/v1/feature-sets/user_activity/vacuum", {"retain": 1}, (422,), None),
 ])
 def test_serving_bad_input(client, case, url, body, status, field):
     response = client.post(url, json=body)

@@ -27,6 +27,7 @@ ENDPOINTS = [
     ("GET", "/api/v1/keys", None, "admin"),
     ("POST", "/api/v1/keys", {"owner": "someone", "scopes": ["read_registry"]}, "admin"),
     ("GET", "/api/v1/audit", None, "admin"),
+    ("POST", "/api/v1/feature-sets/payments/vacuum", {"dry_run": True}, "admin"),
     ("GET", "/monitoring/metrics", None, "read_registry"),
     ("GET", "/monitoring/data-freshness", None, "read_registry"),
     ("GET", "/monitoring/usage", None, "admin"),
