@@ -114,17 +114,31 @@ def current_version(settings: Settings, name: str) -> int | None:
 def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: list[int],
            dry_run: bool) -> list[str]:
     """Delta VACUUM of ``name``'s table: files removed over ``retain_hours`` ago (or named by no version and
-    that old), except the files of ``keep_versions``; returns their paths. The caller holds the set's lock
-    (``fstore.vacuum``)."""
+    that old), except the files of ``keep_versions``; and the ``_staging`` folders of runs that died before
+    their commit. Returns the paths deleted (or, with ``dry_run``, that would be). The caller holds the
+    set's lock (``fstore.vacuum``), so no run is writing and every staging folder is a dead run's."""
     table = _delta_table(settings, name)
     if table is None:
         raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at {table_uri(settings, name)})")
     current = table.version()
     keep = sorted({v for v in keep_versions if 0 <= v <= current})
-    # full: also files no version names (a run killed between writing its files and committing them),
+    # full: also files no version names (a run killed between moving its files and committing them),
     # once they are older than the retention; enforce_retention_duration off: the caller chose the hours.
-    return list(table.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=False,
-                             full=True, keep_versions=keep or None))
+    deleted = list(table.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=False,
+                                full=True, keep_versions=keep or None))
+    # Delta's VACUUM skips folders starting with "_", where stage_delta_files lets Spark write.
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, to_path = _filesystem(settings)
+    staging = f"{to_path(table_uri(settings, name))}/_staging"
+    if fs.get_file_info(staging).type == FileType.Directory:
+        for info in fs.get_file_info(FileSelector(staging, recursive=False)):
+            if info.type != FileType.Directory:
+                continue
+            deleted += [f.path for f in fs.get_file_info(FileSelector(info.path, recursive=True)) if f.is_file]
+            if not dry_run:
+                fs.delete_dir(info.path)
+    return deleted
 
 
 def _delta_classes_available(spark) -> bool:

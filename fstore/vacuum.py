@@ -11,7 +11,8 @@ never deleted, and a set re-materialized daily grows without bound.
   version pinned by a saved training set still reads (``keep_versions``), so
   ``fstore training-sets recreate`` keeps working;
 * files in the table folder that no version names (left by a run killed between
-  writing its files and committing them) and that are older than ``retain_hours``.
+  moving its files and committing them) and that are older than ``retain_hours``;
+* the ``_staging`` folders of runs killed before they moved their files.
 
 It holds the feature set's materialization lock while it runs, so it never races a
 run that has written files it has not committed yet; with a run in progress it is

@@ -104,11 +104,16 @@ def test_vacuum_keeps_what_training_sets_and_the_current_version_read_and_delete
     root = offline.table_uri(store.settings, "user_txn")
     before = _data_files(root)
 
+    dead_run = Path(root) / "_staging" / "20260101T000000-deadbeef0000" / "event_date=2024-01-05"
+    dead_run.mkdir(parents=True)
+    (dead_run / "part-00000.parquet").write_bytes(b"written by a run killed before its commit")
+
     dry = store.vacuum_offline("user_txn", retain_hours=0, dry_run=True)
-    assert dry["files"] > 0 and dry["dry_run"] is True and _data_files(root) == before
+    assert dry["files"] > 1 and dry["dry_run"] is True and _data_files(root) == before and dead_run.exists()
     done = store.vacuum_offline("user_txn", retain_hours=0, actor="ops")
     assert done["files"] == dry["files"] and done["kept_versions"] == [pinned]
-    assert len(_data_files(root)) == len(before) - done["files"]
+    assert len(_data_files(root)) == len(before) - (done["files"] - 1)
+    assert not (Path(root) / "_staging" / "20260101T000000-deadbeef0000").exists()
 
     assert all(Path(f).exists() for f in DeltaTable(root).file_uris())  # the current version is whole
     assert all(Path(f).exists() for f in DeltaTable(root, version=pinned).file_uris())
