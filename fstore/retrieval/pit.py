@@ -80,7 +80,7 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     if broadcast_keys:
         latest_label = labels.groupBy(*quoted_keys).agg(F.max(quote(ts)).alias(_LAST_LABEL))
         rows = (rows.join(F.broadcast(latest_label), on=list(keys), how="inner")
-                .where(f"{quote(event_ts)} <= {_LAST_LABEL}").drop(_LAST_LABEL))
+                .where(f"CAST({quote(event_ts)} AS TIMESTAMP) <= {_LAST_LABEL}").drop(_LAST_LABEL))
     payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
     created = f"CAST({quote(created_ts)} AS TIMESTAMP)" if created_ts else "CAST(NULL AS TIMESTAMP)"
     feature_side = rows.selectExpr(*quoted_keys, f"CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}",
