@@ -268,6 +268,12 @@ def _load_version(s, fs_id: int, version: int | None) -> "FeatureSetVersion":
     return load_feature_set_version(s, fs_id, version=version)
 
 
+def take_set_lock(store: "FeatureStore", fs_id: int, set_name: str, owner: str, ttl: float = LOCK_TTL_SECONDS) -> None:
+    """Take a feature set's lock for work other than a run (a vacuum): ``Conflict`` naming the holder
+    while a run holds it; a dead holder's run is marked failed, as a new run would do."""
+    _clean_up_after(store, _take_lock(store, fs_id, set_name, owner, ttl), fs_id)
+
+
 def _take_lock(store: "FeatureStore", fs_id: int, set_name: str, run_id: str, ttl: float) -> dict | None:
     """Take the set's lock for ``run_id`` or raise ``Conflict`` naming the running run and since when."""
     holder = runs.try_acquire_lock(store.engine, lock_name(fs_id), run_id, ttl)

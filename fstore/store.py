@@ -252,12 +252,13 @@ class FeatureStore:
 
         return backfill(self, ref, start, end, chunk_seconds=chunk_seconds, actor=actor, progress=progress)
 
-    def vacuum_offline(self, ref: str | int, *, retain_hours: int = 168, dry_run: bool = False,
+    def vacuum_offline(self, ref: str | int, *, retain_hours: int | None = None, dry_run: bool = False,
                        actor: str = "") -> dict:
         """Delete offline files older versions no longer need (training sets' versions kept); see ``fstore.vacuum``."""
-        from fstore.vacuum import vacuum_offline
+        from fstore.vacuum import DEFAULT_RETAIN_HOURS, vacuum_offline
 
-        return vacuum_offline(self, ref, retain_hours=retain_hours, dry_run=dry_run, actor=actor)
+        return vacuum_offline(self, ref, retain_hours=DEFAULT_RETAIN_HOURS if retain_hours is None else retain_hours,
+                              dry_run=dry_run, actor=actor)
 
     def get_run(self, run_id: str) -> dict:
         from fstore.registry import runs

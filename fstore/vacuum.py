@@ -25,21 +25,20 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fstore.errors import Conflict, InvalidDefinition
+from fstore.errors import InvalidDefinition
 from fstore.registry import runs
 
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
 
 DEFAULT_RETAIN_HOURS = 168
-_LOCK_TTL_SECONDS = 120.0
 
 
 def vacuum_offline(store: "FeatureStore", ref: str | int, *, retain_hours: int = DEFAULT_RETAIN_HOURS,
                    dry_run: bool = False, actor: str = "") -> dict[str, Any]:
     """Delete (or with ``dry_run`` only list) the set's unneeded offline files; returns what was done."""
     from fstore import audit, offline
-    from fstore.materialize import lock_name
+    from fstore.materialize import LOCK_TTL_SECONDS, lock_name, take_set_lock
     from fstore.registry.training_sets import pinned_versions
 
     if isinstance(retain_hours, bool) or not isinstance(retain_hours, int) or retain_hours < 0:
@@ -53,12 +52,9 @@ def vacuum_offline(store: "FeatureStore", ref: str | int, *, retain_hours: int =
         raise InvalidDefinition(f"vacuum applies to Delta offline stores; {name} is stored as plain Parquet "
                                 "(STORAGE_FORMAT=parquet), which keeps no old versions", field="storage_format")
     lock, owner = lock_name(fs_id), f"vacuum:{uuid.uuid4()}"
-    holder = runs.try_acquire_lock(store.engine, lock, owner, _LOCK_TTL_SECONDS)
-    if holder is not None and not holder.get("taken_over"):
-        raise Conflict(f"feature set {name} is being materialized (lock held by {holder['owner']} since "
-                       f"{runs.iso(holder['acquired_at'])}); vacuum it when that finishes")
+    take_set_lock(store, fs_id, name, owner)
     try:
-        with runs.keep_lease(store.engine, lock, owner, _LOCK_TTL_SECONDS):
+        with runs.keep_lease(store.engine, lock, owner, LOCK_TTL_SECONDS):
             files = offline.vacuum(store.settings, name, retain_hours=retain_hours, keep_versions=keep,
                                    dry_run=dry_run)
     finally:

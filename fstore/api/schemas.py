@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fstore.errors import InvalidDefinition
 from fstore.registry.repo import MAX_LIMIT
+from fstore.vacuum import DEFAULT_RETAIN_HOURS
 
 _BODY = ConfigDict(strict=True, extra="allow")
 _CLOSED_BODY = ConfigDict(strict=True, extra="forbid")
@@ -216,7 +217,7 @@ class VacuumBody(BaseModel):
     """What an offline vacuum keeps: files removed less than ``retain_hours`` ago (and training sets' versions)."""
 
     model_config = _CLOSED_BODY
-    retain_hours: int = Field(168, ge=0, le=1_000_000, description="keep files removed less than this many hours ago")
+    retain_hours: int = Field(DEFAULT_RETAIN_HOURS, ge=0, le=1_000_000, description="keep files removed less than this many hours ago")
     dry_run: bool = Field(False, description="only list the files that would be deleted")
 
 

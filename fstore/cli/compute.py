@@ -103,12 +103,12 @@ def runs_show(cli: CliState, run_id: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--retain-hours", type=int, default=168, show_default=True,
+@click.option("--retain-hours", type=int, default=None, show_default="168",
               help="Keep files removed less than this many hours ago (time travel within it keeps working).")
 @click.option("--dry-run", is_flag=True, help="Only list the files that would be deleted.")
 @json_option
 @pass_cli
-def vacuum(cli: CliState, name: str, retain_hours: int, dry_run: bool) -> None:
+def vacuum(cli: CliState, name: str, retain_hours: int | None, dry_run: bool) -> None:
     """Delete offline files no version worth keeping reads (training sets' versions are kept)."""
     result = cli.store.vacuum_offline(name, retain_hours=retain_hours, dry_run=dry_run, actor=cli.actor)
     emit(cli, result, lambda r: (f"{'would delete' if r['dry_run'] else 'deleted'} {r['files']} file(s) of "
