@@ -15,6 +15,7 @@ setup(
         "delta-spark==4.0.0",      # Delta's Python API when its jars are on Spark's class path
         "deltalake==1.6.6",        # delta-rs: commits Spark-written Parquet to a Delta log without Maven
         "pyarrow==21.0.0",
+        "duckdb==2.0.1",           # the embedded engine (COMPUTE_ENGINE=duckdb): one process, no JVM
         "pandas==2.3.3",
         "numpy>=1.26,<2.4",
         "boto3>=1.34",             # S3 / MinIO storage
