@@ -78,6 +78,7 @@ class Settings:
     spark_master: str = "local[*]"
     spark_remote: str = ""
     max_compute_threads: int = 0
+    compute_engine: str = "spark"  # COMPUTE_ENGINE: spark (local or cluster) or duckdb (embedded, one process)
     serving_cache_enabled: bool = False
     serving_cache_ttl: float = 5.0
     max_entities_per_request: int = 1000
@@ -131,6 +132,7 @@ class Settings:
             spark_master=env.get("SPARK_MASTER", "").strip() or "local[*]",
             spark_remote=env.get("SPARK_REMOTE", "").strip(),
             max_compute_threads=_int(env, "MAX_COMPUTE_THREADS", 0, maximum=1024),
+            compute_engine=_choice(env, "COMPUTE_ENGINE", "spark", ("spark", "duckdb")),
             serving_cache_enabled=_bool(env, "SERVING_CACHE_ENABLED", False),
             serving_cache_ttl=_float(env, "SERVING_CACHE_TTL", 5.0),
             max_entities_per_request=_int(env, "MAX_ENTITIES_PER_REQUEST", 1000, minimum=1),

@@ -24,6 +24,7 @@ from datetime import date, datetime
 from typing import Any
 
 from fstore.compiler import spark_type
+from fstore.compiler.dialect import quote
 from fstore.definitions import Feature, FeatureSetVersion
 from fstore.errors import ComputeError
 
@@ -40,65 +41,83 @@ class Validated:
     rows_checked: int = 0
 
 
-def _rules(feature: Feature) -> list[tuple[str, Any]]:
-    """(rule name, violation Column) for each rule a feature has; a violation is never null."""
-    from pyspark.sql import functions as F
+def _literal(value: Any) -> str:
+    """A Spark SQL literal (strings escaped for Spark's backslash-processing parser)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return f"CAST('{value}' AS DOUBLE)"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return f"array({', '.join(_literal(v) for v in value)})"
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
 
-    v = F.col(f"`{feature.name}`")
+
+def _rules(feature: Feature) -> list[tuple[str, str]]:
+    """(rule name, Spark SQL violation condition) for each rule a feature has; a violation is never null."""
+    v = quote(feature.name)
     rules = feature.validation
     out = []
     if rules.not_null:
-        out.append(("not_null", v.isNull()))
+        out.append(("not_null", f"{v} IS NULL"))
     if rules.min_value is not None:
-        out.append((f"min_value {rules.min_value}", F.coalesce(v < F.lit(rules.min_value), F.lit(False))))
+        out.append((f"min_value {rules.min_value}", f"coalesce({v} < {_literal(rules.min_value)}, FALSE)"))
     if rules.max_value is not None:
-        out.append((f"max_value {rules.max_value}", F.coalesce(v > F.lit(rules.max_value), F.lit(False))))
+        out.append((f"max_value {rules.max_value}", f"coalesce({v} > {_literal(rules.max_value)}, FALSE)"))
     if rules.allowed_values is not None:
-        allowed = [F.lit(x) for x in rules.allowed_values]
-        out.append(("allowed_values", F.coalesce(~v.isin(*allowed), F.lit(False)) if allowed else v.isNotNull()))
+        allowed = ", ".join(_literal(x) for x in rules.allowed_values)
+        out.append(("allowed_values", f"coalesce(NOT {v} IN ({allowed}), FALSE)" if allowed else f"{v} IS NOT NULL"))
     if rules.regex is not None:
-        pattern = f"^(?:{rules.regex})$"
-        out.append((f"regex {rules.regex!r}", F.coalesce(~v.cast("string").rlike(pattern), F.lit(False))))
+        pattern = _literal(f"^(?:{rules.regex})$")
+        out.append((f"regex {rules.regex!r}", f"coalesce(NOT CAST({v} AS STRING) RLIKE {pattern}, FALSE)"))
     return out
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat() + ("Z" if value.tzinfo is None else "")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, float) and value != value:  # NaN
-        return None
-    return value
+def _any(conditions: list[str]) -> str:
+    return " OR ".join(f"({c})" for c in conditions) if conditions else "FALSE"
 
 
-def validate(df, fsv: FeatureSetVersion) -> Validated:
-    """Check every feature's rules on ``df`` (the compiled output), apply the policies, report quality."""
-    from pyspark.sql import functions as F
-
-    checked = [(f, _rules(f)) for f in fsv.features if f.name in df.columns]
-    aggs = [F.count(F.lit(1)).alias("__rows")]
+def _plan(columns: list[str], fsv: FeatureSetVersion):
+    """What one validation needs, as Spark SQL: the checked features, the one-pass aggregates, the drop condition."""
+    checked = [(f, _rules(f)) for f in fsv.features if f.name in columns]
+    aggs = ["count(1) AS `__rows`"]
     for i, (f, rules) in enumerate(checked):
-        v = F.col(f"`{f.name}`")
-        aggs.append(F.sum(F.when(v.isNull(), 1).otherwise(0)).alias(f"__n{i}"))
-        any_violation = F.lit(False)
+        v = quote(f.name)
+        aggs.append(f"sum(CASE WHEN {v} IS NULL THEN 1 ELSE 0 END) AS `__n{i}`")
         for j, (_, cond) in enumerate(rules):
-            aggs.append(F.sum(F.when(cond, 1).otherwise(0)).alias(f"__r{i}_{j}"))
-            any_violation = any_violation | cond
-        aggs.append(F.sum(F.when(any_violation, 1).otherwise(0)).alias(f"__v{i}"))
+            aggs.append(f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS `__r{i}_{j}`")
+        aggs.append(f"sum(CASE WHEN {_any([c for _, c in rules])} THEN 1 ELSE 0 END) AS `__v{i}`")
         if not f.data_type.startswith("list<") and f.data_type != "bool":
-            aggs += [F.min(v).alias(f"__min{i}"), F.max(v).alias(f"__max{i}"),
-                     F.approx_count_distinct(v).alias(f"__d{i}")]
+            aggs += [f"min({v}) AS `__min{i}`", f"max({v}) AS `__max{i}`", f"approx_count_distinct({v}) AS `__d{i}`"]
         if f.data_type in _NUMERIC:
-            aggs.append(F.avg(v).alias(f"__avg{i}"))
-    drop_conds = [cond for f, rules in checked if f.validation.on_violation == "drop_row" for _, cond in rules]
-    drop_any = None
-    for cond in drop_conds:
-        drop_any = cond if drop_any is None else drop_any | cond
-    if drop_any is not None:
-        aggs.append(F.sum(F.when(drop_any, 1).otherwise(0)).alias("__dropped"))
-    row = df.agg(*aggs).collect()[0].asDict()
+            aggs.append(f"avg({v}) AS `__avg{i}`")
+    drop = [cond for f, rules in checked if f.validation.on_violation == "drop_row" for _, cond in rules]
+    if drop:
+        aggs.append(f"sum(CASE WHEN {_any(drop)} THEN 1 ELSE 0 END) AS `__dropped`")
+    return checked, aggs, (_any(drop) if drop else None)
 
+
+def _replacements(checked) -> dict[str, str]:
+    """Feature name → its Spark SQL after the null/default policy (only features that have one)."""
+    out = {}
+    for f, rules in checked:
+        policy = f.validation.on_violation
+        if not rules or policy in ("drop_row", "fail"):
+            continue
+        replacement = "NULL"
+        if policy == "default" and f.default_value is not None:
+            replacement = _literal(f.default_value)
+        out[f.name] = (f"CASE WHEN {_any([c for _, c in rules])} THEN CAST({replacement} AS {spark_type(f.data_type)}) "
+                       f"ELSE {quote(f.name)} END")
+    return out
+
+
+def _report(row: dict[str, Any], checked) -> tuple[dict[str, dict[str, Any]], int]:
+    """The quality report from the aggregate row; raises for a ``fail`` policy that was broken."""
     quality: dict[str, dict[str, Any]] = {}
     rows = int(row["__rows"])
     for i, (f, rules) in enumerate(checked):
@@ -113,22 +132,49 @@ def validate(df, fsv: FeatureSetVersion) -> Validated:
                 detail = ", ".join(f"{name}: {n} value{'s' if n != 1 else ''}" for name, n in broken)
                 raise ComputeError(f"feature {f.name} failed validation ({detail} of {rows} rows); "
                                    "its policy is fail, so nothing was written")
+    return quality, rows
 
-    out = df
-    if drop_any is not None:
-        out = out.where(~drop_any)
-    for f, rules in checked:
-        policy = f.validation.on_violation
-        if not rules or policy in ("drop_row", "fail"):
-            continue
-        violated = rules[0][1]
-        for _, cond in rules[1:]:
-            violated = violated | cond
-        replacement = F.lit(None)
-        if policy == "default" and f.default_value is not None:
-            replacement = F.lit(f.default_value)
-        if f.data_type.startswith("list<") and policy == "default" and f.default_value is not None:
-            replacement = F.array(*[F.lit(x) for x in f.default_value])
-        out = out.withColumn(f.name, F.when(violated, replacement.cast(spark_type(f.data_type)))
-                             .otherwise(F.col(f"`{f.name}`")))
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat() + ("Z" if value.tzinfo is None else "")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    return value
+
+
+def validate(df, fsv: FeatureSetVersion) -> Validated:
+    """Check every feature's rules on ``df`` (the compiled output, a Spark DataFrame), apply the policies, report quality."""
+    from pyspark.sql import functions as F
+
+    checked, aggs, drop = _plan(df.columns, fsv)
+    row = df.agg(*[F.expr(a) for a in aggs]).collect()[0].asDict()
+    quality, rows = _report(row, checked)
+    out = df if drop is None else df.where(f"NOT ({drop})")
+    for name, sql in _replacements(checked).items():
+        out = out.withColumn(name, F.expr(sql))
+    return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0), rows_checked=rows)
+
+
+def validate_arrow(con, table, fsv: FeatureSetVersion) -> Validated:
+    """``validate`` for a pyarrow Table on the DuckDB engine: the same rules, policies and report."""
+    from fstore.engine.duckdb import to_duckdb
+
+    checked, aggs, drop = _plan(table.column_names, fsv)
+    con.register("fstore_validated", table)
+    try:
+        relation = con.sql(to_duckdb(f"SELECT {', '.join(aggs)} FROM fstore_validated"))
+        row = dict(zip(relation.columns, relation.fetchall()[0]))
+        quality, rows = _report(row, checked)
+        replaced = _replacements(checked)
+        if drop is None and not replaced:
+            out = table
+        else:
+            columns = [f"{replaced[c]} AS {quote(c)}" if c in replaced else quote(c) for c in table.column_names]
+            where = f" WHERE NOT ({drop})" if drop else ""
+            out = con.sql(to_duckdb(f"SELECT {', '.join(columns)} FROM fstore_validated{where}")).to_arrow_table()
+    finally:
+        con.unregister("fstore_validated")
     return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0), rows_checked=rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 
+import pandas as pd
 import pytest
 
 from fstore.settings import Settings
@@ -98,3 +99,30 @@ def spark():
     )
     yield session
     session.stop()
+
+
+def _duckdb_pandas(table) -> pd.DataFrame:
+    """An Arrow result as Spark's ``toPandas`` gives it: timestamps naive UTC."""
+    frame = table.to_pandas()
+    for name, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.DatetimeTZDtype):
+            frame[name] = frame[name].dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    return frame
+
+
+@pytest.fixture(params=["spark", "duckdb"])
+def compute_rows(request):
+    """``compute_rows(fsv, start=None, end=None)`` → pandas, on each engine (Spark, then DuckDB).
+
+    The two engines run the same compiled query, so every test using this checks both.
+    """
+    if request.param == "spark":
+        from fstore.engine.spark import compute
+
+        spark = request.getfixturevalue("spark")
+        return lambda fsv, start=None, end=None: compute(spark, fsv, start=start, end=end).toPandas()
+    from fstore.engine import duckdb as engine
+
+    con = engine.connect()
+    request.addfinalizer(con.close)
+    return lambda fsv, start=None, end=None: _duckdb_pandas(engine.compute(con, fsv, start=start, end=end))

@@ -3,9 +3,10 @@
 Static checks always run and never start Spark: every expression parses and
 translates, windows are recognised, the composite order exists (no cycle, no
 missing feature), python functions import and are callable. Only when the set
-has a source that can be read does it also analyse the compiled query on Spark
-against the source's schema; Spark's own message is returned, naming the
-feature at fault.
+has a source that can be read does it also analyse the compiled query on the
+configured engine (Spark, or DuckDB with ``COMPUTE_ENGINE=duckdb``) against the
+source's schema; the engine's own message is returned, naming the feature at
+fault.
 """
 from __future__ import annotations
 
@@ -61,32 +62,67 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
     source = fsv.feature_set.source
     if source is None or not fsv.features:
         return
-    from pyspark.errors import AnalysisException, PySparkException
-
-    from fstore.engine.spark import local_path_missing, read_source, wide_frame
+    from fstore.engine.spark import local_path_missing
 
     if local_path_missing(source):
-        return  # not readable yet (the run will say so); no reason to start Spark
-    spark = store.spark
-    try:
-        df = read_source(spark, source)
-    except NotFound:
+        return  # not readable yet (the run will say so); no reason to start an engine
+    analyse = _duckdb_analyser(fsv) if store.settings.compute_engine == "duckdb" else _spark_analyser(store, fsv)
+    if analyse is None:
         return  # not readable yet: the run will say so
-    try:
-        wide_frame(spark, compiled, df).selectExpr(*compiled.projection).schema
+    first_error = analyse(compiled)
+    if first_error is None:
         return
-    except (AnalysisException, PySparkException) as exc:
-        first_error = exc
     from fstore.compiler import _plan
 
     plan = _plan(fsv)
     ordered = [f for f, _ in plan.row] + [fsv.feature(n) for n in plan.windows] + [f for lvl in plan.levels for f, _ in lvl]
     for feature in ordered:
-        single = compile_feature_set(_closure(fsv, feature.name))
-        try:
-            wide_frame(spark, single, df).selectExpr(*single.projection).schema
-        except (AnalysisException, PySparkException) as exc:
-            raise InvalidDefinition(f"feature {feature.name} does not compile against the source: {_analysis_message(exc)}",
-                                    field="transformation") from None
-    raise InvalidDefinition(f"feature set {fsv.name} does not compile against the source: {_analysis_message(first_error)}",
+        error = analyse(compile_feature_set(_closure(fsv, feature.name)))
+        if error is not None:
+            raise InvalidDefinition(f"feature {feature.name} does not compile against the source: {error}",
+                                    field="transformation")
+    raise InvalidDefinition(f"feature set {fsv.name} does not compile against the source: {first_error}",
                             field="features")
+
+
+def _spark_analyser(store, fsv: FeatureSetVersion):
+    """A function analysing a compiled query on Spark against the source's schema: None, or Spark's message."""
+    from pyspark.errors import AnalysisException, PySparkException
+
+    from fstore.engine.spark import read_source, wide_frame
+
+    spark = store.spark
+    try:
+        df = read_source(spark, fsv.feature_set.source)
+    except NotFound:
+        return None
+
+    def analyse(compiled) -> str | None:
+        try:
+            wide_frame(spark, compiled, df).selectExpr(*compiled.projection).schema
+            return None
+        except (AnalysisException, PySparkException) as exc:
+            return _analysis_message(exc)
+
+    return analyse
+
+
+def _duckdb_analyser(fsv: FeatureSetVersion):
+    """The same on the DuckDB engine: the query is bound against the source (no rows read); DuckDB's message."""
+    from fstore.engine import duckdb as engine
+    from fstore.errors import ComputeError
+
+    con = engine.connect()
+    try:
+        source = engine.read_source(con, fsv.feature_set.source)
+    except NotFound:
+        return None
+
+    def analyse(compiled) -> str | None:
+        try:
+            engine.run_compiled(con, fsv, compiled, source.limit(0))
+            return None
+        except ComputeError as exc:
+            return exc.message.split(": ", 1)[-1]
+
+    return analyse

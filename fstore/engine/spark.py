@@ -149,34 +149,18 @@ def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
     """Append each python feature's column, computed per partition on the executors."""
     from pyspark.sql.types import StructField, StructType, _parse_datatype_string
 
-    from fstore.compiler.check import load_python
+    from fstore.engine.python_stage import apply_batch, load_functions
 
-    py = compiled.python_features
     # Load on the driver (a bad name fails here, naming the feature) and ship the functions by value,
     # so a user module need not be installed on every executor.
-    funcs = [(n, load_python(spec, feature=n)) for n, spec, _ in py]
+    funcs = load_functions(compiled)
     _ship_by_value(func for _, func in funcs)
-    internal = {c: c[len("__f_"):] for c in df.columns if c.startswith("__f_")}
-    hidden = [c for c in df.columns if c.startswith("__fs_")]
+    py = compiled.python_features
     out_schema = StructType(df.schema.fields + [StructField(internal_column(n), _parse_datatype_string(t), True) for n, _, t in py])
 
     def apply(batches: Iterator) -> Iterator:
-        import pandas as pd
-
         for pdf in batches:
-            shadowed = [v for v in internal.values() if v in pdf.columns]
-            shown = pdf.drop(columns=hidden + shadowed).rename(columns=internal)
-            for name, func in funcs:
-                result = func(shown.copy())
-                if isinstance(result, pd.DataFrame):
-                    result = result[name] if name in result.columns else result.iloc[:, 0]
-                if not isinstance(result, pd.Series) or len(result) != len(pdf):
-                    raise ComputeError(f"python feature {name} returned {type(result).__name__} of length "
-                                       f"{len(result) if hasattr(result, '__len__') else '?'}; expected a Series of {len(pdf)} rows")
-                values = result.reset_index(drop=True)
-                pdf[internal_column(name)] = values.values
-                shown[name] = values.values
-            yield pdf
+            yield apply_batch(pdf, funcs)
 
     return df.mapInPandas(apply, schema=out_schema)
 

@@ -13,6 +13,7 @@ from fstore.compiler import compile_feature_set, validate_version
 from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
 from fstore.engine.spark import compute, read_source
 from fstore.errors import InvalidDefinition, NotFound
+from fstore.settings import Settings
 
 pytestmark = pytest.mark.spark
 
@@ -29,10 +30,11 @@ def make_fsv(features: list[dict], source: dict | None, *, name: str = "users") 
 
 
 class _Store:
-    """What validate_version needs from a FeatureStore: a Spark session (counts its use)."""
+    """What validate_version needs from a FeatureStore: settings and a Spark session (counts its use)."""
 
-    def __init__(self, spark) -> None:
+    def __init__(self, spark, engine: str = "spark") -> None:
         self._spark, self.used = spark, 0
+        self.settings = Settings(compute_engine=engine)
 
     @property
     def spark(self):
@@ -59,7 +61,7 @@ def _age_pairs() -> list[tuple[date, date]]:
     return [(e, b) for e in events for b in births]
 
 
-def test_age_matches_postgresql_at_birthdays_and_leap_days(spark, tmp_path):
+def test_age_matches_postgresql_at_birthdays_and_leap_days(spark, compute_rows, tmp_path):
     from sqlalchemy import create_engine, text
 
     from tests.conftest import PG_ADMIN_URL
@@ -85,7 +87,7 @@ def test_age_matches_postgresql_at_birthdays_and_leap_days(spark, tmp_path):
         {"name": "age_days", "data_type": "int", "dialect": "postgres",
          "transformation": "date_part('day', age(date_of_birth))"},
     ], {"path": path, "event_timestamp_column": "ts"})
-    got = compute(spark, fsv).toPandas()
+    got = compute_rows(fsv)
     assert len(got) == len(pairs)
     index = {f"u{i}": p for i, p in enumerate(pairs)}
     mismatches = [(index[r.user_id], (r.age, r.age_months, r.age_days), expected[index[r.user_id]])
@@ -100,7 +102,7 @@ def test_age_matches_postgresql_at_birthdays_and_leap_days(spark, tmp_path):
     assert age_at(date(2024, 2, 28), date(2000, 2, 29)) == 23
 
 
-def test_age_with_timestamps_borrows_a_day_like_postgresql(spark, tmp_path):
+def test_age_with_timestamps_borrows_a_day_like_postgresql(spark, compute_rows, tmp_path):
     from sqlalchemy import create_engine, text
 
     from tests.conftest import PG_ADMIN_URL
@@ -117,11 +119,11 @@ def test_age_with_timestamps_borrows_a_day_like_postgresql(spark, tmp_path):
     fsv = make_fsv([{"name": f"p_{part}", "data_type": "int", "dialect": "postgres",
                      "transformation": f"EXTRACT({part} FROM AGE(now(), born))"} for part in ("YEAR", "MONTH", "DAY")],
                    {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
-    got = compute(spark, fsv).toPandas().sort_values("user_id")
+    got = compute_rows(fsv).sort_values("user_id")
     assert [tuple(r) for r in got[["p_YEAR", "p_MONTH", "p_DAY"]].itertuples(index=False)] == expected
 
 
-def test_now_and_current_date_mean_the_event_time(spark, tmp_path):
+def test_now_and_current_date_mean_the_event_time(spark, compute_rows, tmp_path):
     pdf = pd.DataFrame({"user_id": ["a", "b"], "ts": [datetime(2020, 5, 17, 23, 59, 59), datetime(2021, 1, 1, 0, 0)],
                         "signup": [date(2020, 5, 7), date(2020, 12, 1)]})
     fsv = make_fsv([
@@ -130,14 +132,14 @@ def test_now_and_current_date_mean_the_event_time(spark, tmp_path):
         {"name": "now_ts", "data_type": "timestamp", "transformation": "now()", "dialect": "postgres"},
         {"name": "hours", "data_type": "float", "transformation": "(unix_timestamp(current_timestamp()) - unix_timestamp(CAST(signup AS TIMESTAMP))) / 3600.0"},
     ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
-    got = compute(spark, fsv).toPandas().sort_values("user_id").reset_index(drop=True)
+    got = compute_rows(fsv).sort_values("user_id").reset_index(drop=True)
     assert list(got.today) == ["2020-05-17", "2021-01-01"]
     assert list(got.days_since_signup) == [10, 31]
     assert list(got.now_ts) == list(pdf.ts)
     assert got.hours[0] == pytest.approx(10 * 24 + 23 + 59 / 60 + 59 / 3600)
 
 
-def test_composites_in_dependency_order_and_seed_ratio(spark, tmp_path):
+def test_composites_in_dependency_order_and_seed_ratio(spark, compute_rows, tmp_path):
     ts = [datetime(2024, 1, d) for d in (1, 2, 3)] + [datetime(2024, 1, 1)]
     pdf = pd.DataFrame({"user_id": ["u", "u", "u", "v"], "timestamp": ts,
                         "signup": [date(2023, 12, 31), date(2023, 12, 31), date(2023, 12, 31), date(2024, 1, 1)],
@@ -154,7 +156,7 @@ def test_composites_in_dependency_order_and_seed_ratio(spark, tmp_path):
     ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "timestamp"})
     compiled = compile_feature_set(fsv)
     assert "composite_2" in compiled.sql and compiled.lookback_seconds == 30 * 86400
-    got = compute(spark, fsv).toPandas().sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
+    got = compute_rows(fsv).sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
     assert list(got.columns) == ["user_id", "event_timestamp", "created_timestamp", "rate_x2", "rate",
                                  "purchases_last_30d", "days_since_signup", "amount", "amount_plus"]
     assert list(got.purchases_last_30d) == [1, 2, 3, 1]
@@ -188,13 +190,19 @@ def test_python_features_run_on_the_executors(spark, tmp_path, monkeypatch):
     assert "MapInPandas" in df._jdf.queryExecution().executedPlan().toString()
     got = df.toPandas().sort_values("user_id")
     assert list(got.dbl) == [3.0, 5.0] and list(got.label) == ["a:15", "b:25"] and list(got.big) == [15, 25]
+    from fstore.engine import duckdb as engine  # the DuckDB engine runs the same functions in-process
+
+    with engine.connect() as con:
+        got = engine.compute(con, fsv).to_pandas().sort_values("user_id")
+    assert list(got.dbl) == [3.0, 5.0] and list(got.label) == ["a:15", "b:25"] and list(got.big) == [15, 25]
     sys.modules.pop("h3a_pyfeatures", None)
 
 
-def test_validate_version_names_the_feature_with_sparks_message(spark, tmp_path):
+@pytest.mark.parametrize("engine", ["spark", "duckdb"])
+def test_validate_version_names_the_feature_with_the_engines_message(spark, tmp_path, engine):
     pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
     source = {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"}
-    store = _Store(spark)
+    store = _Store(spark, engine)
     validate_version(store, make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount + 1"}], source))
     with pytest.raises(InvalidDefinition) as err:
         validate_version(store, make_fsv([
@@ -205,6 +213,7 @@ def test_validate_version_names_the_feature_with_sparks_message(spark, tmp_path)
     with pytest.raises(InvalidDefinition, match="event timestamp column 'when'.*user_id, ts, amount"):
         validate_version(store, make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount"}],
                                          {**source, "event_timestamp_column": "when"}))
+    assert (store.used == 0) == (engine == "duckdb")  # the DuckDB engine never starts Spark
 
 
 def test_validate_version_static_checks_do_not_start_spark():

@@ -1,4 +1,4 @@
-"""Every window aggregation against a brute-force pandas oracle on random data, on real Spark.
+"""Every window aggregation against a brute-force pandas oracle on random data, on real Spark and on DuckDB.
 
 Windows are ``(t - size, t]`` per entity: an event exactly ``size`` before is outside, ``size - 1µs`` before is
 inside, events at the same instant are all inside. Data includes those edges, ties, nulls, a filter that empties
@@ -15,7 +15,6 @@ import pytest
 
 from fstore.compiler import aggregate_expression, compile_feature_set
 from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
-from fstore.engine.spark import compute
 
 pytestmark = pytest.mark.spark
 
@@ -103,13 +102,13 @@ def same(got, want) -> bool:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_every_aggregation_matches_the_oracle_at_every_event(spark, tmp_path, seed):
+def test_every_aggregation_matches_the_oracle_at_every_event(spark, compute_rows, tmp_path, seed):
     events = random_events(seed)
     path = str(tmp_path / "events")
     spark.createDataFrame(events).write.parquet(path)
     fsv = make_fsv(path)
     assert compile_feature_set(fsv).lookback_seconds == SIZE_S
-    got = compute(spark, fsv).toPandas().set_index("rid")
+    got = compute_rows(fsv).set_index("rid")
     assert len(got) == len(events)
     wrong = []
     for e in events.itertuples():
@@ -164,15 +163,15 @@ def test_aggregate_expression_at_label_time(spark, tmp_path):
             assert same(None if pd.isna(g) else float(g), value), (lid, name, g, value)
 
 
-def test_ranges_computed_apart_equal_the_whole(spark, tmp_path):
+def test_ranges_computed_apart_equal_the_whole(spark, compute_rows, tmp_path):
     """Incremental runs rely on this: [a, b) + [b, c) = [a, c), because each range reads its windows' look-back."""
     events = random_events(3)
     path = str(tmp_path / "events")
     spark.createDataFrame(events).write.parquet(path)
     fsv = make_fsv(path)
     a, b, c = T0, T0 + timedelta(seconds=17, microseconds=1), T0 + timedelta(days=1)
-    whole = compute(spark, fsv, start=a, end=c).toPandas().sort_values("rid").reset_index(drop=True)
-    parts = pd.concat([compute(spark, fsv, start=a, end=b).toPandas(), compute(spark, fsv, start=b, end=c).toPandas()])
+    whole = compute_rows(fsv, start=a, end=c).sort_values("rid").reset_index(drop=True)
+    parts = pd.concat([compute_rows(fsv, start=a, end=b), compute_rows(fsv, start=b, end=c)])
     parts = parts.sort_values("rid").reset_index(drop=True)
     assert len(whole) == len(events) and 0 < (parts.event_timestamp < b).sum() < len(parts)
     pd.testing.assert_frame_equal(parts, whole)

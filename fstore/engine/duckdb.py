@@ -1,0 +1,259 @@
+"""The DuckDB engine (``COMPUTE_ENGINE=duckdb``): a feature set computed in this process, no JVM.
+
+The same compiled query as on Spark (``fstore.compiler``), transpiled from Spark SQL to
+DuckDB's dialect by sqlglot (``to_duckdb``), runs over the source rows; the result is a
+``pyarrow.Table`` with the same columns and types as the Spark engine's DataFrame. It is
+meant for one machine: sources are local paths (parquet, csv, json, delta), never a
+Spark table or query, and python features run in-process over Arrow batches.
+
+``compute`` = read (with the look-back the longest window needs) → compiled SQL →
+python features (``fstore.engine.python_stage``) → the final projection → only the rows
+with event time in ``[start, end)``. The session time zone is UTC, as on Spark, so a
+naive timestamp means UTC and ``current_date`` is the UTC date of the event.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from fstore.compiler import CompiledQuery, compile_feature_set
+from fstore.compiler.dialect import quote
+from fstore.definitions import FeatureSetVersion, Source
+from fstore.engine.spark import local_path_missing, to_utc_naive
+from fstore.errors import ComputeError, InvalidDefinition, NotFound
+
+SOURCE_VIEW = "fstore_source"
+PYTHON_BATCH_ROWS = 100_000
+# Spark reader options the DuckDB readers honour, by source format (anything else is refused, not ignored).
+_CSV_OPTIONS = {"header": "header", "sep": "delim", "delimiter": "delim", "quote": "quote", "escape": "escape"}
+
+
+def connect(threads: int = 0):
+    """An in-memory DuckDB connection in UTC (``threads`` 0 = DuckDB's default, one per core)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")  # ICU is built in, but only settable once the connection exists
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def _rewrite(node: exp.Expression) -> exp.Expression:
+    """Spark functions DuckDB spells differently or sqlglot does not map."""
+    if isinstance(node, exp.UnixMicros):
+        return exp.Anonymous(this="EPOCH_US", expressions=[node.this])
+    if isinstance(node, exp.ArraySize) and isinstance(node.this, exp.Window) \
+            and isinstance(node.this.this, exp.ArrayUniqueAgg):
+        # SIZE(COLLECT_SET(x) OVER w): DuckDB counts distinct values in a window directly.
+        window = node.this.copy()
+        window.set("this", exp.Count(this=exp.Distinct(expressions=[window.this.this])))
+        return window
+    if isinstance(node, exp.Anonymous) and node.name.upper() == "PMOD" and len(node.expressions) == 2:
+        a, b = (exp.paren(e.copy()) for e in node.expressions)
+        return exp.paren(exp.Mod(this=exp.paren(exp.Add(this=exp.paren(exp.Mod(this=a, expression=b)), expression=b.copy())),
+                                 expression=b.copy()))
+    if isinstance(node, exp.StrToUnix) and (node.args.get("format") is None or node.args["format"].name == "%Y-%m-%d %H:%M:%S"):
+        # unix_timestamp(x): whole seconds since the epoch of a timestamp (or a default-format string)
+        seconds = exp.func("EPOCH", exp.cast(node.this.copy(), "TIMESTAMPTZ"))
+        return exp.cast(exp.func("FLOOR", seconds), "BIGINT")
+    return node
+
+
+def to_duckdb(spark_sql: str) -> str:
+    """One Spark SQL statement in DuckDB's dialect."""
+    try:
+        tree = sqlglot.parse_one(spark_sql, read="spark")
+    except sqlglot.errors.ParseError as exc:
+        raise ComputeError(f"the compiled query does not parse: {exc}") from None
+    # sqlglot does not descend into a node that ``_rewrite`` replaced, so rewrite until nothing changes.
+    for _ in range(8):
+        rewritten = tree.transform(_rewrite)
+        if rewritten == tree:
+            break
+        tree = rewritten
+    return tree.sql(dialect="duckdb")
+
+
+def _files(path: str, extension: str) -> list[str]:
+    """A file, or the data files under a folder as Spark lists them (hidden ``_``/``.`` entries skipped)."""
+    if os.path.isfile(path):
+        return [path]
+    found = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
+        found += [os.path.join(root, n) for n in sorted(names)
+                  if not n.startswith(("_", ".")) and (extension == "" or n.endswith(extension) or "." not in n)]
+    return found
+
+
+def _ident(name: str) -> str:
+    """A DuckDB identifier in double quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def read_source(con, source: Source):
+    """The source as a DuckDB relation (every row; ``compute`` filters the range), with its event time column."""
+    relation = _open_source(con, source)
+    ts = source.event_timestamp_column
+    if ts not in relation.columns:
+        raise InvalidDefinition(f"the source has no event timestamp column {ts!r}; its columns are: "
+                                f"{', '.join(relation.columns)}", field="source.event_timestamp_column")
+    return relation
+
+
+def _open_source(con, source: Source):
+    if not source.path:
+        kind = "table" if source.table else "query"
+        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb reads path sources (parquet, csv, json, delta); this source is "
+                                f"a Spark {kind}: run it with COMPUTE_ENGINE=spark", field="source")
+    if "://" in source.path and not source.path.startswith("file:"):
+        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb reads local paths only, not {source.path}; "
+                                "run it with COMPUTE_ENGINE=spark", field="source.path")
+    if local_path_missing(source):
+        raise NotFound(f"source path {source.path} does not exist")
+    path = source.path[len("file://"):] if source.path.startswith("file://") else source.path.removeprefix("file:")
+    options = dict(source.options)
+    allowed = _CSV_OPTIONS if source.format == "csv" else {}
+    unknown = sorted(k for k in options if k not in allowed and k != "inferSchema")
+    if unknown:
+        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb does not understand source option(s) {', '.join(unknown)} "
+                                f"for {source.format}; run it with COMPUTE_ENGINE=spark", field="source.options")
+    import duckdb
+
+    try:
+        if source.format == "delta":
+            from deltalake import DeltaTable
+            from deltalake.exceptions import TableNotFoundError
+
+            try:
+                dataset = DeltaTable(path).to_pyarrow_dataset()
+            except TableNotFoundError:
+                raise NotFound(f"no Delta table at {source.path}") from None
+            return con.from_arrow(dataset)
+        extension = {"parquet": ".parquet", "csv": "", "json": ""}.get(source.format)
+        if extension is None:
+            raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb cannot read {source.format} sources", field="source.format")
+        files = _files(path, extension)
+        if not files:
+            raise NotFound(f"source path {source.path} holds no {source.format} files")
+        if source.format == "parquet":
+            return con.sql(f"SELECT * FROM read_parquet({_sql_list(files)}, hive_partitioning = true, union_by_name = true)")
+        if source.format == "json":
+            return con.sql(f"SELECT * FROM read_json({_sql_list(files)}, format = 'newline_delimited')")
+        args = {"header": "true"}
+        for key, value in options.items():
+            if key in _CSV_OPTIONS:
+                args[_CSV_OPTIONS[key]] = "'" + str(value).replace("'", "''") + "'" if key != "header" else str(value).lower()
+        rendered = ", ".join(f"{k} = {v}" for k, v in args.items())
+        return con.sql(f"SELECT * FROM read_csv({_sql_list(files)}, {rendered})")
+    except duckdb.Error as exc:
+        raise InvalidDefinition(f"source {source.path} cannot be read as {source.format}: {_first_line(exc)}",
+                                field="source") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _timestamp_literal(value: datetime) -> str:
+    return f"TIMESTAMPTZ '{to_utc_naive(value).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+
+
+def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source) -> Any:
+    """``compiled`` over the relation ``source`` (all its rows): a pyarrow Table of the feature columns."""
+    import duckdb
+    import pyarrow as pa
+
+    con.register(SOURCE_VIEW, source)
+    try:
+        wide_sql = compiled.wide_sql.replace(f"`{compiled.source_view}`", quote(SOURCE_VIEW))
+        projection = "SELECT " + ", ".join(compiled.projection) + " FROM wide"
+        if not compiled.python_features:
+            return con.sql(to_duckdb(f"WITH wide AS ({_strip_header(wide_sql)}) {projection}")).to_arrow_table()
+        from fstore.engine.python_stage import apply_batch, load_functions
+
+        funcs = load_functions(compiled)
+        reader = con.sql(to_duckdb(_strip_header(wide_sql))).to_arrow_reader(PYTHON_BATCH_ROWS)
+        parts = [pa.Table.from_pandas(apply_batch(batch.to_pandas(), funcs), preserve_index=False) for batch in reader]
+        wide = pa.concat_tables(parts) if parts else None
+        if wide is None:
+            return con.sql(to_duckdb(f"WITH wide AS ({_strip_header(wide_sql)}) {projection}")).limit(0).to_arrow_table()
+        con.register("wide", wide)
+        try:
+            return con.sql(to_duckdb(projection)).to_arrow_table()
+        finally:
+            con.unregister("wide")
+    except duckdb.Error as exc:
+        raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: "
+                           f"{_first_line(exc)}") from None
+    finally:
+        con.unregister(SOURCE_VIEW)
+
+
+def _strip_header(sql: str) -> str:
+    """The query without its leading ``--`` comment lines (they would swallow a wrapping CTE's text)."""
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+
+
+def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: datetime | None = None):
+    """The features of ``fsv`` for every source event with event time in ``[start, end)``, as a pyarrow Table."""
+    if fsv.feature_set.source is None:
+        raise InvalidDefinition(f"feature set {fsv.name} has no source to compute from", field="source")
+    compiled = compile_feature_set(fsv)
+    source = fsv.feature_set.source
+    relation = read_source(con, source)
+    ts = source.event_timestamp_column
+    conds = []
+    if start is not None:
+        earliest = to_utc_naive(start) - timedelta(seconds=compiled.lookback_seconds)
+        conds.append(f"CAST({_ident(ts)} AS TIMESTAMPTZ) >= {_timestamp_literal(earliest)}")
+    if end is not None:
+        conds.append(f"CAST({_ident(ts)} AS TIMESTAMPTZ) < {_timestamp_literal(end)}")
+    if conds:
+        relation = relation.filter(" AND ".join(conds))
+    table = run_compiled(con, fsv, compiled, relation)
+    if start is None and end is None:
+        return table
+    import pyarrow.compute as pc
+
+    event = table.column("event_timestamp")
+    mask = None
+    if start is not None:
+        mask = pc.greater_equal(event, _arrow_time(start, event.type))
+    if end is not None:
+        below = pc.less(event, _arrow_time(end, event.type))
+        mask = below if mask is None else pc.and_(mask, below)
+    return table.filter(mask)
+
+
+def earliest_event(source: Source) -> datetime | None:
+    """The earliest event time in a source (naive UTC), or None when it has no rows."""
+    con = connect()
+    try:
+        relation = read_source(con, source)
+        column = _ident(source.event_timestamp_column)
+        value = relation.aggregate(f"min(CAST({column} AS TIMESTAMPTZ))").fetchall()[0][0]
+    finally:
+        con.close()
+    return to_utc_naive(value) if value is not None else None
+
+
+def _arrow_time(value: datetime, arrow_type):
+    import pyarrow as pa
+    from datetime import timezone
+
+    naive = to_utc_naive(value)
+    return pa.scalar(naive.replace(tzinfo=timezone.utc) if arrow_type.tz else naive, type=arrow_type)
+
+
+__all__ = ["connect", "to_duckdb", "read_source", "run_compiled", "compute", "earliest_event"]

@@ -1,0 +1,42 @@
+"""Python features (``module:function``) applied to one pandas batch, whatever the engine.
+
+Spark runs ``apply_batch`` on the executors (``mapInPandas``); the DuckDB engine runs it
+in-process over Arrow record batches. The function sees the source's columns and every
+SQL feature under its own name (a feature shadows a source column of the same name) and
+returns a Series of the batch's length, or a DataFrame (the column named like the
+feature, else its first column). Later python features see earlier ones.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from fstore.compiler import CompiledQuery, internal_column
+from fstore.errors import ComputeError
+
+
+def load_functions(compiled: CompiledQuery) -> list[tuple[str, Callable]]:
+    """(feature name, callable) per python feature; a bad ``module:function`` fails here, naming the feature."""
+    from fstore.compiler.check import load_python
+
+    return [(name, load_python(spec, feature=name)) for name, spec, _ in compiled.python_features]
+
+
+def apply_batch(pdf, funcs: list[tuple[str, Callable]]):
+    """``pdf`` (the wide frame's columns) with each python feature's internal column appended."""
+    import pandas as pd
+
+    internal = {c: c[len("__f_"):] for c in pdf.columns if c.startswith("__f_")}
+    hidden = [c for c in pdf.columns if c.startswith("__fs_")]
+    shadowed = [v for v in internal.values() if v in pdf.columns]
+    shown = pdf.drop(columns=hidden + shadowed).rename(columns=internal)
+    for name, func in funcs:
+        result = func(shown.copy())
+        if isinstance(result, pd.DataFrame):
+            result = result[name] if name in result.columns else result.iloc[:, 0]
+        if not isinstance(result, pd.Series) or len(result) != len(pdf):
+            raise ComputeError(f"python feature {name} returned {type(result).__name__} of length "
+                               f"{len(result) if hasattr(result, '__len__') else '?'}; expected a Series of {len(pdf)} rows")
+        values = result.reset_index(drop=True)
+        pdf[internal_column(name)] = values.values
+        shown[name] = values.values
+    return pdf
