@@ -24,7 +24,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fstore.errors import ComputeError, Conflict, FStoreError
 from fstore.registry import runs
@@ -189,10 +189,14 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
 
 def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: datetime, end: datetime,
                        lost: threading.Event, run_id: str) -> dict[str, Any]:
-    """Compute, validate, then write offline and online; returns the run's figures."""
+    """Compute, validate, then write offline and online on the configured engine; returns the run's figures."""
+    if store.settings.compute_engine == "duckdb":
+        return _compute_and_write_duckdb(store, fsv, start, end, lost, run_id)
     from pyspark import StorageLevel
 
     from fstore.engine.spark import compute
+    from fstore.offline import write_range
+    from fstore.online import load_dataframe
     from fstore.validation import validate
 
     spark = store.spark
@@ -211,39 +215,66 @@ def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: d
         # One pass computes the rows into the cache and validates them: validation's aggregation is the
         # first action on the cached frame, and its row count is the run's rows read.
         validated = validate(computed, fsv)
-        out = validated.df
-        rows_read = validated.rows_checked
-        rejected = int(validated.rows_rejected or 0)
         stages["compute_validate"] = round(time.perf_counter() - t, 3)
-        # Validation only removes rows by its drop_row policy (and counts them in its one pass), so no
-        # second count over the rows is needed.
-        figures: dict[str, Any] = {"rows_read": rows_read, "rows_written": rows_read - rejected,
-                                   "rows_rejected": rejected,
-                                   "quality": _json_ready(validated.quality), "stages": stages}
-
-        if lost.is_set():
-            raise Conflict(f"run {run_id} lost the lock of {fsv.name} before writing; nothing was written")
-        if fsv.feature_set.offline_enabled:
-            from fstore.offline import write_range
-
-            t = time.perf_counter()
-            figures["offline_version"] = write_range(spark, store.settings, fsv, out, start, end)
-            stages["offline"] = round(time.perf_counter() - t, 3)
-
-        if fsv.feature_set.online_enabled:
-            from fstore.online import load_dataframe
-
-            t = time.perf_counter()
-            try:
-                figures["online_rows"] = int(load_dataframe(out, fsv, store.settings))
-            except BaseException as exc:
-                # The offline commit stands (it is whole); re-running the range is safe and idempotent.
-                exc.fstore_figures = figures  # type: ignore[attr-defined]
-                raise
-            stages["online"] = round(time.perf_counter() - t, 3)
-        return figures
+        return _write_outputs(store, fsv, validated, stages, lost, run_id,
+                              offline=lambda rows: write_range(spark, store.settings, fsv, rows, start, end),
+                              online=lambda rows: load_dataframe(rows, fsv, store.settings))
     finally:
         computed.unpersist()
+
+
+def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", start: datetime, end: datetime,
+                              lost: threading.Event, run_id: str) -> dict[str, Any]:
+    """The same run on the embedded DuckDB engine: rows computed in this process as an Arrow table."""
+    from fstore.engine import duckdb as engine
+    from fstore.offline import write_range_arrow
+    from fstore.online.load_arrow import load_arrow
+    from fstore.validation import validate_arrow
+
+    stages: dict[str, float] = {}
+    con = engine.connect(store.settings.max_compute_threads)
+    try:
+        t = time.perf_counter()
+        computed = engine.compute(con, fsv, start=start, end=end)
+        stages["read_compute"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        validated = validate_arrow(con, computed, fsv)
+        stages["validate"] = round(time.perf_counter() - t, 3)
+        return _write_outputs(store, fsv, validated, stages, lost, run_id,
+                              offline=lambda rows: write_range_arrow(store.settings, fsv, rows, start, end),
+                              online=lambda rows: load_arrow(rows, fsv, store.settings))
+    finally:
+        con.close()
+
+
+def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, stages: dict[str, float],
+                   lost: threading.Event, run_id: str, *, offline: Callable[[Any], int | None],
+                   online: Callable[[Any], int]) -> dict[str, Any]:
+    """Write validated rows offline, then online; the run's figures (with ``stages`` timed here too)."""
+    out = validated.df
+    rows_read = validated.rows_checked
+    rejected = int(validated.rows_rejected or 0)
+    # Validation only removes rows by its drop_row policy (and counts them in its one pass), so no
+    # second count over the rows is needed.
+    figures: dict[str, Any] = {"rows_read": rows_read, "rows_written": rows_read - rejected,
+                               "rows_rejected": rejected,
+                               "quality": _json_ready(validated.quality), "stages": stages}
+    if lost.is_set():
+        raise Conflict(f"run {run_id} lost the lock of {fsv.name} before writing; nothing was written")
+    if fsv.feature_set.offline_enabled:
+        t = time.perf_counter()
+        figures["offline_version"] = offline(out)
+        stages["offline"] = round(time.perf_counter() - t, 3)
+    if fsv.feature_set.online_enabled:
+        t = time.perf_counter()
+        try:
+            figures["online_rows"] = int(online(out))
+        except BaseException as exc:
+            # The offline commit stands (it is whole); re-running the range is safe and idempotent.
+            exc.fstore_figures = figures  # type: ignore[attr-defined]
+            raise
+        stages["online"] = round(time.perf_counter() - t, 3)
+    return figures
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -328,13 +359,18 @@ def _refuse_fresh_pending(s, fs_id: int, set_name: str) -> None:
 
 def _earliest_event(store: "FeatureStore", fsv: "FeatureSetVersion") -> datetime | None:
     """The earliest event time in the set's source (where a first incremental run starts)."""
+    source = fsv.feature_set.source
+    if source is None:
+        raise ComputeError(f"feature set {fsv.name} has no source to materialize from", field="source")
+    if store.settings.compute_engine == "duckdb":
+        from fstore.engine import duckdb as engine
+
+        earliest = engine.earliest_event(source)
+        return runs.to_utc(earliest) if earliest is not None else None
     from pyspark.sql import functions as F
 
     from fstore.engine.spark import read_source
 
-    source = fsv.feature_set.source
-    if source is None:
-        raise ComputeError(f"feature set {fsv.name} has no source to materialize from", field="source")
     df = read_source(store.spark, source)
     column = source.event_timestamp_column if source.event_timestamp_column in df.columns else "event_timestamp"
     value = df.agg(F.min(F.col(column).cast("timestamp"))).first()[0]
@@ -394,7 +430,8 @@ def settings_env(settings: "Settings") -> dict[str, str]:
         "REDIS_URL": settings.redis_url, "S3_ENDPOINT": settings.s3_endpoint, "S3_BUCKET": settings.s3_bucket,
         "S3_ACCESS_KEY": settings.s3_access_key, "S3_SECRET_KEY": settings.s3_secret_key,
         "SPARK_MASTER": settings.spark_master, "SPARK_REMOTE": settings.spark_remote,
-        "MAX_COMPUTE_THREADS": str(settings.max_compute_threads), "REDIS_TIMEOUT": str(settings.redis_timeout),
+        "MAX_COMPUTE_THREADS": str(settings.max_compute_threads), "COMPUTE_ENGINE": settings.compute_engine,
+        "REDIS_TIMEOUT": str(settings.redis_timeout),
         "REDIS_POOL_SIZE": str(settings.redis_pool_size), "DB_POOL_SIZE": str(settings.db_pool_size),
     }
     return {k: v for k, v in values.items() if v not in (None, "")}

@@ -59,16 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         store = FeatureStore(settings)
         ttl = args.lock_ttl or LOCK_TTL_SECONDS
+
+        def start_engine(app_name: str) -> None:
+            """Under spark-submit, the session it made (its settings win); DuckDB needs nothing started."""
+            if settings.compute_engine == "spark":
+                store.use_spark(get_spark(settings, app_name=app_name))
+
         if args.run_id:
-            store.use_spark(get_spark(settings, app_name=f"fstore-run-{args.run_id[:8]}"))
+            start_engine(f"fstore-run-{args.run_id[:8]}")
             run = execute_run(store, args.run_id, lock_ttl=ttl)
         elif args.incremental:
-            store.use_spark(get_spark(settings, app_name=f"fstore-materialize-{args.feature_set}"))
+            start_engine(f"fstore-materialize-{args.feature_set}")
             end = to_utc(args.end, field_name="end") if args.end else None
             run = materialize_incremental(store, args.feature_set, end=end, actor=args.actor)
         else:
             start, end = to_utc(args.start, field_name="start"), to_utc(args.end, field_name="end")
-            store.use_spark(get_spark(settings, app_name=f"fstore-materialize-{args.feature_set}"))
+            start_engine(f"fstore-materialize-{args.feature_set}")
             run = materialize(store, args.feature_set, start, end, actor=args.actor, kind=args.kind, lock_ttl=ttl)
     except FStoreError as exc:
         print(json.dumps({"status": "failed", "run_id": args.run_id, **exc.to_dict()}), flush=True)

@@ -3,7 +3,9 @@
 ``open_online_store(settings)`` gives the Redis store when ``settings.redis_url``
 is set, else the embedded SQLite store (same contract, shared across processes);
 ``load_dataframe(df, fsv, settings)`` bulk-loads a computed feature DataFrame from
-the Spark executors. Layout and codecs: ``fstore.online.base``.
+the Spark executors; ``fstore.online.load_arrow.load_arrow(table, fsv, settings)``
+does the same for a pyarrow Table computed in this process (the DuckDB engine),
+storing the same bytes. Layout and codecs: ``fstore.online.base``.
 """
 from __future__ import annotations
 

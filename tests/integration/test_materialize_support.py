@@ -145,19 +145,21 @@ def make_store(settings: Settings, spark) -> FeatureStore:
     return FeatureStore(settings).use_spark(spark)
 
 
-@pytest.fixture()
-def store(settings, spark):
-    s = make_store(settings, spark)
+@pytest.fixture(params=["spark", "duckdb"])
+def store(request, settings, spark):
+    """A store computing on Spark, then the same test on the DuckDB engine (COMPUTE_ENGINE=duckdb)."""
+    s = make_store(settings.with_(compute_engine=request.param), spark)
     yield s
     s.close()
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded-spark", "redis-spark", "embedded-duckdb", "redis-duckdb"])
 def any_online_store(request, settings, spark):
-    """The same test on the embedded online store and on the real Redis."""
-    if request.param == "redis":
+    """The same test on the embedded online store and on the real Redis, computed by each engine."""
+    online, engine = request.param.split("-")
+    if online == "redis":
         settings = settings.with_(redis_url=request.getfixturevalue("redis_url"))
-    s = make_store(settings, spark)
+    s = make_store(settings.with_(compute_engine=engine), spark)
     yield s
     s.close()
 

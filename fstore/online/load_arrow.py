@@ -1,0 +1,272 @@
+"""Bulk load of rows computed in this process (a ``pyarrow.Table``: the DuckDB engine) into the online store.
+
+The same contract and the same stored bytes as the Spark path (``fstore.online.load``),
+planned the same way but as DuckDB SQL over the Arrow table, in process and vectorized:
+
+1. drop rows without a key or event time, and rows already older than the TTL;
+2. keep the latest row per key: ``max_by`` of the row number, by a sort key ordering as
+   Spark's ``max(struct(event_timestamp, created_timestamp, …))`` does (DuckDB puts a null
+   inside a struct or list last, Spark first, so each nullable part is preceded by its
+   ``IS NOT NULL``), grouped by the keys as their entity's value type; then ``take``;
+3. the key text and every value's online text, spelled as Spark's casts spell them
+   (a double as Java's ``Double.toString``: ``1.0E-5``, ``1.0E20``, ``NaN``, ``-0.0``);
+4. Redis: the RESP bytes of each key and payload, built in SQL and sent pipelined
+   through the newer-wins Lua script (``write_packed``); embedded: the stored JSON,
+   built in SQL and upserted (``write_params``).
+
+Python only hands ready batches from DuckDB to the store: no per-value work.
+"""
+from __future__ import annotations
+
+from itertools import repeat
+from typing import TYPE_CHECKING, Iterator
+
+from fstore.errors import ComputeError, InvalidDefinition, Unavailable
+from fstore.online.base import Codec, as_codec, key_prefix
+from fstore.online.load import EMBEDDED_BATCH, packed_pieces, require_columns, ttl_cutoff
+
+if TYPE_CHECKING:
+    import pyarrow
+
+    from fstore.definitions import FeatureSetVersion
+    from fstore.settings import Settings
+
+FETCH_ROWS = 20_000  # rows per Arrow batch taken from DuckDB
+
+# Java's Double.toString (what Spark's CAST(double AS STRING) and to_json print), from DuckDB's
+# shortest text ``s`` of ``x``: plain decimal within [1e-3, 1e7), else ``d.dddE<exp>``. Java 19+
+# prints the same digits as DuckDB; Java 17 sometimes a longer spelling of the same double.
+# A macro argument is expanded at each use, so callers pass ``s`` as a column computed once.
+_MACROS = r"""
+CREATE TEMP MACRO fs_java_exp(t) AS replace(replace(replace(t, 'e+', 'E'), 'e-0', 'E-'), 'e-', 'E-');
+CREATE TEMP MACRO fs_double(x, s) AS CASE
+  WHEN abs(x) >= 0.001 AND abs(x) < 10000000 THEN s
+  WHEN isnan(x) THEN 'NaN'
+  WHEN isinf(x) THEN CASE WHEN x > 0 THEN 'Infinity' ELSE '-Infinity' END
+  WHEN x = 0 THEN CASE WHEN signbit(x) THEN '-0.0' ELSE '0.0' END
+  ELSE replace(CASE
+    WHEN contains(s, 'e') THEN CASE  -- d.ddde-05, de+20
+      -- a one-digit subnormal (5e-324): Java prints the closest two-digit decimal (4.9E-324)
+      WHEN abs(x) < 2.2250738585072014e-308 AND NOT contains(s, '.') THEN fs_java_exp(printf('%.1e', x))
+      WHEN contains(s, '.') THEN fs_java_exp(s)
+      ELSE replace(fs_java_exp(s), 'E', '.E') END
+    WHEN abs(x) < 1 THEN  -- 0.000ddd
+      (CASE WHEN x < 0 THEN '-' ELSE '' END) || substr(ltrim(s, '-'), 6, 1) || '.' || substr(ltrim(s, '-'), 7) || 'E-4'
+    ELSE  -- iiiiiiii.fff
+      (CASE WHEN x < 0 THEN '-' ELSE '' END) || left(ltrim(s, '-'), 1) || '.'
+      || rtrim(substr(replace(ltrim(s, '-'), '.', ''), 2), '0') || 'E' || CAST(strpos(ltrim(s, '-'), '.') - 2 AS VARCHAR)
+  END, '.E', '.0E')
+END;
+CREATE TEMP MACRO fs_double_text(x) AS fs_double(CAST(x AS DOUBLE), CAST(CAST(x AS DOUBLE) AS VARCHAR));
+-- One RESP bulk string of a text: as VARCHAR (NULL for NULL), and as BLOB (the NULL marker for NULL).
+CREATE TEMP MACRO fs_resp(t) AS '$' || CAST(strlen(t) AS VARCHAR) || E'\r\n' || t || E'\r\n';
+CREATE TEMP MACRO fs_bulk(t) AS coalesce(encode(fs_resp(t)), '\x24\x31\x0D\x0A\xFF\x0D\x0A'::BLOB);
+-- A JSON string literal as Python's json.dumps(ensure_ascii=False) writes it: DuckDB's to_json
+-- differs only in upper-case hex for a few control characters, rewritten one character at a time.
+CREATE TEMP MACRO fs_json_text(t) AS CASE
+  WHEN regexp_matches(t, '[\x0B\x0E\x0F\x1A-\x1F]') THEN '"' || array_to_string(list_transform(string_split(t, ''),
+       lambda c: (CASE WHEN c < chr(32) THEN lower(to_json(c)) ELSE to_json(c) END)[2:-2]), '') || '"'
+  ELSE to_json(t) END;
+"""
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _micros(expr: str) -> str:
+    return f"epoch_us(CAST({expr} AS TIMESTAMP))"
+
+
+def key_native_sql(column: str, value_type: str) -> str:
+    """DuckDB SQL of one key column as its entity's value type (as ``load.key_native_sql``)."""
+    c = _ident(column)
+    return {
+        "int": f"CAST({c} AS BIGINT)",
+        "string": f"CAST({c} AS VARCHAR)",
+        "float": f"(CAST({c} AS DOUBLE) + 0.0)",  # -0.0 groups and prints as 0.0, as in Spark
+        "bool": f"CAST({c} AS BOOLEAN)",
+        "timestamp": _micros(c),
+    }[value_type]
+
+
+def key_text_sql(native: str, value_type: str) -> str:
+    """DuckDB SQL text of a native key value (as ``load.key_text_sql``)."""
+    if value_type == "string":
+        return native
+    if value_type == "bool":
+        return f"CASE WHEN {native} THEN '1' ELSE '0' END"
+    if value_type == "float":
+        return f"fs_double_text({native})"
+    return f"CAST({native} AS VARCHAR)"
+
+
+def value_text_sql(expr: str, data_type: str, arrow_type: "pyarrow.DataType") -> str:
+    """DuckDB SQL of one value's online text, spelled as ``load.value_text_sql`` spells it (NULL stays NULL)."""
+    import pyarrow as pa
+
+    if data_type == "float":
+        return f"fs_double_text({expr})"
+    if data_type == "int":  # Spark's cast truncates a fraction; DuckDB's would round it
+        fractional = pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type)
+        return f"CAST(CAST({f'trunc({expr})' if fractional else expr} AS BIGINT) AS VARCHAR)"
+    if data_type == "bool":
+        return f"CASE WHEN CAST({expr} AS BOOLEAN) THEN '1' WHEN NOT CAST({expr} AS BOOLEAN) THEN '0' END"
+    if data_type == "string":
+        return f"CAST({expr} AS VARCHAR)"
+    if data_type == "timestamp":
+        return f"CAST({_micros(expr)} AS VARCHAR)"
+    if data_type == "list<float>":  # Jackson writes doubles as Double.toString, NaN and infinities as strings
+        element = ("CASE WHEN e IS NULL THEN 'null' WHEN isnan(e) OR isinf(e) THEN '\"' || fs_double_text(e) || '\"' "
+                   "ELSE fs_double_text(e) END")
+        return f"'[' || array_to_string(list_transform(CAST({expr} AS DOUBLE[]), lambda e: {element}), ',') || ']'"
+    if data_type == "list<timestamp>":
+        return f"CAST(to_json(list_transform({expr}, lambda e: {_micros('e')})) AS VARCHAR)"
+    inner = {"list<int>": "BIGINT[]", "list<bool>": "BOOLEAN[]", "list<string>": "VARCHAR[]"}.get(data_type)
+    if inner is None:
+        raise InvalidDefinition(f"data type {data_type} has no online codec", field="data_type")
+    return f"CAST(to_json(CAST({expr} AS {inner})) AS VARCHAR)"
+
+
+def _order_sql(expr: str, data_type: str) -> list[str]:
+    """Parts of the sort key ordering a value as Spark's struct ordering does (nulls first, lists element-wise)."""
+    if data_type.startswith("list<"):
+        expr = f"list_transform({expr}, lambda e: row(e IS NOT NULL, e))"
+    return [f"{expr} IS NOT NULL", expr]
+
+
+def _selected(codec: Codec, columns: set[str]) -> list[str]:
+    """The select list giving keys as native values ``_k0``…, ``ts``, ``created`` and raw values ``v0``…"""
+    selected = [f"{key_native_sql(c, t)} AS _k{i}" for i, (c, t) in enumerate(zip(codec.key_columns, codec.key_types))]
+    selected.append(f"{_micros('event_timestamp')} AS ts")
+    if "created_timestamp" in columns:
+        selected.append(f"{_micros('created_timestamp')} AS created")
+    return selected + [f"{_ident(name)} AS v{i}" for i, name in enumerate(codec.feature_names)]
+
+
+def winners_sql(codec: Codec, columns: set[str], source: str, *, now_micros: int | None = None) -> str:
+    """SQL of the row number ``_fs_row`` of the latest row per key (``source`` numbers its rows in ``_fs_row``).
+
+    Only the row number is carried through the aggregate: DuckDB's ``max_by`` keeps a
+    nested argument by its sort key, which turns ``-0.0`` into ``0.0``.
+    """
+    keys = [f"_k{i}" for i in range(len(codec.key_columns))]
+    conditions = ["ts IS NOT NULL", *(f"{k} IS NOT NULL" for k in keys)]
+    cutoff = ttl_cutoff(codec, now_micros)
+    if cutoff is not None:
+        conditions.append(f"ts >= {cutoff}")
+    order = ["ts", *(_order_sql("created", "timestamp") if "created_timestamp" in columns else [])]
+    for i, (_, data_type) in enumerate(codec.features):
+        order += _order_sql(f"v{i}", data_type)
+    rows = (f"SELECT * FROM (SELECT {', '.join(_selected(codec, columns))}, _fs_row FROM {source}) "
+            f"WHERE {' AND '.join(conditions)}")
+    group = ", ".join(keys)
+    # The sort key is built only for rows at their key's newest event time (ties are rare): 2x faster.
+    return (f"WITH s AS ({rows}) SELECT max_by(_fs_row, row({', '.join(order)})) AS _fs_row FROM s "
+            f"SEMI JOIN (SELECT {group}, max(ts) AS ts FROM s GROUP BY {group}) USING ({group}, ts) GROUP BY {group}")
+
+
+def texts_sql(codec: Codec, schema: "pyarrow.Schema", source: str) -> str:
+    """SQL over the latest rows: ``k`` (key text), ``ts`` (event micros), then each value's text ``t0``…"""
+    parts = [f"CAST(length({key_text_sql(f'_k{i}', t)}) AS VARCHAR) || ':' || {key_text_sql(f'_k{i}', t)}"
+             for i, t in enumerate(codec.key_types)]
+    doubles, texts = [], []
+    for i, (name, data_type) in enumerate(codec.features):
+        if data_type == "float":  # DuckDB's text of the double made once, below (see fs_double)
+            doubles.append(f"CAST(CAST({_ident(name)} AS DOUBLE) AS VARCHAR) AS s{i}")
+            texts.append(f"fs_double(CAST(v{i} AS DOUBLE), s{i}) AS t{i}")
+        else:
+            texts.append(f"{value_text_sql(f'v{i}', data_type, schema.field(name).type)} AS t{i}")
+    return (f"SELECT {_literal(key_prefix(codec.name))} || {' || '.join(parts)} AS k, ts, {', '.join(texts)} "
+            f"FROM (SELECT {', '.join([*_selected(codec, set(schema.names)), *doubles])} FROM {source})")
+
+
+def redis_packed_sql(latest: str, codec: Codec) -> str:
+    """Per key: ``kr`` (the key as a RESP bulk string) and ``p`` (RESP of ``@ts`` then every value)."""
+    texts = ["CAST(ts AS VARCHAR)", *(f"t{i}" for i in range(len(codec.features)))]
+    not_null = " AND ".join(f"{t} IS NOT NULL" for t in texts)
+    # Text concatenation is 1.5x faster than BLOB's, but a text cannot hold the NULL marker (0xFF).
+    payload = (f"CASE WHEN {not_null} THEN encode({' || '.join(f'fs_resp({t})' for t in texts)}) "
+               f"ELSE {' || '.join(f'fs_bulk({t})' for t in texts)} END")
+    return f"SELECT encode(fs_resp(k)) AS kr, {payload} AS p FROM ({latest})"
+
+
+def embedded_rows_sql(latest: str, codec: Codec) -> str:
+    """Per key: ``k``, ``ts`` and ``data``, the stored JSON exactly as ``embedded.data_json`` writes it."""
+    import json
+
+    members = []
+    for i, (name, data_type) in enumerate(codec.features):
+        quoted = f"fs_json_text(t{i})" if data_type == "string" else (
+            f"to_json(t{i})" if data_type.startswith("list<") else f"'\"' || t{i} || '\"'")
+        members.append(f"{_literal(json.dumps(name, ensure_ascii=False) + ':')} || coalesce({quoted}, '0')")
+    data = " || ',' || ".join(members) if members else "''"
+    return f"SELECT k, ts, '{{' || {data} || '}}' AS data FROM ({latest})"
+
+
+def _embedded_write(store, codec: Codec, batches: Iterator) -> int:
+    """Upsert batches of (``k``, ``ts``, ``data``) in transactions of ``EMBEDDED_BATCH`` rows; rows written."""
+    written = 0
+    for batch in batches:
+        keys, stamps, data = (batch.column(i).to_numpy(zero_copy_only=False).tolist() for i in range(3))
+        for start in range(0, len(keys), EMBEDDED_BATCH):
+            chunk = slice(start, start + EMBEDDED_BATCH)
+            params = list(zip(repeat(codec.name), keys[chunk], stamps[chunk], data[chunk]))
+            written += store.write_params(codec.name, params, max(stamps[chunk]))
+    return written
+
+
+def load_arrow(table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", settings: "Settings", *,
+               now_micros: int | None = None) -> int:
+    """Like ``load_dataframe``, for rows computed in this process (the DuckDB engine): keys written.
+
+    ``table`` has the join keys, ``event_timestamp``, optionally ``created_timestamp``
+    and the features. The latest row per key is written unless the stored one is
+    newer (that key is not counted); the stored bytes are those the Spark path writes.
+    """
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
+    from fstore.online import embedded_path
+
+    codec = as_codec(fsv)
+    require_columns(table.schema.names, codec, "table")
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if settings.max_compute_threads:
+            con.execute(f"SET threads = {int(settings.max_compute_threads)}")
+        con.execute(_MACROS)
+        numbered = table.append_column("_fs_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        con.register("fs_input", numbered)
+        winners = winners_sql(codec, set(table.schema.names), "fs_input", now_micros=now_micros)
+        con.register("fs_latest", table.take(con.sql(winners).to_arrow_table().column("_fs_row")))
+        latest = texts_sql(codec, table.schema, "fs_latest")
+        if settings.redis_url:
+            from fstore.online.redis_store import RedisOnlineStore
+
+            batches = con.sql(redis_packed_sql(latest, codec)).to_arrow_reader(FETCH_ROWS)
+            store = RedisOnlineStore(settings.redis_url, pool_size=1, timeout=max(settings.redis_timeout, 30.0))
+            try:
+                return store.write_packed(codec, packed_pieces(batches))
+            finally:
+                store.close()
+        from fstore.online.embedded import EmbeddedOnlineStore
+
+        batches = con.sql(embedded_rows_sql(latest, codec)).to_arrow_reader(FETCH_ROWS)
+        store = EmbeddedOnlineStore(embedded_path(settings))
+        try:
+            return _embedded_write(store, codec, batches)
+        finally:
+            store.close()
+    except Unavailable as exc:
+        raise Unavailable(f"online load of feature set {codec.name} failed: {exc}") from None
+    except duckdb.Error as exc:
+        raise ComputeError(f"online load of feature set {codec.name} failed: {str(exc).splitlines()[0]}") from exc
+    finally:
+        con.close()
