@@ -151,12 +151,21 @@ def part_materialize(ctx: Context) -> dict:
         f["cli_rows_per_s"] = rows / f["cli_seconds"]
         f["inprocess_rows_per_s"] = rows / f["inprocess_seconds"]
         out["feast"] = f
-    s: dict = {}
-    log("fstore: store.materialize in-process, cold then warm")
+    out["fstore"] = _fstore_materialize(ctx, "spark")
+    out["fstore_duckdb"] = _fstore_materialize(ctx, "duckdb")
+    (ctx.work / "materialized.json").write_text("{}")
+    return out
+
+
+def _fstore_materialize(ctx: Context, engine: str) -> dict:
+    """fstore's in-process runs (cold, then warm) and its CLI job on one engine (COMPUTE_ENGINE)."""
+    rows = ctx.dataset.sizes.events
+    env = {**fstore_side.environment(ctx.fstore_store, FSTORE_DB), "COMPUTE_ENGINE": engine}
+    s: dict = {"engine": engine}
+    log(f"fstore ({engine}): store.materialize in-process, cold then warm")
     result, wall = run_json(py("bench.fstore_side", "--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB),
                                "materialize", "--start", ctx.dataset.start.isoformat(),
-                               "--end", ctx.dataset.end.isoformat(), "--repeats", "3"),
-                            env=fstore_side.environment(ctx.fstore_store, FSTORE_DB))
+                               "--end", ctx.dataset.end.isoformat(), "--repeats", "3"), env=env)
     # The JVM keeps compiling for a few runs: warm is the best run after the first (as a scheduler's session is).
     cold, warm = result["runs"][0], min(result["runs"][1:], key=lambda run: run["seconds"])
     s.update(session_seconds=result["session_seconds"], cold_seconds=cold["seconds"], warm_seconds=warm["seconds"],
@@ -167,13 +176,10 @@ def part_materialize(ctx: Context) -> dict:
         s["online_load"] = {"keys": warm["online_rows"], "fields_per_key": len(fstore_side.FEATURES) + 1,
                             "seconds": warm["stages"]["online"]}
     flush(FSTORE_DB)
-    log("fstore: python jobs/materialize.py (CLI)")
-    job, wall = run_json(fstore_side.job_command(ctx.dataset.start, ctx.dataset.end),
-                         env=fstore_side.environment(ctx.fstore_store, FSTORE_DB))
+    log(f"fstore ({engine}): python jobs/materialize.py (CLI)")
+    job, wall = run_json(fstore_side.job_command(ctx.dataset.start, ctx.dataset.end), env=env)
     s.update(cli_seconds=wall, cli_run=job, cli_rows_per_s=rows / wall, cli_keys=dbsize(FSTORE_DB))
-    (ctx.work / "materialized.json").write_text("{}")
-    out["fstore"] = s
-    return out
+    return s
 
 
 def _wait_http(target: httpload.Target, body: bytes, process: subprocess.Popen, seconds: float = 180) -> dict:

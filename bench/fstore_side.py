@@ -53,7 +53,8 @@ def open_store(store_dir: Path, redis_db: int):
 
     settings = Settings.from_env(environment(store_dir, redis_db))
     store = FeatureStore(settings)
-    store.use_spark(get_spark(settings, app_name="fstore-bench", extra=SPARK_EXTRA))
+    if settings.compute_engine == "spark":
+        store.use_spark(get_spark(settings, app_name="fstore-bench", extra=SPARK_EXTRA))
     return store
 
 
@@ -80,7 +81,8 @@ def materialize(store_dir: Path, redis_db: int, start: datetime, end: datetime, 
     """Whole-range materialization ``repeats`` times in one process (the first on a cold session)."""
     began = time.perf_counter()
     store = open_store(store_dir, redis_db)
-    store.spark.range(1).count()
+    if store.settings.compute_engine == "spark":
+        store.spark.range(1).count()
     session_seconds = time.perf_counter() - began
     runs = []
     for _ in range(repeats):

@@ -72,29 +72,39 @@ def _rate(value: float | None, unit: str = "rows/s") -> str:
 
 
 def _materialize_rows(m: dict) -> list[list[str]]:
-    f, s = m.get("feast") or {}, m.get("fstore") or {}
+    f = m.get("feast") or {}
+    rows = []
+    for key, engine in (("fstore", "Spark local[2]"), ("fstore_duckdb", "DuckDB (COMPUTE_ENGINE=duckdb)")):
+        s = m.get(key)
+        if s:
+            rows += _engine_rows(f, s, engine, m.get("redis_hset_per_s"))
+    if m.get("redis_hset"):
+        rows.append(["reference: `redis-benchmark -q -P 16 -t hset -n 1000000`", "–", m["redis_hset"], "–"])
+    return rows
+
+
+def _engine_rows(f: dict, s: dict, engine: str, hset: float | None) -> list[list[str]]:
+    """The materialization rows of one fstore engine against Feast's."""
     rows = []
     fc, sc = f.get("cli_seconds"), s.get("cli_seconds")
-    rows.append(["materialize, CLI wall (`feast materialize` / `python jobs/materialize.py`)",
+    rows.append([f"materialize, CLI wall (`feast materialize` / `python jobs/materialize.py`), fstore on {engine}",
                  f"{_s(fc)} ({_rate(f.get('cli_rows_per_s'))})", f"{_s(sc)} ({_rate(s.get('cli_rows_per_s'))})",
                  f"time {ratio(sc, fc)}, rows/s {ratio(s.get('cli_rows_per_s'), f.get('cli_rows_per_s'))}"])
     fi, si = f.get("inprocess_seconds"), s.get("warm_seconds")
-    rows.append(["materialize, in-process (fstore: warm Spark session, best of the 2 runs after the first)",
+    rows.append([f"materialize, in-process, fstore on {engine} (best of the 2 runs after the first)",
                  f"{_s(fi)} ({_rate(f.get('inprocess_rows_per_s'))})", f"{_s(si)} ({_rate(s.get('warm_rows_per_s'))})",
                  f"time {ratio(si, fi)}, rows/s {ratio(s.get('warm_rows_per_s'), f.get('inprocess_rows_per_s'))}"])
     if s.get("cold_seconds") is not None:
-        rows.append(["materialize, in-process, fstore's first run in a fresh session", "–",
+        rows.append([f"materialize, in-process, fstore's first run in a fresh process ({engine})", "–",
                      f"{_s(s['cold_seconds'])} ({_rate(s.get('cold_rows_per_s'))})", "–"])
     if s.get("warm_stages"):
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in s["warm_stages"].items())
-        rows.append(["fstore stages (warm run)", "–", stages, "–"])
-    if m.get("redis_hset"):
-        rows.append(["reference: `redis-benchmark -q -P 16 -t hset -n 1000000`", "–", m["redis_hset"], "–"])
-    load, hset = s.get("online_load"), m.get("redis_hset_per_s")
+        rows.append([f"fstore stages (warm run, {engine})", "–", stages, "–"])
+    load = s.get("online_load")
     if load and load.get("seconds"):
         keys_per_s = load["keys"] / load["seconds"]
         fields_per_s = keys_per_s * load["fields_per_key"]
-        rows.append([f"fstore online load (warm online stage, Spark's latest-per-key aggregation included): "
+        rows.append([f"fstore online load ({engine}; warm online stage, the latest-per-key reduction included): "
                      f"{load['keys']:,} keys × {load['fields_per_key']} fields",
                      "–", f"{load['seconds']:.2f} s: {_rate(keys_per_s, 'keys/s')}, {_rate(fields_per_s, 'fields/s')}",
                      (f"redis-benchmark's single-field HSET/s ÷ fstore's fields/s: {hset / fields_per_s:.2f}×; "
