@@ -38,13 +38,28 @@ def connect(threads: int = 0):
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")  # ICU is built in, but only settable once the connection exists
+    con.execute(_MACROS)
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
 
 
+# Spark casts a fractional number to an integer type by truncating it, DuckDB by rounding it: ``fs_int``
+# truncates first when the value is fractional (``typeof`` is folded when the query is bound).
+_MACROS = """
+CREATE TEMP MACRO fs_int(x) AS CASE WHEN typeof(x) IN ('DOUBLE', 'FLOAT') OR typeof(x) LIKE 'DECIMAL%'
+  THEN CAST(trunc(TRY_CAST(x AS DOUBLE)) AS BIGINT) ELSE x END;
+"""
+_INTEGER_TYPES = {exp.DataType.Type.BIGINT, exp.DataType.Type.INT, exp.DataType.Type.SMALLINT, exp.DataType.Type.TINYINT}
+
+
 def _rewrite(node: exp.Expression) -> exp.Expression:
     """Spark functions DuckDB spells differently or sqlglot does not map."""
+    if isinstance(node, exp.Cast) and node.to.this in _INTEGER_TYPES and not (
+            isinstance(node.this, exp.Anonymous) and node.this.name.upper() == "FS_INT"):
+        cast = node.copy()
+        cast.set("this", exp.Anonymous(this="FS_INT", expressions=[node.this.copy()]))
+        return cast
     if isinstance(node, exp.UnixMicros):
         return exp.Anonymous(this="EPOCH_US", expressions=[node.this])
     if isinstance(node, exp.ArraySize) and isinstance(node.this, exp.Window) \

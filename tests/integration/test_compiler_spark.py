@@ -168,6 +168,21 @@ def test_composites_in_dependency_order_and_seed_ratio(spark, compute_rows, tmp_
     assert list(got.created_timestamp) == list(got.event_timestamp)
 
 
+def test_fractions_cast_to_integers_truncate_on_both_engines(spark, compute_rows, tmp_path):
+    """Spark truncates a fraction cast to an integer type; DuckDB would round it, so the engine truncates first."""
+    pdf = pd.DataFrame({"user_id": ["a", "b", "c"], "ts": [datetime(2024, 1, 1)] * 3, "amount": [1.5, 2.7, -2.5],
+                        "n": [9007199254740993, 2, 3]})
+    fsv = make_fsv([
+        {"name": "as_int", "data_type": "int", "transformation": "amount"},
+        {"name": "inner_cast", "data_type": "float", "transformation": "CAST(amount * 3 AS INT) + 0.5"},
+        {"name": "big", "data_type": "int", "transformation": "CAST(n AS BIGINT)"},
+    ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
+    got = compute_rows(fsv).sort_values("user_id").reset_index(drop=True)
+    assert list(got.as_int) == [1, 2, -2]
+    assert list(got.inner_cast) == [4.5, 8.5, -6.5]
+    assert list(got.big) == [9007199254740993, 2, 3]
+
+
 def test_python_features_run_on_the_executors(spark, tmp_path, monkeypatch):
     module = tmp_path / "h3a_pyfeatures.py"
     module.write_text(textwrap.dedent("""
