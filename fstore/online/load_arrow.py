@@ -220,6 +220,23 @@ def _embedded_write(store, codec: Codec, batches: Iterator) -> int:
     return written
 
 
+def _naive_utc(table: "pyarrow.Table") -> "pyarrow.Table":
+    """Zoned timestamps as naive UTC (the same numbers): DuckDB then needs no ICU time-zone
+    conversion per value to cast them to TIMESTAMP (0.6 s per 10M values here)."""
+    import pyarrow as pa
+
+    def naive(t):
+        if pa.types.is_timestamp(t) and t.tz is not None:
+            return pa.timestamp(t.unit)
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            inner = naive(t.value_type)
+            return t if inner == t.value_type else pa.list_(inner)
+        return t
+
+    schema = pa.schema([f.with_type(naive(f.type)) for f in table.schema])
+    return table if schema == table.schema else table.cast(schema)
+
+
 def load_arrow(table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", settings: "Settings", *,
                now_micros: int | None = None) -> int:
     """Like ``load_dataframe``, for rows computed in this process (the DuckDB engine): keys written.
@@ -236,6 +253,7 @@ def load_arrow(table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", setting
 
     codec = as_codec(fsv)
     require_columns(table.schema.names, codec, "table")
+    table = _naive_utc(table)
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
