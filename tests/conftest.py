@@ -101,6 +101,37 @@ def spark():
     session.stop()
 
 
+class NoSpark:
+    """``store.spark`` of a store on the DuckDB engine under test: touching it fails the test."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"COMPUTE_ENGINE=duckdb reached for the Spark session (spark.{name})")
+
+
+@pytest.fixture(params=["spark", "duckdb"])
+def compute_engine(request) -> str:
+    """The compute engine a test runs its retrievals on (Spark, then DuckDB)."""
+    return request.param
+
+
+@pytest.fixture()
+def on_engine(compute_engine, spark):
+    """``on_engine(settings)`` → a ``FeatureStore`` computing on the test's engine.
+
+    On DuckDB the store's ``spark`` is a ``NoSpark``: a retrieval that starts or uses Spark fails.
+    Test helpers that materialize on Spark take the session itself (``SparkSession.getActiveSession()``).
+    """
+    from fstore.store import FeatureStore
+
+    def make(settings: Settings, *, on: str | None = None, **kwargs):
+        """``on`` picks the other engine for one store (a set saved on one engine, re-created on the other)."""
+        if (on or compute_engine) == "spark":
+            return FeatureStore(settings.with_(compute_engine="spark"), **kwargs).use_spark(spark)
+        return FeatureStore(settings.with_(compute_engine="duckdb"), **kwargs).use_spark(NoSpark())
+
+    return make
+
+
 def _duckdb_pandas(table) -> pd.DataFrame:
     """An Arrow result as Spark's ``toPandas`` gives it: timestamps naive UTC."""
     frame = table.to_pandas()

@@ -49,13 +49,25 @@ def _online_text(answer: dict) -> str:
 
 
 def write_result(result, output: str) -> tuple[Path, int]:
-    """Write a retrieval result: a CSV or Parquet file (pandas), or a Parquet folder (Spark)."""
+    """Write a retrieval result: a CSV or Parquet file (pandas), or a Parquet folder (Spark; pyarrow on DuckDB)."""
     out = Path(output)
     if out.suffix in (".csv", ".parquet"):
         frame = result.to_df()
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
         return out, len(frame)
+    if getattr(result, "arrow", None) is not None:  # computed in this process: no Spark session for the write
+        import shutil
+
+        import pyarrow.parquet as pq
+
+        from fstore.retrieval.historical import utc_timestamps
+
+        if out.is_dir():
+            shutil.rmtree(out)  # a folder output is replaced, as Spark's overwrite replaces it
+        out.mkdir(parents=True)
+        pq.write_table(utc_timestamps(result.arrow), out / "part-00000.parquet")
+        return out, result.arrow.num_rows
     frame = result.to_spark()
     frame.write.mode("overwrite").parquet(str(out))
     # Count what was written (Parquet footers) rather than running the retrieval a second time.

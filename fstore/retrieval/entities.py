@@ -1,13 +1,15 @@
 """The entity frame of a retrieval: checked, timestamps normalized to UTC, rows numbered.
 
 A user hands a pandas or Spark DataFrame of entity rows (join keys, a
-timestamp, any other columns). Here it becomes a Spark DataFrame with a
-TIMESTAMP column ``__fs_ts`` (UTC) and a row number ``__fs_row`` that the
-result is ordered by, so every row comes back in its place, duplicates kept.
+timestamp, any other columns). Here it gets a TIMESTAMP column ``__fs_ts``
+(UTC) and a row number ``__fs_row`` that the result is ordered by, so every
+row comes back in its place, duplicates kept: a Spark DataFrame for the Spark
+engine (``prepare_entities``), a pandas frame for the DuckDB engine
+(``prepare_local``). The checks and their errors are the same for both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Sequence
 
@@ -23,7 +25,7 @@ RESERVED_PREFIX = "__fs_"
 class Entities:
     """The prepared entity rows and what the retrieval needs to know about them."""
 
-    df: Any  # Spark DataFrame: the user's columns + __fs_ts + __fs_row
+    df: Any  # the user's columns + __fs_ts + __fs_row: a Spark DataFrame, or pandas (prepare_local)
     columns: tuple[str, ...]  # the user's columns, in order
     timestamp_column: str
     min_ts: datetime | None
@@ -63,7 +65,8 @@ def _utc_series(series, name: str):
     from pandas.api import types as ptypes
 
     if ptypes.is_datetime64_any_dtype(series.dtype):
-        out = pd.to_datetime(series, utc=True)
+        # Already instants (naive = UTC): only the zone changes (to_datetime would re-parse them, slowly).
+        out = series.dt.tz_localize("UTC") if series.dt.tz is None else series.dt.tz_convert("UTC")
     elif ptypes.is_numeric_dtype(series.dtype) or ptypes.is_bool_dtype(series.dtype):
         raise InvalidDefinition(f"entity_df timestamp column {name!r} holds numbers; give datetimes or ISO 8601 strings",
                                 field="timestamp_column")
@@ -80,47 +83,104 @@ def _utc_series(series, name: str):
     return out.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
 
 
+def prepare_pandas(entity_df: Any, timestamp_column: str | None, *, max_rows: int | None = None) -> Entities:
+    """Check a pandas entity frame; ``df`` is a copy numbered by ``__fs_row`` with ``__fs_ts`` (naive UTC).
+
+    The engine-independent part of ``prepare_entities``: the DuckDB engine uses it as it is, the Spark
+    engine hands its ``df`` to Spark.
+    """
+    columns = list(entity_df.columns)
+    _check_columns(columns)
+    ts_name = find_timestamp_column(columns, timestamp_column)
+    if max_rows is not None and len(entity_df) > max_rows:
+        _too_large(len(entity_df), max_rows)
+    if len(entity_df) == 0:
+        raise InvalidDefinition("entity_df has no rows", field="entity_df")
+    frame = entity_df.reset_index(drop=True).copy()
+    ts_values = _utc_series(frame[ts_name], ts_name)
+    frame[TS] = ts_values
+    frame[ROW] = range(len(frame))
+    # The user's timestamp column comes back normalized to UTC as well.
+    frame[ts_name] = ts_values
+    return Entities(df=frame, columns=tuple(columns), timestamp_column=ts_name,
+                    min_ts=ts_values.min().to_pydatetime(), max_ts=ts_values.max().to_pydatetime(), count=len(frame))
+
+
+def _too_large(rows: int, max_rows: int) -> None:
+    from fstore.errors import TooLarge
+
+    raise TooLarge(f"entity_df has {rows} rows, over the limit of {max_rows} (MAX_HISTORICAL_ROWS); "
+                   "run it as a batch retrieval job", field="entity_df")
+
+
+def _spark_timestamp(entity_df: Any, ts_name: str):
+    """The Spark frame's timestamp column as a TIMESTAMP expression (strings parsed, other types refused)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    field = entity_df.schema[ts_name]
+    if isinstance(field.dataType, (T.TimestampType, T.TimestampNTZType, T.DateType, T.StringType)):
+        # try_cast: an unreadable string becomes NULL and is reported, not a Spark stack trace.
+        return F.col(ts_name).try_cast(T.TimestampType())
+    raise InvalidDefinition(f"entity_df timestamp column {ts_name!r} has type {field.dataType.simpleString()}; "
+                            "give a timestamp or ISO 8601 strings", field="timestamp_column")
+
+
+def _unreadable(ts_name: str, count: int) -> InvalidDefinition:
+    return InvalidDefinition(f"entity_df timestamp column {ts_name!r} has {count} empty or unreadable value(s)",
+                             field="timestamp_column")
+
+
+def _is_spark_frame(entity_df: Any) -> bool:
+    """Whether ``entity_df`` is a Spark DataFrame (classic or Connect), without importing pyspark otherwise."""
+    return any(c.__module__.startswith("pyspark.sql.") and c.__name__ == "DataFrame" for c in type(entity_df).__mro__)
+
+
+def prepare_local(entity_df: Any, timestamp_column: str | None, *, max_rows: int | None = None) -> Entities:
+    """``prepare_entities`` for an engine running in this process: ``df`` is a numbered pandas frame.
+
+    A Spark DataFrame is checked as ``prepare_entities`` checks it (its timestamp parsed by Spark),
+    then collected through Arrow, so instants stay exact whatever the session's time zone.
+    """
+    import pandas as pd
+
+    if isinstance(entity_df, pd.DataFrame):
+        return prepare_pandas(entity_df, timestamp_column, max_rows=max_rows)
+    if not _is_spark_frame(entity_df):
+        raise InvalidDefinition(f"entity_df must be a pandas or Spark DataFrame, not {type(entity_df).__name__}",
+                                field="entity_df")
+    columns = list(entity_df.columns)
+    _check_columns(columns)
+    ts_name = find_timestamp_column(columns, timestamp_column)
+    if max_rows is not None:
+        rows = entity_df.limit(max_rows + 1).count()
+        if rows > max_rows:
+            _too_large(rows, max_rows)
+    frame = entity_df.withColumn(ts_name, _spark_timestamp(entity_df, ts_name)).toArrow().to_pandas()
+    nulls = int(frame[ts_name].isna().sum())
+    if nulls:
+        raise _unreadable(ts_name, nulls)
+    return prepare_pandas(frame, ts_name)
+
+
 def prepare_entities(spark, entity_df: Any, timestamp_column: str | None, *, max_rows: int | None = None) -> Entities:
     """Check the entity frame and turn it into numbered Spark rows with a UTC timestamp."""
     import pandas as pd
     from pyspark.sql import DataFrame as SparkDataFrame
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
     if isinstance(entity_df, pd.DataFrame):
-        columns = list(entity_df.columns)
-        _check_columns(columns)
-        ts_name = find_timestamp_column(columns, timestamp_column)
-        if max_rows is not None and len(entity_df) > max_rows:
-            from fstore.errors import TooLarge
-
-            raise TooLarge(f"entity_df has {len(entity_df)} rows, over the limit of {max_rows} (MAX_HISTORICAL_ROWS); "
-                           "run it as a batch retrieval job", field="entity_df")
-        if len(entity_df) == 0:
-            raise InvalidDefinition("entity_df has no rows", field="entity_df")
-        frame = entity_df.reset_index(drop=True).copy()
-        ts_values = _utc_series(frame[ts_name], ts_name)
-        frame[TS] = ts_values
-        frame[ROW] = range(len(frame))
-        # The user's timestamp column comes back normalized to UTC as well.
-        frame[ts_name] = ts_values
+        entities = prepare_pandas(entity_df, timestamp_column, max_rows=max_rows)
         try:
-            df = spark.createDataFrame(frame)
+            df = spark.createDataFrame(entities.df)
         except Exception as exc:  # noqa: BLE001 - pyarrow/Spark type errors name the column
             raise InvalidDefinition(f"entity_df cannot be read by Spark: {exc}", field="entity_df") from None
-        return Entities(df=df, columns=tuple(columns), timestamp_column=ts_name,
-                        min_ts=ts_values.min().to_pydatetime(), max_ts=ts_values.max().to_pydatetime(), count=len(frame))
+        return replace(entities, df=df)
     if isinstance(entity_df, SparkDataFrame):
         columns = list(entity_df.columns)
         _check_columns(columns)
         ts_name = find_timestamp_column(columns, timestamp_column)
-        field = entity_df.schema[ts_name]
-        if isinstance(field.dataType, (T.TimestampType, T.TimestampNTZType, T.DateType, T.StringType)):
-            # try_cast: an unreadable string becomes NULL and is reported below, not a Spark stack trace.
-            ts_col = F.col(ts_name).try_cast(T.TimestampType())
-        else:
-            raise InvalidDefinition(f"entity_df timestamp column {ts_name!r} has type {field.dataType.simpleString()}; "
-                                    "give a timestamp or ISO 8601 strings", field="timestamp_column")
+        ts_col = _spark_timestamp(entity_df, ts_name)
         # The user's timestamp column comes back as a UTC TIMESTAMP, as for pandas frames.
         df = entity_df.withColumn(ts_name, ts_col).withColumn(TS, F.col(ts_name)).withColumn(ROW, F.monotonically_increasing_id())
         # Number the rows once: a later recomputation must give every row the same number.
@@ -130,13 +190,9 @@ def prepare_entities(spark, entity_df: Any, timestamp_column: str | None, *, max
         if stats["n"] == 0:
             raise InvalidDefinition("entity_df has no rows", field="entity_df")
         if max_rows is not None and stats["n"] > max_rows:
-            from fstore.errors import TooLarge
-
-            raise TooLarge(f"entity_df has {stats['n']} rows, over the limit of {max_rows} (MAX_HISTORICAL_ROWS); "
-                           "run it as a batch retrieval job", field="entity_df")
+            _too_large(stats["n"], max_rows)
         if stats["n_ts"] != stats["n"]:
-            raise InvalidDefinition(f"entity_df timestamp column {ts_name!r} has {stats['n'] - stats['n_ts']} empty or unreadable value(s)",
-                                    field="timestamp_column")
+            raise _unreadable(ts_name, stats["n"] - stats["n_ts"])
         return Entities(df=df, columns=tuple(columns), timestamp_column=ts_name, min_ts=_from_micros(stats["lo"]), max_ts=_from_micros(stats["hi"]),
                         count=int(stats["n"]))
     raise InvalidDefinition(f"entity_df must be a pandas or Spark DataFrame, not {type(entity_df).__name__}", field="entity_df")

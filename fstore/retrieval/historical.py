@@ -1,4 +1,4 @@
-"""Historical retrieval: entity rows with timestamps → point-in-time-correct features, on Spark.
+"""Historical retrieval: entity rows with timestamps → point-in-time-correct features (Spark or DuckDB).
 
 Which value each kind of feature takes, for an entity row with keys ``k`` and
 timestamp ``t`` (UTC):
@@ -33,12 +33,16 @@ Plan on Spark: per feature set, one union + running-window shuffle for the
 point-in-time join (``fstore.retrieval.pit``) and, when it has windowed
 features, one more for the windows (``fstore.retrieval.windows``). Entity
 columns ride along in one struct, so nothing is joined back afterwards.
+
+With ``COMPUTE_ENGINE=duckdb`` the same contract and plan run in this process
+(``fstore.retrieval.historical_duckdb``): no Spark session is started, and the
+result holds an Arrow table (``to_spark`` builds a DataFrame only when asked).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fstore.compiler.dialect import quote
 from fstore.errors import InvalidDefinition, NotFound
@@ -64,21 +68,57 @@ def output_name(written: str) -> str:
 
 @dataclass
 class RetrievalResult:
-    """The features of each entity row; computed on Spark when asked for."""
+    """The features of each entity row: a Spark plan computed when asked for, or (DuckDB) an Arrow table."""
 
-    spark_df: Any  # unordered, with the row number column
+    spark_df: Any  # Spark engine: unordered, with the row number column; None when ``arrow`` holds the rows
     columns: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    arrow: Any = None  # DuckDB engine: a pyarrow Table of ``columns``, in the entity frame's order
+    spark_session: Callable[[], Any] | None = None  # where ``to_spark`` turns ``arrow`` into a DataFrame
 
-    def to_spark(self):
-        """A Spark DataFrame of the rows in the entity frame's order."""
+    def to_spark(self, spark=None):
+        """A Spark DataFrame of the rows in the entity frame's order (in ``spark``, default the store's session)."""
+        if self.arrow is not None:
+            return _arrow_to_spark(spark or self.spark_session(), self.arrow)
         return self.spark_df.orderBy(ROW).selectExpr(*[quote(c) for c in self.columns])
 
     def to_df(self):
         """A pandas DataFrame of the rows in the entity frame's order (index 0..n-1)."""
+        if self.arrow is not None:
+            return arrow_to_pandas(self.arrow)
         frame = self.spark_df.selectExpr(ROW, *[quote(c) for c in self.columns]).toPandas()
         frame = frame.sort_values(ROW, kind="stable").reset_index(drop=True)
         return frame.drop(columns=[ROW])
+
+
+def arrow_to_pandas(table):
+    """An Arrow result as Spark's ``toPandas`` gives it: timestamps naive UTC ``datetime64[ns]``, nulls as Spark's."""
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = table.to_pandas()
+    for name, arrow_type in zip(table.column_names, table.schema.types):
+        if pa.types.is_timestamp(arrow_type):
+            values = frame[name]
+            if isinstance(values.dtype, pd.DatetimeTZDtype):
+                values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+            frame[name] = values.astype("datetime64[ns]")
+    return frame
+
+
+def utc_timestamps(table):
+    """``table`` with every naive timestamp column marked UTC (what it means), as Spark writes timestamps."""
+    import pyarrow as pa
+
+    for i, arrow_type in enumerate(table.schema.types):
+        if pa.types.is_timestamp(arrow_type) and arrow_type.tz is None:
+            table = table.set_column(i, table.schema.field(i).name,
+                                     table.column(i).cast(pa.timestamp(arrow_type.unit, tz="UTC")))
+    return table
+
+
+def _arrow_to_spark(spark, table):
+    return spark.createDataFrame(utc_timestamps(table))
 
 
 def _text(value: str) -> str:
@@ -253,16 +293,9 @@ def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int
     return events, source.event_timestamp_column
 
 
-def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGroup],
-             as_of: dict[str, int | datetime | None]) -> RetrievalResult:
-    """Compute the features of ``groups`` for the prepared entity rows (see the module docstring)."""
-    from pyspark.sql import functions as F
-
-    from fstore.compiler import feature_expression, spark_type
-    from fstore.retrieval.pit import as_of_join
-    from fstore.retrieval.windows import exact_windows
-
-    outputs: list[tuple[str, str]] = []  # (internal column, output name)
+def output_columns(entities: Entities, groups: list[FeatureGroup]) -> list[tuple[str, str]]:
+    """``(internal column, output name)`` per requested feature, after checking keys and names (both engines)."""
+    outputs: list[tuple[str, str]] = []
     for group in groups:
         check_keys(entities, group.version.join_keys, group.version.name)
     for group in groups:
@@ -274,6 +307,32 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
             if out in [o for _, o in outputs]:
                 raise InvalidDefinition(f"two requested features would both be answered as column {out}", field="features")
             outputs.append((f"__fs_o{len(outputs)}", out))
+    return outputs
+
+
+def set_meta(group: FeatureGroup, plan: _SetPlan, version: int | None, as_of: int | datetime | None) -> dict[str, Any]:
+    """What a retrieval records of one feature set (``meta["feature_sets"]``, training sets)."""
+    fsv = group.version
+    return {
+        "feature_set": fsv.name, "version": fsv.version, "features": list(group.features),
+        "output_names": list(group.output_names),
+        "feature_versions": {n: fsv.feature_versions.get(n) for n in group.features},
+        "offline_version": version,
+        "as_of": as_of.isoformat() + "Z" if isinstance(as_of, datetime) else None,
+        "exact_windows": sorted(plan.windows), "recomputed": plan.recompute,
+    }
+
+
+def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGroup],
+             as_of: dict[str, int | datetime | None]) -> RetrievalResult:
+    """Compute the features of ``groups`` for the prepared entity rows (see the module docstring)."""
+    from pyspark.sql import functions as F
+
+    from fstore.compiler import feature_expression, spark_type
+    from fstore.retrieval.pit import as_of_join
+    from fstore.retrieval.windows import exact_windows
+
+    outputs = output_columns(entities, groups)
     label = ", ".join(f"{_text(c)}, {quote(c)}" for c in entities.columns)
     frame = entities.df.selectExpr(ROW, TS, f"named_struct({label}) AS {LABEL}")
     sets: list[dict[str, Any]] = []
@@ -306,14 +365,7 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
         frame = labels.selectExpr(ROW, TS, LABEL, *done,
                                   *[f"{quote(name)} AS {internal}" for name, (internal, _) in zip(group.features, mine)])
         done += [internal for internal, _ in mine]
-        sets.append({
-            "feature_set": fsv.name, "version": fsv.version, "features": list(group.features),
-            "output_names": list(group.output_names),
-            "feature_versions": {n: fsv.feature_versions.get(n) for n in group.features},
-            "offline_version": version,
-            "as_of": set_as_of.isoformat() + "Z" if isinstance(set_as_of, datetime) else None,
-            "exact_windows": sorted(plan.windows), "recomputed": plan.recompute,
-        })
+        sets.append(set_meta(group, plan, version, set_as_of))
     result = frame.selectExpr(ROW, *[f"{LABEL}.{quote(c)} AS {quote(c)}" for c in entities.columns],
                               *[f"{internal} AS {quote(out)}" for internal, out in outputs])
     return RetrievalResult(spark_df=result, columns=tuple(entities.columns) + tuple(o for _, o in outputs),
@@ -341,9 +393,17 @@ def get_historical_features(store: "FeatureStore", *, entity_df: Any, features: 
 
         with store.transaction() as s:
             check_new_name(s, save_as)
-    entities = prepare_entities(store.spark, entity_df, timestamp_column,
-                                max_rows=store.settings.max_historical_rows)
-    result = retrieve(store, entities, groups, {g.version.name: pinned for g in groups})
+    pins = {g.version.name: pinned for g in groups}
+    if store.settings.compute_engine == "duckdb":
+        from fstore.retrieval import historical_duckdb
+        from fstore.retrieval.entities import prepare_local
+
+        entities = prepare_local(entity_df, timestamp_column, max_rows=store.settings.max_historical_rows)
+        result = historical_duckdb.retrieve(store, entities, groups, pins)
+    else:
+        entities = prepare_entities(store.spark, entity_df, timestamp_column,
+                                    max_rows=store.settings.max_historical_rows)
+        result = retrieve(store, entities, groups, pins)
     if save_as is not None:
         from fstore.retrieval.training import save_training_set
 

@@ -6,7 +6,9 @@ and records in the registry, per feature set, the set and feature versions,
 the offline Delta version read (or the ``as_of`` timestamp) and the names the
 features were answered under. Re-creating reads the saved entity rows and runs
 the same retrieval pinned to those versions, so later materializations of the
-offline store do not change the answer.
+offline store do not change the answer. Either engine writes the same layout
+(Spark's writer, or pyarrow on ``COMPUTE_ENGINE=duckdb``) and re-creates a set
+saved by the other.
 
 Windowed features are evaluated from the set's source at label time (see
 ``fstore.retrieval.historical``); a source whose past rows are rewritten can
@@ -18,8 +20,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fstore.references import FeatureGroup
-from fstore.retrieval.entities import ROW, Entities, prepare_entities
-from fstore.retrieval.historical import RetrievalResult, retrieve
+from fstore.retrieval.entities import ROW, Entities, prepare_entities, prepare_local
+from fstore.retrieval.historical import RetrievalResult, retrieve, utc_timestamps
 
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
@@ -33,8 +35,6 @@ def save_training_set(store: "FeatureStore", name: str, entities: Entities, resu
                       features: list[str], feature_sets: list[str] | None, as_of: int | datetime | None,
                       entity_source: dict[str, Any], actor: str = "") -> dict[str, Any]:
     """Write the entity rows and the result as Parquet and record the training set."""
-    from pyspark.sql import functions as F
-
     from fstore.registry.training_sets import create_training_set, drop_reservation, finish_training_set
 
     root = training_set_root(store, name)
@@ -44,10 +44,10 @@ def save_training_set(store: "FeatureStore", name: str, entities: Entities, resu
     with store.transaction() as s:
         create_training_set(s, name, {"status": "writing"}, entity_count=0, output_path="", actor=actor)
     try:
-        # One ordered file: reading it back numbers the rows in the same order.
-        (entities.df.orderBy(ROW).select(*[F.col(f"`{c}`") for c in entities.columns])
-         .coalesce(1).write.mode("overwrite").parquet(entities_path))
-        result.to_spark().write.mode("overwrite").parquet(data_path)
+        if result.arrow is not None:
+            _write_arrow(store, entities, result, entities_path, data_path)
+        else:
+            _write_spark(entities, result, entities_path, data_path)
     except BaseException:
         with store.transaction() as s:
             drop_reservation(s, name)
@@ -71,6 +71,45 @@ def save_training_set(store: "FeatureStore", name: str, entities: Entities, resu
     return saved
 
 
+def _write_spark(entities: Entities, result: RetrievalResult, entities_path: str, data_path: str) -> None:
+    from pyspark.sql import functions as F
+
+    # One ordered file: reading it back numbers the rows in the same order.
+    (entities.df.orderBy(ROW).select(*[F.col(f"`{c}`") for c in entities.columns])
+     .coalesce(1).write.mode("overwrite").parquet(entities_path))
+    result.to_spark().write.mode("overwrite").parquet(data_path)
+
+
+def _write_arrow(store: "FeatureStore", entities: Entities, result: RetrievalResult, entities_path: str,
+                 data_path: str) -> None:
+    """The DuckDB engine's save: the same two folders, one ordered Parquet file each, written by pyarrow.
+
+    Timestamps are written as UTC instants, as Spark writes them, so either engine reads a set back.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fstore.offline import _filesystem
+
+    fs, path_of = _filesystem(store.settings)
+    rows = pa.Table.from_pandas(entities.df[list(entities.columns)], preserve_index=False)
+    for folder, table in ((entities_path, rows), (data_path, result.arrow)):
+        path = path_of(folder)
+        fs.create_dir(path, recursive=True)
+        fs.delete_dir_contents(path)  # leftovers of an earlier failed save of this name (the name is reserved)
+        pq.write_table(utc_timestamps(table), f"{path}/part-00000.parquet", filesystem=fs)
+
+
+def _read_entities(store: "FeatureStore", path: str):
+    """A saved entity folder (written by either engine) as a pandas frame, rows in their saved order."""
+    import pyarrow.parquet as pq
+
+    from fstore.offline import _filesystem
+
+    fs, path_of = _filesystem(store.settings)
+    return pq.read_table(path_of(path), filesystem=fs).to_pandas()
+
+
 def recreate_training_set(store: "FeatureStore", name: str) -> RetrievalResult:
     """Run a saved training set's retrieval again, pinned to its recorded versions."""
     from fstore.engine.spark import to_utc_naive
@@ -92,8 +131,14 @@ def recreate_training_set(store: "FeatureStore", name: str) -> RetrievalResult:
             as_of[fsv.name] = to_utc_naive(g["as_of"])
         else:
             as_of[fsv.name] = None
-    entity_df = store.spark.read.parquet(saved["entities_path"])
-    entities = prepare_entities(store.spark, entity_df, saved["timestamp_column"])
-    result = retrieve(store, entities, groups, as_of)
+    if store.settings.compute_engine == "duckdb":
+        from fstore.retrieval import historical_duckdb
+
+        entities = prepare_local(_read_entities(store, saved["entities_path"]), saved["timestamp_column"])
+        result = historical_duckdb.retrieve(store, entities, groups, as_of)
+    else:
+        entity_df = store.spark.read.parquet(saved["entities_path"])
+        entities = prepare_entities(store.spark, entity_df, saved["timestamp_column"])
+        result = retrieve(store, entities, groups, as_of)
     result.meta["training_set"] = saved
     return result

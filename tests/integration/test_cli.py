@@ -199,3 +199,12 @@ def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp
     frame = pd.read_parquet(out)
     assert list(frame["user_id"]) == [1, 2]
     assert frame.iloc[1].isna().iloc[-1]  # before any profile row existed: nothing is visible
+    # The same on the DuckDB engine, into a Parquet folder: written by pyarrow, no Spark involved.
+    folder = tmp_path / "training_duckdb"
+    result = runner.invoke(main, ["get-historical-features", "--entities", str(entities), "--features",
+                                  "user_profile:account_balance", "--output", str(folder)],
+                           env={**env, "COMPUTE_ENGINE": "duckdb"}, catch_exceptions=False)
+    assert result.exit_code == 0 and f"wrote 2 rows to {folder}" in result.stdout, result.output
+    written = pd.read_parquet(folder)  # timestamps as UTC instants, as Spark writes a folder
+    assert list(written.event_timestamp.dt.tz_convert(None)) == list(frame.event_timestamp)
+    pd.testing.assert_frame_equal(written.drop(columns="event_timestamp"), frame.drop(columns="event_timestamp"))

@@ -1,9 +1,11 @@
-"""The point-in-time join against a brute-force pandas oracle, on real Spark.
+"""The point-in-time join against a brute-force pandas oracle, on real Spark and on DuckDB.
 
 Random small data built to hit every edge: many rows per entity, ties on event
 time with different created times, feature rows exactly at the label time and
 after it, TTL edges (exactly at the TTL and 1 µs past it), entities without
-rows, duplicate entity rows, compound keys and NULL feature values.
+rows, duplicate entity rows, compound keys and NULL feature values. Of feature rows
+equal on event and created time, the last one read wins on both engines (the
+oracle's stable sort keeps the input order; DuckDB is given it as ``position``).
 """
 from __future__ import annotations
 
@@ -70,6 +72,32 @@ def oracle(features: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def duckdb_join(features: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
+    from fstore.engine.duckdb import connect
+    from fstore.retrieval.entities import prepare_local
+    from fstore.retrieval.historical import arrow_to_pandas
+    from fstore.retrieval.historical_duckdb import as_of_join, label_table
+
+    con = connect()
+    try:
+        labels = label_table(prepare_local(entities, None))
+        rows = features.astype({"f_int": "Int64"}).assign(read_order=range(len(features)))
+        joined = as_of_join(con, labels, rows, keys=["user", "merchant"], ts=TS,
+                            features=[("f_int", "f_int"), ("f_str", "f_str")], ttl_seconds=TTL, position="read_order")
+        result = arrow_to_pandas(joined.order(ROW).to_arrow_table())
+    finally:
+        con.close()
+    return result[["user", "merchant", "ts", "extra", "f_int", "f_str"]]
+
+
+def join(request, engine: str, features: pd.DataFrame, entities: pd.DataFrame,
+         broadcast_keys: bool = False) -> pd.DataFrame:
+    """The as-of join of ``features`` to ``entities`` on ``engine``, in entity order (Spark only started for Spark)."""
+    if engine == "duckdb":
+        return duckdb_join(features, entities)
+    return spark_join(request.getfixturevalue("spark"), features, entities, broadcast_keys)
+
+
 def spark_join(spark, features: pd.DataFrame, entities: pd.DataFrame, broadcast_keys: bool = False) -> pd.DataFrame:
     prepared = prepare_entities(spark, entities, None)
     rows = spark.createDataFrame(features.astype({"f_int": "Int64"}),
@@ -88,15 +116,15 @@ def _as_records(df: pd.DataFrame) -> list[tuple]:
 
 
 @pytest.mark.parametrize(("seed", "broadcast_keys"), [(1, False), (2, False), (3, True), (4, False), (5, True)])
-def test_as_of_join_matches_oracle(spark, seed, broadcast_keys):
+def test_as_of_join_matches_oracle(request, compute_engine, seed, broadcast_keys):
     features, entities = random_case(seed)
     expected = oracle(features, entities)
-    got = spark_join(spark, features, entities, broadcast_keys)
+    got = join(request, compute_engine, features, entities, broadcast_keys)
     assert len(got) == len(entities)
     assert _as_records(got) == _as_records(expected)
 
 
-def test_null_in_latest_row_stays_null(spark):
+def test_null_in_latest_row_stays_null(request, compute_engine):
     """An older non-null value must not show through a newer NULL."""
     features = pd.DataFrame([
         {"user": 1, "merchant": "a", "event_timestamp": BASE, "created_timestamp": BASE, "f_int": 7, "f_str": "old"},
@@ -105,11 +133,11 @@ def test_null_in_latest_row_stays_null(spark):
     ])
     entities = pd.DataFrame([{"user": 1, "merchant": "a", "ts": BASE + timedelta(seconds=5), "extra": 0},
                              {"user": 1, "merchant": "a", "ts": BASE + timedelta(seconds=20), "extra": 1}])
-    got = spark_join(spark, features, entities)
+    got = join(request, compute_engine, features, entities)
     assert _as_records(got[["f_int", "f_str"]]) == [(7, "old"), (None, None)]
 
 
-def test_tie_on_event_time_latest_created_wins(spark):
+def test_tie_on_event_time_latest_created_wins(request, compute_engine):
     features = pd.DataFrame([
         {"user": 1, "merchant": "a", "event_timestamp": BASE, "created_timestamp": BASE + timedelta(seconds=2),
          "f_int": 2, "f_str": "second"},
@@ -117,7 +145,13 @@ def test_tie_on_event_time_latest_created_wins(spark):
          "f_int": 1, "f_str": "first"},
         {"user": 1, "merchant": "a", "event_timestamp": BASE + US, "created_timestamp": BASE,
          "f_int": 3, "f_str": "later"},
+        # Equal on event and created time: the one read last wins.
+        {"user": 1, "merchant": "a", "event_timestamp": BASE + 2 * US, "created_timestamp": BASE,
+         "f_int": 5, "f_str": "read first"},
+        {"user": 1, "merchant": "a", "event_timestamp": BASE + 2 * US, "created_timestamp": BASE,
+         "f_int": 4, "f_str": "read last"},
     ])
-    entities = pd.DataFrame([{"user": 1, "merchant": "a", "ts": BASE, "extra": 0}])
-    got = spark_join(spark, features, entities)
-    assert _as_records(got[["f_int", "f_str"]]) == [(2, "second")]
+    entities = pd.DataFrame([{"user": 1, "merchant": "a", "ts": BASE, "extra": 0},
+                             {"user": 1, "merchant": "a", "ts": BASE + 2 * US, "extra": 1}])
+    got = join(request, compute_engine, features, entities)
+    assert _as_records(got[["f_int", "f_str"]]) == [(2, "second"), (4, "read last")]

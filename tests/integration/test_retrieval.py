@@ -1,4 +1,4 @@
-"""Historical retrieval end to end on real Spark: materialized Delta offline store, exact windows, as_of, errors."""
+"""Historical retrieval end to end on each engine (Spark, DuckDB): materialized Delta offline store, exact windows, as_of, errors."""
 from __future__ import annotations
 
 import time
@@ -58,22 +58,35 @@ def create_sets(store: FeatureStore, source: str) -> None:
 
 
 def fill_offline(store: FeatureStore, name: str, start: datetime = T0, end: datetime = T_END) -> int | None:
-    """Compute ``[start, end)`` of a set on Spark and commit it to the offline store (what a run's offline stage does)."""
+    """Compute ``[start, end)`` of a set on Spark and commit it to the offline store (what a run's offline stage does).
+
+    On Spark whatever the store's engine: for a DuckDB store only its retrieval is under test.
+    """
+    from pyspark.sql import SparkSession
+
     from fstore.engine.spark import compute
     from fstore.offline import write_range
 
+    spark = store.spark if store.settings.compute_engine == "spark" else SparkSession.getActiveSession()
     fsv = store.feature_set_version(name)
-    return write_range(store.spark, store.settings, fsv, compute(store.spark, fsv, start=start, end=end), start, end)
+    return write_range(spark, store.settings, fsv, compute(spark, fsv, start=start, end=end), start, end)
 
 
 @pytest.fixture()
-def store(settings, spark, tmp_path):
-    s = FeatureStore(settings).use_spark(spark)
+def registered(settings, on_engine, tmp_path):
+    """The three sets, defined only: enough for requests refused before any data is read (each engine)."""
+    s = on_engine(settings)
     create_sets(s, write_source(tmp_path / "source", events()))
-    for name in ("user_txn", "merchant_txn", "pair_txn"):
-        fill_offline(s, name)
     yield s
     s.close()
+
+
+@pytest.fixture()
+def store(registered):
+    """The three sets materialized; retrievals on each engine (the DuckDB store never touches Spark)."""
+    for name in ("user_txn", "merchant_txn", "pair_txn"):
+        fill_offline(registered, name)
+    return registered
 
 
 def labels() -> pd.DataFrame:
@@ -124,7 +137,7 @@ def records(df: pd.DataFrame, columns: list[str]) -> list[dict]:
     return [{c: _clean(v) for c, v in zip(columns, row)} for row in df[columns].astype(object).itertuples(index=False)]
 
 
-def test_point_in_time_values_and_exact_windows(store):
+def test_point_in_time_values_and_exact_windows(store, spark):
     entity_rows = labels()
     result = store.get_historical_features(
         entity_df=entity_rows, features=["amount_x2", "txn_count_2d", "amount_sum_2d", "avg_amount_2d"],
@@ -135,7 +148,7 @@ def test_point_in_time_values_and_exact_windows(store):
     assert list(df.note) == list(entity_rows.note)  # every row, in order, duplicates kept
     features = ["amount_x2", "txn_count_2d", "amount_sum_2d", "avg_amount_2d"]
     assert records(df, features) == oracle(events(), entity_rows)
-    spark_rows = result.to_spark().collect()
+    spark_rows = result.to_spark(spark).collect()  # the session given: a DuckDB store has none
     assert [r["note"] for r in spark_rows] == list(entity_rows.note)
 
 
@@ -207,16 +220,16 @@ def test_as_of_reads_the_offline_store_as_it_was(store, tmp_path):
     (pd.DataFrame({"user_id": [1], "ts": [T0], "amount_x2": [1.0]}), {}, InvalidDefinition, "features", "already has"),
     ([{"user_id": 1}], {}, InvalidDefinition, "entity_df", "pandas or Spark"),
 ])
-def test_bad_requests_name_the_problem(store, frame, kwargs, error, field, words):
+def test_bad_requests_name_the_problem(registered, frame, kwargs, error, field, words):
     with pytest.raises(error) as info:
-        store.get_historical_features(entity_df=frame, features=["amount_x2"], feature_sets=["user_txn"], **kwargs)
+        registered.get_historical_features(entity_df=frame, features=["amount_x2"], feature_sets=["user_txn"], **kwargs)
     assert info.value.field == field and words in info.value.message
 
 
-def test_over_the_row_limit_is_refused(store, spark):
+def test_over_the_row_limit_is_refused(registered, spark):
     from fstore.errors import TooLarge
 
-    limited = FeatureStore(store.settings.with_(max_historical_rows=2)).use_spark(spark)
+    limited = FeatureStore(registered.settings.with_(max_historical_rows=2)).use_spark(registered.spark)
     frame = pd.DataFrame({"user_id": [1, 2, 3], "ts": [T0, T0, T0]})
     for entity_df in (frame, spark.createDataFrame(frame)):
         with pytest.raises(TooLarge):
@@ -224,6 +237,6 @@ def test_over_the_row_limit_is_refused(store, spark):
     limited.close()
 
 
-def test_unknown_feature_is_not_found(store):
+def test_unknown_feature_is_not_found(registered):
     with pytest.raises(NotFound):
-        store.get_historical_features(entity_df=pd.DataFrame({"user_id": [1], "ts": [T0]}), features=["nope"])
+        registered.get_historical_features(entity_df=pd.DataFrame({"user_id": [1], "ts": [T0]}), features=["nope"])

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fstore.errors import InvalidDefinition
-from fstore.retrieval.entities import ROW, TS, find_timestamp_column, prepare_entities
+from fstore.retrieval.entities import ROW, TS, find_timestamp_column, prepare_entities, prepare_local
 from fstore.retrieval.historical import normalize_as_of, output_name
 
 
@@ -53,14 +53,22 @@ def test_bad_as_of_is_refused(value, sets, words):
     assert info.value.field == "as_of" and words in info.value.message
 
 
+def prepare(request, engine: str, frame, timestamp_column=None):
+    """The entity frame prepared for ``engine`` (Spark only started for Spark), and its rows as pandas."""
+    if engine == "duckdb":
+        prepared = prepare_local(frame, timestamp_column)
+        return prepared, prepared.df
+    prepared = prepare_entities(request.getfixturevalue("spark"), frame, timestamp_column)
+    return prepared, prepared.df.orderBy(ROW).toPandas()
+
+
 @pytest.mark.spark
-def test_pandas_offsets_normalized_and_rows_numbered(spark):
+def test_pandas_offsets_normalized_and_rows_numbered(request, compute_engine):
     frame = pd.DataFrame({
         "user_id": [1, 2, 3],
         "ts": ["2024-01-01T05:00:00+05:00", "2024-01-01T00:00:00Z", datetime(2024, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))],
     })
-    prepared = prepare_entities(spark, frame, None)
-    rows = prepared.df.orderBy(ROW).toPandas()
+    prepared, rows = prepare(request, compute_engine, frame)
     assert list(rows[TS]) == [pd.Timestamp("2024-01-01")] * 3 and list(rows[ROW]) == [0, 1, 2]
     assert prepared.min_ts == prepared.max_ts == datetime(2024, 1, 1) and prepared.count == 3
     assert list(frame.ts)[1] == "2024-01-01T00:00:00Z"  # the caller's frame is left as it was
@@ -74,9 +82,9 @@ def test_pandas_offsets_normalized_and_rows_numbered(spark):
     (pd.DataFrame({"user_id": [], "ts": []}), "entity_df", "no rows"),
     (pd.DataFrame([[1, "2024-01-01", 2]], columns=["user_id", "ts", "user_id"]), "entity_df", "duplicate"),
 ])
-def test_bad_entity_frames_are_refused(spark, frame, field, words):
+def test_bad_entity_frames_are_refused(request, compute_engine, frame, field, words):
     with pytest.raises(InvalidDefinition) as info:
-        prepare_entities(spark, frame, None)
+        prepare(request, compute_engine, frame)
     assert info.value.field == field and words in info.value.message
 
 

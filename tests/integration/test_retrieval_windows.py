@@ -1,4 +1,4 @@
-"""Windowed features exact at label time, against a pandas oracle, on real Spark."""
+"""Windowed features exact at label time, against a pandas oracle, on real Spark and on DuckDB."""
 from __future__ import annotations
 
 import random
@@ -49,28 +49,48 @@ def _oracle(events: pd.DataFrame, labels: pd.DataFrame) -> list[tuple]:
     return out
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
-def test_windows_exact_at_label_time(spark, seed):
-    events, labels = _case(seed)
+def windows_at_labels(request, engine: str, events: pd.DataFrame, labels: pd.DataFrame, windows, *,
+                      bounded: bool = True) -> pd.DataFrame:
+    """``exact_windows`` of ``engine`` over the label rows (``user_id``, ``ts``, ``note``), in label order."""
+    if engine == "duckdb":
+        from fstore.engine.duckdb import connect
+        from fstore.retrieval.entities import prepare_local
+        from fstore.retrieval.historical import arrow_to_pandas
+        from fstore.retrieval.historical_duckdb import exact_windows as duckdb_windows
+        from fstore.retrieval.historical_duckdb import label_table
+
+        prepared = prepare_local(labels, None)
+        con = connect()
+        try:
+            result = duckdb_windows(con, label_table(prepared).select(["user_id", TS, ROW, "note"]),
+                                    events.astype({"user_id": "int32"}), keys=["user_id"], ts=TS,
+                                    event_ts="event_timestamp", windows=windows,
+                                    lo=prepared.min_ts if bounded else None, hi=prepared.max_ts if bounded else None)
+            return arrow_to_pandas(result.order(ROW).to_arrow_table())
+        finally:
+            con.close()
+    spark = request.getfixturevalue("spark")
     prepared = prepare_entities(spark, labels, None)
     frame = prepared.df.select(F.col("user_id"), F.col(TS), F.col(ROW), F.col("note"))
     source = spark.createDataFrame(events, schema="user_id int, event_timestamp timestamp, amount double")
-    result = exact_windows(frame, source, keys=["user_id"], ts=TS, event_ts="event_timestamp",
-                           windows=[(COUNT_30S, "c30"), (SUM_60S_BIG, "s60")],
-                           lo=prepared.min_ts, hi=prepared.max_ts)
-    got = result.toPandas().sort_values(ROW)
+    result = exact_windows(frame, source, keys=["user_id"], ts=TS, event_ts="event_timestamp", windows=windows,
+                           lo=prepared.min_ts if bounded else None, hi=prepared.max_ts if bounded else None)
+    return result.toPandas().sort_values(ROW)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_windows_exact_at_label_time(request, compute_engine, seed):
+    events, labels = _case(seed)
+    got = windows_at_labels(request, compute_engine, events, labels, [(COUNT_30S, "c30"), (SUM_60S_BIG, "s60")])
     assert len(got) == len(labels)
     rows = [(int(r.user_id), r.note, int(r.c30), None if pd.isna(r.s60) else float(r.s60)) for r in got.itertuples()]
     assert rows == _oracle(events, labels)
 
 
-def test_count_drops_events_that_aged_out(spark):
+def test_count_drops_events_that_aged_out(request, compute_engine):
     """Two events, then a label 31 s after the first: the 30 s count is 1, not the 2 stored at the last event."""
     events = pd.DataFrame([{"user_id": 1, "event_timestamp": BASE, "amount": 1.0},
                            {"user_id": 1, "event_timestamp": BASE + timedelta(seconds=10), "amount": 1.0}])
     labels = pd.DataFrame([{"user_id": 1, "ts": BASE + timedelta(seconds=31), "note": "x"}])
-    prepared = prepare_entities(spark, labels, None)
-    source = spark.createDataFrame(events, schema="user_id long, event_timestamp timestamp, amount double")
-    result = exact_windows(prepared.df.select("user_id", TS, ROW, "note"), source, keys=["user_id"], ts=TS,
-                           event_ts="event_timestamp", windows=[(COUNT_30S, "c30")])
-    assert [r.c30 for r in result.collect()] == [1]
+    got = windows_at_labels(request, compute_engine, events, labels, [(COUNT_30S, "c30")], bounded=False)
+    assert list(got.c30) == [1]

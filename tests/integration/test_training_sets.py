@@ -1,4 +1,4 @@
-"""Training sets: saved with their versions, listed, shown, re-created exactly after the offline store changed."""
+"""Training sets: saved with their versions, listed, shown, re-created exactly after the offline store changed (both engines)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -13,9 +13,21 @@ pytestmark = pytest.mark.spark
 FEATURES = ["user_txn:amount_x2", "txn_count_2d", "avg_amount_2d", "merchant_amount"]
 
 
+@pytest.fixture(params=[("sqlite", "spark"), ("postgres", "spark"), ("sqlite", "duckdb")], ids="-".join)
+def registry_and_engine(request) -> tuple[str, str]:
+    """Both registries on Spark, and the DuckDB engine on SQLite (the registry does not depend on the engine)."""
+    return request.param
+
+
 @pytest.fixture()
-def store(any_registry_settings, spark, tmp_path):
-    s = FeatureStore(any_registry_settings, auto_upgrade=True).use_spark(spark)
+def compute_engine(registry_and_engine) -> str:
+    return registry_and_engine[1]
+
+
+@pytest.fixture()
+def store(request, registry_and_engine, on_engine, tmp_path):
+    settings = request.getfixturevalue("settings" if registry_and_engine[0] == "sqlite" else "pg_settings")
+    s = on_engine(settings, auto_upgrade=True)
     create_sets(s, write_source(tmp_path / "source", events()))
     for name in ("user_txn", "merchant_txn"):
         fill_offline(s, name)
@@ -58,10 +70,14 @@ def test_save_list_show_and_recreate_after_the_offline_store_changed(store, tmp_
     assert list(again.columns) == list(original.columns)
 
 
-def test_recreate_is_identical_when_nothing_changed(store):
+def test_recreate_is_identical_when_nothing_changed(store, on_engine):
     entity_rows = labels()
     original = store.get_historical_features(entity_df=entity_rows, features=FEATURES, save_as="same").to_df()
     pd.testing.assert_frame_equal(store.recreate_training_set("same").to_df(), original)
+    # The other engine re-creates it from the same folders and record, to the same frame.
+    other = on_engine(store.settings, on="duckdb" if store.settings.compute_engine == "spark" else "spark")
+    pd.testing.assert_frame_equal(other.recreate_training_set("same").to_df(), original)
+    other.close()
 
 
 def test_names_are_checked_before_any_work(store):
