@@ -318,14 +318,16 @@ def part_historical(ctx: Context) -> dict:
     repeats = 1 if ctx.quick else 3
     files = [ctx.dataset.entities_path(n) for n in sizes]
     out: dict = {"sizes": sizes, "repeats": repeats}
+    fstore_args = ["--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB)]
+    fstore_env = fstore_side.environment(ctx.fstore_store, FSTORE_DB)
     for system, module, extra, env in (
             ("feast", "bench.feast_side", ["--repo", str(ctx.feast_repo)], None),
-            ("fstore", "bench.fstore_side", ["--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB)],
-             fstore_side.environment(ctx.fstore_store, FSTORE_DB))):
+            ("fstore", "bench.fstore_side", fstore_args, {**fstore_env, "COMPUTE_ENGINE": "spark"}),
+            ("fstore_duckdb", "bench.fstore_side", fstore_args, {**fstore_env, "COMPUTE_ENGINE": "duckdb"})):
         if system == "feast" and not ctx.feast:
             continue
         log(f"{system}: historical retrieval {sizes}")
-        command = py(module, *(extra if system == "fstore" else []), "historical",
+        command = py(module, *(extra if system != "feast" else []), "historical",
                      *(extra if system == "feast" else []), "--entities", *files,
                      "--outputs", *[ctx.output(system, n) for n in sizes], "--repeats", str(repeats))
         result, wall = run_json(command, env=env)
@@ -343,11 +345,14 @@ def part_correctness(ctx: Context) -> dict:
     from bench.compare import compare_all
 
     sizes = [ctx.dataset.sizes.entities_small, ctx.dataset.sizes.entities_large]
-    if not all(Path(ctx.output("fstore", n)).exists() for n in sizes) or (
+    if not all(Path(ctx.output(system, n)).exists() for system in ("fstore", "fstore_duckdb") for n in sizes) or (
             ctx.feast and not all(Path(ctx.output("feast", n)).exists() for n in sizes)):
         report.write_part("historical", _wrap(ctx, part_historical(ctx)), ctx.results)
-    return compare_all(ctx.dataset, {n: ctx.output("fstore", n) for n in sizes},
-                       {n: ctx.output("feast", n) for n in sizes} if ctx.feast else None)
+    out = compare_all(ctx.dataset, {n: ctx.output("fstore", n) for n in sizes},
+                      {n: ctx.output("feast", n) for n in sizes} if ctx.feast else None)
+    log("fstore on DuckDB (COMPUTE_ENGINE=duckdb) against the oracle")
+    out["fstore_duckdb"] = compare_all(ctx.dataset, {n: ctx.output("fstore_duckdb", n) for n in sizes}, None)
+    return out
 
 
 PARTS = {"materialize": part_materialize, "online": part_online, "historical": part_historical,

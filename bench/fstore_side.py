@@ -115,7 +115,8 @@ def historical(store_dir: Path, redis_db: int, entity_files: list[str], outputs:
 
     began = time.perf_counter()
     store = open_store(store_dir, redis_db)
-    store.spark.range(1).count()
+    if store.settings.compute_engine == "spark":
+        store.spark.range(1).count()
     session_seconds = time.perf_counter() - began
     out: dict = {"session_seconds": session_seconds, "files": {}}
     for index, (path, output) in enumerate(zip(entity_files, outputs)):

@@ -141,17 +141,23 @@ def _online_rows(o: dict) -> list[list[str]]:
 
 def _historical_rows(h: dict) -> list[list[str]]:
     rows = []
-    f, s = h.get("feast") or {}, h.get("fstore") or {}
-    for n in h.get("sizes", []):
-        fb, sb = (f.get("best_seconds") or {}).get(str(n)), (s.get("best_seconds") or {}).get(str(n))
-        fr, sr = (f.get("rows_out") or {}).get(str(n)), (s.get("rows_out") or {}).get(str(n))
-        rows.append([f"historical, {n:,} entity rows, best of {h.get('repeats')} (rows returned)",
-                     f"{_s(fb)} ({fr:,} rows)" if fr is not None else _s(fb),
-                     f"{_s(sb)} ({sr:,} rows)" if sr is not None else _s(sb), f"time {ratio(sb, fb)}"])
-    rows.append(["historical, ratio large/small", ratio(f.get("ratio_large_small"), 1.0), ratio(s.get("ratio_large_small"), 1.0), "–"])
-    rows.append(["historical, first call in a fresh process (cold, small frame)", _s(f.get("cold_seconds")),
-                 _s(s.get("cold_seconds")) + (f" + {s['session_seconds']:.1f} s Spark start" if s.get("session_seconds") else ""),
-                 "–"])
+    f = h.get("feast") or {}
+    for key, engine in (("fstore", "Spark local[2]"), ("fstore_duckdb", "DuckDB (COMPUTE_ENGINE=duckdb)")):
+        s = h.get(key)
+        if not s:
+            continue
+        for n in h.get("sizes", []):
+            fb, sb = (f.get("best_seconds") or {}).get(str(n)), (s.get("best_seconds") or {}).get(str(n))
+            fr, sr = (f.get("rows_out") or {}).get(str(n)), (s.get("rows_out") or {}).get(str(n))
+            rows.append([f"historical, {n:,} entity rows, best of {h.get('repeats')} (rows returned), fstore on {engine}",
+                         f"{_s(fb)} ({fr:,} rows)" if fr is not None else _s(fb),
+                         f"{_s(sb)} ({sr:,} rows)" if sr is not None else _s(sb), f"time {ratio(sb, fb)}"])
+        rows.append([f"historical, ratio large/small, fstore on {engine}", ratio(f.get("ratio_large_small"), 1.0),
+                     ratio(s.get("ratio_large_small"), 1.0), "–"])
+        start = s.get("session_seconds") if key == "fstore" else None
+        rows.append([f"historical, first call in a fresh process (cold, small frame), fstore on {engine}",
+                     _s(f.get("cold_seconds")), _s(s.get("cold_seconds")) + (f" + {start:.1f} s Spark start" if start else ""),
+                     "–"])
     return rows
 
 
@@ -159,7 +165,7 @@ HOW_MEASURED = [
     "Materialize: rows/s = source rows / wall seconds (Feast writes the latest row per user to Redis, fstore writes "
     "every row to Delta and the latest per user to Redis). Redis is flushed before each run. fstore in-process: "
     "`store.materialize` three times in one process: the first on a fresh Spark session (cold), the best of the "
-    "other two (warm).",
+    "other two (warm); the same with COMPUTE_ENGINE=duckdb (no JVM; the first run pays the imports).",
     "Online: Python `http.client` keep-alive clients, one process per client, bodies built before timing, the same "
     "user ids for both systems; warm-up requests untimed. Feast: `feast serve` defaults (1 worker) for one client, "
     "`feast serve -w 2` for 4 clients (its default `--max-requests 1000` recycles workers: the errors column counts "
@@ -167,8 +173,9 @@ HOW_MEASURED = [
     "Feast's access log is on, fstore's is off (`GUNICORN_ACCESS_LOG=-` turns it on); Feast is also measured with "
     "`--no-access-log` for 4 clients.",
     "Historical: `get_historical_features(...).to_df()` into pandas for both; Feast's file (dask) offline store reads "
-    "the source Parquet, fstore reads its Delta table on a local[2] Spark session. Best of N after a first call; the "
-    "cold figure is the first call in a fresh process (for fstore, after the Spark session start shown).",
+    "the source Parquet, fstore reads its Delta table on a local[2] Spark session, or in process with DuckDB "
+    "(COMPUTE_ENGINE=duckdb). Best of N after a first call; the cold figure is the first call in a fresh process "
+    "(for fstore on Spark, after the Spark session start shown).",
 ]
 
 
@@ -211,6 +218,8 @@ def markdown(parts: dict[str, dict]) -> str:
             lines.append(f"- {int(n):,} entity rows: {summary.get('verdict')}")
             for item in summary.get("differences", []):
                 lines.append(f"  - {item['count']:,} rows — {item['what']}: {item['explanation']}")
+        for n, summary in ((c.get("fstore_duckdb") or {}).get("sizes") or {}).items():
+            lines.append(f"- {int(n):,} entity rows, fstore on DuckDB (COMPUTE_ENGINE=duckdb): {summary.get('verdict')}")
     if "online" in parts and parts["online"].get("cross_check"):
         cc = parts["online"]["cross_check"]
         lines += ["", "## Online cross-check", "",
