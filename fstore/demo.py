@@ -77,12 +77,17 @@ def materialize(store, data):
 
 @step("4. offline store")
 def offline_rows(store):
-    from fstore.offline import read_table
+    """Read back with pyarrow, whatever the engine: the tables are plain Delta (or Parquet) files."""
+    import pyarrow.dataset as ds
+
+    from fstore.retrieval.offline_arrow import read_files
 
     for name in SETS:
-        df = read_table(store.spark, store.settings, name)
-        print(f"{name}: {df.count()} rows; the first few:")
-        print(df.orderBy("user_id", "event_timestamp").limit(4).toPandas().to_string(index=False))
+        files = read_files(store.settings, name)
+        table = files.dataset if files.dataset is not None else ds.dataset(files.paths, format="parquet")
+        frame = table.to_table().to_pandas().sort_values(["user_id", "event_timestamp"])
+        print(f"{name} (version {files.version}): {len(frame)} rows; the first few:")
+        print(frame.head(4).to_string(index=False))
 
 
 @step("5. online features")
@@ -122,7 +127,7 @@ def main() -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     print(f"fstore demo: storage at {settings.data_root}, registry {settings.database_url.split('@')[-1]}, "
-          f"online store {'Redis' if settings.redis_url else 'embedded'}")
+          f"online store {'Redis' if settings.redis_url else 'embedded'}, compute engine {settings.compute_engine}")
     store = None
     try:
         data = make_data(settings)

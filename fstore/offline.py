@@ -611,6 +611,17 @@ def read_table(spark, settings: Settings, name: str, *, as_of: int | str | datet
     return read_table_version(spark, settings, name, as_of=as_of)[0]
 
 
+def as_of_version(as_of: int | str | datetime | None) -> int | datetime | None:
+    """An ``as_of`` as ``_delta_table`` takes it: a version number, or an aware UTC time (a digit string is a version)."""
+    if isinstance(as_of, str) and not (as_of.strip().isascii() and as_of.strip().isdigit()):
+        return to_utc_naive(as_of).replace(tzinfo=timezone.utc)
+    if isinstance(as_of, str):
+        return int(as_of)
+    if isinstance(as_of, datetime):
+        return to_utc_naive(as_of).replace(tzinfo=timezone.utc)
+    return as_of
+
+
 def read_table_version(spark, settings: Settings, name: str, *,
                        as_of: int | str | datetime | None = None) -> tuple[Any, int | None]:
     """``read_table`` and the Delta version it read (None for Parquet), from one open of the Delta log."""
@@ -618,16 +629,7 @@ def read_table_version(spark, settings: Settings, name: str, *,
         if as_of is not None:
             raise InvalidDefinition("as_of needs STORAGE_FORMAT=delta; Parquet tables keep no versions", field="as_of")
         return _read_parquet(spark, settings, name), None
-    version = as_of
-    if isinstance(as_of, str) and not (as_of.strip().isascii() and as_of.strip().isdigit()):
-        version = to_utc_naive(as_of)
-    elif isinstance(as_of, str):
-        version = int(as_of)
-    if isinstance(version, datetime):
-        from datetime import timezone
-
-        version = to_utc_naive(version).replace(tzinfo=timezone.utc)
-    table = _delta_table(settings, name, version)
+    table = _delta_table(settings, name, as_of_version(as_of))
     if table is None:
         raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at {table_uri(settings, name)})")
     # A Delta version never changes, so the DataFrame over its files (Spark's file listing and footer

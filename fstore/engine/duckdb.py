@@ -106,7 +106,7 @@ def _files(path: str, extension: str) -> list[str]:
     return found
 
 
-def _ident(name: str) -> str:
+def ident(name: str) -> str:
     """A DuckDB identifier in double quotes."""
     return '"' + name.replace('"', '""') + '"'
 
@@ -231,9 +231,9 @@ def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: 
     conds = []
     if start is not None:
         earliest = to_utc_naive(start) - timedelta(seconds=compiled.lookback_seconds)
-        conds.append(f"CAST({_ident(ts)} AS TIMESTAMPTZ) >= {_timestamp_literal(earliest)}")
+        conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) >= {_timestamp_literal(earliest)}")
     if end is not None:
-        conds.append(f"CAST({_ident(ts)} AS TIMESTAMPTZ) < {_timestamp_literal(end)}")
+        conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) < {_timestamp_literal(end)}")
     if conds:
         relation = relation.filter(" AND ".join(conds))
     table = run_compiled(con, fsv, compiled, relation)
@@ -256,7 +256,7 @@ def earliest_event(source: Source) -> datetime | None:
     con = connect()
     try:
         relation = read_source(con, source)
-        column = _ident(source.event_timestamp_column)
+        column = ident(source.event_timestamp_column)
         value = relation.aggregate(f"min(CAST({column} AS TIMESTAMPTZ))").fetchall()[0][0]
     finally:
         con.close()
@@ -271,4 +271,4 @@ def _arrow_time(value: datetime, arrow_type):
     return pa.scalar(naive.replace(tzinfo=timezone.utc) if arrow_type.tz else naive, type=arrow_type)
 
 
-__all__ = ["connect", "to_duckdb", "read_source", "run_compiled", "compute", "earliest_event"]
+__all__ = ["connect", "ident", "to_duckdb", "read_source", "run_compiled", "compute", "earliest_event"]

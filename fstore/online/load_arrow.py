@@ -21,6 +21,7 @@ from __future__ import annotations
 from itertools import repeat
 from typing import TYPE_CHECKING, Iterator
 
+from fstore.engine.duckdb import ident
 from fstore.errors import ComputeError, InvalidDefinition, Unavailable
 from fstore.online.base import Codec, as_codec, key_prefix
 from fstore.online.load import EMBEDDED_BATCH, packed_pieces, require_columns, ttl_cutoff
@@ -70,10 +71,6 @@ CREATE TEMP MACRO fs_json_text(t) AS CASE
 """
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -84,7 +81,7 @@ def _micros(expr: str) -> str:
 
 def key_native_sql(column: str, value_type: str) -> str:
     """DuckDB SQL of one key column as its entity's value type (as ``load.key_native_sql``)."""
-    c = _ident(column)
+    c = ident(column)
     return {
         "int": f"CAST({c} AS BIGINT)",
         "string": f"CAST({c} AS VARCHAR)",
@@ -145,7 +142,7 @@ def _selected(codec: Codec, columns: set[str]) -> list[str]:
     selected.append(f"{_micros('event_timestamp')} AS ts")
     if "created_timestamp" in columns:
         selected.append(f"{_micros('created_timestamp')} AS created")
-    return selected + [f"{_ident(name)} AS v{i}" for i, name in enumerate(codec.feature_names)]
+    return selected + [f"{ident(name)} AS v{i}" for i, name in enumerate(codec.feature_names)]
 
 
 def winners_sql(codec: Codec, columns: set[str], source: str, *, now_micros: int | None = None) -> str:
@@ -177,7 +174,7 @@ def texts_sql(codec: Codec, schema: "pyarrow.Schema", source: str) -> str:
     doubles, texts = [], []
     for i, (name, data_type) in enumerate(codec.features):
         if data_type == "float":  # DuckDB's text of the double made once, below (see fs_double)
-            doubles.append(f"CAST(CAST({_ident(name)} AS DOUBLE) AS VARCHAR) AS s{i}")
+            doubles.append(f"CAST(CAST({ident(name)} AS DOUBLE) AS VARCHAR) AS s{i}")
             texts.append(f"fs_double(CAST(v{i} AS DOUBLE), s{i}) AS t{i}")
         else:
             texts.append(f"{value_text_sql(f'v{i}', data_type, schema.field(name).type)} AS t{i}")

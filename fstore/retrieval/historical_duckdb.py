@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from itertools import count
 from typing import TYPE_CHECKING, Any, Sequence
 
+from fstore.engine.duckdb import ident
 from fstore.errors import InvalidDefinition, NotFound
 from fstore.references import FeatureGroup
 from fstore.retrieval.entities import ROW, TS, Entities
@@ -53,11 +54,6 @@ _MAX_BIGINT = 9223372036854775807
 _DUCK_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ"}
 _FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
 _names = count()
-
-
-def ident(name: str) -> str:
-    """A DuckDB identifier in double quotes."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _timestamp(value: datetime) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Any
 
 from fstore import offline
@@ -38,19 +38,8 @@ class OfflineFiles:
 
 
 def open_version(settings: Settings, name: str, as_of: int | str | datetime | None = None):
-    """The ``deltalake.DeltaTable`` of ``name`` at ``as_of`` (a version, or the version current at a time).
-
-    The ``as_of`` forms are normalized as ``offline.read_table_version`` does (those few lines are
-    duplicated: that module belongs to the Spark read path); the table is opened by its helper.
-    """
-    version = as_of
-    if isinstance(as_of, str) and not (as_of.strip().isascii() and as_of.strip().isdigit()):
-        version = to_utc_naive(as_of)
-    elif isinstance(as_of, str):
-        version = int(as_of)
-    if isinstance(version, datetime):
-        version = to_utc_naive(version).replace(tzinfo=timezone.utc)
-    table = offline._delta_table(settings, name, version)
+    """The ``deltalake.DeltaTable`` of ``name`` at ``as_of`` (a version, or the version current at a time)."""
+    table = offline._delta_table(settings, name, offline.as_of_version(as_of))
     if table is None:
         raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at "
                        f"{offline.table_uri(settings, name)})")
