@@ -240,46 +240,44 @@ class RedisOnlineStore(OnlineStore):
     # -- bulk load from executors -----------------------------------------------------------
 
     def write_packed(self, codec: Codec, batches: Iterable[tuple[list[bytes], list[bytes]]], *, depth: int = 4) -> int:
-        """Send pre-packed write batches (RESP key strings, RESP payloads), ``depth`` calls in flight.
+        """Send pre-packed write batches (RESP key strings, RESP payloads) on one connection; keys written.
 
-        The bulk loader's path: no per-value Python work, a few calls pipelined per round trip.
+        The bulk loader's path: no per-value Python work, and a sliding window of ``depth`` calls
+        in flight, so Redis runs the calls already sent while the next batch is being packed.
         """
         fields = codec.feature_names
-        written = 0
         self._call(lambda: self._client.script_load(_WRITE_LUA))
 
-        def flush(pending: list[bytes]) -> int:
-            def run() -> int:
-                connection = self._pool.get_connection()
+        def run() -> int:
+            connection = self._pool.get_connection()
+            written, waiting, error = 0, 0, None
+
+            def receive() -> None:
+                nonlocal written, error
                 try:
-                    connection.send_packed_command([b"".join(pending)])
-                    total = 0
-                    error = None
-                    for _ in pending:
-                        try:
-                            total += int(connection.read_response())
-                        except redis.ResponseError as exc:  # read every reply before raising
-                            error = exc
-                    if error is not None:
-                        raise error
-                    return total
-                except BaseException:
-                    connection.disconnect()
-                    raise
-                finally:
-                    self._pool.release(connection)
+                    written += int(connection.read_response())
+                except redis.ResponseError as exc:  # read every reply before raising
+                    error = exc
 
-            return self._call(run)
+            try:
+                for keys, payloads in batches:
+                    connection.send_packed_command([pack_write(fields, codec.name, keys, payloads)])
+                    waiting += 1
+                    if waiting > depth:
+                        receive()
+                        waiting -= 1
+                for _ in range(waiting):
+                    receive()
+            except BaseException:
+                connection.disconnect()  # replies may still be on the wire: never reuse this connection
+                raise
+            finally:
+                self._pool.release(connection)
+            if error is not None:
+                raise error
+            return written
 
-        pending: list[bytes] = []
-        for keys, payloads in batches:
-            pending.append(pack_write(fields, codec.name, keys, payloads))
-            if len(pending) >= depth:
-                written += flush(pending)
-                pending = []
-        if pending:
-            written += flush(pending)
-        return written
+        return self._call(run)
 
 
 __all__ = ["RedisOnlineStore", "NULL", "TS_FIELD", "pack_write", "bulk", "encoded_payload"]
