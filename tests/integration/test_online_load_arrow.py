@@ -13,9 +13,10 @@ import pytest
 import redis
 
 from fstore.online import embedded_path, load_dataframe, open_online_store
-from fstore.online.base import NULL, Codec, decoder, to_micros
+from fstore.online.base import NULL, Codec, to_micros
 from fstore.online.load_arrow import load_arrow
 from fstore.settings import Settings
+from test_online_load import read_back
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -110,21 +111,6 @@ def spark_then_arrow(spark, make_settings, codec, columns, rows, *, arrow_rows=N
     settings = make_settings("arrow")
     arrow_written = load_arrow(arrow_table(columns, arrow_rows or rows), codec, settings, **kwargs)
     return spark_result, (arrow_written, stored(settings)), settings
-
-
-def read_back(settings, codec, keys):
-    store = open_online_store(settings)
-    try:
-        out = []
-        for result in store.read(codec, [codec.key_of(dict(zip(codec.key_columns, k))) for k in keys]):
-            if result is None:
-                out.append(None)
-                continue
-            ts, raw = result
-            out.append((ts, {name: None if v == NULL else decoder(dt)(v) for (name, dt), v in zip(codec.features, raw)}))
-        return out
-    finally:
-        store.close()
 
 
 def test_every_data_type_is_stored_byte_for_byte_as_spark_stores_it(spark, make_settings):
