@@ -82,7 +82,7 @@ def storage_options(settings: Settings) -> dict[str, str] | None:
     return options
 
 
-def _filesystem(settings: Settings):
+def filesystem(settings: Settings):
     """A pyarrow filesystem and a function turning a table URI into its path on it."""
     from pyarrow import fs
 
@@ -95,7 +95,8 @@ def _filesystem(settings: Settings):
     return fs.LocalFileSystem(), lambda uri: uri
 
 
-def _delta_table(settings: Settings, name: str, version: int | str | datetime | None = None):
+def delta_table(settings: Settings, name: str, version: int | str | datetime | None = None):
+    """The ``deltalake.DeltaTable`` of a feature set (at ``version``: a number or a time), None before its first write."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -116,7 +117,7 @@ def current_version(settings: Settings, name: str) -> int | None:
     """The latest Delta version of ``name``'s offline table; None when it does not exist (or in Parquet mode)."""
     if settings.storage_format != "delta":
         return None
-    table = _delta_table(settings, name)
+    table = delta_table(settings, name)
     return None if table is None else table.version()
 
 
@@ -126,7 +127,7 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: l
     that old), except the files of ``keep_versions``; and the ``_staging`` folders of runs that died before
     their commit. Returns the paths deleted (or, with ``dry_run``, that would be). The caller holds the
     set's lock (``fstore.vacuum``), so no run is writing and every staging folder is a dead run's."""
-    table = _delta_table(settings, name)
+    table = delta_table(settings, name)
     if table is None:
         raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at {table_uri(settings, name)})")
     current = table.version()
@@ -138,7 +139,7 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: l
     # Delta's VACUUM skips folders starting with "_", where stage_delta_files and stage_delta_arrow write.
     from pyarrow.fs import FileSelector, FileType
 
-    fs, to_path = _filesystem(settings)
+    fs, to_path = filesystem(settings)
     staging = f"{to_path(table_uri(settings, name))}/_staging"
     if fs.get_file_info(staging).type == FileType.Directory:
         for info in fs.get_file_info(FileSelector(staging, recursive=False)):
@@ -304,7 +305,7 @@ def _read_outside_arrow(settings: Settings, paths: list[str], schema, start: dat
     are null), with ``event_date``."""
     import pyarrow.dataset as ds
 
-    fs, _ = _filesystem(settings)
+    fs, _ = filesystem(settings)
     data_schema = schema.remove(schema.get_field_index(PARTITION))
     event = ds.field("event_timestamp")
     old = ds.dataset(paths, schema=data_schema, format="parquet", filesystem=fs)
@@ -318,7 +319,7 @@ def _write_days_arrow(settings: Settings, rows, folder: str) -> None:
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    fs, to_path = _filesystem(settings)
+    fs, to_path = filesystem(settings)
     # Spark's "parquet.enable.dictionary#<column>" names a top-level column: an array's leaf keeps its dictionary.
     dictionary = [f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in rows.schema
                   if f.name != PARTITION and not (pa.types.is_floating(f.type) or f.name == "event_timestamp")]
@@ -433,7 +434,7 @@ def _plan_replace(settings: Settings, name: str, schema, start: datetime, end: d
     before anything is written."""
     from deltalake.transaction import RemoveAction
 
-    table = _delta_table(settings, name)
+    table = delta_table(settings, name)
     if table is None:
         return None, [], []
     _schema_changes(table, schema)
@@ -451,8 +452,8 @@ def _staging_folder(uri: str) -> str:
 
 
 def _file_paths(settings: Settings, uri: str, paths: list[str]) -> list[str]:
-    """Paths of a table's files (relative as the Delta log names them, or absolute) on ``_filesystem``."""
-    _, to_path = _filesystem(settings)
+    """Paths of a table's files (relative as the Delta log names them, or absolute) on ``filesystem``."""
+    _, to_path = filesystem(settings)
     return [to_path(p[len("file://"):] if p.startswith("file://") else p) if "://" in p or p.startswith("/")
             else f"{to_path(uri)}/{p}" for p in paths]
 
@@ -463,7 +464,7 @@ def _add_staged_files(settings: Settings, uri: str, folder: str, data_columns: l
     from deltalake.transaction import AddAction
     from pyarrow.fs import FileSelector
 
-    fs, to_path = _filesystem(settings)
+    fs, to_path = filesystem(settings)
     now_ms = int(time.time() * 1000)
     written = [info for info in fs.get_file_info(FileSelector(to_path(folder), recursive=True, allow_not_found=True))
                if info.is_file and info.base_name.endswith(".parquet")]
@@ -508,7 +509,7 @@ def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> in
                                       partition_by=[PARTITION], name=name, storage_options=storage_options(settings),
                                       commit_properties=meta)
     else:
-        table = _delta_table(settings, name)
+        table = delta_table(settings, name)
         _evolve_schema(table, staged.schema)
         table.create_write_transaction(staged.adds + staged.removes, mode="append", schema=staged.schema,
                                        partition_by=[PARTITION], commit_properties=meta)
@@ -612,7 +613,7 @@ def read_table(spark, settings: Settings, name: str, *, as_of: int | str | datet
 
 
 def as_of_version(as_of: int | str | datetime | None) -> int | datetime | None:
-    """An ``as_of`` as ``_delta_table`` takes it: a version number, or an aware UTC time (a digit string is a version)."""
+    """An ``as_of`` as ``delta_table`` takes it: a version number, or an aware UTC time (a digit string is a version)."""
     if isinstance(as_of, str) and not (as_of.strip().isascii() and as_of.strip().isdigit()):
         return to_utc_naive(as_of).replace(tzinfo=timezone.utc)
     if isinstance(as_of, str):
@@ -629,7 +630,7 @@ def read_table_version(spark, settings: Settings, name: str, *,
         if as_of is not None:
             raise InvalidDefinition("as_of needs STORAGE_FORMAT=delta; Parquet tables keep no versions", field="as_of")
         return _read_parquet(spark, settings, name), None
-    table = _delta_table(settings, name, as_of_version(as_of))
+    table = delta_table(settings, name, as_of_version(as_of))
     if table is None:
         raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at {table_uri(settings, name)})")
     # A Delta version never changes, so the DataFrame over its files (Spark's file listing and footer

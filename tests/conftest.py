@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import uuid
 
-import pandas as pd
 import pytest
 
 from fstore.settings import Settings
@@ -132,15 +131,6 @@ def on_engine(compute_engine, spark):
     return make
 
 
-def _duckdb_pandas(table) -> pd.DataFrame:
-    """An Arrow result as Spark's ``toPandas`` gives it: timestamps naive UTC."""
-    frame = table.to_pandas()
-    for name, dtype in frame.dtypes.items():
-        if isinstance(dtype, pd.DatetimeTZDtype):
-            frame[name] = frame[name].dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
-    return frame
-
-
 @pytest.fixture(params=["spark", "duckdb"])
 def compute_rows(request):
     """``compute_rows(fsv, start=None, end=None)`` → pandas, on each engine (Spark, then DuckDB).
@@ -156,4 +146,6 @@ def compute_rows(request):
 
     con = engine.connect()
     request.addfinalizer(con.close)
-    return lambda fsv, start=None, end=None: _duckdb_pandas(engine.compute(con, fsv, start=start, end=end))
+    from fstore.retrieval.historical import arrow_to_pandas  # as Spark's toPandas gives it
+
+    return lambda fsv, start=None, end=None: arrow_to_pandas(engine.compute(con, fsv, start=start, end=end))

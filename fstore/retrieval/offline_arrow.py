@@ -39,7 +39,7 @@ class OfflineFiles:
 
 def open_version(settings: Settings, name: str, as_of: int | str | datetime | None = None):
     """The ``deltalake.DeltaTable`` of ``name`` at ``as_of`` (a version, or the version current at a time)."""
-    table = offline._delta_table(settings, name, offline.as_of_version(as_of))
+    table = offline.delta_table(settings, name, offline.as_of_version(as_of))
     if table is None:
         raise NotFound(f"feature set {name} has no offline table yet (nothing materialized at "
                        f"{offline.table_uri(settings, name)})")

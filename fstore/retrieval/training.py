@@ -89,9 +89,9 @@ def _write_arrow(store: "FeatureStore", entities: Entities, result: RetrievalRes
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fstore.offline import _filesystem
+    from fstore.offline import filesystem
 
-    fs, path_of = _filesystem(store.settings)
+    fs, path_of = filesystem(store.settings)
     rows = pa.Table.from_pandas(entities.df[list(entities.columns)], preserve_index=False)
     for folder, table in ((entities_path, rows), (data_path, result.arrow)):
         path = path_of(folder)
@@ -104,9 +104,9 @@ def _read_entities(store: "FeatureStore", path: str):
     """A saved entity folder (written by either engine) as a pandas frame, rows in their saved order."""
     import pyarrow.parquet as pq
 
-    from fstore.offline import _filesystem
+    from fstore.offline import filesystem
 
-    fs, path_of = _filesystem(store.settings)
+    fs, path_of = filesystem(store.settings)
     return pq.read_table(path_of(path), filesystem=fs).to_pandas()
 
 
