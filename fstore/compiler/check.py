@@ -112,6 +112,8 @@ def _duckdb_analyser(fsv: FeatureSetVersion):
     from fstore.engine import duckdb as engine
     from fstore.errors import ComputeError
 
+    if engine.unsupported(fsv.feature_set.source) is not None:
+        return None  # a valid definition this engine cannot read: its runs say why, on this engine
     con = engine.connect()
     try:
         source = engine.read_source(con, fsv.feature_set.source)

@@ -125,23 +125,33 @@ def read_source(con, source: Source):
     return relation
 
 
-def _open_source(con, source: Source):
+def unsupported(source: Source) -> str | None:
+    """Why the DuckDB engine cannot read ``source`` (a Spark table or query, a remote path, Spark-only options),
+    or None when it can. The definition itself is fine: such a set runs with COMPUTE_ENGINE=spark."""
     if not source.path:
         kind = "table" if source.table else "query"
-        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb reads path sources (parquet, csv, json, delta); this source is "
-                                f"a Spark {kind}: run it with COMPUTE_ENGINE=spark", field="source")
+        return (f"COMPUTE_ENGINE=duckdb reads path sources (parquet, csv, json, delta); this source is a Spark {kind}: "
+                "run it with COMPUTE_ENGINE=spark")
     if "://" in source.path and not source.path.startswith("file:"):
-        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb reads local paths only, not {source.path}; "
-                                "run it with COMPUTE_ENGINE=spark", field="source.path")
+        return f"COMPUTE_ENGINE=duckdb reads local paths only, not {source.path}; run it with COMPUTE_ENGINE=spark"
+    if source.format not in ("parquet", "csv", "json", "delta"):
+        return f"COMPUTE_ENGINE=duckdb cannot read {source.format} sources; run it with COMPUTE_ENGINE=spark"
+    allowed = _CSV_OPTIONS if source.format == "csv" else {}
+    unknown = sorted(k for k in source.options if k not in allowed and k != "inferSchema")
+    if unknown:
+        return (f"COMPUTE_ENGINE=duckdb does not understand source option(s) {', '.join(unknown)} for {source.format}; "
+                "run it with COMPUTE_ENGINE=spark")
+    return None
+
+
+def _open_source(con, source: Source):
+    reason = unsupported(source)
+    if reason is not None:
+        raise InvalidDefinition(reason, field="source")
     if local_path_missing(source):
         raise NotFound(f"source path {source.path} does not exist")
     path = source.path[len("file://"):] if source.path.startswith("file://") else source.path.removeprefix("file:")
     options = dict(source.options)
-    allowed = _CSV_OPTIONS if source.format == "csv" else {}
-    unknown = sorted(k for k in options if k not in allowed and k != "inferSchema")
-    if unknown:
-        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb does not understand source option(s) {', '.join(unknown)} "
-                                f"for {source.format}; run it with COMPUTE_ENGINE=spark", field="source.options")
     import duckdb
 
     try:
@@ -154,9 +164,7 @@ def _open_source(con, source: Source):
             except TableNotFoundError:
                 raise NotFound(f"no Delta table at {source.path}") from None
             return con.from_arrow(dataset)
-        extension = {"parquet": ".parquet", "csv": "", "json": ""}.get(source.format)
-        if extension is None:
-            raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb cannot read {source.format} sources", field="source.format")
+        extension = {"parquet": ".parquet", "csv": "", "json": ""}[source.format]
         files = _files(path, extension)
         if not files:
             raise NotFound(f"source path {source.path} holds no {source.format} files")
@@ -271,4 +279,4 @@ def _arrow_time(value: datetime, arrow_type):
     return pa.scalar(naive.replace(tzinfo=timezone.utc) if arrow_type.tz else naive, type=arrow_type)
 
 
-__all__ = ["connect", "ident", "to_duckdb", "read_source", "run_compiled", "compute", "earliest_event"]
+__all__ = ["connect", "ident", "to_duckdb", "unsupported", "read_source", "run_compiled", "compute", "earliest_event"]

@@ -231,6 +231,28 @@ def test_validate_version_names_the_feature_with_the_engines_message(spark, tmp_
     assert (store.used == 0) == (engine == "duckdb")  # the DuckDB engine never starts Spark
 
 
+def test_a_source_the_duckdb_engine_cannot_read_registers_and_its_run_says_why(spark, tmp_path):
+    """A Spark table or query, or Spark-only reader options, are valid definitions: on the DuckDB engine
+    apply accepts them (it cannot analyse them) and a computation names the limitation."""
+    from fstore.engine import duckdb as engine
+
+    pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
+    path = _write(spark, tmp_path, pdf)
+    store = _Store(spark, "duckdb")
+    cases = [({"table": "events_table", "event_timestamp_column": "ts"}, "this source is a Spark table"),
+             ({"query": "SELECT * FROM events_table", "event_timestamp_column": "ts"}, "this source is a Spark query"),
+             ({"path": path, "event_timestamp_column": "ts", "options": {"mergeSchema": "true"}},
+              "does not understand source option(s) mergeSchema"),
+             ({"path": "s3a://bucket/events", "event_timestamp_column": "ts"}, "reads local paths only")]
+    for source, reason in cases:
+        fsv = make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount + 1"}], source)
+        validate_version(store, fsv)
+        with engine.connect() as con, pytest.raises(InvalidDefinition, match="COMPUTE_ENGINE=duckdb") as err:
+            engine.compute(con, fsv)
+        assert reason in err.value.message and "COMPUTE_ENGINE=spark" in err.value.message
+    assert store.used == 0
+
+
 def test_validate_version_static_checks_do_not_start_spark():
     store = _Store(None)
     cases = [
