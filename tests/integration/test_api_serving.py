@@ -1,4 +1,4 @@
-"""Computation and serving over HTTP, end to end on real Spark and the real Redis:
+"""Computation and serving over HTTP, end to end on real Spark (and the DuckDB engine) and the real Redis:
 materialize through the API (202 + run polling), then online, historical and batch retrieval."""
 from __future__ import annotations
 
@@ -27,10 +27,12 @@ def source_path(tmp_path) -> str:
     return str(path)
 
 
-@pytest.fixture()
-def client(tmp_path, redis_url, spark, source_path):
+@pytest.fixture(params=["spark", "duckdb"])
+def client(request, tmp_path, redis_url, spark, source_path):
+    """The API on a store computing on each engine (batch retrieval jobs run on Spark either way)."""
     settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": redis_url,
-                                  "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5"})
+                                  "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5",
+                                  "COMPUTE_ENGINE": request.param})
     store = FeatureStore(settings).use_spark(spark)
     client = create_app(store=store).test_client()
     body = {"name": "user_activity", "entities": ["user_id"], "description": "spend",
