@@ -80,7 +80,7 @@ def offline_rows(store):
     """Read back with pyarrow, whatever the engine: the tables are plain Delta (or Parquet) files."""
     import pyarrow.dataset as ds
 
-    from fstore.retrieval.offline_arrow import read_files
+    from fstore.offline_arrow import read_files
 
     for name in SETS:
         files = read_files(store.settings, name)

@@ -227,7 +227,7 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
                               lost: threading.Event, run_id: str) -> dict[str, Any]:
     """The same run on the embedded DuckDB engine: rows computed in this process as an Arrow table."""
     from fstore.engine import duckdb as engine
-    from fstore.offline import write_range_arrow
+    from fstore.offline_arrow import write_range_arrow
     from fstore.online.load_arrow import load_arrow
     from fstore.validation import validate_arrow
 

@@ -14,11 +14,9 @@ becomes part of the table only when the commit names it, so a run killed
 before the commit leaves the previous version intact and readable (its
 orphaned files are invisible to readers and removable by ``VACUUM``).
 
-``write_range_arrow`` is the same write for rows computed in this process as
-an Arrow table (the DuckDB engine, no JVM): pyarrow reads the rows to keep and
-writes the staged files (snappy, the same dictionary choices as
-``parquet_writer``, the column types Spark's writer gives the same feature
-set), and the staging, move, stats and commit steps are shared with Spark's.
+``fstore.offline_arrow`` is the same store for rows computed in this process
+as an Arrow table (the DuckDB engine, no JVM); the staging, move, stats and
+commit steps here are shared by both.
 
 Commits: when the Delta classes are on Spark's class path, Spark writes
 ``format("delta")`` itself (``replaceWhere``). Otherwise (the usual case, see
@@ -45,15 +43,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fstore.definitions import FeatureSetVersion
 from fstore.engine.spark import delta_arrow_schema, to_utc_naive, ts_literal
 from fstore.errors import ComputeError, InvalidDefinition, NotFound
 from fstore.settings import Settings
 
-if TYPE_CHECKING:
-    import pyarrow
 
 PARTITION = "event_date"
 
@@ -136,7 +132,7 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: l
     # once they are older than the retention; enforce_retention_duration off: the caller chose the hours.
     deleted = list(table.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=False,
                                 full=True, keep_versions=keep or None))
-    # Delta's VACUUM skips folders starting with "_", where stage_delta_files and stage_delta_arrow write.
+    # Delta's VACUUM skips folders starting with "_", where stage_delta_files and offline_arrow stage files.
     from pyarrow.fs import FileSelector, FileType
 
     fs, to_path = filesystem(settings)
@@ -181,7 +177,7 @@ def _outside(df, start: datetime, end: datetime):
     return df.where(f"event_timestamp < {ts_literal(start)} OR event_timestamp >= {ts_literal(end)}")
 
 
-def _range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+def check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     start, end = to_utc_naive(start), to_utc_naive(end)
     if end <= start:
         raise InvalidDefinition(f"the range end {end} is not after its start {start}", field="end")
@@ -190,7 +186,7 @@ def _range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 
 def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: datetime, end: datetime) -> int | None:
     """Replace the rows with event time in ``[start, end)`` by ``df``'s; returns the new Delta version (None for Parquet)."""
-    start, end = _range(start, end)
+    start, end = check_range(start, end)
     rows = _prepare(df, fsv, start, end)
     if settings.storage_format == "parquet":
         _write_parquet(spark, settings, fsv.name, rows, start, end)
@@ -199,142 +195,6 @@ def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: da
         return _write_with_delta_spark(settings, fsv.name, rows, start, end)
     staged = stage_delta_files(spark, settings, fsv.name, rows, start, end)
     return commit_delta_files(settings, fsv.name, staged)
-
-
-def write_range_arrow(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Table, start: datetime,
-                      end: datetime) -> int | None:
-    """Like write_range, for rows already computed in this process as an Arrow table (the DuckDB engine); no Spark."""
-    start, end = _range(start, end)
-    rows = _prepare_arrow(table, fsv, start, end)
-    if settings.storage_format == "parquet":
-        _write_parquet_arrow(settings, fsv.name, rows, start, end)
-        return None
-    staged = stage_delta_arrow(settings, fsv.name, rows, start, end)
-    return commit_delta_files(settings, fsv.name, staged)
-
-
-# -- Arrow rows (the in-process engine) -----------------------------------------------------------
-
-
-def _utc_micros():
-    import pyarrow as pa
-
-    return pa.timestamp("us", tz="UTC")
-
-
-def _arrow_type(spark_type: str):
-    """The Arrow type Spark's ``to_arrow_schema`` gives a feature of this Spark SQL type (``compiler.spark_type``)."""
-    import pyarrow as pa
-
-    if spark_type.startswith("ARRAY<"):
-        return pa.list_(pa.field("element", _arrow_type(spark_type[len("ARRAY<"):-1])))
-    return {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "STRING": pa.string(), "BOOLEAN": pa.bool_(),
-            "TIMESTAMP": _utc_micros()}[spark_type]
-
-
-def _spark_like(arrow_type):
-    """A join key's Arrow type as Spark writes it: no large, view or dictionary types; UTC microseconds."""
-    import pyarrow as pa
-
-    t = pa.types
-    if t.is_dictionary(arrow_type):
-        return _spark_like(arrow_type.value_type)
-    if t.is_large_string(arrow_type) or t.is_string_view(arrow_type):
-        return pa.string()
-    if t.is_large_binary(arrow_type) or t.is_binary_view(arrow_type):
-        return pa.binary()
-    if t.is_timestamp(arrow_type):
-        return _utc_micros()
-    if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_list_view(arrow_type):
-        return pa.list_(pa.field("element", _spark_like(arrow_type.value_type)))
-    return arrow_type
-
-
-def _utc_scalar(value: datetime):
-    import pyarrow as pa
-
-    return pa.scalar(value.replace(tzinfo=timezone.utc), type=_utc_micros())
-
-
-def _with_event_date(rows):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return rows.append_column(pa.field(PARTITION, pa.date32()), pc.cast(rows.column("event_timestamp"), pa.date32()))
-
-
-def _prepare_arrow(table: pyarrow.Table, fsv: FeatureSetVersion, start: datetime, end: datetime) -> pyarrow.Table:
-    """``_prepare`` for an Arrow table: the expected columns in the types Spark's path writes, in the range.
-
-    Every column is nullable, as Spark makes a cast feature (a column added later is null in older rows anyway).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    from fstore.compiler import spark_type
-
-    types = {name: _utc_micros() for name in ("event_timestamp", "created_timestamp")}
-    types.update({f.name: _arrow_type(spark_type(f.data_type)) for f in fsv.features})
-    columns = list(fsv.join_keys) + ["event_timestamp", "created_timestamp"] + [f.name for f in fsv.features]
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ComputeError(f"the rows to write for {fsv.name} lack column(s) {', '.join(missing)}")
-    arrays, fields = [], []
-    for name in columns:
-        column = table.column(name)
-        target = types.get(name) or _spark_like(column.type)
-        if column.type != target:
-            try:  # Spark keeps microseconds: finer timestamps are truncated, every other cast must be exact
-                column = column.cast(target, safe=not pa.types.is_timestamp(target))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ComputeError(f"column {name} of the rows to write for {fsv.name} is {column.type}, "
-                                   f"which does not convert to {target}: {exc}") from None
-        arrays.append(column)
-        fields.append(pa.field(name, target))
-    rows = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    event, low, high = rows.column("event_timestamp"), _utc_scalar(start), _utc_scalar(end)
-    bounds = pc.min_max(event)
-    # Filtering copies every column: skip it when the rows already lie in the range (the usual case).
-    if event.null_count or (rows.num_rows and not low.as_py() <= bounds["min"].as_py() <= bounds["max"].as_py()
-                            < high.as_py()):
-        rows = rows.filter((pc.field("event_timestamp") >= low) & (pc.field("event_timestamp") < high))
-    return _with_event_date(rows)
-
-
-def _read_outside_arrow(settings: Settings, paths: list[str], schema, start: datetime, end: datetime):
-    """The rows of some Parquet files with event time outside ``[start, end)``, in ``schema`` (missing columns
-    are null), with ``event_date``."""
-    import pyarrow.dataset as ds
-
-    fs, _ = filesystem(settings)
-    data_schema = schema.remove(schema.get_field_index(PARTITION))
-    event = ds.field("event_timestamp")
-    old = ds.dataset(paths, schema=data_schema, format="parquet", filesystem=fs)
-    return _with_event_date(old.to_table(filter=(event < _utc_scalar(start)) | (event >= _utc_scalar(end))))
-
-
-def _write_days_arrow(settings: Settings, rows, folder: str) -> None:
-    """Write ``rows`` under ``folder/event_date=YYYY-MM-DD/`` as Spark's partitioned write does: one file a day
-    (a big day splits every ``_ROWS_PER_FILE``), snappy, dictionaries as ``parquet_writer`` chooses.
-    pyarrow groups the rows by day and writes the days on its own threads."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    fs, to_path = filesystem(settings)
-    # Spark's "parquet.enable.dictionary#<column>" names a top-level column: an array's leaf keeps its dictionary.
-    dictionary = [f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in rows.schema
-                  if f.name != PARTITION and not (pa.types.is_floating(f.type) or f.name == "event_timestamp")]
-    options = ds.ParquetFileFormat().make_write_options(compression="snappy", use_dictionary=dictionary)
-    fs.create_dir(to_path(folder), recursive=True)
-    ds.write_dataset(rows, to_path(folder), format="parquet", filesystem=fs, file_options=options,
-                     partitioning=ds.partitioning(pa.schema([rows.schema.field(PARTITION)]), flavor="hive"),
-                     basename_template=f"part-{{i}}-{uuid.uuid4()}.c000.snappy.parquet",
-                     max_rows_per_file=_ROWS_PER_FILE, min_rows_per_group=_ROWS_PER_GROUP,
-                     max_rows_per_group=_ROWS_PER_GROUP, existing_data_behavior="overwrite_or_ignore",
-                     max_partitions=1 << 20)  # one per day: years of days are fine
-
-
-_ROWS_PER_GROUP = 1 << 20
-_ROWS_PER_FILE = 4 << 20
 
 
 # -- Delta through Spark's own writer (jars on the class path) ----------------------------------
@@ -402,33 +262,18 @@ def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetim
 
     uri = table_uri(settings, name)
     schema = to_arrow_schema(rows.schema)
-    table, removes, kept = _plan_replace(settings, name, schema, start, end)
+    table, removes, kept = plan_replace(settings, name, schema, start, end)
     combined = rows
     if kept:
         old = _read_files(spark, table, kept)
         combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
-    folder = _staging_folder(uri)  # hidden from Spark's listing (leading underscore)
+    folder = staging_folder(uri)  # hidden from Spark's listing (leading underscore)
     parquet_writer(combined.repartition(PARTITION)).partitionBy(PARTITION).parquet(folder)
-    adds = _add_staged_files(settings, uri, folder, [c for c in rows.columns if c != PARTITION])
+    adds = add_staged_files(settings, uri, folder, [c for c in rows.columns if c != PARTITION])
     return StagedWrite(adds=adds, removes=removes, schema=schema, first=table is None, start=start, end=end)
 
 
-def stage_delta_arrow(settings: Settings, name: str, rows, start: datetime, end: datetime) -> StagedWrite:
-    """``stage_delta_files`` for Arrow rows (``_prepare_arrow``'s): pyarrow reads the rows to keep and writes."""
-    import pyarrow as pa
-
-    uri = table_uri(settings, name)
-    table, removes, kept = _plan_replace(settings, name, rows.schema, start, end)
-    if kept:
-        rows = pa.concat_tables([rows, _read_outside_arrow(settings, _file_paths(settings, uri, kept), rows.schema,
-                                                           start, end)])
-    folder = _staging_folder(uri)
-    _write_days_arrow(settings, rows, folder)
-    adds = _add_staged_files(settings, uri, folder, [c for c in rows.column_names if c != PARTITION])
-    return StagedWrite(adds=adds, removes=removes, schema=rows.schema, first=table is None, start=start, end=end)
-
-
-def _plan_replace(settings: Settings, name: str, schema, start: datetime, end: datetime) -> tuple[Any, list, list[str]]:
+def plan_replace(settings: Settings, name: str, schema, start: datetime, end: datetime) -> tuple[Any, list, list[str]]:
     """The table (None before its first write), a RemoveAction for each current file of the days ``[start, end)``
     touches, and which of those files hold rows outside the range to keep. A changed type is refused here,
     before anything is written."""
@@ -447,18 +292,18 @@ def _plan_replace(settings: Settings, name: str, schema, start: datetime, end: d
     return table, removes, [a["path"] for a in touched if not _inside(a, start, end)]
 
 
-def _staging_folder(uri: str) -> str:
+def staging_folder(uri: str) -> str:
     return f"{uri}/_staging/{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
 
 
-def _file_paths(settings: Settings, uri: str, paths: list[str]) -> list[str]:
+def file_paths(settings: Settings, uri: str, paths: list[str]) -> list[str]:
     """Paths of a table's files (relative as the Delta log names them, or absolute) on ``filesystem``."""
     _, to_path = filesystem(settings)
     return [to_path(p[len("file://"):] if p.startswith("file://") else p) if "://" in p or p.startswith("/")
             else f"{to_path(uri)}/{p}" for p in paths]
 
 
-def _add_staged_files(settings: Settings, uri: str, folder: str, data_columns: list[str]) -> list:
+def add_staged_files(settings: Settings, uri: str, folder: str, data_columns: list[str]) -> list:
     """Move the Parquet files staged under ``folder/event_date=…/`` into the table's day folders; their AddActions."""
     import pyarrow.parquet as pq
     from deltalake.transaction import AddAction
@@ -664,7 +509,7 @@ def _read_parquet(spark, settings: Settings, name: str):
 
 def _write_parquet(spark, settings: Settings, name: str, rows, start: datetime, end: datetime) -> None:
     """Rewrite the touched days: stage them whole, then swap each day's folder by renames."""
-    uri, days, existing = _parquet_days(settings, name, start, end)
+    uri, days, existing = parquet_days(settings, name, start, end)
     combined = rows
     if existing:
         from pyspark.sql import functions as F
@@ -674,24 +519,10 @@ def _write_parquet(spark, settings: Settings, name: str, rows, start: datetime, 
         combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     staging = f"{uri}/_staging/{uuid.uuid4().hex}"
     parquet_writer(combined.repartition(PARTITION)).partitionBy(PARTITION).parquet(staging)
-    _swap_days(uri, staging, days)
+    swap_days(uri, staging, days)
 
 
-def _write_parquet_arrow(settings: Settings, name: str, rows, start: datetime, end: datetime) -> None:
-    """``_write_parquet`` for Arrow rows: pyarrow reads the kept rows of the touched days and writes the new ones."""
-    import pyarrow as pa
-
-    uri, days, existing = _parquet_days(settings, name, start, end)
-    files = [os.path.join(folder, f) for folder in existing for f in sorted(os.listdir(folder))
-             if f.endswith(".parquet") and not f.startswith(("_", "."))]  # as Spark lists them
-    if files:
-        rows = pa.concat_tables([rows, _read_outside_arrow(settings, files, rows.schema, start, end)])
-    staging = f"{uri}/_staging/{uuid.uuid4().hex}"
-    _write_days_arrow(settings, rows, staging)
-    _swap_days(uri, staging, days)
-
-
-def _parquet_days(settings: Settings, name: str, start: datetime, end: datetime) -> tuple[str, list[str], list[str]]:
+def parquet_days(settings: Settings, name: str, start: datetime, end: datetime) -> tuple[str, list[str], list[str]]:
     """The table's folder, the days ``[start, end)`` touches and the folders of those that exist."""
     if settings.storage_backend != "local":
         raise InvalidDefinition("STORAGE_FORMAT=parquet replaces days by folder renames and needs STORAGE_BACKEND=local; "
@@ -701,7 +532,7 @@ def _parquet_days(settings: Settings, name: str, start: datetime, end: datetime)
     return uri, days, [f"{uri}/{PARTITION}={d}" for d in days if os.path.isdir(f"{uri}/{PARTITION}={d}")]
 
 
-def _swap_days(uri: str, staging: str, days: list[str]) -> None:
+def swap_days(uri: str, staging: str, days: list[str]) -> None:
     """Put each staged day folder in place of the table's (a day with no rows left loses its folder)."""
     for day in days:
         target, fresh = f"{uri}/{PARTITION}={day}", f"{staging}/{PARTITION}={day}"

@@ -11,7 +11,7 @@ The Spark building blocks: ``pit`` (the one-shuffle as-of join), ``windows``
 (windows evaluated at label time), ``entities`` (the entity frame). With
 ``COMPUTE_ENGINE=duckdb``, ``historical_duckdb`` answers the same retrievals in
 this process (its as-of join and windows), reading the offline store's files
-through ``offline_arrow``.
+through ``fstore.offline_arrow``.
 """
 from __future__ import annotations
 

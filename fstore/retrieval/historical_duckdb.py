@@ -5,7 +5,7 @@ is the plan of each feature set (``plan_set``: offline, exact-window and
 recomputed features) and the SQL of its windows and composites (the compiler's
 Spark SQL, transpiled by ``fstore.engine.duckdb.to_duckdb``). Only the engine
 differs: the entity rows are an Arrow table, the offline store is the Delta
-version's Parquet files (``offline_arrow``) scanned by DuckDB, the result is a
+version's Parquet files (``fstore.offline_arrow``) scanned by DuckDB, the result is a
 ``pyarrow.Table`` wrapped in a ``RetrievalResult``. Spark is never started.
 
 Per feature set:
@@ -155,7 +155,7 @@ def as_of_join(con, labels: Any, rows: Any, *, keys: Sequence[str], ts: str, fea
 def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: list[str],
                   as_of: int | datetime | None, entities: Entities) -> tuple[str, int | None, str | None, str | None, str]:
     """The set's offline rows as a view, the Delta version read, the created column, position and row filter."""
-    from fstore.retrieval.offline_arrow import read_files
+    from fstore.offline_arrow import read_files
 
     lower = entities.min_ts - timedelta(seconds=fsv.ttl_seconds) if fsv.ttl_seconds else None
     try:

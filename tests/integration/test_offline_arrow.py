@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from fstore import offline
+from fstore import offline, offline_arrow
 from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
 from fstore.errors import ComputeError, InvalidDefinition
 
@@ -96,7 +96,7 @@ def expected(rows: list[tuple]) -> list[tuple]:
 def test_an_arrow_write_reads_back_exactly_through_spark_and_deltalake(spark, settings):
     outside = [("x", hours(-1), 0.5, 0), ("y", hours(72), 0.5, 0)]  # outside [T0, 72h): not written
     table = arrow_rows(FIRST + outside, naive=True, unrelated=pa.array([0] * 6))
-    assert offline.write_range_arrow(settings, FSV, table, T0, hours(72)) == 0
+    assert offline_arrow.write_range_arrow(settings, FSV, table, T0, hours(72)) == 0
     assert contents(spark, settings) == delta_contents(settings) == expected(FIRST)
     schema = delta_schema(settings)
     assert schema.names == ["user_id", "event_timestamp", "created_timestamp", "amount", "n", "event_date"]
@@ -114,18 +114,18 @@ def test_an_arrow_write_reads_back_exactly_through_spark_and_deltalake(spark, se
 
 
 def test_a_sub_range_rewrite_replaces_exactly_its_rows_once_per_version(spark, settings, monkeypatch):
-    offline.write_range_arrow(settings, FSV, arrow_rows(FIRST), T0, hours(72))
+    offline_arrow.write_range_arrow(settings, FSV, arrow_rows(FIRST), T0, hours(72))
     first = contents(spark, settings)
-    assert offline.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 1
+    assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 1
     second = contents(spark, settings)
     assert second == delta_contents(settings) == expected(AFTER_SUB)
-    assert offline.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 2  # idempotent
+    assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 2  # idempotent
     assert contents(spark, settings) == second
     assert contents(spark, settings, as_of=0) == first and contents(spark, settings, as_of=1) == second
     # a whole-day range whose files lie inside it: removed without being read, replaced by nothing
     with monkeypatch.context() as patch:
-        patch.setattr(offline, "_read_outside_arrow", None)
-        assert offline.write_range_arrow(settings, FSV, arrow_rows([]), hours(48), hours(72)) == 3
+        patch.setattr(offline_arrow, "_read_outside_arrow", None)
+        assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows([]), hours(48), hours(72)) == 3
     assert contents(spark, settings) == expected(AFTER_SUB[:2] + AFTER_SUB[3:])
 
 
@@ -134,7 +134,7 @@ def test_spark_and_arrow_writes_of_one_table_mix(spark, settings, first_engine, 
     def write(engine, rows, start, end):
         if engine == "spark":
             return offline.write_range(spark, settings, FSV, spark_frame(spark, rows), start, end)
-        return offline.write_range_arrow(settings, FSV, arrow_rows(rows), start, end)
+        return offline_arrow.write_range_arrow(settings, FSV, arrow_rows(rows), start, end)
 
     write(first_engine, FIRST, T0, hours(72))
     schema, files = delta_schema(settings), file_schemas(settings)
@@ -150,7 +150,7 @@ def test_an_arrow_write_keeps_a_spark_table_s_not_null_columns_readable(spark, s
     assert not df.schema["n"].nullable
     offline.write_range(spark, settings, FSV, df, T0, hours(72))
     schema = delta_schema(settings)
-    assert offline.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 1
+    assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 1
     assert delta_schema(settings) == schema and not schema.field("n").nullable
     assert contents(spark, settings) == delta_contents(settings) == expected(AFTER_SUB)
 
@@ -165,7 +165,7 @@ def test_the_arrow_schema_is_the_one_spark_writes_for_every_feature_type(spark, 
                       "t": pa.array([T0], pa.timestamp("ns")),
                       "l": pa.array([[1.0, None]], pa.large_list(pa.field("l", pa.float64()))),
                       "ls": pa.array([["a"]], pa.list_(pa.large_string()))})
-    offline.write_range_arrow(settings, fsv, arrow, T0, hours(24))
+    offline_arrow.write_range_arrow(settings, fsv, arrow, T0, hours(24))
     df = spark.createDataFrame([(7, T0, T0, 1, 0.5, "x", True, T0, [1.0, None], ["a"])],
                                "user_id bigint, event_timestamp timestamp, created_timestamp timestamp, i bigint, "
                                "f double, s string, b boolean, t timestamp, l array<double>, ls array<string>")
@@ -176,31 +176,31 @@ def test_the_arrow_schema_is_the_one_spark_writes_for_every_feature_type(spark, 
     from pyspark.sql.pandas.types import to_arrow_schema
 
     from_spark = to_arrow_schema(offline._prepare(df, fsv, T0, hours(24)).schema)
-    assert offline._prepare_arrow(arrow, fsv, T0, hours(24)).schema == from_spark
+    assert offline_arrow._prepare_arrow(arrow, fsv, T0, hours(24)).schema == from_spark
     got = offline.read_table(spark, settings, "txn").drop("event_date").collect()
     assert got == offline.read_table(spark, by_spark, "txn").drop("event_date").collect()
 
 
 def test_the_first_write_creates_the_table_and_a_new_feature_adds_a_column(spark, settings):
     assert offline.current_version(settings, "txn") is None
-    assert offline.write_range_arrow(settings, FSV, arrow_rows([("a", hours(1), 1.0, 1)]), T0, hours(24)) == 0
+    assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows([("a", hours(1), 1.0, 1)]), T0, hours(24)) == 0
     fsv2 = version(*FSV.features, feature("label", "string"), number=2)
     rows = arrow_rows([("b", hours(30), 2.0, 2)], label=pa.array(["new"]))
-    assert offline.write_range_arrow(settings, fsv2, rows, hours(24), hours(48)) == 2  # 1 = the added column
+    assert offline_arrow.write_range_arrow(settings, fsv2, rows, hours(24), hours(48)) == 2  # 1 = the added column
     # a touched day's kept rows from before the column existed read as null
     rows = arrow_rows([("c", hours(2), 3.0, 3)], label=pa.array(["c"]))
-    offline.write_range_arrow(settings, fsv2, rows, hours(2), hours(3))
+    offline_arrow.write_range_arrow(settings, fsv2, rows, hours(2), hours(3))
     got = sorted((r.user_id, r.label) for r in offline.read_table(spark, settings, "txn").collect())
     assert got == [("a", None), ("b", "new"), ("c", "c")]
     assert delta_schema(settings).field("label").type == pa.string()
 
 
 def test_a_changed_type_is_refused_and_nothing_is_written(spark, settings):
-    offline.write_range_arrow(settings, FSV, arrow_rows([("a", hours(1), 1.0, 1)]), T0, hours(24))
+    offline_arrow.write_range_arrow(settings, FSV, arrow_rows([("a", hours(1), 1.0, 1)]), T0, hours(24))
     fsv3 = version(FSV.features[0], feature("n", "string"), number=3)
     rows = arrow_rows([("c", hours(50), 3.0, 3)]).set_column(4, "n", pa.array(["3"]))
     with pytest.raises(ComputeError, match="column n of the offline table is int64"):
-        offline.write_range_arrow(settings, fsv3, rows, hours(48), hours(72))
+        offline_arrow.write_range_arrow(settings, fsv3, rows, hours(48), hours(72))
     assert offline.current_version(settings, "txn") == 0
     assert not os.path.exists(os.path.join(offline.table_uri(settings, "txn"), "event_date=2024-03-03"))
     assert [r[0] for r in contents(spark, settings)] == ["a"]
@@ -213,12 +213,12 @@ def test_a_changed_type_is_refused_and_nothing_is_written(spark, settings):
 ])
 def test_bad_input_is_refused_like_write_range(settings, table, start, end, error):
     with pytest.raises(error):
-        offline.write_range_arrow(settings, FSV, table, start, end)
+        offline_arrow.write_range_arrow(settings, FSV, table, start, end)
     assert offline.current_version(settings, "txn") is None
 
 
 def test_a_write_that_fails_before_its_commit_leaves_the_previous_version(spark, settings, monkeypatch):
-    offline.write_range_arrow(settings, FSV, arrow_rows(FIRST), T0, hours(72))
+    offline_arrow.write_range_arrow(settings, FSV, arrow_rows(FIRST), T0, hours(72))
     before = contents(spark, settings)
 
     def dies(*args, **kwargs):
@@ -226,23 +226,23 @@ def test_a_write_that_fails_before_its_commit_leaves_the_previous_version(spark,
 
     monkeypatch.setattr(offline, "commit_delta_files", dies)
     with pytest.raises(RuntimeError, match="killed"):
-        offline.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31))
+        offline_arrow.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31))
     monkeypatch.undo()
     assert offline.current_version(settings, "txn") == 0
     assert contents(spark, settings) == delta_contents(settings) == before
-    assert offline.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 1
+    assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 1
     assert contents(spark, settings) == expected(AFTER_SUB)  # the orphaned files never appear
 
 
 def test_parquet_mode_replaces_ranges_the_same_way(spark, settings):
     pq = settings.with_(storage_format="parquet")
-    assert offline.write_range_arrow(pq, FSV, arrow_rows(FIRST), T0, hours(72)) is None
+    assert offline_arrow.write_range_arrow(pq, FSV, arrow_rows(FIRST), T0, hours(72)) is None
     for _ in range(2):
-        assert offline.write_range_arrow(pq, FSV, arrow_rows(SUB), hours(10), hours(31)) is None
+        assert offline_arrow.write_range_arrow(pq, FSV, arrow_rows(SUB), hours(10), hours(31)) is None
         assert contents(spark, pq) == expected(AFTER_SUB)
     # mixed with Spark's Parquet writes of the same table
     offline.write_range(spark, pq, FSV, spark_frame(spark, [("d", hours(49), 5.0, 5)]), hours(49), hours(50))
-    offline.write_range_arrow(pq, FSV, arrow_rows([("e", hours(51), 6.0, 6)]), hours(51), hours(52))
+    offline_arrow.write_range_arrow(pq, FSV, arrow_rows([("e", hours(51), 6.0, 6)]), hours(51), hours(52))
     assert contents(spark, pq) == expected(AFTER_SUB + [("d", hours(49), 5.0, 5), ("e", hours(51), 6.0, 6)])
     assert offline.current_version(pq, "txn") is None
     assert not os.listdir(os.path.join(offline.table_uri(pq, "txn"), "_staging"))
