@@ -14,7 +14,7 @@ naive timestamp means UTC and ``current_date`` is the UTC date of the event.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlglot
@@ -273,7 +273,6 @@ def earliest_event(source: Source) -> datetime | None:
 
 def _arrow_time(value: datetime, arrow_type):
     import pyarrow as pa
-    from datetime import timezone
 
     naive = to_utc_naive(value)
     return pa.scalar(naive.replace(tzinfo=timezone.utc) if arrow_type.tz else naive, type=arrow_type)
