@@ -14,7 +14,7 @@ naive timestamp means UTC and ``current_date`` is the UTC date of the event.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlglot
@@ -192,17 +192,22 @@ def _timestamp_literal(value: datetime) -> str:
     return f"TIMESTAMPTZ '{to_utc_naive(value).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
 
 
-def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source) -> Any:
-    """``compiled`` over the relation ``source`` (all its rows): a pyarrow Table of the feature columns."""
+def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source, *, keep: str = "") -> Any:
+    """``compiled`` over the relation ``source``: a pyarrow Table of the feature columns.
+
+    ``keep`` (DuckDB SQL over the computed rows, e.g. on ``__fs_event_time``) selects the rows
+    returned after every window has seen all of ``source``; empty keeps them all.
+    """
     import duckdb
     import pyarrow as pa
 
     con.register(SOURCE_VIEW, source)
     try:
         wide_sql = compiled.wide_sql.replace(f"`{compiled.source_view}`", quote(SOURCE_VIEW))
-        projection = "SELECT " + ", ".join(compiled.projection) + " FROM wide"
+        projection = to_duckdb("SELECT " + ", ".join(compiled.projection) + " FROM wide") + (
+            f" WHERE {keep}" if keep else "")
         if not compiled.python_features:
-            return con.sql(to_duckdb(f"WITH wide AS ({_strip_header(wide_sql)}) {projection}")).to_arrow_table()
+            return con.sql(f"WITH wide AS ({to_duckdb(_strip_header(wide_sql))}) {projection}").to_arrow_table()
         from fstore.engine.python_stage import apply_batch, load_functions
 
         funcs = load_functions(compiled)
@@ -210,10 +215,10 @@ def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source) -
         parts = [pa.Table.from_pandas(apply_batch(batch.to_pandas(), funcs), preserve_index=False) for batch in reader]
         wide = pa.concat_tables(parts) if parts else None
         if wide is None:
-            return con.sql(to_duckdb(f"WITH wide AS ({_strip_header(wide_sql)}) {projection}")).limit(0).to_arrow_table()
+            return con.sql(f"WITH wide AS ({to_duckdb(_strip_header(wide_sql))}) {projection}").limit(0).to_arrow_table()
         con.register("wide", wide)
         try:
-            return con.sql(to_duckdb(projection)).to_arrow_table()
+            return con.sql(projection).to_arrow_table()
         finally:
             con.unregister("wide")
     except duckdb.Error as exc:
@@ -236,27 +241,17 @@ def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: 
     source = fsv.feature_set.source
     relation = read_source(con, source)
     ts = source.event_timestamp_column
-    conds = []
+    conds, keep = [], []
     if start is not None:
         earliest = to_utc_naive(start) - timedelta(seconds=compiled.lookback_seconds)
         conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) >= {_timestamp_literal(earliest)}")
+        keep.append(f"__fs_event_time >= {_timestamp_literal(start)}")  # the look-back rows only feed windows
     if end is not None:
         conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) < {_timestamp_literal(end)}")
+        keep.append(f"__fs_event_time < {_timestamp_literal(end)}")
     if conds:
         relation = relation.filter(" AND ".join(conds))
-    table = run_compiled(con, fsv, compiled, relation)
-    if start is None and end is None:
-        return table
-    import pyarrow.compute as pc
-
-    event = table.column("event_timestamp")
-    mask = None
-    if start is not None:
-        mask = pc.greater_equal(event, _arrow_time(start, event.type))
-    if end is not None:
-        below = pc.less(event, _arrow_time(end, event.type))
-        mask = below if mask is None else pc.and_(mask, below)
-    return table.filter(mask)
+    return run_compiled(con, fsv, compiled, relation, keep=" AND ".join(keep))
 
 
 def earliest_event(source: Source) -> datetime | None:
@@ -269,13 +264,6 @@ def earliest_event(source: Source) -> datetime | None:
     finally:
         con.close()
     return to_utc_naive(value) if value is not None else None
-
-
-def _arrow_time(value: datetime, arrow_type):
-    import pyarrow as pa
-
-    naive = to_utc_naive(value)
-    return pa.scalar(naive.replace(tzinfo=timezone.utc) if arrow_type.tz else naive, type=arrow_type)
 
 
 __all__ = ["connect", "ident", "to_duckdb", "unsupported", "read_source", "run_compiled", "compute", "earliest_event"]
