@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sqlalchemy.orm import Session
 
-from fstore.registry.db import make_engine, upgrade
+from fstore.registry.db import at_head, make_engine, upgrade
 from fstore.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class FeatureStore:
         self.engine = make_engine(self.settings)
         # An embedded SQLite registry upgrades itself; a shared PostgreSQL one is upgraded on purpose
         # (`fstore db upgrade`), so two versions of the code never race to migrate it.
-        if auto_upgrade if auto_upgrade is not None else self.settings.is_sqlite:
+        if (auto_upgrade if auto_upgrade is not None else self.settings.is_sqlite) and not at_head(self.engine):
             upgrade(self.settings)
         self._spark = None
         self._online = None

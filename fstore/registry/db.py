@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from fstore.errors import Unavailable
 from fstore.settings import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest migration's revision; a test holds it equal to Alembic's head. Lets a store whose
+# registry is already there skip importing Alembic (0.15 s of every CLI command and job start).
+HEAD_REVISION = "0002"
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -62,6 +65,15 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
         command.upgrade(alembic_config(settings.database_url), revision)
     except OperationalError as exc:
         raise Unavailable(f"registry database unreachable: {exc.orig}") from None
+
+
+def at_head(engine: Engine) -> bool:
+    """True when the registry's schema is at ``HEAD_REVISION`` (one query, no Alembic)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
+    except SQLAlchemyError:  # no table yet (a new registry), or unreachable: upgrade() explains
+        return False
 
 
 def current_revision(engine: Engine) -> str | None:
