@@ -14,7 +14,6 @@ read over any period by adding histograms.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -171,8 +171,8 @@ class UsageRecorder:
         for at, endpoint, api_key, body, response_body, latency_ms in events:
             minute = datetime.fromtimestamp(at - at % 60, timezone.utc).replace(tzinfo=None)
             try:
-                response = json.loads(response_body) if response_body else None
-            except ValueError:
+                response = orjson.loads(response_body) if response_body else None
+            except orjson.JSONDecodeError:
                 response = None
             summary = summarize_online(body, response, self._resolve_set)
             if self._observe is not None and summary.features:
