@@ -111,5 +111,5 @@ def test_fast_path_records_metrics_and_usage(served):
     _, endpoint, api_key, body, answer, latency_ms = security.usage._pending[-1]
     assert (endpoint, body) == ("online", GOOD)
     assert keys["serve_online"].startswith(api_key) and api_key
-    assert json.loads(answer)["features"]["1"] == {"amount": 5.0, "risk_score": 0.1}
+    assert answer["features"]["1"] == {"amount": 5.0, "risk_score": 0.1}  # the answer itself, not its bytes
     assert latency_ms > 0

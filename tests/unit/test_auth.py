@@ -1,7 +1,7 @@
 """API keys, grants, scope rules and the pure helpers of usage and monitoring (SQLite file registry, no services)."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select, update
@@ -198,3 +198,38 @@ def test_late_against_an_hourly_schedule(now, last_success, late):
 def test_a_set_created_after_the_tick_is_not_late():
     now = datetime(2024, 1, 1, 10, 30)
     assert late_against_schedule("0 * * * *", None, now, created_at=datetime(2024, 1, 1, 10, 20)) is False
+
+
+def test_usage_aggregate_adds_up_per_minute_key_set_and_feature():
+    """The two-step aggregation gives the rows that adding every request one by one gives."""
+    import orjson
+
+    from fstore.usage import UsageRecorder
+
+    recorder = UsageRecorder(engine=None, resolve_set={"age": "profile"}.get)
+    one = {"features": ["payments:amount", "age"], "entities": {"user_id": [1]}}
+    two = {"features": ["payments:amount", "payments:amount"], "entities": {"user_id": [1, 2]}}
+    answer = {"features": {"1": {"payments:amount": 5.0, "age": None}}, "metadata": {"cache_hit": False}}
+    both = {"features": {"1": {"payments:amount": 1.0}, "2": {"payments:amount": {"value": 2, "status": "expired"}}},
+            "metadata": {"cache_hit": True}}
+    events = [(60.5, "online", "k1", one, answer, 0.3), (61.0, "online", "k1", one, orjson.dumps(answer), 4.0),
+              (125.0, "online", "k1", one, answer, 0.3), (62.0, "online", "k2", two, both, 20.0),
+              (62.5, "online", "k2", two, both, 0.3),
+              (63.0, "online", "k2", "junk", b"not json", 1.0), (64.0, "online", "k2", {"features": [{}]}, None, 1.0)]
+
+    expected: dict = {}
+    for at, endpoint, key, body, response, ms in events:  # the oracle: one request at a time
+        response = orjson.loads(response) if isinstance(response, bytes) and response.startswith(b"{") else response
+        s = summarize_online(body, response, recorder._resolve_set)
+        minute = datetime.fromtimestamp(at - at % 60, timezone.utc).replace(tzinfo=None)
+        rows = [(("", ""), 0)] + [((fs, ""), 0) for fs in dict.fromkeys(fs for fs, _ in s.features)]
+        rows += [((fs, f), s.found[(fs, f)]) for fs, f in s.features]
+        for (fs, f), found in rows:
+            slot = expected.setdefault((minute, key, endpoint, fs, f), [0, 0, 0, 0, [0] * (len(BUCKETS_MS) + 1)])
+            slot[0] += 1
+            slot[1] += s.entities
+            slot[2] += found
+            slot[3] += int(s.cache_hit)
+            slot[4][bucket_index(ms)] += 1
+    assert recorder._aggregate(events) == expected
+    assert expected[(datetime(1970, 1, 1, 0, 1), "k2", "online", "payments", "amount")][:4] == [4, 8, 8, 4]
