@@ -87,23 +87,33 @@ def _asked(body: dict, resolve_set: Resolver | None) -> tuple[tuple[str, str, st
 
 
 def _found(pairs: tuple[tuple[str, str, str], ...], response: dict) -> tuple[int, dict[tuple[str, str], int]]:
-    """Entities answered, and per (feature set, feature) how many of them had a value."""
+    """Entities answered, and per (feature set, feature) how many of them had a value.
+
+    A value counts when it is not null and its status is ``present``: the status beside it in the
+    answer's ``statuses`` (so a feature's ``default_value`` standing in for a missing value is not
+    counted), or inside a ``{"value", "status"}`` value; a value with no status counts.
+    """
     rows = response.get("features")
-    rows = rows.values() if isinstance(rows, dict) else rows if isinstance(rows, list) else ()
+    if isinstance(rows, dict):
+        statuses = response.get("statuses") if isinstance(response.get("statuses"), dict) else {}
+        rows = [(row, statuses.get(eid)) for eid, row in rows.items() if isinstance(row, dict)]
+    else:
+        rows = [(row, None) for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
     found = {(fs, f): 0 for fs, f, _ in pairs}
-    entities = 0
-    for row in rows:
-        if not isinstance(row, dict):
-            continue
-        entities += 1
-        for fs, f, written in pairs:
-            value = row.get(written, row.get(f))
-            if isinstance(value, dict) and "value" in value:
-                ok = value.get("value") is not None and value.get("status", "present") == "present"
+    for fs, f, written in pairs:
+        count = 0
+        for row, status in rows:
+            value = row[written] if written in row else row.get(f)
+            if value is None:
+                continue
+            if type(value) is dict and "value" in value:
+                count += value["value"] is not None and value.get("status", "present") == "present"
+            elif type(status) is dict:
+                count += (status[written] if written in status else status.get(f, "present")) == "present"
             else:
-                ok = value is not None
-            found[(fs, f)] += ok
-    return entities, found
+                count += 1
+        found[(fs, f)] += count
+    return len(rows), found
 
 
 def _cache_hit(response: dict) -> bool:

@@ -200,6 +200,17 @@ def test_a_set_created_after_the_tick_is_not_late():
     assert late_against_schedule("0 * * * *", None, now, created_at=datetime(2024, 1, 1, 10, 20)) is False
 
 
+def test_summarize_online_does_not_count_a_default_standing_in_for_a_missing_value():
+    body = {"features": ["payments:amount", "payments:risk"], "entities": {"user_id": [1, 2, 3]}}
+    response = {"features": {"1": {"amount": 5.0, "risk": 0.0}, "2": {"amount": None, "risk": 0.0},
+                             "3": {"amount": 7.0, "risk": 0.5}},
+                "statuses": {"1": {"amount": "present", "risk": "missing"}, "2": {"amount": "present", "risk": "expired"},
+                             "3": {"amount": "present", "risk": "present"}}}
+    summary = summarize_online(body, response)
+    assert summary.entities == 3
+    assert summary.found == {("payments", "amount"): 2, ("payments", "risk"): 1}
+
+
 def test_usage_aggregate_adds_up_per_minute_key_set_and_feature():
     """The two-step aggregation gives the rows that adding every request one by one gives."""
     import orjson
