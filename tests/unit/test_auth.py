@@ -211,6 +211,36 @@ def test_summarize_online_does_not_count_a_default_standing_in_for_a_missing_val
     assert summary.found == {("payments", "amount"): 2, ("payments", "risk"): 1}
 
 
+@pytest.mark.parametrize("names", [["amount", "risk", "payments:age"], ["amount"]])
+def test_usage_counts_a_serving_answer_by_column_as_row_by_row(names):
+    """The column count of serving's own answer (a status beside every value) equals the row loop's:
+    a stored null is not found, nor a default standing in for a missing or expired value."""
+    from fstore import usage
+
+    cases = [({n: 1.0 for n in names}, {n: "present" for n in names}),
+             ({n: None for n in names}, {n: "present" for n in names}),      # stored nulls
+             ({n: 0.0 for n in names}, {n: "missing" for n in names}),       # defaults
+             ({n: 0.0 for n in names}, {n: "expired" for n in names}),
+             ({n: i * 1.5 if i % 2 else None for i, n in enumerate(names)},
+              {n: "present" if i % 2 else "missing" for i, n in enumerate(names)}),
+             ({n: [1.0, None] for n in names}, {n: "present" for n in names})]
+    response = {"features": {str(i): row for i, (row, _) in enumerate(cases)},
+                "statuses": {str(i): status for i, (_, status) in enumerate(cases)}}
+    pairs = usage._asked({"feature_sets": ["payments"], "features": names}, None)
+    by_column = usage._found_by_column(pairs, response["features"], response["statuses"])
+    assert by_column is not None
+    rows = [(row, response["statuses"][eid]) for eid, row in response["features"].items()]
+    expected = {(fs, f): sum(row[w] is not None and status[w] == "present" for row, status in rows)
+                for fs, f, w in pairs}
+    assert by_column == (len(cases), expected)
+    # found: the all-present row, the list, and the mixed row's odd-placed names
+    assert list(expected.values()) == [3 if i % 2 else 2 for i in range(len(names))]
+    assert usage._found(pairs, response) == by_column
+    # Any other shape is left to the row loop: a status map missing a row, or a name not written so.
+    assert usage._found_by_column(pairs, response["features"], {"0": cases[0][1]}) is None
+    assert usage._found_by_column(pairs, {"0": {"x": 1.0}}, {"0": {"x": "present"}}) is None
+
+
 def test_usage_aggregate_adds_up_per_minute_key_set_and_feature():
     """The two-step aggregation gives the rows that adding every request one by one gives."""
     import orjson
