@@ -37,8 +37,9 @@ def _expected(user: int) -> dict:
     return {"clicks": user * 3, "spend": user / 4, "segment": f"s{user % 5}"}
 
 
-@pytest.fixture()
-def server(tmp_path, redis_url):
+@pytest.fixture(params=["gthread", "gevent"])
+def server(request, tmp_path, redis_url):
+    """gunicorn under each worker class we document: gthread (the default) and gevent (online-serving pods)."""
     env = {"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": redis_url}
     store = FeatureStore(Settings.from_env(env))
     store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
@@ -56,7 +57,7 @@ def server(tmp_path, redis_url):
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "server:app", "-c", "conf/gunicorn.conf.py", "-w", "2",
          "-b", f"127.0.0.1:{port}"],
-        cwd=REPO, env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)},
+        cwd=REPO, env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_WORKER_CLASS": request.param},
         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
@@ -72,6 +73,8 @@ def server(tmp_path, redis_url):
             pytest.fail(f"gunicorn did not start: {(tmp_path / 'gunicorn.log').read_text()[-2000:]}")
         time.sleep(0.2)
     yield port
+    log.flush()
+    assert f"Using worker: {request.param}" in (tmp_path / "gunicorn.log").read_text()
     process.terminate()
     assert process.wait(timeout=30) == 0, (tmp_path / "gunicorn.log").read_text()[-2000:]
     log.close()
@@ -110,3 +113,20 @@ def test_four_clients_on_two_workers_get_every_answer_right(server):
         results = pool.map(_client, [(server, seed) for seed in range(CLIENTS)], chunksize=1)
     assert [problems for _, problems in results] == [[]] * CLIENTS
     assert sum(checked for checked, _ in results) == CLIENTS * REQUESTS_PER_CLIENT
+
+
+def test_the_registry_and_the_metrics_answer_beside_online_load(server):
+    """Under either worker class, a registry read and a metrics scrape answer while clients load the server."""
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pending = pool.map_async(_client, [(server, seed) for seed in range(2)], chunksize=1)
+        connection = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+        connection.request("GET", "/api/v1/feature-sets/user_stats")
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["name"] == "user_stats"
+        results = pending.get(timeout=120)
+    assert [problems for _, problems in results] == [[]] * 2
+    connection.request("GET", "/monitoring/metrics")
+    response = connection.getresponse()
+    text = response.read().decode()
+    assert response.status == 200
+    assert 'fstore_http_requests_total{endpoint="/api/v1/serving/online",method="POST",status="200"}' in text
