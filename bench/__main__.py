@@ -276,6 +276,12 @@ def part_online(ctx: Context) -> dict:
         answers["fstore"] = httpload.check(target, fstore_body(probe_ids))
         out["fstore"] = _merge(_load(target, ctx, concurrent=False), _load(target, ctx, concurrent=True))
         out["fstore"]["server"] = " ".join(fstore_side.server_command(FSTORE_PORT, 2)[1:])
+    log("fstore: gunicorn, 2 gevent workers (GUNICORN_WORKER_CLASS=gevent, for online-serving pods)")
+    with server(fstore_side.server_command(FSTORE_PORT, 2), env={**env, "GUNICORN_WORKER_CLASS": "gevent"},
+                log_path=ctx.work / "fstore-server-gevent.log", port=FSTORE_PORT) as process:
+        _wait_http(target, fstore_body([1]), process)
+        out["fstore_gevent"] = _merge(_load(target, ctx, concurrent=False), _load(target, ctx, concurrent=True))
+        out["fstore_gevent"]["server"] = "GUNICORN_WORKER_CLASS=gevent " + out["fstore"]["server"]
     if ctx.feast:
         target = httpload.Target(name="feast", port=FEAST_PORT, path="/get-online-features", body=feast_body)
         log("Feast: feast serve (defaults: 1 worker) for one client")

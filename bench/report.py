@@ -113,10 +113,18 @@ def _engine_rows(f: dict, s: dict, engine: str, hset: float | None) -> list[list
 
 
 def _online_rows(o: dict) -> list[list[str]]:
+    rows = _online_server_rows(o, "fstore", "")
+    if o.get("fstore_gevent"):
+        rows += _online_server_rows(o, "fstore_gevent", ", fstore on gevent workers (`GUNICORN_WORKER_CLASS=gevent`)")
+    return rows
+
+
+def _online_server_rows(o: dict, system: str, suffix: str) -> list[list[str]]:
     rows = []
     for key, label in (("batch1", "1 entity × 10 features"), ("batch100", "100 entities × 10 features")):
+        label += suffix
         f = (o.get("feast") or {}).get(key) or {}
-        s = (o.get("fstore") or {}).get(key) or {}
+        s = (o.get(system) or {}).get(key) or {}
         fs, ss = f.get("sequential") or {}, s.get("sequential") or {}
         rows.append([f"HTTP online, 1 client, {label}: p50 / p95 / p99",
                      " / ".join(_ms(fs.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms")) + f" ({_rate(fs.get('req_per_s'), 'req/s')})",
@@ -128,7 +136,7 @@ def _online_rows(o: dict) -> list[list[str]]:
                      f"{_rate(sc.get('req_per_s'), 'req/s')}, p99 {_ms(sc.get('p99_ms'))}" + (f", {sc['errors']} errors" if sc.get("errors") else ""),
                      f"req/s {ratio(sc.get('req_per_s'), fc.get('req_per_s'))}, p99 {ratio(sc.get('p99_ms'), fc.get('p99_ms'))}"])
         quiet = (((o.get("feast_no_access_log") or {}).get(key) or {}).get("concurrent")) or {}
-        if quiet:
+        if quiet and not suffix:
             rows.append([f"HTTP online, 4 clients, {label}, both access logs off (`feast serve --no-access-log`): "
                          "req/s, p99",
                          f"{_rate(quiet.get('req_per_s'), 'req/s')}, p99 {_ms(quiet.get('p99_ms'))}"
