@@ -214,3 +214,39 @@ def test_an_exhausted_pool_is_unavailable_without_opening_the_breaker(redis_url)
     store._pool.release(held)
     store.ping()
     store.close()
+
+
+def test_a_kept_read_connection_that_redis_closed_reconnects(redis_url, tmp_path):
+    """Reads keep their connection out of the pool; when Redis drops it, the next read reconnects and
+    answers, and the breaker stays closed."""
+    import redis
+
+    store = open_online_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url}))
+    store.write_rows(CODEC, [row(u, T0, u) for u in range(3)])
+    keys = [CODEC.key_of({"user_id": u}) for u in range(3)]
+    assert [int(r[1][0]) for r in store.read(CODEC, keys, ("clicks",))] == [0, 1, 2]
+    assert len(store._idle) == 1
+    kept = store._idle[0]
+    kept.send_command("CLIENT", "ID")
+    client = redis.Redis.from_url(redis_url)
+    assert client.client_kill_filter(_id=kept.read_response()) == 1
+    for _ in range(3):
+        assert [int(r[1][0]) for r in store.read(CODEC, keys, ("clicks",))] == [0, 1, 2]
+    assert store.breaker.state == "closed"
+    client.close()
+    store.close()
+
+
+def test_kept_read_connections_leave_half_the_pool_to_other_calls(redis_url):
+    from fstore.online.redis_store import RedisOnlineStore
+
+    store = RedisOnlineStore(redis_url, pool_size=2, timeout=0.05)
+    first, second = store._borrow(), store._borrow()  # two reads at once take the whole pool
+    store._keep(first)
+    store._keep(second)
+    assert store._idle == [first]  # one kept, one back in the pool
+    store.ping()  # so other calls still get a connection
+    assert store._borrow() is first and store._idle == []
+    store._keep(first)
+    store.close()
+    assert store._idle == []
