@@ -229,12 +229,34 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
 
 # -- serving ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Coverage:
+    """What one answer found, counted while it was built (usage reads this instead of the answer).
+
+    ``found``: per feature as the request named it, the entity rows whose value is present and
+    not null. None in ``answer_online``'s result when the request repeats an entity row, which
+    the answer shows once.
+    """
+
+    entities: int
+    found: dict[str, int]
+    cache_hit: bool
+
+
 def get_online_features(store: "FeatureStore", *, features: list[str], entities: dict | list,
                         feature_sets: list[str] | None = None, now_micros: int | None = None) -> dict:
     """The latest values of ``features`` for ``entities`` (shape in the module docstring).
 
     ``now_micros`` fixes "now" for the TTL status (tests); by default the wall clock.
     """
+    return answer_online(store, features=features, entities=entities, feature_sets=feature_sets,
+                         now_micros=now_micros)[0]
+
+
+def answer_online(store: "FeatureStore", *, features: list[str], entities: dict | list,
+                  feature_sets: list[str] | None = None,
+                  now_micros: int | None = None) -> tuple[dict, Coverage | None]:
+    """``get_online_features``'s answer, and its ``Coverage``."""
     started = time.perf_counter()
     settings = store.settings
     rows = entity_rows(entities)
@@ -316,11 +338,14 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
     out_features: dict[str, dict[str, Any]] = {}
     out_status: dict[str, dict[str, str]] = {}
     ids = _entity_ids(rows)
+    found: dict[str, int] = {}
     for gi, g in enumerate(groups):
         picks = g.picks
         ttl = g.ttl_micros
         floats = _float_values(g, results[gi], now) if g.all_float else None
         width, at = len(g.outs), 0
+        full = 0  # rows with every asked value present and not null
+        partial: dict[str, int] = {}
         for ri, result in enumerate(results[gi]):
             eid = ids[ri]
             fo = out_features.get(eid)
@@ -343,10 +368,12 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
                 fo.update(zip(g.outs, floats[at:at + width]))
                 at += width
                 so.update(g.present)
+                full += 1
                 continue
             try:  # the common case: every asked value stored and not null (decoders raise otherwise)
                 fo.update(zip(g.outs, [d(v) for d, v in zip(g.decoders, raw if g.getter is None else g.getter(raw))]))
                 so.update(g.present)
+                full += 1
                 continue
             except (ValueError, TypeError, KeyError):
                 pass
@@ -358,22 +385,28 @@ def get_online_features(store: "FeatureStore", *, features: list[str], entities:
                 else:
                     fo[out] = None if value == NULL else decode(value)
                     so[out] = _PRESENT
+                    if fo[out] is not None:
+                        partial[out] = partial.get(out, 0) + 1
+        for out in g.outs:
+            found[out] = full + partial.get(out, 0)
     seconds = time.perf_counter() - started
     missed = {gi for gi, _, _ in wanted}
     for gi, g in enumerate(groups):
         metrics.observe_online(g.codec.name, seconds, cache_hit=gi not in missed)
-    return {
+    cache_hit = hits > 0 and misses == 0
+    answer = {
         "features": out_features,
         "statuses": out_status,
         "metadata": {
             "latency_ms": round(seconds * 1000, 3),
-            "cache_hit": hits > 0 and misses == 0,
+            "cache_hit": cache_hit,
             "cache_hits": hits,
             "cache_misses": misses,
             "feature_sets": {g.codec.name: g.codec.version for g in groups},
             "degraded": degraded,
         },
     }
+    return answer, (Coverage(len(ids), found, cache_hit) if len(out_features) == len(ids) else None)
 
 
 _METRICS = None

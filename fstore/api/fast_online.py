@@ -10,7 +10,8 @@ itself, with the same steps in the same order:
    and an unrestricted grant;
 2. the body: within ``MAX_BODY_BYTES``, ``Content-Type`` JSON, a JSON object that
    ``OnlineBody`` accepts;
-3. ``store.get_online_features``;
+3. ``fstore.serving.answer_online`` (what ``store.get_online_features`` runs), whose coverage
+   counts go to usage in place of the answer;
 4. the request metrics and the usage record the after-request hook writes.
 
 Anything else — a missing or bad key, a grant limited to some features, a body
@@ -32,6 +33,7 @@ from fstore import metrics
 from fstore.api.schemas import OnlineBody
 from fstore.api.security import required_scope
 from fstore.errors import FStoreError
+from fstore.serving import answer_online
 
 PATH = "/api/v1/serving/online"
 _JSON_HEADERS = "application/json"
@@ -87,16 +89,15 @@ class OnlineFastPath:
             return None
         try:
             OnlineBody.model_validate(data)
-            result = self.store.get_online_features(features=data["features"], entities=data["entities"],
-                                                    feature_sets=data.get("feature_sets"))
+            result, coverage = answer_online(self.store, features=data["features"], entities=data["entities"],
+                                             feature_sets=data.get("feature_sets"))
             answer = orjson.dumps(result, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME) + b"\n"
         except (ValidationError, FStoreError, TypeError):
             return None
         seconds = time.perf_counter() - started
         metrics.observe_request(PATH, "POST", 200, seconds)
-        # The answer as a dict: the usage flusher need not parse it back (nothing changes it after this)
         self.security.usage.record(endpoint="online", api_key=key.prefix if key is not None else "", body=data,
-                                   response_body=result, latency_ms=seconds * 1000.0)
+                                   response_body=coverage or answer, latency_ms=seconds * 1000.0)
         return answer
 
     def _key(self, environ: dict):

@@ -108,8 +108,13 @@ def test_fast_path_records_metrics_and_usage(served):
     assert response.status_code == 200
     assert REGISTRY.get_sample_value("fstore_http_requests_total", labels) == before + 1
     assert len(security.usage._pending) == pending + 1
-    _, endpoint, api_key, body, answer, latency_ms = security.usage._pending[-1]
-    assert (endpoint, body) == ("online", GOOD)
+    _, endpoint, api_key, asks, coverage, latency_ms = security.usage._pending[-1]
+    assert (endpoint, asks) == ("online", (tuple(GOOD["features"]), tuple(GOOD["feature_sets"])))
     assert keys["serve_online"].startswith(api_key) and api_key
-    assert answer["features"]["1"] == {"amount": 5.0, "risk_score": 0.1}  # the answer itself, not its bytes
+    assert response.json["features"]["1"] == {"amount": 5.0, "risk_score": 0.1}
+    # what the answer found, counted by serving, not the answer to parse again
+    assert (coverage.entities, coverage.found, coverage.cache_hit) == (
+        len(response.json["features"]), {f: sum(status[f] == "present" and response.json["features"][e][f] is not None
+                                                for e, status in response.json["statuses"].items())
+                                         for f in GOOD["features"]}, False)
     assert latency_ms > 0

@@ -253,3 +253,32 @@ def test_float_sets_decode_in_one_parse_with_missing_expired_and_null_rows_in_pl
     assert with_null["features"] == {"5": {"b": 1e300, "a": 1e-5}, "4": {"b": 4.0, "a": None},
                                      "1": {"b": -0.0, "a": 0.1}}
     assert with_null["statuses"]["4"] == {"b": "present", "a": "present"}  # a stored null is present, as null
+
+
+@pytest.mark.parametrize(("features", "entities", "now", "counts"), [
+    (["clicks", "user_stats:score", "label"], {"user_id": ["1", 2, 3]}, NOW, [1, 2, 2]),  # stored null, missing
+    (["clicks", "user_stats:score", "label"], {"user_id": [1, 2]}, NOW + 3600 * 1_000_000, [0, 0, 0]),  # expired
+    (["user_stats:score", "merchant_stats:score"], {"user_id": [1, 2, 5]}, NOW, [2, 3]),  # all-float sets
+    (["clicks", "risk", "pair_count"], [{"user_id": 1, "merchant_id": "m:7"}, {"user_id": 2, "merchant_id": "m:8"}],
+     NOW, [1, 1, 1]),  # sets keyed by different entities, a compound key
+])
+def test_the_coverage_serving_counts_is_what_usage_reads_from_the_answer(store, features, entities, now, counts):
+    """Usage takes the fast path's coverage in place of parsing the answer: both count the same."""
+    from fstore import usage
+    from fstore.serving import answer_online
+
+    if "merchant_stats:score" in features:
+        entities = [{"user_id": u, "merchant_id": "m:7"} for u in entities["user_id"]]
+    answer, coverage = answer_online(store, features=features, entities=entities, now_micros=now)
+    pairs = usage._asked(usage.asks({"features": features}), lambda name: "")
+    entity_count, found = usage._found(pairs, answer)
+    assert coverage.entities == entity_count == len(answer["features"])
+    assert [coverage.found[w] for _, _, w in pairs] == list(found.values()) == counts
+    assert coverage.cache_hit is answer["metadata"]["cache_hit"]
+
+
+def test_a_repeated_entity_row_leaves_the_counting_to_the_answer(store):
+    from fstore.serving import answer_online
+
+    answer, coverage = answer_online(store, features=["clicks"], entities={"user_id": [1, 1]}, now_micros=NOW)
+    assert coverage is None and list(answer["features"]) == ["1"]
