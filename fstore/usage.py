@@ -54,6 +54,7 @@ Resolver = Callable[[str], str]
 # How long the flusher works before it yields the GIL to request threads (Python's own switch interval is 5 ms).
 _TURN_SECONDS = 0.0005
 _PRESENT = "present"
+_STR_ONLY = frozenset((str,))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,8 +88,13 @@ def asks(body: Any) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
     if not isinstance(body, dict):
         return (), ()
     features, sets = body.get("features"), body.get("feature_sets")
-    return (tuple(f for f in features if type(f) is str) if isinstance(features, list) else (),
-            tuple(s if type(s) is str else None for s in sets) if isinstance(sets, list) else ())
+    features = tuple(features) if isinstance(features, list) else ()
+    sets = tuple(sets) if isinstance(sets, list) else ()
+    if not _STR_ONLY.issuperset(map(type, features)):  # checked in C: a validated body passes
+        features = tuple(f for f in features if type(f) is str)
+    if not _STR_ONLY.issuperset(map(type, sets)):
+        sets = tuple(s if type(s) is str else None for s in sets)
+    return features, sets
 
 
 def _asked(asked: tuple[tuple[str, ...], tuple[str | None, ...]],

@@ -116,6 +116,7 @@ class RedisOnlineStore(OnlineStore):
         self._idle: list[redis.Connection] = []
         self._idle_max = max(1, pool_size // 2)
         self._idle_pid = os.getpid()
+        self._hmget_cache: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -172,8 +173,7 @@ class RedisOnlineStore(OnlineStore):
         commands: list[bytes] = []
         for _, group_keys, fields in requests:
             if group_keys:
-                head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 3)
-                tail = bulk(TS_FIELD.encode()) + b"".join(bulk(f.encode()) for f in fields)
+                head, tail = self._hmget_parts(tuple(fields))
                 commands.extend(head + bulk(key.encode()) + tail for key in group_keys)
         if not commands:
             return [[] for _ in requests]
@@ -187,6 +187,17 @@ class RedisOnlineStore(OnlineStore):
                 results.append(None if ts is None else (int(ts), reply[1:]))
             out.append(results)
         return out
+
+    def _hmget_parts(self, fields: tuple[str, ...]) -> tuple[bytes, bytes]:
+        """The RESP bytes of ``HMGET <key> @ts <fields>`` before and after the key, packed once per fields."""
+        parts = self._hmget_cache.get(fields)
+        if parts is None:
+            if len(self._hmget_cache) > 1000:
+                self._hmget_cache.clear()
+            parts = self._hmget_cache[fields] = (
+                b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 3),
+                bulk(TS_FIELD.encode()) + b"".join(bulk(f.encode()) for f in fields))
+        return parts
 
     def _pipelined(self, payload: bytes, replies: int) -> list[Any]:
         """Send ``payload`` (``replies`` packed commands) in one write and read every reply: one round trip.
