@@ -45,7 +45,7 @@ class FStoreGroup(click.Group):
         except FStoreError as exc:
             if ctx.find_object(CliState) is not None and ctx.find_object(CliState).debug:
                 raise
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo("error: " + " ".join(line.strip() for line in exc.message.splitlines() if line.strip()), err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
             raise

@@ -8,7 +8,7 @@ from fstore.cli.output import CliState, emit, fields, json_option, pass_cli, tab
 from fstore.definitions import parse_duration
 
 RUN_FIELDS = ["id", "feature_set", "feature_set_version", "kind", "status", "start", "end", "rows_read", "rows_written",
-              "rows_rejected", "online_rows", "offline_version", "duration_s", "error"]
+              "rows_rejected", "online_rows", "offline_version", "duration_s", "stages", "error"]
 RUN_COLUMNS = ["id", "feature_set", "kind", "status", "start", "end", "rows_written", "rows_rejected", "duration_s"]
 
 
@@ -26,10 +26,12 @@ def run_text(run: dict) -> str:
 @main.command("compile")
 @click.argument("name")
 @click.option("--version", type=int, help="An old version of the set.")
+@json_option
 @pass_cli
 def compile_(cli: CliState, name: str, version: int | None) -> None:
     """Print the Spark SQL that computes a feature set."""
-    click.echo(cli.store.compile(name, version=version))
+    emit(cli, {"feature_set": name, "version": version, "sql": cli.store.compile(name, version=version)},
+         lambda compiled: compiled["sql"])
 
 
 @main.command()

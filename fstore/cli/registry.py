@@ -252,23 +252,30 @@ def db_upgrade(revision: str) -> None:
 
 
 @main.command()
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", help="Default: the HOST setting (0.0.0.0).")
 @click.option("--port", type=int, help="Default: the PORT setting (8002).")
-@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
-def serve(host: str, port: int | None, workers: int) -> None:
-    """Serve the REST API: gunicorn when installed, else Flask's development server."""
+@click.option("--workers", type=int, help="gunicorn worker processes. Default: WEB_CONCURRENCY (2).")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the REST API: gunicorn when installed, else Flask's development server.
+
+    Options left out come from the environment, as ``conf/gunicorn.conf.py`` reads it.
+    """
     from fstore.settings import Settings
 
     settings = Settings.from_env()
+    bind_host = host or os.environ.get("HOST", "0.0.0.0")
     port = port or settings.port
     if importlib.util.find_spec("gunicorn") is not None:
+        # --pythonpath finds server.py, so the user's working directory (and a relative STORAGE_PATH) stays
         command = [sys.executable, "-m", "gunicorn", "server:app", "-c", str(REPO_ROOT / "conf" / "gunicorn.conf.py"),
-                   "--bind", f"{host}:{port}", "--workers", str(workers)]
-        click.echo(f"serving on http://{host}:{port} with gunicorn ({workers} workers)", err=True)
+                   "--pythonpath", str(REPO_ROOT), "--bind", f"{bind_host}:{port}"]
+        if workers is not None:
+            command += ["--workers", str(workers)]
+        click.echo(f"serving on http://{bind_host}:{port} with gunicorn", err=True)
         # gunicorn replaces this process, so signals (Ctrl-C, a supervisor's TERM) reach it directly
-        os.chdir(REPO_ROOT)
         os.execv(sys.executable, command)
     from fstore.api import create_app
 
-    click.echo(f"gunicorn is not installed: serving on http://{host}:{port} with Flask's development server", err=True)
-    create_app(settings.with_(bind_host=host)).run(host=host, port=port, threaded=True)  # bind decides auth
+    click.echo(f"gunicorn is not installed: serving on http://{bind_host}:{port} with Flask's development server",
+               err=True)
+    create_app(settings.with_(bind_host=bind_host)).run(host=bind_host, port=port, threaded=True)  # bind decides auth

@@ -33,6 +33,17 @@ _NOW_FUNCTIONS = {"now", "transaction_timestamp", "statement_timestamp", "clock_
 _AGE_PARTS = {"year", "years", "month", "months", "mon", "day", "days"}
 
 
+def sql_error_text(exc: SqlglotError) -> str:
+    """sqlglot's error as one plain line: what, where, and the text there (its own message holds
+    a second line with terminal underline codes around the offending token)."""
+    for error in getattr(exc, "errors", None) or []:
+        near = (error.get("highlight") or "").strip()
+        return (f"{error.get('description')} at line {error.get('line')}, column {error.get('col')}"
+                + (f", near {near!r}" if near else ""))
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def quote(name: str) -> str:
     """A Spark SQL identifier in backticks."""
     return "`" + name.replace("`", "``") + "`"
@@ -43,7 +54,7 @@ def parse(text: str, dialect: str, *, feature: str, field: str = "transformation
     try:
         node = sqlglot.parse_one(text, read=dialect)
     except SqlglotError as exc:
-        raise InvalidDefinition(f"feature {feature}: {field} {text!r} is not valid {dialect} SQL: {exc}", field=field) from None
+        raise InvalidDefinition(f"feature {feature}: {field} {text!r} is not valid {dialect} SQL: {sql_error_text(exc)}", field=field) from None
     if node is None or isinstance(node, (exp.Select, exp.Union, exp.Insert, exp.Create, exp.Drop, exp.Command)):
         raise InvalidDefinition(f"feature {feature}: {field} must be one SQL expression, not a statement: {text!r}", field=field)
     return node
@@ -160,7 +171,8 @@ def to_spark(text: str, dialect: str, *, event_time: str, feature: str, rename: 
     try:
         return node.sql(dialect="spark", identify=True)
     except SqlglotError as exc:
-        raise InvalidDefinition(f"feature {feature}: {field} cannot be translated to Spark SQL: {exc}", field=field) from None
+        raise InvalidDefinition(f"feature {feature}: {field} cannot be translated to Spark SQL: {sql_error_text(exc)}",
+                                field=field) from None
 
 
 def column_names(text: str, dialect: str, *, feature: str) -> set[str]:

@@ -21,7 +21,7 @@ import sqlglot
 from sqlglot import exp
 
 from fstore.compiler import CompiledQuery, compile_feature_set
-from fstore.compiler.dialect import quote
+from fstore.compiler.dialect import quote, sql_error_text
 from fstore.definitions import FeatureSetVersion, Source
 from fstore.engine.spark import local_path_missing, to_utc_naive
 from fstore.errors import ComputeError, InvalidDefinition, NotFound
@@ -84,7 +84,7 @@ def to_duckdb(spark_sql: str) -> str:
     try:
         tree = sqlglot.parse_one(spark_sql, read="spark")
     except sqlglot.errors.ParseError as exc:
-        raise ComputeError(f"the compiled query does not parse: {exc}") from None
+        raise ComputeError(f"the compiled query does not parse: {sql_error_text(exc)}") from None
     # sqlglot does not descend into a node that ``_rewrite`` replaced, so rewrite until nothing changes.
     for _ in range(8):
         rewritten = tree.transform(_rewrite)

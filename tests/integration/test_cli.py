@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -148,6 +149,11 @@ def test_bad_files_and_settings_are_one_line_errors(cli, tmp_path):
     assert f"{broken}:2: invalid YAML" in cli("plan", str(broken), code=2).stderr
     settings_error = cli("entities", "list", code=2, extra_env={"STORAGE_FORMAT": "orc"})
     assert settings_error.stderr.strip() == "error: STORAGE_FORMAT='orc' is not valid; use one of: delta, parquet"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("feature_sets:\n  - name: s\n    entities: [user_id]\n    features:\n"
+                    "      - {name: f, data_type: int, transformation: 'amount +* 2'}\n")
+    lines = cli("apply", str(typo), code=2).stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("Unexpected token at line 1, column 11, near '2'"), lines
     missing = cli("apply", str(tmp_path / "nope.yaml"), code=2)  # click's own usage error, also one clear line
     assert "does not exist" in missing.stderr
 
@@ -156,6 +162,8 @@ def test_compile_prints_the_sql(cli, defs):
     cli("apply", defs)
     sql = cli("compile", "profile").stdout
     assert "account_balance" in sql and "balance" in sql
+    assert json.loads(cli("compile", "profile", "--json").stdout) == {"feature_set": "profile", "version": None,
+                                                                      "sql": sql.rstrip("\n")}
 
 
 def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp_path):
@@ -183,6 +191,9 @@ def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp
     assert "SELECT" in run("compile", "user_activity").stdout.upper()
     done = run("materialize", "user_profile", "--start", "2025-12-01", "--end", END.isoformat()).stdout
     assert "succeeded" in done and "rows_written" in done
+    run_id = json.loads(run("runs", "list", "user_profile", "--json").stdout)["items"][0]["id"]
+    shown = run("runs", "show", run_id).stdout
+    assert re.search(r"^stages +read=[0-9.]+, compute_validate=[0-9.]+, offline=", shown, re.M), shown
     assert "user_profile" in run("runs", "list", "user_profile").stdout
     assert "would delete 0 file(s) of user_profile (retention 168 h" in run("vacuum", "user_profile", "--dry-run").stdout
     online = run("get-online-features", "--features", "user_profile:account_balance,user_segment",

@@ -107,6 +107,14 @@ def test_refusals_name_the_problem(features, message):
         compile_feature_set(make_fsv(*features))
 
 
+def test_a_syntax_error_is_one_plain_line_naming_where():
+    with pytest.raises(InvalidDefinition) as raised:
+        compile_feature_set(make_fsv({"name": "x", "data_type": "int", "transformation": "amount +* 2"}))
+    message = raised.value.message
+    assert "\n" not in message and "\x1b" not in message, repr(message)
+    assert message.endswith("is not valid spark SQL: Invalid expression / Unexpected token at line 1, column 11, near '2'")
+
+
 def test_features_referring_to_features_become_composites_without_declaring():
     fsv = make_fsv({"name": "b", "data_type": "float", "transformation": "a * 2"},
                    {"name": "a", "data_type": "float", "transformation": "amount"})
