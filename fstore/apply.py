@@ -72,7 +72,12 @@ def yaml_files(path: str | Path) -> list[Path]:
 
 def _load(file: Path) -> list[_Item]:
     """Read one file into items, naming the file and line of any YAML or shape error."""
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[:exc.start].count(b"\n") + 1
+        raise InvalidDefinition(f"{file}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") \
+            from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

@@ -7,11 +7,13 @@ canonical shape the registry stores as a version's spec.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any, Mapping
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from fstore.errors import InvalidDefinition
 
@@ -32,6 +34,7 @@ SOURCE_TYPES = ("batch", "stream", "request")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$", re.ASCII)
 _LONG_UNITS = {"second": "s", "minute": "m", "hour": "h", "day": "d", "week": "w"}
+MAX_DURATION_SECONDS = 100 * 365 * 86_400  # TTLs and windows: beyond this, time arithmetic overflows somewhere
 
 
 def check_name(value: Any, *, field_name: str = "name") -> str:
@@ -70,6 +73,8 @@ def parse_duration(value: Any, *, field_name: str) -> int:
     if isinstance(value, bool):
         raise InvalidDefinition(f"{field_name} must be a duration like 30d or a number of seconds", field=field_name)
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise InvalidDefinition(f"{field_name} must be a finite number of seconds", field=field_name)
         seconds = int(value)
     elif isinstance(value, str):
         text = value.strip().lower()
@@ -107,12 +112,82 @@ def check_cron(value: Any, *, field_name: str = "materialization_schedule") -> s
     return value.strip()
 
 
+def _check_fires(cron: str | None, field_name: str = "materialization_schedule") -> None:
+    """Refuse a schedule no date matches (``0 0 30 2 *``: 30 February)."""
+    if cron is None:
+        return
+    try:
+        croniter(cron, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidDefinition(f"{field_name} {cron!r} never fires: no date matches it", field=field_name) from None
+
+
+def _check_length(seconds: int, field_name: str) -> None:
+    if seconds > MAX_DURATION_SECONDS:
+        raise InvalidDefinition(f"{field_name} of {format_duration(seconds)} is longer than 100 years", field=field_name)
+
+
+def _check_rules_fit(feature: "Feature") -> None:
+    """Refuse validation rules that cannot apply to the feature's type (they would reject every value)."""
+    rules, data_type = feature.validation, feature.data_type
+    where = f"feature {feature.name} is {data_type}"
+    if rules.regex is not None and data_type != "string":
+        raise InvalidDefinition(f"validation_rules.regex applies to string features; {where}", field="validation_rules.regex")
+    for key in ("min_value", "max_value"):
+        value = getattr(rules, key)
+        if value is None:
+            continue
+        if data_type not in ("int", "float"):
+            raise InvalidDefinition(f"validation_rules.{key} applies to int and float features; {where}",
+                                    field=f"validation_rules.{key}")
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise InvalidDefinition(f"validation_rules.{key} {value!r} is not a finite number within a double's range",
+                                    field=f"validation_rules.{key}")
+    if rules.allowed_values is not None:
+        if not rules.allowed_values:
+            raise InvalidDefinition("validation_rules.allowed_values must list at least one value",
+                                    field="validation_rules.allowed_values")
+        for value in rules.allowed_values:
+            check_value_type(value, data_type, field_name="validation_rules.allowed_values")
+
+
+def check_new(item: "FeatureSet | Feature") -> None:
+    """The checks a new or changed definition must also pass.
+
+    Kept out of ``from_dict``, which also reads stored definitions: one stored before a check
+    existed stays readable (and can be changed), while no new one can break runs or retrieval.
+    """
+    if any(not name.strip() for name in item.tags):
+        raise InvalidDefinition("a tag needs a name (tags has an empty one)", field="tags")
+    if isinstance(item, FeatureSet):
+        _check_fires(item.materialization_schedule)
+        if item.ttl_seconds is not None:
+            _check_length(item.ttl_seconds, "ttl")
+    else:
+        if item.window is not None:
+            _check_length(item.window.size_seconds, "window_size")
+        _check_rules_fit(item)
+
+
 def _reject_unknown(data: Mapping[str, Any], allowed: set[str], what: str) -> None:
     if not isinstance(data, Mapping):
         raise InvalidDefinition(f"{what} must be an object")
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise InvalidDefinition(f"unknown field(s) for {what}: {', '.join(unknown)}", field=unknown[0])
+
+
+def _aliased(data: Mapping[str, Any], name: str, alias: str, *, field_name: str | None = None) -> Any:
+    """The value given under ``name`` or under its alias; both, with different values, is refused."""
+    value, other = data.get(name), data.get(alias)
+    if value is not None and other is not None and value != other:
+        raise InvalidDefinition(f"{name} and {alias} name the same thing and disagree ({value!r}, {other!r}); "
+                                f"give one of them", field=field_name or name)
+    return value if value is not None else other
 
 
 def _str(data: Mapping[str, Any], key: str, default: str = "", *, required: bool = False) -> str:
@@ -181,7 +256,7 @@ class Entity:
     def from_dict(cls, data: Mapping[str, Any]) -> "Entity":
         _reject_unknown(data, {"name", "join_keys", "join_key", "value_type", "description"}, "entity")
         name = check_name(data.get("name"))
-        keys = data.get("join_keys", data.get("join_key"))
+        keys = _aliased(data, "join_keys", "join_key")
         return cls(
             name=name,
             join_keys=_name_list(keys, "join_keys") if keys is not None else (name,),
@@ -228,15 +303,22 @@ class Source:
         options = data.get("options") or {}
         if not isinstance(options, Mapping):
             raise InvalidDefinition("source.options must be an object", field="source.options")
-        fmt = _str(data, "format", "") or _str(data, "type", "") or "parquet"
-        if fmt in ("table", "query", "sql"):
-            fmt = "parquet"
+        kind = _str(data, "type", "").lower()
+        if kind and kind not in (*SOURCE_FORMATS, "table", "query", "sql"):
+            raise InvalidDefinition(f"source.type {kind!r} is not a source type; use one of: "
+                                    f"{', '.join((*SOURCE_FORMATS, 'table', 'query'))}", field="source.type")
+        fmt = _str(data, "format", "").lower()
+        if fmt and kind in SOURCE_FORMATS and kind != fmt:
+            raise InvalidDefinition(f"source.format {fmt!r} and source.type {kind!r} disagree; give one of them",
+                                    field="source.format")
+        fmt = fmt or (kind if kind in SOURCE_FORMATS else "") or "parquet"
         return cls(
             path=data.get("path"),
             format=fmt.lower(),
             table=data.get("table"),
             query=data.get("query"),
-            event_timestamp_column=_str(data, "event_timestamp_column", "") or _str(data, "timestamp_column", "") or "event_timestamp",
+            event_timestamp_column=_aliased(data, "event_timestamp_column", "timestamp_column",
+                                            field_name="source.event_timestamp_column") or "event_timestamp",
             created_timestamp_column=data.get("created_timestamp_column"),
             entity_columns=_name_list(data.get("entity_columns"), "source.entity_columns"),
             options={str(k): str(v) for k, v in options.items()},
@@ -292,6 +374,10 @@ class FeatureSet:
         _reject_unknown(data, set(cls.FIELDS), "feature set")
         source = data.get("source")
         ttl = data.get("ttl_seconds", data.get("ttl"))
+        if data.get("ttl_seconds") is not None and data.get("ttl") is not None \
+                and parse_duration(data["ttl_seconds"], field_name="ttl_seconds") != parse_duration(data["ttl"], field_name="ttl"):
+            raise InvalidDefinition(f"ttl ({data['ttl']!r}) and ttl_seconds ({data['ttl_seconds']!r}) disagree; give one of them",
+                                    field="ttl")
         return cls(
             name=check_name(data.get("name")),
             entities=_name_list(data.get("entities"), "entities"),

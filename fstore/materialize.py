@@ -157,12 +157,15 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
     """Do the work of a run whose lock is held; always records the outcome and releases the lock."""
     name = lock_name(fs_id)
     began = time.perf_counter()
+    # The watermark goes no further than now: a range ending in the future (2099) must not stop incremental
+    # runs from reading the events that arrive until then.
+    now = utcnow()
     try:
         with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost:
             figures = _compute_and_write(store, fsv, start, end, lost, run_id)
         with store.transaction() as s:
             run = runs.finish_run(s, run_id, status="succeeded", **figures)
-            runs.advance_watermark(s, fs_id, end)
+            runs.advance_watermark(s, fs_id, min(end, now))
         log.info("run %s of %s [%s, %s) succeeded: %s rows written in %.2fs", run_id, fsv.name, runs.iso(start),
                  runs.iso(end), figures.get("rows_written"), time.perf_counter() - began)
         _audit_run(store, run_id, fsv.name, "ok")

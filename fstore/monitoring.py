@@ -137,9 +137,11 @@ def late_against_schedule(schedule: str | None, last_success: datetime | None, n
     """
     if not schedule:
         return None
-    itr = croniter(schedule, now)
-    previous = itr.get_prev(datetime)
-    before = croniter(schedule, previous).get_prev(datetime)
+    try:
+        previous = croniter(schedule, now).get_prev(datetime)
+        before = croniter(schedule, previous).get_prev(datetime)
+    except (ValueError, KeyError):  # a stored schedule no date matches (30 February) is never late
+        return None
     grace = max(timedelta(minutes=1), (previous - before) / 10)
     if now - previous < grace:
         previous = before  # the newest tick is still within its grace: judge against the one before

@@ -85,6 +85,17 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
                             field="features")
 
 
+def _check_key_columns(fsv: FeatureSetVersion, columns: list[str]) -> None:
+    """Every join key needs its column in the source (a mistyped entity name registers a key nobody has)."""
+    from fstore.compiler.windows import source_key_columns
+
+    missing = [c for c in source_key_columns(fsv) if c not in columns]
+    if missing:
+        raise InvalidDefinition(f"feature set {fsv.name}: the source has no column {', '.join(map(repr, missing))} for its "
+                                f"entities' join keys (entities {', '.join(fsv.feature_set.entities)}); its columns are: "
+                                f"{', '.join(columns)}", field="entities")
+
+
 def _spark_analyser(store, fsv: FeatureSetVersion):
     """A function analysing a compiled query on Spark against the source's schema: None, or Spark's message."""
     from pyspark.errors import AnalysisException, PySparkException
@@ -96,6 +107,7 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
         df = read_source(spark, fsv.feature_set.source)
     except NotFound:
         return None
+    _check_key_columns(fsv, df.columns)
 
     def analyse(compiled) -> str | None:
         try:
@@ -119,6 +131,7 @@ def _duckdb_analyser(fsv: FeatureSetVersion):
         source = engine.read_source(con, fsv.feature_set.source)
     except NotFound:
         return None
+    _check_key_columns(fsv, source.columns)
 
     def analyse(compiled) -> str | None:
         try:

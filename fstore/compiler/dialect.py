@@ -52,9 +52,13 @@ def quote(name: str) -> str:
 def parse(text: str, dialect: str, *, feature: str, field: str = "transformation") -> exp.Expression:
     """Parse one SQL expression in ``dialect``; a syntax error names the feature."""
     try:
-        node = sqlglot.parse_one(text, read=dialect)
+        statements = [n for n in sqlglot.parse(text, read=dialect) if n is not None]
     except SqlglotError as exc:
         raise InvalidDefinition(f"feature {feature}: {field} {text!r} is not valid {dialect} SQL: {sql_error_text(exc)}", field=field) from None
+    if len(statements) > 1:
+        raise InvalidDefinition(f"feature {feature}: {field} must be one SQL expression, not {len(statements)} statements: "
+                                f"{text!r}", field=field)
+    node = statements[0] if statements else None
     if node is None or isinstance(node, (exp.Select, exp.Union, exp.Insert, exp.Create, exp.Drop, exp.Command)):
         raise InvalidDefinition(f"feature {feature}: {field} must be one SQL expression, not a statement: {text!r}", field=field)
     return node

@@ -23,7 +23,7 @@ from sqlglot import exp
 from fstore.compiler import CompiledQuery, compile_feature_set
 from fstore.compiler.dialect import quote, sql_error_text
 from fstore.definitions import FeatureSetVersion, Source
-from fstore.engine.spark import local_path_missing, to_utc_naive
+from fstore.engine.spark import check_event_time_type, local_path_missing, to_utc_naive
 from fstore.errors import ComputeError, InvalidDefinition, NotFound
 
 SOURCE_VIEW = "fstore_source"
@@ -122,6 +122,7 @@ def read_source(con, source: Source):
     if ts not in relation.columns:
         raise InvalidDefinition(f"the source has no event timestamp column {ts!r}; its columns are: "
                                 f"{', '.join(relation.columns)}", field="source.event_timestamp_column")
+    check_event_time_type(ts, str(relation.types[relation.columns.index(ts)]))
     return relation
 
 

@@ -82,6 +82,17 @@ def read_delta(spark, path: str, *, version: int | None = None, storage_options:
     return df
 
 
+def check_event_time_type(column: str, type_name: str) -> None:
+    """Refuse an event time column that cannot hold times (a number or flag: every row would be lost or wrong).
+
+    Timestamps and dates are times; text is cast per row (ISO 8601, as CSV sources give it).
+    """
+    kind = type_name.lower()
+    if not (kind.startswith("timestamp") or kind in ("date", "string", "varchar")):
+        raise InvalidDefinition(f"the source's event timestamp column {column!r} is of type {type_name}; it must hold "
+                                "timestamps (a timestamp, date or ISO 8601 text column)", field="source.event_timestamp_column")
+
+
 def local_path_missing(source: Source) -> bool:
     """True when the source is a local path that does not exist (checked without Spark)."""
     return bool(source.path) and _is_local(source.path) and not os.path.exists(_local(source.path))
@@ -120,6 +131,7 @@ def read_source(spark, source: Source, *, start: datetime | None = None, end: da
     if ts not in df.columns:
         raise InvalidDefinition(f"the source has no event timestamp column {ts!r}; its columns are: {', '.join(df.columns)}",
                                 field="source.event_timestamp_column")
+    check_event_time_type(ts, dict(df.dtypes)[ts])
     conds = []
     if start is not None:
         conds.append(f"CAST(`{ts}` AS TIMESTAMP) >= {ts_literal(to_utc_naive(start) - timedelta(seconds=lookback_seconds))}")

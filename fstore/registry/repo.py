@@ -24,6 +24,7 @@ from fstore.definitions import (
     Feature,
     FeatureSet,
     FeatureSetVersion,
+    check_new,
     composite_order,
 )
 from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
@@ -233,6 +234,7 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
     if not isinstance(inline, list):
         raise InvalidDefinition("features must be a list of feature objects", field="features")
     fs = FeatureSet.from_dict(body)
+    check_new(fs)
     if s.scalar(select(FeatureSetRow.id).where(FeatureSetRow.name == fs.name)) is not None:
         raise AlreadyExists(f"feature set {fs.name!r} already exists", field="name")
     fs, entities, new_entities = _resolve_entities(s, fs)
@@ -244,6 +246,7 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
             raise InvalidDefinition(f"feature {item.get('name')!r} inside feature set {fs.name} names another set {given!r}",
                                     field="feature_set")
         features.append(Feature.from_dict(item, feature_set=fs.name))
+        check_new(features[-1])
     names = [f.name for f in features]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -277,6 +280,7 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
     current = _current_features(s, row.id)
     if not changed:
         return feature_set_dict(row, [f.name for f, _, _ in current])
+    check_new(fs)
     _validate(store, FeatureSetVersion(feature_set=fs, version=row.version + 1, entities=entities,
                                        features=tuple(f for f, _, _ in current),
                                        feature_versions={f.name: v for f, v, _ in current}))
@@ -382,6 +386,7 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
         raise InvalidDefinition(f"feature_set {by_name!r} and feature_set_id {by_id!r} name different feature sets",
                                 field="feature_set_id")
     feature = Feature.from_dict(body, feature_set=set_row.name)
+    check_new(feature)
     current = _current_features(s, set_row.id)
     if any(f.name == feature.name for f, _, _ in current):
         raise AlreadyExists(f"feature {feature.name!r} already exists in feature set {set_row.name}", field="name")
@@ -418,6 +423,7 @@ def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: st
     current = _current_features(s, set_row.id)
     if not changed:
         return feature_dict(row, set_row.name, _latest_lineage(s, row))
+    check_new(feature)
     versions = {f.name: v for f, v, _ in current} | {row.name: row.version + 1}
     all_features = [feature if f.name == row.name else f for f, _, _ in current]
     fs = FeatureSet.from_dict(set_row.spec)

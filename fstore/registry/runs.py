@@ -88,7 +88,7 @@ def feature_set_row(s: Session, ref: str | int) -> FeatureSetRow:
 
 
 def get_watermark(s: Session, feature_set_id: int) -> datetime | None:
-    """The end of the latest successful run's range (None before the first run)."""
+    """The end of the latest successful run's range, at most when that run started (None before the first run)."""
     return s.scalar(select(FeatureSetRow.watermark).where(FeatureSetRow.id == feature_set_id))
 
 

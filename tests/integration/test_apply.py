@@ -168,10 +168,15 @@ def test_loose_features_join_their_set(store, tmp_path):
     ("features:\n  - {name: f, data_type: int, transformation: '1'}\n", r"bad.yaml:2: feature f needs feature_set"),
     ("feature_sets:\n  - name: s\n    entities: [k]\n    features:\n      - {name: f, feature_set: other, data_type: int, "
      "transformation: '1'}\n", r"bad.yaml:5: feature f is written inside feature set s but names another set"),
+    ("feature_sets:\n  - name: s\n    entities: [k]\n    materialization_schedule: '0 0 30 2 *'\n",
+     r"bad.yaml:2: feature set s: materialization_schedule '0 0 30 2 \*' never fires"),
+    ("feature_sets:\n  - name: s\n    entities: [k]\n    features:\n      - {name: f, data_type: float, "
+     "transformation: x, validation_rules: {regex: 'a+'}}\n", r"bad.yaml:5: .*regex applies to string features"),
+    (b"entities:\n  - name: \xff\n", r"bad.yaml:2: not UTF-8 text \(byte 0xff at offset 20\)"),
 ])
 def test_file_errors_name_file_and_line(store, tmp_path, text, message):
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(InvalidDefinition, match=message):
         store.plan(str(path))
     assert counts(store)["entities"] == 0
@@ -210,6 +215,23 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
             """)
         with pytest.raises(InvalidDefinition, match="nonsense"):
             store.apply(str(bad))
+        assert counts(store) == before
+        purchases = fs["source"]["path"]
+        for engine in ("spark", "duckdb"):  # what the source's schema refuses, on both engines
+            checked = FeatureStore(settings.with_(compute_engine=engine)).use_spark(spark)
+            try:
+                mistyped = {"name": "mistyped", "entities": ["nobody"],
+                            "source": {"path": purchases, "event_timestamp_column": "timestamp"},
+                            "features": [{"name": "n", "data_type": "float", "transformation": "amount"}]}
+                with pytest.raises(InvalidDefinition, match="the source has no column 'nobody' for its entities") as info:
+                    checked.create_feature_set(mistyped)
+                assert info.value.field == "entities"
+                numeric_time = {**mistyped, "entities": ["user"], "source": {"path": purchases, "event_timestamp_column": "user_id"}}
+                with pytest.raises(InvalidDefinition, match="event timestamp column 'user_id' is of type") as info:
+                    checked.create_feature_set(numeric_time)
+                assert info.value.field == "source.event_timestamp_column"
+            finally:
+                checked.close()
         assert counts(store) == before
     finally:
         store.close()

@@ -100,6 +100,7 @@ def test_declared_window_and_sql_window_give_the_same_aggregate():
       {"name": "q", "data_type": "int", "transformation": "p + 1", "source_features": ["p"]}], "python"),
     ([{"name": "user_id", "data_type": "int", "transformation": "1"}], "taken"),
     ([{"name": "x", "data_type": "int", "transformation": "SELECT 1 FROM t"}], "not a statement"),
+    ([{"name": "x", "data_type": "int", "transformation": "amount; SELECT 1"}], "one SQL expression, not 2 statements"),
     ([{"name": "x", "data_type": "int", "dialect": "postgres", "transformation": "EXTRACT(HOUR FROM AGE(now(), born))"}], "HOUR"),
 ])
 def test_refusals_name_the_problem(features, message):

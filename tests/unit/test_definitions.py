@@ -11,6 +11,7 @@ from fstore.definitions import (
     ValidationRules,
     check_cron,
     check_name,
+    check_new,
     composite_order,
     format_duration,
     normalize_data_type,
@@ -60,7 +61,7 @@ def test_durations(written, seconds):
     assert parse_duration(written, field_name="window_size") == seconds
 
 
-@pytest.mark.parametrize("bad", ["0d", "-1d", "10y", "d", "1.5h", "", True, None, [1], 0, -5])
+@pytest.mark.parametrize("bad", ["0d", "-1d", "10y", "d", "1.5h", "", True, None, [1], 0, -5, float("inf"), float("nan")])
 def test_bad_durations(bad):
     with pytest.raises(InvalidDefinition, match="window_size") as info:
         parse_duration(bad, field_name="window_size")
@@ -161,6 +162,11 @@ def test_feature_forms_and_round_trip():
     ({**SET, "source": {"path": "/a", "event_timestamp_column": "ts col"}}, "source.event_timestamp_column"),
     ({**SET, "source": {"path": "/a", "options": "header=true"}}, "source.options"),
     ({**SET, "source": {"path": "/a", "bucket": "b"}}, "bucket"),
+    ({**SET, "source": {"path": "/a", "type": "bogus"}}, "source.type"),
+    ({**SET, "source": {"path": "/a", "type": "csv", "format": "parquet"}}, "source.format"),
+    ({**SET, "source": {"path": "/a", "timestamp_column": "ts", "event_timestamp_column": "at"}},
+     "source.event_timestamp_column"),
+    ({**SET, "ttl": "1d", "ttl_seconds": 100}, "ttl"),
 ])
 def test_bad_feature_sets(body, field):
     with pytest.raises(InvalidDefinition) as info:
@@ -183,6 +189,7 @@ def test_feature_set_round_trip():
     ({"name": "user", "value_type": "blob"}, "value_type"),
     ({"name": "user", "keys": ["a"]}, "keys"),
     ({"name": "9user"}, "name"),
+    ({"name": "user", "join_keys": ["a"], "join_key": ["b"]}, "join_keys"),
 ])
 def test_bad_entities(body, field):
     with pytest.raises(InvalidDefinition) as info:
@@ -225,3 +232,37 @@ def test_non_ascii_digits_are_not_durations(text):
     """Unicode digits pass str.isdigit() but not int(); they must be refused, not crash."""
     with pytest.raises(InvalidDefinition):
         parse_duration(text, field_name="ttl")
+
+
+@pytest.mark.parametrize(("item", "field", "message"), [
+    (FeatureSet.from_dict({**SET, "materialization_schedule": "0 0 30 2 *"}), "materialization_schedule", "never fires"),
+    (FeatureSet.from_dict({**SET, "ttl": "99999999999999d"}), "ttl", "longer than 100 years"),
+    (FeatureSet.from_dict({**SET, "ttl": 10**30}), "ttl", "longer than 100 years"),
+    (FeatureSet.from_dict({**SET, "tags": {"": "x"}}), "tags", "needs a name"),
+    (Feature.from_dict({**FEATURE, "aggregation": "sum", "window_size": "999999999999d"}), "window_size", "100 years"),
+    (Feature.from_dict({**FEATURE, "data_type": "float", "validation_rules": {"regex": "a+"}}),
+     "validation_rules.regex", "applies to string features; feature user_age is float"),
+    (Feature.from_dict({**FEATURE, "data_type": "string", "validation_rules": {"min_value": 1}}),
+     "validation_rules.min_value", "applies to int and float features"),
+    (Feature.from_dict({**FEATURE, "validation_rules": {"max_value": 10**400}}), "validation_rules.max_value", "finite"),
+    (Feature.from_dict({**FEATURE, "data_type": "string", "validation_rules": {"allowed_values": [1, 2]}}),
+     "validation_rules.allowed_values", "1 is not a string"),
+    (Feature.from_dict({**FEATURE, "data_type": "float", "validation_rules": {"allowed_values": ["x"]}}),
+     "validation_rules.allowed_values", "'x' is not a float"),
+    (Feature.from_dict({**FEATURE, "validation_rules": {"allowed_values": []}}), "validation_rules.allowed_values",
+     "at least one"),
+])
+def test_new_definitions_are_checked_further_than_stored_ones(item, field, message):
+    """What could never run is refused when written; reading the same stored spec still works."""
+    with pytest.raises(InvalidDefinition, match=message) as info:
+        check_new(item)
+    assert info.value.field == field
+    assert type(item).from_dict(item.to_dict()) == item
+
+
+def test_rules_that_fit_their_type_pass_the_new_definition_checks():
+    check_new(Feature.from_dict({**FEATURE, "data_type": "float", "validation_rules": {
+        "min_value": 0, "max_value": 1e300, "allowed_values": [1, 2.5]}}))
+    check_new(Feature.from_dict({**FEATURE, "data_type": "string", "validation_rules": {
+        "regex": "[a-z]+", "allowed_values": ["a", "b"]}}))
+    check_new(FeatureSet.from_dict({**SET, "materialization_schedule": "0 0 29 2 *", "ttl": "36500d"}))
