@@ -85,10 +85,15 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
                             field="features")
 
 
-def _check_key_columns(fsv: FeatureSetVersion, columns: list[str]) -> None:
-    """Every join key needs its column in the source (a mistyped entity name registers a key nobody has)."""
+def _check_source_columns(fsv: FeatureSetVersion, columns: list[str]) -> None:
+    """The columns the set names must be in the source: its created timestamp and each join key's
+    (a mistyped entity name registers a key nobody has)."""
     from fstore.compiler.windows import source_key_columns
 
+    created = fsv.feature_set.source.created_timestamp_column
+    if created is not None and created not in columns:
+        raise InvalidDefinition(f"feature set {fsv.name}: the source has no created timestamp column {created!r}; its "
+                                f"columns are: {', '.join(columns)}", field="source.created_timestamp_column")
     missing = [c for c in source_key_columns(fsv) if c not in columns]
     if missing:
         raise InvalidDefinition(f"feature set {fsv.name}: the source has no column {', '.join(map(repr, missing))} for its "
@@ -107,7 +112,7 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
         df = read_source(spark, fsv.feature_set.source)
     except NotFound:
         return None
-    _check_key_columns(fsv, df.columns)
+    _check_source_columns(fsv, df.columns)
 
     def analyse(compiled) -> str | None:
         try:
@@ -131,7 +136,7 @@ def _duckdb_analyser(fsv: FeatureSetVersion):
         source = engine.read_source(con, fsv.feature_set.source)
     except NotFound:
         return None
-    _check_key_columns(fsv, source.columns)
+    _check_source_columns(fsv, source.columns)
 
     def analyse(compiled) -> str | None:
         try:
