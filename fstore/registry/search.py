@@ -151,8 +151,9 @@ def search(s: Session, text: str, *, kinds: Iterable[str] = KINDS, limit: int = 
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise InvalidDefinition(f"kinds must be some of: {', '.join(KINDS)}", field="kinds")
-    if not isinstance(text, str):
-        raise InvalidDefinition("search text must be a string", field="q")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidDefinition("search text must be a non-empty string (list everything with the list commands)",
+                                field="q")
     plans = {
         "entity": (_text_stmt(EntityRow, text, EntityRow.name, EntityRow.description), EntityRow.id,
                    lambda rows: [entity_dict(r) for r in rows]),
