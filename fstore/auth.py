@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session
 
 from fstore.definitions import check_name, parse_duration
 from fstore.errors import InvalidDefinition, NotFound, Unauthorized
-from fstore.registry.models import ApiKeyRow, utcnow
+from fstore.registry.models import ApiKeyRow, FeatureRow, FeatureSetRow, utcnow
 
 SCOPES: tuple[str, ...] = ("read_registry", "write_registry", "materialize", "serve_online", "serve_historical", "admin")
 KEY_PREFIX = "fsk_"
 PREFIX_LENGTH = 12
+MAX_LIFETIME_SECONDS = 10 * 365 * 86400  # ten years: anything longer is a typo (and overflows a timestamp)
 _INVALID = "missing or invalid API key"
 
 
@@ -134,9 +135,21 @@ def _check_names(values: Any, what: str) -> list[str]:
     return sorted(set(out))
 
 
+def key_lifetime(expires_in: Any) -> int:
+    """Seconds in ``expires_in`` (``30d``, ``12h`` or a number of seconds), at most ``MAX_LIFETIME_SECONDS``."""
+    if isinstance(expires_in, str) and len(expires_in) > 40:  # before int() meets thousands of digits
+        raise InvalidDefinition("expires_in is too long to be a duration; write e.g. 30d, 12h or a number of seconds",
+                                field="expires_in")
+    seconds = parse_duration(expires_in, field_name="expires_in")
+    if seconds > MAX_LIFETIME_SECONDS:
+        raise InvalidDefinition(f"expires_in {expires_in!r} is over the longest key lifetime, 10 years "
+                                f"({MAX_LIFETIME_SECONDS} seconds)", field="expires_in")
+    return seconds
+
+
 def _expiry(expires_in: Any, expires_at: datetime | None) -> datetime | None:
     if expires_in is not None and expires_in != "":
-        return utcnow() + timedelta(seconds=parse_duration(expires_in, field_name="expires_in"))
+        return utcnow() + timedelta(seconds=key_lifetime(expires_in))
     if expires_at is not None:
         if expires_at.tzinfo is not None:
             expires_at = expires_at.astimezone(timezone.utc).replace(tzinfo=None)
@@ -162,20 +175,44 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def create_key(s: Session, *, owner: Any, scopes: Any, feature_sets: Any = None, features: Any = None,
-               expires_in: Any = None, expires_at: datetime | None = None) -> dict:
-    """Create a key; the answer's ``key`` field is the only time the secret is ever shown."""
+               expires_in: Any = None, expires_at: datetime | None = None, registered_only: bool = False) -> dict:
+    """Create a key; the answer's ``key`` field is the only time the secret is ever shown.
+
+    With ``registered_only`` (the API's rule) a grant may name only feature sets and
+    features the registry holds: a misspelt name would otherwise grant nothing, silently.
+    """
     if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
         raise InvalidDefinition("owner must be a non-empty string of at most 200 characters", field="owner")
-    row = ApiKeyRow(owner=owner.strip(), scopes=_check_scopes(scopes),
-                    grants={"feature_sets": _check_names(feature_sets, "feature_sets"),
-                            "features": _check_names(features, "features")},
-                    expires_at=_expiry(expires_in, expires_at), created_at=utcnow())
+    scopes = _check_scopes(scopes)
+    grants = {"feature_sets": _check_names(feature_sets, "feature_sets"), "features": _check_names(features, "features")}
+    expires_at = _expiry(expires_in, expires_at)
+    if registered_only:
+        _check_registered(s, grants)
+    row = ApiKeyRow(owner=owner.strip(), scopes=scopes, grants=grants, expires_at=expires_at, created_at=utcnow())
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row.prefix = key[:PREFIX_LENGTH]
     row.key_hash = hash_key(key)
     s.add(row)
     s.flush()
     return {**key_to_dict(row), "key": key}
+
+
+def _check_registered(s: Session, grants: dict[str, list[str]]) -> None:
+    """``NotFound`` naming the first feature set or feature in ``grants`` that the registry does not hold."""
+    sets = set(s.scalars(select(FeatureSetRow.name).where(FeatureSetRow.name.in_(grants["feature_sets"]))))
+    for name in grants["feature_sets"]:
+        if name not in sets:
+            raise NotFound(f"feature set {name!r} not found; a grant names registered feature sets", field="feature_sets")
+    wanted = {entry.rpartition(":")[2] for entry in grants["features"]}
+    held = set(s.execute(select(FeatureSetRow.name, FeatureRow.name)
+                         .join(FeatureSetRow, FeatureRow.feature_set_id == FeatureSetRow.id)
+                         .where(FeatureRow.name.in_(wanted))).tuples())
+    names = {feature for _, feature in held}
+    for entry in grants["features"]:
+        set_name, _, feature = entry.rpartition(":")
+        if ((set_name, feature) not in held) if set_name else (feature not in names):
+            where = f"in feature set {set_name!r}" if set_name else "in any feature set"
+            raise NotFound(f"feature {feature!r} not found {where}; a grant names registered features", field="features")
 
 
 def _find(s: Session, ref: Any) -> ApiKeyRow:

@@ -10,7 +10,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from fstore.api.common import actor, get_store
 from fstore.api.errors import ErrorBody
-from fstore.api.schemas import MaterializeBody, Page, RefPath, RunIdPath, RunPath, VacuumBody, VersionQuery
+from fstore.api.schemas import MaterializeBody, NoQuery, Page, RefPath, RunIdPath, RunPath, VacuumBody, VersionQuery
 from fstore.errors import NotFound
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
@@ -26,7 +26,7 @@ def compile_feature_set(path: RefPath, query: VersionQuery):
 
 
 @bp.post("/feature-sets/<id_or_name>/materialize", tags=[_runs])
-def materialize(path: RefPath, body: MaterializeBody):
+def materialize(path: RefPath, query: NoQuery, body: MaterializeBody):
     """Start materializing ``[start_date, end_date)``; returns the run (202) at once."""
     start, end = body.range()
     run = get_store().start_materialization(path.id_or_name, start, end, actor=actor())
@@ -35,7 +35,7 @@ def materialize(path: RefPath, body: MaterializeBody):
 
 
 @bp.post("/feature-sets/<id_or_name>/vacuum", tags=[_runs])
-def vacuum(path: RefPath, body: VacuumBody):
+def vacuum(path: RefPath, query: NoQuery, body: VacuumBody):
     """Delete offline files that no version worth keeping reads (``fstore.vacuum``); needs the admin scope."""
     return get_store().vacuum_offline(path.id_or_name, retain_hours=body.retain_hours, dry_run=body.dry_run,
                                       actor=actor())
@@ -48,7 +48,7 @@ def list_runs(path: RefPath, query: Page):
 
 
 @bp.get("/feature-sets/<id_or_name>/runs/<run_id>", tags=[_runs])
-def get_feature_set_run(path: RunPath):
+def get_feature_set_run(path: RunPath, query: NoQuery):
     """One run of a feature set: status, rows read/written/rejected, duration, Delta version, error."""
     run = get_store().get_run(path.run_id)
     ref = path.id_or_name
@@ -58,6 +58,6 @@ def get_feature_set_run(path: RunPath):
 
 
 @bp.get("/runs/<run_id>", tags=[_runs])
-def get_run(path: RunIdPath):
+def get_run(path: RunIdPath, query: NoQuery):
     """One run by id."""
     return get_store().get_run(path.run_id)

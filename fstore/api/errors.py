@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from fstore.errors import BadRequest, FStoreError, InvalidDefinition, TooLarge
 
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|any|list\[.*\]|dict\[.*\]|function-.*|.*\[.*\]|[A-Z]\w*)$")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _HTTP_CODES = {
     400: "bad_request", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
@@ -52,14 +53,65 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class NotUnicode(ValueError):
+    """A body that is not Unicode text: bytes that do not decode, or a lone surrogate (raw or ``\\ud800``).
+
+    Python's ``json`` accepts a lone surrogate, and the string then fails wherever it is
+    encoded (the registry's insert, Redis, a log line), far from the request. A
+    ``ValueError``, so ``request.get_json(silent=True)`` still answers None.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+def _check_unicode(value: Any) -> None:
+    """Raise ``NotUnicode`` naming a field whose text (value or key) holds a lone surrogate."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:  # a loop, not recursion: the body may be nested as deep as json allows
+        where, item = pending.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if _lone_surrogate(key):
+                    raise _not_unicode(f"a key in {where or 'the body'}", key, where)
+                pending.append((f"{where}.{key}" if where else key, child))
+        elif isinstance(item, list):
+            pending.extend((f"{where}.{number}" if where else str(number), child) for number, child in enumerate(item))
+        elif isinstance(item, str) and _lone_surrogate(item):
+            raise _not_unicode(where or "the body", item, where)
+
+
+def _lone_surrogate(text: str) -> str:
+    """The first lone surrogate in ``text`` ("" when none); a pair written as two escapes is one character by now."""
+    return next((c for c in text if "\ud800" <= c <= "\udfff"), "")
+
+
+def _not_unicode(what: str, text: str, field: str) -> NotUnicode:
+    code = ord(_lone_surrogate(text))
+    return NotUnicode(f"request body is not valid Unicode: {what} holds \\u{code:04x}, half of a surrogate pair "
+                      "and not a character", field or None)
+
+
 class JSONProvider(DefaultJSONProvider):
-    """Strict JSON in (no NaN/Infinity), ISO 8601 timestamps with ``Z`` out, keys in the order given."""
+    """Strict JSON in (no NaN/Infinity, only Unicode text), ISO 8601 timestamps with ``Z`` out, keys in the order given."""
 
     sort_keys = False
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         kwargs.setdefault("parse_constant", _reject_constant)
-        return json.loads(s, **kwargs)
+        if isinstance(s, (bytes, bytearray)):
+            # json.loads would decode with "surrogatepass"; strict decoding refuses raw surrogates here.
+            try:
+                s = s.decode(json.detect_encoding(s))
+            except UnicodeDecodeError as exc:
+                raise NotUnicode(f"request body is not valid {exc.encoding.upper()}: byte {exc.start} "
+                                 "cannot be decoded") from None
+        value = json.loads(s, **kwargs)
+        if _SURROGATE_ESCAPE.search(s):  # only an escape can still make a lone surrogate: check just then
+            _check_unicode(value)
+        return value
 
     @staticmethod
     def default(o: Any) -> Any:  # type: ignore[override]
@@ -110,10 +162,21 @@ def check_body() -> None:
     except HTTPException as exc:
         if exc.code == 413:
             raise TooLarge(f"request body is over the limit of {limit} bytes") from None
+        not_unicode = _cause(exc, NotUnicode)
+        if not_unicode is not None:
+            raise BadRequest(not_unicode.message, field=not_unicode.field) from None
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidDefinition("the request body must be a JSON object")
     return None
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> Any:
+    """The first exception of ``kind`` in ``exc``'s chain (Flask wraps a parse error in ``BadRequest``), or None."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, kind):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 class _UnsupportedMediaType(BadRequest):

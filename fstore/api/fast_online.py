@@ -8,8 +8,9 @@ itself, with the same steps in the same order:
 
 1. the API key (when auth is on): present, valid, with the ``serve_online`` scope
    and an unrestricted grant;
-2. the body: within ``MAX_BODY_BYTES``, ``Content-Type`` JSON, a JSON object that
-   ``OnlineBody`` accepts;
+2. no query string (the endpoint takes no parameters); the body: within
+   ``MAX_BODY_BYTES``, ``Content-Type`` JSON, a JSON object (of Unicode text: orjson
+   refuses a lone surrogate, as ``fstore.api.errors`` does) that ``OnlineBody`` accepts;
 3. ``fstore.serving.answer_online`` (what ``store.get_online_features`` runs), whose coverage
    counts go to usage in place of the answer;
 4. the request metrics and the usage record the after-request hook writes.
@@ -50,6 +51,8 @@ class OnlineFastPath:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        if environ.get("QUERY_STRING"):  # the endpoint takes no parameters: Flask names the unknown one (422)
             return self.app(environ, start_response)
         started = time.perf_counter()
         body = self._read_body(environ)

@@ -5,19 +5,20 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
 from fstore.api.common import get_store
+from fstore.api.schemas import NoQuery
 
 bp = APIBlueprint("health", __name__)
 _tag = Tag(name="health")
 
 
 @bp.get("/health", tags=[_tag])
-def health():
+def health(query: NoQuery):
     """The process is up (no I/O, for liveness probes)."""
     return {"status": "ok"}
 
 
 @bp.get("/ready", tags=[_tag])
-def ready():
+def ready(query: NoQuery):
     """The registry answers and the online store pings; 503 naming the backend that does not."""
     store = get_store()
     checks: dict[str, str] = {}

@@ -12,11 +12,12 @@ from typing import Any, Optional, Union
 
 from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fstore import audit, auth, monitoring, usage
 from fstore.api.common import get_store
 from fstore.api.errors import ErrorBody
+from fstore.api.schemas import NoQuery
 from fstore.errors import InvalidDefinition
 from fstore.registry.models import utcnow
 from fstore.registry.runs import to_utc
@@ -54,7 +55,14 @@ class KeyBody(BaseModel):
     scopes: list[str] = Field(min_length=1, max_length=len(auth.SCOPES))
     feature_sets: Optional[list[str]] = Field(None, max_length=1000)
     features: Optional[list[str]] = Field(None, max_length=10000)
-    expires_in: Optional[Union[int, str]] = Field(None, description="e.g. 30d, 12h, or seconds")
+    expires_in: Optional[Union[int, str]] = Field(None, description="e.g. 30d, 12h, or seconds; at most 10 years")
+
+    @field_validator("expires_in")
+    @classmethod
+    def _lifetime(cls, value: int | str | None) -> int | str | None:
+        if value is not None and value != "":
+            auth.key_lifetime(value)  # a 422 naming expires_in, before any registry work
+        return value
 
 
 class KeyPath(BaseModel):
@@ -152,7 +160,7 @@ def _grant() -> auth.Grant | None:
 
 
 @bp.get("/monitoring/metrics", tags=[_mon], responses=_METRICS_RESPONSE)
-def metrics_text():
+def metrics_text(query: NoQuery):
     """Prometheus metrics of every worker, plus run and freshness figures read from the registry."""
     from fstore import metrics
 
@@ -178,7 +186,7 @@ def statistics(query: StatisticsQuery):
 
 
 @bp.get("/monitoring/data-freshness", tags=[_mon], responses={200: Items})
-def data_freshness():
+def data_freshness(query: NoQuery):
     """Per feature set: newest event time offline and online, last succeeded run, late against its schedule."""
     grant = _grant()
     return monitoring.data_freshness(get_store(), allowed=grant.allows_feature_set if grant else None)
@@ -206,12 +214,13 @@ def _forget(key_id: int) -> None:
 
 
 @bp.post("/api/v1/keys", tags=[_keys], responses={201: CreatedKey})
-def create_key(body: KeyBody):
+def create_key(query: NoQuery, body: KeyBody):
     """Create a key. The answer holds the secret once; only its hash is stored."""
     data = request.get_json()
     with get_store().transaction() as s:
         created = auth.create_key(s, owner=data["owner"], scopes=data["scopes"], feature_sets=data.get("feature_sets"),
-                                  features=data.get("features"), expires_in=data.get("expires_in"))
+                                  features=data.get("features"), expires_in=data.get("expires_in"),
+                                  registered_only=True)
     return created, 201, {"Location": f"/api/v1/keys/{created['id']}", "Cache-Control": "no-store"}
 
 
@@ -224,14 +233,14 @@ def list_keys(query: KeyQuery):
 
 
 @bp.get("/api/v1/keys/<key_id>", tags=[_keys], responses={200: KeyOut})
-def get_key(path: KeyPath):
+def get_key(path: KeyPath, query: NoQuery):
     """One key by id or prefix."""
     with get_store().transaction() as s:
         return auth.get_key(s, path.key_id)
 
 
 @bp.delete("/api/v1/keys/<key_id>", tags=[_keys], responses={200: KeyOut})
-def revoke_key(path: KeyPath):
+def revoke_key(path: KeyPath, query: NoQuery):
     """Revoke a key; it stops working at once in this process and within seconds in the others."""
     with get_store().transaction() as s:
         revoked = auth.revoke_key(s, path.key_id)

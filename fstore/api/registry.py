@@ -14,8 +14,9 @@ from fstore.api.common import actor, created, get_store
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import (
     EntityBody, EntityPatch, EntityQuery, FeatureBody, FeatureGetQuery, FeaturePatch, FeatureQuery,
-    FeatureSetBody, FeatureSetPatch, FeatureSetQuery, FeatureSetRefQuery, RefPath, SearchQuery, VersionQuery,
+    FeatureSetBody, FeatureSetPatch, FeatureSetQuery, FeatureSetRefQuery, NoQuery, RefPath, SearchQuery, VersionQuery,
 )
+from fstore.errors import NotFound
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
 bp = APIBlueprint("registry", __name__, url_prefix="/api/v1", abp_responses=_ERRORS)
@@ -32,7 +33,7 @@ FEATURES = "/api/v1/features"
 # -- entities -------------------------------------------------------------------------------
 
 @bp.post("/entities", tags=[_entities])
-def create_entity(body: EntityBody):
+def create_entity(query: NoQuery, body: EntityBody):
     """Create an entity."""
     return created(get_store().create_entity(request.get_json(), actor=actor()), ENTITIES)
 
@@ -44,25 +45,33 @@ def list_entities(query: EntityQuery):
 
 
 @bp.get("/entities/<id_or_name>", tags=[_entities])
-def get_entity(path: RefPath):
-    """One entity by id or name."""
-    return get_store().get_entity(path.id_or_name)
+def get_entity(path: RefPath, query: VersionQuery):
+    """One entity by id or name (its latest version, or ``version``, as feature sets and features answer)."""
+    store = get_store()
+    entity = store.get_entity(path.id_or_name)
+    if query.version is None or query.version == entity["version"]:
+        return entity
+    for past in store.entity_versions(entity["id"]):  # the store keeps each version's spec in the history
+        if past["version"] == query.version:
+            return {**entity, **past["spec"], "version": past["version"], "updated_at": past["created_at"]}
+    raise NotFound(f"entity {entity['name']} has no version {query.version} (latest is {entity['version']})",
+                   field="version")
 
 
 @bp.patch("/entities/<id_or_name>", tags=[_entities])
-def update_entity(path: RefPath, body: EntityPatch):
+def update_entity(path: RefPath, query: NoQuery, body: EntityPatch):
     """Change an entity."""
     return get_store().update_entity(path.id_or_name, request.get_json(), actor=actor())
 
 
 @bp.get("/entities/<id_or_name>/versions", tags=[_entities])
-def entity_versions(path: RefPath):
+def entity_versions(path: RefPath, query: NoQuery):
     """Every version of an entity: what changed, when, by whom."""
     return {"items": get_store().entity_versions(path.id_or_name)}
 
 
 @bp.delete("/entities/<id_or_name>", tags=[_entities])
-def delete_entity(path: RefPath):
+def delete_entity(path: RefPath, query: NoQuery):
     """Delete an entity no feature set uses."""
     get_store().delete_entity(path.id_or_name, actor=actor())
     return "", 204
@@ -71,7 +80,7 @@ def delete_entity(path: RefPath):
 # -- feature sets -----------------------------------------------------------------------------
 
 @bp.post("/feature-sets", tags=[_sets])
-def create_feature_set(body: FeatureSetBody):
+def create_feature_set(query: NoQuery, body: FeatureSetBody):
     """Create a feature set (version 1)."""
     return created(get_store().create_feature_set(request.get_json(), actor=actor()), FEATURE_SETS)
 
@@ -90,20 +99,20 @@ def get_feature_set(path: RefPath, query: VersionQuery):
 
 
 @bp.patch("/feature-sets/<id_or_name>", tags=[_sets])
-def update_feature_set(path: RefPath, body: FeatureSetPatch):
+def update_feature_set(path: RefPath, query: NoQuery, body: FeatureSetPatch):
     """Change a feature set: makes a new version."""
     return get_store().update_feature_set(path.id_or_name, request.get_json(), actor=actor())
 
 
 @bp.delete("/feature-sets/<id_or_name>", tags=[_sets])
-def delete_feature_set(path: RefPath):
+def delete_feature_set(path: RefPath, query: NoQuery):
     """Delete a feature set and its features."""
     get_store().delete_feature_set(path.id_or_name, actor=actor())
     return "", 204
 
 
 @bp.get("/feature-sets/<id_or_name>/versions", tags=[_sets])
-def feature_set_versions(path: RefPath):
+def feature_set_versions(path: RefPath, query: NoQuery):
     """Every version of a feature set: what changed, when, by whom."""
     return {"items": get_store().feature_set_versions(path.id_or_name)}
 
@@ -111,7 +120,7 @@ def feature_set_versions(path: RefPath):
 # -- features ----------------------------------------------------------------------------------
 
 @bp.post("/features", tags=[_features])
-def create_feature(body: FeatureBody):
+def create_feature(query: NoQuery, body: FeatureBody):
     """Create a feature in a feature set (``feature_set_id`` takes an id or a name); the set gets a new version."""
     return created(get_store().create_feature(request.get_json(), actor=actor()), FEATURES)
 

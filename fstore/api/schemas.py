@@ -54,6 +54,12 @@ class JobPath(BaseModel):
     job_id: str = Field(pattern=ID_PATTERN)
 
 
+class NoQuery(BaseModel):
+    """For a route that takes no query parameters: any given is a 422 naming it, as on every other route."""
+
+    model_config = _QUERY
+
+
 class Page(BaseModel):
     model_config = _QUERY
     limit: int = Field(50, ge=1, le=MAX_LIMIT, description="at most this many items")

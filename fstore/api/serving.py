@@ -12,7 +12,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from fstore.api.common import actor, get_store
 from fstore.api.errors import ErrorBody
 from fstore.api.render import frame_to_json
-from fstore.api.schemas import BatchBody, HistoricalBody, JobPath, OnlineBody
+from fstore.api.schemas import BatchBody, HistoricalBody, JobPath, NoQuery, OnlineBody
 from fstore.errors import TooLarge
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 413, 415, 422)}
@@ -21,7 +21,7 @@ _tag = Tag(name="serving", description="Online features, training data, batch re
 
 
 @bp.post("/online", tags=[_tag])
-def online(body: OnlineBody):
+def online(query: NoQuery, body: OnlineBody):
     """Latest feature values for entity keys, from the online store."""
     data = request.get_json()
     return get_store().get_online_features(features=data["features"], entities=data["entities"],
@@ -29,7 +29,7 @@ def online(body: OnlineBody):
 
 
 @bp.post("/historical", tags=[_tag])
-def historical(body: HistoricalBody):
+def historical(query: NoQuery, body: HistoricalBody):
     """Point-in-time-correct features for each entity row, in the rows' order (training data)."""
     store = get_store()
     limit = store.settings.max_historical_rows
@@ -46,7 +46,7 @@ def historical(body: HistoricalBody):
 
 
 @bp.post("/batch", tags=[_tag])
-def batch(body: BatchBody):
+def batch(query: NoQuery, body: BatchBody):
     """Start a batch retrieval job writing Delta or Parquet; returns the job (202) at once."""
     job = get_store().start_batch_retrieval(entity_source=body.entity_source, features=body.features,
                                             output_path=body.output_path, output_format=body.output_format,
@@ -56,7 +56,7 @@ def batch(body: BatchBody):
 
 
 @bp.get("/jobs/<job_id>", tags=[_tag])
-def get_job(path: JobPath):
+def get_job(path: JobPath, query: NoQuery):
     """A batch job: status, progress, output location and row count."""
     return get_store().get_job(path.job_id)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fstore.api.common import get_store
 from fstore.api.errors import ErrorBody
 from fstore.api.render import frame_to_json
-from fstore.api.schemas import REF_PATTERN, Page
+from fstore.api.schemas import REF_PATTERN, NoQuery, Page
 from fstore.errors import TooLarge
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
@@ -38,13 +38,13 @@ def list_training_sets(query: Page):
 
 
 @bp.get("/<name>", tags=[_tag])
-def get_training_set(path: TrainingSetPath):
+def get_training_set(path: TrainingSetPath, query: NoQuery):
     """One training set: features, set and feature versions, pinned offline versions, paths."""
     return get_store().get_training_set(path.name)
 
 
 @bp.post("/<name>/recreate", tags=[_tag])
-def recreate_training_set(path: TrainingSetPath, body: RecreateBody):
+def recreate_training_set(path: TrainingSetPath, query: NoQuery, body: RecreateBody):
     """Re-run a training set's retrieval pinned to its recorded versions; rows as ``/serving/historical`` answers."""
     store = get_store()
     saved = store.get_training_set(path.name)

@@ -253,3 +253,48 @@ def test_unknown_feature_set_reference_in_feature(seeded):
     assert response.status_code in (404, 422), response.get_json()
     assert "nope" in response.get_json()["error"]["message"]
     assert snapshot(seeded) == before
+
+
+def test_entity_versions_by_query(client):
+    client.post("/api/v1/entities", json={"name": "merchant", "join_keys": ["merchant_id"], "description": "a shop"})
+    client.patch("/api/v1/entities/merchant", json={"description": "a store"})
+    first = client.get("/api/v1/entities/merchant?version=1")
+    assert first.status_code == 200, first.get_json()
+    assert (first.get_json()["version"], first.get_json()["description"]) == (1, "a shop")
+    assert client.get("/api/v1/entities/merchant?version=2").get_json() == client.get("/api/v1/entities/merchant").get_json()
+    missing = client.get("/api/v1/entities/merchant?version=99")
+    assert missing.status_code == 404 and "no version 99" in missing.get_json()["error"]["message"]
+    for bad in ("abc", "0"):
+        response = client.get(f"/api/v1/entities/merchant?version={bad}")
+        assert response.status_code == 422 and response.get_json()["error"]["field"] == "version", response.get_json()
+
+
+@pytest.mark.parametrize(("method", "url"), [
+    ("get", "/api/v1/entities/user_id?bogus=1"),
+    ("get", "/api/v1/entities/user_id/versions?bogus=1"),
+    ("get", "/api/v1/feature-sets/user_profile/versions?bogus=1"),
+    ("get", "/monitoring/data-freshness?bogus=1"),
+    ("delete", "/api/v1/feature-sets/user_profile?bogus=1"),
+    ("delete", "/api/v1/feature-sets/user_profile?force=1"),
+    ("delete", "/api/v1/entities/user_id?bogus=1"),
+])
+def test_unknown_query_parameters_are_refused_and_change_nothing(seeded, method, url):
+    before = snapshot(seeded)
+    response = getattr(seeded, method)(url)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    name = url.rsplit("?", 1)[1].split("=")[0]
+    assert response.get_json()["error"] == {"code": "invalid", "message": f"unknown field {name}", "field": name}
+    assert snapshot(seeded) == before
+
+
+def test_text_that_is_not_unicode_is_refused_and_stores_nothing(seeded):
+    before = snapshot(seeded)
+    response = seeded.post("/api/v1/entities", data=rb'{"name": "x11", "join_keys": ["a"], "description": "\ud800"}',
+                           content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert "not valid Unicode" in error["message"] and error["field"] == "description", error
+    patch = seeded.patch("/api/v1/feature-sets/user_profile", data=rb'{"description": "\udfff"}',
+                         content_type="application/json")
+    assert patch.status_code == 400, patch.get_data(as_text=True)
+    assert snapshot(seeded) == before

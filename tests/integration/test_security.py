@@ -232,3 +232,51 @@ def test_auth_default_follows_the_bind_address(tmp_path, env, on):
 
 def test_is_local_bind():
     assert is_local_bind("127.0.0.1:1") and not is_local_bind("192.168.1.2:1")
+
+
+# -- bad input through the whole app (fast path included) -----------------------------------------
+
+def test_a_query_parameter_on_the_online_endpoint_is_refused_not_answered(client, keys):
+    """The fast path answers only plain requests: Flask names the unknown parameter, as on every route."""
+    good = {"features": ["payments:amount"], "entities": {"user_id": [1]}}
+    h = headers(keys["serve_online"])
+    assert client.post("/api/v1/serving/online", headers=h, json=good).status_code == 200
+    response = client.post("/api/v1/serving/online?bogus=1", headers=h, json=good)
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["field"] == "bogus"
+
+
+def test_a_lone_surrogate_in_an_online_body_is_a_400_on_either_path(client, keys):
+    body = rb'{"features": ["payments:amount"], "entities": {"user_id": ["\ud800"]}}'
+    response = client.post("/api/v1/serving/online", headers=headers(keys["serve_online"]), data=body,
+                           content_type="application/json")
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert "not valid Unicode" in error["message"] and error["field"] == "entities.user_id.0", error
+
+
+@pytest.mark.parametrize(("body", "status", "field", "named"), [
+    ({"feature_sets": ["nope"]}, 404, "feature_sets", "feature set 'nope'"),
+    ({"feature_sets": ["payments", "nope"]}, 404, "feature_sets", "feature set 'nope'"),
+    ({"features": ["nope"]}, 404, "features", "feature 'nope'"),
+    ({"features": ["payments:nope"]}, 404, "features", "feature 'nope' not found in feature set 'payments'"),
+    ({"features": ["profile:amount"]}, 404, "features", "feature 'amount' not found in feature set 'profile'"),
+    ({"expires_in": 1000000000000000000000000000000}, 422, "expires_in", "10 years"),
+    ({"expires_in": "4000d"}, 422, "expires_in", "10 years"),
+])
+def test_a_key_request_naming_the_unknown_or_the_absurd_stores_nothing(client, keys, body, status, field, named):
+    admin = headers(keys["admin"])
+    before = client.get("/api/v1/keys", headers=admin).get_json()["total"]
+    response = client.post("/api/v1/keys", headers=admin, json={"owner": "x", "scopes": ["serve_online"], **body})
+    assert response.status_code == status, response.get_json()
+    error = response.get_json()["error"]
+    assert error["field"] == field and named in error["message"], error
+    assert client.get("/api/v1/keys", headers=admin).get_json()["total"] == before
+
+
+def test_a_key_granting_registered_names_is_created(client, keys):
+    response = client.post("/api/v1/keys", headers=headers(keys["admin"]),
+                           json={"owner": "x", "scopes": ["serve_online"], "feature_sets": ["profile"],
+                                 "features": ["amount", "payments:risk_score"], "expires_in": "3650d"})
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["grants"] == {"feature_sets": ["profile"], "features": ["amount", "payments:risk_score"]}

@@ -166,3 +166,41 @@ def test_unexpected_exception_is_a_logged_generic_500(settings, caplog):
     assert error["code"] == "internal_error" and "secret" not in error["message"]
     assert any("secret detail" in (r.exc_text or "") or "boom" in r.getMessage() for r in caplog.records)
     app.extensions["fstore"].close()
+
+
+# Every route and method, with path parameters any route accepts; the docs' own pages are not the API.
+_DOC_ENDPOINTS = ("static", "openapi.", "swagger.", "openapi_json", "docs")
+_PATH_VALUES = {"id_or_name": "x", "run_id": "r1", "job_id": "j1", "key_id": "1", "name": "t"}
+
+
+def test_every_route_refuses_an_unknown_query_parameter(app, client):
+    routes = [(rule, method) for rule in app.url_map.iter_rules() if not rule.endpoint.startswith(_DOC_ENDPOINTS)
+              for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    assert len(routes) > 40
+    for rule, method in routes:
+        url = rule.rule.replace("<", "{").replace(">", "}").format(**_PATH_VALUES)
+        response = client.open(f"{url}?bogus=1", method=method, json={} if method in ("POST", "PATCH") else None)
+        assert response.status_code == 422, (method, url, response.get_data(as_text=True))
+        assert "unknown field bogus" in error_of(response)["message"], (method, url)  # a required q may come first
+
+
+@pytest.mark.parametrize(("case", "body", "field"), [
+    ("escaped_value", rb'{"name": "x", "description": "\ud800"}', "description"),
+    ("escaped_low_half", rb'{"name": "x", "join_keys": ["a", "\uDFFF"]}', "join_keys.1"),
+    ("escaped_key", rb'{"name": "x", "\ud800": 1}', None),
+    ("reversed_pair", rb'{"name": "x", "description": "\udc00\ud800"}', "description"),
+    ("raw_bytes", '{"name": "x", "description": "\ud800"}'.encode("utf-8", "surrogatepass"), None),
+])
+def test_text_that_is_not_unicode_is_a_400_naming_it(client, case, body, field):
+    response = client.post("/api/v1/entities", data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = error_of(response)
+    assert error["code"] == "bad_request" and "not valid" in error["message"] and error["field"] == field, error
+    assert client.get("/api/v1/entities").get_json()["total"] == 0
+
+
+def test_a_surrogate_pair_written_as_escapes_is_one_character(client):
+    response = client.post("/api/v1/entities", data=rb'{"name": "x", "description": "\ud83d\ude00 \\ud800"}',
+                           content_type="application/json")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.get_json()["description"] == "\U0001F600 \\ud800"

@@ -292,3 +292,36 @@ def test_a_pending_usage_event_holds_nothing_the_garbage_collector_scans():
     (event,) = recorder._pending
     assert event[3] == (("s:a", "b"), ("s", None))
     assert not gc.is_tracked(event)
+
+
+@pytest.mark.parametrize("expires_in", [10**30, 315360001, "3651d", "10000000000000000000000d", "1" * 5000],
+                         ids=["huge_int", "a_second_over", "days", "huge_days", "5000_digits"])
+def test_a_key_lives_at_most_ten_years(store, expires_in):
+    with pytest.raises(InvalidDefinition) as info, store.transaction() as s:
+        auth.create_key(s, owner="a", scopes=["admin"], expires_in=expires_in)
+    assert info.value.field == "expires_in"
+    assert "10 years" in info.value.message or "too long to be a duration" in info.value.message
+    with store.transaction() as s:
+        assert auth.list_keys(s)["total"] == 0
+        longest = auth.create_key(s, owner="a", scopes=["admin"], expires_in=auth.MAX_LIFETIME_SECONDS)
+    assert longest["expires_at"] is not None
+
+
+@pytest.mark.parametrize(("grant", "field", "named"), [
+    ({"feature_sets": ["payments", "nope"]}, "feature_sets", "'nope'"),
+    ({"features": ["nope"]}, "features", "'nope'"),
+    ({"features": ["payments:nope"]}, "features", "'nope' not found in feature set 'payments'"),
+    ({"features": ["nope:amount"]}, "features", "'amount' not found in feature set 'nope'"),
+])
+def test_a_grant_names_only_registered_sets_and_features(store, grant, field, named):
+    store.create_entity({"name": "user", "join_keys": ["user_id"]})
+    store.create_feature_set({"name": "payments", "entities": ["user"],
+                              "features": [{"name": "amount", "data_type": "float", "transformation": "amount"}]})
+    with pytest.raises(NotFound) as info, store.transaction() as s:
+        auth.create_key(s, owner="a", scopes=["admin"], registered_only=True, **grant)
+    assert info.value.field == field and named in info.value.message, info.value.message
+    with store.transaction() as s:
+        assert auth.list_keys(s)["total"] == 0
+        granted = auth.create_key(s, owner="a", scopes=["admin"], registered_only=True, feature_sets=["payments"],
+                                  features=["amount", "payments:amount"])
+    assert granted["grants"] == {"feature_sets": ["payments"], "features": ["amount", "payments:amount"]}
