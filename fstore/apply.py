@@ -239,7 +239,11 @@ def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: 
         return
     before, old = row.version, dict(row.spec)
     new = FeatureSet.from_dict(item.body).to_dict()
-    out = repo.update_feature_set(s, row.id, _full_changes(new, old), actor=actor, store=store)
+    pending = {}
+    for f in item.features:  # the file's features are checked with the set (one file may repair several)
+        with _context(f, "feature"):
+            pending[f.name] = Feature.from_dict(f.body, feature_set=item.name)
+    out = repo.update_feature_set(s, row.id, _full_changes(new, old), actor=actor, store=store, pending=pending)
     spec_changes = repo.diff(old, {k: out[k] for k in old})
     entry = rec.add("feature_set", item.name, before, out["version"], item, spec_changes)
     _apply_features(s, store, row, item.features, actor, rec)
@@ -255,6 +259,7 @@ def _apply_features(s: Session, store: "FeatureStore", set_row: FeatureSetRow, i
     for item in items:
         with _context(item, "feature"):
             parsed[item.name] = (Feature.from_dict(item.body, feature_set=set_row.name), item)
+    pending = {name: feature for name, (feature, _) in parsed.items()}
     existing = {r.name: r for r in s.scalars(select(FeatureRow).where(FeatureRow.feature_set_id == set_row.id))}
     others = [Feature.from_dict(r.spec) for name, r in existing.items() if name not in parsed]
     try:
@@ -266,12 +271,13 @@ def _apply_features(s: Session, store: "FeatureStore", set_row: FeatureSetRow, i
         with _context(item, "feature"):
             row = existing.get(name)
             if row is None:
-                out = repo.create_feature(s, {**feature.to_dict(), "feature_set": set_row.name}, actor=actor, store=store)
+                out = repo.create_feature(s, {**feature.to_dict(), "feature_set": set_row.name}, actor=actor, store=store,
+                                          pending=pending)
                 rec.add("feature", f"{set_row.name}:{name}", None, out["version"], item)
             else:
                 old, before = dict(row.spec), row.version
                 new = feature.to_dict()
-                out = repo.update_feature(s, row.id, _full_changes(new, old), actor=actor, store=store)
+                out = repo.update_feature(s, row.id, _full_changes(new, old), actor=actor, store=store, pending=pending)
                 rec.add("feature", f"{set_row.name}:{name}", before, out["version"], item, repo.diff(old, new))
 
 

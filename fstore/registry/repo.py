@@ -13,6 +13,7 @@ Finding objects by reference lives in ``lookup``, listing and search in
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping
 
 from sqlalchemy import select
@@ -196,16 +197,27 @@ def _entities_of(s: Session, fs: FeatureSet) -> tuple[Entity, ...]:
     return tuple(Entity.from_dict(find_entity(s, name, by_join_key=False).spec) for name in fs.entities)
 
 
-def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion) -> None:
+def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Mapping[str, Feature] | None = None) -> None:
     """The would-be version must compile (the compiler checks the SQL against the source).
 
     ``store`` is None only for registry-level callers with no store (no compile check possible).
+    ``pending``: features the same change writes next (an apply of one file), checked in place of the
+    stored ones (new ones added), so one apply can repair several features that only work together.
     """
+    if pending:
+        names = {f.name for f in fsv.features}
+        features = [pending.get(f.name, f) for f in fsv.features] + [f for n, f in pending.items() if n not in names]
+        fsv = dataclasses.replace(fsv, features=tuple(features),
+                                  feature_versions={f.name: fsv.feature_versions.get(f.name, 1) for f in features})
     composite_order(list(fsv.features))
     if store is not None:
         from fstore.compiler import validate_version
 
         validate_version(store, fsv)
+
+
+def _others(pending: Mapping[str, Feature] | None, name: str) -> dict[str, Feature] | None:
+    return {n: f for n, f in pending.items() if n != name} if pending else None
 
 
 def _new_set_version(s: Session, row: FeatureSetRow, fs: FeatureSet, features: list[tuple[Feature, int]],
@@ -264,7 +276,8 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
     return feature_set_dict(row, names)
 
 
-def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str = "", store: "FeatureStore | None" = None) -> dict:
+def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str = "", store: "FeatureStore | None" = None,
+                       pending: Mapping[str, Feature] | None = None) -> dict:
     """Merge ``changes`` into the current spec; a real change makes a new version, no change makes none."""
     row = find_set(s, ref)
     changes = _body(changes, "feature set changes")
@@ -283,7 +296,7 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
     check_new(fs)
     _validate(store, FeatureSetVersion(feature_set=fs, version=row.version + 1, entities=entities,
                                        features=tuple(f for f, _, _ in current),
-                                       feature_versions={f.name: v for f, v, _ in current}))
+                                       feature_versions={f.name: v for f, v, _ in current}), pending)
     _register(s, new_entities, actor)
     _new_set_version(s, row, fs, [(f, v) for f, v, _ in current], changed, actor)
     return feature_set_dict(row, [f.name for f, _, _ in current])
@@ -375,7 +388,8 @@ def _latest_lineage(s: Session, row: FeatureRow) -> dict:
                                                             FeatureVersionRow.version == row.version)) or {}
 
 
-def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None) -> dict:
+def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None,
+                   pending: Mapping[str, Feature] | None = None) -> dict:
     """Add a feature to a set (named by ``feature_set`` or ``feature_set_id``, id or name); the set gets a new version."""
     body = _body(body, "feature")
     by_name, by_id = body.get("feature_set"), body.get("feature_set_id")
@@ -394,7 +408,8 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
     all_features = [f for f, _, _ in current] + [feature]
     versions = {f.name: v for f, v, _ in current} | {feature.name: 1}
     _validate(store, FeatureSetVersion(feature_set=fs, version=set_row.version + 1, entities=_entities_of(s, fs),
-                                       features=tuple(all_features), feature_versions=versions))
+                                       features=tuple(all_features), feature_versions=versions),
+              _others(pending, feature.name))
     row = _insert_feature(s, set_row, feature, versions, actor)
     _new_set_version(s, set_row, fs, [(f, versions[f.name]) for f in all_features],
                      [{"field": f"features.{feature.name}", "old": None, "new": 1}], actor)
@@ -402,7 +417,7 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
 
 
 def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: str | None = None, actor: str = "",
-                   store: "FeatureStore | None" = None) -> dict:
+                   store: "FeatureStore | None" = None, pending: Mapping[str, Feature] | None = None) -> dict:
     """Merge ``changes`` into a feature; a real change makes new feature and feature set versions."""
     row, set_row = find_feature(s, ref, feature_set)
     changes = _body(changes, "feature changes")
@@ -428,7 +443,8 @@ def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: st
     all_features = [feature if f.name == row.name else f for f, _, _ in current]
     fs = FeatureSet.from_dict(set_row.spec)
     _validate(store, FeatureSetVersion(feature_set=fs, version=set_row.version + 1, entities=_entities_of(s, fs),
-                                       features=tuple(all_features), feature_versions=versions))
+                                       features=tuple(all_features), feature_versions=versions),
+              _others(pending, feature.name))
     row.version += 1
     row.spec, row.data_type, row.owner = feature.to_dict(), feature.data_type, feature.owner
     row.description, row.tags_text, row.updated_at = feature.description, _tags_text(feature.tags), utcnow()

@@ -155,6 +155,46 @@ def test_loose_features_join_their_set(store, tmp_path):
         store.apply(str(tmp_path / "orphan"))
 
 
+def test_one_apply_repairs_features_registered_while_the_source_was_away(any_registry_settings, tmp_path):
+    """Broken features can only be registered while the source is unreadable; one apply of the fixed
+    file (the set changed too) must repair them all, each checked with the others as the file has them."""
+    import pandas as pd
+
+    store = FeatureStore(any_registry_settings.with_(compute_engine="duckdb"), auto_upgrade=True)
+    try:
+        source = tmp_path / "src"
+        source.mkdir()
+        pd.DataFrame({"user_id": [1, 2], "ts": pd.to_datetime(["2024-01-01", "2024-01-02"]), "amount": [1.0, 2.0]}) \
+            .to_parquet(source / "part-0.parquet", index=False)
+
+        def definitions(description: str, bal2: str, bal3: str) -> str:
+            return textwrap.dedent(f"""
+                feature_sets:
+                  - name: t_rep
+                    entities: [user_id]
+                    description: {description}
+                    source: {{path: {source}, event_timestamp_column: ts}}
+                    features:
+                      - {{name: bal, data_type: float, transformation: amount}}
+                      - {{name: bal2, data_type: float, transformation: '{bal2}'}}
+                      - {{name: bal3, data_type: float, transformation: '{bal3}'}}
+                """)
+
+        path = tmp_path / "defs.yaml"
+        path.write_text(definitions("first", "amount * 2", "amount * 3"))
+        store.apply(str(path))
+        source.rename(tmp_path / "away")
+        path.write_text(definitions("second", "nope_col * 2", "nope_col * 3"))
+        store.apply(str(path))  # accepted: nothing to check the columns against
+        (tmp_path / "away").rename(source)
+        path.write_text(definitions("third", "amount * 2", "amount * 3"))
+        store.apply(str(path))
+        assert store.get_feature("bal3", feature_set="t_rep")["transformation"] == "amount * 3"
+        assert store.get_feature_set("t_rep")["description"] == "third"
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("feature_sets:\n  - name: x\n    entities: [a\n", r"bad.yaml:\d+: invalid YAML"),
     ("feature_sets:\n  - name: x\n\tentities: []\n", r"bad.yaml:3: invalid YAML"),
