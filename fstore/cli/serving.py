@@ -90,16 +90,22 @@ def get_online_features(cli: CliState, features: str, entities: tuple[str, ...],
 
 
 def _read_entities(path: str):
+    """The entity rows of a CSV or Parquet file; a file pandas cannot read is an error naming it."""
     import pandas as pd
 
     p = Path(path)
     if not p.exists():
         raise NotFound(f"entities file {path} does not exist", field="entities")
-    if p.suffix == ".csv":
-        return pd.read_csv(p)
-    if p.suffix == ".parquet" or p.is_dir():
-        return pd.read_parquet(p)
-    raise InvalidDefinition(f"entities file {path}: use a .csv or .parquet file (or a Parquet folder)", field="entities")
+    if p.suffix != ".csv" and p.suffix != ".parquet" and not p.is_dir():
+        raise InvalidDefinition(f"entities file {path}: use a .csv or .parquet file (or a Parquet folder)", field="entities")
+    try:
+        return pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)
+    except pd.errors.EmptyDataError:
+        raise InvalidDefinition(f"entities file {path}: the file is empty (no header, no rows)", field="entities") from None
+    except (ValueError, OSError) as exc:  # ParserError, UnicodeDecodeError, Arrow's errors: their first line
+        text = str(exc).strip()
+        detail = text.splitlines()[0] if text else type(exc).__name__
+        raise InvalidDefinition(f"entities file {path}: {detail}", field="entities") from None
 
 
 @main.command("get-historical-features")
@@ -117,10 +123,16 @@ def get_historical_features(cli: CliState, entities_path: str, features: str, ou
     """Point-in-time-correct features for each row of an entity file (training data)."""
     entity_df = _read_entities(entities_path)
     as_of_value: int | str | None = int(as_of) if as_of and as_of.isascii() and as_of.isdigit() else as_of
-    result = cli.store.get_historical_features(
-        entity_df=entity_df, features=_names(features, "--features"),
-        feature_sets=_names(feature_sets, "--feature-sets") if feature_sets else None,
-        as_of=as_of_value, timestamp_column=timestamp_column, save_as=save_as, actor=cli.actor)
+    try:
+        result = cli.store.get_historical_features(
+            entity_df=entity_df, features=_names(features, "--features"),
+            feature_sets=_names(feature_sets, "--feature-sets") if feature_sets else None,
+            as_of=as_of_value, timestamp_column=timestamp_column, save_as=save_as, actor=cli.actor)
+    except InvalidDefinition as exc:
+        if not exc.message.startswith("entity_df"):
+            raise
+        # What is wrong with the entity rows is wrong with the file: say which.
+        raise InvalidDefinition(f"entities file {entities_path}: {exc.message}", field=exc.field) from None
     out, rows = write_result(result, output)
     summary = {"output": str(out), "rows": rows, "entities": len(entity_df)}
     click.echo(to_json(summary) if cli.as_json else f"wrote {rows} rows to {out}")

@@ -51,6 +51,7 @@ from fstore.retrieval.entities import ROW, TS, Entities, check_keys
 
 if TYPE_CHECKING:
     from fstore.definitions import Feature, FeatureSetVersion
+    from fstore.settings import Settings
     from fstore.store import FeatureStore
 
 LABEL = "__fs_label"
@@ -152,6 +153,27 @@ def normalize_as_of(as_of: Any, set_names: list[str]) -> int | datetime | None:
     raise InvalidDefinition("as_of must be a Delta version or a timestamp", field="as_of")
 
 
+def check_as_of_time(settings: "Settings", name: str, as_of: int | datetime | None) -> None:
+    """Refuse a timestamp ``as_of`` before the set's first offline version (both engines).
+
+    Delta would read version 0 for it, a table that did not exist yet at that time.
+    """
+    if not isinstance(as_of, datetime) or settings.storage_format != "delta":
+        return
+    from fstore.offline import delta_table
+
+    table = delta_table(settings, name)
+    if table is None:
+        return  # the read says there is nothing materialized
+    first = min((commit["timestamp"] for commit in table.history() if commit.get("timestamp") is not None), default=None)
+    if first is None:
+        return
+    created = datetime(1970, 1, 1) + timedelta(milliseconds=first)
+    if as_of < created:
+        raise NotFound(f"feature set {name} has no offline data as of {as_of.isoformat()}Z: the as_of is before its "
+                       f"first version (written {created.isoformat(timespec='milliseconds')}Z)", field="as_of")
+
+
 def _dependencies(fsv: "FeatureSetVersion", feature: "Feature") -> set[str]:
     """The features of the set a composite reads (declared, or named in its expression)."""
     from fstore.compiler.dialect import column_names
@@ -246,6 +268,7 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     from fstore import offline
     from fstore.engine.spark import ts_literal
 
+    check_as_of_time(store.settings, fsv.name, as_of)
     try:
         rows, version = offline.read_table_version(store.spark, store.settings, fsv.name, as_of=as_of)
     except NotFound as exc:
@@ -384,9 +407,10 @@ def get_historical_features(store: "FeatureStore", *, entity_df: Any, features: 
     training set (written under ``<data_root>/training_sets/<name>/``).
     """
     from fstore.references import resolve
-    from fstore.retrieval.entities import prepare_entities
+    from fstore.retrieval.entities import key_types, prepare_entities
 
     groups = resolve(store, features, feature_sets)
+    keys = key_types(g.version for g in groups)
     pinned = normalize_as_of(as_of, [g.version.name for g in groups])
     if save_as is not None:
         from fstore.registry.training_sets import check_new_name
@@ -398,11 +422,11 @@ def get_historical_features(store: "FeatureStore", *, entity_df: Any, features: 
         from fstore.retrieval import historical_duckdb
         from fstore.retrieval.entities import prepare_local
 
-        entities = prepare_local(entity_df, timestamp_column, max_rows=store.settings.max_historical_rows)
+        entities = prepare_local(entity_df, timestamp_column, max_rows=store.settings.max_historical_rows, keys=keys)
         result = historical_duckdb.retrieve(store, entities, groups, pins)
     else:
         entities = prepare_entities(store.spark, entity_df, timestamp_column,
-                                    max_rows=store.settings.max_historical_rows)
+                                    max_rows=store.settings.max_historical_rows, keys=keys)
         result = retrieve(store, entities, groups, pins)
     if save_as is not None:
         from fstore.retrieval.training import save_training_set

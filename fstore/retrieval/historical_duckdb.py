@@ -156,7 +156,9 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
                   as_of: int | datetime | None, entities: Entities) -> tuple[str, int | None, str | None, str | None, str]:
     """The set's offline rows as a view, the Delta version read, the created column, position and row filter."""
     from fstore.offline_arrow import read_files
+    from fstore.retrieval.historical import check_as_of_time
 
+    check_as_of_time(store.settings, fsv.name, as_of)
     lower = entities.min_ts - timedelta(seconds=fsv.ttl_seconds) if fsv.ttl_seconds else None
     try:
         files = read_files(store.settings, fsv.name, as_of=as_of, lo=lower, hi=entities.max_ts)
@@ -303,7 +305,7 @@ def label_table(entities: Entities):
 
     try:
         table = pa.Table.from_pandas(entities.df, preserve_index=False)
-    except (pa.ArrowException, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise InvalidDefinition(f"entity_df cannot be read: {exc}", field="entity_df") from None
     index = table.schema.get_field_index(TS)
     return table.set_column(index, TS, table.column(TS).cast(pa.timestamp("us", tz="UTC")))

@@ -117,3 +117,111 @@ def test_which_features_are_recomputed_at_label_time(wanted, windows, recompute,
 
     plan = plan_set(_version(), wanted)
     assert (sorted(plan.windows), plan.recompute, plan.offline) == (windows, recompute, offline)
+
+
+# -- bad entity rows and as_of, end to end (API, SDK, CLI) -------------------------------------------
+
+T0 = datetime(2024, 1, 1)
+
+
+@pytest.fixture()
+def user_txn(settings, on_engine, tmp_path):
+    """The sets of test_retrieval (user_id an int key), user_txn materialized; retrievals on each engine."""
+    from test_materialize_support import write_source
+    from test_retrieval import create_sets, events, fill_offline
+
+    store = on_engine(settings)
+    create_sets(store, write_source(tmp_path / "source", events()))
+    fill_offline(store, "user_txn")
+    yield store
+    store.close()
+
+
+def historical(store, data, **body):
+    """``POST /api/v1/serving/historical`` for rows of ``[user_id, ts]``: (status, JSON)."""
+    from fstore.api import create_app
+
+    client = create_app(store=store).test_client()
+    answer = client.post("/api/v1/serving/historical", json={
+        "features": ["user_txn:amount_x2"], "entity_df": {"columns": ["user_id", "ts"], "data": data}, **body})
+    return answer.status_code, answer.get_json()
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(("value", "words"), [
+    (10**30, "out of the 64-bit integer range"), (-(2**63) - 1, "out of the 64-bit integer range"),
+    ("abc", "'abc' is not a int"), (1.5, "1.5 is not a int"), ({"a": 1}, "{'a': 1} is not a int"),
+    (True, "True is not a int"),
+])
+def test_key_values_that_cannot_be_the_key_type_are_refused(user_txn, value, words):
+    status, answer = historical(user_txn, [[value, "2024-01-02"]])
+    assert status == 422, answer
+    assert answer["error"]["field"] == "user_id" and words in answer["error"]["message"], answer
+
+
+@pytest.mark.spark
+def test_key_values_of_a_spark_frame_are_checked(user_txn, spark):
+    frame = spark.createDataFrame([("1", T0), ("abc", T0)], "user_id string, ts timestamp")
+    with pytest.raises(InvalidDefinition) as info:
+        user_txn.get_historical_features(entity_df=frame, features=["user_txn:amount_x2"])
+    assert info.value.field == "user_id" and "'abc' is not a int" in info.value.message
+    flags = spark.createDataFrame([(True, T0)], "user_id boolean, ts timestamp")
+    with pytest.raises(InvalidDefinition) as info:
+        user_txn.get_historical_features(entity_df=flags, features=["user_txn:amount_x2"])
+    assert info.value.field == "user_id" and "a int (a join key of feature set user_txn)" in info.value.message
+
+
+@pytest.mark.spark
+def test_whole_numbers_digit_text_and_nulls_are_keys(user_txn):
+    at = (T0 + timedelta(hours=21)).isoformat()
+    status, answer = historical(user_txn, [[1, at], [None, at]])  # a null makes the column float
+    assert status == 200, answer
+    assert [row[-1] for row in answer["data"]] == [10.0, None]
+    status, answer = historical(user_txn, [["1", at]])  # as the online lookup takes it
+    assert status == 200 and answer["data"][0][-1] == 10.0, answer
+    frame = pd.DataFrame({"user_id": [1.0, float("nan")], "ts": [at, at]})
+    df = user_txn.get_historical_features(entity_df=frame, features=["user_txn:amount_x2"]).to_df()
+    assert list(df.user_txn__amount_x2.isna()) == [False, True] and df.user_txn__amount_x2[0] == 10.0
+
+
+@pytest.mark.spark
+def test_as_of_before_the_first_version_is_not_found(user_txn):
+    from fstore.errors import NotFound
+
+    frame = pd.DataFrame({"user_id": [1], "ts": [T0 + timedelta(hours=21)]})
+    with pytest.raises(NotFound) as info:
+        user_txn.get_historical_features(entity_df=frame, features=["user_txn:amount_x2"], as_of="2000-01-01")
+    assert info.value.field == "as_of" and "before its first version" in info.value.message
+    status, answer = historical(user_txn, [[1, "2024-01-02"]], as_of="2000-01-01")
+    assert status == 404 and "before its first version" in answer["error"]["message"], answer
+    now = user_txn.get_historical_features(entity_df=frame, features=["user_txn:amount_x2"],
+                                           as_of=datetime.now(timezone.utc).isoformat()).to_df()
+    assert list(now.user_txn__amount_x2) == [10.0]
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("user_id,ts\n1,2024-01-02\n2,2024-01-02,extra\n", "Expected 2 fields in line 3, saw 3"),
+    ("", "empty"),
+    ("user_id,ts\n", "entity_df has no rows"),
+    ("user_id,ts\n1,2024-01-02\n2,yesterday\n", "'yesterday' (row 1)"),
+    ("user_id,ts\nabc,2024-01-02\n", "'abc' is not a int"),
+])
+def test_cli_entity_file_errors_name_the_file(settings, tmp_path, content, words):
+    from click.testing import CliRunner
+
+    from fstore.cli import main
+    from fstore.store import FeatureStore
+    from test_retrieval import create_sets
+
+    store = FeatureStore(settings.with_(compute_engine="duckdb"))
+    create_sets(store, str(tmp_path / "source"))
+    store.close()
+    path = tmp_path / "entities.csv"
+    path.write_text(content)
+    env = {"STORAGE_PATH": settings.storage_path, "DATABASE_URL": settings.database_url, "COMPUTE_ENGINE": "duckdb"}
+    result = CliRunner().invoke(main, ["get-historical-features", "--entities", str(path), "--features",
+                                       "user_txn:amount_x2", "--output", str(tmp_path / "out.csv")], env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: entities file {path}: ") and words in lines[0], lines[0]
+    assert "format" not in lines[0] and "unexpected" not in lines[0]
