@@ -300,8 +300,8 @@ class _context:
 
 def _with_feature_location(exc: FStoreError, item: _Item) -> FStoreError:
     """Name the inline feature at fault when a new set's feature is refused."""
-    for f in item.features:
-        if f.name in exc.message:
+    for f in item.features:  # the library's messages name a feature as "feature NAME"
+        if re.search(rf"\bfeature {re.escape(f.name)}\b", exc.message):
             located = type(exc)(f"{f.where}: feature {item.name}:{f.name}: {exc.message}", field=exc.field)
             located._located = True
             return located

@@ -213,6 +213,8 @@ def test_one_apply_repairs_features_registered_while_the_source_was_away(any_reg
     ("feature_sets:\n  - name: s\n    entities: [k]\n    features:\n      - {name: f, data_type: float, "
      "transformation: x, validation_rules: {regex: 'a+'}}\n", r"bad.yaml:5: .*regex applies to string features"),
     (b"entities:\n  - name: \xff\n", r"bad.yaml:2: not UTF-8 text \(byte 0xff at offset 20\)"),
+    ("feature_sets:\n  - name: s\n    entities: [k]\n    materialization_schedule: '0 0 30 2 *'\n    features:\n"
+     "      - {name: f, data_type: int, transformation: '1'}\n", r"^[^ ]*bad.yaml:2: feature set s: materialization_schedule"),
 ])
 def test_file_errors_name_file_and_line(store, tmp_path, text, message):
     path = tmp_path / "bad.yaml"
