@@ -6,7 +6,11 @@ where it fails instead.
 """
 from __future__ import annotations
 
+import http.client
 import os
+import socket
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -149,3 +153,45 @@ def compute_rows(request):
     from fstore.retrieval.historical import arrow_to_pandas  # as Spark's toPandas gives it
 
     return lambda fsv, start=None, end=None: arrow_to_pandas(engine.compute(con, fsv, start=start, end=end))
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A loopback port nobody listens on (yet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def run_server(tmp_path):
+    """``run_server(argv, port, cwd=…, env=…)``: start a server process, logging to ``tmp_path/server.log``,
+    and return it once ``GET /health`` answers 200; a server still running after the test is stopped."""
+    started: list[tuple[subprocess.Popen, object]] = []
+    log_path = tmp_path / "server.log"
+
+    def run(argv: list[str], port: int, *, cwd, env: dict) -> subprocess.Popen:
+        log = open(log_path, "ab")  # a file, not a pipe nobody reads (a full pipe blocks the server)
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append((process, log))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    return process
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the server did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    run.log_path = log_path
+    yield run
+    for process, log in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+        log.close()

@@ -9,10 +9,7 @@ import http.client
 import json
 import multiprocessing
 import os
-import socket
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,18 +24,12 @@ REQUESTS_PER_CLIENT = 300
 CLIENTS = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _expected(user: int) -> dict:
     return {"clicks": user * 3, "spend": user / 4, "segment": f"s{user % 5}"}
 
 
 @pytest.fixture(params=["gthread", "gevent"])
-def server(request, tmp_path, redis_url):
+def server(request, tmp_path, redis_url, free_port, run_server):
     """gunicorn under each worker class we document: gthread (the default) and gevent (online-serving pods)."""
     env = {"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": redis_url}
     store = FeatureStore(Settings.from_env(env))
@@ -52,32 +43,16 @@ def server(request, tmp_path, redis_url):
                             [{"user_id": u, "event_timestamp": now, **_expected(u)} for u in range(USERS)])
     store.close()
 
-    port = _free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")  # a file, not a pipe nobody reads (a full pipe blocks the server)
-    process = subprocess.Popen(
+    port = free_port
+    process = run_server(
         [sys.executable, "-m", "gunicorn", "server:app", "-c", "conf/gunicorn.conf.py", "-w", "2",
-         "-b", f"127.0.0.1:{port}"],
-        cwd=REPO, env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_WORKER_CLASS": request.param},
-        stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"gunicorn did not start: {(tmp_path / 'gunicorn.log').read_text()[-2000:]}")
-        time.sleep(0.2)
+         "-b", f"127.0.0.1:{port}"], port,
+        cwd=REPO, env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_WORKER_CLASS": request.param})
     yield port
-    log.flush()
-    assert f"Using worker: {request.param}" in (tmp_path / "gunicorn.log").read_text()
+    log = run_server.log_path
+    assert f"Using worker: {request.param}" in log.read_text()
     process.terminate()
-    assert process.wait(timeout=30) == 0, (tmp_path / "gunicorn.log").read_text()[-2000:]
-    log.close()
+    assert process.wait(timeout=30) == 0, log.read_text()[-2000:]
 
 
 def _client(args: tuple[int, int]) -> tuple[int, list[str]]:
