@@ -50,7 +50,7 @@ def create_key(cli: CliState, owner: str, scopes: tuple[str, ...], feature_sets:
     try:
         with cli.store.transaction() as s:
             created = auth.create_key(s, owner=owner, scopes=_split(scopes), feature_sets=_split(feature_sets) or None,
-                                      features=_split(features) or None, expires_in=expires_in)
+                                      features=_split(features) or None, expires_in=expires_in, registered_only=True)
     except Exception as exc:
         _audit_key_change(cli, "keys create", owner, "rejected", {**detail, "error": str(exc)[:500]})
         raise

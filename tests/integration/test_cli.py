@@ -122,6 +122,8 @@ def test_delete_commands(cli, defs):
     (("feature-sets", "show", "profile", "--version", "9"), 3, "error: feature set profile has no version 9"),
     (("features", "list", "--limit", "0"), 2, "error: limit must be an integer from 1 to 500"),
     (("search", " "), 2, "error: search text must be a non-empty string"),
+    (("keys", "create", "--owner", "a", "--scopes", "serve_online", "--feature-sets", "nope"), 3,
+     "error: feature set 'nope' not found"),
     (("features", "list", "--data-type", "blob"), 2, "error: data_type 'blob' is not a data type"),
     (("runs", "show", "no-such-run"), 3, "error: materialization run 'no-such-run' does not exist"),
     (("materialize", "profile", "--start", "2026-01-02", "--end", "2026-01-01"), 2, "error: start 2026-01-02"),
