@@ -13,8 +13,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from fstore.compiler.dialect import quote
 from fstore.definitions import FeatureSetVersion
 from fstore.errors import InvalidDefinition, NotFound
+
+
+TIME_TEXT_SAMPLE = 20  # first non-null values of a text event time column read at apply time
 
 
 def load_python(spec: str, *, feature: str):
@@ -101,6 +105,14 @@ def _check_source_columns(fsv: FeatureSetVersion, columns: list[str]) -> None:
                                 f"{', '.join(columns)}", field="entities")
 
 
+def _check_time_text(column: str, sample: list[tuple[str, object]]) -> None:
+    """Refuse a text event time column none of whose first values reads as a time: every row would be lost."""
+    if sample and all(parsed is None for _, parsed in sample):
+        raise InvalidDefinition(f"the source's event timestamp column {column!r} holds text that is not a time: "
+                                f"{sample[0][0]!r}, and so are the other first {len(sample) - 1} values; it must hold "
+                                "timestamps (ISO 8601 text, such as 2026-01-31T12:00:00Z)", field="source.event_timestamp_column")
+
+
 def _spark_analyser(store, fsv: FeatureSetVersion):
     """A function analysing a compiled query on Spark against the source's schema: None, or Spark's message."""
     from pyspark.errors import AnalysisException, PySparkException
@@ -113,6 +125,12 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
     except NotFound:
         return None
     _check_source_columns(fsv, df.columns)
+    ts = fsv.feature_set.source.event_timestamp_column
+    if dict(df.dtypes)[ts] == "string":
+        column = quote(ts)
+        rows = df.where(f"{column} IS NOT NULL").selectExpr(f"{column} AS v", f"try_cast({column} AS TIMESTAMP) AS t") \
+            .limit(TIME_TEXT_SAMPLE).collect()
+        _check_time_text(ts, [(r.v, r.t) for r in rows])
 
     def analyse(compiled) -> str | None:
         try:
@@ -137,6 +155,12 @@ def _duckdb_analyser(fsv: FeatureSetVersion):
     except NotFound:
         return None
     _check_source_columns(fsv, source.columns)
+    ts = fsv.feature_set.source.event_timestamp_column
+    if str(source.types[source.columns.index(ts)]) == "VARCHAR":
+        column = engine.ident(ts)
+        rows = source.filter(f"{column} IS NOT NULL").limit(TIME_TEXT_SAMPLE) \
+            .project(f"{column} AS v, TRY_CAST({column} AS TIMESTAMPTZ) AS t").fetchall()
+        _check_time_text(ts, rows)
 
     def analyse(compiled) -> str | None:
         try:

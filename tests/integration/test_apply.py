@@ -272,6 +272,10 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
                 with pytest.raises(InvalidDefinition, match="event timestamp column 'user_id' is of type") as info:
                     checked.create_feature_set(numeric_time)
                 assert info.value.field == "source.event_timestamp_column"
+                text_time = {**mistyped, "entities": ["user"], "source": {"path": purchases, "event_timestamp_column": "category"}}
+                with pytest.raises(InvalidDefinition, match="column 'category' holds text that is not a time") as info:
+                    checked.create_feature_set(text_time)
+                assert info.value.field == "source.event_timestamp_column"
                 no_created = {**mistyped, "entities": ["user"],
                               "source": {**mistyped["source"], "created_timestamp_column": "loaded_at"}}
                 with pytest.raises(InvalidDefinition, match="no created timestamp column 'loaded_at'") as info:
