@@ -63,6 +63,8 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
     compiled = compile_feature_set(fsv)
     for name, spec, _ in compiled.python_features:
         load_python(spec, feature=name)
+    if store.settings.compute_engine == "duckdb":
+        _check_duckdb_regexes(fsv)
     source = fsv.feature_set.source
     if source is None or not fsv.features:
         return
@@ -103,6 +105,25 @@ def _check_source_columns(fsv: FeatureSetVersion, columns: list[str]) -> None:
         raise InvalidDefinition(f"feature set {fsv.name}: the source has no column {', '.join(map(repr, missing))} for its "
                                 f"entities' join keys (entities {', '.join(fsv.feature_set.entities)}); its columns are: "
                                 f"{', '.join(columns)}", field="entities")
+
+
+def _check_duckdb_regexes(fsv: FeatureSetVersion) -> None:
+    """DuckDB validates with RE2, which lacks some of Python's and Java's syntax (look-behind, back-references)."""
+    import duckdb
+
+    patterns = [(f.name, f.validation.regex) for f in fsv.features if f.validation.regex is not None]
+    if not patterns:
+        return
+    con = duckdb.connect()
+    try:
+        for name, pattern in patterns:
+            try:
+                con.execute("SELECT regexp_matches('', $1)", [pattern])
+            except duckdb.Error as exc:
+                raise InvalidDefinition(f"feature {name}: validation_rules.regex {pattern!r} does not compile on the DuckDB "
+                                        f"engine (RE2): {str(exc).splitlines()[0]}", field="validation_rules.regex") from None
+    finally:
+        con.close()
 
 
 def _check_time_text(column: str, sample: list[tuple[str, object]]) -> None:

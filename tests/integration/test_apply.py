@@ -195,6 +195,24 @@ def test_one_apply_repairs_features_registered_while_the_source_was_away(any_reg
         store.close()
 
 
+def test_a_regex_duckdb_cannot_run_is_refused_on_that_engine_only(any_registry_settings):
+    body = {"name": "s", "entities": ["user_id"], "features": [
+        {"name": "code", "data_type": "string", "transformation": "code", "validation_rules": {"regex": "(?<=a)b"}}]}
+    duck = FeatureStore(any_registry_settings.with_(compute_engine="duckdb"), auto_upgrade=True)
+    try:
+        with pytest.raises(InvalidDefinition, match=r"feature code: validation_rules.regex '\(\?<=a\)b' does not compile "
+                                                    r"on the DuckDB engine \(RE2\): .*invalid perl operator") as info:
+            duck.create_feature_set(body)
+        assert info.value.field == "validation_rules.regex" and counts(duck)["feature_sets"] == 0
+    finally:
+        duck.close()
+    spark_store = FeatureStore(any_registry_settings.with_(compute_engine="spark"), auto_upgrade=True)
+    try:
+        assert spark_store.create_feature_set(body)["name"] == "s"  # Java's regex has look-behind
+    finally:
+        spark_store.close()
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("feature_sets:\n  - name: x\n    entities: [a\n", r"bad.yaml:\d+: invalid YAML"),
     ("feature_sets:\n  - name: x\n\tentities: []\n", r"bad.yaml:3: invalid YAML"),
