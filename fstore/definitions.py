@@ -388,7 +388,8 @@ class FeatureSet:
             online_enabled=_bool(data, "online_enabled", True),
             materialization_schedule=check_cron(data.get("materialization_schedule")),
             source=Source.from_dict(source) if source is not None else None,
-            ttl_seconds=parse_duration(ttl, field_name="ttl") if ttl is not None else None,
+            ttl_seconds=parse_duration(ttl, field_name="ttl_seconds" if data.get("ttl_seconds") is not None else "ttl")
+            if ttl is not None else None,
             tags=_tags(data.get("tags")),
         )
 

@@ -167,6 +167,7 @@ def test_feature_forms_and_round_trip():
     ({**SET, "source": {"path": "/a", "timestamp_column": "ts", "event_timestamp_column": "at"}},
      "source.event_timestamp_column"),
     ({**SET, "ttl": "1d", "ttl_seconds": 100}, "ttl"),
+    ({**SET, "ttl_seconds": "abc"}, "ttl_seconds"),
 ])
 def test_bad_feature_sets(body, field):
     with pytest.raises(InvalidDefinition) as info:
