@@ -83,10 +83,18 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
     plan = _plan(fsv)
     ordered = [f for f, _ in plan.row] + [fsv.feature(n) for n in plan.windows] + [f for lvl in plan.levels for f, _ in lvl]
     for feature in ordered:
-        error = analyse(compile_feature_set(_closure(fsv, feature.name)))
-        if error is not None:
-            raise InvalidDefinition(f"feature {feature.name} does not compile against the source: {error}",
-                                    field="transformation")
+        closure = _closure(fsv, feature.name)
+        error = analyse(compile_feature_set(closure))
+        if error is None:
+            continue
+        if feature.window is not None and feature.window.filter:  # is it the filter, not the transformation?
+            unfiltered = dataclasses.replace(feature, window=dataclasses.replace(feature.window, filter=None))
+            features = tuple(unfiltered if f.name == feature.name else f for f in closure.features)
+            if analyse(compile_feature_set(dataclasses.replace(closure, features=features))) is None:
+                raise InvalidDefinition(f"feature {feature.name}: window_filter {feature.window.filter!r} does not "
+                                        f"compile against the source: {error}", field="window_filter")
+        raise InvalidDefinition(f"feature {feature.name} does not compile against the source: {error}",
+                                field="transformation")
     raise InvalidDefinition(f"feature set {fsv.name} does not compile against the source: {first_error}",
                             field="features")
 

@@ -290,6 +290,13 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
                 with pytest.raises(InvalidDefinition, match="event timestamp column 'user_id' is of type") as info:
                     checked.create_feature_set(numeric_time)
                 assert info.value.field == "source.event_timestamp_column"
+                bad_filter = {**mistyped, "entities": ["user"], "features": [
+                    {"name": "big", "data_type": "float", "transformation": "amount", "aggregation": "sum",
+                     "window_size": "7d", "window_filter": "no_such_column > 1"}]}
+                with pytest.raises(InvalidDefinition, match="feature big: window_filter 'no_such_column > 1' does not "
+                                                            "compile against the source") as info:
+                    checked.create_feature_set(bad_filter)
+                assert info.value.field == "window_filter"
                 text_time = {**mistyped, "entities": ["user"], "source": {"path": purchases, "event_timestamp_column": "category"}}
                 with pytest.raises(InvalidDefinition, match="column 'category' holds text that is not a time") as info:
                     checked.create_feature_set(text_time)
