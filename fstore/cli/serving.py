@@ -1,13 +1,14 @@
 """Serving commands: online lookups and point-in-time training data."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
 from fstore.cli import main
 from fstore.cli.output import CliState, emit, json_option, pass_cli, table, to_json
-from fstore.errors import InvalidDefinition, NotFound
+from fstore.errors import AlreadyExists, InvalidDefinition, NotFound
 
 
 def _names(text: str, option: str) -> list[str]:
@@ -48,8 +49,36 @@ def _online_text(answer: dict) -> str:
     return table(rows, columns) + (f"\n{summary}" if summary else "")
 
 
+_RESULT_FILE = re.compile(r"^(part-.*|_SUCCESS|_committed_.*|_started_.*|\..*\.crc)$")
+OUTPUT_HELP = "Where to write: FILE.csv, FILE.parquet, or a folder (Parquet)."
+OVERWRITE_HELP = "Replace an existing output file, or a folder that holds only a result's Parquet part files."
+
+
+def check_output(output: str, overwrite: bool) -> Path:
+    """Where a result may be written: never over something that exists unless asked, never over a
+    folder holding anything but a result's part files (a store, a home folder), whatever is asked."""
+    if not output.strip():
+        raise InvalidDefinition("--output is empty; name a FILE.csv, FILE.parquet or a folder", field="output")
+    out = Path(output)
+    if not out.exists():
+        return out
+    if not overwrite:
+        raise AlreadyExists(f"--output {out} already exists; pass --overwrite to replace it", field="output")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if not _RESULT_FILE.match(p.name))
+        if others:
+            raise AlreadyExists(f"--output {out} is a folder holding files a result did not write ({', '.join(others[:3])}"
+                                f"{', …' if len(others) > 3 else ''}); only a folder of Parquet part files is replaced",
+                                field="output")
+    elif out.suffix not in (".csv", ".parquet"):
+        raise AlreadyExists(f"--output {out} is an existing file that is not .csv or .parquet; it is not replaced",
+                            field="output")
+    return out
+
+
 def write_result(result, output: str) -> tuple[Path, int]:
-    """Write a retrieval result: a CSV or Parquet file (pandas), or a Parquet folder (Spark; pyarrow on DuckDB)."""
+    """Write a retrieval result (to an output ``check_output`` allowed): a CSV or Parquet file (pandas), or a
+    Parquet folder (Spark; pyarrow on DuckDB)."""
     out = Path(output)
     if out.suffix in (".csv", ".parquet"):
         frame = result.to_df()
@@ -64,7 +93,7 @@ def write_result(result, output: str) -> tuple[Path, int]:
         from fstore.retrieval.historical import utc_timestamps
 
         if out.is_dir():
-            shutil.rmtree(out)  # a folder output is replaced, as Spark's overwrite replaces it
+            shutil.rmtree(out)  # holds only part files (check_output): replaced, as Spark's overwrite replaces it
         out.mkdir(parents=True)
         pq.write_table(utc_timestamps(result.arrow), out / "part-00000.parquet")
         return out, result.arrow.num_rows
@@ -111,16 +140,19 @@ def _read_entities(path: str):
 @main.command("get-historical-features")
 @click.option("--entities", "entities_path", required=True, help="A CSV or Parquet file of entity keys and timestamps.")
 @click.option("--features", required=True, help="Comma-separated: name, set:name or set@version:name.")
-@click.option("--output", required=True, help="Where to write: FILE.csv, FILE.parquet, or a folder (Parquet, by Spark).")
+@click.option("--output", required=True, help=OUTPUT_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--feature-sets", help="Comma-separated sets to look names up in.")
 @click.option("--as-of", help="Read the offline store as it was: a Delta version number or a timestamp.")
 @click.option("--timestamp-column", help="The entity file's timestamp column (default: found by name).")
 @click.option("--save-as", help="Record the result as a training set of this name.")
 @json_option
 @pass_cli
-def get_historical_features(cli: CliState, entities_path: str, features: str, output: str, feature_sets: str | None,
-                            as_of: str | None, timestamp_column: str | None, save_as: str | None) -> None:
+def get_historical_features(cli: CliState, entities_path: str, features: str, output: str, overwrite: bool,
+                            feature_sets: str | None, as_of: str | None, timestamp_column: str | None,
+                            save_as: str | None) -> None:
     """Point-in-time-correct features for each row of an entity file (training data)."""
+    check_output(output, overwrite)
     entity_df = _read_entities(entities_path)
     as_of_value: int | str | None = int(as_of) if as_of and as_of.isascii() and as_of.isdigit() else as_of
     try:

@@ -6,7 +6,7 @@ import click
 from fstore.cli import main
 from fstore.cli.output import CliState, emit, fields, json_option, page_footer, pass_cli, table, to_json
 from fstore.cli.registry import paged
-from fstore.cli.serving import write_result
+from fstore.cli.serving import OUTPUT_HELP, OVERWRITE_HELP, check_output, write_result
 
 LIST_COLUMNS = ["id", "name", "status", "entity_count", "feature_sets", "created_at", "created_by"]
 SHOW_KEYS = ["id", "name", "status", "entity_count", "features", "groups", "as_of", "timestamp_column",
@@ -59,11 +59,13 @@ def training_sets_show(cli: CliState, name: str) -> None:
 
 @training_sets.command("recreate")
 @click.argument("name")
-@click.option("--output", required=True, help="Where to write: FILE.csv, FILE.parquet, or a folder (Parquet, by Spark).")
+@click.option("--output", required=True, help=OUTPUT_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @json_option
 @pass_cli
-def training_sets_recreate(cli: CliState, name: str, output: str) -> None:
+def training_sets_recreate(cli: CliState, name: str, output: str, overwrite: bool) -> None:
     """Re-run a training set's retrieval pinned to its recorded versions and write the rows."""
+    check_output(output, overwrite)
     result = cli.store.recreate_training_set(name)
     out, rows = write_result(result, output)
     summary = {"training_set": result.meta["training_set"]["name"], "output": str(out), "rows": rows}

@@ -142,6 +142,27 @@ def test_errors_are_one_line_with_the_exit_code(cli, defs, args, code, message):
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
 
 
+def test_an_output_that_exists_is_never_overwritten_unasked_and_never_deleted(cli, defs, tmp_path):
+    cli("apply", defs)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("keep me")
+    (tmp_path / "old.csv").write_text("a,b\n1,2\n")
+    query = ("get-historical-features", "--entities", str(tmp_path / "labels.csv"), "--features", "balance")
+    for output, extra, code, message in [
+        ("", (), 2, "error: --output is empty"),
+        (str(home), (), 4, f"error: --output {home} already exists; pass --overwrite"),
+        (str(home), ("--overwrite",), 4, f"error: --output {home} is a folder holding files a result did not write (notes.txt)"),
+        (str(tmp_path / "old.csv"), (), 4, "error: --output"),
+        (str(tmp_path), ("--overwrite",), 4, "error: --output"),
+    ]:
+        lines = cli(*query, "--output", output, *extra, code=code).stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert (home / "notes.txt").read_text() == "keep me" and (tmp_path / "old.csv").read_text() == "a,b\n1,2\n"
+    for args in (("training-sets", "recreate", "any", "--output", str(home), "--overwrite"),):
+        assert "holding files a result did not write" in cli(*args, code=4).stderr
+
+
 def test_bad_files_and_settings_are_one_line_errors(cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("entities:\n  - {name: user, join_keys: [user id]}\n")

@@ -94,9 +94,13 @@ def test_cli_lists_shows_and_recreates(cli, saved, tmp_path):
     again = pd.read_csv(out)
     assert again["user_id"].tolist() == rows["user_id"].tolist()
     assert again["clicks__n_x2"].tolist() == rows["clicks__n_x2"].tolist()
+    assert "already exists; pass --overwrite" in cli("training-sets", "recreate", NAME, "--output", str(out), code=4).stderr
+    cli("training-sets", "recreate", NAME, "--output", str(out), "--overwrite")
+    assert pd.read_csv(out)["clicks__n_x2"].tolist() == rows["clicks__n_x2"].tolist()
     folder = tmp_path / "again_folder"
-    summary = json.loads(cli("training-sets", "recreate", NAME, "--output", str(folder), "--json").stdout)
-    assert summary == {"training_set": NAME, "output": str(folder), "rows": 3}
+    for extra in ((), ("--overwrite",)):  # a folder of part files it wrote is replaced when asked
+        summary = json.loads(cli("training-sets", "recreate", NAME, "--output", str(folder), "--json", *extra).stdout)
+        assert summary == {"training_set": NAME, "output": str(folder), "rows": 3}
     pd.testing.assert_frame_equal(pd.read_parquet(folder).sort_values("event_timestamp").reset_index(drop=True)
                                   [["user_id", "clicks__n_x2"]],
                                   rows.sort_values("event_timestamp").reset_index(drop=True)[["user_id", "clicks__n_x2"]])
