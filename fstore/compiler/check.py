@@ -146,7 +146,8 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
     """A function analysing a compiled query on Spark against the source's schema: None, or Spark's message."""
     from pyspark.errors import AnalysisException, PySparkException
 
-    from fstore.engine.spark import read_source, wide_frame
+    from fstore.engine.spark import read_source, run_compiled
+    from fstore.errors import ComputeError
 
     spark = store.spark
     try:
@@ -163,8 +164,10 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
 
     def analyse(compiled) -> str | None:
         try:
-            wide_frame(spark, compiled, df).selectExpr(*compiled.projection).schema
+            run_compiled(spark, fsv, compiled, df).schema  # python features included (mapInPandas, not run)
             return None
+        except ComputeError as exc:
+            return exc.message.split(": ", 1)[-1]
         except (AnalysisException, PySparkException) as exc:
             return _analysis_message(exc)
 

@@ -20,7 +20,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from fstore.compiler import CompiledQuery, compile_feature_set
+from fstore.compiler import CompiledQuery, compile_feature_set, internal_column
 from fstore.compiler.dialect import quote, sql_error_text
 from fstore.definitions import FeatureSetVersion, Source
 from fstore.engine.spark import check_event_time_type, local_path_missing, to_utc_naive
@@ -213,10 +213,16 @@ def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source, *
 
         funcs = load_functions(compiled)
         reader = con.sql(to_duckdb(_strip_header(wide_sql))).to_arrow_reader(PYTHON_BATCH_ROWS)
-        parts = [pa.Table.from_pandas(apply_batch(batch.to_pandas(), funcs), preserve_index=False) for batch in reader]
-        wide = pa.concat_tables(parts) if parts else None
-        if wide is None:
-            return con.sql(f"WITH wide AS ({to_duckdb(_strip_header(wide_sql))}) {projection}").limit(0).to_arrow_table()
+        try:  # closed before the source view is dropped, or DuckDB's "open result" would hide a function's error
+            parts = [pa.Table.from_pandas(apply_batch(batch.to_pandas(), funcs), preserve_index=False) for batch in reader]
+            if not parts:  # no rows (an apply-time check reads none): the python columns, empty
+                empty = con.sql(to_duckdb(_strip_header(wide_sql))).limit(0).to_arrow_table()
+                for name, _, _ in compiled.python_features:
+                    empty = empty.append_column(internal_column(name), pa.nulls(0))
+                parts = [empty]
+        finally:
+            reader.close()
+        wide = pa.concat_tables(parts)
         con.register("wide", wide)
         try:
             return con.sql(projection).to_arrow_table()

@@ -214,6 +214,31 @@ def test_python_features_run_on_the_executors(spark, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("engine", ["spark", "duckdb"])
+def test_python_features_pass_the_apply_check_and_their_errors_reach_the_user(spark, tmp_path, monkeypatch, engine):
+    module = tmp_path / "h3b_pyfeatures.py"
+    module.write_text(textwrap.dedent("""
+        def doubled(df):
+            return df["amount"] * 2
+
+        def broken(df):
+            raise ValueError("bad value in udf")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
+    source = {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"}
+    validate_version(_Store(spark, engine), make_fsv([
+        {"name": "dbl", "data_type": "float", "python": "h3b_pyfeatures:doubled"},
+        {"name": "plus", "data_type": "float", "transformation": "amount + 1"}], source))
+    if engine == "duckdb":  # a function's own error, not DuckDB's complaint about an open result
+        from fstore.engine import duckdb as duck
+
+        fsv = make_fsv([{"name": "bad", "data_type": "float", "python": "h3b_pyfeatures:broken"}], source)
+        with duck.connect() as con, pytest.raises(ValueError, match="bad value in udf"):
+            duck.compute(con, fsv)
+    sys.modules.pop("h3b_pyfeatures", None)
+
+
+@pytest.mark.parametrize("engine", ["spark", "duckdb"])
 def test_validate_version_names_the_feature_with_the_engines_message(spark, tmp_path, engine):
     pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
     source = {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"}
