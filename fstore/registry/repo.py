@@ -216,6 +216,19 @@ def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Map
         validate_version(store, fsv)
 
 
+def _refuse_stored_type_change(store: "FeatureStore", set_name: str, name: str, old: str, new: str) -> None:
+    """A materialized feature keeps its type: the offline table's column (and the online values) hold the old one."""
+    if store.settings.storage_format != "delta":
+        return
+    from fstore.engine.spark import delta_arrow_schema
+    from fstore.offline import delta_table
+
+    table = delta_table(store.settings, set_name)
+    if table is not None and name in delta_arrow_schema(table).names:
+        raise InvalidDefinition(f"feature {name} is materialized as {old} in the offline table of {set_name}; its type "
+                                f"cannot become {new}: add the feature under a new name instead", field="data_type")
+
+
 def _others(pending: Mapping[str, Feature] | None, name: str) -> dict[str, Feature] | None:
     return {n: f for n, f in pending.items() if n != name} if pending else None
 
@@ -439,6 +452,8 @@ def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: st
     if not changed:
         return feature_dict(row, set_row.name, _latest_lineage(s, row))
     check_new(feature)
+    if store is not None and row.spec.get("data_type") != feature.data_type:
+        _refuse_stored_type_change(store, set_row.name, row.name, row.spec.get("data_type"), feature.data_type)
     versions = {f.name: v for f, v, _ in current} | {row.name: row.version + 1}
     all_features = [feature if f.name == row.name else f for f, _, _ in current]
     fs = FeatureSet.from_dict(set_row.spec)

@@ -57,6 +57,19 @@ def test_a_range_ending_in_the_future_moves_the_watermark_only_to_now(store, sou
     assert store.materialize_incremental("user_txn", end=watermark + timedelta(hours=1))["status"] == "succeeded"
 
 
+def test_a_materialized_feature_keeps_its_type(store, source):
+    create_set(store, source)
+    store.update_feature("amount_x2", {"data_type": "int"}, feature_set="user_txn")  # nothing stored yet: allowed
+    store.update_feature("amount_x2", {"data_type": "float"}, feature_set="user_txn")
+    store.materialize("user_txn", T0, T_END)
+    with pytest.raises(InvalidDefinition, match="feature amount_x2 is materialized as float in the offline table of "
+                                                "user_txn; its type cannot become string") as info:
+        store.update_feature("amount_x2", {"data_type": "string"}, feature_set="user_txn")
+    assert info.value.field == "data_type"
+    assert store.get_feature("amount_x2", feature_set="user_txn")["data_type"] == "float"
+    assert store.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+
+
 def test_the_same_range_twice_gives_the_same_table_in_a_new_version(store, source):
     create_set(store, source)
     first = store.materialize("user_txn", T0, T_END)
