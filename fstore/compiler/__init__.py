@@ -87,7 +87,7 @@ class CompiledQuery:
     python_features: tuple[tuple[str, str, str], ...] = ()
 
 
-def _dependencies(feature: Feature, names: set[str]) -> tuple[str, ...]:
+def feature_dependencies(feature: Feature, names: set[str]) -> tuple[str, ...]:
     """Features a SQL feature reads: declared ``source_features``, plus other features it names."""
     deps = list(feature.source_features)
     if feature.transformation and not feature.python and feature.window is None:
@@ -119,7 +119,7 @@ def _plan(fsv: FeatureSetVersion) -> _Plan:
         spec = window_spec(fsv, f, event_time=EVENT_TIME)
         if spec is not None:
             windows[f.name] = spec
-    with_deps = [f if f.name in windows or f.python else dataclasses.replace(f, source_features=_dependencies(f, names))
+    with_deps = [f if f.name in windows or f.python else dataclasses.replace(f, source_features=feature_dependencies(f, names))
                  for f in fsv.features]
     ordered = composite_order(with_deps)
     python_names = {f.name for f in fsv.features if f.python}

@@ -493,8 +493,11 @@ def _feature_version_row(s: Session, row: FeatureRow, version: Any) -> FeatureVe
 def delete_feature(s: Session, ref: str | int, *, feature_set: str | None = None, actor: str = "") -> None:
     """Delete a feature no other feature depends on; the set gets a new version without it."""
     row, set_row = find_feature(s, ref, feature_set)
+    from fstore.compiler import feature_dependencies
+
     current = _current_features(s, set_row.id)
-    dependants = [f.name for f, _, _ in current if row.name in f.source_features]
+    names = {f.name for f, _, _ in current}  # declared or not: a transformation naming the feature reads it
+    dependants = [f.name for f, _, _ in current if row.name in feature_dependencies(f, names)]
     if dependants:
         raise Conflict(f"feature {row.name} is used by feature(s) {', '.join(dependants)} in feature set {set_row.name}; "
                        "delete or change them first")

@@ -175,6 +175,10 @@ def test_composites_lineage_cycles_and_dependants(store):
         call(store, repo.update_feature, "account_balance", {"source_features": ["is_rich"]})
     with pytest.raises(Conflict, match="is_rich"):
         call(store, repo.delete_feature, "account_balance")
+    # not declared, still read: the transformation names it
+    call(store, repo.update_feature, "is_rich", {"source_features": []})
+    with pytest.raises(Conflict, match="account_balance is used by feature\\(s\\) is_rich"):
+        call(store, repo.delete_feature, "account_balance")
     before = counts(store)
     call(store, repo.delete_feature, "is_rich", actor="eve")
     after = call(store, repo.feature_set_versions, "user_profile")[-1]
