@@ -142,10 +142,15 @@ class FeatureStore:
             return repo.list_feature_sets(s, query=query, entity=entity, owner=owner, tag=tag, limit=limit, offset=offset)
 
     def delete_feature_set(self, ref: str | int, *, actor: str = "") -> None:
+        """Delete a set from the registry and its values from the online store (never served again);
+        its offline table stays for the training sets that read it."""
+        from fstore import serving
         from fstore.registry import repo
 
         with self.transaction() as s:
-            repo.delete_feature_set(s, ref, actor=actor)
+            name = repo.delete_feature_set(s, ref, actor=actor)
+            self.online.delete_feature_set(name)  # fails before the registry commits: nothing half-deleted
+        serving.clear_caches(self)
 
     def feature_set_versions(self, ref: str | int) -> list[dict]:
         from fstore.registry import repo

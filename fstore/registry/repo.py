@@ -14,6 +14,7 @@ Finding objects by reference lives in ``lookup``, listing and search in
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING, Any, Mapping
 
 from sqlalchemy import select
@@ -216,6 +217,21 @@ def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Map
         validate_version(store, fsv)
 
 
+def _refuse_leftover_offline_table(store: "FeatureStore", name: str) -> None:
+    """A deleted set's offline table stays (training sets read it); a new set must not read it as its own."""
+    from fstore.offline import delta_table, table_uri
+
+    settings = store.settings
+    if settings.storage_format == "delta":
+        leftover = delta_table(settings, name) is not None
+    else:
+        leftover = settings.storage_backend == "local" and os.path.isdir(table_uri(settings, name))
+    if leftover:
+        raise AlreadyExists(f"feature set {name!r} was deleted, and its offline table remains at "
+                            f"{table_uri(settings, name)} for the training sets that read it; remove that table to "
+                            "reuse the name, or choose another name", field="name")
+
+
 def _refuse_stored_type_change(store: "FeatureStore", set_name: str, name: str, old: str, new: str) -> None:
     """A materialized feature keeps its type: the offline table's column (and the online values) hold the old one."""
     if store.settings.storage_format != "delta":
@@ -262,6 +278,8 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
     check_new(fs)
     if s.scalar(select(FeatureSetRow.id).where(FeatureSetRow.name == fs.name)) is not None:
         raise AlreadyExists(f"feature set {fs.name!r} already exists", field="name")
+    if store is not None:
+        _refuse_leftover_offline_table(store, fs.name)
     fs, entities, new_entities = _resolve_entities(s, fs)
     features = []
     for item in inline:
@@ -336,13 +354,15 @@ def _set_version_row(s: Session, row: FeatureSetRow, version: Any) -> FeatureSet
     return vrow
 
 
-def delete_feature_set(s: Session, ref: str | int, *, actor: str = "") -> None:
-    """Delete a feature set with its features and versions (its offline data is left in place)."""
+def delete_feature_set(s: Session, ref: str | int, *, actor: str = "") -> str:
+    """Delete a feature set with its features and versions (its offline data is left in place); its name."""
     row = find_set(s, ref)
+    name = row.name
     for feature in _feature_rows(s, row.id):
         s.delete(feature)
     s.delete(row)
     s.flush()
+    return name
 
 
 def feature_set_versions(s: Session, ref: str | int) -> list[dict]:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fstore.errors import ComputeError, Conflict, InvalidDefinition, NotFound
+from fstore.errors import AlreadyExists, ComputeError, Conflict, InvalidDefinition, NotFound
 from fstore.materialize import lock_name
 from fstore.registry import runs
 from test_materialize_support import (  # noqa: F401 - fixtures
@@ -68,6 +68,24 @@ def test_a_materialized_feature_keeps_its_type(store, source):
     assert info.value.field == "data_type"
     assert store.get_feature("amount_x2", feature_set="user_txn")["data_type"] == "float"
     assert store.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+
+
+def test_a_deleted_set_is_not_served_and_its_name_is_not_reused_over_its_offline_table(any_online_store, source):
+    from fstore.online.base import Codec
+
+    store = any_online_store
+    create_set(store, source)
+    store.materialize("user_txn", T0, T_END)
+    codec = Codec.from_version(store.feature_set_version("user_txn"))
+    keys = [codec.key_of({"user_id": u}) for u in (1, 2, 3)]
+    assert all(store.online.read(codec, keys))
+    store.delete_feature_set("user_txn")
+    assert store.online.read(codec, keys) == [None, None, None]  # its online values went with it
+    with pytest.raises(NotFound):
+        store.get_online_features(features=["user_txn:amount_x2"], entities={"user_id": [1]})
+    with pytest.raises(AlreadyExists, match="feature set .user_txn. was deleted, and its offline table remains at") as info:
+        create_set(store, source)
+    assert info.value.field == "name" and delta_version(store, "user_txn") is not None
 
 
 def test_the_same_range_twice_gives_the_same_table_in_a_new_version(store, source):
