@@ -549,6 +549,8 @@ class Feature:
         if set_name is None:
             raise InvalidDefinition("feature_set (or feature_set_id) is required", field="feature_set")
         window = None
+        if data.get("window_filter") and data.get("window_size") is None:
+            raise InvalidDefinition("window_filter needs window_size (it filters a window's events)", field="window_filter")
         if data.get("window_size") is not None or data.get("aggregation") is not None:
             if data.get("window_size") is None:
                 raise InvalidDefinition("aggregation needs window_size", field="window_size")
@@ -569,7 +571,7 @@ class Feature:
         return cls(
             name=check_name(data.get("name")),
             feature_set=check_name(set_name, field_name="feature_set"),
-            data_type=normalize_data_type(data.get("data_type", data.get("type")) or "", field_name="data_type")
+            data_type=normalize_data_type(_aliased(data, "data_type", "type"), field_name="data_type")
             if (data.get("data_type") or data.get("type")) else _missing("data_type"),
             description=_str(data, "description"),
             transformation=transformation.strip() if transformation else None,

@@ -125,6 +125,8 @@ def test_validation_rule_aliases_round_trip():
     ({**FEATURE, "default_value": "old"}, "default_value"),
     ({**FEATURE, "tags": 5}, "tags"),
     ({**FEATURE, "name": "bad name"}, "name"),
+    ({**FEATURE, "window_filter": "amount > 1"}, "window_filter"),
+    ({**FEATURE, "type": "string"}, "data_type"),
 ])
 def test_bad_features(body, field):
     with pytest.raises(InvalidDefinition) as info:
