@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from fstore.errors import ComputeError, Conflict, FStoreError
+from fstore.definitions import FeatureSet
+from fstore.errors import ComputeError, Conflict, FStoreError, InvalidDefinition
 from fstore.registry import runs
 from fstore.registry.models import utcnow
 
@@ -61,6 +62,7 @@ def materialize(store: "FeatureStore", ref: str | int, start: datetime, end: dat
     with store.transaction() as s:
         fs_id = runs.feature_set_row(s, ref).id
         fsv = _load_version(s, fs_id, None)
+    _refuse_storing_nothing(fsv.feature_set)
     run_id = str(uuid.uuid4())
     taken = _take_lock(store, fs_id, fsv.name, run_id, lock_ttl)
     try:
@@ -111,6 +113,7 @@ def start_materialization(store: "FeatureStore", ref: str | int, start: datetime
     with store.transaction() as s:
         row = runs.feature_set_row(s, ref)
         fs_id, name, version = row.id, row.name, row.version
+        _refuse_storing_nothing(FeatureSet.from_dict(row.spec))
     holder = runs.lock_holder(store.engine, lock_name(fs_id))
     if holder is not None and not holder["expired"]:
         raise Conflict(_conflict_message(store, name, holder))
@@ -281,6 +284,12 @@ def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, s
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+def _refuse_storing_nothing(fs: "FeatureSet") -> None:
+    if not fs.offline_enabled and not fs.online_enabled:
+        raise InvalidDefinition(f"feature set {fs.name} has offline_enabled and online_enabled both false: a run "
+                                "would store nothing; enable one of them", field="offline_enabled")
+
 
 def _audit_run(store: "FeatureStore", run_id: str, set_name: str, outcome: str, error: str | None = None) -> None:
     """Every materialization lands in the audit log, whoever started it (REST, CLI, scheduler, backfill)."""

@@ -262,6 +262,13 @@ def plan_set(fsv: "FeatureSetVersion", wanted: tuple[str, ...]) -> _SetPlan:
                              and f.name not in recompute])
 
 
+def offline_hint(fsv: "FeatureSetVersion", as_of: Any) -> str:
+    """Why a set may have no offline data to read, for the error saying so."""
+    if not fsv.feature_set.offline_enabled:
+        return "its offline_enabled is false, so its runs keep no offline data: enable it, then materialize"
+    return "materialize it first" + ("; or the as_of is before its first version" if as_of is not None else "")
+
+
 def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[str], as_of: int | datetime | None,
                   entities: Entities):
     """The set's offline rows that can be visible to some entity row, and the Delta version read."""
@@ -272,8 +279,7 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     try:
         rows, version = offline.read_table_version(store.spark, store.settings, fsv.name, as_of=as_of)
     except NotFound as exc:
-        raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from "
-                       f"(materialize it first{'; or the as_of is before its first version' if as_of is not None else ''}): "
+        raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from ({offline_hint(fsv, as_of)}): "
                        f"{exc.message}", field="features") from None
     missing = [n for n in names if n not in rows.columns]
     if missing:

@@ -156,15 +156,14 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
                   as_of: int | datetime | None, entities: Entities) -> tuple[str, int | None, str | None, str | None, str]:
     """The set's offline rows as a view, the Delta version read, the created column, position and row filter."""
     from fstore.offline_arrow import read_files
-    from fstore.retrieval.historical import check_as_of_time
+    from fstore.retrieval.historical import check_as_of_time, offline_hint
 
     check_as_of_time(store.settings, fsv.name, as_of)
     lower = entities.min_ts - timedelta(seconds=fsv.ttl_seconds) if fsv.ttl_seconds else None
     try:
         files = read_files(store.settings, fsv.name, as_of=as_of, lo=lower, hi=entities.max_ts)
     except NotFound as exc:
-        raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from "
-                       f"(materialize it first{'; or the as_of is before its first version' if as_of is not None else ''}): "
+        raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from ({offline_hint(fsv, as_of)}): "
                        f"{exc.message}", field="features") from None
     position = None
     if files.paths:
@@ -177,7 +176,7 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
     elif files.schema is not None:
         relation = con.from_arrow(files.schema.empty_table())
     else:
-        raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from (materialize it first)",
+        raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from ({offline_hint(fsv, as_of)})",
                        field="features")
     view = _view(con, relation)
     types = _types(con, view)

@@ -237,6 +237,21 @@ def test_online_disabled_writes_only_offline(store, source):
     assert offline_rows(store) == oracle(events())
 
 
+def test_a_set_storing_nothing_is_not_run_and_one_without_offline_data_says_why(store, source):
+    import pandas as pd
+
+    create_set(store, source)
+    store.update_feature_set("user_txn", {"offline_enabled": False, "online_enabled": False})
+    with pytest.raises(InvalidDefinition, match="offline_enabled and online_enabled both false") as info:
+        store.materialize("user_txn", T0, T_END)
+    assert info.value.field == "offline_enabled" and store.list_runs("user_txn")["total"] == 0
+    store.update_feature_set("user_txn", {"online_enabled": True})
+    assert store.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+    labels = pd.DataFrame({"user_id": [1], "event_timestamp": [T_END]})
+    with pytest.raises(NotFound, match="its offline_enabled is false"):
+        store.get_historical_features(entity_df=labels, features=["user_txn:amount_x2"]).to_df()
+
+
 def test_a_pending_run_whose_job_never_started_is_closed_by_the_next_run(store, source):
     from sqlalchemy import update
 
