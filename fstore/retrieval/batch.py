@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fstore.definitions import SOURCE_FORMATS
-from fstore.errors import AlreadyExists, FStoreError, InvalidDefinition
+from fstore.errors import AlreadyExists, Conflict, FStoreError, InvalidDefinition
 
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
@@ -77,7 +77,7 @@ def check_output(output_path: Any, output_format: Any) -> tuple[str, str]:
     """An output location that holds nothing yet (nothing stored is ever overwritten) and a known format."""
     if not isinstance(output_path, str) or not output_path.strip():
         raise InvalidDefinition("output_path is required", field="output_path")
-    fmt = str(output_format or "delta").lower()
+    fmt = "delta" if output_format is None else str(output_format).lower()
     if fmt not in OUTPUT_FORMATS:
         raise InvalidDefinition(f"output_format {output_format!r} is not one of: {', '.join(OUTPUT_FORMATS)}",
                                 field="output_format")
@@ -91,6 +91,19 @@ def check_output(output_path: Any, output_format: Any) -> tuple[str, str]:
         raise InvalidDefinition("Delta output is written to a local path; use output_format parquet for "
                                 f"{path.split('://', 1)[0]}:// locations", field="output_format")
     return path, fmt
+
+
+def _refuse_shared_output(s, path: str) -> None:
+    """Two unfinished jobs never write one location (the second would find it written, or clobber it)."""
+    from sqlalchemy import select
+
+    from fstore.registry.models import JobRow
+
+    for job_id, params in s.execute(select(JobRow.id, JobRow.params).where(
+            JobRow.kind == "batch_retrieval", JobRow.status.in_(("pending", "running")))):
+        if isinstance(params, dict) and params.get("output_path") == path:
+            raise Conflict(f"job {job_id} is already writing to output_path {path}; wait for it or choose another "
+                           "location", field="output_path")
 
 
 def start_batch_retrieval(store: "FeatureStore", *, entity_source: dict, features: list[str], output_path: str,
@@ -108,6 +121,7 @@ def start_batch_retrieval(store: "FeatureStore", *, entity_source: dict, feature
               "feature_sets": list(feature_sets) if feature_sets else None,
               "output_path": path, "output_format": fmt}
     with store.transaction() as s:
+        _refuse_shared_output(s, path)
         job = create_job(s, "batch_retrieval", params, actor=actor)
     import subprocess
     import sys

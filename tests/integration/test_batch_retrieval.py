@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import pytest
 
-from fstore.errors import AlreadyExists, InvalidDefinition, NotFound
+from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
 from fstore.store import FeatureStore
 from test_retrieval import fill_offline, T0, T_END, create_sets, events, labels, records, write_source
 
@@ -74,6 +74,7 @@ def test_bad_batch_requests_are_refused_before_a_job_is_recorded(store, tmp_path
         ({"entity_source": {"path": "x", "table": "t"}}, InvalidDefinition, "entity_source"),
         ({"entity_source": {**source, "format": "xml"}}, InvalidDefinition, "entity_source.format"),
         ({"output_format": "csv"}, InvalidDefinition, "output_format"),
+        ({"output_format": ""}, InvalidDefinition, "output_format"),
         ({"output_path": str(occupied)}, AlreadyExists, "output_path"),
         ({"features": ["nope"]}, NotFound, "features"),
     ]
@@ -90,3 +91,11 @@ def test_bad_batch_requests_are_refused_before_a_job_is_recorded(store, tmp_path
         assert list_jobs(s)["total"] == 0
     with pytest.raises(NotFound):
         store.get_job("no-such-job")
+    with store.transaction() as s:  # an unfinished job writing a location: a second one is refused
+        from fstore.registry.jobs import create_job
+
+        create_job(s, "batch_retrieval", {"output_path": str(tmp_path / "o")})
+    with pytest.raises(Conflict, match="is already writing to output_path") as info:
+        store.start_batch_retrieval(entity_source=source, features=FEATURES, output_path=str(tmp_path / "o"),
+                                    output_format="parquet")
+    assert info.value.field == "output_path"
