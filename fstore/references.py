@@ -75,7 +75,7 @@ def resolve(store: "FeatureStore", features: list[str], feature_sets: list[str] 
             versions[key] = store.feature_set_version(name, version)
         return versions[key]
 
-    scope = [load(name, None) for name in feature_sets] if feature_sets else None
+    scope = [load(name, None) for name in dict.fromkeys(feature_sets)] if feature_sets else None  # a name given twice counts once
     groups: dict[tuple[str, int], tuple[FeatureSetVersion, list[str], list[str]]] = {}
     for ref, written in zip(refs, features):
         if ref.feature_set is not None:

@@ -113,6 +113,9 @@ def test_ambiguous_and_unknown_names(store):
     # a feature_sets scope removes the ambiguity
     out = store.get_online_features(features=["score"], entities={"user_id": 1}, feature_sets=["user_stats"])
     assert "score" in out["features"]["1"]
+    twice = store.get_online_features(features=["score"], entities={"user_id": 1},
+                                      feature_sets=["user_stats", "user_stats"])  # a set named twice counts once
+    assert twice["features"] == out["features"]
     with pytest.raises(NotFound, match="nope"):
         store.get_online_features(features=["nope"], entities={"user_id": 1})
     with pytest.raises(NotFound, match="no_such_set"):
