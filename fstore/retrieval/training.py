@@ -19,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from fstore.errors import NotFound
 from fstore.references import FeatureGroup
 from fstore.retrieval.entities import ROW, Entities, prepare_entities, prepare_local
 from fstore.retrieval.historical import RetrievalResult, retrieve, utc_timestamps
@@ -123,7 +124,11 @@ def recreate_training_set(store: "FeatureStore", name: str) -> RetrievalResult:
         raise Conflict(f"training set {saved['name']} is still being written; try again when it is ready", field="name")
     groups, as_of = [], {}
     for g in saved["groups"]:
-        fsv = store.feature_set_version(g["feature_set"], g["version"])
+        try:
+            fsv = store.feature_set_version(g["feature_set"], g["version"])
+        except NotFound:
+            raise NotFound(f"training set {saved['name']} reads version {g['version']} of feature set {g['feature_set']}, "
+                           "which no longer exists (the set was deleted); it cannot be re-created", field="name") from None
         groups.append(FeatureGroup(version=fsv, features=tuple(g["features"]), output_names=tuple(g["output_names"])))
         if g["offline_version"] is not None:
             as_of[fsv.name] = int(g["offline_version"])

@@ -80,6 +80,14 @@ def test_recreate_is_identical_when_nothing_changed(store, on_engine):
     other.close()
 
 
+def test_a_training_set_of_a_deleted_feature_set_says_so(store):
+    store.get_historical_features(entity_df=labels(), features=["user_txn:amount_x2"], save_as="orphan").to_df()
+    store.delete_feature_set("user_txn")
+    with pytest.raises(NotFound, match="training set orphan reads version 1 of feature set user_txn, which no longer "
+                                       r"exists \(the set was deleted\)"):
+        store.recreate_training_set("orphan")
+
+
 def test_names_are_checked_before_any_work(store):
     entity_rows = pd.DataFrame({"user_id": [1], "merchant_id": [10], "ts": [T0 + H]})
     store.get_historical_features(entity_df=entity_rows, features=FEATURES, save_as="taken")
