@@ -102,11 +102,23 @@ def delta_table(settings: Settings, name: str, version: int | str | datetime | N
     except TableNotFoundError:
         return None
     if version is not None:
+        latest = table.version()
+        if isinstance(version, int) and not 0 <= version <= latest:
+            raise NotFound(f"offline table {name} has no version {version}; its versions are 0 to {latest}")
         try:
             table.load_as_version(version)
         except Exception as exc:  # noqa: BLE001 - deltalake raises several types for a version it cannot find
-            raise NotFound(f"offline table {name} has no version as of {version!r}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NotFound(f"offline table {name} has no version as of {version!r} (its versions are 0 to {latest}): "
+                           f"{first}") from None
+        if settings.storage_backend == "local" and not all(os.path.exists(_local_file(u)) for u in table.file_uris()):
+            raise NotFound(f"version {table.version()} of offline table {name} is no longer readable: vacuum removed "
+                           "its files (a training set's versions are kept; others only for the retention period)")
     return table
+
+
+def _local_file(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 def current_version(settings: Settings, name: str) -> int | None:

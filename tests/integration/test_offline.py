@@ -87,8 +87,12 @@ def test_replace_range_is_exact_idempotent_and_time_travels(spark, settings):
     day1 = [a for a in stats if a["partition.event_date"] in ("2024-03-01", datetime(2024, 3, 1).date())]
     assert day1 and day1[0]["min.event_timestamp"] is not None and day1[0]["null_count.amount"] == 0
     assert min(a["min.amount"] for a in stats) == 1.0 and max(a["max.amount"] for a in stats) == 9.0
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="offline table txn has no version 99; its versions are 0 to 2"):
         offline.read_table(spark, settings, "txn", as_of=99)
+    gone = offline.delta_table(settings, "txn", 0).file_uris()[0]  # as after a vacuum
+    os.remove(gone[len("file://"):] if gone.startswith("file://") else gone)
+    with pytest.raises(NotFound, match="version 0 of offline table txn is no longer readable: vacuum removed its files"):
+        offline.read_table(spark, settings, "txn", as_of=0)
     with pytest.raises(NotFound):
         offline.read_table(spark, settings, "no_such_set")
     assert offline.current_version(settings, "no_such_set") is None
