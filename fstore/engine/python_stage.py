@@ -14,14 +14,17 @@ from fstore.compiler import CompiledQuery, internal_column
 from fstore.errors import ComputeError
 
 
-def load_functions(compiled: CompiledQuery) -> list[tuple[str, Callable]]:
-    """(feature name, callable) per python feature; a bad ``module:function`` fails here, naming the feature."""
+_NUMERIC_TYPES = ("DOUBLE", "BIGINT")
+
+
+def load_functions(compiled: CompiledQuery) -> list[tuple[str, Callable, str]]:
+    """(feature name, callable, Spark type) per python feature; a bad ``module:function`` fails here, naming the feature."""
     from fstore.compiler.check import load_python
 
-    return [(name, load_python(spec, feature=name)) for name, spec, _ in compiled.python_features]
+    return [(name, load_python(spec, feature=name), spark_type) for name, spec, spark_type in compiled.python_features]
 
 
-def apply_batch(pdf, funcs: list[tuple[str, Callable]]):
+def apply_batch(pdf, funcs: list[tuple[str, Callable, str]]):
     """``pdf`` (the wide frame's columns) with each python feature's internal column appended."""
     import pandas as pd
 
@@ -29,7 +32,7 @@ def apply_batch(pdf, funcs: list[tuple[str, Callable]]):
     hidden = [c for c in pdf.columns if c.startswith("__fs_")]
     shadowed = [v for v in internal.values() if v in pdf.columns]
     shown = pdf.drop(columns=hidden + shadowed).rename(columns=internal)
-    for name, func in funcs:
+    for name, func, spark_type in funcs:
         result = func(shown.copy())
         if isinstance(result, pd.DataFrame):
             result = result[name] if name in result.columns else result.iloc[:, 0]
@@ -37,6 +40,11 @@ def apply_batch(pdf, funcs: list[tuple[str, Callable]]):
             raise ComputeError(f"python feature {name} returned {type(result).__name__} of length "
                                f"{len(result) if hasattr(result, '__len__') else '?'}; expected a Series of {len(pdf)} rows")
         values = result.reset_index(drop=True)
+        if spark_type.upper() in _NUMERIC_TYPES and not pd.api.types.is_numeric_dtype(values.dtype) and values.notna().any():
+            # a cast would turn each value into NULL without a word
+            sample = values[values.notna()].iloc[0]
+            raise ComputeError(f"python feature {name} returned {type(sample).__name__} values such as {sample!r}; "
+                               f"its data_type needs numbers ({spark_type})")
         pdf[internal_column(name)] = values.values
         shown[name] = values.values
     return pdf

@@ -166,7 +166,7 @@ def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
     # Load on the driver (a bad name fails here, naming the feature) and ship the functions by value,
     # so a user module need not be installed on every executor.
     funcs = load_functions(compiled)
-    _ship_by_value(func for _, func in funcs)
+    _ship_by_value(func for _, func, _ in funcs)
     py = compiled.python_features
     out_schema = StructType(df.schema.fields + [StructField(internal_column(n), _parse_datatype_string(t), True) for n, _, t in py])
 

@@ -12,7 +12,7 @@ import pytest
 from fstore.compiler import compile_feature_set, validate_version
 from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
 from fstore.engine.spark import compute, read_source
-from fstore.errors import InvalidDefinition, NotFound
+from fstore.errors import ComputeError, InvalidDefinition, NotFound
 from fstore.settings import Settings
 
 pytestmark = pytest.mark.spark
@@ -222,6 +222,9 @@ def test_python_features_pass_the_apply_check_and_their_errors_reach_the_user(sp
 
         def broken(df):
             raise ValueError("bad value in udf")
+
+        def words(df):
+            return df["user_id"] + "!"
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
@@ -234,6 +237,10 @@ def test_python_features_pass_the_apply_check_and_their_errors_reach_the_user(sp
 
         fsv = make_fsv([{"name": "bad", "data_type": "float", "python": "h3b_pyfeatures:broken"}], source)
         with duck.connect() as con, pytest.raises(ValueError, match="bad value in udf"):
+            duck.compute(con, fsv)
+        fsv = make_fsv([{"name": "n", "data_type": "float", "python": "h3b_pyfeatures:words"}], source)
+        with duck.connect() as con, pytest.raises(ComputeError, match="python feature n returned str values such as "
+                                                                      "'a!'; its data_type needs numbers"):
             duck.compute(con, fsv)
     sys.modules.pop("h3b_pyfeatures", None)
 
