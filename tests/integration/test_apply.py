@@ -283,29 +283,25 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
                 mistyped = {"name": "mistyped", "entities": ["nobody"],
                             "source": {"path": purchases, "event_timestamp_column": "timestamp"},
                             "features": [{"name": "n", "data_type": "float", "transformation": "amount"}]}
-                with pytest.raises(InvalidDefinition, match="the source has no column 'nobody' for its entities") as info:
-                    checked.create_feature_set(mistyped)
-                assert info.value.field == "entities"
-                numeric_time = {**mistyped, "entities": ["user"], "source": {"path": purchases, "event_timestamp_column": "user_id"}}
-                with pytest.raises(InvalidDefinition, match="event timestamp column 'user_id' is of type") as info:
-                    checked.create_feature_set(numeric_time)
-                assert info.value.field == "source.event_timestamp_column"
-                bad_filter = {**mistyped, "entities": ["user"], "features": [
-                    {"name": "big", "data_type": "float", "transformation": "amount", "aggregation": "sum",
-                     "window_size": "7d", "window_filter": "no_such_column > 1"}]}
-                with pytest.raises(InvalidDefinition, match="feature big: window_filter 'no_such_column > 1' does not "
-                                                            "compile against the source") as info:
-                    checked.create_feature_set(bad_filter)
-                assert info.value.field == "window_filter"
-                text_time = {**mistyped, "entities": ["user"], "source": {"path": purchases, "event_timestamp_column": "category"}}
-                with pytest.raises(InvalidDefinition, match="column 'category' holds text that is not a time") as info:
-                    checked.create_feature_set(text_time)
-                assert info.value.field == "source.event_timestamp_column"
-                no_created = {**mistyped, "entities": ["user"],
-                              "source": {**mistyped["source"], "created_timestamp_column": "loaded_at"}}
-                with pytest.raises(InvalidDefinition, match="no created timestamp column 'loaded_at'") as info:
-                    checked.create_feature_set(no_created)
-                assert info.value.field == "source.created_timestamp_column"
+                user = {**mistyped, "entities": ["user"]}
+                refused = [
+                    (mistyped, "the source has no column 'nobody' for its entities", "entities"),
+                    ({**user, "source": {"path": purchases, "event_timestamp_column": "user_id"}},
+                     "event timestamp column 'user_id' is of type", "source.event_timestamp_column"),
+                    ({**user, "features": [{"name": "big", "data_type": "float", "transformation": "amount",
+                                            "aggregation": "sum", "window_size": "7d",
+                                            "window_filter": "no_such_column > 1"}]},
+                     "feature big: window_filter 'no_such_column > 1' does not compile against the source",
+                     "window_filter"),
+                    ({**user, "source": {"path": purchases, "event_timestamp_column": "category"}},
+                     "column 'category' holds text that is not a time", "source.event_timestamp_column"),
+                    ({**user, "source": {**mistyped["source"], "created_timestamp_column": "loaded_at"}},
+                     "no created timestamp column 'loaded_at'", "source.created_timestamp_column"),
+                ]
+                for body, message, field in refused:
+                    with pytest.raises(InvalidDefinition, match=message) as info:
+                        checked.create_feature_set(body)
+                    assert info.value.field == field
             finally:
                 checked.close()
         assert counts(store) == before
