@@ -92,11 +92,11 @@ class FeatureStore:
         with self.transaction() as s:
             return repo.update_entity(s, ref, changes, actor=actor)
 
-    def get_entity(self, ref: str | int) -> dict:
+    def get_entity(self, ref: str | int, *, version: int | None = None) -> dict:
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.get_entity(s, ref)
+            return repo.get_entity(s, ref, version=version)
 
     def list_entities(self, *, query: str | None = None, limit: int = 50, offset: int = 0) -> dict:
         from fstore.registry import repo

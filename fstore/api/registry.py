@@ -16,7 +16,6 @@ from fstore.api.schemas import (
     EntityBody, EntityPatch, EntityQuery, FeatureBody, FeatureGetQuery, FeaturePatch, FeatureQuery,
     FeatureSetBody, FeatureSetPatch, FeatureSetQuery, FeatureSetRefQuery, NoQuery, RefPath, SearchQuery, VersionQuery,
 )
-from fstore.errors import NotFound
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
 bp = APIBlueprint("registry", __name__, url_prefix="/api/v1", abp_responses=_ERRORS)
@@ -47,15 +46,7 @@ def list_entities(query: EntityQuery):
 @bp.get("/entities/<id_or_name>", tags=[_entities])
 def get_entity(path: RefPath, query: VersionQuery):
     """One entity by id or name (its latest version, or ``version``, as feature sets and features answer)."""
-    store = get_store()
-    entity = store.get_entity(path.id_or_name)
-    if query.version is None or query.version == entity["version"]:
-        return entity
-    for past in store.entity_versions(entity["id"]):  # the store keeps each version's spec in the history
-        if past["version"] == query.version:
-            return {**entity, **past["spec"], "version": past["version"], "updated_at": past["created_at"]}
-    raise NotFound(f"entity {entity['name']} has no version {query.version} (latest is {entity['version']})",
-                   field="version")
+    return get_store().get_entity(path.id_or_name, version=query.version)
 
 
 @bp.patch("/entities/<id_or_name>", tags=[_entities])

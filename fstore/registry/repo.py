@@ -143,9 +143,15 @@ def entity_versions(s: Session, ref: str | int) -> list[dict]:
              "created_by": v.created_by} for v in rows]
 
 
-def get_entity(s: Session, ref: str | int) -> dict:
-    """One entity by id, name or join key."""
-    return entity_dict(find_entity(s, ref))
+def get_entity(s: Session, ref: str | int, *, version: int | None = None) -> dict:
+    """One entity by id, name or join key: its current version, or ``version`` from its history."""
+    entity = entity_dict(find_entity(s, ref))
+    if version is None or version == entity["version"]:
+        return entity
+    for past in entity_versions(s, entity["id"]):
+        if past["version"] == version:
+            return {**entity, **past["spec"], "version": past["version"], "updated_at": past["created_at"]}
+    raise NotFound(f"entity {entity['name']} has no version {version} (latest is {entity['version']})", field="version")
 
 
 def _sets_using_entity(s: Session, name: str) -> list[str]:
