@@ -105,6 +105,12 @@ def delta_table(settings: Settings, name: str, version: int | str | datetime | N
         latest = table.version()
         if isinstance(version, int) and not 0 <= version <= latest:
             raise NotFound(f"offline table {name} has no version {version}; its versions are 0 to {latest}")
+        if isinstance(version, datetime):  # Delta would answer version 0 for a time before the table existed
+            first = min((c["timestamp"] for c in table.history() if c.get("timestamp") is not None), default=None)
+            created = None if first is None else datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=first)
+            if created is not None and version < created:
+                raise NotFound(f"offline table {name} has no data as of {version.isoformat()}: the as_of is before its "
+                               f"first version (written {created.isoformat(timespec='milliseconds')})", field="as_of")
         try:
             table.load_as_version(version)
         except Exception as exc:  # noqa: BLE001 - deltalake raises several types for a version it cannot find

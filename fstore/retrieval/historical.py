@@ -51,7 +51,6 @@ from fstore.retrieval.entities import ROW, TS, Entities, check_keys
 
 if TYPE_CHECKING:
     from fstore.definitions import Feature, FeatureSetVersion
-    from fstore.settings import Settings
     from fstore.store import FeatureStore
 
 LABEL = "__fs_label"
@@ -151,27 +150,6 @@ def normalize_as_of(as_of: Any, set_names: list[str]) -> int | datetime | None:
             raise InvalidDefinition(f"as_of {as_of!r} is neither a Delta version nor an ISO 8601 timestamp",
                                     field="as_of") from None
     raise InvalidDefinition("as_of must be a Delta version or a timestamp", field="as_of")
-
-
-def check_as_of_time(settings: "Settings", name: str, as_of: int | datetime | None) -> None:
-    """Refuse a timestamp ``as_of`` before the set's first offline version (both engines).
-
-    Delta would read version 0 for it, a table that did not exist yet at that time.
-    """
-    if not isinstance(as_of, datetime) or settings.storage_format != "delta":
-        return
-    from fstore.offline import delta_table
-
-    table = delta_table(settings, name)
-    if table is None:
-        return  # the read says there is nothing materialized
-    first = min((commit["timestamp"] for commit in table.history() if commit.get("timestamp") is not None), default=None)
-    if first is None:
-        return
-    created = datetime(1970, 1, 1) + timedelta(milliseconds=first)
-    if as_of < created:
-        raise NotFound(f"feature set {name} has no offline data as of {as_of.isoformat()}Z: the as_of is before its "
-                       f"first version (written {created.isoformat(timespec='milliseconds')}Z)", field="as_of")
 
 
 def _dependencies(fsv: "FeatureSetVersion", feature: "Feature") -> set[str]:
@@ -275,12 +253,11 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     from fstore import offline
     from fstore.engine.spark import ts_literal
 
-    check_as_of_time(store.settings, fsv.name, as_of)
     try:
         rows, version = offline.read_table_version(store.spark, store.settings, fsv.name, as_of=as_of)
     except NotFound as exc:
         raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from ({offline_hint(fsv, as_of)}): "
-                       f"{exc.message}", field="features") from None
+                       f"{exc.message}", field=exc.field or "features") from None
     missing = [n for n in names if n not in rows.columns]
     if missing:
         raise InvalidDefinition(f"the offline store of feature set {fsv.name} has no column for {', '.join(missing)}; "

@@ -156,15 +156,14 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
                   as_of: int | datetime | None, entities: Entities) -> tuple[str, int | None, str | None, str | None, str]:
     """The set's offline rows as a view, the Delta version read, the created column, position and row filter."""
     from fstore.offline_arrow import read_files
-    from fstore.retrieval.historical import check_as_of_time, offline_hint
+    from fstore.retrieval.historical import offline_hint
 
-    check_as_of_time(store.settings, fsv.name, as_of)
     lower = entities.min_ts - timedelta(seconds=fsv.ttl_seconds) if fsv.ttl_seconds else None
     try:
         files = read_files(store.settings, fsv.name, as_of=as_of, lo=lower, hi=entities.max_ts)
     except NotFound as exc:
         raise NotFound(f"feature set {fsv.name} has no offline data to retrieve from ({offline_hint(fsv, as_of)}): "
-                       f"{exc.message}", field="features") from None
+                       f"{exc.message}", field=exc.field or "features") from None
     position = None
     if files.paths:
         # The read order: file (as the Delta log lists them), then row within the file (DuckDB's virtual columns).
