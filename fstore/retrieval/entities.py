@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from fstore.compiler.dialect import quote
 from fstore.errors import InvalidDefinition
 
 if TYPE_CHECKING:
@@ -336,7 +337,7 @@ def _spark_bad_keys(entity_df: Any, keys: Mapping[str, tuple[str, str]]) -> list
         if column not in entity_df.columns:
             continue
         data_type = entity_df.schema[column].dataType
-        value = F.col(_quoted(column))
+        value = F.col(quote(column))
         if value_type == "string" and isinstance(data_type, (T.StringType, T.IntegralType, T.DecimalType, T.BooleanType)):
             continue
         if value_type == "int" and isinstance(data_type, T.IntegralType):
@@ -357,10 +358,6 @@ def _spark_bad_keys(entity_df: Any, keys: Mapping[str, tuple[str, str]]) -> list
                                     f"a {value_type} (a join key of feature set {feature_set})", field=column)
         checks.append((column, (value_type, feature_set), F.when(value.isNotNull() & bad, value.cast("string"))))
     return checks
-
-
-def _quoted(column: str) -> str:
-    return "`" + column.replace("`", "``") + "`"
 
 
 def _from_micros(value: int | None) -> datetime | None:
