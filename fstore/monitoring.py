@@ -15,7 +15,7 @@ from croniter import croniter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fstore.errors import InvalidDefinition
+from fstore.errors import InvalidDefinition, NotFound
 from fstore.registry.models import FeatureSetRow, MaterializationRunRow, utcnow
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ def statistics(s: Session, *, days: int = 7, feature_set: str | None = None,
     """
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3660:
         raise InvalidDefinition("days must be an integer between 1 and 3660", field="days")
+    if feature_set and (s.scalar(select(FeatureSetRow.id).where(FeatureSetRow.name == feature_set)) is None
+                        or (allowed is not None and not allowed(feature_set, None))):
+        raise NotFound(f"feature set {feature_set!r} not found", field="feature_set")
     since = utcnow() - timedelta(days=days)
     query = (select(MaterializationRunRow, FeatureSetRow.name)
              .join(FeatureSetRow, FeatureSetRow.id == MaterializationRunRow.feature_set_id)

@@ -41,8 +41,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from fstore.errors import InvalidDefinition
-from fstore.registry.models import UsageRow
+from fstore.errors import InvalidDefinition, NotFound
+from fstore.registry.models import FeatureSetRow, UsageRow
 from fstore.serving import Coverage
 
 log = logging.getLogger(__name__)
@@ -357,6 +357,10 @@ _LEVELS = ("key", "feature_set", "feature")
 _GRANULARITY = {"minute": 60, "hour": 3600, "day": 86400}
 
 
+def _unknown_set(name: str) -> NotFound:
+    return NotFound(f"feature set {name!r} not found", field="feature_set")
+
+
 def query_usage(s: Session, *, start: datetime, end: datetime | None = None, level: str = "feature_set",
                 granularity: str | None = None, api_key: str | None = None, feature_set: str | None = None,
                 allowed_set: Callable[[str], bool] | None = None) -> dict:
@@ -383,6 +387,8 @@ def query_usage(s: Session, *, start: datetime, end: datetime | None = None, lev
     if api_key:
         query = query.where(UsageRow.api_key == api_key)
     if feature_set:
+        if allowed_set is not None and not allowed_set(feature_set):
+            raise _unknown_set(feature_set)  # as for a set that does not exist: a grant does not reveal names
         query = query.where(UsageRow.feature_set == feature_set)
     groups: dict[tuple, list] = {}
     for row in s.scalars(query):
@@ -400,6 +406,8 @@ def query_usage(s: Session, *, start: datetime, end: datetime | None = None, lev
         slot[2] += row.entities_found
         slot[3] += row.cache_hits
         slot[4] = [a + b for a, b in zip(slot[4], list(row.latency_ms) + [0] * (_N_BUCKETS - len(row.latency_ms)))]
+    if feature_set and not groups and s.scalar(select(FeatureSetRow.id).where(FeatureSetRow.name == feature_set)) is None:
+        raise _unknown_set(feature_set)  # a deleted set keeps its usage: only a name with neither is unknown
     items = []
     for (period, key, endpoint, fs, f), (requests, entities, found, cache, hist) in sorted(
             groups.items(), key=lambda kv: tuple("" if v is None else str(v) for v in kv[0])):

@@ -128,6 +128,10 @@ def test_online_latency_cache_and_usage_are_recorded(monitored):
     assert by_set["items"][0]["cache_hit_rate"] == 0 and by_set["items"][0]["period"].endswith(":00:00Z")
     bad = client.get("/monitoring/usage", headers=admin, query_string={"start_date": "last week"})
     assert bad.status_code == 422 and bad.get_json()["error"]["field"] == "start_date"
+    # A set filter naming no set is a 404 naming it, not an empty answer that reads as "no usage".
+    typo = client.get("/monitoring/usage", headers=admin, query_string={"feature_set": "user_tx", "start_date": start})
+    assert typo.status_code == 404 and "user_tx" in typo.get_json()["error"]["message"]
+    assert typo.get_json()["error"]["field"] == "feature_set"
 
 
 def test_statistics_come_from_the_runs_quality_reports(monitored):
@@ -152,6 +156,10 @@ def test_statistics_come_from_the_runs_quality_reports(monitored):
     assert again["runs"] == runs_before + 1 and amount["runs"] == runs_before + 1
     assert amount["change"]["mean"] == pytest.approx(second["quality"]["amount_x2"]["mean"] - expected["mean"])
     assert client.get("/monitoring/statistics?days=0", headers=headers(keys["admin"])).status_code == 422
+    typo = client.get("/monitoring/statistics?feature_set=user_tx", headers=headers(keys["admin"]))
+    assert typo.status_code == 404 and "user_tx" in typo.get_json()["error"]["message"]
+    one = client.get("/monitoring/statistics?feature_set=user_txn", headers=headers(keys["admin"])).get_json()["items"]
+    assert [i["feature_set"] for i in one] == ["user_txn"]
 
 
 def test_freshness_reads_offline_online_and_runs(monitored):
