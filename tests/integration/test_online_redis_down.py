@@ -16,12 +16,6 @@ from fstore.store import FeatureStore
 pytestmark = pytest.mark.redis
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class OwnRedis:
     """A throw-away redis-server: no persistence, stopped and restarted on the same port."""
 
@@ -51,10 +45,10 @@ class OwnRedis:
 
 
 @pytest.fixture()
-def own_redis(tmp_path):
+def own_redis(tmp_path, free_port):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server = OwnRedis(_free_port(), tmp_path)
+    server = OwnRedis(free_port, tmp_path)
     server.start()
     yield server
     server.stop()
