@@ -218,16 +218,15 @@ def _run(s: Session, store: "FeatureStore", path: str | Path, actor: str) -> lis
     for item in loose:
         with _context(item, "feature"):
             set_ref = item.body.get("feature_set", item.body.get("feature_set_id"))
-            _apply_features(s, store, repo.find_set(s, set_ref), [item], actor, rec)
+            set_row = repo.find_set(s, set_ref)
+            _apply_features(s, store, set_row, _parse_features([item], set_row.name), actor, rec)
     return rec.results
 
 
 def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: _Recorder) -> None:
     row = s.scalar(select(FeatureSetRow).where(FeatureSetRow.name == item.name))
     if row is None:
-        for f in item.features:  # parse each one here first, so an error names its own file and line
-            with _context(f, "feature"):
-                Feature.from_dict(f.body, feature_set=item.name)
+        _parse_features(item.features, item.name)  # first, so an error names its own file and line
         body = {**item.body, "features": [{**f.body, "feature_set": item.name} for f in item.features]}
         try:
             out = repo.create_feature_set(s, body, actor=actor, store=store)
@@ -239,26 +238,30 @@ def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: 
         return
     before, old = row.version, dict(row.spec)
     new = FeatureSet.from_dict(item.body).to_dict()
-    pending = {}
-    for f in item.features:  # the file's features are checked with the set (one file may repair several)
-        with _context(f, "feature"):
-            pending[f.name] = Feature.from_dict(f.body, feature_set=item.name)
+    parsed = _parse_features(item.features, item.name)
+    # the file's features are checked with the set (one file may repair several)
+    pending = {name: feature for name, (feature, _) in parsed.items()}
     out = repo.update_feature_set(s, row.id, _full_changes(new, old), actor=actor, store=store, pending=pending)
     spec_changes = repo.diff(old, {k: out[k] for k in old})
     entry = rec.add("feature_set", item.name, before, out["version"], item, spec_changes)
-    _apply_features(s, store, row, item.features, actor, rec)
+    _apply_features(s, store, row, parsed, actor, rec)
     # a feature's change also makes a new set version: report the version the set ends at
     if row.version != before:
         entry.update(action="update", version=row.version)
 
 
-def _apply_features(s: Session, store: "FeatureStore", set_row: FeatureSetRow, items: list[_Item], actor: str,
-                    rec: _Recorder) -> None:
-    """Create or update a set's features, dependencies first."""
+def _parse_features(items: list[_Item], set_name: str) -> dict[str, tuple[Feature, _Item]]:
+    """The features written in a set's file, parsed (an error names its file and line)."""
     parsed: dict[str, tuple[Feature, _Item]] = {}
     for item in items:
         with _context(item, "feature"):
-            parsed[item.name] = (Feature.from_dict(item.body, feature_set=set_row.name), item)
+            parsed[item.name] = (Feature.from_dict(item.body, feature_set=set_name), item)
+    return parsed
+
+
+def _apply_features(s: Session, store: "FeatureStore", set_row: FeatureSetRow, parsed: dict[str, tuple[Feature, _Item]],
+                    actor: str, rec: _Recorder) -> None:
+    """Create or update a set's features (``_parse_features``), dependencies first."""
     pending = {name: feature for name, (feature, _) in parsed.items()}
     existing = {r.name: r for r in s.scalars(select(FeatureRow).where(FeatureRow.feature_set_id == set_row.id))}
     others = [Feature.from_dict(r.spec) for name, r in existing.items() if name not in parsed]
