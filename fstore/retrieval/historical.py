@@ -249,7 +249,8 @@ def offline_hint(fsv: "FeatureSetVersion", as_of: Any) -> str:
 
 def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[str], as_of: int | datetime | None,
                   entities: Entities):
-    """The set's offline rows that can be visible to some entity row, and the Delta version read."""
+    """The set's offline rows, the Delta version read, the created time column, and the condition
+    keeping only the rows some entity row can see."""
     from fstore import offline
     from fstore.engine.spark import ts_literal
 
@@ -272,10 +273,8 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
         conditions.append(f"event_date <= DATE'{entities.max_ts.date().isoformat()}'")
         if lower is not None:
             conditions.append(f"event_date >= DATE'{lower.date().isoformat()}'")
-    rows = rows.where(" AND ".join(conditions))
     created = "created_timestamp" if "created_timestamp" in columns else None
-    keep = [*fsv.join_keys, "event_timestamp", *([created] if created else []), *names]
-    return rows.selectExpr(*[quote(c) for c in keep]), version, created
+    return rows, version, created, " AND ".join(conditions)
 
 
 def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities):
@@ -351,9 +350,9 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
         labels = frame.selectExpr("*", *[f"{LABEL}.{quote(k)} AS {quote(k)}" for k in keys])
         version, set_as_of = None, as_of.get(fsv.name)
         if plan.offline:
-            rows, version, created = _offline_rows(store, fsv, plan.offline, set_as_of, entities)
+            rows, version, created, visible = _offline_rows(store, fsv, plan.offline, set_as_of, entities)
             labels = as_of_join(labels, rows, keys=keys, ts=TS, features=[(n, n) for n in plan.offline],
-                                ttl_seconds=fsv.ttl_seconds, created_ts=created,
+                                ttl_seconds=fsv.ttl_seconds, created_ts=created, where=visible,
                                 broadcast_keys=entities.count <= BROADCAST_MAX_ROWS)
         if plan.windows:
             longest = max(spec.size_seconds for spec in plan.windows.values())

@@ -18,10 +18,12 @@ partition, whatever the number of rows per entity — never the cross product of
 """
 from __future__ import annotations
 
+import uuid
 from typing import Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from fstore.compiler.dialect import quote
 
@@ -48,10 +50,23 @@ def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> 
     return rows
 
 
+def sql_type(data_type) -> str:
+    """A Spark SQL type name for ``CAST``, nested field names quoted (``simpleString`` leaves them bare)."""
+    from pyspark.sql import types as T
+
+    if isinstance(data_type, T.StructType):
+        return "STRUCT<" + ", ".join(f"{quote(f.name)}: {sql_type(f.dataType)}" for f in data_type.fields) + ">"
+    if isinstance(data_type, T.ArrayType):
+        return f"ARRAY<{sql_type(data_type.elementType)}>"
+    if isinstance(data_type, T.MapType):
+        return f"MAP<{sql_type(data_type.keyType)}, {sql_type(data_type.valueType)}>"
+    return data_type.simpleString()
+
+
 def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: str,
                features: Sequence[tuple[str, str]], ttl_seconds: int | None,
                event_ts: str = "event_timestamp", created_ts: str | None = "created_timestamp",
-               broadcast_keys: bool = False) -> DataFrame:
+               broadcast_keys: bool = False, where: str = "") -> DataFrame:
     """Add to each label row the values of the latest feature row at or before its time.
 
     ``labels``: the entity rows; they must hold ``keys`` and the TIMESTAMP column
@@ -63,38 +78,71 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     is still valid). Label rows with a NULL key or time get NULLs.
     Rows come back unordered; the caller restores its order.
 
+    ``where``: a Spark SQL condition on ``rows``, keeping only the feature rows it holds for.
+
     ``broadcast_keys``: first keep only the feature rows some label row can see: of a
     key some label row has, at or before that key's latest label time. A broadcast
-    join with each key's latest label time does it without shuffling the feature
+    semi join with each key's latest label time does it without shuffling the feature
     rows; the rows it drops (other keys, and each key's rows after its last label:
     about half of them for labels spread over the feature rows' span) are never
     shuffled or sorted. Worth it when the label rows are few enough to broadcast.
 
-    The plan is written as SQL text (``selectExpr``/``where`` strings): each is one
-    call into the JVM, where building it from ``Column`` objects made one call per
-    column, function and alias (about 0.4 s of py4j traffic per retrieval, measured).
+    The plan is one SQL query over the two frames (as temporary views): Spark analyses
+    it once, where a chain of DataFrame calls was analysed at every call (0.35 s of
+    a retrieval's 0.5 s of plan building, profiled).
     """
+    label_types = {f.name: f.dataType for f in labels.schema.fields}
+    row_types = {f.name: f.dataType for f in rows.schema.fields}
     quoted_keys = [quote(k) for k in keys]
-    rows = rows.where(" AND ".join(f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]))
-    rows = align_key_types(labels, rows, keys)
-    if broadcast_keys:
-        latest_label = labels.groupBy(*quoted_keys).agg(F.max(quote(ts)).alias(_LAST_LABEL))
-        rows = (rows.join(F.broadcast(latest_label), on=list(keys), how="inner")
-                .where(f"CAST({quote(event_ts)} AS TIMESTAMP) <= {_LAST_LABEL}").drop(_LAST_LABEL))
-    payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
+    # The feature rows' keys get the label rows' types, so ``1`` and ``"1"`` meet; the label side keeps its
+    # types because its columns are passed through to the caller unchanged.
+    aligned = [c if row_types[k] == label_types[k] else f"CAST({c} AS {sql_type(label_types[k])}) AS {c}"
+               for k, c in zip(keys, quoted_keys)]
     created = f"CAST({quote(created_ts)} AS TIMESTAMP)" if created_ts else "CAST(NULL AS TIMESTAMP)"
-    feature_side = rows.selectExpr(*quoted_keys, f"CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}",
-                                   f"{FEATURE_ROW} AS {KIND}", f"{created} AS {CREATED}",
-                                   f"named_struct({payload}) AS {PAYLOAD}")
-    # The label rows lack CREATED and PAYLOAD: the union fills them with NULLs of the feature side's types.
-    label_side = labels.selectExpr("*", f"{LABEL_ROW} AS {KIND}")
-    both = label_side.unionByName(feature_side, allowMissingColumns=True)
-    window = (f"PARTITION BY {', '.join(quoted_keys)} "
-              f"ORDER BY {quote(ts)} ASC NULLS FIRST, {KIND} ASC, {CREATED} ASC NULLS FIRST "
-              "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
-    joined = both.selectExpr("*", f"last({PAYLOAD}, true) OVER ({window}) AS {_LATEST}").where(f"{KIND} = {LABEL_ROW}")
-    visible = f"{_LATEST} IS NOT NULL AND {quote(ts)} IS NOT NULL"
-    if ttl_seconds is not None:
-        visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - make_dt_interval(0, 0, 0, {int(ttl_seconds)})"
-    outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{quote(out)} END AS {quote(out)}" for _, out in features]
-    return joined.selectExpr(*[quote(c) for c in labels.columns], *outputs)
+    payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
+    payload_type = sql_type(T.StructType([T.StructField(EVENT_TS, row_types[event_ts]),
+                                          *(T.StructField(out, row_types[src]) for src, out in features)]))
+    with _views(labels, rows) as (label_view, row_view):
+        present = " AND ".join(f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]) + (f" AND ({where})" if where else "")
+        feature_rows = (f"SELECT {', '.join(aligned)}, CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}, "
+                        f"{created} AS {CREATED}, named_struct({payload}) AS {PAYLOAD} FROM {row_view} WHERE {present}")
+        if broadcast_keys:
+            last_label = (f"SELECT {', '.join(quoted_keys)}, max({quote(ts)}) AS {_LAST_LABEL} FROM {label_view} "
+                          f"GROUP BY {', '.join(quoted_keys)}")
+            feature_rows = (f"SELECT /*+ BROADCAST(l) */ r.* FROM ({feature_rows}) r LEFT SEMI JOIN ({last_label}) l ON "
+                            + " AND ".join(f"r.{c} = l.{c}" for c in quoted_keys) + f" AND r.{quote(ts)} <= l.{_LAST_LABEL}")
+        # One union of label and feature rows: each side fills the other's columns with typed NULLs.
+        passed = [quote(c) for c in labels.columns]
+        feature_side = ", ".join(
+            f"r.{quote(c)}" if c in keys or c == ts else f"CAST(NULL AS {sql_type(label_types[c])})" for c in labels.columns)
+        both = (f"SELECT {', '.join(passed)}, {LABEL_ROW} AS {KIND}, CAST(NULL AS TIMESTAMP) AS {CREATED}, "
+                f"CAST(NULL AS {payload_type}) AS {PAYLOAD} FROM {label_view} UNION ALL "
+                f"SELECT {feature_side}, {FEATURE_ROW}, r.{CREATED}, r.{PAYLOAD} FROM ({feature_rows}) r")
+        window = (f"PARTITION BY {', '.join(quoted_keys)} "
+                  f"ORDER BY {quote(ts)} ASC NULLS FIRST, {KIND} ASC, {CREATED} ASC NULLS FIRST "
+                  "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
+        visible = f"{_LATEST} IS NOT NULL AND {quote(ts)} IS NOT NULL"
+        if ttl_seconds is not None:
+            visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - make_dt_interval(0, 0, 0, {int(ttl_seconds)})"
+        outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{quote(out)} END AS {quote(out)}" for _, out in features]
+        return labels.sparkSession.sql(
+            f"SELECT {', '.join([*passed, *outputs])} FROM (SELECT *, last({PAYLOAD}, true) OVER ({window}) AS {_LATEST} "
+            f"FROM ({both})) WHERE {KIND} = {LABEL_ROW}")
+
+
+class _views:
+    """Temporary views of some DataFrames, under names no other query uses, dropped once the query is analysed."""
+
+    def __init__(self, *frames: DataFrame) -> None:
+        self.frames = frames
+        self.names = [f"__fs_view_{uuid.uuid4().hex}" for _ in frames]
+
+    def __enter__(self) -> list[str]:
+        for frame, name in zip(self.frames, self.names):
+            frame.createOrReplaceTempView(name)
+        return [quote(n) for n in self.names]
+
+    def __exit__(self, *exc) -> None:
+        # A DataFrame keeps the plan it was analysed with: the views are no longer needed.
+        for frame, name in zip(self.frames, self.names):
+            frame.sparkSession.catalog.dropTempView(name)
