@@ -163,6 +163,13 @@ def test_spark_entity_frame_and_offsets_normalized_to_utc(store, spark):
     spark_rows = spark.createDataFrame([(2, T0 + 30 * H, "b"), (1, T0 + 21 * H, "a")], "user_id long, ts timestamp, tag string")
     by_spark = store.get_historical_features(entity_df=spark_rows, features=["user_txn:amount_x2"]).to_df()
     assert list(by_spark.tag) == ["b", "a"] and list(by_spark.user_txn__amount_x2) == [100.0, 10.0]
+    # Extra columns pass through whatever their names and types (the join's SQL casts typed NULLs to them).
+    odd = spark.createDataFrame([(1, T0 + 21 * H, "x", [1.5])],
+                                "user_id long, ts timestamp, `a b.c:d` string, `we``ird` array<double>")
+    by_odd = store.get_historical_features(entity_df=odd, features=["user_txn:amount_x2"]).to_df()
+    assert list(by_odd.columns) == ["user_id", "ts", "a b.c:d", "we`ird", "user_txn__amount_x2"]
+    assert by_odd.iloc[0]["a b.c:d"] == "x" and list(by_odd.iloc[0]["we`ird"]) == [1.5]
+    assert by_odd.user_txn__amount_x2.tolist() == [10.0]
     as_text = spark.createDataFrame([("2024-01-02T02:00:00+05:00", 1), ("2024-01-01T21:00:00", 1)], "ts string, user_id long")
     by_text = store.get_historical_features(entity_df=as_text, features=["user_txn:amount_x2"]).to_df()
     assert list(by_text.user_txn__amount_x2) == [10.0, 10.0]  # 21:00 UTC both, written two ways
