@@ -19,7 +19,8 @@ partition, whatever the number of rows per entity — never the cross product of
 from __future__ import annotations
 
 import uuid
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -37,11 +38,7 @@ FEATURE_ROW, LABEL_ROW = 0, 1
 
 
 def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> DataFrame:
-    """Cast the feature rows' key columns to the label rows' types, so ``1`` and ``"1"`` meet.
-
-    The label side keeps its types because its columns are passed through to the
-    caller unchanged.
-    """
+    """Cast the feature rows' key columns to the label rows' types (``key_columns_as``, for a DataFrame)."""
     label_types = {f.name: f.dataType for f in labels.schema.fields}
     row_types = {f.name: f.dataType for f in rows.schema.fields}
     for key in keys:
@@ -50,10 +47,15 @@ def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> 
     return rows
 
 
+def key_columns_as(keys: Sequence[str], types: dict, wanted: dict) -> list[str]:
+    """Select items giving each key column (of ``types``) the type it has in ``wanted``, so ``1`` and ``"1"``
+    meet. The label rows are ``wanted``: their columns pass through to the caller unchanged."""
+    return [quote(k) if types[k] == wanted[k] else f"CAST({quote(k)} AS {sql_type(wanted[k])}) AS {quote(k)}"
+            for k in keys]
+
+
 def sql_type(data_type) -> str:
     """A Spark SQL type name for ``CAST``, nested field names quoted (``simpleString`` leaves them bare)."""
-    from pyspark.sql import types as T
-
     if isinstance(data_type, T.StructType):
         return "STRUCT<" + ", ".join(f"{quote(f.name)}: {sql_type(f.dataType)}" for f in data_type.fields) + ">"
     if isinstance(data_type, T.ArrayType):
@@ -94,16 +96,13 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     label_types = {f.name: f.dataType for f in labels.schema.fields}
     row_types = {f.name: f.dataType for f in rows.schema.fields}
     quoted_keys = [quote(k) for k in keys]
-    # The feature rows' keys get the label rows' types, so ``1`` and ``"1"`` meet; the label side keeps its
-    # types because its columns are passed through to the caller unchanged.
-    aligned = [c if row_types[k] == label_types[k] else f"CAST({c} AS {sql_type(label_types[k])}) AS {c}"
-               for k, c in zip(keys, quoted_keys)]
+    aligned = key_columns_as(keys, row_types, label_types)
     created = f"CAST({quote(created_ts)} AS TIMESTAMP)" if created_ts else "CAST(NULL AS TIMESTAMP)"
     payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
     payload_type = sql_type(T.StructType([T.StructField(EVENT_TS, row_types[event_ts]),
                                           *(T.StructField(out, row_types[src]) for src, out in features)]))
     with _views(labels, rows) as (label_view, row_view):
-        present = " AND ".join(f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]) + (f" AND ({where})" if where else "")
+        present = " AND ".join([f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]] + ([f"({where})"] if where else []))
         feature_rows = (f"SELECT {', '.join(aligned)}, CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}, "
                         f"{created} AS {CREATED}, named_struct({payload}) AS {PAYLOAD} FROM {row_view} WHERE {present}")
         if broadcast_keys:
@@ -130,19 +129,15 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
             f"FROM ({both})) WHERE {KIND} = {LABEL_ROW}")
 
 
-class _views:
-    """Temporary views of some DataFrames, under names no other query uses, dropped once the query is analysed."""
-
-    def __init__(self, *frames: DataFrame) -> None:
-        self.frames = frames
-        self.names = [f"__fs_view_{uuid.uuid4().hex}" for _ in frames]
-
-    def __enter__(self) -> list[str]:
-        for frame, name in zip(self.frames, self.names):
-            frame.createOrReplaceTempView(name)
-        return [quote(n) for n in self.names]
-
-    def __exit__(self, *exc) -> None:
-        # A DataFrame keeps the plan it was analysed with: the views are no longer needed.
-        for frame, name in zip(self.frames, self.names):
+@contextmanager
+def _views(*frames: DataFrame) -> Iterator[list[str]]:
+    """Temporary views of ``frames`` under names no other query uses (quoted), dropped afterwards:
+    a DataFrame keeps the plan it was analysed with, so the views are only needed while analysing."""
+    names = [f"__fs_view_{uuid.uuid4().hex}" for _ in frames]
+    for frame, name in zip(frames, names):
+        frame.createOrReplaceTempView(name)
+    try:
+        yield [quote(n) for n in names]
+    finally:
+        for frame, name in zip(frames, names):
             frame.sparkSession.catalog.dropTempView(name)
