@@ -14,6 +14,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 setup: $(VENV)/.installed
+	$(PY) -m fstore.engine.class_archive
 
 demo: setup
 	STORAGE_PATH=$(DEMO_DIR) $(PY) -m fstore.demo

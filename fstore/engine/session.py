@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from fstore.engine.class_archive import driver_java_options
 from fstore.settings import Settings
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "spark-defaults.conf"
@@ -40,6 +41,23 @@ def spark_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
     return conf
 
 
+def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings of a session ``get_spark`` creates: spark-defaults.conf, S3, ``extra``, the class archive."""
+    conf = spark_defaults()
+    if settings.storage_backend == "s3":
+        conf.update({
+            "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
+            "spark.hadoop.fs.s3a.access.key": settings.s3_access_key,
+            "spark.hadoop.fs.s3a.secret.key": settings.s3_secret_key,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+        })
+    conf.update(extra or {})
+    archive = driver_java_options()  # mapped classes: the driver starts seconds sooner (class_archive.py)
+    if archive:
+        conf["spark.driver.extraJavaOptions"] = f"{conf.get('spark.driver.extraJavaOptions', '')} {archive}".strip()
+    return conf
+
+
 def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str] | None = None):
     """The active Spark session, or a new one for ``settings`` (local, cluster or Spark Connect)."""
     from pyspark.sql import SparkSession
@@ -57,16 +75,7 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     if settings.max_compute_threads and master.startswith("local"):
         master = f"local[{settings.max_compute_threads}]"
     builder = builder.master(master)
-    conf = spark_defaults()
-    if settings.storage_backend == "s3":
-        conf.update({
-            "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
-            "spark.hadoop.fs.s3a.access.key": settings.s3_access_key,
-            "spark.hadoop.fs.s3a.secret.key": settings.s3_secret_key,
-            "spark.hadoop.fs.s3a.path.style.access": "true",
-        })
-    conf.update(extra or {})
-    for key, value in conf.items():
+    for key, value in session_conf(settings, extra).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
