@@ -42,7 +42,8 @@ def spark_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
 
 
 def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The settings of a session ``get_spark`` creates: spark-defaults.conf, S3, ``extra``, the class archive."""
+    """The settings of a session ``get_spark`` creates: spark-defaults.conf, S3, the local Python daemon,
+    ``extra``, the class archive."""
     conf = spark_defaults()
     if settings.storage_backend == "s3":
         conf.update({
@@ -51,6 +52,9 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dic
             "spark.hadoop.fs.s3a.secret.key": settings.s3_secret_key,
             "spark.hadoop.fs.s3a.path.style.access": "true",
         })
+    if settings.spark_master.startswith("local"):
+        # Local workers run this interpreter: let them import pyspark compiled, not from its zip.
+        conf.setdefault("spark.python.daemon.module", "fstore.engine.spark_daemon")
     conf.update(extra or {})
     archive = driver_java_options()  # mapped classes: the driver starts seconds sooner (class_archive.py)
     if archive:

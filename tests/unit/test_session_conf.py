@@ -1,4 +1,4 @@
-"""Which driver options map the Spark class archive, and how they join a session's settings."""
+"""The settings of sessions ``get_spark`` creates: the class archive's driver options, the local Python daemon."""
 from __future__ import annotations
 
 from fstore.engine import class_archive
@@ -50,3 +50,37 @@ def test_no_java_means_no_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "nowhere"))
     assert class_archive.archive_path() is None
     assert class_archive.main([]) == 0
+
+
+def test_local_sessions_run_the_daemon_that_imports_compiled_pyspark(monkeypatch):
+    monkeypatch.setenv("SPARK_CLASS_ARCHIVE", "off")
+    assert session_conf(Settings.from_env({}))["spark.python.daemon.module"] == "fstore.engine.spark_daemon"
+    on_cluster = session_conf(Settings.from_env({"SPARK_MASTER": "spark://head:7077"}))
+    assert "spark.python.daemon.module" not in on_cluster  # its workers may not have fstore installed
+    mine = session_conf(Settings.from_env({}), {"spark.python.daemon.module": "pyspark.daemon"})
+    assert mine["spark.python.daemon.module"] == "pyspark.daemon"
+
+
+def test_the_daemon_imports_pyspark_from_site_packages_when_spark_puts_its_zips_first():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyspark
+    import pytest
+
+    lib = Path(pyspark.__file__).parent / "python" / "lib"
+    zips = sorted(str(p) for p in lib.glob("*.zip"))
+    if not zips:
+        pytest.skip("this pyspark ships no zips")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(zips)}  # what Spark gives its Python workers
+
+    def pyspark_file(prelude: str) -> str:
+        code = f"import sys; sys.argv = ['daemon']; {prelude}import pyspark; print(pyspark.__file__)"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()[-1]
+
+    assert "pyspark.zip" in pyspark_file("")  # Spark's own daemon: pyspark compiled from the zip, every time
+    assert pyspark_file("import fstore.engine.spark_daemon; ") == pyspark.__file__
