@@ -286,7 +286,7 @@ def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetim
         old = _read_files(spark, table, kept)
         combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     folder = staging_folder(uri)  # hidden from Spark's listing (leading underscore)
-    parquet_writer(combined.repartition(PARTITION)).partitionBy(PARTITION).parquet(folder)
+    parquet_writer(by_day(spark, combined)).partitionBy(PARTITION).parquet(folder)
     adds = add_staged_files(settings, uri, folder, [c for c in rows.columns if c != PARTITION])
     return StagedWrite(adds=adds, removes=removes, schema=schema, first=table is None, start=start, end=end)
 
@@ -431,6 +431,24 @@ def _inside(action: dict, start: datetime, end: datetime) -> bool:
     return low >= start and high + timedelta(milliseconds=1) <= end
 
 
+def by_day(spark, rows):
+    """``rows`` laid out for the write partitioned by day: each task writes one file per day it holds.
+
+    On a local session the rows stay where they are, merged into at most one task per core (no
+    shuffle): at most that many files per day. The benchmark's 1M rows were written 0.3-1.4 s
+    faster in each of 7 interleaved pairs on a warm session (1.9-2.9 s against 2.4-3.8 s shuffled
+    by day; 2.9 against 5.6 s in the first pair). Elsewhere (a cluster, Spark Connect) the rows are
+    shuffled by day first, so that a day is one file however many tasks read the source.
+    """
+    try:
+        context = spark.sparkContext
+    except Exception:  # Spark Connect has no SparkContext
+        context = None
+    if context is not None and context.master.startswith("local"):
+        return rows.coalesce(context.defaultParallelism)
+    return rows.repartition(PARTITION)
+
+
 def parquet_writer(rows):
     """``rows.write`` without Parquet dictionaries for float columns and the event time.
 
@@ -536,7 +554,7 @@ def _write_parquet(spark, settings: Settings, name: str, rows, start: datetime, 
         old = spark.read.schema(data_schema).parquet(*existing).withColumn(PARTITION, F.to_date("event_timestamp"))
         combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     staging = f"{uri}/_staging/{uuid.uuid4().hex}"
-    parquet_writer(combined.repartition(PARTITION)).partitionBy(PARTITION).parquet(staging)
+    parquet_writer(by_day(spark, combined)).partitionBy(PARTITION).parquet(staging)
     swap_days(uri, staging, days)
 
 

@@ -177,3 +177,22 @@ def test_a_file_is_skipped_only_when_its_stats_prove_it_inside_the_range():
     assert not _inside(action(datetime(2023, 12, 31, 23, 59, 59), datetime(2024, 1, 1, 12)), start, end)
     assert not _inside(action(None, datetime(2024, 1, 1, 12)), start, end)  # no stats: read the file
     assert not _inside({}, start, end)
+
+
+def test_a_local_session_writes_each_day_from_at_most_one_task_per_core_without_a_shuffle(spark, settings):
+    cores = spark.sparkContext.defaultParallelism
+    minutes = "TIMESTAMP '2024-01-01' + make_interval(0, 0, 0, 0, 0, 0, id * 60)"
+    rows = spark.range(0, 6_000, numPartitions=6).selectExpr("id AS user_id", f"{minutes} AS event_timestamp",
+                                                             f"to_date({minutes}) AS {offline.PARTITION}")
+    laid_out = offline.by_day(spark, rows)
+    assert laid_out.rdd.getNumPartitions() == min(6, cores)
+    assert "Exchange" not in laid_out._jdf.queryExecution().executedPlan().toString()
+
+    folder = os.path.join(settings.storage_path, "by_day")
+    offline.parquet_writer(laid_out).partitionBy(offline.PARTITION).parquet(folder)
+    days = sorted(d for d in os.listdir(folder) if d.startswith(offline.PARTITION))
+    assert len(days) == 5  # 6,000 minutes from midnight: Jan 1-5
+    for day in days:
+        files = [f for f in os.listdir(os.path.join(folder, day)) if f.endswith(".parquet")]
+        assert 1 <= len(files) <= cores
+    assert spark.read.parquet(folder).count() == 6_000
