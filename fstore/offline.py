@@ -150,6 +150,8 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: l
     # once they are older than the retention; enforce_retention_duration off: the caller chose the hours.
     deleted = list(table.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=False,
                                 full=True, keep_versions=keep or None))
+    if not dry_run:
+        checkpoint_if_due(settings, name, current)  # VACUUM commits twice (START and END)
     # Delta's VACUUM skips folders starting with "_", where stage_delta_files and offline_arrow stage files.
     from pyarrow.fs import FileSelector, FileType
 
@@ -367,16 +369,35 @@ def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> in
     uri = _delta_uri(table_uri(settings, name))
     meta = CommitProperties(custom_metadata={"fstore.operation": "write_range", "fstore.start": staged.start.isoformat(),
                                              "fstore.end": staged.end.isoformat()})
+    before = -1
     if staged.first:
         create_table_with_add_actions(uri, Schema.from_arrow(staged.schema), staged.adds, mode="error",
                                       partition_by=[PARTITION], name=name, storage_options=storage_options(settings),
                                       commit_properties=meta)
     else:
         table = delta_table(settings, name)
+        before = table.version()
         _evolve_schema(table, staged.schema)
         table.create_write_transaction(staged.adds + staged.removes, mode="append", schema=staged.schema,
                                        partition_by=[PARTITION], commit_properties=meta)
-    return current_version(settings, name)
+    return checkpoint_if_due(settings, name, before)
+
+
+# Delta's own default (delta-spark writes a checkpoint every 10 commits). Opening a table reads its latest
+# checkpoint and replays the commits after it; without checkpoints it replays every commit since the table
+# began, and each materialization, retrieval and run opens it. The benchmark's table at version 83 with
+# no checkpoint: 158 ms an open; with one: 8 ms (writing the checkpoint: 0.23 s).
+CHECKPOINT_INTERVAL = 10
+
+
+def checkpoint_if_due(settings: Settings, name: str, before: int) -> int:
+    """Write a checkpoint when the commits made since version ``before`` reached a multiple of
+    ``CHECKPOINT_INTERVAL``; returns the table's version."""
+    table = delta_table(settings, name)
+    version = table.version()
+    if version // CHECKPOINT_INTERVAL > max(before, 0) // CHECKPOINT_INTERVAL:
+        table.create_checkpoint()
+    return version
 
 
 def _schema_changes(table, schema) -> list:

@@ -246,3 +246,31 @@ def test_parquet_mode_replaces_ranges_the_same_way(spark, settings):
     assert contents(spark, pq) == expected(AFTER_SUB + [("d", hours(49), 5.0, 5), ("e", hours(51), 6.0, 6)])
     assert offline.current_version(pq, "txn") is None
     assert not os.listdir(os.path.join(offline.table_uri(pq, "txn"), "_staging"))
+
+
+def test_every_tenth_version_writes_a_checkpoint_and_older_versions_still_read(settings):
+    from deltalake import DeltaTable
+
+    log = os.path.join(offline.table_uri(settings, "txn"), "_delta_log")
+    for v in range(12):
+        day = hours(24 * v)
+        assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows([("a", day, float(v), v)]), day,
+                                               day + timedelta(days=1)) == v
+        checkpoints = sorted(f for f in os.listdir(log) if ".checkpoint." in f)
+        assert checkpoints == (["00000000000000000010.checkpoint.parquet"] if v >= 10 else [])
+    latest = DeltaTable(offline.table_uri(settings, "txn"))
+    assert latest.version() == 11 and sorted(latest.to_pyarrow_table().column("n").to_pylist()) == list(range(12))
+    older = offline.delta_table(settings, "txn", 5)  # before the checkpoint: replayed from the commits
+    assert sorted(older.to_pyarrow_table().column("n").to_pylist()) == list(range(6))
+
+
+def test_a_schema_commit_and_a_write_that_step_over_a_multiple_of_ten_still_checkpoint(settings):
+    for v in range(10):
+        day = hours(24 * v)
+        offline_arrow.write_range_arrow(settings, FSV, arrow_rows([("a", day, float(v), v)]), day, day + timedelta(days=1))
+    wider = version(feature("amount", "float"), feature("n", "int"), feature("extra", "float"), number=2)
+    day = hours(24 * 10)
+    rows = arrow_rows([("a", day, 10.0, 10)], extra=pa.array([1.5]))
+    assert offline_arrow.write_range_arrow(settings, wider, rows, day, day + timedelta(days=1)) == 11  # 10: the column
+    log = os.path.join(offline.table_uri(settings, "txn"), "_delta_log")
+    assert sorted(f for f in os.listdir(log) if ".checkpoint." in f) == ["00000000000000000011.checkpoint.parquet"]
