@@ -369,7 +369,7 @@ def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> in
     uri = _delta_uri(table_uri(settings, name))
     meta = CommitProperties(custom_metadata={"fstore.operation": "write_range", "fstore.start": staged.start.isoformat(),
                                              "fstore.end": staged.end.isoformat()})
-    before = -1
+    before = 0  # a new table starts at version 0: no checkpoint is due
     if staged.first:
         create_table_with_add_actions(uri, Schema.from_arrow(staged.schema), staged.adds, mode="error",
                                       partition_by=[PARTITION], name=name, storage_options=storage_options(settings),
@@ -395,7 +395,7 @@ def checkpoint_if_due(settings: Settings, name: str, before: int) -> int:
     ``CHECKPOINT_INTERVAL``; returns the table's version."""
     table = delta_table(settings, name)
     version = table.version()
-    if version // CHECKPOINT_INTERVAL > max(before, 0) // CHECKPOINT_INTERVAL:
+    if version // CHECKPOINT_INTERVAL > before // CHECKPOINT_INTERVAL:
         table.create_checkpoint()
     return version
 

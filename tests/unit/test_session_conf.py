@@ -1,6 +1,14 @@
 """The settings of sessions ``get_spark`` creates: the class archive's driver options, the local Python daemon."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyspark
+import pytest
+
 from fstore.engine import class_archive
 from fstore.engine.session import session_conf
 from fstore.settings import Settings
@@ -62,14 +70,6 @@ def test_local_sessions_run_the_daemon_that_imports_compiled_pyspark(monkeypatch
 
 
 def test_the_daemon_imports_pyspark_from_site_packages_when_spark_puts_its_zips_first():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import pyspark
-    import pytest
-
     lib = Path(pyspark.__file__).parent / "python" / "lib"
     zips = sorted(str(p) for p in lib.glob("*.zip"))
     if not zips:
