@@ -75,6 +75,17 @@ def test_pandas_offsets_normalized_and_rows_numbered(request, compute_engine):
 
 
 @pytest.mark.spark
+def test_pandas_rows_reach_the_plan_as_an_rdd_not_a_local_relation(spark):
+    """The optimizer walks a LocalRelation's rows at every plan over it; a retrieval's plan must not hold one."""
+    frame = pd.DataFrame({"user_id": range(50), "ts": ["2024-01-01T00:00:00Z"] * 50, "label": range(50)})
+    prepared = prepare_entities(spark, frame, None)
+    plan = prepared.df.selectExpr("user_id + 1 AS k", ROW)._jdf.queryExecution().optimizedPlan().toString()
+    assert "LocalRelation" not in plan and "LogicalRDD" in plan
+    rows = prepared.df.orderBy(ROW).toPandas()
+    assert list(rows["label"]) == list(range(50)) and list(rows[ROW]) == list(range(50))
+
+
+@pytest.mark.spark
 @pytest.mark.parametrize(("frame", "field", "words"), [
     (pd.DataFrame({"user_id": [1], "ts": [1704067200]}), "timestamp_column", "numbers"),
     (pd.DataFrame({"user_id": [1], "ts": [None]}), "timestamp_column", "empty"),
