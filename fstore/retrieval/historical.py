@@ -248,9 +248,15 @@ def offline_hint(fsv: "FeatureSetVersion", as_of: Any) -> str:
 
 
 def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[str], as_of: int | datetime | None,
-                  entities: Entities):
+                  entities: Entities, *, time_bounds: bool):
     """The set's offline rows, the Delta version read, the created time column, and the condition
-    keeping only the rows some entity row can see."""
+    keeping only the rows some entity row can see.
+
+    The condition always prunes the days no entity row can see. ``time_bounds`` adds the entity rows'
+    first and last times as literals; without it the caller bounds each key's rows itself (the broadcast
+    semi join of ``as_of_join``). Spark's generated code holds literals, so a condition on them compiles
+    new code for every entity frame (0.25 s of a 100,000-row retrieval, measured), while a day filter
+    only prunes files and compiles nothing."""
     from fstore import offline
     from fstore.engine.spark import ts_literal
 
@@ -264,10 +270,12 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
         raise InvalidDefinition(f"the offline store of feature set {fsv.name} has no column for {', '.join(missing)}; "
                                 f"materialize version {fsv.version} of the set first", field="features")
     # Only rows some entity row can see: at or before the last label, not older than TTL before the first.
-    conditions = [f"event_timestamp <= {ts_literal(entities.max_ts)}"]
     lower = entities.min_ts - timedelta(seconds=fsv.ttl_seconds) if fsv.ttl_seconds else None
-    if lower is not None:
-        conditions.append(f"event_timestamp >= {ts_literal(lower)}")
+    conditions = []
+    if time_bounds:
+        conditions.append(f"event_timestamp <= {ts_literal(entities.max_ts)}")
+        if lower is not None:
+            conditions.append(f"event_timestamp >= {ts_literal(lower)}")
     columns = rows.columns
     if "event_date" in columns:  # partition pruning
         conditions.append(f"event_date <= DATE'{entities.max_ts.date().isoformat()}'")
@@ -350,10 +358,12 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
         labels = frame.selectExpr("*", *[f"{LABEL}.{quote(k)} AS {quote(k)}" for k in keys])
         version, set_as_of = None, as_of.get(fsv.name)
         if plan.offline:
-            rows, version, created, visible = _offline_rows(store, fsv, plan.offline, set_as_of, entities)
+            broadcast = entities.count <= BROADCAST_MAX_ROWS
+            rows, version, created, visible = _offline_rows(store, fsv, plan.offline, set_as_of, entities,
+                                                            time_bounds=not broadcast)
             labels = as_of_join(labels, rows, keys=keys, ts=TS, features=[(n, n) for n in plan.offline],
                                 ttl_seconds=fsv.ttl_seconds, created_ts=created, where=visible,
-                                broadcast_keys=entities.count <= BROADCAST_MAX_ROWS)
+                                broadcast_keys=broadcast)
         if plan.windows:
             longest = max(spec.size_seconds for spec in plan.windows.values())
             events, event_ts = _source_events(store, fsv, longest, entities)

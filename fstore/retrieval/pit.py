@@ -34,6 +34,7 @@ PAYLOAD = "__fs_payload"
 EVENT_TS = "__fs_event_ts"
 _LATEST = "__fs_latest"
 _LAST_LABEL = "__fs_last_label"
+_FIRST_LABEL = "__fs_first_label"
 FEATURE_ROW, LABEL_ROW = 0, 1
 
 
@@ -83,8 +84,9 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     ``where``: a Spark SQL condition on ``rows``, keeping only the feature rows it holds for.
 
     ``broadcast_keys``: first keep only the feature rows some label row can see: of a
-    key some label row has, at or before that key's latest label time. A broadcast
-    semi join with each key's latest label time does it without shuffling the feature
+    key some label row has, at or before that key's latest label time and, with a TTL,
+    not older than the TTL before its earliest label time. A broadcast
+    semi join with each key's label times does it without shuffling the feature
     rows; the rows it drops (other keys, and each key's rows after its last label:
     about half of them for labels spread over the feature rows' span) are never
     shuffled or sorted. Worth it when the label rows are few enough to broadcast.
@@ -106,10 +108,15 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
         feature_rows = (f"SELECT {', '.join(aligned)}, CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}, "
                         f"{created} AS {CREATED}, named_struct({payload}) AS {PAYLOAD} FROM {row_view} WHERE {present}")
         if broadcast_keys:
-            last_label = (f"SELECT {', '.join(quoted_keys)}, max({quote(ts)}) AS {_LAST_LABEL} FROM {label_view} "
+            seen = f"r.{quote(ts)} <= l.{_LAST_LABEL}"
+            first = ""
+            if ttl_seconds is not None:
+                first = f", min({quote(ts)}) AS {_FIRST_LABEL}"
+                seen += f" AND r.{quote(ts)} >= l.{_FIRST_LABEL} - {_ttl(ttl_seconds)}"
+            label_span = (f"SELECT {', '.join(quoted_keys)}, max({quote(ts)}) AS {_LAST_LABEL}{first} FROM {label_view} "
                           f"GROUP BY {', '.join(quoted_keys)}")
-            feature_rows = (f"SELECT /*+ BROADCAST(l) */ r.* FROM ({feature_rows}) r LEFT SEMI JOIN ({last_label}) l ON "
-                            + " AND ".join(f"r.{c} = l.{c}" for c in quoted_keys) + f" AND r.{quote(ts)} <= l.{_LAST_LABEL}")
+            feature_rows = (f"SELECT /*+ BROADCAST(l) */ r.* FROM ({feature_rows}) r LEFT SEMI JOIN ({label_span}) l ON "
+                            + " AND ".join(f"r.{c} = l.{c}" for c in quoted_keys) + f" AND {seen}")
         # One union of label and feature rows: each side fills the other's columns with typed NULLs.
         passed = [quote(c) for c in labels.columns]
         feature_side = ", ".join(
@@ -122,11 +129,16 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
                   "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
         visible = f"{_LATEST} IS NOT NULL AND {quote(ts)} IS NOT NULL"
         if ttl_seconds is not None:
-            visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - make_dt_interval(0, 0, 0, {int(ttl_seconds)})"
+            visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - {_ttl(ttl_seconds)}"
         outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{quote(out)} END AS {quote(out)}" for _, out in features]
         return labels.sparkSession.sql(
             f"SELECT {', '.join([*passed, *outputs])} FROM (SELECT *, last({PAYLOAD}, true) OVER ({window}) AS {_LATEST} "
             f"FROM ({both})) WHERE {KIND} = {LABEL_ROW}")
+
+
+def _ttl(seconds: int) -> str:
+    """A TTL as a Spark SQL day-time interval."""
+    return f"make_dt_interval(0, 0, 0, {int(seconds)})"
 
 
 @contextmanager

@@ -115,7 +115,8 @@ def _as_records(df: pd.DataFrame) -> list[tuple]:
             for row in df.astype(object).itertuples(index=False)]
 
 
-@pytest.mark.parametrize(("seed", "broadcast_keys"), [(1, False), (2, False), (3, True), (4, False), (5, True)])
+@pytest.mark.parametrize(("seed", "broadcast_keys"),
+                         [(1, False), (2, False), (3, True), (4, False), (5, True), (6, True), (7, True)])
 def test_as_of_join_matches_oracle(request, compute_engine, seed, broadcast_keys):
     features, entities = random_case(seed)
     expected = oracle(features, entities)

@@ -196,6 +196,19 @@ def test_whole_numbers_digit_text_and_nulls_are_keys(user_txn):
 
 
 @pytest.mark.spark
+def test_the_spark_plan_holds_no_literal_of_the_entity_times(user_txn, compute_engine):
+    """Generated code holds literals: a plan with the entity rows' times in it would compile anew for every frame."""
+    if compute_engine != "spark":
+        pytest.skip("a Spark plan")
+    last = T0 + timedelta(hours=21, minutes=13, seconds=7)
+    frame = pd.DataFrame({"user_id": [1, 2], "ts": [T0 + timedelta(hours=3, minutes=1, seconds=5), last]})
+    result = user_txn.get_historical_features(entity_df=frame, features=["user_txn:amount_x2"])
+    plan = result.spark_df._jdf.queryExecution().executedPlan().toString()
+    assert "BroadcastHashJoin" in plan and "21:13:07" not in plan and "03:01:05" not in plan
+    assert result.to_df().user_txn__amount_x2.tolist() == [20.0, 200.0]
+
+
+@pytest.mark.spark
 def test_as_of_before_the_first_version_is_not_found(user_txn):
     from fstore.errors import NotFound
 
