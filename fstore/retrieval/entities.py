@@ -9,7 +9,7 @@ engine (``prepare_entities``), a pandas frame for the DuckDB engine
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -36,6 +36,9 @@ class Entities:
     min_ts: datetime | None
     max_ts: datetime | None
     count: int
+    # prepare_local, from a Spark frame: the Arrow types of its nested columns (maps, lists, structs), which
+    # pandas holds as Python objects that Arrow could not type again (a map comes back as a list of pairs).
+    arrow_types: Mapping[str, Any] = field(default_factory=dict)
 
 
 def find_timestamp_column(columns: Sequence[str], timestamp_column: str | None) -> str:
@@ -272,11 +275,15 @@ def prepare_local(entity_df: Any, timestamp_column: str | None, *, max_rows: int
         rows = entity_df.limit(max_rows + 1).count()
         if rows > max_rows:
             _too_large(rows, max_rows)
-    frame = entity_df.withColumn(ts_name, _spark_timestamp(entity_df, ts_name)).toArrow().to_pandas()
+    import pyarrow as pa
+
+    table = entity_df.withColumn(ts_name, _spark_timestamp(entity_df, ts_name)).toArrow()
+    frame = table.to_pandas()
     nulls = int(frame[ts_name].isna().sum())
     if nulls:
         raise _unreadable(ts_name, nulls)
-    return prepare_pandas(frame, ts_name, keys=keys)
+    nested = {f.name: f.type for f in table.schema if pa.types.is_nested(f.type)}
+    return replace(prepare_pandas(frame, ts_name, keys=keys), arrow_types=nested)
 
 
 def prepare_entities(spark, entity_df: Any, timestamp_column: str | None, *, max_rows: int | None = None,

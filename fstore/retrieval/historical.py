@@ -92,11 +92,12 @@ class RetrievalResult:
 
 
 def arrow_to_pandas(table):
-    """An Arrow result as Spark's ``toPandas`` gives it: timestamps naive UTC ``datetime64[ns]``, nulls as Spark's."""
+    """An Arrow result as Spark's ``toPandas`` gives it: timestamps naive UTC ``datetime64[ns]``, maps as dicts,
+    nulls as Spark's."""
     import pandas as pd
     import pyarrow as pa
 
-    frame = table.to_pandas()
+    frame = table.to_pandas(maps_as_pydicts="strict")
     for name, arrow_type in zip(table.column_names, table.schema.types):
         if pa.types.is_timestamp(arrow_type):
             values = frame[name]

@@ -301,8 +301,12 @@ def label_table(entities: Entities):
     """The prepared entity rows (``prepare_local``) as an Arrow table, ``__fs_ts`` a UTC TIMESTAMPTZ."""
     import pyarrow as pa
 
+    frame = entities.df
     try:
-        table = pa.Table.from_pandas(entities.df, preserve_index=False)
+        schema = pa.Schema.from_pandas(frame.drop(columns=list(entities.arrow_types)), preserve_index=False)
+        for name, arrow_type in entities.arrow_types.items():
+            schema = schema.insert(list(frame.columns).index(name), pa.field(name, arrow_type))
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise InvalidDefinition(f"entity_df cannot be read: {exc}", field="entity_df") from None
     index = table.schema.get_field_index(TS)

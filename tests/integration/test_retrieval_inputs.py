@@ -183,6 +183,21 @@ def test_key_values_of_a_spark_frame_are_checked(user_txn, spark):
 
 
 @pytest.mark.spark
+def test_nested_columns_of_a_spark_frame_pass_through(user_txn, spark):
+    """Maps, arrays and structs ride along on both engines (pandas alone cannot type a map again for DuckDB)."""
+    frame = spark.createDataFrame([(1, T0 + timedelta(hours=21), {"a": 1, "b": None}, [1, 2], (1, "x")),
+                                   (2, T0 + timedelta(hours=6), None, [], None)],
+                                  "user_id long, ts timestamp, m map<string,int>, arr array<int>, st struct<i:int,s:string>")
+    result = user_txn.get_historical_features(entity_df=frame, features=["user_txn:amount_x2"])
+    rows = result.to_df()
+    assert rows.m.tolist() == [{"a": 1, "b": None}, None]
+    assert [list(a) for a in rows.arr] == [[1, 2], []] and rows.st.tolist() == [{"i": 1, "s": "x"}, None]
+    assert rows.user_txn__amount_x2.tolist() == [10.0, 200.0]
+    back = result.to_spark(spark).collect()
+    assert back[0].m == {"a": 1, "b": None} and back[1].m is None and back[0].st.s == "x"
+
+
+@pytest.mark.spark
 def test_whole_numbers_digit_text_and_nulls_are_keys(user_txn):
     at = (T0 + timedelta(hours=21)).isoformat()
     status, answer = historical(user_txn, [[1, at], [None, at]])  # a null makes the column float
