@@ -211,10 +211,9 @@ def test_whole_numbers_digit_text_and_nulls_are_keys(user_txn):
 
 
 @pytest.mark.spark
-def test_the_spark_plan_holds_no_literal_of_the_entity_times(user_txn, compute_engine):
+@pytest.mark.parametrize("compute_engine", ["spark"], indirect=True)
+def test_the_spark_plan_holds_no_literal_of_the_entity_times(user_txn):
     """Generated code holds literals: a plan with the entity rows' times in it would compile anew for every frame."""
-    if compute_engine != "spark":
-        pytest.skip("a Spark plan")
     last = T0 + timedelta(hours=21, minutes=13, seconds=7)
     frame = pd.DataFrame({"user_id": [1, 2], "ts": [T0 + timedelta(hours=3, minutes=1, seconds=5), last]})
     result = user_txn.get_historical_features(entity_df=frame, features=["user_txn:amount_x2"])
