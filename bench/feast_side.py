@@ -8,7 +8,7 @@ heap with fstore's JVM and the orchestrator can use another interpreter
 Commands:
   setup        write a Feast repo (Redis online store, file/dask offline store) and apply the definitions
   materialize  in-process ``FeatureStore.materialize`` over the whole range (timed)
-  historical   ``get_historical_features`` for entity Parquet files (a cold call, then N timed), results saved
+  historical   ``get_historical_features`` for entity Parquet files (``bench.retrieval_calls``' order), results saved
 
 ``feast materialize`` (the CLI) and ``feast serve`` are started by the orchestrator
 as subprocesses of Feast's own console script; see ``cli_materialize_command`` and
@@ -105,27 +105,26 @@ def serve_command(repo: Path, port: int, workers: int, *, access_log: bool = Tru
     return command
 
 
-def historical(repo: Path, entity_files: list[str], outputs: list[str], repeats: int) -> dict:
-    """``get_historical_features(...).to_df()`` per entity Parquet: a first (cold) call, then ``repeats`` timed ones."""
+def historical(repo: Path, entity_files: list[str], outputs: list[str], repeats: int, long_lived: int) -> dict:
+    """``get_historical_features(...).to_df()`` per entity Parquet, in ``time_retrievals``' order; results saved."""
     import pandas as pd
     from feast import FeatureStore
 
+    from bench.retrieval_calls import time_retrievals
+
     store = FeatureStore(repo_path=str(repo))
-    out: dict = {"files": {}}
-    for index, (path, output) in enumerate(zip(entity_files, outputs)):
+    frames = []
+    for path in entity_files:
         entity_df = pd.read_parquet(path)
         entity_df.insert(0, "row_id", range(len(entity_df)))  # carried through, so rows can be matched later
-        times: list[float] = []
-        result = None
-        for _ in range(repeats + (1 if index == 0 else 0)):
-            began = time.perf_counter()
-            result = store.get_historical_features(entity_df=entity_df, features=feature_refs()).to_df()
-            times.append(time.perf_counter() - began)
-        assert result is not None
+        frames.append(entity_df)
+    figures, results = time_retrievals(
+        lambda frame: store.get_historical_features(entity_df=frame, features=feature_refs()).to_df(),
+        frames, repeats=repeats, long_lived=long_lived)
+    out: dict = {"files": {}}
+    for path, output, frame, result, figure in zip(entity_files, outputs, frames, results, figures):
         result[["row_id", "user_id", "event_timestamp", *FEATURES]].to_parquet(output, index=False)
-        cold = times.pop(0) if index == 0 else None
-        out["files"][path] = {"rows_in": len(entity_df), "rows_out": len(result), "cold_seconds": cold,
-                              "seconds": times}
+        out["files"][path] = {"rows_in": len(frame), "rows_out": len(result), **figure}
     return out
 
 
@@ -150,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--entities", nargs="+", required=True)
     p.add_argument("--outputs", nargs="+", required=True)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--long-lived", type=int, default=0, help="calls per file in all (see bench.retrieval_calls)")
     args = parser.parse_args(argv)
     repo = Path(args.repo)
     if args.command == "setup":
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "materialize":
         out = materialize(repo, args.start, args.end)
     else:
-        out = historical(repo, args.entities, args.outputs, args.repeats)
+        out = historical(repo, args.entities, args.outputs, args.repeats, args.long_lived)
     print(json.dumps(out))
 
 

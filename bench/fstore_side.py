@@ -9,8 +9,8 @@ Commands:
                Parquet) and features f0..f9 (float), in a fresh store folder
   materialize  ``store.materialize`` over the whole range, twice in one process: cold, then warm
                (Redis flushed before each), with the run record's seconds per stage
-  historical   ``store.get_historical_features`` for entity Parquet files: the first call (cold
-               session) and the best of N warm calls per file; results saved as Parquet
+  historical   ``store.get_historical_features`` for entity Parquet files, in ``bench.retrieval_calls``'
+               order (the first call on a fresh session); results saved as Parquet
 
 The CLI job (``python jobs/materialize.py``) and the server (gunicorn) are started by
 the orchestrator with ``job_command`` / ``server_command`` and ``environment``.
@@ -109,29 +109,30 @@ def server_command(port: int, workers: int = 2) -> list[str]:
             "-b", f"127.0.0.1:{port}", "-w", str(workers)]
 
 
-def historical(store_dir: Path, redis_db: int, entity_files: list[str], outputs: list[str], repeats: int) -> dict:
-    """Cold (first call on a fresh session) and warm (best of ``repeats``) retrieval per entity file."""
+def historical(store_dir: Path, redis_db: int, entity_files: list[str], outputs: list[str], repeats: int,
+               long_lived: int) -> dict:
+    """Retrieval per entity file in ``time_retrievals``' order (the first call on a fresh session); results saved."""
     import pandas as pd
+
+    from bench.retrieval_calls import time_retrievals
 
     began = time.perf_counter()
     store = open_store(store_dir, redis_db)
     if store.settings.compute_engine == "spark":
         store.spark.range(1).count()
     session_seconds = time.perf_counter() - began
-    out: dict = {"session_seconds": session_seconds, "files": {}}
-    for index, (path, output) in enumerate(zip(entity_files, outputs)):
+    frames = []
+    for path in entity_files:
         entity_df = pd.read_parquet(path)
         entity_df.insert(0, "row_id", range(len(entity_df)))
-        times, result = [], None
-        for _ in range(repeats + (1 if index == 0 else 0)):
-            t0 = time.perf_counter()
-            result = store.get_historical_features(entity_df=entity_df, features=feature_refs(), actor="bench").to_df()
-            times.append(time.perf_counter() - t0)
-        assert result is not None
+        frames.append(entity_df)
+    figures, results = time_retrievals(
+        lambda frame: store.get_historical_features(entity_df=frame, features=feature_refs(), actor="bench").to_df(),
+        frames, repeats=repeats, long_lived=long_lived)
+    out: dict = {"session_seconds": session_seconds, "files": {}}
+    for path, output, frame, result, figure in zip(entity_files, outputs, frames, results, figures):
         result.to_parquet(output, index=False)
-        cold = times.pop(0) if index == 0 else None
-        out["files"][path] = {"rows_in": len(entity_df), "rows_out": len(result), "cold_seconds": cold,
-                              "seconds": times, "columns": list(result.columns)}
+        out["files"][path] = {"rows_in": len(frame), "rows_out": len(result), "columns": list(result.columns), **figure}
     store.close()
     return out
 
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--entities", nargs="+", required=True)
     p.add_argument("--outputs", nargs="+", required=True)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--long-lived", type=int, default=0, help="calls per file in all (see bench.retrieval_calls)")
     args = parser.parse_args(argv)
     store_dir = Path(args.store)
     if args.command == "setup":
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "materialize":
         out = materialize(store_dir, args.redis_db, args.start, args.end, args.repeats)
     else:
-        out = historical(store_dir, args.redis_db, args.entities, args.outputs, args.repeats)
+        out = historical(store_dir, args.redis_db, args.entities, args.outputs, args.repeats, args.long_lived)
     print(json.dumps(out, default=str))
 
 
