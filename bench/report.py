@@ -189,8 +189,8 @@ HOW_MEASURED = [
     "Historical: `get_historical_features(...).to_df()` into pandas for both; Feast's file (dask) offline store reads "
     "the source Parquet, fstore reads its Delta table on a local[2] Spark session, or in process with DuckDB "
     "(COMPUTE_ENGINE=duckdb). Best of N after a first call; the cold figure is the first call in a fresh process "
-    "(for fstore on Spark, after the Spark session start shown). The long-lived figure: the same process goes on "
-    "until each frame has had 10 calls, and the best of its last 3 is shown (a server, or a notebook after its "
+    "(for fstore on Spark, after the Spark session start shown). The long-lived figure (not in `--quick` runs): the same process goes "
+    "on until each frame has had 10 calls, and the best of its last 3 is shown (a server, or a notebook after its "
     "first calls); both systems run the same sequence (`bench/retrieval_calls.py`).",
 ]
 
