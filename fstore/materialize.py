@@ -234,11 +234,12 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
     """The same run on the embedded DuckDB engine: rows computed in this process as an Arrow table."""
     from fstore.engine import duckdb as engine
     from fstore.offline_arrow import write_range_arrow
-    from fstore.online.load_arrow import load_arrow
+    from fstore.online.load_arrow import PreparedLoad
     from fstore.validation import validate_arrow
 
     stages: dict[str, float] = {}
     con = engine.connect(store.settings.max_compute_threads)
+    online = None
     try:
         t = time.perf_counter()
         computed = engine.compute(con, fsv, start=start, end=end)
@@ -246,10 +247,15 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
         t = time.perf_counter()
         validated = validate_arrow(con, computed, fsv)
         stages["validate"] = round(time.perf_counter() - t, 3)
+        if fsv.feature_set.online_enabled:
+            # DuckDB makes the online rows ready while the offline files are written; they are sent after.
+            online = PreparedLoad(validated.df, fsv, store.settings)
         return _write_outputs(store, fsv, validated, stages, lost, run_id,
                               offline=lambda rows: write_range_arrow(store.settings, fsv, rows, start, end),
-                              online=lambda rows: load_arrow(rows, fsv, store.settings))
+                              online=lambda rows: online.write())
     finally:
+        if online is not None:
+            online.close()
         con.close()
 
 

@@ -14,10 +14,15 @@ planned the same way but as DuckDB SQL over the Arrow table, in process and vect
    through the newer-wins Lua script (``write_packed``); embedded: the stored JSON,
    built in SQL and upserted (``write_params``).
 
-Python only hands ready batches from DuckDB to the store: no per-value work.
+Python only hands ready batches from DuckDB to the store: no per-value work. Steps 1-4's SQL
+runs in a background thread (``PreparedLoad``): a materialization starts it before its offline
+write, so the two overlap, and the sends then overlap the next batches' SQL. Nothing is sent
+before the offline write has committed.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from itertools import repeat
 from typing import TYPE_CHECKING, Iterator
 
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from fstore.settings import Settings
 
 FETCH_ROWS = 20_000  # rows per Arrow batch taken from DuckDB
+READY_BATCHES = 8  # batches a ``PreparedLoad`` makes ready ahead of its writes
+_END = object()  # the last item a ``PreparedLoad``'s thread queues
 
 # Java's Double.toString (what Spark's CAST(double AS STRING) and to_json print), from DuckDB's
 # shortest text ``s`` of ``x``: plain decimal within [1e-3, 1e7), else ``d.dddE<exp>``. Java 19+
@@ -242,14 +249,98 @@ def load_arrow(table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", setting
     and the features. The latest row per key is written unless the stored one is
     newer (that key is not counted); the stored bytes are those the Spark path writes.
     """
+    load = PreparedLoad(table, fsv, settings, now_micros=now_micros)
+    try:
+        return load.write()
+    finally:
+        load.close()
+
+
+class PreparedLoad:
+    """An online load whose rows DuckDB makes ready in a background thread, written when asked.
+
+    Materialization starts it before the offline write: DuckDB builds the latest row per key and
+    its stored bytes while the offline files are written, then keeps building the next batches
+    while ``write`` sends the first (DuckDB, pyarrow and the socket release the GIL). At most
+    ``READY_BATCHES`` batches wait. Nothing reaches the online store before ``write``.
+    """
+
+    def __init__(self, table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", settings: "Settings", *,
+                 now_micros: int | None = None):
+        self.codec = as_codec(fsv)
+        require_columns(table.schema.names, self.codec, "table")
+        self.settings = settings
+        self._ready: queue.Queue = queue.Queue(READY_BATCHES)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._prepare, args=(table, now_micros), daemon=True,
+                                        name=f"fstore-online-prepare-{self.codec.name}")
+        self._thread.start()
+
+    def _prepare(self, table: "pyarrow.Table", now_micros: int | None) -> None:
+        try:
+            for batch in ready_batches(table, self.codec, self.settings, now_micros=now_micros):
+                if not self._put(batch):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # noqa: BLE001 - raised again by write()
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        """Queue ``item`` unless the load was closed meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _batches(self) -> Iterator:
+        while True:
+            item = self._ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def write(self) -> int:
+        """Write the rows as they are made ready: keys written."""
+        codec, settings = self.codec, self.settings
+        try:
+            if settings.redis_url:
+                from fstore.online.redis_store import RedisOnlineStore
+
+                store = RedisOnlineStore(settings.redis_url, pool_size=1, timeout=max(settings.redis_timeout, 30.0))
+                try:
+                    return store.write_packed(codec, packed_pieces(self._batches()))
+                finally:
+                    store.close()
+            from fstore.online import embedded_path
+            from fstore.online.embedded import EmbeddedOnlineStore
+
+            store = EmbeddedOnlineStore(embedded_path(settings))
+            try:
+                return _embedded_write(store, codec, self._batches())
+            finally:
+                store.close()
+        except Unavailable as exc:
+            raise Unavailable(f"online load of feature set {codec.name} failed: {exc}") from None
+
+    def close(self) -> None:
+        """Stop the preparation (also when ``write`` was never called or failed) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+def ready_batches(table: "pyarrow.Table", codec: Codec, settings: "Settings", *,
+                  now_micros: int | None = None) -> Iterator["pyarrow.RecordBatch"]:
+    """The latest row per key as the online store takes it, in batches: RESP key and payload (``kr``,
+    ``p``) for Redis, else ``k``, ``ts`` and the stored JSON ``data`` for the embedded store."""
     import duckdb
     import numpy as np
     import pyarrow as pa
 
-    from fstore.online import embedded_path
-
-    codec = as_codec(fsv)
-    require_columns(table.schema.names, codec, "table")
     table = _naive_utc(table)
     con = duckdb.connect()
     try:
@@ -262,25 +353,8 @@ def load_arrow(table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", setting
         winners = winners_sql(codec, set(table.schema.names), "fs_input", now_micros=now_micros)
         con.register("fs_latest", table.take(con.sql(winners).to_arrow_table().column("_fs_row")))
         latest = texts_sql(codec, table.schema, "fs_latest")
-        if settings.redis_url:
-            from fstore.online.redis_store import RedisOnlineStore
-
-            batches = con.sql(redis_packed_sql(latest, codec)).to_arrow_reader(FETCH_ROWS)
-            store = RedisOnlineStore(settings.redis_url, pool_size=1, timeout=max(settings.redis_timeout, 30.0))
-            try:
-                return store.write_packed(codec, packed_pieces(batches))
-            finally:
-                store.close()
-        from fstore.online.embedded import EmbeddedOnlineStore
-
-        batches = con.sql(embedded_rows_sql(latest, codec)).to_arrow_reader(FETCH_ROWS)
-        store = EmbeddedOnlineStore(embedded_path(settings))
-        try:
-            return _embedded_write(store, codec, batches)
-        finally:
-            store.close()
-    except Unavailable as exc:
-        raise Unavailable(f"online load of feature set {codec.name} failed: {exc}") from None
+        rows_sql = redis_packed_sql(latest, codec) if settings.redis_url else embedded_rows_sql(latest, codec)
+        yield from con.sql(rows_sql).to_arrow_reader(FETCH_ROWS)
     except duckdb.Error as exc:
         raise ComputeError(f"online load of feature set {codec.name} failed: {str(exc).splitlines()[0]}") from exc
     finally:

@@ -237,6 +237,23 @@ def test_online_disabled_writes_only_offline(store, source):
     assert offline_rows(store) == oracle(events())
 
 
+def test_a_failed_offline_write_reaches_no_online_value(store, source, monkeypatch):
+    from fstore import offline, offline_arrow
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(offline, "write_range", fail)
+    monkeypatch.setattr(offline_arrow, "write_range_arrow", fail)
+    create_set(store, source)
+    with pytest.raises(ComputeError, match="OSError: disk full"):
+        store.materialize("user_txn", T0, T_END)
+    assert store.list_runs("user_txn")["items"][0]["status"] == "failed"
+    assert online_values(store) == {1: None, 2: None, 3: None}
+    # The DuckDB engine's online rows, made ready during the offline write, are dropped with their thread.
+    assert not [t for t in threading.enumerate() if t.name.startswith("fstore-online-prepare-")]
+
+
 def test_a_set_storing_nothing_is_not_run_and_one_without_offline_data_says_why(store, source):
     import pandas as pd
 

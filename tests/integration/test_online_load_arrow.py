@@ -5,6 +5,7 @@ import math
 import random
 import sqlite3
 import struct
+import time
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -259,3 +260,58 @@ def test_an_unreachable_redis_fails_the_load_with_unavailable(tmp_path):
     table = arrow_table(COLUMNS, [plain_row(1, T0, "x")])
     with pytest.raises(Unavailable, match="online load of feature set txn_stats failed: online store unavailable"):
         load_arrow(table, CODEC, settings)
+
+
+def _prepare_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("fstore-online-prepare-")]
+
+
+def test_a_prepared_load_closed_before_writing_stops_and_writes_nothing(make_settings, monkeypatch):
+    from fstore.online import load_arrow as module
+
+    # Batches of 10 rows, at most 2 waiting: 50 keys fill the queue and the preparation must stop there.
+    monkeypatch.setattr(module, "FETCH_ROWS", 10)
+    monkeypatch.setattr(module, "READY_BATCHES", 2)
+    settings = make_settings("store")
+    load = module.PreparedLoad(arrow_table(COLUMNS, [plain_row(i, T0, "x") for i in range(50)]), CODEC, settings)
+    deadline = time.monotonic() + 60
+    while not load._ready.full() and time.monotonic() < deadline:  # the preparation waits on a full queue
+        time.sleep(0.01)
+    assert load._ready.full()
+    load.close()
+    assert not _prepare_threads()
+    if settings.redis_url:
+        assert redis.Redis.from_url(settings.redis_url).dbsize() == 0
+    else:
+        assert not embedded_path(settings).exists()
+
+
+def test_a_prepared_load_writes_every_batch_after_waiting_ones(make_settings, monkeypatch):
+    from fstore.online import load_arrow as module
+
+    monkeypatch.setattr(module, "FETCH_ROWS", 10)
+    monkeypatch.setattr(module, "READY_BATCHES", 2)
+    settings = make_settings("store")
+    load = module.PreparedLoad(arrow_table(COLUMNS, [plain_row(i, T0, "x") for i in range(50)]), CODEC, settings)
+    try:
+        assert load.write() == 50
+    finally:
+        load.close()
+    assert not _prepare_threads()
+
+
+def test_a_failed_preparation_is_raised_by_write(make_settings):
+    from fstore.errors import ComputeError
+    from fstore.online.load_arrow import PreparedLoad
+
+    codec = Codec(name="counts", version=1, key_columns=("user_id",), key_types=("int",), features=(("n", "int"),))
+    table = pa.table({"user_id": [1], "event_timestamp": pa.array([T0], pa.timestamp("us", "UTC")), "n": ["seven"]})
+    load = PreparedLoad(table, codec, make_settings("store"))
+    try:
+        with pytest.raises(ComputeError, match="online load of feature set counts failed"):
+            load.write()
+    finally:
+        load.close()
+    assert not _prepare_threads()
