@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= $(CURDIR)/.demo
 
-.PHONY: setup demo test test-unit bench clean
+.PHONY: setup services demo test test-unit bench clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,14 @@ $(VENV)/.installed: setup.py
 setup: $(VENV)/.installed
 	$(PY) -m fstore.engine.class_archive
 
+# PostgreSQL and Redis on 127.0.0.1 for the integration tests (installed from Debian's packages when absent).
+services:
+	bash scripts/services.sh
+
 demo: setup
 	STORAGE_PATH=$(DEMO_DIR) $(PY) -m fstore.demo
 
-test: setup
+test: setup services
 	$(PY) -m pytest -p no:cacheprovider tests
 
 test-unit: setup

@@ -17,7 +17,7 @@ import pytest
 
 from fstore.settings import Settings
 
-PG_ADMIN_URL = os.environ.get("FSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get("FSTORE_TEST_PG", "postgresql://fstore:fstore@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("FSTORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("FSTORE_REQUIRE_SERVICES") == "1"
 
