@@ -2,7 +2,8 @@
 
 ``POST …/materialize`` starts a run in the background and answers 202 with the
 run at once; clients poll ``GET /api/v1/runs/{run_id}``. ``POST …/vacuum`` deletes
-offline files old versions no longer need (admin scope: it deletes data).
+offline files old versions no longer need (admin scope: it deletes data). ``POST …/online/reload``
+rebuilds the online values from the offline table (after the online store lost them) and answers when done.
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def vacuum(path: RefPath, query: NoQuery, body: VacuumBody):
     """Delete offline files that no version worth keeping reads (``fstore.vacuum``); needs the admin scope."""
     return get_store().vacuum_offline(path.id_or_name, retain_hours=body.retain_hours, dry_run=body.dry_run,
                                       actor=actor())
+
+
+@bp.post("/feature-sets/<id_or_name>/online/reload", tags=[_runs])
+def reload_online(path: RefPath, query: NoQuery):
+    """Rebuild the set's online values from its offline table (``fstore.online.reload``); materialize scope."""
+    return get_store().reload_online(path.id_or_name, actor=actor())
 
 
 @bp.get("/feature-sets/<id_or_name>/runs", tags=[_runs])
