@@ -24,8 +24,8 @@ Answer shape (the seed's, plus a parallel ``statuses`` map)::
 
 The lost-values check adds no round trip: at most every ``MARKER_CHECK_SECONDS`` per
 set, a read carries the set's load marker and ``fsmeta`` lookups in its pipeline;
-the registry is asked whether the set was ever loaded only when both are absent (a "no"
-is cached ``REGISTRY_LOADED_SECONDS``; a marker once seen counts as "yes").
+the registry is asked whether the set was ever loaded only when both are absent (a set
+not loaded yet, or lost), and a "yes" (or a marker once seen) is kept.
 
 Entities come as columns ``{"user_id": ["1", "2"]}``, one row ``{"user_id": "1"}``
 or rows ``[{"user_id": "1", "merchant_id": "7"}]``; each requested feature set
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
 RESOLVE_TTL_SECONDS = 2.0
 MARKER_CHECK_SECONDS = 1.0  # how often a read also checks a set's load marker (per process)
-REGISTRY_LOADED_SECONDS = 10.0  # how long "the registry records an online load of this set" is cached
 STALE_GRACE_SECONDS = 60.0
 CACHE_MAX_ENTRIES = 200_000
 _MISSING, _PRESENT, _EXPIRED = "missing", "present", "expired"
@@ -88,7 +87,7 @@ class _State:
         self.values: dict[tuple[str, int, str], tuple[float, Any]] = {}
         self.lost: dict[str, str] = {}  # set name -> why its online values are lost (from the last check)
         self.checked: dict[str, float] = {}  # set name -> monotonic time of its last marker check
-        self.loaded: dict[str, tuple[float, bool]] = {}  # set name -> (valid until, registry records a load)
+        self.loaded: set[str] = set()  # sets known to have been loaded online (marker seen, or the registry said so)
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
@@ -458,26 +457,30 @@ def _record_checks(store: "FeatureStore", state: _State, names: list[str], state
 
     for name, load_state in zip(names, states):
         state.checked[name] = mono
-        if load_state.complete is not None:  # a load wrote this marker: the set was loaded, whatever was cached
-            state.loaded[name] = (float("inf"), True)
+        if load_state.complete is not None:  # a load wrote this marker: the set was loaded
+            state.loaded.add(name)
         unknown = load_state.complete is None and not load_state.has_values
-        why = lost_reason(name, load_state, loaded_in_registry=unknown and _registry_loaded(store, state, name, mono))
+        why = lost_reason(name, load_state, loaded_in_registry=unknown and _registry_loaded(store, state, name))
         if why is None:
             state.lost.pop(name, None)
         else:
             state.lost[name] = why
 
 
-def _registry_loaded(store: "FeatureStore", state: _State, name: str, mono: float) -> bool:
-    """Whether the registry records a run that loaded ``name`` online (cached ``REGISTRY_LOADED_SECONDS``)."""
-    hit = state.loaded.get(name)
-    if hit is not None and hit[0] > mono:
-        return hit[1]
+def _registry_loaded(store: "FeatureStore", state: _State, name: str) -> bool:
+    """Whether ``name`` was ever loaded: a marker seen by this process, else the registry's runs.
+
+    Asked only when a check finds neither marker nor values (a set not loaded yet, or lost), so at
+    most once per ``MARKER_CHECK_SECONDS`` per set; a "yes" is kept.
+    """
+    if name in state.loaded:
+        return True
     from fstore.registry import runs
 
     with store.transaction() as s:
         loaded = bool(runs.loaded_online(s, [name]))
-    state.loaded[name] = (mono + REGISTRY_LOADED_SECONDS, loaded)
+    if loaded:
+        state.loaded.add(name)
     return loaded
 
 
