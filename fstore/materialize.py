@@ -33,6 +33,7 @@ from fstore.registry.models import utcnow
 
 if TYPE_CHECKING:
     from fstore.definitions import FeatureSetVersion
+    from fstore.online.marker import LoadInfo
     from fstore.settings import Settings
     from fstore.store import FeatureStore
 
@@ -224,7 +225,7 @@ def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: d
         stages["compute_validate"] = round(time.perf_counter() - t, 3)
         return _write_outputs(store, fsv, validated, stages, lost, run_id,
                               offline=lambda rows: write_range(spark, store.settings, fsv, rows, start, end),
-                              online=lambda rows: load_dataframe(rows, fsv, store.settings))
+                              online=lambda rows, info: load_dataframe(rows, fsv, store.settings, info=info))
     finally:
         computed.unpersist()
 
@@ -252,7 +253,7 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
             online = PreparedLoad(validated.df, fsv, store.settings)
         return _write_outputs(store, fsv, validated, stages, lost, run_id,
                               offline=lambda rows: write_range_arrow(store.settings, fsv, rows, start, end),
-                              online=lambda rows: online.write())
+                              online=lambda rows, info: online.write(info))
     finally:
         if online is not None:
             online.close()
@@ -261,8 +262,12 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
 
 def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, stages: dict[str, float],
                    lost: threading.Event, run_id: str, *, offline: Callable[[Any], int | None],
-                   online: Callable[[Any], int]) -> dict[str, Any]:
-    """Write validated rows offline, then online; the run's figures (with ``stages`` timed here too)."""
+                   online: Callable[[Any, "LoadInfo"], int]) -> dict[str, Any]:
+    """Write validated rows offline, then online; the run's figures (with ``stages`` timed here too).
+
+    The online load's marker records the run and its Delta version, and whether an earlier run loaded the
+    set online (so a load into a store that lost those values is marked incomplete: ``fstore.online.marker``).
+    """
     out = validated.df
     rows_read = validated.rows_checked
     rejected = int(validated.rows_rejected or 0)
@@ -278,9 +283,14 @@ def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, s
         figures["offline_version"] = offline(out)
         stages["offline"] = round(time.perf_counter() - t, 3)
     if fsv.feature_set.online_enabled:
+        from fstore.online.marker import LoadInfo
+
         t = time.perf_counter()
+        with store.transaction() as s:
+            expect = bool(runs.loaded_online(s, [fsv.name]))
+        info = LoadInfo(run_id=run_id, offline_version=figures.get("offline_version"), expect_loaded=expect, kind="run")
         try:
-            figures["online_rows"] = int(online(out))
+            figures["online_rows"] = int(online(out, info))
         except BaseException as exc:
             # The offline commit stands (it is whole); re-running the range is safe and idempotent.
             exc.fstore_figures = figures  # type: ignore[attr-defined]

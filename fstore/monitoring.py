@@ -182,9 +182,34 @@ def offline_newest(store: "FeatureStore", name: str) -> datetime | None:
     return newest
 
 
+def online_values_lost(store: "FeatureStore", names: list[str] | None = None) -> dict[str, str]:
+    """The online-enabled sets (among ``names``, or all) whose online values are lost, with why.
+
+    A set counts when the registry records a run that loaded it online and the online store
+    says the values are gone or incomplete (``fstore.online.marker``): one registry query and
+    one online-store round trip. Raises the store's ``Unavailable`` when it cannot be reached.
+    """
+    from fstore.online.marker import lost_reason
+    from fstore.registry.runs import loaded_online
+
+    with store.transaction() as s:
+        loaded = loaded_online(s, names)
+        specs = dict(s.execute(select(FeatureSetRow.name, FeatureSetRow.spec)
+                               .where(FeatureSetRow.name.in_(sorted(loaded)))).all()) if loaded else {}
+    candidates = sorted(n for n in loaded if (specs.get(n) or {}).get("online_enabled", True))
+    states = store.online.load_states(candidates)
+    out = {}
+    for name in candidates:
+        why = lost_reason(name, states[name], loaded_in_registry=True)
+        if why is not None:
+            out[name] = why
+    return out
+
+
 def data_freshness(store: "FeatureStore", *, allowed: Callable[[str], bool] | None = None,
                    now: datetime | None = None) -> dict:
-    """Per feature set: newest event time offline and online, last succeeded run, and lateness."""
+    """Per feature set: newest event time offline and online, last succeeded run, lateness, and
+    ``online_values_lost`` (why its online values cannot be trusted, else null: ``online_values_lost()``)."""
     now = now or utcnow()
     with store.transaction() as s:
         sets = s.execute(select(FeatureSetRow.id, FeatureSetRow.name, FeatureSetRow.spec, FeatureSetRow.watermark,
@@ -197,6 +222,11 @@ def data_freshness(store: "FeatureStore", *, allowed: Callable[[str], bool] | No
                                 .group_by(MaterializationRunRow.feature_set_id)).all())
     items = []
     online_error = None
+    try:
+        lost = online_values_lost(store, [row[1] for row in sets if allowed is None or allowed(row[1])])
+    except Exception as exc:  # noqa: BLE001 - reported once, as for the newest online event below
+        lost = {}
+        online_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     for set_id, name, spec, watermark, created_at in sets:
         if allowed is not None and not allowed(name):
             continue
@@ -219,6 +249,7 @@ def data_freshness(store: "FeatureStore", *, allowed: Callable[[str], bool] | No
             "last_success_at": _iso(last_success),
             "last_failure_at": _iso(failed.get(set_id)),
             "late": late_against_schedule(schedule, last_success, now, created_at),
+            "online_values_lost": lost.get(name),
         })
     body: dict[str, Any] = {"at": _iso(now), "items": items}
     if online_error is not None:

@@ -17,7 +17,15 @@ Answer shape (the seed's, plus a parallel ``statuses`` map)::
   feature's ``default_value`` (or null), never the stale value.
 - ``cache_hit`` is true when every lookup was answered by the in-process cache.
 - ``degraded`` is true when the online store was unreachable and every lookup
-  was answered from the cache (entries up to ``STALE_GRACE_SECONDS`` past their TTL).
+  was answered from the cache (entries up to ``STALE_GRACE_SECONDS`` past their TTL),
+  or when a requested set lost its online values (the store restarted empty: its
+  answers say ``missing`` for keys that had values; ``fstore.online.marker``);
+  ``degraded_reason`` says which, else it is null.
+
+The lost-values check adds no round trip: at most every ``MARKER_CHECK_SECONDS`` per
+set, a read carries the set's load marker and ``fsmeta`` lookups in its pipeline;
+the registry is asked whether the set was ever loaded only when both are absent (a set
+not loaded yet, or lost), and a "yes" (or a marker once seen) is kept.
 
 Entities come as columns ``{"user_id": ["1", "2"]}``, one row ``{"user_id": "1"}``
 or rows ``[{"user_id": "1", "merchant_id": "7"}]``; each requested feature set
@@ -47,6 +55,7 @@ if TYPE_CHECKING:
     from fstore.store import FeatureStore
 
 RESOLVE_TTL_SECONDS = 2.0
+MARKER_CHECK_SECONDS = 1.0  # how often a read also checks a set's load marker (per process)
 STALE_GRACE_SECONDS = 60.0
 CACHE_MAX_ENTRIES = 200_000
 _MISSING, _PRESENT, _EXPIRED = "missing", "present", "expired"
@@ -76,6 +85,9 @@ class _State:
         self.plans: dict[tuple, tuple[float, list[_Group]]] = {}
         self.codecs: dict[tuple[str, int], Codec] = {}
         self.values: dict[tuple[str, int, str], tuple[float, Any]] = {}
+        self.lost: dict[str, str] = {}  # set name -> why its online values are lost (from the last check)
+        self.checked: dict[str, float] = {}  # set name -> monotonic time of its last marker check
+        self.loaded: set[str] = set()  # sets known to have been loaded online (marker seen, or the registry said so)
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
@@ -309,18 +321,23 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
             misses += len(todo_keys)
 
     degraded = False
+    reason = None
     metrics = _metrics()
     if wanted:
+        checks = _due_checks(state, groups, mono)
         try:
             trip = time.perf_counter()
-            answers = store.online.read_many([(groups[gi].codec.name, todo_keys, groups[gi].read_fields)
-                                              for gi, _, todo_keys in wanted])
+            answers, states = store.online.read_checked(
+                [(groups[gi].codec.name, todo_keys, groups[gi].read_fields) for gi, _, todo_keys in wanted], checks)
             metrics.observe_online_store(time.perf_counter() - trip, "read")
         except Unavailable:
             answers = _from_stale_cache(state, groups, wanted, mono) if cache_on else None
             if answers is None:
                 raise
             degraded = True
+            reason = "the online store is unreachable: answered from the cache"
+        else:
+            _record_checks(store, state, checks, states, mono)
         expires = mono + settings.serving_cache_ttl
         for (gi, todo_idx, todo_keys), answer in zip(wanted, answers):
             codec = groups[gi].codec
@@ -393,6 +410,10 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
     missed = {gi for gi, _, _ in wanted}
     for gi, g in enumerate(groups):
         metrics.observe_online(g.codec.name, seconds, cache_hit=gi not in missed)
+    lost = [state.lost[g.codec.name] for g in groups if g.codec.name in state.lost] if state.lost else []
+    if lost:
+        degraded = True
+        reason = "; ".join(([reason] if reason else []) + lost)
     cache_hit = hits > 0 and misses == 0
     answer = {
         "features": out_features,
@@ -404,6 +425,7 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
             "cache_misses": misses,
             "feature_sets": {g.codec.name: g.codec.version for g in groups},
             "degraded": degraded,
+            "degraded_reason": reason,
         },
     }
     return answer, (Coverage(len(ids), found, cache_hit) if len(out_features) == len(ids) else None)
@@ -420,6 +442,46 @@ def _metrics():
 
         _METRICS = metrics
     return _METRICS
+
+
+def _due_checks(state: _State, groups: list[_Group], mono: float) -> list[str]:
+    """The requested sets whose load marker was not checked in the last ``MARKER_CHECK_SECONDS``."""
+    checked = state.checked
+    due = [g.codec.name for g in groups if checked.get(g.codec.name, -1e9) + MARKER_CHECK_SECONDS <= mono]
+    return list(dict.fromkeys(due)) if len(due) > 1 else due
+
+
+def _record_checks(store: "FeatureStore", state: _State, names: list[str], states: list, mono: float) -> None:
+    """Remember which of the checked sets lost their online values (``fstore.online.marker.lost_reason``)."""
+    from fstore.online.marker import lost_reason
+
+    for name, load_state in zip(names, states):
+        state.checked[name] = mono
+        if load_state.complete is not None:  # a load wrote this marker: the set was loaded
+            state.loaded.add(name)
+        unknown = load_state.complete is None and not load_state.has_values
+        why = lost_reason(name, load_state, loaded_in_registry=unknown and _registry_loaded(store, state, name))
+        if why is None:
+            state.lost.pop(name, None)
+        else:
+            state.lost[name] = why
+
+
+def _registry_loaded(store: "FeatureStore", state: _State, name: str) -> bool:
+    """Whether ``name`` was ever loaded: a marker seen by this process, else the registry's runs.
+
+    Asked only when a check finds neither marker nor values (a set not loaded yet, or lost), so at
+    most once per ``MARKER_CHECK_SECONDS`` per set; a "yes" is kept.
+    """
+    if name in state.loaded:
+        return True
+    from fstore.registry import runs
+
+    with store.transaction() as s:
+        loaded = bool(runs.loaded_online(s, [name]))
+    if loaded:
+        state.loaded.add(name)
+    return loaded
 
 
 def _from_stale_cache(state: _State, groups: list[_Group], wanted, mono: float) -> list[list[Any]] | None:

@@ -265,6 +265,13 @@ class FeatureStore:
         return vacuum_offline(self, ref, retain_hours=DEFAULT_RETAIN_HOURS if retain_hours is None else retain_hours,
                               dry_run=dry_run, actor=actor)
 
+    def reload_online(self, ref: str | int, *, actor: str = "") -> dict:
+        """Rebuild a set's online values from its offline table (newest row per key), without recomputing:
+        what to run when the online store restarted empty. See ``fstore.online.reload``."""
+        from fstore.online.reload import reload_online
+
+        return reload_online(self, ref, actor=actor)
+
     def get_run(self, run_id: str) -> dict:
         from fstore.registry import runs
 

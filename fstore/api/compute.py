@@ -2,7 +2,9 @@
 
 ``POST …/materialize`` starts a run in the background and answers 202 with the
 run at once; clients poll ``GET /api/v1/runs/{run_id}``. ``POST …/vacuum`` deletes
-offline files old versions no longer need (admin scope: it deletes data).
+offline files old versions no longer need (admin scope: it deletes data). ``POST …/online/reload``
+(body ``{}``) rebuilds the online values from the offline table (after the online store lost them) and
+answers when done.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from fstore.api.common import actor, get_store
 from fstore.api.errors import ErrorBody
-from fstore.api.schemas import MaterializeBody, NoQuery, Page, RefPath, RunIdPath, RunPath, VacuumBody, VersionQuery
+from fstore.api.schemas import (MaterializeBody, NoQuery, Page, RefPath, ReloadBody, RunIdPath, RunPath, VacuumBody,
+                                VersionQuery)
 from fstore.errors import NotFound
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
@@ -39,6 +42,12 @@ def vacuum(path: RefPath, query: NoQuery, body: VacuumBody):
     """Delete offline files that no version worth keeping reads (``fstore.vacuum``); needs the admin scope."""
     return get_store().vacuum_offline(path.id_or_name, retain_hours=body.retain_hours, dry_run=body.dry_run,
                                       actor=actor())
+
+
+@bp.post("/feature-sets/<id_or_name>/online/reload", tags=[_runs])
+def reload_online(path: RefPath, query: NoQuery, body: ReloadBody):
+    """Rebuild the set's online values from its offline table (``fstore.online.reload``); materialize scope."""
+    return get_store().reload_online(path.id_or_name, actor=actor())
 
 
 @bp.get("/feature-sets/<id_or_name>/runs", tags=[_runs])

@@ -1,4 +1,5 @@
-"""Liveness and readiness: ``/health`` does no I/O; ``/ready`` checks the registry and the online store."""
+"""Liveness and readiness: ``/health`` does no I/O; ``/ready`` checks the registry and the online store,
+and reports ``degraded`` (200) with the feature sets whose online values were lost."""
 from __future__ import annotations
 
 from flask_openapi3 import APIBlueprint, Tag
@@ -40,7 +41,24 @@ def ready(query: NoQuery):
         body = {"status": "unavailable", "checks": checks,
                 "error": {"code": "unavailable", "message": "; ".join(problems), "field": None}}
         return body, 503
+    lost = _online_values_lost(store)
+    if lost:
+        # 200, not 503: every replica shares the store, so 503 would take them all out of the load
+        # balancer (no answers at all, and no way to POST the reload) instead of degraded answers.
+        checks["online_store"] = "degraded"
+        return {"status": "degraded", "checks": checks,
+                "online_values_lost": [{"feature_set": name, "reason": why} for name, why in lost.items()]}
     return {"status": "ready", "checks": checks}
+
+
+def _online_values_lost(store) -> dict[str, str]:
+    """Sets whose online values are lost (a store restarted empty: ``fstore.online.marker``)."""
+    from fstore.monitoring import online_values_lost
+
+    try:
+        return online_values_lost(store)
+    except Exception:  # noqa: BLE001 - both backends just answered; a failure here is not a readiness verdict
+        return {}
 
 
 def _first_line(exc: Exception) -> str:

@@ -227,6 +227,12 @@ class VacuumBody(BaseModel):
     dry_run: bool = Field(False, description="only list the files that would be deleted")
 
 
+class ReloadBody(BaseModel):
+    """An online reload takes no options: the body is ``{}``."""
+
+    model_config = _CLOSED_BODY
+
+
 class MaterializeBody(BaseModel):
     """The range to compute, ``[start_date, end_date)``; ``start``/``end`` are accepted too."""
 

@@ -50,7 +50,7 @@ SCOPE_RULES: tuple[tuple[frozenset[str] | None, re.Pattern, str | None], ...] = 
         ("POST", r"^/api/v1/serving/online$", "serve_online"),
         ("", r"^/api/v1/serving/", "serve_historical"),
         ("GET HEAD POST", r"^/api/v1/training-sets(/|$)", "serve_historical"),
-        ("POST PUT PATCH DELETE", r"^/api/v1/feature-sets/[^/]+/(materialize|backfill|runs)", "materialize"),
+        ("POST PUT PATCH DELETE", r"^/api/v1/feature-sets/[^/]+/(materialize|backfill|runs|online/reload)", "materialize"),
         ("GET HEAD", r"^/api/v1/", "read_registry"),
         ("", r"^/api/v1/", "write_registry"),
         ("", r"^/(ready|openapi|docs)", None),

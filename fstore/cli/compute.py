@@ -1,4 +1,4 @@
-"""Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler."""
+"""Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler, online reload."""
 from __future__ import annotations
 
 import click
@@ -116,6 +116,27 @@ def vacuum(cli: CliState, name: str, retain_hours: int | None, dry_run: bool) ->
     emit(cli, result, lambda r: (f"{'would delete' if r['dry_run'] else 'deleted'} {r['files']} file(s) of "
                                  f"{r['feature_set']} (retention {r['retain_hours']} h; versions kept for training "
                                  f"sets: {', '.join(map(str, r['kept_versions'])) or 'none'})"))
+
+
+@main.group()
+def online() -> None:
+    """The online store: reload a set's values after the store lost them."""
+
+
+@online.command("reload")
+@click.argument("name")
+@json_option
+@pass_cli
+def online_reload(cli: CliState, name: str) -> None:
+    """Rebuild NAME's online values from its offline table (newest row per key, no recomputation).
+
+    For an online store that restarted empty: answers say degraded and an incremental run cannot help.
+    """
+    result = cli.store.reload_online(name, actor=cli.actor)
+    skipped = f"; features skipped (no offline column): {', '.join(result['features_skipped'])}" \
+        if result["features_skipped"] else ""
+    emit(cli, result, lambda r: (f"reloaded {r['feature_set']} online: {r['keys_written']} key(s) written from offline "
+                                 f"version {r['offline_version']} in {r['seconds']}s ({r['engine']}){skipped}"))
 
 
 @main.command()

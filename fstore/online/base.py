@@ -33,6 +33,7 @@ from fstore.errors import InvalidDefinition
 
 if TYPE_CHECKING:
     from fstore.definitions import FeatureSetVersion
+    from fstore.online.marker import LoadState
 
 NULL = b"\xff"
 TS_FIELD = "@ts"
@@ -332,6 +333,26 @@ class OnlineStore(ABC):
         codec = as_codec(feature_set)
         return self.read_many([(codec.name, keys, tuple(fields) if fields is not None else codec.feature_names)])[0]
 
+    def read_checked(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                     names: Sequence[str]) -> tuple[list[list[Any]], list["LoadState"]]:
+        """``read_many`` and the ``LoadState`` of each set in ``names``, in the same round trip
+        (serving's check for a store that lost its values: ``fstore.online.marker``)."""
+        results = self.read_many(requests)
+        states = self.load_states(names)
+        return results, [states[n] for n in names]
+
+    @abstractmethod
+    def load_states(self, names: Sequence[str]) -> dict[str, "LoadState"]:
+        """Per set: its load marker's ``complete`` flag and whether any of its values is stored (one round trip)."""
+
+    @abstractmethod
+    def read_marker(self, name: str) -> dict[str, Any] | None:
+        """The set's load marker (``marker.parse_marker``), None when absent."""
+
+    @abstractmethod
+    def write_marker(self, name: str, fields: Mapping[str, str]) -> None:
+        """Replace the set's load marker with ``fields`` (written once per load, after its rows)."""
+
     @abstractmethod
     def ping(self) -> None:
         """Raise ``Unavailable`` when the store cannot be reached."""
@@ -342,7 +363,7 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def delete_feature_set(self, name: str) -> int:
-        """Remove every key of a feature set; returns how many were removed."""
+        """Remove every key of a feature set (and its load marker); returns how many were removed."""
 
     @abstractmethod
     def newest_timestamp(self, name: str) -> datetime | None:

@@ -12,6 +12,9 @@ and a null must stay distinguishable from a missing feature.
 
 Newer-wins is one statement: ``INSERT … ON CONFLICT DO UPDATE … WHERE excluded.ts
 >= ts``; a write merges its fields into the stored ones, as ``HSET`` does.
+
+``online_meta`` keeps the newest event time per set (Redis's ``fsmeta:<set>``) and
+``online_loaded`` each set's load marker (``fstore.online.marker``).
 """
 from __future__ import annotations
 
@@ -22,10 +25,11 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from fstore.errors import Unavailable
 from fstore.online.base import NULL, Codec, EncodedRow, OnlineStore
+from fstore.online.marker import COMPLETE_FIELD, LoadState, parse_marker
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS online_values (
@@ -33,7 +37,9 @@ CREATE TABLE IF NOT EXISTS online_values (
     PRIMARY KEY (fs, k)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS online_meta (fs TEXT PRIMARY KEY, newest INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS online_loaded (fs TEXT PRIMARY KEY, complete TEXT NOT NULL, data TEXT NOT NULL);
 """
+_TABLES = ("online_values", "online_meta", "online_loaded")
 _UPSERT = (
     "INSERT INTO online_values (fs, k, ts, data) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (fs, k) DO UPDATE SET ts = excluded.ts, data = json_patch(online_values.data, excluded.data) "
@@ -68,7 +74,8 @@ class EmbeddedOnlineStore(OnlineStore):
         with self._guard():
             conn = self._conn()
             # Creating tables takes the write lock; skip it when they exist (the common case: executors).
-            if conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN ('online_values', 'online_meta')").fetchone()[0] < 2:
+            present = conn.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN {_TABLES}").fetchone()[0]
+            if present < len(_TABLES):
                 conn.executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
@@ -122,35 +129,71 @@ class EmbeddedOnlineStore(OnlineStore):
             return written
 
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
+        return self.read_checked(requests, ())[0]
+
+    def read_checked(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                     names: Sequence[str]) -> tuple[list[list[Any]], list[LoadState]]:
+        """The reads and the sets' load states, in one read transaction."""
         out: list[list[Any]] = []
         with self._guard():
             conn = self._conn()
             conn.execute("BEGIN")
             try:
                 for name, keys, fields in requests:
-                    found: dict[str, tuple[int, str]] = {}
-                    unique = list(dict.fromkeys(keys))
-                    for start in range(0, len(unique), 900):
-                        chunk = unique[start:start + 900]
-                        sql = f"SELECT k, ts, data FROM online_values WHERE fs = ? AND k IN ({','.join('?' * len(chunk))})"
-                        for k, ts, data in conn.execute(sql, (name, *chunk)):
-                            found[k] = (ts, data)
-                    results = []
-                    for key in keys:
-                        hit = found.get(key)
-                        if hit is None:
-                            results.append(None)
-                            continue
-                        values = json.loads(hit[1])
-                        raw = []
-                        for f in fields:
-                            v = values.get(f)
-                            raw.append(None if v is None else (v.encode() if isinstance(v, str) else NULL))
-                        results.append((hit[0], raw))
-                    out.append(results)
+                    out.append(self._read_group(conn, name, keys, fields))
+                states = self._states(conn, names)
             finally:
                 conn.execute("COMMIT")
-        return out
+        return out, [states[n] for n in names]
+
+    @staticmethod
+    def _read_group(conn: sqlite3.Connection, name: str, keys: Sequence[str], fields: Sequence[str]) -> list[Any]:
+        found: dict[str, tuple[int, str]] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 900):
+            chunk = unique[start:start + 900]
+            sql = f"SELECT k, ts, data FROM online_values WHERE fs = ? AND k IN ({','.join('?' * len(chunk))})"
+            for k, ts, data in conn.execute(sql, (name, *chunk)):
+                found[k] = (ts, data)
+        results = []
+        for key in keys:
+            hit = found.get(key)
+            if hit is None:
+                results.append(None)
+                continue
+            values = json.loads(hit[1])
+            raw = []
+            for f in fields:
+                v = values.get(f)
+                raw.append(None if v is None else (v.encode() if isinstance(v, str) else NULL))
+            results.append((hit[0], raw))
+        return results
+
+    @staticmethod
+    def _states(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, LoadState]:
+        names = list(dict.fromkeys(names))
+        if not names:
+            return {}
+        marks = ",".join("?" * len(names))
+        complete = dict(conn.execute(f"SELECT fs, complete FROM online_loaded WHERE fs IN ({marks})", names).fetchall())
+        stored = {row[0] for row in conn.execute(f"SELECT fs FROM online_meta WHERE fs IN ({marks})", names)}
+        return {n: LoadState(complete=complete.get(n), has_values=n in stored) for n in names}
+
+    def load_states(self, names: Sequence[str]) -> dict[str, LoadState]:
+        with self._guard():
+            return self._states(self._conn(), names)
+
+    def read_marker(self, name: str) -> dict[str, Any] | None:
+        with self._guard():
+            row = self._conn().execute("SELECT data FROM online_loaded WHERE fs = ?", (name,)).fetchone()
+        return None if row is None else parse_marker(json.loads(row[0]))
+
+    def write_marker(self, name: str, fields: Mapping[str, str]) -> None:
+        with self._guard():
+            self._conn().execute(
+                "INSERT INTO online_loaded (fs, complete, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (fs) DO UPDATE SET complete = excluded.complete, data = excluded.data",
+                (name, fields[COMPLETE_FIELD], json.dumps(dict(fields), separators=(",", ":"))))
 
     def ping(self) -> None:
         with self._guard():
@@ -173,6 +216,7 @@ class EmbeddedOnlineStore(OnlineStore):
             try:
                 removed = conn.execute("DELETE FROM online_values WHERE fs = ?", (name,)).rowcount
                 conn.execute("DELETE FROM online_meta WHERE fs = ?", (name,))
+                conn.execute("DELETE FROM online_loaded WHERE fs = ?", (name,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

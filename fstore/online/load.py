@@ -17,7 +17,9 @@ The plan, all in Spark:
    client from picklable config (URL or file path, the ``Codec``) and writes pipelined
    batches through the newer-wins Lua script (Redis) or upsert (embedded). Each task
    returns how many keys it actually wrote (a key whose stored value is newer is not
-   counted); the driver sums those one-row answers.
+   counted); the driver sums those one-row answers;
+6. the driver writes the set's load marker (``fstore.online.marker``), from the state
+   it read before step 5.
 
 Nothing is collected to the driver.
 """
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from fstore.compiler.dialect import quote
 from fstore.errors import ComputeError, InvalidDefinition, Unavailable
 from fstore.online.base import Codec, as_codec, key_prefix
+from fstore.online.marker import LoadInfo, LoadState, finish_load
 
 if TYPE_CHECKING:
     from fstore.definitions import FeatureSetVersion
@@ -187,39 +190,64 @@ def _embedded_tasks(config: dict[str, Any], codec: Codec, batches: Iterable) -> 
     yield _written(written)
 
 
-def load_dataframe(df, fsv: "FeatureSetVersion | Codec", settings: "Settings", *, now_micros: int | None = None) -> int:
+def load_dataframe(df, fsv: "FeatureSetVersion | Codec", settings: "Settings", *, now_micros: int | None = None,
+                   info: LoadInfo | None = None) -> int:
     """Load the latest row per entity key of ``df`` into the online store; returns keys written.
 
     ``df`` has the compiler's output columns (join keys, ``event_timestamp``,
     optionally ``created_timestamp``, the features). A key whose stored event time
-    is newer than the loaded one keeps its value and is not counted.
+    is newer than the loaded one keeps its value and is not counted. The driver then
+    writes the set's load marker (``fstore.online.marker``; ``info`` says what it records).
     """
-    from fstore.online import embedded_path
+    from fstore.online import embedded_path, open_online_store
     from fstore.online.embedded import EmbeddedOnlineStore
 
     from pyspark.sql import functions as F
 
     codec = as_codec(fsv)
     latest = latest_rows(df, codec, now_micros=now_micros)
+    online = open_online_store(settings)
     try:
-        if settings.redis_url:
-            config = {"url": settings.redis_url, "timeout": max(settings.redis_timeout, 30.0)}
-            tasks = redis_packed(latest, codec).mapInArrow(partial(_redis_tasks, config, codec), "written long")
-        else:
-            config = {"path": str(embedded_path(settings))}
-            EmbeddedOnlineStore(config["path"]).close()  # file, WAL mode and tables made once, before the executors
-            tasks = latest.mapInArrow(partial(_embedded_tasks, config, codec), "written long")
-        total = tasks.agg(F.sum("written")).collect()[0][0]
-    except Exception as exc:  # a Spark job failure wraps the executor's error in Py4J/PySpark types
-        if type(exc).__module__.startswith(("pyspark", "py4j")):
-            text = str(exc)
-            marker = "fstore.errors.Unavailable: "
-            if marker in text:  # the store was unreachable from an executor: say so, as a 503 / exit 7
-                reason = text[text.index(marker) + len(marker):].splitlines()[0]
-                raise Unavailable(f"online load of feature set {codec.name} failed: {reason}") from None
-            raise ComputeError(f"online load of feature set {codec.name} failed: {_first_line(text, exc)}") from exc
-        raise
-    return int(total or 0)
+        before = state_before(online, codec)
+        try:
+            if settings.redis_url:
+                config = {"url": settings.redis_url, "timeout": max(settings.redis_timeout, 30.0)}
+                tasks = redis_packed(latest, codec).mapInArrow(partial(_redis_tasks, config, codec), "written long")
+            else:
+                config = {"path": str(embedded_path(settings))}
+                EmbeddedOnlineStore(config["path"]).close()  # file, WAL mode and tables made once, before the executors
+                tasks = latest.mapInArrow(partial(_embedded_tasks, config, codec), "written long")
+            total = tasks.agg(F.sum("written")).collect()[0][0]
+        except Exception as exc:  # a Spark job failure wraps the executor's error in Py4J/PySpark types
+            if type(exc).__module__.startswith(("pyspark", "py4j")):
+                text = str(exc)
+                marker = "fstore.errors.Unavailable: "
+                if marker in text:  # the store was unreachable from an executor: say so, as a 503 / exit 7
+                    reason = text[text.index(marker) + len(marker):].splitlines()[0]
+                    raise Unavailable(f"online load of feature set {codec.name} failed: {reason}") from None
+                raise ComputeError(f"online load of feature set {codec.name} failed: {_first_line(text, exc)}") from exc
+            raise
+        written = int(total or 0)
+        mark_loaded(online, codec, written, info, before)
+    finally:
+        online.close()
+    return written
+
+
+def state_before(online, codec: Codec) -> LoadState:
+    """The set's load state before a load writes (what its marker will say depends on it)."""
+    try:
+        return online.load_states([codec.name])[codec.name]
+    except Unavailable as exc:
+        raise Unavailable(f"online load of feature set {codec.name} failed: {exc}") from None
+
+
+def mark_loaded(online, codec: Codec, written: int, info: LoadInfo | None, before: LoadState) -> None:
+    """Write the set's load marker after a load's rows (``fstore.online.marker.finish_load``)."""
+    try:
+        finish_load(online, codec, written, info, before)
+    except Unavailable as exc:
+        raise Unavailable(f"online load of feature set {codec.name} wrote its rows but not its marker: {exc}") from None
 
 
 def _first_line(text: str, exc: BaseException) -> str:

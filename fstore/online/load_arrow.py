@@ -12,7 +12,8 @@ planned the same way but as DuckDB SQL over the Arrow table, in process and vect
    (a double as Java's ``Double.toString``: ``1.0E-5``, ``1.0E20``, ``NaN``, ``-0.0``);
 4. Redis: the RESP bytes of each key and payload, built in SQL and sent pipelined
    through the newer-wins Lua script (``write_packed``); embedded: the stored JSON,
-   built in SQL and upserted (``write_params``).
+   built in SQL and upserted (``write_params``);
+5. the set's load marker (``fstore.online.marker``), as the Spark path writes it.
 
 Python only hands ready batches from DuckDB to the store: no per-value work. Steps 1-4's SQL
 runs in a background thread (``PreparedLoad``): a materialization starts it before its offline
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING, Iterator
 from fstore.engine.duckdb import ident
 from fstore.errors import ComputeError, InvalidDefinition, Unavailable
 from fstore.online.base import Codec, as_codec, key_prefix
-from fstore.online.load import EMBEDDED_BATCH, packed_pieces, require_columns, ttl_cutoff
+from fstore.online.load import EMBEDDED_BATCH, mark_loaded, state_before, packed_pieces, require_columns, ttl_cutoff
+from fstore.online.marker import LoadInfo
 
 if TYPE_CHECKING:
     import pyarrow
@@ -242,16 +244,17 @@ def _naive_utc(table: "pyarrow.Table") -> "pyarrow.Table":
 
 
 def load_arrow(table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", settings: "Settings", *,
-               now_micros: int | None = None) -> int:
+               now_micros: int | None = None, info: LoadInfo | None = None) -> int:
     """Like ``load_dataframe``, for rows computed in this process (the DuckDB engine): keys written.
 
     ``table`` has the join keys, ``event_timestamp``, optionally ``created_timestamp``
     and the features. The latest row per key is written unless the stored one is
     newer (that key is not counted); the stored bytes are those the Spark path writes.
+    Then the set's load marker is written (``fstore.online.marker``; ``info`` says what it records).
     """
     load = PreparedLoad(table, fsv, settings, now_micros=now_micros)
     try:
-        return load.write()
+        return load.write(info)
     finally:
         load.close()
 
@@ -304,28 +307,31 @@ class PreparedLoad:
                 raise item
             yield item
 
-    def write(self) -> int:
-        """Write the rows as they are made ready: keys written."""
+    def write(self, info: LoadInfo | None = None) -> int:
+        """Write the rows as they are made ready, then the set's load marker: keys written."""
         codec, settings = self.codec, self.settings
-        try:
-            if settings.redis_url:
-                from fstore.online.redis_store import RedisOnlineStore
+        if settings.redis_url:
+            from fstore.online.redis_store import RedisOnlineStore
 
-                store = RedisOnlineStore(settings.redis_url, pool_size=1, timeout=max(settings.redis_timeout, 30.0))
-                try:
-                    return store.write_packed(codec, packed_pieces(self._batches()))
-                finally:
-                    store.close()
+            store = RedisOnlineStore(settings.redis_url, pool_size=1, timeout=max(settings.redis_timeout, 30.0))
+        else:
             from fstore.online import embedded_path
             from fstore.online.embedded import EmbeddedOnlineStore
 
             store = EmbeddedOnlineStore(embedded_path(settings))
+        try:
+            before = state_before(store, codec)
             try:
-                return _embedded_write(store, codec, self._batches())
-            finally:
-                store.close()
-        except Unavailable as exc:
-            raise Unavailable(f"online load of feature set {codec.name} failed: {exc}") from None
+                if settings.redis_url:
+                    written = store.write_packed(codec, packed_pieces(self._batches()))
+                else:
+                    written = _embedded_write(store, codec, self._batches())
+            except Unavailable as exc:
+                raise Unavailable(f"online load of feature set {codec.name} failed: {exc}") from None
+            mark_loaded(store, codec, written, info, before)
+            return written
+        finally:
+            store.close()
 
     def close(self) -> None:
         """Stop the preparation (also when ``write`` was never called or failed) and wait for it."""

@@ -3,7 +3,8 @@
 Writes go through one Lua script taking many keys per call: for each key it compares
 the stored ``@ts`` with the write's and drops an older write, atomically, so a
 backfill never moves serving backwards even with concurrent writers. The script
-also keeps ``fsmeta:<set>``, the newest event time written, for freshness.
+also keeps ``fsmeta:<set>``, the newest event time written, for freshness. Each load
+ends by writing ``fstore:loaded:<set>``, its marker (``fstore.online.marker``).
 
 Reads are one round trip whatever the number of keys and feature sets: ``HMGET @ts f1..fn``
 per key, packed by hand and sent pipelined in one write, the replies read back together.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -28,6 +29,7 @@ from redis.retry import Retry
 from fstore.errors import Unavailable
 from fstore.online.base import NULL, TS_FIELD, Codec, EncodedRow, OnlineStore, key_prefix
 from fstore.online.breaker import CircuitBreaker, CircuitOpen
+from fstore.online.marker import COMPLETE_FIELD, LoadState, marker_key, parse_marker
 
 _WRITE_LUA = """
 local nf = tonumber(ARGV[1])
@@ -170,13 +172,20 @@ class RedisOnlineStore(OnlineStore):
         return written
 
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
+        return self.read_checked(requests, ())[0]
+
+    def read_checked(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                     names: Sequence[str]) -> tuple[list[list[Any]], list[LoadState]]:
+        """The reads, then ``HGET fstore:loaded:<set> complete`` and ``EXISTS fsmeta:<set>`` per name,
+        all in one pipelined write: the marker check costs no round trip of its own."""
         commands: list[bytes] = []
         for _, group_keys, fields in requests:
             if group_keys:
                 head, tail = self._hmget_parts(tuple(fields))
                 commands.extend(head + bulk(key.encode()) + tail for key in group_keys)
+        commands.extend(self._state_commands(names))
         if not commands:
-            return [[] for _ in requests]
+            return [[] for _ in requests], []
         replies = iter(self._call(lambda: self._pipelined(b"".join(commands), len(commands))))
         out: list[list[Any]] = []
         for _, group_keys, _ in requests:
@@ -186,7 +195,46 @@ class RedisOnlineStore(OnlineStore):
                 ts = reply[0]
                 results.append(None if ts is None else (int(ts), reply[1:]))
             out.append(results)
-        return out
+        return out, [self._state(next(replies), next(replies)) for _ in names]
+
+    @staticmethod
+    def _state_commands(names: Sequence[str]) -> list[bytes]:
+        commands = []
+        for name in names:
+            commands.append(b"*3\r\n$4\r\nHGET\r\n" + bulk(marker_key(name).encode()) + bulk(COMPLETE_FIELD.encode()))
+            commands.append(b"*2\r\n$6\r\nEXISTS\r\n" + bulk(meta_key(name).encode()))
+        return commands
+
+    @staticmethod
+    def _state(complete: bytes | None, exists: int) -> LoadState:
+        return LoadState(complete=None if complete is None else complete.decode(), has_values=bool(exists))
+
+    def load_states(self, names: Sequence[str]) -> dict[str, LoadState]:
+        names = list(dict.fromkeys(names))
+        if not names:
+            return {}
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(marker_key(name), COMPLETE_FIELD)
+                pipe.exists(meta_key(name))
+            return pipe.execute()
+
+        replies = iter(self._call(run))
+        return {name: self._state(next(replies), next(replies)) for name in names}
+
+    def read_marker(self, name: str) -> dict[str, Any] | None:
+        return parse_marker(self._call(lambda: self._client.hgetall(marker_key(name))))
+
+    def write_marker(self, name: str, fields: Mapping[str, str]) -> None:
+        def run() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(marker_key(name))
+            pipe.hset(marker_key(name), mapping=dict(fields))
+            pipe.execute()
+
+        self._call(run)
 
     def _hmget_parts(self, fields: tuple[str, ...]) -> tuple[bytes, bytes]:
         """The RESP bytes of ``HMGET <key> @ts <fields>`` before and after the key, packed once per fields."""
@@ -273,7 +321,7 @@ class RedisOnlineStore(OnlineStore):
                     batch = []
             if batch:
                 removed += self._client.unlink(*batch)
-            self._client.delete(meta_key(name))
+            self._client.delete(meta_key(name), marker_key(name))
             return removed
 
         return self._call(run)

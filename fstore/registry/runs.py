@@ -179,6 +179,21 @@ def start_run(s: Session, run_id: str) -> dict[str, Any]:
     return _dict(s, row)
 
 
+def loaded_online(s: Session, names: list[str] | None = None) -> set[str]:
+    """Names of the sets (among ``names``, or all) with a succeeded run that wrote rows online.
+
+    What the online store's load marker is checked against (``fstore.online.marker``):
+    such a set whose store holds neither marker nor values has lost them.
+    """
+    query = (select(FeatureSetRow.name).join(MaterializationRunRow, MaterializationRunRow.feature_set_id == FeatureSetRow.id)
+             .where(MaterializationRunRow.status == "succeeded", MaterializationRunRow.online_rows > 0).distinct())
+    if names is not None:
+        if not names:
+            return set()
+        query = query.where(FeatureSetRow.name.in_(names))
+    return set(s.scalars(query).all())
+
+
 def finish_run(s: Session, run_id: str, *, status: str, error: str | None = None, **figures: Any) -> dict[str, Any]:
     """Record the outcome of a run: its status, figures, stages, quality report and error."""
     if status not in ("succeeded", "failed"):

@@ -1,6 +1,8 @@
 """Bulk load from an Arrow table (the DuckDB engine) stores the very bytes the Spark path stores."""
 from __future__ import annotations
 
+import json
+
 import math
 import random
 import sqlite3
@@ -92,16 +94,24 @@ def make_settings(request, tmp_path):
 
 
 def stored(settings: Settings):
-    """Everything in the store, as bytes: every Redis hash (``HGETALL``) and string, or every embedded row."""
+    """Everything in the store, as bytes: every Redis hash (``HGETALL``) and string, or every embedded row.
+
+    Load markers (``fstore.online.marker``) are compared without their ``loaded_at``, the time of each load.
+    """
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
         try:
-            return {k: client.hgetall(k) if client.type(k) == b"hash" else client.get(k) for k in client.keys("*")}
+            out = {k: client.hgetall(k) if client.type(k) == b"hash" else client.get(k) for k in client.keys("*")}
         finally:
             client.close()
+        for key in [k for k in out if k.startswith(b"fstore:loaded:")]:
+            out[key] = {f: v for f, v in out[key].items() if f != b"loaded_at"}
+        return out
     with sqlite3.connect(embedded_path(settings)) as connection:
+        markers = [(fs, complete, {k: v for k, v in json.loads(data).items() if k != "loaded_at"})
+                   for fs, complete, data in connection.execute("SELECT fs, complete, data FROM online_loaded ORDER BY fs")]
         return (connection.execute("SELECT fs, k, ts, data FROM online_values ORDER BY fs, k").fetchall(),
-                connection.execute("SELECT fs, newest FROM online_meta ORDER BY fs").fetchall())
+                connection.execute("SELECT fs, newest FROM online_meta ORDER BY fs").fetchall(), markers)
 
 
 def spark_then_arrow(spark, make_settings, codec, columns, rows, *, arrow_rows=None, **kwargs):

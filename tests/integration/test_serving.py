@@ -157,8 +157,8 @@ def test_cache_hits_skip_the_online_store(tmp_path, redis_url):
                                            "SERVING_CACHE_ENABLED": "true", "SERVING_CACHE_TTL": "30"}))
     online = store.online
     reads = []
-    original = online.read_many
-    online.read_many = lambda requests: reads.append(requests) or original(requests)
+    original = online.read_checked  # serving's one read (values, and the load markers: fstore.online.marker)
+    online.read_checked = lambda requests, names: reads.append(requests) or original(requests, names)
     first = get_online_features(store, features=["clicks"], entities={"user_id": [1, 3]}, now_micros=NOW)
     assert first["metadata"]["cache_hit"] is False and first["metadata"]["cache_misses"] == 2
     # a request for other features of the same set is answered by the same cache entries

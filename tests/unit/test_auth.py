@@ -132,6 +132,7 @@ def test_grants(grant, set_visible, whole, feature, allowed):
     ("POST", "/api/v1/feature-sets", "write_registry"),
     ("DELETE", "/api/v1/features/x", "write_registry"),
     ("POST", "/api/v1/feature-sets/x/materialize", "materialize"),
+    ("POST", "/api/v1/feature-sets/x/online/reload", "materialize"),
     ("GET", "/api/v1/feature-sets/x/runs", "read_registry"),
     ("POST", "/api/v1/serving/online", "serve_online"),
     ("POST", "/api/v1/serving/historical", "serve_historical"),
