@@ -23,6 +23,7 @@ definition stored before this check existed cannot run either.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Iterable
 
@@ -163,12 +164,12 @@ def _refusals(root: exp.Expression, *, query: bool) -> list[str]:
     return found
 
 
-def _refuse(found: Iterable[str], *, what: str, text: str, field: str) -> None:
+def _message(found: Iterable[str], *, what: str, text: str) -> str | None:
     found = list(dict.fromkeys(found))
-    if found:
-        raise InvalidDefinition(f"{what} {text!r} uses what fstore does not run: {'; '.join(found)}. User SQL may call "
-                                "the functions that `fstore sql-functions` lists, over the declared source's columns",
-                                field=field)
+    if not found:
+        return None
+    return (f"{what} {text!r} uses what fstore does not run: {'; '.join(found)}. User SQL may call the functions "
+            "that `fstore sql-functions` lists, over the declared source's columns")
 
 
 def _parsed(text: str, dialect: str) -> tuple[list[exp.Expression], list[str], str | None]:
@@ -194,6 +195,21 @@ def _parsed(text: str, dialect: str) -> tuple[list[exp.Expression], list[str], s
 
 def check_expression(text: str, dialect: str, *, feature: str, field: str = "transformation") -> None:
     """Refuse a transformation or window filter that reads anything but its row, or calls a function off the list."""
+    message = _expression_refusal(text, dialect, feature, field)
+    if message is not None:
+        raise InvalidDefinition(message, field=field)
+
+
+def check_query(text: str, *, field: str = "source.query") -> None:
+    """Refuse a query source that is not one SELECT over catalog tables, or that reads files or reflects."""
+    message = _query_refusal(text, field)
+    if message is not None:
+        raise InvalidDefinition(message, field=field)
+
+
+# The checks are pure functions of the text: cached, since every compilation runs them again.
+@functools.lru_cache(maxsize=4096)
+def _expression_refusal(text: str, dialect: str, feature: str, field: str) -> str | None:
     nodes, found, syntax = _parsed(text, dialect)
     if syntax and found:  # otherwise the compiler's own parse names the syntax error
         found.append(syntax)
@@ -204,11 +220,11 @@ def check_expression(text: str, dialect: str, *, feature: str, field: str = "tra
                      "not a statement)")
     for node in nodes:
         found += _refusals(node, query=False)
-    _refuse(found, what=f"feature {feature}: {field}", text=text, field=field)
+    return _message(found, what=f"feature {feature}: {field}", text=text)
 
 
-def check_query(text: str, *, field: str = "source.query") -> None:
-    """Refuse a query source that is not one SELECT over catalog tables, or that reads files or reflects."""
+@functools.lru_cache(maxsize=1024)
+def _query_refusal(text: str, field: str) -> str | None:
     nodes, found, syntax = _parsed(text, "spark")
     if syntax:  # Spark runs a query source's text itself: what cannot be checked does not run
         found.append(syntax)
@@ -216,7 +232,7 @@ def check_query(text: str, *, field: str = "source.query") -> None:
         found.append(f"a source query must be one SELECT, not {', '.join(type(n).__name__.upper() for n in nodes)}")
     for node in nodes:
         found += _refusals(node, query=True)
-    _refuse(found, what="source query", text=text, field=field)
+    return _message(found, what="source query", text=text)
 
 
 def check_table(name: str, *, field: str = "source.table") -> None:
