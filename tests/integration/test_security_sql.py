@@ -233,3 +233,15 @@ def test_a_sealed_duckdb_connection_reads_its_source_and_no_other_file(source, s
                 con.sql(sql).fetchall()
         with pytest.raises(duckdb.Error, match="locked|Cannot"):
             con.execute("SET enable_external_access = true")
+
+
+def test_spark_sessions_neither_substitute_variables_nor_read_format_paths(spark, secret, tmp_path, monkeypatch):
+    """spark-defaults.conf's second lock, for SQL fstore writes itself from user values (a rule's default_value,
+    allowed_values, regex are literals in the validation SQL): ``${env:…}`` stays text, ``text.name`` is no file."""
+    from pyspark.errors import AnalysisException
+
+    assert spark.sql("SELECT '${env:HOME}' AS v").collect()[0].v == "${env:HOME}"
+    assert spark.range(1).selectExpr("'${env:HOME}' AS v").collect()[0].v == "${env:HOME}"
+    monkeypatch.chdir(secret["folder"])
+    with pytest.raises(AnalysisException, match="TABLE_OR_VIEW_NOT_FOUND"):
+        spark.sql(f"SELECT * FROM text.`{secret['path']}`").collect()
