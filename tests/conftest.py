@@ -148,11 +148,13 @@ def compute_rows(request):
         return lambda fsv, start=None, end=None: compute(spark, fsv, start=start, end=end).toPandas()
     from fstore.engine import duckdb as engine
 
-    con = engine.connect()
-    request.addfinalizer(con.close)
     from fstore.retrieval.historical import arrow_to_pandas  # as Spark's toPandas gives it
 
-    return lambda fsv, start=None, end=None: arrow_to_pandas(engine.compute(con, fsv, start=start, end=end))
+    def rows(fsv, start=None, end=None):
+        with engine.connect() as con:  # compute seals its connection: one per computation
+            return arrow_to_pandas(engine.compute(con, fsv, start=start, end=end))
+
+    return rows
 
 
 @pytest.fixture()

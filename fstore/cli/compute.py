@@ -34,6 +34,17 @@ def compile_(cli: CliState, name: str, version: int | None) -> None:
          lambda compiled: compiled["sql"])
 
 
+@main.command("sql-functions")
+@json_option
+@pass_cli
+def sql_functions(cli: CliState) -> None:
+    """List the SQL functions a transformation, window filter or query source may call (the allow-list)."""
+    from fstore.compiler.sql_policy import allowed_functions
+
+    names = allowed_functions()
+    emit(cli, {"functions": names}, lambda data: "\n".join(data["functions"]))
+
+
 @main.command()
 @click.argument("name")
 @click.option("--start", required=True, help="ISO 8601 date or time (UTC unless an offset is given).")

@@ -45,6 +45,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from fstore.compiler.dialect import column_names, quote, to_spark
+from fstore.compiler.sql_policy import check_feature, check_feature_set
 from fstore.compiler.windows import WindowSpec, source_key_columns, window_spec, window_sql
 from fstore.definitions import Feature, FeatureSetVersion, composite_order
 from fstore.errors import InvalidDefinition
@@ -156,7 +157,12 @@ def _source_view(fsv: FeatureSetVersion) -> str:
 
 
 def compile_feature_set(fsv: FeatureSetVersion) -> CompiledQuery:
-    """One Spark SQL query (CTE stages) computing every feature of ``fsv`` at every source event."""
+    """One Spark SQL query (CTE stages) computing every feature of ``fsv`` at every source event.
+
+    The SQL policy (``fstore.compiler.sql_policy``) runs first, whatever the caller: every engine
+    compiles before it computes, so a definition stored before the policy existed cannot run.
+    """
+    check_feature_set(fsv)
     plan = _plan(fsv)
     source = fsv.feature_set.source
     ts_col = source.event_timestamp_column if source else "event_timestamp"
@@ -206,6 +212,7 @@ def feature_expression(fsv: FeatureSetVersion, feature: str | Feature, *, timest
     f = fsv.feature(feature) if isinstance(feature, str) else feature
     if f.python:
         raise InvalidDefinition(f"feature {f.name} is a python feature and has no SQL expression", field="python")
+    check_feature(f)
     if window_spec(fsv, f, event_time=timestamp) is not None:
         raise InvalidDefinition(f"feature {f.name} is a window aggregate; use aggregate_expression", field="transformation")
     return to_spark(f.transformation or "NULL", f.dialect, event_time=timestamp, feature=f.name)
@@ -220,6 +227,7 @@ def aggregate_expression(fsv: FeatureSetVersion, feature: str | Feature, *, even
     label rows). Same semantics as the materialized value.
     """
     f = fsv.feature(feature) if isinstance(feature, str) else feature
+    check_feature(f)
     spec = window_spec(fsv, f, event_time=timestamp)
     if spec is None:
         raise InvalidDefinition(f"feature {f.name} is not a window aggregate", field="window_size")

@@ -1,6 +1,7 @@
 """``validate_version``: refuse, at apply time, a feature set version that cannot compute.
 
-Static checks always run and never start Spark: every expression parses and
+Static checks always run and never start Spark: the SQL policy (no file, table
+or reflection access; functions from the allow-list), every expression parses and
 translates, windows are recognised, the composite order exists (no cycle, no
 missing feature), python functions import and are callable. Only when the set
 has a source that can be read does it also analyse the compiled query on the
@@ -57,9 +58,12 @@ def _closure(fsv: FeatureSetVersion, name: str) -> FeatureSetVersion:
 
 
 def validate_version(store, fsv: FeatureSetVersion) -> None:
-    """Raise ``InvalidDefinition`` (naming the feature) if ``fsv`` cannot be computed."""
+    """Raise ``InvalidDefinition`` (naming the feature) if ``fsv`` cannot be computed, or if its SQL does
+    what ``fstore.compiler.sql_policy`` refuses (checked first, before any engine sees it)."""
     from fstore.compiler import compile_feature_set
+    from fstore.compiler.sql_policy import check_feature_set
 
+    check_feature_set(fsv)
     compiled = compile_feature_set(fsv)
     for name, spec, _ in compiled.python_features:
         load_python(spec, feature=name)
@@ -193,6 +197,7 @@ def _duckdb_analyser(fsv: FeatureSetVersion):
         rows = source.filter(f"{column} IS NOT NULL").limit(TIME_TEXT_SAMPLE) \
             .project(f"{column} AS v, TRY_CAST({column} AS TIMESTAMPTZ) AS t").fetchall()
         _check_time_text(ts, rows)
+    engine.seal(con)  # the compiled query is bound with no file access beyond the source
 
     def analyse(compiled) -> str | None:
         try:

@@ -33,7 +33,11 @@ _CSV_OPTIONS = {"header": "header", "sep": "delim", "delimiter": "delim", "quote
 
 
 def connect(threads: int = 0):
-    """An in-memory DuckDB connection in UTC (``threads`` 0 = DuckDB's default, one per core)."""
+    """An in-memory DuckDB connection in UTC (``threads`` 0 = DuckDB's default, one per core).
+
+    It can still open files: the reads fstore registers call ``allow_files`` for what they open,
+    and ``seal`` then turns DuckDB's external access off before any user SQL runs.
+    """
     import duckdb
 
     con = duckdb.connect()
@@ -42,6 +46,34 @@ def connect(threads: int = 0):
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+def allow_files(con, paths) -> None:
+    """Let the connection still read ``paths`` once sealed: one file by DuckDB's ``allowed_paths``, several
+    by ``allowed_directories`` of the folder holding them all (a source's or offline table's folder; DuckDB
+    checks each listed path when it is set, 0.1 ms a path, too slow for tables of thousands of files).
+
+    Only before ``seal``: DuckDB refuses to change the lists once external access is off.
+    """
+    local = [os.path.abspath(str(p)) for p in paths if "://" not in str(p)]
+    if not local:
+        return
+    root = os.path.commonpath(local)
+    if len(local) > 1 and os.path.isdir(root) and root != os.path.dirname(root):  # never the file system's root
+        setting, entries = "allowed_directories", [root.rstrip(os.sep) + os.sep]
+    else:
+        setting, entries = "allowed_paths", local
+    current = con.execute(f"SELECT current_setting('{setting}')").fetchone()[0] or []
+    con.execute(f"SET {setting} = " + _sql_list(list(dict.fromkeys([*current, *entries]))))
+
+
+def seal(con) -> None:
+    """Turn DuckDB's external access off and lock the configuration: from now on the connection reads
+    only the files ``allow_files`` listed (the sources and offline files fstore opened), never a path
+    named in SQL (``read_text('/etc/passwd')``, ``glob``, ``COPY``), and no setting can undo that.
+    Arrow data registered from Python (Delta sources, entity frames) is not file access and still reads."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 # Spark casts a fractional number to an integer type by truncating it, DuckDB by rounding it: ``fs_int``
@@ -169,6 +201,7 @@ def _open_source(con, source: Source):
         files = _files(path, extension)
         if not files:
             raise NotFound(f"source path {source.path} holds no {source.format} files")
+        allow_files(con, files)
         if source.format == "parquet":
             return con.sql(f"SELECT * FROM read_parquet({_sql_list(files)}, hive_partitioning = true, union_by_name = true)")
         if source.format == "json":
@@ -241,7 +274,11 @@ def _strip_header(sql: str) -> str:
 
 
 def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: datetime | None = None):
-    """The features of ``fsv`` for every source event with event time in ``[start, end)``, as a pyarrow Table."""
+    """The features of ``fsv`` for every source event with event time in ``[start, end)``, as a pyarrow Table.
+
+    ``con`` is sealed (``seal``) once the source is registered, so it reads no other file afterwards:
+    use a new connection for each computation.
+    """
     if fsv.feature_set.source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has no source to compute from", field="source")
     compiled = compile_feature_set(fsv)
@@ -258,6 +295,7 @@ def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: 
         keep.append(f"__fs_event_time < {_timestamp_literal(end)}")
     if conds:
         relation = relation.filter(" AND ".join(conds))
+    seal(con)  # the source is registered: user SQL runs with no file access beyond it
     return run_compiled(con, fsv, compiled, relation, keep=" AND ".join(keep))
 
 
@@ -266,6 +304,7 @@ def earliest_event(source: Source) -> datetime | None:
     con = connect()
     try:
         relation = read_source(con, source)
+        seal(con)
         column = ident(source.event_timestamp_column)
         value = relation.aggregate(f"min(CAST({column} AS TIMESTAMPTZ))").fetchall()[0][0]
     finally:
@@ -273,4 +312,4 @@ def earliest_event(source: Source) -> datetime | None:
     return to_utc_naive(value) if value is not None else None
 
 
-__all__ = ["connect", "ident", "to_duckdb", "unsupported", "read_source", "run_compiled", "compute", "earliest_event"]
+__all__ = ["connect", "allow_files", "seal", "ident", "to_duckdb", "unsupported", "read_source", "run_compiled", "compute", "earliest_event"]

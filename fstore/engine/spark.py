@@ -100,9 +100,16 @@ def local_path_missing(source: Source) -> bool:
 
 def read_source(spark, source: Source, *, start: datetime | None = None, end: datetime | None = None,
                 lookback_seconds: int = 0):
-    """The source rows with event time in ``[start - lookback, end)`` (either bound optional)."""
+    """The source rows with event time in ``[start - lookback, end)`` (either bound optional).
+
+    A query or table source passes the SQL policy first (``fstore.compiler.sql_policy``): no file
+    paths, table-valued functions or reflection, whatever the registry holds.
+    """
     from pyspark.errors import AnalysisException
 
+    from fstore.compiler.sql_policy import check_source
+
+    check_source(source)
     if source.path:
         if local_path_missing(source):
             raise NotFound(f"source path {source.path} does not exist")

@@ -190,9 +190,15 @@ class _SetPlan:
 
 
 def plan_set(fsv: "FeatureSetVersion", wanted: tuple[str, ...]) -> _SetPlan:
-    """Split the wanted features (and what their recomputation needs) into the three kinds."""
+    """Split the wanted features (and what their recomputation needs) into the three kinds.
+
+    The set's SQL passes the policy first (``fstore.compiler.sql_policy``): a retrieval recomputes
+    windows and composites from the stored definitions, which must not run refused SQL either.
+    """
+    from fstore.compiler.sql_policy import check_feature_set
     from fstore.compiler.windows import window_spec
 
+    check_feature_set(fsv)
     specs = {f.name: window_spec(fsv, f, event_time=TS) for f in fsv.features}
     windowed = {n for n, s in specs.items() if s is not None}
     deps = {f.name: _dependencies(fsv, f) for f in fsv.features}

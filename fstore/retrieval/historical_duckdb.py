@@ -166,6 +166,9 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
                        f"{exc.message}", field=exc.field or "features") from None
     position = None
     if files.paths:
+        from fstore.engine.duckdb import allow_files
+
+        allow_files(con, files.paths)
         # The read order: file (as the Delta log lists them), then row within the file (DuckDB's virtual columns).
         relation = con.read_parquet(files.paths, union_by_name=True)
         position = POSITION
@@ -264,8 +267,23 @@ def exact_windows(con, labels: Any, events: Any, *, keys: Sequence[str], ts: str
                                      windows=windows, lo=lo, hi=hi))
 
 
-def _set_sql(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: int | datetime | None,
-             entities: Entities, internal: list[str]) -> tuple[str, int | None]:
+def _open_set(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: int | datetime | None,
+              entities: Entities) -> dict[str, Any]:
+    """Register what one feature set's answer reads: its offline rows and, for exact windows, its source.
+
+    Every file is opened here, before ``retrieve`` seals the connection and user SQL is bound.
+    """
+    fsv = group.version
+    opened: dict[str, Any] = {"offline": None, "events": None}
+    if plan.offline:
+        opened["offline"] = _offline_rows(con, store, fsv, plan.offline, as_of, entities)
+    if plan.windows:
+        opened["events"] = _source_events(con, fsv, fsv.join_keys)
+    return opened
+
+
+def _set_sql(con, group: FeatureGroup, plan: Any, opened: dict[str, Any], entities: Entities,
+             internal: list[str]) -> tuple[str, int | None]:
     """``(__fs_row, the group's features as ``internal`` columns)`` for one feature set, and the Delta version read."""
     fsv = group.version
     keys = fsv.join_keys
@@ -273,12 +291,12 @@ def _set_sql(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: 
     scope = f"SELECT {ident(ROW)}, {ident(TS)} FROM {labels}"
     version = None
     if plan.offline:
-        rows, version, created, position, where = _offline_rows(con, store, fsv, plan.offline, as_of, entities)
+        rows, version, created, position, where = opened["offline"]
         scope = as_of_join_sql(con, labels, rows, keys=keys, ts=TS, features=[(n, n) for n in plan.offline],
                                ttl_seconds=fsv.ttl_seconds, created_ts=created, position=position, where=where)
         scope = f"SELECT * EXCLUDE ({', '.join(ident(k) for k in keys)}) FROM ({scope})"
     if plan.windows:
-        events, event_ts = _source_events(con, fsv, keys)
+        events, event_ts = opened["events"]
         windows = exact_windows_sql(con, labels, events, keys=keys, ts=TS, event_ts=event_ts,
                                     windows=[(spec, n) for n, spec in plan.windows.items()],
                                     lo=entities.min_ts, hi=entities.max_ts)
@@ -326,14 +344,16 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
     con = engine.connect(store.settings.max_compute_threads)
     try:
         con.register(LABELS, label_table(entities))
+        plans = [plan_set(group.version, group.features) for group in groups]
+        opened = [_open_set(con, store, group, plan, as_of.get(group.version.name), entities)
+                  for group, plan in zip(groups, plans)]
+        engine.seal(con)  # every file is registered: the features' SQL runs with no other file access
         parts, sets, position = [], [], 0
-        for group in groups:
+        for group, plan, reads in zip(groups, plans, opened):
             fsv = group.version
-            plan = plan_set(fsv, group.features)
             mine = outputs[position:position + len(group.features)]
             position += len(group.features)
-            sql, version = _set_sql(con, store, group, plan, as_of.get(fsv.name), entities,
-                                    [internal for internal, _ in mine])
+            sql, version = _set_sql(con, group, plan, reads, entities, [internal for internal, _ in mine])
             parts.append(sql)
             sets.append(set_meta(group, plan, version, as_of.get(fsv.name)))
         user = ", ".join(f"l.{ident(c)}" for c in entities.columns)
