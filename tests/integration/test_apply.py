@@ -286,8 +286,8 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
                 user = {**mistyped, "entities": ["user"]}
                 refused = [
                     (mistyped, "the source has no column 'nobody' for its entities", "entities"),
-                    ({**user, "source": {"path": purchases, "event_timestamp_column": "user_id"}},
-                     "event timestamp column 'user_id' is of type", "source.event_timestamp_column"),
+                    ({**user, "source": {"path": purchases, "event_timestamp_column": "amount"}},
+                     "event timestamp column 'amount' is of type", "source.event_timestamp_column"),
                     ({**user, "features": [{"name": "big", "data_type": "float", "transformation": "amount",
                                             "aggregation": "sum", "window_size": "7d",
                                             "window_filter": "no_such_column > 1"}]},
