@@ -230,3 +230,30 @@ def test_alembic_upgrade_head_with_database_url(pg_settings, tmp_path):
             assert connection.execute(text("SELECT count(*) FROM feature_sets")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_a_set_without_source_holds_features_and_says_so_when_materialized(settings):
+    """Deliberate: the spec creates `user_profile` with no source, then adds features to it, so a set's
+    features never require a source at definition time; `PATCH source: null` is accepted for the same
+    reason, and materializing a set with no source is refused with a message that names it."""
+    from datetime import datetime
+
+    from fstore.errors import FStoreError
+    from fstore.store import FeatureStore
+
+    store = FeatureStore(settings.with_(compute_engine="duckdb"), auto_upgrade=True)
+    try:
+        store.apply(str(REPO / "conf" / "examples" / "entities.yaml"))
+        data = write_example_sources(Path(settings.storage_path) / "example_sources", users=10, purchases=50)
+        store.create_feature_set(SPEC_FEATURE_SET)
+        store.create_feature({**SPEC_USER_AGE, "feature_set_id": "user_profile"})
+        store.update_feature_set("user_profile", {"source": {"path": data.users_path,
+                                                             "event_timestamp_column": "updated_at"}})
+        january = (datetime(2024, 1, 1), datetime(2024, 2, 1))
+        assert store.materialize("user_profile", *january)["rows_written"] == 10 * 31
+        changed = store.update_feature_set("user_profile", {"source": None})
+        assert changed["source"] is None and changed["features"] == ["user_age"]
+        with pytest.raises(FStoreError, match="feature set user_profile has no source to"):
+            store.materialize("user_profile", *january)
+    finally:
+        store.close()
