@@ -536,12 +536,18 @@ class Feature:
             check_value_type(self.default_value, self.data_type, field_name="default_value")
 
     FIELDS = frozenset({"name", "feature_set", "feature_set_id", "data_type", "description", "transformation", "python",
-                        "dialect", "validation_rules", "default_value", "window_size", "aggregation", "window_filter",
-                        "source_features", "tags", "owner", "type"})
+                        "dialect", "validation_rules", "allowed_values", "default_value", "window_size", "aggregation",
+                        "window_filter", "source_features", "tags", "owner", "type"})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, feature_set: str | None = None) -> "Feature":
-        """Read a feature; ``feature_set`` is the resolved set name when the body names it by id."""
+        """Read a feature; ``feature_set`` is the resolved set name when the body names it by id.
+
+        As the product spec writes features: one with nothing to compute it from (no
+        transformation, python, window or source features) is the source column of its own
+        name, and ``allowed_values`` may stand at the top level (the same rule as under
+        ``validation_rules``).
+        """
         _reject_unknown(data, set(cls.FIELDS), "feature")
         set_name = feature_set or data.get("feature_set")
         if set_name is None and isinstance(data.get("feature_set_id"), str):
@@ -568,8 +574,12 @@ class Feature:
         rules = data.get("validation_rules")
         if rules is not None and not isinstance(rules, Mapping):
             raise InvalidDefinition("validation_rules must be an object", field="validation_rules")
+        rules = _top_level_allowed_values(data, rules)
+        name = check_name(data.get("name"))
+        if window is None and not transformation and python is None and not data.get("source_features"):
+            transformation = name  # the source column of the same name
         return cls(
-            name=check_name(data.get("name")),
+            name=name,
             feature_set=check_name(set_name, field_name="feature_set"),
             data_type=normalize_data_type(_aliased(data, "data_type", "type"), field_name="data_type")
             if (data.get("data_type") or data.get("type")) else _missing("data_type"),
@@ -607,6 +617,20 @@ class Feature:
             if self.window.filter:
                 out["window_filter"] = self.window.filter
         return out
+
+
+def _top_level_allowed_values(data: Mapping[str, Any], rules: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``validation_rules`` with a top-level ``allowed_values`` moved in; both given and different is refused."""
+    if "allowed_values" not in data:
+        return rules
+    values = data["allowed_values"]
+    inner = (rules or {}).get("allowed_values")
+    if inner is not None and inner != values:
+        raise InvalidDefinition("allowed_values and validation_rules.allowed_values differ: give one of them",
+                                field="allowed_values")
+    if values is not None and not isinstance(values, list):
+        raise InvalidDefinition("allowed_values must be a list", field="allowed_values")
+    return {**(rules or {}), "allowed_values": values}
 
 
 def _missing(key: str):

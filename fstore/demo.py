@@ -93,8 +93,9 @@ def offline_rows(store):
 @step("5. online features")
 def online(store):
     features = ["user_profile:user_age", "user_profile:account_balance", "user_profile:user_segment",
+                "user_profile:purchase_count", "user_profile:last_login",
                 "user_activity:purchases_last_30d", "user_activity:purchase_frequency"]
-    answer = store.get_online_features(features=features, entities={"user_id": [1, 2, 3, 4]})
+    answer = store.get_online_features(features=features, entities={"user": ["user_123", "user_456", "user_1003", "user_1004"]})
     for entity, values in answer["features"].items():
         shown = {k: (v.get("value") if isinstance(v, dict) else v) for k, v in values.items()}
         print(f"user {entity}: {shown}")
@@ -106,7 +107,7 @@ def training(store, data):
     import pandas as pd
 
     labels = pd.DataFrame({
-        "user_id": [1, 2, 20, 20],
+        "user_id": ["user_123", "user_456", "user_1018", "user_1018"],
         "event_timestamp": [data.end - timedelta(days=1), data.end - timedelta(days=10),
                             data.end - timedelta(days=30), data.end],
         "label": [0, 1, 1, 0],

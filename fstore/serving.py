@@ -27,7 +27,7 @@ set, a read carries the set's load marker and ``fsmeta`` lookups in its pipeline
 the registry is asked whether the set was ever loaded only when both are absent (a set
 not loaded yet, or lost), and a "yes" (or a marker once seen) is kept.
 
-Entities come as columns ``{"user_id": ["1", "2"]}``, one row ``{"user_id": "1"}``
+Entities come as columns ``{"user_id": ["1", "2"]}`` (or by a single-key entity's name, ``{"user": [...]}``), one row ``{"user_id": "1"}``
 or rows ``[{"user_id": "1", "merchant_id": "7"}]``; each requested feature set
 takes the join keys it needs from each row, matched by the entity's value type.
 
@@ -75,6 +75,7 @@ class _Group:
     getter: Callable[[Any], Any] | None = None  # picks the asked fields out of the read ones (None: same order)
     present: dict[str, str] | None = None  # {output: "present"}, to update statuses in one call
     all_float: bool = False  # every asked feature is a float: the values of many rows decode in one parse
+    aliases: tuple[tuple[str, str], ...] = ()  # (entity name, its join key) for single-key entities
 
 
 class _State:
@@ -230,7 +231,9 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl,
                              outs=tuple(p[0] for p in picks), decoders=tuple(p[2] for p in picks), getter=getter,
                              present=dict.fromkeys((p[0] for p in picks), _PRESENT),
-                             all_float=all(p[2] is float for p in picks)))
+                             all_float=all(p[2] is float for p in picks),
+                             aliases=tuple((e.name, e.join_keys[0]) for e in fsv.entities
+                                           if len(e.join_keys) == 1 and e.name != e.join_keys[0])))
     if key is not None:
         with state.lock:
             if len(state.plans) > 1000:
@@ -283,6 +286,12 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
     for g in groups:
         used.update(g.codec.key_columns)
     unknown = sorted({k for row in rows for k in row} - used)
+    if unknown:  # the spec's {"user": [...]}: an entity's name for its one join key
+        aliases = {name: key for g in groups for name, key in g.aliases}
+        if all(k in aliases for k in unknown):
+            rows = [{aliases.get(k, k): v for k, v in row.items()} for row in rows]
+            unknown = sorted({k for row in rows for k in row} - used) if all(
+                len(row) == len({aliases.get(k, k) for k in row}) for row in rows) else unknown
     if unknown:
         raise InvalidDefinition(f"entity key(s) {', '.join(unknown)} are not join keys of the requested feature sets "
                                 f"(which use {', '.join(sorted(used))})", field="entities")

@@ -293,11 +293,22 @@ class FeatureStore:
 
         return get_online_features(self, features=features, entities=entities, feature_sets=feature_sets)
 
-    def get_historical_features(self, *, entity_df: Any, features: list[str], feature_sets: list[str] | None = None,
+    def get_historical_features(self, *, entity_df: Any = None, features: list[str], feature_sets: list[str] | None = None,
                                 as_of: int | str | datetime | None = None, timestamp_column: str | None = None,
-                                save_as: str | None = None, actor: str = ""):
-        """Point-in-time-correct features for each entity row; ``.to_df()`` / ``.to_spark()``."""
+                                save_as: str | None = None, actor: str = "", entities: Any = None):
+        """Point-in-time-correct features for each entity row; ``.to_df()`` / ``.to_spark()``.
+
+        ``entities`` is another name for ``entity_df`` (the spec's SDK example writes
+        ``entities=train_df[["user_id", "timestamp"]]``); the time column is found by name
+        (``event_timestamp``, ``timestamp``, ``ts``) unless ``timestamp_column`` names it. A
+        feature asked by its bare name is the column of that name in the result.
+        """
+        from fstore.errors import InvalidDefinition
         from fstore.retrieval import get_historical_features
+
+        if (entity_df is None) == (entities is None):
+            raise InvalidDefinition("give the entity rows once: entity_df or entities", field="entity_df")
+        entity_df = entities if entity_df is None else entity_df
 
         return get_historical_features(self, entity_df=entity_df, features=features, feature_sets=feature_sets,
                                        as_of=as_of, timestamp_column=timestamp_column, save_as=save_as, actor=actor)

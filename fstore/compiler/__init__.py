@@ -145,7 +145,8 @@ def _plan(fsv: FeatureSetVersion) -> _Plan:
         n = 1 + max(level[d] for d in f.source_features)
         level[f.name] = n
         rename = {d: internal_column(d) for d in names if d not in python_names}
-        sql = to_spark(f.transformation, f.dialect, event_time=EVENT_TIME, feature=f.name, rename=rename)
+        ints = frozenset(d for d in f.source_features if fsv.feature(d).data_type == "int")
+        sql = to_spark(f.transformation, f.dialect, event_time=EVENT_TIME, feature=f.name, rename=rename, int_columns=ints)
         while len(levels) < n:
             levels.append([])
         levels[n - 1].append((f, sql))

@@ -17,9 +17,14 @@ rewrites happen in one place:
   birthday itself otherwise. Other uses of ``AGE`` are refused, because Spark
   has no interval type with PostgreSQL's symbolic months.
 
-Known difference: ``a / b`` is Spark's division (a fraction) even with
-``dialect: postgres``, where two integers would divide with truncation; write
-``a DIV b`` (spark) or ``CAST(a / b AS INT)`` when truncation is meant.
+With ``dialect: postgres``, ``a / b`` of two integers is PostgreSQL's integer
+division (truncated toward zero: ``7 / 2`` is 3, ``-7 / 2`` is -3), written as
+Spark's ``a DIV b``, when both sides are known to be integers in the expression:
+integer literals, casts to an integer type, features of type ``int`` read by a
+composite feature, and sums, differences, products, remainders and quotients of
+those. A raw source column's type is not known to the compiler (it compiles
+without reading the source), so ``col / 2`` stays a fraction: write
+``CAST(col AS INT) / 2`` to have PostgreSQL's answer.
 """
 from __future__ import annotations
 
@@ -147,19 +152,55 @@ def _age_rewrite(node: exp.Expression, event_time: str, feature: str) -> exp.Exp
     return out
 
 
+_INT_TYPES = {exp.DataType.Type.TINYINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.INT, exp.DataType.Type.BIGINT}
+
+
+def _is_int(node: exp.Expression, int_columns: frozenset[str]) -> bool:
+    """True when ``node`` is an integer by what the expression itself says (see the module docstring)."""
+    if isinstance(node, exp.Paren):
+        return _is_int(node.this, int_columns)
+    if isinstance(node, exp.Literal):
+        return node.is_int
+    if isinstance(node, exp.Neg):
+        return _is_int(node.this, int_columns)
+    if isinstance(node, exp.Cast):
+        return node.to.this in _INT_TYPES
+    if isinstance(node, exp.Column):
+        return not node.table and node.name in int_columns
+    if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Mod, exp.Div, exp.IntDiv)):
+        return _is_int(node.left, int_columns) and _is_int(node.right, int_columns)
+    return False
+
+
+def postgres_int_division(node: exp.Expression, int_columns: frozenset[str] = frozenset()) -> exp.Expression:
+    """PostgreSQL's ``int / int`` (truncating) as Spark's ``DIV``; other divisions are left alone."""
+
+    node = node.copy()
+    for div in reversed(list(node.find_all(exp.Div))):  # innermost first: an outer one sees its operands' types
+        if _is_int(div.left, int_columns) and _is_int(div.right, int_columns):
+            replacement = exp.IntDiv(this=div.left.copy(), expression=div.right.copy())
+            if div is node:
+                return replacement
+            div.replace(replacement)
+    return node
+
+
 def rewrite(node: exp.Expression, *, event_time: str, feature: str) -> exp.Expression:
     """Apply event-time semantics and the AGE translation to a parsed expression."""
     return _age_rewrite(_event_time_rewrite(node, event_time), event_time, feature)
 
 
 def to_spark(text: str, dialect: str, *, event_time: str, feature: str, rename: dict[str, str] | None = None,
-             field: str = "transformation") -> str:
+             field: str = "transformation", int_columns: frozenset[str] = frozenset()) -> str:
     """A feature's expression as Spark SQL text over the row whose event time is column ``event_time``.
 
     ``rename`` maps unqualified column names to other columns (composite features read other
-    features from internal columns).
+    features from internal columns); ``int_columns`` names the columns known to be integers
+    (for PostgreSQL's integer division).
     """
     node = parse(text, dialect, feature=feature, field=field)
+    if dialect == "postgres":
+        node = postgres_int_division(node, int_columns)
     if node.find(exp.Window):
         raise InvalidDefinition(
             f"feature {feature}: a window function (OVER ...) must be the whole transformation, not part of it",

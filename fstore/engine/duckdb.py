@@ -149,7 +149,7 @@ def _sql_list(paths: list[str]) -> str:
 
 def read_source(con, source: Source):
     """The source as a DuckDB relation (every row; ``compute`` filters the range), with its event time column."""
-    relation = _open_source(con, source)
+    relation = open_source(con, source)
     ts = source.event_timestamp_column
     if ts not in relation.columns:
         raise InvalidDefinition(f"the source has no event timestamp column {ts!r}; its columns are: "
@@ -177,7 +177,8 @@ def unsupported(source: Source) -> str | None:
     return None
 
 
-def _open_source(con, source: Source):
+def open_source(con, source: Source):
+    """Every row of a path source as a DuckDB relation, as Spark's reader would read it (``unsupported`` refused)."""
     reason = unsupported(source)
     if reason is not None:
         raise InvalidDefinition(reason, field="source")
@@ -312,4 +313,5 @@ def earliest_event(source: Source) -> datetime | None:
     return to_utc_naive(value) if value is not None else None
 
 
-__all__ = ["connect", "allow_files", "seal", "ident", "to_duckdb", "unsupported", "read_source", "run_compiled", "compute", "earliest_event"]
+__all__ = ["connect", "allow_files", "seal", "ident", "to_duckdb", "unsupported", "open_source", "read_source", "run_compiled",
+           "compute", "earliest_event"]

@@ -4,12 +4,18 @@
 records a ``batch_retrieval`` job and starts ``python jobs/retrieve.py --job-id
 ID`` detached, returning the pending job at once. ``run_batch_job`` (what that
 process runs, also reachable through ``spark-submit jobs/retrieve.py``) reads
-the entity rows on Spark, runs the same point-in-time retrieval as
-``get_historical_features``, writes the result and records progress, then the
-output location and row count (or the error) on the job.
+the entity rows, runs the same point-in-time retrieval as
+``get_historical_features`` on the store's engine, writes the result and
+records progress, then the output location and row count (or the error) on
+the job.
 
-Delta output without Delta's Spark jars (DESIGN.md): Spark writes the Parquet
-files, the driver commits them to a new Delta log with ``deltalake``.
+Either engine writes the same layout: Parquet part files in the output folder,
+for Delta committed by the driver as version 0 of a new Delta log with
+``deltalake`` (no Delta Spark jars, DESIGN.md). Spark writes the files itself;
+``COMPUTE_ENGINE=duckdb`` reads the entity rows with DuckDB (local paths only),
+retrieves with ``historical_duckdb`` in the job process (the rows and the
+result held in its memory) and writes the files with pyarrow. No Spark session
+is started there.
 """
 from __future__ import annotations
 
@@ -93,6 +99,23 @@ def check_output(output_path: Any, output_format: Any) -> tuple[str, str]:
     return path, fmt
 
 
+def check_engine_support(compute_engine: str, source: dict[str, Any], output_path: str) -> None:
+    """What ``COMPUTE_ENGINE=duckdb`` cannot run, refused before a job is recorded: it reads an entity
+    source the way it reads a feature set's (local parquet, csv, json or delta paths) and writes locally."""
+    if compute_engine != "duckdb":
+        return
+    from fstore.definitions import Source
+    from fstore.engine.duckdb import unsupported
+
+    given = {"table": source["table"]} if "table" in source else {"path": source["path"], "format": source["format"]}
+    reason = unsupported(Source(**given))
+    if reason is not None:
+        raise InvalidDefinition(f"entity_source: {reason}", field=f"entity_source.{next(iter(given))}")
+    if not _is_local(output_path):
+        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb writes batch output to local paths only, not {output_path}; "
+                                "run it with COMPUTE_ENGINE=spark", field="output_path")
+
+
 def _refuse_shared_output(s, path: str) -> None:
     """Two unfinished jobs never write one location (the second would find it written, or clobber it)."""
     from sqlalchemy import select
@@ -116,6 +139,7 @@ def start_batch_retrieval(store: "FeatureStore", *, entity_source: dict, feature
 
     source = check_entity_source(entity_source)
     path, fmt = check_output(output_path, output_format)
+    check_engine_support(store.settings.compute_engine, source, path)
     resolve(store, features, feature_sets)  # unknown or ambiguous features fail now, not in the job
     params = {"entity_source": source, "features": list(features),
               "feature_sets": list(feature_sets) if feature_sets else None,
@@ -158,6 +182,32 @@ def _read_entities(spark, source: dict[str, Any]):
     return reader.format(source["format"]).load(source["path"])
 
 
+def _read_entities_duckdb(store: "FeatureStore", source: dict[str, Any]):
+    """The entity rows of a path source as an Arrow table, read by DuckDB as Spark's reader would read them."""
+    import duckdb
+
+    from fstore.definitions import Source
+    from fstore.engine import duckdb as engine
+
+    con = engine.connect(store.settings.max_compute_threads)
+    try:
+        return engine.open_source(con, Source(path=source["path"], format=source["format"])).to_arrow_table()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidDefinition(f"entity_source.path {source['path']} cannot be read as {source['format']}: {first}",
+                                field="entity_source.path") from None
+    finally:
+        con.close()
+
+
+def write_result(result, path: str, fmt: str) -> None:
+    """Write a retrieval's rows with the engine that holds them: Spark's writer, or pyarrow (DuckDB's Arrow rows)."""
+    if result.arrow is not None:
+        write_arrow_output(result.arrow, path, fmt)
+    else:
+        write_output(result.to_spark(), path, fmt)
+
+
 def write_output(spark_df, path: str, fmt: str) -> None:
     """Write the result as Parquet, or as a new Delta table (Parquet files committed with deltalake)."""
     check_output(path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
@@ -165,6 +215,44 @@ def write_output(spark_df, path: str, fmt: str) -> None:
     spark_df.write.mode("append" if exists else "errorifexists").parquet(path)
     if fmt == "delta":
         commit_parquet_folder_as_delta(path)
+
+
+_ROWS_PER_FILE = 4 << 20
+_ROWS_PER_GROUP = 1 << 20
+
+
+def write_arrow_output(table, path: str, fmt: str) -> None:
+    """``write_output`` for an Arrow table (the DuckDB engine), in Spark's layout and types.
+
+    Snappy Parquet part files in the folder, rows in order; timestamps as Spark writes them (UTC
+    microseconds); for Delta, the same commit of the folder as version 0.
+    """
+    import uuid
+
+    import pyarrow.dataset as ds
+
+    from fstore.retrieval.historical import utc_timestamps
+
+    check_output(path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
+    os.makedirs(path, exist_ok=True)
+    options = ds.ParquetFileFormat().make_write_options(compression="snappy")
+    ds.write_dataset(_microseconds(utc_timestamps(table)), path, format="parquet", file_options=options,
+                     basename_template=f"part-{{i}}-{uuid.uuid4()}-c000.snappy.parquet", preserve_order=True,
+                     max_rows_per_file=_ROWS_PER_FILE, min_rows_per_group=_ROWS_PER_GROUP,
+                     max_rows_per_group=_ROWS_PER_GROUP, existing_data_behavior="error")
+    if fmt == "delta":
+        commit_parquet_folder_as_delta(path)
+
+
+def _microseconds(table):
+    """Timestamp columns in microseconds (Spark's precision; Delta has no nanosecond timestamps)."""
+    import pyarrow as pa
+
+    for i, arrow_type in enumerate(table.schema.types):
+        if pa.types.is_timestamp(arrow_type) and arrow_type.unit == "ns":
+            table = table.set_column(i, table.schema.field(i).name,
+                                     table.column(i).cast(pa.timestamp("us", tz=arrow_type.tz), safe=False))
+    return table
 
 
 def commit_parquet_folder_as_delta(path: str) -> None:
@@ -217,23 +305,33 @@ def _run_job(store: "FeatureStore", job_id: str, params: dict) -> dict:
     """The work of a running job: entities, retrieval, output; records progress and the outcome."""
     from fstore.references import resolve
     from fstore.registry.jobs import update_job
-    from fstore.retrieval.entities import prepare_entities
-    from fstore.retrieval.historical import retrieve
 
     try:
-        spark = store.spark
         source = params["entity_source"]
-        entities = prepare_entities(spark, _read_entities(spark, source), source.get("timestamp_column"))
+        on_duckdb = store.settings.compute_engine == "duckdb"
+        if on_duckdb:
+            from fstore.retrieval.entities import prepare_arrow
+
+            entities = prepare_arrow(_read_entities_duckdb(store, source), source.get("timestamp_column"))
+        else:
+            from fstore.retrieval.entities import prepare_entities
+
+            entities = prepare_entities(store.spark, _read_entities(store.spark, source), source.get("timestamp_column"))
         with store.transaction() as s:
             update_job(s, job_id, progress=0.3)
         groups = resolve(store, params["features"], params["feature_sets"])
-        result = retrieve(store, entities, groups, {g.version.name: None for g in groups})
+        pins = {g.version.name: None for g in groups}
+        if on_duckdb:
+            from fstore.retrieval.historical_duckdb import retrieve
+        else:
+            from fstore.retrieval.historical import retrieve
+        result = retrieve(store, entities, groups, pins)
         with store.transaction() as s:
             update_job(s, job_id, progress=0.5)
-        write_output(result.to_spark(), params["output_path"], params["output_format"])
+        write_result(result, params["output_path"], params["output_format"])
         outcome = {"output_path": params["output_path"], "output_format": params["output_format"],
                    "row_count": entities.count, "columns": list(result.columns),
-                   "feature_sets": result.meta["feature_sets"]}
+                   "feature_sets": result.meta["feature_sets"], "compute_engine": store.settings.compute_engine}
         with store.transaction() as s:
             return update_job(s, job_id, status="succeeded", progress=1.0, result=outcome)
     except Exception as exc:

@@ -5,7 +5,7 @@ timestamp, any other columns). Here it gets a TIMESTAMP column ``__fs_ts``
 (UTC) and a row number ``__fs_row`` that the result is ordered by, so every
 row comes back in its place, duplicates kept: a Spark DataFrame for the Spark
 engine (``prepare_entities``), a pandas frame for the DuckDB engine
-(``prepare_local``). The checks and their errors are the same for both.
+(``prepare_local``; ``prepare_arrow`` for a batch job's rows). The checks and their errors are the same for both.
 """
 from __future__ import annotations
 
@@ -284,6 +284,19 @@ def prepare_local(entity_df: Any, timestamp_column: str | None, *, max_rows: int
         raise _unreadable(ts_name, nulls)
     nested = {f.name: f.type for f in table.schema if pa.types.is_nested(f.type)}
     return replace(prepare_pandas(frame, ts_name, keys=keys), arrow_types=nested)
+
+
+def prepare_arrow(table: Any, timestamp_column: str | None, *,
+                  keys: Mapping[str, tuple[str, str]] | None = None) -> Entities:
+    """``prepare_local`` for entity rows read as an Arrow table (a batch job's entity source on DuckDB).
+
+    The nested columns keep their Arrow types, as ``prepare_local`` keeps a Spark frame's.
+    """
+    import pyarrow as pa
+
+    _check_columns(table.column_names)
+    nested = {f.name: f.type for f in table.schema if pa.types.is_nested(f.type)}
+    return replace(prepare_pandas(table.to_pandas(), timestamp_column, keys=keys), arrow_types=nested)
 
 
 def prepare_entities(spark, entity_df: Any, timestamp_column: str | None, *, max_rows: int | None = None,

@@ -68,6 +68,12 @@ def save_training_set(store: "FeatureStore", name: str, entities: Entities, resu
     }
     with store.transaction() as s:
         saved = finish_training_set(s, name, spec, entity_count=entities.count, output_path=data_path)
+    from fstore import audit
+
+    # Saving is a write whatever the caller (SDK, CLI, or a POST that security's audit counts as a read).
+    audit.record(store.engine, actor=actor, action="save_training_set", target=name, outcome="ok",
+                 detail={"features": list(features), "entity_count": entities.count, "output_path": data_path,
+                         "offline_versions": spec["offline_versions"]})
     result.meta["training_set"] = saved
     return saved
 

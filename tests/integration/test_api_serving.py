@@ -9,7 +9,6 @@ import pytest
 
 from fstore.api import create_app
 from fstore.settings import Settings
-from fstore.store import FeatureStore
 
 FINISHED = ("succeeded", "failed")
 
@@ -27,13 +26,12 @@ def source_path(tmp_path) -> str:
     return str(path)
 
 
-@pytest.fixture(params=["spark", "duckdb"])
-def client(request, tmp_path, redis_url, spark, source_path):
-    """The API on a store computing on each engine (batch retrieval jobs run on Spark either way)."""
+@pytest.fixture()
+def client(on_engine, tmp_path, redis_url, source_path):
+    """The API on a store computing on each engine (on DuckDB, touching Spark fails the test)."""
     settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": redis_url,
-                                  "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5",
-                                  "COMPUTE_ENGINE": request.param})
-    store = FeatureStore(settings).use_spark(spark)
+                                  "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5"})
+    store = on_engine(settings)
     client = create_app(store=store).test_client()
     body = {"name": "user_activity", "entities": ["user_id"], "description": "spend",
             "source": {"path": source_path, "format": "parquet"},
@@ -55,7 +53,9 @@ def wait_for(client, url: str, limit_s: float = 300.0) -> dict:
         time.sleep(0.5)
 
 
-def test_materialize_then_serve_online_historical_and_batch(client, tmp_path):
+def test_materialize_then_serve_online_historical_and_batch(client, compute_engine, tmp_path, monkeypatch):
+    if compute_engine == "duckdb":
+        monkeypatch.setenv("JAVA_HOME", "/nonexistent")  # a run or job process starting a JVM fails
     response = client.post("/api/v1/feature-sets/user_activity/materialize", headers={"X-Actor": "carol"},
                            json={"start_date": "2024-01-01T02:00:00+02:00", "end_date": "2024-02-01T00:00:00Z"})
     assert response.status_code == 202, response.get_json()
@@ -103,7 +103,10 @@ def test_materialize_then_serve_online_historical_and_batch(client, tmp_path):
     assert batch.status_code == 202, batch.get_json()
     job = wait_for(client, f"/api/v1/serving/jobs/{batch.get_json()['id']}")
     assert job["status"] == "succeeded", job
-    assert job["result"]["row_count"] == 2
+    assert job["result"]["row_count"] == 2 and job["result"]["compute_engine"] == compute_engine
+    written = pd.read_parquet(tmp_path / "out").sort_values("user_id")
+    assert list(written.columns) == ["user_id", "event_timestamp", "amount"]
+    assert list(written.amount) == [25.5, 7.0]
 
 
 @pytest.mark.parametrize(("case", "url", "body", "status", "field"), [

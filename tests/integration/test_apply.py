@@ -258,13 +258,13 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
     try:
         write_example_sources(Path(settings.storage_path) / "example_sources")
         result = store.apply(str(EXAMPLES), actor="ci")
-        assert result["summary"] == {"create": 11, "update": 0, "unchanged": 0}
+        assert result["summary"] == {"create": 13, "update": 0, "unchanged": 0}
         fs = store.get_feature_set("user_activity")
         assert fs["source"]["path"] == str(Path(settings.storage_path) / "example_sources" / "purchases")
         assert fs["features"] == ["purchases_last_30d", "spend_last_7d", "days_since_signup", "purchase_frequency"]
         assert store.get_feature("purchase_frequency", feature_set="user_activity")["lineage"] == {
             "purchases_last_30d": 1, "days_since_signup": 1}
-        assert store.plan(str(EXAMPLES))["summary"] == {"create": 0, "update": 0, "unchanged": 11}
+        assert store.plan(str(EXAMPLES))["summary"] == {"create": 0, "update": 0, "unchanged": 13}
         before = counts(store)
         bad = write(tmp_path / "bad", "bad.yaml", """
             features:
@@ -286,8 +286,8 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
                 user = {**mistyped, "entities": ["user"]}
                 refused = [
                     (mistyped, "the source has no column 'nobody' for its entities", "entities"),
-                    ({**user, "source": {"path": purchases, "event_timestamp_column": "user_id"}},
-                     "event timestamp column 'user_id' is of type", "source.event_timestamp_column"),
+                    ({**user, "source": {"path": purchases, "event_timestamp_column": "amount"}},
+                     "event timestamp column 'amount' is of type", "source.event_timestamp_column"),
                     ({**user, "features": [{"name": "big", "data_type": "float", "transformation": "amount",
                                             "aggregation": "sum", "window_size": "7d",
                                             "window_filter": "no_such_column > 1"}]},

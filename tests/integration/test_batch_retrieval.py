@@ -1,14 +1,16 @@
-"""Batch retrieval end to end: a job in its own process reads entity rows from Parquet and writes Delta/Parquet."""
+"""Batch retrieval end to end: a job in its own process reads entity rows from Parquet and writes Delta/Parquet,
+on each compute engine, the same files and rows as Spark's."""
 from __future__ import annotations
 
 import time
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
 from fstore.store import FeatureStore
-from test_retrieval import fill_offline, T0, T_END, create_sets, events, labels, records, write_source
+from test_retrieval import create_sets, events, fill_offline, labels, write_source
 
 pytestmark = pytest.mark.spark
 
@@ -16,13 +18,48 @@ FEATURES = ["user_txn:amount_x2", "txn_count_2d", "merchant_amount"]
 
 
 @pytest.fixture()
-def store(settings, spark, tmp_path):
-    s = FeatureStore(settings).use_spark(spark)
+def store(settings, on_engine, tmp_path):
+    """A store on the test's engine (on DuckDB, touching Spark fails the test), its offline tables filled."""
+    s = on_engine(settings)
     create_sets(s, write_source(tmp_path / "source", events()))
     for name in ("user_txn", "merchant_txn"):
         fill_offline(s, name)
     yield s
     s.close()
+
+
+@pytest.fixture()
+def spark_store(settings, on_engine, store):
+    """The same registry and offline store computing on Spark: what the DuckDB engine must equal."""
+    s = on_engine(settings, on="spark")
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def entity_path(tmp_path):
+    path = tmp_path / "entities"
+    path.mkdir()
+    rows = labels()
+    rows.assign(event_timestamp=rows.event_timestamp.astype("datetime64[us]")).to_parquet(path / "part-0.parquet", index=False)
+    return path
+
+
+def no_spark_in_job_processes(monkeypatch) -> None:
+    """A job process that starts a JVM fails (the running test session's JVM is unaffected)."""
+    monkeypatch.setenv("JAVA_HOME", "/nonexistent")
+
+
+def read_output(path, output_format: str) -> pa.Table:
+    """The written rows as Arrow (for Delta: version 0 of the new table, nothing else in it)."""
+    if output_format == "delta":
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(path))
+        assert table.version() == 0
+        assert sorted(table.file_uris()) == sorted(str(f) for f in path.glob("*.parquet"))
+        return table.to_pyarrow_table()
+    return pq.read_table(path)
 
 
 def wait_for(store: FeatureStore, job_id: str, timeout: float = 300.0) -> dict:
@@ -36,35 +73,38 @@ def wait_for(store: FeatureStore, job_id: str, timeout: float = 300.0) -> dict:
 
 
 @pytest.mark.parametrize("output_format", ["delta", "parquet"])
-def test_a_batch_job_writes_the_same_rows_as_the_sdk(store, tmp_path, output_format):
-    entity_rows = labels()
-    entity_path = tmp_path / "entities"
-    entity_path.mkdir()
-    entity_rows.assign(event_timestamp=entity_rows.event_timestamp.astype("datetime64[us]")) \
-        .to_parquet(entity_path / "part-0.parquet", index=False)
+def test_a_batch_job_writes_the_rows_and_files_spark_writes(store, spark_store, compute_engine, entity_path, tmp_path,
+                                                            monkeypatch, output_format):
+    if compute_engine == "duckdb":
+        no_spark_in_job_processes(monkeypatch)
     out = tmp_path / "out" / output_format
     job = store.start_batch_retrieval(entity_source={"path": str(entity_path), "format": "parquet"},
                                       features=FEATURES, output_path=str(out), output_format=output_format, actor="bob")
     assert job["status"] == "pending" and job["kind"] == "batch_retrieval" and job["created_by"] == "bob"
     done = wait_for(store, job["id"])
     assert done["status"] == "succeeded", done["error"]
-    assert done["progress"] == 1.0 and done["result"]["row_count"] == len(entity_rows)
+    assert done["progress"] == 1.0 and done["result"]["row_count"] == len(labels())
     assert done["result"]["output_path"] == str(out) and done["finished_at"]
-    if output_format == "delta":
-        from deltalake import DeltaTable
+    assert done["result"]["compute_engine"] == compute_engine
+    written = read_output(out, output_format)
+    assert all(f.name.startswith("part-") for f in out.glob("*.parquet"))
 
-        table = DeltaTable(str(out))
-        assert table.version() == 0
-        written = table.to_pandas()
-    else:
-        written = pd.read_parquet(out)
-    expected = store.get_historical_features(entity_df=entity_rows, features=FEATURES).to_df()
-    columns = ["note", "user_txn__amount_x2", "txn_count_2d", "merchant_amount"]
-    key = lambda rows: sorted(rows, key=repr)  # noqa: E731 - Parquet readers do not promise file order
-    assert key(records(written, columns)) == key(records(expected, columns))
+    # Spark's answer: the SDK's retrieval on Spark, written in this process by the Spark job's writer.
+    from fstore.retrieval.batch import write_output
+
+    expected_path = tmp_path / "expected" / output_format
+    sdk = spark_store.get_historical_features(entity_df=labels(), features=FEATURES)
+    write_output(sdk.to_spark(), str(expected_path), output_format)
+    expected = read_output(expected_path, output_format)
+    assert written.schema == expected.schema
+    key = lambda table: sorted(map(repr, table.to_pylist()))  # noqa: E731 - Parquet readers do not promise file order
+    assert key(written) == key(expected)
+    assert len(written) == len(labels())
+    assert {"at first event", "no rows"} <= set(written.column("note").to_pylist())
+    assert any(written.column("txn_count_2d").to_pylist()) and any(written.column("user_txn__amount_x2").to_pylist())
 
 
-def test_bad_batch_requests_are_refused_before_a_job_is_recorded(store, tmp_path):
+def test_bad_batch_requests_are_refused_before_a_job_is_recorded(store, compute_engine, tmp_path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("do not overwrite")
@@ -78,6 +118,12 @@ def test_bad_batch_requests_are_refused_before_a_job_is_recorded(store, tmp_path
         ({"output_path": str(occupied)}, AlreadyExists, "output_path"),
         ({"features": ["nope"]}, NotFound, "features"),
     ]
+    if compute_engine == "duckdb":  # what it cannot read or write, before a job fails on it
+        cases += [
+            ({"entity_source": {"table": "db.labels"}}, InvalidDefinition, "entity_source.table"),
+            ({"entity_source": {"path": "s3://bucket/labels"}}, InvalidDefinition, "entity_source.path"),
+            ({"output_path": "s3://bucket/out"}, InvalidDefinition, "output_path"),
+        ]
     for change, error, field in cases:
         kwargs = {"entity_source": source, "features": FEATURES, "output_path": str(tmp_path / "o"),
                   "output_format": "parquet", **change}

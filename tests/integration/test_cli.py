@@ -213,7 +213,7 @@ def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp
     examples = Path(__file__).resolve().parents[2] / "conf" / "examples"
     run("apply", str(examples))
     assert "SELECT" in run("compile", "user_activity").stdout.upper()
-    done = run("materialize", "user_profile", "--start", "2025-12-01", "--end", END.isoformat()).stdout
+    done = run("materialize", "user_profile", "--start", "2024-02-01", "--end", END.isoformat()).stdout
     assert "succeeded" in done and "rows_written" in done
     run_id = json.loads(run("runs", "list", "user_profile", "--json").stdout)["items"][0]["id"]
     shown = run("runs", "show", run_id).stdout
@@ -221,18 +221,18 @@ def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp
     assert "user_profile" in run("runs", "list", "user_profile").stdout
     assert "would delete 0 file(s) of user_profile (retention 168 h" in run("vacuum", "user_profile", "--dry-run").stdout
     online = run("get-online-features", "--features", "user_profile:account_balance,user_segment",
-                 "--entity", "user_id=1", "--entity", "user_id=12345").stdout.splitlines()
+                 "--entity", "user_id=user_123", "--entity", "user_id=user_9").stdout.splitlines()
     assert online[0].split() == ["ENTITY", "USER_PROFILE:ACCOUNT_BALANCE", "USER_SEGMENT"]
-    assert online[2].split()[0] == "1" and online[3].split() == ["12345", "(missing)", "unknown", "(missing,", "default)"]
+    assert online[2].split()[0] == "user_123" and online[3].split() == ["user_9", "0.0", "(missing,", "default)", "(missing)"]
     entities = tmp_path / "labels.csv"
-    pd.DataFrame({"user_id": [1, 2], "event_timestamp": ["2026-02-28T00:00:00Z", "2025-01-01T00:00:00Z"]}).to_csv(
+    pd.DataFrame({"user_id": ["user_123", "user_456"], "event_timestamp": ["2024-02-28T00:00:00Z", "2023-01-01T00:00:00Z"]}).to_csv(
         entities, index=False)
     out = tmp_path / "training.parquet"
     written = run("get-historical-features", "--entities", str(entities), "--features", "user_profile:account_balance",
                   "--output", str(out))
     assert f"wrote 2 rows to {out}" in written.stdout
     frame = pd.read_parquet(out)
-    assert list(frame["user_id"]) == [1, 2]
+    assert list(frame["user_id"]) == ["user_123", "user_456"]
     assert frame.iloc[1].isna().iloc[-1]  # before any profile row existed: nothing is visible
     # The same on the DuckDB engine, into a Parquet folder: written by pyarrow, no Spark involved.
     folder = tmp_path / "training_duckdb"

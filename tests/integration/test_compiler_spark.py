@@ -183,6 +183,30 @@ def test_fractions_cast_to_integers_truncate_on_both_engines(spark, compute_rows
     assert list(got.big) == [9007199254740993, 2, 3]
 
 
+def test_postgres_integer_division_truncates_like_postgresql_on_both_engines(spark, compute_rows, tmp_path):
+    """``dialect: postgres``: ``int / int`` is PostgreSQL's truncating division (7 / 2 = 3, -7 / 2 = -3) when the
+    expression shows both sides are integers; a raw source column's type is not known, so it stays a fraction."""
+    pdf = pd.DataFrame({"user_id": ["a", "b"], "ts": [datetime(2024, 1, 1)] * 2, "n": [7, -7], "d": [2, 2]})
+    fsv = make_fsv([
+        {"name": "n_int", "data_type": "int", "transformation": "n"},
+        {"name": "d_int", "data_type": "int", "transformation": "d"},
+        {"name": "halves", "data_type": "float", "dialect": "postgres", "transformation": "n_int / d_int",
+         "source_features": ["n_int", "d_int"]},
+        {"name": "cast_halves", "data_type": "float", "dialect": "postgres", "transformation": "CAST(n AS INT) / 2"},
+        {"name": "literal", "data_type": "float", "dialect": "postgres", "transformation": "7 / 2 + n * 0"},
+        {"name": "raw", "data_type": "float", "dialect": "postgres", "transformation": "n / d"},
+        {"name": "spark_halves", "data_type": "float", "transformation": "n_int / d_int",
+         "source_features": ["n_int", "d_int"]},
+    ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
+    assert "DIV" in compile_feature_set(fsv).sql
+    got = compute_rows(fsv).sort_values("user_id").reset_index(drop=True)
+    assert list(got.halves) == [3.0, -3.0]
+    assert list(got.cast_halves) == [3.0, -3.0]
+    assert list(got.literal) == [3.0, 3.0]
+    assert list(got.raw) == [3.5, -3.5]  # documented: the compiler does not read the source's types
+    assert list(got.spark_halves) == [3.5, -3.5]  # Spark SQL's own division
+
+
 def test_python_features_run_on_the_executors(spark, tmp_path, monkeypatch):
     module = tmp_path / "h3a_pyfeatures.py"
     module.write_text(textwrap.dedent("""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from fstore.audit import list_audit
 from fstore.errors import AlreadyExists, InvalidDefinition, NotFound
 from fstore.store import FeatureStore
 from test_retrieval import fill_offline, H, T0, T_END, create_sets, events, labels, write_source
@@ -51,6 +52,11 @@ def test_save_list_show_and_recreate_after_the_offline_store_changed(store, tmp_
     assert len(written) == len(entity_rows) and list(written.columns) == list(original.columns)
     listed = store.list_training_sets()
     assert listed["total"] == 1 and listed["items"][0]["name"] == "churn_2024"
+    with store.transaction() as s:  # saving is audited, with what it read
+        trail = list_audit(s, action="save_training_set")["items"]
+    assert [(r["actor"], r["target"], r["outcome"]) for r in trail] == [("ann", "churn_2024", "ok")]
+    assert trail[0]["detail"]["entity_count"] == len(entity_rows)
+    assert trail[0]["detail"]["offline_versions"] == saved["offline_versions"]
 
     # The offline store moves on: amounts are corrected and both sets re-materialized.
     changed = events()

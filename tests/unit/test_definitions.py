@@ -112,7 +112,9 @@ def test_validation_rule_aliases_round_trip():
     ({**FEATURE, "colour": "red"}, "colour"),
     ({k: v for k, v in FEATURE.items() if k != "data_type"}, "data_type"),
     ({k: v for k, v in FEATURE.items() if k != "feature_set"}, "feature_set"),
-    ({**FEATURE, "transformation": None}, "transformation"),
+    ({**FEATURE, "data_type": "string", "allowed_values": ["a"], "validation_rules": {"allowed_values": ["b"]}},
+     "allowed_values"),
+    ({**FEATURE, "allowed_values": "a"}, "allowed_values"),
     ({**FEATURE, "transformation": 5}, "transformation"),
     ({**FEATURE, "python": "mod:fn"}, "python"),
     ({**FEATURE, "transformation": None, "python": "no colon"}, "python"),
@@ -269,3 +271,24 @@ def test_rules_that_fit_their_type_pass_the_new_definition_checks():
     check_new(Feature.from_dict({**FEATURE, "data_type": "string", "validation_rules": {
         "regex": "[a-z]+", "allowed_values": ["a", "b"]}}))
     check_new(FeatureSet.from_dict({**SET, "materialization_schedule": "0 0 29 2 *", "ttl": "36500d"}))
+
+
+def test_spec_basic_features_read_as_the_spec_writes_them():
+    """The spec's "Basic Features": no transformation means the source column of the feature's
+    name; ``allowed_values`` at the top level is the validation rule of that name."""
+    balance = Feature.from_dict({"name": "account_balance", "data_type": "float", "default_value": 0.0,
+                                 "feature_set_id": "user_profile"})
+    assert (balance.feature_set, balance.transformation, balance.default_value) == ("user_profile", "account_balance", 0.0)
+    assert Feature.from_dict(balance.to_dict()) == balance
+    body = {"name": "user_segment", "data_type": "string", "allowed_values": ["premium", "standard", "basic"],
+            "feature_set_id": "user_profile"}
+    segment = Feature.from_dict(body)
+    assert segment.validation.allowed_values == ("premium", "standard", "basic")
+    assert segment.transformation == "user_segment"
+    assert Feature.from_dict({**body, "validation_rules": {"allowed_values": ["premium", "standard", "basic"],
+                                                           "on_violation": "default"}}).validation.on_violation == "default"
+    assert Feature.from_dict(segment.to_dict()) == segment
+    with pytest.raises(InvalidDefinition, match="allowed_values must be a list"):
+        Feature.from_dict({**body, "allowed_values": "premium"})
+    # a window or a composite still says what it computes from: no column is guessed for them
+    assert Feature.from_dict({**FEATURE, "transformation": None, "window_size": "7d"}).transformation is None
