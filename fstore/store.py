@@ -35,6 +35,7 @@ class FeatureStore:
             upgrade(self.settings)
         self._spark = None
         self._online = None
+        self._secrets = None
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -71,6 +72,15 @@ class FeatureStore:
 
                     self._online = open_online_store(self.settings)
         return self._online
+
+    @property
+    def secrets(self):
+        """The ``SecretBox`` that seals and opens source secrets with this deployment's key."""
+        if self._secrets is None:
+            from fstore.source_secrets import SecretBox
+
+            self._secrets = SecretBox.from_settings(self.settings)
+        return self._secrets
 
     def close(self) -> None:
         """Release connections (the Spark session is left to its owner)."""
@@ -217,11 +227,12 @@ class FeatureStore:
         return apply(self, path, actor=actor)
 
     def feature_set_version(self, ref: str | int, version: int | None = None) -> "FeatureSetVersion":
-        """The resolved domain object of a feature set version (the compiler's input)."""
+        """The resolved domain object of a feature set version (the compiler's and the engine's input: its
+        source's secrets decrypted and ``${...}`` references replaced, in memory only)."""
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.load_feature_set_version(s, ref, version=version)
+            return repo.load_feature_set_version(s, ref, version=version, secrets=self.secrets)
 
     # -- computation ------------------------------------------------------------------------
 
