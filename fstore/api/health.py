@@ -19,8 +19,23 @@ def health(query: NoQuery):
 
 @bp.get("/ready", tags=[_tag])
 def ready(query: NoQuery):
-    """The registry answers and the online store pings; 503 naming the backend that does not."""
-    store = get_store()
+    """The registry answers and the online store pings; 503 when one does not.
+
+    With API keys on, a request without a key (an orchestrator's probe) gets the status alone; the checks and
+    what failed (which may name hosts) need a valid key.
+    """
+    from fstore.api.security import auth_required, current_key
+
+    detailed = current_key() is not None or not auth_required()
+    body, status = _readiness(get_store())
+    if detailed:
+        return body, status
+    if status == 200:
+        return {"status": body["status"]}, status
+    return {"status": body["status"], "error": {"code": "unavailable", "message": "not ready", "field": None}}, status
+
+
+def _readiness(store) -> tuple[dict, int]:
     checks: dict[str, str] = {}
     problems: list[str] = []
     try:
@@ -40,7 +55,7 @@ def ready(query: NoQuery):
         body = {"status": "unavailable", "checks": checks,
                 "error": {"code": "unavailable", "message": "; ".join(problems), "field": None}}
         return body, 503
-    return {"status": "ready", "checks": checks}
+    return {"status": "ready", "checks": checks}, 200
 
 
 def _first_line(exc: Exception) -> str:

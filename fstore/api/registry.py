@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import request
 from flask_openapi3 import APIBlueprint, Tag
 
-from fstore.api.common import actor, created, get_store
+from fstore.api.common import actor, created, get_store, grant
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import (
     EntityBody, EntityPatch, EntityQuery, FeatureBody, FeatureGetQuery, FeaturePatch, FeatureQuery,
@@ -80,7 +80,7 @@ def create_feature_set(query: NoQuery, body: FeatureSetBody):
 def list_feature_sets(query: FeatureSetQuery):
     """List feature sets: search ``q``, filter by entity, owner, tag; paginate."""
     return get_store().list_feature_sets(query=query.q, entity=query.entity, owner=query.owner, tag=query.tag,
-                                         limit=query.limit, offset=query.offset)
+                                         limit=query.limit, offset=query.offset, grant=grant())
 
 
 @bp.get("/feature-sets/<id_or_name>", tags=[_sets])
@@ -121,7 +121,7 @@ def list_features(query: FeatureQuery):
     """List features: search ``q``, filter by feature set, entity, owner, data type, tag; paginate."""
     return get_store().list_features(query=query.q, feature_set=query.feature_set, entity=query.entity,
                                      owner=query.owner, data_type=query.data_type, tag=query.tag,
-                                     limit=query.limit, offset=query.offset)
+                                     limit=query.limit, offset=query.offset, grant=grant())
 
 
 @bp.get("/features/<id_or_name>", tags=[_features])
@@ -155,4 +155,5 @@ def feature_versions(path: RefPath, query: FeatureSetRefQuery):
 @bp.get("/search", tags=[Tag(name="search")])
 def search(query: SearchQuery):
     """Search entities, feature sets and features by name, description, owner and tags."""
-    return get_store().search(query.q, kinds=query.kind_tuple(), limit=query.limit, offset=query.offset)
+    return get_store().search(query.q, kinds=query.kind_tuple(), limit=query.limit, offset=query.offset,
+                              grant=grant())

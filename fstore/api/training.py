@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
-from fstore.api.common import get_store
+from fstore.api.common import get_store, grant
 from fstore.api.errors import ErrorBody
 from fstore.api.render import frame_to_json
 from fstore.api.schemas import REF_PATTERN, NoQuery, Page
@@ -34,7 +34,7 @@ class RecreateBody(BaseModel):
 @bp.get("", tags=[_tag])
 def list_training_sets(query: Page):
     """Saved training sets, newest first."""
-    return get_store().list_training_sets(limit=query.limit, offset=query.offset)
+    return get_store().list_training_sets(limit=query.limit, offset=query.offset, grant=grant())
 
 
 @bp.get("/<name>", tags=[_tag])
