@@ -5,19 +5,20 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
 from fstore.api.common import get_store
+from fstore.api import responses as rs
 from fstore.api.schemas import NoQuery
 
 bp = APIBlueprint("health", __name__)
 _tag = Tag(name="health")
 
 
-@bp.get("/health", tags=[_tag])
+@bp.get("/health", tags=[_tag], responses={200: rs.Health})
 def health(query: NoQuery):
     """The process is up (no I/O, for liveness probes)."""
     return {"status": "ok"}
 
 
-@bp.get("/ready", tags=[_tag])
+@bp.get("/ready", tags=[_tag], responses={200: rs.ReadyBody, 503: rs.ReadyBody})
 def ready(query: NoQuery):
     """The registry answers and the online store pings; 503 when one does not.
 
