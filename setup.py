@@ -31,6 +31,7 @@ setup(
         "croniter==6.0.0",         # materialization schedules
         "prometheus-client==0.22.1",
         "PyYAML==6.0.2",
+        "cryptography==50.0.2",    # Fernet: source options that are secrets are stored encrypted
         "orjson==3.13.0",          # JSON for the online fast path (parses and writes several times faster than json)
         "pydantic==2.11.7",        # request schemas, shared with the OpenAPI document
         "flask-openapi3==4.2.1",   # OpenAPI generation for Flask from the pydantic schemas

@@ -8,6 +8,8 @@
 - No ``max_requests`` recycling: gunicorn's recycling pauses a worker and resets its connections
   (see ANCHORS.md); fstore workers do not leak, so they live as long as the server.
 - No access log unless ``GUNICORN_ACCESS_LOG`` names a file (``-`` for stderr).
+- Requests gunicorn itself refuses (oversize headers, a bad request line) are answered in the JSON
+  error shape (``post_worker_init`` → ``fstore.api.gunicorn_errors``), not gunicorn's HTML page.
 """
 from __future__ import annotations
 
@@ -108,6 +110,13 @@ def on_exit(server):
 
     for folder in _created_metrics_dirs:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def post_worker_init(worker):
+    """In each worker: gunicorn's own 400/431 answers (bad request line, oversize headers) in the JSON error shape."""
+    from fstore.api.gunicorn_errors import install
+
+    install()
 
 
 def child_exit(server, worker):

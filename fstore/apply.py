@@ -236,7 +236,7 @@ def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: 
         for f in item.features:
             rec.add("feature", f"{item.name}:{f.name}", None, 1, f)
         return
-    before, old = row.version, dict(row.spec)
+    before, old = row.version, repo.public_spec(row.spec)  # as answers show it: secrets redacted, kept on update
     new = FeatureSet.from_dict(item.body).to_dict()
     parsed = _parse_features(item.features, item.name)
     # the file's features are checked with the set (one file may repair several)

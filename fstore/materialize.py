@@ -62,7 +62,7 @@ def materialize(store: "FeatureStore", ref: str | int, start: datetime, end: dat
     start, end = runs.check_range(start, end)
     with store.transaction() as s:
         fs_id = runs.feature_set_row(s, ref).id
-        fsv = _load_version(s, fs_id, None)
+        fsv = _load_version(store, s, fs_id, None)
     _refuse_storing_nothing(fsv.feature_set)
     run_id = str(uuid.uuid4())
     taken = _take_lock(store, fs_id, fsv.name, run_id, lock_ttl)
@@ -84,7 +84,7 @@ def execute_run(store: "FeatureStore", run_id: str, *, lock_ttl: float = LOCK_TT
         if run["status"] != "pending":
             raise Conflict(f"run {run_id} is {run['status']}, not pending; start a new run instead", field="run_id")
         fs_id = run["feature_set_id"]
-        fsv = _load_version(s, fs_id, run["feature_set_version"])
+        fsv = _load_version(store, s, fs_id, run["feature_set_version"])
     start, end = runs.to_utc(run["start"]), runs.to_utc(run["end"])
     try:
         taken = _take_lock(store, fs_id, fsv.name, run_id, lock_ttl)
@@ -145,7 +145,7 @@ def materialize_incremental(store: "FeatureStore", ref: str | int, *, end: datet
     with store.transaction() as s:
         row = runs.feature_set_row(s, ref)
         fs_id, name, watermark = row.id, row.name, row.watermark
-        fsv = _load_version(s, fs_id, None) if watermark is None else None
+        fsv = _load_version(store, s, fs_id, None) if watermark is None else None
     start = watermark if watermark is not None else _earliest_event(store, fsv)
     if start is None:
         return _skipped(name, None, end, f"the source of {name} has no rows yet")
@@ -321,10 +321,10 @@ def _audit_run(store: "FeatureStore", run_id: str, set_name: str, outcome: str, 
     except Exception:  # noqa: BLE001 - a run's outcome stands even if the audit log cannot be written
         log.exception("could not write the audit record of run %s", run_id)
 
-def _load_version(s, fs_id: int, version: int | None) -> "FeatureSetVersion":
+def _load_version(store: "FeatureStore", s, fs_id: int, version: int | None) -> "FeatureSetVersion":
     from fstore.registry.repo import load_feature_set_version
 
-    return load_feature_set_version(s, fs_id, version=version)
+    return load_feature_set_version(s, fs_id, version=version, secrets=store.secrets)
 
 
 def take_set_lock(store: "FeatureStore", fs_id: int, set_name: str, owner: str, ttl: float = LOCK_TTL_SECONDS) -> None:

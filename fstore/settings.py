@@ -6,7 +6,9 @@ the values it accepts, so a misconfigured process stops at start-up.
 """
 from __future__ import annotations
 
+import base64
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -62,6 +64,36 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     return value
 
 
+def _fernet_keys(env: Mapping[str, str], name: str) -> str:
+    """Comma-separated Fernet keys (URL-safe base64 of 32 bytes each), checked without importing cryptography."""
+    raw = env.get(name, "").strip()
+    for number, key in enumerate(k.strip() for k in raw.split(",") if raw):
+        try:
+            ok = len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+        except (ValueError, UnicodeEncodeError):
+            ok = False
+        if not ok:  # never echo the value: it is a secret
+            raise InvalidDefinition(f"{name} entry {number + 1} is not a Fernet key (URL-safe base64 of 32 bytes; "
+                                    "make one with: python -c 'from cryptography.fernet import Fernet; "
+                                    "print(Fernet.generate_key().decode())')", field=name)
+    return ",".join(k.strip() for k in raw.split(",")) if raw else ""
+
+
+def _patterns(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated environment variable names or glob patterns (``FSTORE_SOURCE_*``); "none" for none."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() == "none":
+        return ()
+    patterns = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for pattern in patterns:
+        if not re.fullmatch(r"[A-Za-z_*?][A-Za-z0-9_*?]*", pattern):
+            raise InvalidDefinition(f"{name} entry {pattern!r} is not a variable name or a glob pattern such as "
+                                    "FSTORE_SOURCE_*", field=name)
+    return patterns
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything configurable about one fstore deployment."""
@@ -90,6 +122,11 @@ class Settings:
     redis_timeout: float = 0.25
     db_pool_size: int = 5
     redis_pool_size: int = 32
+    # FSTORE_SECRET_KEY: Fernet key(s), comma separated (the first encrypts, all decrypt: rotation) for the
+    # source options that are secrets; "" = a key file beside a SQLite registry, else secrets are refused.
+    secret_key: str = field(default="", repr=False)
+    # SOURCE_ENV_ALLOW: which environment variables a source option may name as ${NAME} (glob patterns).
+    source_env_allow: tuple[str, ...] = ("FSTORE_SOURCE_*",)
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -144,6 +181,8 @@ class Settings:
             redis_timeout=_float(env, "REDIS_TIMEOUT", 0.25),
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1, maximum=1000),
             redis_pool_size=_int(env, "REDIS_POOL_SIZE", 32, minimum=1, maximum=10000),
+            secret_key=_fernet_keys(env, "FSTORE_SECRET_KEY"),
+            source_env_allow=_patterns(env, "SOURCE_ENV_ALLOW", ("FSTORE_SOURCE_*",)),
         )
         values.update(overrides)
         return cls(**values)
@@ -162,3 +201,14 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def secret_key_file(self) -> Path | None:
+        """Where a SQLite registry keeps its generated source-secret key (``secret.key`` beside the file);
+        None for a server registry (PostgreSQL) or an in-memory one, which need ``FSTORE_SECRET_KEY``."""
+        if not self.is_sqlite or "///" not in self.database_url:
+            return None
+        database = self.database_url.split("///", 1)[1].split("?", 1)[0]
+        if not database or database == ":memory:":
+            return None
+        return Path(database).resolve().parent / "secret.key"

@@ -35,6 +35,7 @@ class FeatureStore:
             upgrade(self.settings)
         self._spark = None
         self._online = None
+        self._secrets = None
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -71,6 +72,15 @@ class FeatureStore:
 
                     self._online = open_online_store(self.settings)
         return self._online
+
+    @property
+    def secrets(self):
+        """The ``SecretBox`` that seals and opens source secrets with this deployment's key."""
+        if self._secrets is None:
+            from fstore.source_secrets import SecretBox
+
+            self._secrets = SecretBox.from_settings(self.settings)
+        return self._secrets
 
     def close(self) -> None:
         """Release connections (the Spark session is left to its owner)."""
@@ -135,11 +145,13 @@ class FeatureStore:
             return repo.get_feature_set(s, ref, version=version)
 
     def list_feature_sets(self, *, query: str | None = None, entity: str | None = None, owner: str | None = None,
-                          tag: str | None = None, limit: int = 50, offset: int = 0) -> dict:
+                          tag: str | None = None, limit: int = 50, offset: int = 0, grant=None) -> dict:
+        """Feature sets matching the filters; with ``grant`` (an ``auth.Grant``) only those it allows."""
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.list_feature_sets(s, query=query, entity=entity, owner=owner, tag=tag, limit=limit, offset=offset)
+            return repo.list_feature_sets(s, query=query, entity=entity, owner=owner, tag=tag, limit=limit, offset=offset,
+                                          grant=grant)
 
     def delete_feature_set(self, ref: str | int, *, actor: str = "") -> None:
         """Delete a set from the registry and its values from the online store (never served again);
@@ -178,12 +190,13 @@ class FeatureStore:
 
     def list_features(self, *, query: str | None = None, feature_set: str | None = None, entity: str | None = None,
                       owner: str | None = None, data_type: str | None = None, tag: str | None = None,
-                      limit: int = 50, offset: int = 0) -> dict:
+                      limit: int = 50, offset: int = 0, grant=None) -> dict:
+        """Features matching the filters; with ``grant`` (an ``auth.Grant``) only those it allows."""
         from fstore.registry import repo
 
         with self.transaction() as s:
             return repo.list_features(s, query=query, feature_set=feature_set, entity=entity, owner=owner,
-                                      data_type=data_type, tag=tag, limit=limit, offset=offset)
+                                      data_type=data_type, tag=tag, limit=limit, offset=offset, grant=grant)
 
     def delete_feature(self, ref: str | int, *, feature_set: str | None = None, actor: str = "") -> None:
         from fstore.registry import repo
@@ -198,11 +211,12 @@ class FeatureStore:
             return repo.feature_versions(s, ref, feature_set=feature_set)
 
     def search(self, text: str, *, kinds: tuple[str, ...] = ("entity", "feature_set", "feature"),
-               limit: int = 50, offset: int = 0) -> dict:
+               limit: int = 50, offset: int = 0, grant=None) -> dict:
+        """Search; with ``grant`` (an ``auth.Grant``) only the sets and features it allows."""
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.search(s, text, kinds=kinds, limit=limit, offset=offset)
+            return repo.search(s, text, kinds=kinds, limit=limit, offset=offset, grant=grant)
 
     def plan(self, path: str) -> dict:
         """What ``apply(path)`` would change, without changing anything."""
@@ -217,11 +231,12 @@ class FeatureStore:
         return apply(self, path, actor=actor)
 
     def feature_set_version(self, ref: str | int, version: int | None = None) -> "FeatureSetVersion":
-        """The resolved domain object of a feature set version (the compiler's input)."""
+        """The resolved domain object of a feature set version (the compiler's and the engine's input: its
+        source's secrets decrypted and ``${...}`` references replaced, in memory only)."""
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.load_feature_set_version(s, ref, version=version)
+            return repo.load_feature_set_version(s, ref, version=version, secrets=self.secrets)
 
     # -- computation ------------------------------------------------------------------------
 
@@ -330,12 +345,13 @@ class FeatureStore:
 
     # -- training sets ----------------------------------------------------------------------
 
-    def list_training_sets(self, *, limit: int = 50, offset: int = 0) -> dict:
-        """Saved training sets, newest first: ``{"items", "total", "limit", "offset"}``."""
+    def list_training_sets(self, *, limit: int = 50, offset: int = 0, grant=None) -> dict:
+        """Saved training sets, newest first: ``{"items", "total", "limit", "offset"}``; with ``grant``, only
+        those reading nothing outside it."""
         from fstore.registry import training_sets
 
         with self.transaction() as s:
-            return training_sets.list_training_sets(s, limit=limit, offset=offset)
+            return training_sets.list_training_sets(s, limit=limit, offset=offset, grant=grant)
 
     def get_training_set(self, name: str | int) -> dict:
         """A saved training set: features, versions, Delta versions, entity count, output path."""

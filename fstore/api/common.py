@@ -26,6 +26,14 @@ def actor() -> str:
     return value
 
 
+def grant():
+    """The request key's grant when it is limited to some feature sets/features (lists filter by it); else None."""
+    from flask import g
+
+    key = g.get("api_key")
+    return key.grant if key is not None and not key.grant.unrestricted else None
+
+
 def created(item: dict, collection: str):
     """A 201 response for a new object, with its ``Location``."""
     ident = item.get("id", item.get("name")) if isinstance(item, dict) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask_openapi3 import APIBlueprint, Tag
 
 from fstore.api.common import actor, get_store
+from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import (MaterializeBody, NoQuery, Page, RefPath, ReloadBody, RunIdPath, RunPath, VacuumBody,
                                 VersionQuery)
@@ -21,14 +22,14 @@ bp = APIBlueprint("compute", __name__, url_prefix="/api/v1", abp_responses=_ERRO
 _runs = Tag(name="materialization", description="Compiled SQL, materialization runs")
 
 
-@bp.get("/feature-sets/<id_or_name>/compile", tags=[_runs])
+@bp.get("/feature-sets/<id_or_name>/compile", tags=[_runs], responses={200: rs.Compiled})
 def compile_feature_set(path: RefPath, query: VersionQuery):
     """The Spark SQL that computes a feature set version."""
     sql = get_store().compile(path.id_or_name, version=query.version)
     return {"feature_set": path.id_or_name, "version": query.version, "sql": sql}
 
 
-@bp.post("/feature-sets/<id_or_name>/materialize", tags=[_runs])
+@bp.post("/feature-sets/<id_or_name>/materialize", tags=[_runs], responses={202: rs.Run})
 def materialize(path: RefPath, query: NoQuery, body: MaterializeBody):
     """Start materializing ``[start_date, end_date)``; returns the run (202) at once."""
     start, end = body.range()
@@ -37,26 +38,26 @@ def materialize(path: RefPath, query: NoQuery, body: MaterializeBody):
     return run, 202, headers
 
 
-@bp.post("/feature-sets/<id_or_name>/vacuum", tags=[_runs])
+@bp.post("/feature-sets/<id_or_name>/vacuum", tags=[_runs], responses={200: rs.Obj})
 def vacuum(path: RefPath, query: NoQuery, body: VacuumBody):
     """Delete offline files that no version worth keeping reads (``fstore.vacuum``); needs the admin scope."""
     return get_store().vacuum_offline(path.id_or_name, retain_hours=body.retain_hours, dry_run=body.dry_run,
                                       actor=actor())
 
 
-@bp.post("/feature-sets/<id_or_name>/online/reload", tags=[_runs])
+@bp.post("/feature-sets/<id_or_name>/online/reload", tags=[_runs], responses={200: rs.Obj})
 def reload_online(path: RefPath, query: NoQuery, body: ReloadBody):
     """Rebuild the set's online values from its offline table (``fstore.online.reload``); materialize scope."""
     return get_store().reload_online(path.id_or_name, actor=actor())
 
 
-@bp.get("/feature-sets/<id_or_name>/runs", tags=[_runs])
+@bp.get("/feature-sets/<id_or_name>/runs", tags=[_runs], responses={200: rs.Page})
 def list_runs(path: RefPath, query: Page):
     """A feature set's runs, newest first."""
     return get_store().list_runs(path.id_or_name, limit=query.limit, offset=query.offset)
 
 
-@bp.get("/feature-sets/<id_or_name>/runs/<run_id>", tags=[_runs])
+@bp.get("/feature-sets/<id_or_name>/runs/<run_id>", tags=[_runs], responses={200: rs.Run})
 def get_feature_set_run(path: RunPath, query: NoQuery):
     """One run of a feature set: status, rows read/written/rejected, duration, Delta version, error."""
     run = get_store().get_run(path.run_id)
@@ -66,7 +67,7 @@ def get_feature_set_run(path: RunPath, query: NoQuery):
     return run
 
 
-@bp.get("/runs/<run_id>", tags=[_runs])
+@bp.get("/runs/<run_id>", tags=[_runs], responses={200: rs.Run})
 def get_run(path: RunIdPath, query: NoQuery):
     """One run by id."""
     return get_store().get_run(path.run_id)

@@ -10,7 +10,8 @@ itself, with the same steps in the same order:
    and an unrestricted grant;
 2. no query string (the endpoint takes no parameters); the body: within
    ``MAX_BODY_BYTES``, ``Content-Type`` JSON, a JSON object (of Unicode text: orjson
-   refuses a lone surrogate, as ``fstore.api.errors`` does) that ``OnlineBody`` accepts;
+   refuses a lone surrogate, as ``fstore.api.errors`` does) that ``OnlineBody`` accepts,
+   with no entity value that orjson read as a float (an integer beyond 64 bits is one);
 3. ``fstore.serving.answer_online`` (what ``store.get_online_features`` runs), whose coverage
    counts go to usage in place of the answer;
 4. the request metrics and the usage record the after-request hook writes.
@@ -88,7 +89,7 @@ class OnlineFastPath:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        if type(data) is not dict:
+        if type(data) is not dict or _has_float(data.get("entities")):
             return None
         try:
             OnlineBody.model_validate(data)
@@ -120,6 +121,18 @@ class OnlineFastPath:
         if not key.has_scope(required_scope("POST", PATH)) or not key.grant.unrestricted:
             return None
         return key
+
+
+def _has_float(entities: Any) -> bool:
+    """True when an entity value parsed as a float: orjson reads an integer beyond 64 bits as one (2**64 becomes
+    1.8446744073709552e+19), so such a request goes to Flask, whose parser keeps every digit."""
+    if type(entities) is dict:
+        values = entities.values()
+    elif type(entities) is list:
+        values = [v for row in entities if type(row) is dict for v in row.values()]
+    else:
+        return False
+    return any(type(v) is float or (type(v) is list and any(type(x) is float for x in v)) for v in values)
 
 
 def _json_default(value: Any) -> Any:

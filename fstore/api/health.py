@@ -6,22 +6,38 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
 from fstore.api.common import get_store
+from fstore.api import responses as rs
 from fstore.api.schemas import NoQuery
 
 bp = APIBlueprint("health", __name__)
 _tag = Tag(name="health")
 
 
-@bp.get("/health", tags=[_tag])
+@bp.get("/health", tags=[_tag], responses={200: rs.Health})
 def health(query: NoQuery):
     """The process is up (no I/O, for liveness probes)."""
     return {"status": "ok"}
 
 
-@bp.get("/ready", tags=[_tag])
+@bp.get("/ready", tags=[_tag], responses={200: rs.ReadyBody, 503: rs.ReadyBody})
 def ready(query: NoQuery):
-    """The registry answers and the online store pings; 503 naming the backend that does not."""
-    store = get_store()
+    """The registry answers and the online store pings; 503 when one does not.
+
+    With API keys on, a request without a key (an orchestrator's probe) gets the status alone; the checks and
+    what failed (which may name hosts) need a valid key.
+    """
+    from fstore.api.security import auth_required, current_key
+
+    detailed = current_key() is not None or not auth_required()
+    body, status = _readiness(get_store())
+    if detailed:
+        return body, status
+    if status == 200:
+        return {"status": body["status"]}, status
+    return {"status": body["status"], "error": {"code": "unavailable", "message": "not ready", "field": None}}, status
+
+
+def _readiness(store) -> tuple[dict, int]:
     checks: dict[str, str] = {}
     problems: list[str] = []
     try:
@@ -47,8 +63,8 @@ def ready(query: NoQuery):
         # balancer (no answers at all, and no way to POST the reload) instead of degraded answers.
         checks["online_store"] = "degraded"
         return {"status": "degraded", "checks": checks,
-                "online_values_lost": [{"feature_set": name, "reason": why} for name, why in lost.items()]}
-    return {"status": "ready", "checks": checks}
+                "online_values_lost": [{"feature_set": name, "reason": why} for name, why in lost.items()]}, 200
+    return {"status": "ready", "checks": checks}, 200
 
 
 def _online_values_lost(store) -> dict[str, str]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fstore import audit, auth, monitoring, usage
 from fstore.api.common import get_store
 from fstore.api.errors import ErrorBody
-from fstore.api.schemas import NoQuery
+from fstore.api.schemas import PRINTABLE, NoQuery
 from fstore.errors import InvalidDefinition
 from fstore.registry.models import utcnow
 from fstore.registry.runs import to_utc
@@ -79,9 +79,9 @@ class KeyQuery(BaseModel):
 
 class AuditQuery(BaseModel):
     model_config = _QUERY
-    actor: Optional[str] = Field(None, max_length=200)
-    action: Optional[str] = Field(None, max_length=100)
-    target: Optional[str] = Field(None, max_length=300)
+    actor: Optional[str] = Field(None, max_length=200, pattern=PRINTABLE)
+    action: Optional[str] = Field(None, max_length=100, pattern=PRINTABLE)
+    target: Optional[str] = Field(None, max_length=300, pattern=PRINTABLE)
     outcome: Optional[str] = Field(None, pattern="^(ok|rejected|failed)$")
     since: Optional[str] = Field(None, max_length=64)
     until: Optional[str] = Field(None, max_length=64)

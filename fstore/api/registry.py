@@ -10,7 +10,8 @@ from __future__ import annotations
 from flask import request
 from flask_openapi3 import APIBlueprint, Tag
 
-from fstore.api.common import actor, created, get_store
+from fstore.api.common import actor, created, get_store, grant
+from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import (
     EntityBody, EntityPatch, EntityQuery, FeatureBody, FeatureGetQuery, FeaturePatch, FeatureQuery,
@@ -31,37 +32,37 @@ FEATURES = "/api/v1/features"
 
 # -- entities -------------------------------------------------------------------------------
 
-@bp.post("/entities", tags=[_entities])
+@bp.post("/entities", tags=[_entities], responses={201: rs.Entity})
 def create_entity(query: NoQuery, body: EntityBody):
     """Create an entity."""
     return created(get_store().create_entity(request.get_json(), actor=actor()), ENTITIES)
 
 
-@bp.get("/entities", tags=[_entities])
+@bp.get("/entities", tags=[_entities], responses={200: rs.EntityPage})
 def list_entities(query: EntityQuery):
     """List entities, optionally matching ``q``."""
     return get_store().list_entities(query=query.q, limit=query.limit, offset=query.offset)
 
 
-@bp.get("/entities/<id_or_name>", tags=[_entities])
+@bp.get("/entities/<id_or_name>", tags=[_entities], responses={200: rs.Entity})
 def get_entity(path: RefPath, query: VersionQuery):
     """One entity by id or name (its latest version, or ``version``, as feature sets and features answer)."""
     return get_store().get_entity(path.id_or_name, version=query.version)
 
 
-@bp.patch("/entities/<id_or_name>", tags=[_entities])
+@bp.patch("/entities/<id_or_name>", tags=[_entities], responses={200: rs.Entity})
 def update_entity(path: RefPath, query: NoQuery, body: EntityPatch):
     """Change an entity."""
     return get_store().update_entity(path.id_or_name, request.get_json(), actor=actor())
 
 
-@bp.get("/entities/<id_or_name>/versions", tags=[_entities])
+@bp.get("/entities/<id_or_name>/versions", tags=[_entities], responses={200: rs.Versions})
 def entity_versions(path: RefPath, query: NoQuery):
     """Every version of an entity: what changed, when, by whom."""
     return {"items": get_store().entity_versions(path.id_or_name)}
 
 
-@bp.delete("/entities/<id_or_name>", tags=[_entities])
+@bp.delete("/entities/<id_or_name>", tags=[_entities], responses=rs.NO_CONTENT)
 def delete_entity(path: RefPath, query: NoQuery):
     """Delete an entity no feature set uses."""
     get_store().delete_entity(path.id_or_name, actor=actor())
@@ -70,39 +71,39 @@ def delete_entity(path: RefPath, query: NoQuery):
 
 # -- feature sets -----------------------------------------------------------------------------
 
-@bp.post("/feature-sets", tags=[_sets])
+@bp.post("/feature-sets", tags=[_sets], responses={201: rs.FeatureSet})
 def create_feature_set(query: NoQuery, body: FeatureSetBody):
     """Create a feature set (version 1)."""
     return created(get_store().create_feature_set(request.get_json(), actor=actor()), FEATURE_SETS)
 
 
-@bp.get("/feature-sets", tags=[_sets])
+@bp.get("/feature-sets", tags=[_sets], responses={200: rs.FeatureSetPage})
 def list_feature_sets(query: FeatureSetQuery):
     """List feature sets: search ``q``, filter by entity, owner, tag; paginate."""
     return get_store().list_feature_sets(query=query.q, entity=query.entity, owner=query.owner, tag=query.tag,
-                                         limit=query.limit, offset=query.offset)
+                                         limit=query.limit, offset=query.offset, grant=grant())
 
 
-@bp.get("/feature-sets/<id_or_name>", tags=[_sets])
+@bp.get("/feature-sets/<id_or_name>", tags=[_sets], responses={200: rs.FeatureSet})
 def get_feature_set(path: RefPath, query: VersionQuery):
     """One feature set by id or name (its latest version, or ``version``)."""
     return get_store().get_feature_set(path.id_or_name, version=query.version)
 
 
-@bp.patch("/feature-sets/<id_or_name>", tags=[_sets])
+@bp.patch("/feature-sets/<id_or_name>", tags=[_sets], responses={200: rs.FeatureSet})
 def update_feature_set(path: RefPath, query: NoQuery, body: FeatureSetPatch):
     """Change a feature set: makes a new version."""
     return get_store().update_feature_set(path.id_or_name, request.get_json(), actor=actor())
 
 
-@bp.delete("/feature-sets/<id_or_name>", tags=[_sets])
+@bp.delete("/feature-sets/<id_or_name>", tags=[_sets], responses=rs.NO_CONTENT)
 def delete_feature_set(path: RefPath, query: NoQuery):
     """Delete a feature set and its features."""
     get_store().delete_feature_set(path.id_or_name, actor=actor())
     return "", 204
 
 
-@bp.get("/feature-sets/<id_or_name>/versions", tags=[_sets])
+@bp.get("/feature-sets/<id_or_name>/versions", tags=[_sets], responses={200: rs.Versions})
 def feature_set_versions(path: RefPath, query: NoQuery):
     """Every version of a feature set: what changed, when, by whom."""
     return {"items": get_store().feature_set_versions(path.id_or_name)}
@@ -110,41 +111,41 @@ def feature_set_versions(path: RefPath, query: NoQuery):
 
 # -- features ----------------------------------------------------------------------------------
 
-@bp.post("/features", tags=[_features])
+@bp.post("/features", tags=[_features], responses={201: rs.Feature})
 def create_feature(query: NoQuery, body: FeatureBody):
     """Create a feature in a feature set (``feature_set_id`` takes an id or a name); the set gets a new version."""
     return created(get_store().create_feature(request.get_json(), actor=actor()), FEATURES)
 
 
-@bp.get("/features", tags=[_features])
+@bp.get("/features", tags=[_features], responses={200: rs.FeaturePage})
 def list_features(query: FeatureQuery):
     """List features: search ``q``, filter by feature set, entity, owner, data type, tag; paginate."""
     return get_store().list_features(query=query.q, feature_set=query.feature_set, entity=query.entity,
                                      owner=query.owner, data_type=query.data_type, tag=query.tag,
-                                     limit=query.limit, offset=query.offset)
+                                     limit=query.limit, offset=query.offset, grant=grant())
 
 
-@bp.get("/features/<id_or_name>", tags=[_features])
+@bp.get("/features/<id_or_name>", tags=[_features], responses={200: rs.Feature})
 def get_feature(path: RefPath, query: FeatureGetQuery):
     """One feature by id or name (``feature_set`` when the name is in several sets)."""
     return get_store().get_feature(path.id_or_name, feature_set=query.feature_set, version=query.version)
 
 
-@bp.patch("/features/<id_or_name>", tags=[_features])
+@bp.patch("/features/<id_or_name>", tags=[_features], responses={200: rs.Feature})
 def update_feature(path: RefPath, query: FeatureSetRefQuery, body: FeaturePatch):
     """Change a feature: makes a new version of it and of its set."""
     return get_store().update_feature(path.id_or_name, request.get_json(), feature_set=query.feature_set,
                                       actor=actor())
 
 
-@bp.delete("/features/<id_or_name>", tags=[_features])
+@bp.delete("/features/<id_or_name>", tags=[_features], responses=rs.NO_CONTENT)
 def delete_feature(path: RefPath, query: FeatureSetRefQuery):
     """Delete a feature that no other feature depends on."""
     get_store().delete_feature(path.id_or_name, feature_set=query.feature_set, actor=actor())
     return "", 204
 
 
-@bp.get("/features/<id_or_name>/versions", tags=[_features])
+@bp.get("/features/<id_or_name>/versions", tags=[_features], responses={200: rs.Versions})
 def feature_versions(path: RefPath, query: FeatureSetRefQuery):
     """Every version of a feature."""
     return {"items": get_store().feature_versions(path.id_or_name, feature_set=query.feature_set)}
@@ -152,7 +153,8 @@ def feature_versions(path: RefPath, query: FeatureSetRefQuery):
 
 # -- search -------------------------------------------------------------------------------------
 
-@bp.get("/search", tags=[Tag(name="search")])
+@bp.get("/search", tags=[Tag(name="search")], responses={200: rs.Page})
 def search(query: SearchQuery):
     """Search entities, feature sets and features by name, description, owner and tags."""
-    return get_store().search(query.q, kinds=query.kind_tuple(), limit=query.limit, offset=query.offset)
+    return get_store().search(query.q, kinds=query.kind_tuple(), limit=query.limit, offset=query.offset,
+                              grant=grant())

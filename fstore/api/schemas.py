@@ -27,6 +27,8 @@ _QUERY = ConfigDict(extra="forbid")
 REF_PATTERN = r"^(?:[0-9]{1,15}|[A-Za-z_][A-Za-z0-9_]{0,62})$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 FEATURE_REF_PATTERN = r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}(?:@[0-9]{1,9})?:)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+# Search text and filters: printable (SQLite ends a LIKE pattern at NUL, so ``?q=%00`` matched every row).
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 IdNumber = Annotated[int, Field(ge=0, le=10**15)]
 RefText = Annotated[str, Field(pattern=REF_PATTERN)]
 FeatureRefText = Annotated[str, Field(pattern=FEATURE_REF_PATTERN)]
@@ -67,22 +69,23 @@ class Page(BaseModel):
 
 
 class EntityQuery(Page):
-    q: Optional[str] = Field(None, max_length=200, description="text searched in name and description")
+    q: Optional[str] = Field(None, max_length=200, pattern=PRINTABLE, description="text searched in name and description")
 
 
 class FeatureSetQuery(EntityQuery):
     entity: Optional[str] = Field(None, pattern=REF_PATTERN)
-    owner: Optional[str] = Field(None, max_length=200)
-    tag: Optional[str] = Field(None, max_length=200)
+    owner: Optional[str] = Field(None, max_length=200, pattern=PRINTABLE)
+    tag: Optional[str] = Field(None, max_length=200, pattern=PRINTABLE)
 
 
 class FeatureQuery(FeatureSetQuery):
     feature_set: Optional[str] = Field(None, pattern=REF_PATTERN)
-    data_type: Optional[str] = Field(None, max_length=50)
+    data_type: Optional[str] = Field(None, max_length=50, pattern=PRINTABLE)
 
 
 class SearchQuery(Page):
-    q: str = Field(min_length=1, max_length=200, description="text searched in name, description, owner and tags")
+    q: str = Field(min_length=1, max_length=200, pattern=PRINTABLE,
+                   description="text searched in name, description, owner and tags")
     kinds: Optional[str] = Field(None, max_length=100, description="comma-separated: entity, feature_set, feature")
 
     @field_validator("kinds")

@@ -3,11 +3,13 @@
 ``install(app, store)`` adds one before-request hook (run first, ahead of body
 checks) and one after-request hook:
 
-* before: ``/health`` passes untouched. When auth is on, the key comes from
+* before: ``/health`` passes untouched, and so does ``/ready`` without a key (a probe gets the status, a
+  valid key the details). When auth is on, the key comes from
   ``Authorization: Bearer <key>`` or ``X-API-Key``; a missing or wrong key is a 401
   that says nothing more. The endpoint's scope is checked (``SCOPE_RULES``), then,
   for a key limited to feature sets/features, every set and feature the request
-  names (path, query, body) — a 403 names what was denied.
+  names (path, query, body): what the key cannot see answers 404 exactly as an unknown name does, what it
+  sees but may not change is a 403 naming it.
 * after: request metrics, serving usage (handed to the background recorder),
   an audit row for every write (rejected ones too), and, for a restricted key,
   the response is filtered so nothing outside the grant appears in it.
@@ -30,7 +32,8 @@ from flask import Flask, Response, g, request
 
 from fstore import audit, metrics
 from fstore.auth import ApiKey, Grant, KeyVerifier
-from fstore.errors import FStoreError, Forbidden, NotFound, Unauthorized
+from fstore.errors import BadRequest, FStoreError, Forbidden, NotFound, Unauthorized
+from fstore.registry.training_sets import readable_with
 from fstore.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -111,7 +114,10 @@ def install(app: Flask, store, *, usage_interval: float = 10.0, start_usage_thre
         path = req.path
         if path == "/health" or not security.enabled:
             return
-        api_key = security.verifier.verify(_presented_key(req))
+        presented = _presented_key(req)
+        if path == "/ready" and presented is None:
+            return  # orchestrator probes carry no key: the view answers the status alone
+        api_key = security.verifier.verify(presented)
         ctx.api_key = api_key
         scope = required_scope(req.method, path)
         if scope is not None and not api_key.has_scope(scope):
@@ -165,11 +171,24 @@ def current_key() -> ApiKey | None:
 
 
 def actor_name() -> str:
-    """Who the audit log names: the key's owner, else the ``X-Actor`` header, else ``anonymous``."""
+    """Who the audit log names: the key's owner; with keys off, the ``X-Actor`` header, else ``anonymous``.
+
+    With keys on, a request without a valid key is ``anonymous``: what it claims in ``X-Actor`` is not trusted.
+    """
     key = current_key()
     if key is not None:
         return key.actor
+    if auth_required():
+        return "anonymous"
     return request.headers.get("X-Actor", "").strip()[:200] or "anonymous"
+
+
+def auth_required() -> bool:
+    """True when this app requires API keys."""
+    from flask import current_app
+
+    security = current_app.extensions.get("fstore_security")
+    return security is not None and security.enabled
 
 
 # -- grants ----------------------------------------------------------------------------------------
@@ -205,6 +224,13 @@ class _SetNames:
                 return None
         return self._get("set", ref, load)
 
+    def version(self, name: str) -> int | None:
+        """The current version of feature set ``name`` (the serving path's 404 names it)."""
+        try:
+            return self._store.get_feature_set(name)["version"]
+        except NotFound:
+            return None
+
     def sets_with_feature(self, name: str) -> list[str]:
         def load():
             from fstore.registry import repo
@@ -223,44 +249,92 @@ class _SetNames:
 
 
 def _deny(what: str) -> Forbidden:
+    """For what the key can see but not change (a set it holds part of): 403 names it."""
     return Forbidden(f"this API key is not granted {what}", field="grant")
+
+
+# What the key cannot see at all answers exactly as what does not exist (the library's own NotFound messages),
+# so a restricted key cannot tell a hidden name from an unknown one.
+
+def _no_set(ref: str) -> NotFound:
+    return NotFound(f"feature set {ref!r} not found")
+
+
+def _no_feature(ref: str, set_name: str | None = None) -> NotFound:
+    return NotFound(f"feature {ref!r} not found" + (f" in feature set {set_name}" if set_name else ""))
 
 
 def _check_set(names: _SetNames, grant: Grant, ref: str, *, whole: bool) -> None:
     name = names.set_name(ref)
     if name is None:
         return  # does not exist: the view answers 404 as for anyone
-    if not (grant.allows_whole_set(name) if whole else grant.allows_feature_set(name)):
+    if not grant.allows_feature_set(name):
+        raise _no_set(ref)
+    if whole and not grant.allows_whole_set(name):
         raise _deny(f"feature set {ref!r}")
 
 
 def _check_feature(names: _SetNames, grant: Grant, feature: str, feature_set: str | None,
-                   within: list[str] | None = None, *, whole: bool = False) -> None:
-    """A feature named bare or as ``set[@v]:name``; a bare name must be granted in every set that could resolve it."""
+                   within: list[str] | None = None, *, whole: bool = False, serving=None) -> None:
+    """A feature named bare or as ``set[@v]:name``; a bare name must be granted in every set that could resolve it.
+
+    ``serving(name, set_name)`` makes the 404 of a hidden feature (the serving path words it its own way).
+    """
+    missing = serving or (lambda name, set_name: _no_feature(name, set_name))
     if ":" in feature:
         head, name = feature.split(":", 1)
         feature_set = head.split("@", 1)[0]
     else:
         name = feature
     if feature_set is not None:
-        set_name = names.set_name(feature_set) or feature_set
-        ok = grant.allows_whole_set(set_name) if whole else grant.allows_feature(set_name, name)
-        if not ok:
+        set_name = names.set_name(feature_set)
+        if set_name is None:
+            return  # unknown set: the view says so
+        if not grant.allows_feature_set(set_name):
+            raise _no_set(feature_set)
+        if whole and not grant.allows_whole_set(set_name):
             raise _deny(f"feature {feature!r} of feature set {feature_set!r}")
+        if not grant.allows_feature(set_name, name):
+            raise missing(name, set_name)
         return
     candidates = names.sets_with_feature(name)
     if within is not None:
         candidates = [c for c in candidates if c in within]
-    if not all(grant.allows_whole_set(c) if whole else grant.allows_feature(c, name) for c in candidates):
+    visible = [c for c in candidates if grant.allows_feature(c, name)]
+    if candidates and not visible:
+        raise missing(name, None)
+    if len(visible) < len(candidates) or (whole and not all(grant.allows_whole_set(c) for c in candidates)):
         raise _deny(f"feature {feature!r} (name it as feature_set:feature within your grant)")
 
 
+def _serving_missing(names: _SetNames, within: list[str] | None):
+    """The serving path's own 404 for a feature (``fstore.references.resolve``), for a hidden one."""
+    def missing(name: str, set_name: str | None) -> NotFound:
+        if set_name is not None:
+            return NotFound(f"feature {name} not found in feature set {set_name} (version {names.version(set_name)})",
+                            field="features")
+        where = f" in feature sets {', '.join(within)}" if within else ""
+        return NotFound(f"feature {name} not found{where}", field="features")
+    return missing
+
+
+def _body() -> dict:
+    """The request's JSON object for the grant check ({} when it is not one: the body check then refuses it)."""
+    if not request.is_json:
+        return {}
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json's own limit; refused here, before anything walks it
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
+    return body if isinstance(body, dict) else {}
+
+
 def _check_grant(store, names: _SetNames, grant: Grant) -> None:
-    """Refuse a request that names any feature set or feature outside ``grant``."""
+    """Refuse a request that names any feature set or feature outside ``grant``: 404 when the key cannot see it
+    (as if it did not exist), 403 when it sees it but may not change it."""
     path, method = request.path, request.method
     write = method in _WRITE_METHODS
-    body = request.get_json(silent=True) if request.is_json else None
-    body = body if isinstance(body, dict) else {}
+    body = _body()
     if path.startswith("/api/v1/feature-sets"):
         match = re.match(r"^/api/v1/feature-sets/([^/]+)", path)
         if match:
@@ -269,43 +343,43 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
             _check_set(names, grant, body["name"], whole=True)
     elif path.startswith("/api/v1/features"):
         match = re.match(r"^/api/v1/features/([^/]+)", path)
-        feature_set = request.args.get("feature_set") or (body.get("feature_set") if isinstance(body.get("feature_set"), str) else None)
+        given = request.args.get("feature_set")
+        for field in ("feature_set", "feature_set_id"):
+            if given is None and isinstance(body.get(field), (str, int)) and not isinstance(body.get(field), bool):
+                given = str(body[field])
         if match:
-            ref = match.group(1)
+            ref, feature_set = match.group(1), given
             if ref.isascii() and ref.isdigit():
                 try:
                     item = store.get_feature(ref)
                 except FStoreError:
                     return
+                if not grant.allows_feature(item["feature_set"], item["name"]):
+                    raise _no_feature(ref)
                 ref, feature_set = item["name"], item["feature_set"]
             _check_feature(names, grant, ref, feature_set, whole=write)
         elif write:
-            if feature_set is None:
+            if given is None:
                 raise _deny("features outside a named feature set (give feature_set)")
-            _check_set(names, grant, feature_set, whole=True)
-        elif feature_set:
-            _check_set(names, grant, feature_set, whole=False)
+            _check_set(names, grant, given, whole=True)
+        elif given:
+            _check_set(names, grant, given, whole=False)
     elif path.startswith("/api/v1/serving/"):
         sets = body.get("feature_sets")
         sets = [s for s in sets if isinstance(s, str)] if isinstance(sets, list) else None
         for name in sets or ():
             _check_set(names, grant, name, whole=False)
+        missing = _serving_missing(names, sets)
         for feature in body.get("features") or () if isinstance(body.get("features"), list) else ():
             if isinstance(feature, str):
-                _check_feature(names, grant, feature, None, sets)
+                _check_feature(names, grant, feature, None, sets, serving=missing)
     elif (match := re.match(r"^/api/v1/training-sets/([^/]+)", path)):
         try:
             saved = store.get_training_set(match.group(1))
         except FStoreError:
             return  # does not exist or is not a valid name: the view answers as for anyone
-        if not _training_set_allowed(saved, grant):
-            raise _deny(f"training set {match.group(1)!r} (it reads features outside the grant)")
-
-
-def _training_set_allowed(saved: dict, grant: Grant) -> bool:
-    """True when every feature a training set read is granted."""
-    return all(grant.allows_feature(g.get("feature_set"), f)
-               for g in saved.get("groups") or () for f in g.get("features") or ())
+        if not readable_with(saved, grant):
+            raise NotFound(f"training set {match.group(1)} not found", field="name")
 
 
 # -- after the view ------------------------------------------------------------------------------
@@ -364,10 +438,9 @@ def _filter_response(response: Response, grant: Grant) -> None:
     if not isinstance(payload, (dict, list)):
         return
     cleaned, hidden = _clean(payload, grant, request.path)
-    if hidden is True:  # the object itself is outside the grant
-        raise_body = Forbidden("this API key is not granted what this answer holds", field="grant").to_dict()
-        response.set_data(_dumps(raise_body))
-        response.status_code = 403
+    if hidden is True:  # the object itself is outside the grant: answered as if it did not exist
+        response.set_data(_dumps(NotFound(f"{request.path} not found").to_dict()))
+        response.status_code = 404
         return
     if isinstance(cleaned, dict) and isinstance(cleaned.get("items"), list) and isinstance(cleaned.get("total"), int):
         cleaned["total"] = max(len(cleaned["items"]), cleaned["total"] - hidden)
@@ -399,7 +472,7 @@ def _clean(payload: Any, grant: Grant, path: str) -> tuple[Any, int | bool]:
     """The payload without what the grant hides, and how many list items were hidden (True: all of it)."""
     if isinstance(payload, dict):
         if path.startswith("/api/v1/training-sets") and "groups" in payload:  # a training set: all or nothing
-            return (payload, 0) if _training_set_allowed(payload, grant) else (None, True)
+            return (payload, 0) if readable_with(payload, grant) else (None, True)
         if not _visible(payload, grant, path):
             return None, True
         out = dict(payload)

@@ -10,6 +10,7 @@ from flask import request
 from flask_openapi3 import APIBlueprint, Tag
 
 from fstore.api.common import actor, get_store
+from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.render import frame_to_json
 from fstore.api.schemas import BatchBody, HistoricalBody, JobPath, NoQuery, OnlineBody
@@ -20,7 +21,7 @@ bp = APIBlueprint("serving", __name__, url_prefix="/api/v1/serving", abp_respons
 _tag = Tag(name="serving", description="Online features, training data, batch retrieval jobs")
 
 
-@bp.post("/online", tags=[_tag])
+@bp.post("/online", tags=[_tag], responses={200: rs.OnlineAnswer})
 def online(query: NoQuery, body: OnlineBody):
     """Latest feature values for entity keys, from the online store."""
     data = request.get_json()
@@ -28,7 +29,7 @@ def online(query: NoQuery, body: OnlineBody):
                                            feature_sets=data.get("feature_sets"))
 
 
-@bp.post("/historical", tags=[_tag])
+@bp.post("/historical", tags=[_tag], responses={200: rs.Obj})
 def historical(query: NoQuery, body: HistoricalBody):
     """Point-in-time-correct features for each entity row, in the rows' order (training data)."""
     store = get_store()
@@ -45,7 +46,7 @@ def historical(query: NoQuery, body: HistoricalBody):
     return frame_to_json(result.to_df(), meta if isinstance(meta, dict) else None)
 
 
-@bp.post("/batch", tags=[_tag])
+@bp.post("/batch", tags=[_tag], responses={202: rs.Run})
 def batch(query: NoQuery, body: BatchBody):
     """Start a batch retrieval job writing Delta or Parquet; returns the job (202) at once."""
     job = get_store().start_batch_retrieval(entity_source=body.entity_source, features=body.features,
@@ -55,7 +56,7 @@ def batch(query: NoQuery, body: BatchBody):
     return job, 202, headers
 
 
-@bp.get("/jobs/<job_id>", tags=[_tag])
+@bp.get("/jobs/<job_id>", tags=[_tag], responses={200: rs.Run})
 def get_job(path: JobPath, query: NoQuery):
     """A batch job: status, progress, output location and row count."""
     return get_store().get_job(path.job_id)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
-from fstore.api.common import get_store
+from fstore.api.common import get_store, grant
+from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.render import frame_to_json
 from fstore.api.schemas import REF_PATTERN, NoQuery, Page
@@ -31,19 +32,19 @@ class RecreateBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-@bp.get("", tags=[_tag])
+@bp.get("", tags=[_tag], responses={200: rs.Page})
 def list_training_sets(query: Page):
     """Saved training sets, newest first."""
-    return get_store().list_training_sets(limit=query.limit, offset=query.offset)
+    return get_store().list_training_sets(limit=query.limit, offset=query.offset, grant=grant())
 
 
-@bp.get("/<name>", tags=[_tag])
+@bp.get("/<name>", tags=[_tag], responses={200: rs.Obj})
 def get_training_set(path: TrainingSetPath, query: NoQuery):
     """One training set: features, set and feature versions, pinned offline versions, paths."""
     return get_store().get_training_set(path.name)
 
 
-@bp.post("/<name>/recreate", tags=[_tag])
+@bp.post("/<name>/recreate", tags=[_tag], responses={200: rs.Obj})
 def recreate_training_set(path: TrainingSetPath, query: NoQuery, body: RecreateBody):
     """Re-run a training set's retrieval pinned to its recorded versions; rows as ``/serving/historical`` answers."""
     store = get_store()

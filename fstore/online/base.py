@@ -74,6 +74,18 @@ def iso_from_micros(micros: int) -> str:
 
 # -- keys ---------------------------------------------------------------------------------
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64(number: int, key: str) -> str:
+    """An ``int`` key's text; beyond 64 bits no stored key can match (keys are BIGINT), so it is refused, not missed."""
+    if not INT64_MIN <= number <= INT64_MAX:
+        text = str(number) if len(str(number)) <= 40 else f"{str(number)[:20]}… ({len(str(number))} digits)"
+        raise InvalidDefinition(f"entity key {key} value {text} is outside the 64-bit integer range of int keys",
+                                field="entities")
+    return str(number)
+
+
 def normalize_key_value(value: Any, value_type: str, *, key: str) -> str:
     """The canonical text of one entity key value for its ``value_type`` (``1`` and ``"1"`` agree)."""
     if value is None:
@@ -85,8 +97,10 @@ def normalize_key_value(value: Any, value_type: str, *, key: str) -> str:
             if isinstance(value, float):
                 if not value.is_integer():
                     raise ValueError
-                return str(int(value))
-            return str(int(str(value).strip()) if isinstance(value, str) else int(value))
+                return _int64(int(value), key)
+            if isinstance(value, str) and len(value) > 64:  # before int() meets thousands of digits
+                return _int64(10**64, key)
+            return _int64(int(str(value).strip()) if isinstance(value, str) else int(value), key)
         if value_type == "string":
             if isinstance(value, (dict, list)):
                 raise ValueError
@@ -117,9 +131,9 @@ def key_normalizer(value_type: str, key: str) -> Callable[[Any], str]:
         return lambda v: v if type(v) is str else normalize_key_value(v, value_type, key=key)
     if value_type == "int":
         def int_text(v: Any) -> str:
-            if type(v) is int:
+            if type(v) is int and INT64_MIN <= v <= INT64_MAX:
                 return str(v)
-            if type(v) is str and v.isascii() and v.isdigit() and (v[0] != "0" or v == "0"):
+            if type(v) is str and v.isascii() and v.isdigit() and (v[0] != "0" or v == "0") and len(v) < 19:
                 return v
             return normalize_key_value(v, value_type, key=key)
 

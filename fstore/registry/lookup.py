@@ -66,7 +66,10 @@ def find_set(s: Session, ref: Any) -> FeatureSetRow:
 
 
 def feature_set_dict(row: FeatureSetRow, features: Iterable[str]) -> dict:
-    return {"id": row.id, "name": row.name, "version": row.version, **row.spec, "features": list(features),
+    """A feature set as every answer shows it: its source's secret options redacted (``fstore.source_secrets``)."""
+    from fstore.source_secrets import redact_spec
+
+    return {"id": row.id, "name": row.name, "version": row.version, **redact_spec(row.spec), "features": list(features),
             "created_at": iso(row.created_at), "updated_at": iso(row.updated_at), "watermark": iso(row.watermark)}
 
 

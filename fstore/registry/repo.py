@@ -30,6 +30,7 @@ from fstore.definitions import (
     composite_order,
 )
 from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
+from fstore.source_secrets import SecretBox, redact_changes, redact_spec
 from fstore.registry.lookup import (  # noqa: F401 - re-exported: callers use repo.<name>
     as_id,
     check_ref,
@@ -61,6 +62,17 @@ from fstore.registry.search import (  # noqa: F401 - discovery lives in search; 
 
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
+
+_NO_KEY = SecretBox()  # registry-level callers without a store: legacy clear values read, no secret sealed
+
+
+def _box(store: "FeatureStore | None") -> SecretBox:
+    return store.secrets if store is not None else _NO_KEY
+
+
+def public_spec(spec: Mapping[str, Any]) -> dict:
+    """A stored feature set spec as answers show it (source secrets redacted)."""
+    return redact_spec(dict(spec))
 
 
 # -- small helpers -------------------------------------------------------------------------
@@ -220,7 +232,18 @@ def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Map
     if store is not None:
         from fstore.compiler import validate_version
 
-        validate_version(store, fsv)
+        validate_version(store, _for_checking(store, fsv))
+
+
+def _for_checking(store: "FeatureStore", fsv: FeatureSetVersion) -> FeatureSetVersion:
+    """The version with its source as the engine reads it, when this process can resolve it (a ``${NAME}`` set only
+    where jobs run cannot be: the check then sees the reference as written, as it saw any unreadable source)."""
+    fs = fsv.feature_set
+    try:
+        source = store.secrets.resolve_source(fs.source, feature_set=fs.name)
+    except InvalidDefinition:
+        return fsv
+    return fsv if source is fs.source else dataclasses.replace(fsv, feature_set=dataclasses.replace(fs, source=source))
 
 
 def _refuse_leftover_offline_table(store: "FeatureStore", name: str) -> None:
@@ -256,14 +279,17 @@ def _others(pending: Mapping[str, Feature] | None, name: str) -> dict[str, Featu
 
 
 def _new_set_version(s: Session, row: FeatureSetRow, fs: FeatureSet, features: list[tuple[Feature, int]],
-                     changes: list[dict], actor: str, *, bump: bool = True) -> None:
-    """Record a new immutable feature set version (spec, feature versions, feature specs snapshot)."""
+                     changes: list[dict], actor: str, *, stored: dict, bump: bool = True) -> None:
+    """Record a new immutable feature set version (spec, feature versions, feature specs snapshot).
+
+    ``stored`` is ``fs``'s spec in its stored form (source secrets sealed); ``changes`` are already redacted.
+    """
     if bump:
         row.version += 1
-    row.spec = fs.to_dict()
+    row.spec = stored
     row.owner, row.description, row.tags_text = fs.owner, fs.description, _tags_text(fs.tags)
     row.updated_at = utcnow()
-    snapshot = {**fs.to_dict(), "feature_specs": {f.name: f.to_dict() for f, _ in features}}
+    snapshot = {**stored, "feature_specs": {f.name: f.to_dict() for f, _ in features}}
     s.add(FeatureSetVersionRow(feature_set_id=row.id, version=row.version, spec=snapshot,
                                features={f.name: v for f, v in features}, changes=changes,
                                created_at=row.updated_at, created_by=actor))
@@ -282,6 +308,8 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
         raise InvalidDefinition("features must be a list of feature objects", field="features")
     fs = FeatureSet.from_dict(body)
     check_new(fs)
+    box = _box(store)
+    box.check_plain(fs.to_dict())
     if s.scalar(select(FeatureSetRow.id).where(FeatureSetRow.name == fs.name)) is not None:
         raise AlreadyExists(f"feature set {fs.name!r} already exists", field="name")
     if store is not None:
@@ -302,14 +330,16 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
         raise AlreadyExists(f"feature(s) {', '.join(dupes)} listed twice in feature set {fs.name}", field="features")
     _validate(store, FeatureSetVersion(feature_set=fs, version=1, entities=entities, features=tuple(features),
                                        feature_versions={f.name: 1 for f in features}))
+    stored = box.seal_spec(fs.to_dict())
     _register(s, new_entities, actor)
     now = utcnow()
-    row = FeatureSetRow(name=fs.name, version=1, spec=fs.to_dict(), created_at=now, updated_at=now)
+    row = FeatureSetRow(name=fs.name, version=1, spec=stored, created_at=now, updated_at=now)
     s.add(row)
     _flush(s, f"feature set {fs.name!r}")
     for f in features:
         _insert_feature(s, row, f, {x.name: 1 for x in features}, actor)
-    _new_set_version(s, row, fs, [(f, 1) for f in features], [{"field": "created", "old": None, "new": fs.name}], actor, bump=False)
+    _new_set_version(s, row, fs, [(f, 1) for f in features], [{"field": "created", "old": None, "new": fs.name}], actor,
+                     stored=stored, bump=False)
     return feature_set_dict(row, names)
 
 
@@ -322,20 +352,24 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
         raise InvalidDefinition("a feature set cannot be renamed; create a new one", field="name")
     if "features" in changes:
         raise InvalidDefinition("change a set's features through the features themselves", field="features")
-    merged = {**row.spec, **changes}
+    box = _box(store)
+    plain = box.reveal_spec(row.spec)
+    merged = {**plain, **box.keep_redacted(changes, plain)}
     if "ttl" in changes:
         merged.pop("ttl_seconds", None)
     fs, entities, new_entities = _resolve_entities(s, FeatureSet.from_dict(merged))
-    changed = diff(row.spec, fs.to_dict())
+    changed = diff(plain, fs.to_dict())
     current = _current_features(s, row.id)
     if not changed:
         return feature_set_dict(row, [f.name for f, _, _ in current])
     check_new(fs)
+    box.check_plain(fs.to_dict())
+    stored = box.seal_spec(fs.to_dict())
     _validate(store, FeatureSetVersion(feature_set=fs, version=row.version + 1, entities=entities,
                                        features=tuple(f for f, _, _ in current),
                                        feature_versions={f.name: v for f, v, _ in current}), pending)
     _register(s, new_entities, actor)
-    _new_set_version(s, row, fs, [(f, v) for f, v, _ in current], changed, actor)
+    _new_set_version(s, row, fs, [(f, v) for f, v, _ in current], redact_changes(changed), actor, stored=stored)
     return feature_set_dict(row, [f.name for f, _, _ in current])
 
 
@@ -345,7 +379,7 @@ def get_feature_set(s: Session, ref: str | int, *, version: int | None = None) -
     if version is None:
         return feature_set_dict(row, [r.name for r in _feature_rows(s, row.id)])
     vrow = _set_version_row(s, row, version)
-    spec = {k: v for k, v in vrow.spec.items() if k != "feature_specs"}
+    spec = public_spec({k: v for k, v in vrow.spec.items() if k != "feature_specs"})
     return {**feature_set_dict(row, list(vrow.features)), **spec, "version": vrow.version,
             "updated_at": iso(vrow.created_at)}
 
@@ -376,13 +410,27 @@ def feature_set_versions(s: Session, ref: str | int) -> list[dict]:
     row = find_set(s, ref)
     rows = s.scalars(select(FeatureSetVersionRow).where(FeatureSetVersionRow.feature_set_id == row.id)
                      .order_by(FeatureSetVersionRow.version))
-    return [{"version": v.version, "spec": {k: x for k, x in v.spec.items() if k != "feature_specs"},
-             "features": dict(v.features), "changes": list(v.changes), "created_at": iso(v.created_at),
+    return [{"version": v.version, "spec": public_spec({k: x for k, x in v.spec.items() if k != "feature_specs"}),
+             "features": dict(v.features), "changes": redact_changes(v.changes), "created_at": iso(v.created_at),
              "created_by": v.created_by} for v in rows]
 
 
-def load_feature_set_version(s: Session, ref: str | int, *, version: int | None = None) -> FeatureSetVersion:
-    """The resolved domain object of a feature set version (current by default), the compiler's input."""
+def load_feature_set_version(s: Session, ref: str | int, *, version: int | None = None,
+                             secrets: SecretBox | None = None) -> FeatureSetVersion:
+    """The resolved domain object of a feature set version (current by default), the compiler's input.
+
+    With ``secrets`` its source is as the engine reads it (secrets decrypted, ``${NAME}`` references replaced);
+    without, its source options are in their stored form.
+    """
+    fsv = _load_version(s, ref, version)
+    if secrets is None or fsv.feature_set.source is None or not fsv.feature_set.source.options:
+        return fsv
+    fs = fsv.feature_set
+    source = secrets.resolve_source(fs.source, feature_set=fs.name)
+    return dataclasses.replace(fsv, feature_set=dataclasses.replace(fs, source=source))
+
+
+def _load_version(s: Session, ref: str | int, version: int | None) -> FeatureSetVersion:
     row = find_set(s, ref)
     if version is None:
         fs = FeatureSet.from_dict(row.spec)
@@ -451,7 +499,7 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
               _others(pending, feature.name))
     row = _insert_feature(s, set_row, feature, versions, actor)
     _new_set_version(s, set_row, fs, [(f, versions[f.name]) for f in all_features],
-                     [{"field": f"features.{feature.name}", "old": None, "new": 1}], actor)
+                     [{"field": f"features.{feature.name}", "old": None, "new": 1}], actor, stored=set_row.spec)
     return feature_dict(row, set_row.name, _lineage(feature, versions))
 
 
@@ -493,7 +541,7 @@ def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: st
     s.add(FeatureVersionRow(feature_id=row.id, version=row.version, spec=feature.to_dict(), lineage=lineage,
                             changes=changed, created_at=row.updated_at, created_by=actor))
     _new_set_version(s, set_row, fs, [(f, versions[f.name]) for f in all_features],
-                     [{"field": f"features.{row.name}", "old": row.version - 1, "new": row.version}], actor)
+                     [{"field": f"features.{row.name}", "old": row.version - 1, "new": row.version}], actor, stored=set_row.spec)
     return feature_dict(row, set_row.name, lineage)
 
 
@@ -532,7 +580,7 @@ def delete_feature(s: Session, ref: str | int, *, feature_set: str | None = None
     s.delete(row)
     s.flush()
     _new_set_version(s, set_row, FeatureSet.from_dict(set_row.spec), remaining,
-                     [{"field": f"features.{row.name}", "old": old_version, "new": None}], actor)
+                     [{"field": f"features.{row.name}", "old": old_version, "new": None}], actor, stored=set_row.spec)
 
 
 def feature_versions(s: Session, ref: str | int, *, feature_set: str | None = None) -> list[dict]:

@@ -6,9 +6,9 @@ The same SQL runs on SQLite and PostgreSQL.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from fstore.definitions import normalize_data_type
@@ -16,6 +16,9 @@ from fstore.errors import InvalidDefinition
 from fstore.registry.lookup import entity_dict, feature_dict, feature_set_dict, find_entity, find_set
 from fstore.registry.models import EntityRow, FeatureRow, FeatureSetRow, FeatureVersionRow
 
+
+if TYPE_CHECKING:
+    from fstore.auth import Grant
 
 KINDS = ("entity", "feature_set", "feature")
 MAX_LIMIT = 500
@@ -33,9 +36,19 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def check_text(text: str, field: str) -> None:
+    """Refuse a control character in search text: SQLite ends a LIKE pattern at NUL (``%\0%`` matched every row)
+    and PostgreSQL refuses NUL in a string; no name, description or tag holds one."""
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise InvalidDefinition(f"{field} holds the control character U+{ord(bad):04X}; search text is printable",
+                                field=field)
+
+
 def _text_match(text: str | None, *columns):
     if not text:
         return None
+    check_text(text, "q")
     pattern = _like(text)
     return or_(*(func.lower(c).like(pattern, escape="\\") for c in columns))
 
@@ -47,6 +60,36 @@ def _tag_match(tag: str | None, column):
     tag = tag.lower()
     token = f"% {tag} %" if "=" in tag else f"% {tag}=%"
     return column.like(token.replace("_", "\\_"), escape="\\")
+
+
+def _visible_sets(grant: "Grant | None"):
+    """The condition on ``FeatureSetRow`` a grant allows (a set granted whole, or one of its features); None: all."""
+    if grant is None or grant.unrestricted:
+        return None
+    names = set(grant.feature_sets) | {f.split(":", 1)[0] for f in grant.features if ":" in f}
+    return FeatureSetRow.name.in_(sorted(names)) if names else false()
+
+
+def _visible_features(grant: "Grant | None"):
+    """The condition on ``FeatureRow`` a grant allows (its set granted whole, ``set:name``, or a bare ``name``)."""
+    if grant is None or grant.unrestricted:
+        return None
+    conditions = []
+    if grant.feature_sets:
+        conditions.append(FeatureRow.feature_set_id.in_(
+            select(FeatureSetRow.id).where(FeatureSetRow.name.in_(sorted(grant.feature_sets)))))
+    bare = sorted(f for f in grant.features if ":" not in f)
+    if bare:
+        conditions.append(FeatureRow.name.in_(bare))
+    for entry in sorted(f for f in grant.features if ":" in f):
+        set_name, name = entry.split(":", 1)
+        conditions.append(and_(FeatureRow.name == name, FeatureRow.feature_set_id.in_(
+            select(FeatureSetRow.id).where(FeatureSetRow.name == set_name))))
+    return or_(*conditions) if conditions else false()
+
+
+def _where(stmt, condition):
+    return stmt if condition is None else stmt.where(condition)
 
 
 def _page(s: Session, stmt, order_col, limit: int, offset: int) -> tuple[list, int]:
@@ -67,10 +110,12 @@ def list_entities(s: Session, *, query: str | None = None, limit: int = 50, offs
 
 
 def list_feature_sets(s: Session, *, query: str | None = None, entity: str | None = None, owner: str | None = None,
-                      tag: str | None = None, limit: int = 50, offset: int = 0) -> dict:
-    """Feature sets matching the text and filters, ordered by id."""
+                      tag: str | None = None, limit: int = 50, offset: int = 0, grant: "Grant | None" = None) -> dict:
+    """Feature sets matching the text and filters, ordered by id; with ``grant``, only those it allows
+    (filtered in the query, so ``total`` and paging count only what the caller may see)."""
     _check_page(limit, offset)
-    stmt = _set_filter(s, select(FeatureSetRow), query=query, entity=entity, owner=owner, tag=tag)
+    stmt = _where(_set_filter(s, select(FeatureSetRow), query=query, entity=entity, owner=owner, tag=tag),
+                  _visible_sets(grant))
     rows, total = _page(s, stmt, FeatureSetRow.id, limit, offset)
     names = _feature_names_by_set(s, [r.id for r in rows])
     return {"items": [feature_set_dict(r, names.get(r.id, [])) for r in rows], "total": total, "limit": limit, "offset": offset}
@@ -102,11 +147,11 @@ def _feature_names_by_set(s: Session, set_ids: list[int]) -> dict[int, list[str]
 
 def list_features(s: Session, *, query: str | None = None, feature_set: str | None = None, entity: str | None = None,
                   owner: str | None = None, data_type: str | None = None, tag: str | None = None,
-                  limit: int = 50, offset: int = 0) -> dict:
-    """Features matching the text and filters, ordered by id."""
+                  limit: int = 50, offset: int = 0, grant: "Grant | None" = None) -> dict:
+    """Features matching the text and filters, ordered by id; with ``grant``, only those it allows (in the query)."""
     _check_page(limit, offset)
-    stmt = _feature_filter(s, select(FeatureRow), query=query, feature_set=feature_set, entity=entity, owner=owner,
-                           data_type=data_type, tag=tag)
+    stmt = _where(_feature_filter(s, select(FeatureRow), query=query, feature_set=feature_set, entity=entity,
+                                  owner=owner, data_type=data_type, tag=tag), _visible_features(grant))
     rows, total = _page(s, stmt, FeatureRow.id, limit, offset)
     return {"items": _feature_dicts(s, rows), "total": total, "limit": limit, "offset": offset}
 
@@ -141,10 +186,12 @@ def _feature_dicts(s: Session, rows: list[FeatureRow]) -> list[dict]:
     return [feature_dict(r, set_names[r.feature_set_id], lineages.get((r.id, r.version), {})) for r in rows]
 
 
-def search(s: Session, text: str, *, kinds: Iterable[str] = KINDS, limit: int = 50, offset: int = 0) -> dict:
+def search(s: Session, text: str, *, kinds: Iterable[str] = KINDS, limit: int = 50, offset: int = 0,
+           grant: "Grant | None" = None) -> dict:
     """Entities, feature sets and features whose name, description, owner or tags contain ``text``.
 
     Items carry a ``kind``; they come entities first, then feature sets, then features, each by id.
+    With ``grant``, only the sets and features it allows, filtered in the queries (``total`` included).
     """
     _check_page(limit, offset)
     kinds = tuple(kinds)
@@ -154,13 +201,15 @@ def search(s: Session, text: str, *, kinds: Iterable[str] = KINDS, limit: int = 
     if not isinstance(text, str) or not text.strip():
         raise InvalidDefinition("search text must be a non-empty string (list everything with the list commands)",
                                 field="q")
+    check_text(text, "q")
     plans = {
         "entity": (_text_stmt(EntityRow, text, EntityRow.name, EntityRow.description), EntityRow.id,
                    lambda rows: [entity_dict(r) for r in rows]),
-        "feature_set": (_set_filter(s, select(FeatureSetRow), query=text), FeatureSetRow.id,
+        "feature_set": (_where(_set_filter(s, select(FeatureSetRow), query=text), _visible_sets(grant)), FeatureSetRow.id,
                         lambda rows: [feature_set_dict(r, n) for r, n in
                                       zip(rows, [_feature_names_by_set(s, [r.id]).get(r.id, []) for r in rows])]),
-        "feature": (_feature_filter(s, select(FeatureRow), query=text), FeatureRow.id, lambda rows: _feature_dicts(s, rows)),
+        "feature": (_where(_feature_filter(s, select(FeatureRow), query=text), _visible_features(grant)), FeatureRow.id,
+                    lambda rows: _feature_dicts(s, rows)),
     }
     items: list[dict] = []
     total = 0

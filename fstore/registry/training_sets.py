@@ -74,13 +74,26 @@ def get_training_set(s: Session, ref: str | int) -> dict[str, Any]:
     return training_set_dict(_row(s, ref))
 
 
-def list_training_sets(s: Session, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-    """Training sets, newest first: ``{"items", "total", "limit", "offset"}``."""
+def list_training_sets(s: Session, *, limit: int = 50, offset: int = 0, grant=None) -> dict[str, Any]:
+    """Training sets, newest first: ``{"items", "total", "limit", "offset"}``.
+
+    With ``grant`` (an ``auth.Grant``), only those whose every feature it allows, counted before paging (the
+    features live in each row's JSON, so the filter runs here, over the few rows a registry holds).
+    """
     _check_page(limit, offset)
-    rows = s.scalars(select(TrainingSetRow).order_by(TrainingSetRow.created_at.desc(), TrainingSetRow.id.desc())
-                     .limit(limit).offset(offset)).all()
+    query = select(TrainingSetRow).order_by(TrainingSetRow.created_at.desc(), TrainingSetRow.id.desc())
+    if grant is not None and not grant.unrestricted:
+        items = [d for d in map(training_set_dict, s.scalars(query)) if readable_with(d, grant)]
+        return {"items": items[offset:offset + limit], "total": len(items), "limit": limit, "offset": offset}
+    rows = s.scalars(query.limit(limit).offset(offset)).all()
     total = s.scalar(select(func.count()).select_from(TrainingSetRow))
     return {"items": [training_set_dict(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def readable_with(saved: dict[str, Any], grant) -> bool:
+    """True when ``grant`` allows every feature the training set ``saved`` read."""
+    return all(grant.allows_feature(g.get("feature_set"), f)
+               for g in saved.get("groups") or () for f in g.get("features") or ())
 
 
 def pinned_versions(s: Session, feature_set: str) -> list[int]:

@@ -1,6 +1,8 @@
 """Authentication, scopes and grants over the real app (Flask test client, real registry)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fstore import auth
@@ -59,6 +61,9 @@ def test_missing_or_wrong_key_is_401_that_reveals_nothing(client, keys, case, hd
         hdrs = headers(keys[hdrs])
     for method, path, body, _ in ENDPOINTS:
         response = call(client, method, path, body, hdrs)
+        if path == "/ready" and not hdrs:  # a probe without a key: the status, no details (test_security_api)
+            assert response.get_json() == {"status": "ready"}, response.get_json()
+            continue
         assert response.status_code == 401, (case, method, path, response.get_json())
         assert response.get_json() == {"error": {"code": "unauthorized", "message": "missing or invalid API key",
                                                  "field": None}}
@@ -107,34 +112,50 @@ def test_a_set_grant_hides_other_sets_in_lists_and_search(client, keys):
     assert sorted(i["name"] for i in all_sets["items"]) == ["payments", "profile"]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "denied"), [
-    ("GET", "/api/v1/feature-sets/profile", None, "profile"),
-    ("GET", "/api/v1/feature-sets/profile/versions", None, "profile"),
-    ("GET", "/api/v1/features/age", None, "age"),
-    ("GET", "/api/v1/features?feature_set=profile", None, "profile"),
-    ("PATCH", "/api/v1/feature-sets/profile", {"description": "x"}, "profile"),
-    ("POST", "/api/v1/features", {"name": "height", "feature_set_id": "profile", "data_type": "float",
-                                  "transformation": "height"}, "features outside"),
-    ("POST", "/api/v1/features", {"name": "height", "feature_set": "profile", "data_type": "float",
-                                  "transformation": "height"}, "profile"),
-    ("POST", "/api/v1/feature-sets/profile/materialize",
-     {"start_date": "2024-01-01T00:00:00Z", "end_date": "2024-01-02T00:00:00Z"}, "profile"),
-    ("POST", "/api/v1/serving/online", {"features": ["profile:age"], "entities": {"user_id": [1]}}, "profile:age"),
-    ("POST", "/api/v1/serving/online", {"features": ["age"], "entities": {"user_id": [1]}}, "'age'"),
-    ("POST", "/api/v1/serving/online", {"feature_sets": ["profile"], "features": ["age"],
-                                        "entities": {"user_id": [1]}}, "profile"),
-])
-def test_a_request_naming_anything_outside_the_grant_is_403_naming_it(client, keys, method, path, body, denied):
-    response = call(client, method, path, body, headers(keys["payments_only"], "x-api-key"))
-    assert response.status_code == 403, response.get_json()
-    error = response.get_json()["error"]
-    assert error["code"] == "forbidden" and denied in error["message"], error
+# A name the key cannot see answers exactly as a name that does not exist ({set}/{feature} → profile/age, then
+# nosuchset/nosuchfeature): a restricted key cannot enumerate hidden names.
+HIDDEN_REQUESTS = [
+    ("GET", "/api/v1/feature-sets/{set}", None),
+    ("GET", "/api/v1/feature-sets/{set}/versions", None),
+    ("GET", "/api/v1/features/{feature}", None),
+    ("GET", "/api/v1/features?feature_set={set}", None),
+    ("PATCH", "/api/v1/feature-sets/{set}", {"description": "x"}),
+    ("POST", "/api/v1/features", {"name": "height", "feature_set_id": "{set}", "data_type": "float",
+                                  "transformation": "height"}),
+    ("POST", "/api/v1/features", {"name": "height", "feature_set": "{set}", "data_type": "float",
+                                  "transformation": "height"}),
+    ("POST", "/api/v1/feature-sets/{set}/materialize",
+     {"start_date": "2024-01-01T00:00:00Z", "end_date": "2024-01-02T00:00:00Z"}),
+    ("POST", "/api/v1/serving/online", {"features": ["{set}:{feature}"], "entities": {"user_id": [1]}}),
+    ("POST", "/api/v1/serving/online", {"features": ["{feature}"], "entities": {"user_id": [1]}}),
+    ("POST", "/api/v1/serving/online", {"feature_sets": ["{set}"], "features": ["{feature}"],
+                                        "entities": {"user_id": [1]}}),
+]
 
 
-def test_feature_id_outside_the_grant_is_403(client, keys):
+def fill(value, set_name, feature):
+    text = json.dumps(value).replace("{set}", set_name).replace("{feature}", feature)
+    return value if value is None else json.loads(text) if not isinstance(value, str) else json.loads(text)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), HIDDEN_REQUESTS)
+def test_a_request_naming_anything_outside_the_grant_answers_as_for_an_unknown_name(client, keys, method, path, body):
+    h = headers(keys["payments_only"], "x-api-key")
+    hidden = call(client, method, fill(path, "profile", "age"), fill(body, "profile", "age"), h)
+    unknown = call(client, method, fill(path, "nosuchset", "nosuchfeature"), fill(body, "nosuchset", "nosuchfeature"), h)
+    assert hidden.status_code == unknown.status_code == 404, (hidden.get_json(), unknown.get_json())
+    renamed = unknown.get_data(as_text=True).replace("nosuchset", "profile").replace("nosuchfeature", "age")
+    assert hidden.get_data(as_text=True) == renamed
+
+
+def test_feature_id_outside_the_grant_answers_as_an_unknown_id(client, keys):
     age = client.get("/api/v1/features/age", headers=headers(keys["admin"])).get_json()
-    response = client.get(f"/api/v1/features/{age['id']}", headers=headers(keys["payments_only"]))
-    assert response.status_code == 403
+    h = headers(keys["payments_only"])
+    hidden = client.get(f"/api/v1/features/{age['id']}", headers=h)
+    unknown = client.get("/api/v1/features/999999", headers=h)
+    assert hidden.status_code == unknown.status_code == 404
+    assert hidden.get_json() == {"error": {**unknown.get_json()["error"],
+                                           "message": unknown.get_json()["error"]["message"].replace("999999", str(age["id"]))}}
 
 
 def test_inside_the_grant_works(client, keys):
@@ -155,9 +176,12 @@ def test_a_feature_grant_hides_the_sets_other_features(client, keys):
     ok = client.post("/api/v1/serving/online", headers=h,
                      json={"features": ["payments:amount"], "entities": {"user_id": [1]}})
     assert ok.status_code == 200
-    denied = client.post("/api/v1/serving/online", headers=h,
+    hidden = client.post("/api/v1/serving/online", headers=h,
                          json={"features": ["payments:amount", "payments:risk_score"], "entities": {"user_id": [1]}})
-    assert denied.status_code == 403 and "risk_score" in denied.get_json()["error"]["message"]
+    unknown = client.post("/api/v1/serving/online", headers=h,
+                          json={"features": ["payments:amount", "payments:nosuch"], "entities": {"user_id": [1]}})
+    assert hidden.status_code == unknown.status_code == 404, hidden.get_json()
+    assert hidden.get_data(as_text=True) == unknown.get_data(as_text=True).replace("nosuch", "risk_score")
     # A feature grant does not allow changing the whole set.
     patch = client.patch("/api/v1/feature-sets/payments", headers=h, json={"description": "x"})
     assert patch.status_code == 403

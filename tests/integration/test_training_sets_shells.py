@@ -186,10 +186,14 @@ def test_rest_scopes_and_grants(api):
     for method, url in urls:
         error = api(method, url, key="registry_only", status=403)["error"]
         assert "serve_historical" in error["message"]
-    # Granted only a set the training set does not read: it is hidden from the list and refused by name.
+    # Granted only a set the training set does not read: it is hidden from the list (and its total) and answered
+    # by name exactly as a training set that does not exist.
     assert api("GET", "/api/v1/training-sets", key="other_only") == {"items": [], "total": 0, "limit": 50, "offset": 0}
     for method, url in urls[1:]:
-        assert "training set" in api(method, url, key="other_only", status=403)["error"]["message"]
+        hidden = api(method, url, key="other_only", status=404)
+        unknown = api(method, url.replace(NAME, "no_such_training_set"), key="other_only", status=404)
+        assert hidden == {"error": {**unknown["error"],
+                                    "message": unknown["error"]["message"].replace("no_such_training_set", NAME)}}
     # Granted the set it reads: sees it whole, features untouched.
     assert api("GET", "/api/v1/training-sets", key="clicks_only")["items"][0]["features"] == ["clicks:n_x2"]
     assert api("GET", f"/api/v1/training-sets/{NAME}", key="clicks_only")["features"] == ["clicks:n_x2"]

@@ -8,6 +8,9 @@ import pytest
 from fstore.errors import InvalidDefinition
 from fstore.settings import Settings
 
+KEY_A = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # Fernet keys: URL-safe base64 of 32 bytes
+KEY_B = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
+
 
 def test_defaults_are_the_embedded_store(tmp_path):
     s = Settings.from_env({"STORAGE_PATH": str(tmp_path)})
@@ -26,6 +29,7 @@ def test_every_variable_is_read(tmp_path):
         "SERVING_CACHE_ENABLED": "yes", "SERVING_CACHE_TTL": "2.5", "MAX_ENTITIES_PER_REQUEST": "50",
         "MAX_HISTORICAL_ROWS": "1000", "MAX_BODY_BYTES": "4096", "PORT": "9000", "AUTH_ENABLED": "off",
         "REDIS_TIMEOUT": "0.1", "DB_POOL_SIZE": "3", "REDIS_POOL_SIZE": "8",
+        "FSTORE_SECRET_KEY": f"{KEY_A}, {KEY_B}", "SOURCE_ENV_ALLOW": "DB_PASSWORD, VAULT_*",
     }
     s = Settings.from_env(env)
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -35,6 +39,16 @@ def test_every_variable_is_read(tmp_path):
     assert (s.max_entities_per_request, s.max_historical_rows, s.max_body_bytes, s.port) == (50, 1000, 4096, 9000)
     assert (s.auth_enabled, s.redis_timeout, s.db_pool_size, s.redis_pool_size) == (False, 0.1, 3, 8)
     assert (s.spark_master, s.spark_remote, s.s3_endpoint) == ("spark://m:7077", "sc://connect:15002", "http://minio:9000")
+    assert s.secret_key == f"{KEY_A},{KEY_B}" and s.source_env_allow == ("DB_PASSWORD", "VAULT_*")
+    assert KEY_A not in repr(s)  # a settings dump in a log never shows the key
+    assert s.secret_key_file is None  # PostgreSQL: no key file, FSTORE_SECRET_KEY or no secrets
+
+
+def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
+    s = Settings.from_env({"STORAGE_PATH": str(tmp_path)})
+    assert s.secret_key == "" and s.source_env_allow == ("FSTORE_SOURCE_*",)
+    assert s.secret_key_file == tmp_path.resolve() / "secret.key"
+    assert Settings.from_env({"SOURCE_ENV_ALLOW": "none"}).source_env_allow == ()
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -56,6 +70,9 @@ def test_every_variable_is_read(tmp_path):
     ("REDIS_TIMEOUT", "fast", "not a number"),
     ("DB_POOL_SIZE", "0", "out of range"),
     ("REDIS_POOL_SIZE", "20000", "out of range"),
+    ("FSTORE_SECRET_KEY", "not-a-key", "not a Fernet key"),
+    ("FSTORE_SECRET_KEY", f"{'QUJD' * 8}", "not a Fernet key"),
+    ("SOURCE_ENV_ALLOW", "A B", "not a variable name"),
 ])
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(InvalidDefinition, match=message) as info:
