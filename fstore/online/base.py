@@ -77,12 +77,16 @@ def iso_from_micros(micros: int) -> str:
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+class KeyOutOfRange(InvalidDefinition):
+    """An ``int`` key value beyond 64 bits: a number, but one no stored (BIGINT) key can equal."""
+
+
 def _int64(number: int, key: str) -> str:
     """An ``int`` key's text; beyond 64 bits no stored key can match (keys are BIGINT), so it is refused, not missed."""
     if not INT64_MIN <= number <= INT64_MAX:
         text = str(number) if len(str(number)) <= 40 else f"{str(number)[:20]}… ({len(str(number))} digits)"
-        raise InvalidDefinition(f"entity key {key} value {text} is outside the 64-bit integer range of int keys",
-                                field="entities")
+        raise KeyOutOfRange(f"entity key {key} value {text} is outside the 64-bit integer range of int keys",
+                            field="entities")
     return str(number)
 
 

@@ -127,10 +127,12 @@ def _key_value_error(column: str, value: Any, value_type: str, feature_set: str,
 
     ``normalize`` is the column's ``key_normalizer``, made once for all its values.
     """
-    from fstore.online.base import key_normalizer
+    from fstore.online.base import KeyOutOfRange, key_normalizer
 
     try:
         text = (normalize or key_normalizer(value_type, column))(value)
+    except KeyOutOfRange:
+        return _out_of_range(column, value)
     except InvalidDefinition:
         return InvalidDefinition(f"entity_df column {column} value {value!r} is not a {value_type} "
                                  f"(a join key of feature set {feature_set})", field=column)
