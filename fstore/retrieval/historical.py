@@ -286,14 +286,16 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     return rows, version, created, " AND ".join(conditions)
 
 
-def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities):
-    """The source rows whose events fall in some label row's window, keyed by the set's join keys."""
+def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities,
+                   source: Any = None):
+    """The source rows whose events fall in some label row's window, keyed by the set's join keys
+    (``source``: the pinned copy a training set reads instead of the set's source)."""
     from pyspark.sql import functions as F
 
     from fstore.compiler.windows import source_key_columns
     from fstore.engine.spark import read_source
 
-    source = fsv.feature_set.source
+    source = source or fsv.feature_set.source
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
@@ -338,8 +340,11 @@ def set_meta(group: FeatureGroup, plan: _SetPlan, version: int | None, as_of: in
 
 
 def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGroup],
-             as_of: dict[str, int | datetime | None]) -> RetrievalResult:
-    """Compute the features of ``groups`` for the prepared entity rows (see the module docstring)."""
+             as_of: dict[str, int | datetime | None], sources: dict[str, Any] | None = None) -> RetrievalResult:
+    """Compute the features of ``groups`` for the prepared entity rows (see the module docstring).
+
+    ``sources``: per feature set, the pinned copy of its events to compute windows from
+    (``fstore.retrieval.pinned``) instead of its live source."""
     from pyspark.sql import functions as F
 
     from fstore.compiler import feature_expression, spark_type
@@ -367,7 +372,7 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
                                 broadcast_keys=broadcast)
         if plan.windows:
             longest = max(spec.size_seconds for spec in plan.windows.values())
-            events, event_ts = _source_events(store, fsv, longest, entities)
+            events, event_ts = _source_events(store, fsv, longest, entities, (sources or {}).get(fsv.name))
             labels = exact_windows(labels, events, keys=keys, ts=TS, event_ts=event_ts,
                                    windows=[(spec, n) for n, spec in plan.windows.items()],
                                    lo=entities.min_ts, hi=entities.max_ts)
@@ -416,16 +421,19 @@ def get_historical_features(store: "FeatureStore", *, entity_df: Any, features: 
         from fstore.retrieval.entities import prepare_local
 
         entities = prepare_local(entity_df, timestamp_column, max_rows=store.settings.max_historical_rows, keys=keys)
-        result = historical_duckdb.retrieve(store, entities, groups, pins)
+        run = historical_duckdb.retrieve
     else:
         entities = prepare_entities(store.spark, entity_df, timestamp_column,
                                     max_rows=store.settings.max_historical_rows, keys=keys)
-        result = retrieve(store, entities, groups, pins)
-    if save_as is not None:
-        from fstore.retrieval.training import save_training_set
+        run = retrieve
+    if save_as is None:
+        return run(store, entities, groups, pins)
+    from fstore.retrieval.training import saving
 
-        save_training_set(store, save_as, entities, result, features=features, feature_sets=feature_sets,
-                          as_of=pinned, entity_source=_describe(entity_df), actor=actor)
+    # A saved set computes its windows from a pinned copy of the events, now and on every re-creation.
+    with saving(store, save_as, entities, groups, actor=actor) as (sources, save):
+        result = run(store, entities, groups, pins, sources)
+        save(result, features=features, feature_sets=feature_sets, as_of=pinned, entity_source=_describe(entity_df))
     return result
 
 

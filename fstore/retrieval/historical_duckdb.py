@@ -197,12 +197,13 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
     return view, files.version, created, position, " AND ".join(conditions)
 
 
-def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str]) -> tuple[str, str]:
-    """The set's source as a view with its key columns named as the join keys, and its event time column."""
+def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str], source: Any = None) -> tuple[str, str]:
+    """The set's source (or ``source``, a training set's pinned copy of it) as a view with its key columns
+    named as the join keys, and its event time column."""
     from fstore.compiler.windows import source_key_columns
     from fstore.engine.duckdb import read_source
 
-    source = fsv.feature_set.source
+    source = source or fsv.feature_set.source
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
@@ -265,7 +266,7 @@ def exact_windows(con, labels: Any, events: Any, *, keys: Sequence[str], ts: str
 
 
 def _set_sql(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: int | datetime | None,
-             entities: Entities, internal: list[str]) -> tuple[str, int | None]:
+             entities: Entities, internal: list[str], source: Any = None) -> tuple[str, int | None]:
     """``(__fs_row, the group's features as ``internal`` columns)`` for one feature set, and the Delta version read."""
     fsv = group.version
     keys = fsv.join_keys
@@ -278,7 +279,7 @@ def _set_sql(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: 
                                ttl_seconds=fsv.ttl_seconds, created_ts=created, position=position, where=where)
         scope = f"SELECT * EXCLUDE ({', '.join(ident(k) for k in keys)}) FROM ({scope})"
     if plan.windows:
-        events, event_ts = _source_events(con, fsv, keys)
+        events, event_ts = _source_events(con, fsv, keys, source)
         windows = exact_windows_sql(con, labels, events, keys=keys, ts=TS, event_ts=event_ts,
                                     windows=[(spec, n) for n, spec in plan.windows.items()],
                                     lo=entities.min_ts, hi=entities.max_ts)
@@ -314,7 +315,7 @@ def label_table(entities: Entities):
 
 
 def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGroup],
-             as_of: dict[str, int | datetime | None]) -> "RetrievalResult":
+             as_of: dict[str, int | datetime | None], sources: dict[str, Any] | None = None) -> "RetrievalResult":
     """``fstore.retrieval.historical.retrieve`` on DuckDB, for entity rows from ``prepare_local``."""
     import duckdb
 
@@ -333,7 +334,7 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
             mine = outputs[position:position + len(group.features)]
             position += len(group.features)
             sql, version = _set_sql(con, store, group, plan, as_of.get(fsv.name), entities,
-                                    [internal for internal, _ in mine])
+                                    [internal for internal, _ in mine], (sources or {}).get(fsv.name))
             parts.append(sql)
             sets.append(set_meta(group, plan, version, as_of.get(fsv.name)))
         user = ", ".join(f"l.{ident(c)}" for c in entities.columns)
