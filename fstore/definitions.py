@@ -534,6 +534,10 @@ class Feature:
             raise InvalidDefinition(f"feature {self.name} cannot depend on itself", field="source_features")
         if self.default_value is not None:
             check_value_type(self.default_value, self.data_type, field_name="default_value")
+        elif self.validation.on_violation == "default":
+            raise InvalidDefinition(f"feature {self.name} has on_violation: default but no default_value to put in "
+                                    "place of a violating value; give default_value, or another policy",
+                                    field="default_value")
 
     FIELDS = frozenset({"name", "feature_set", "feature_set_id", "data_type", "description", "transformation", "python",
                         "dialect", "validation_rules", "default_value", "window_size", "aggregation", "window_filter",
