@@ -355,6 +355,9 @@ class FeatureSet:
     source: Source | None = None
     ttl_seconds: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # How far before the watermark an event arriving in new source data is still picked up (None: any age);
+    # older ones are counted by the run (late_events_dropped), never silently lost.
+    allowed_lateness_seconds: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -367,7 +370,8 @@ class FeatureSet:
         check_cron(self.materialization_schedule)
 
     FIELDS = frozenset({"name", "entities", "description", "owner", "source_type", "offline_enabled", "online_enabled",
-                        "materialization_schedule", "source", "ttl", "ttl_seconds", "tags"})
+                        "materialization_schedule", "source", "ttl", "ttl_seconds", "tags", "allowed_lateness",
+                        "allowed_lateness_seconds"})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSet":
@@ -391,10 +395,13 @@ class FeatureSet:
             ttl_seconds=parse_duration(ttl, field_name="ttl_seconds" if data.get("ttl_seconds") is not None else "ttl")
             if ttl is not None else None,
             tags=_tags(data.get("tags")),
+            allowed_lateness_seconds=_lateness(data),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        lateness = self.allowed_lateness_seconds
         return {
+            **({"allowed_lateness_seconds": lateness} if lateness is not None else {}),
             "name": self.name,
             "entities": list(self.entities),
             "description": self.description,
@@ -407,6 +414,13 @@ class FeatureSet:
             "ttl_seconds": self.ttl_seconds,
             "tags": dict(self.tags),
         }
+
+
+def _lateness(data: Mapping[str, Any]) -> int | None:
+    """``allowed_lateness`` (a duration such as ``2d``) or ``allowed_lateness_seconds`` of a feature set body."""
+    key = "allowed_lateness_seconds" if data.get("allowed_lateness_seconds") is not None else "allowed_lateness"
+    value = data.get(key)
+    return parse_duration(value, field_name=key) if value is not None else None
 
 
 @dataclass(frozen=True, kw_only=True)

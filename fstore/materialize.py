@@ -51,7 +51,8 @@ def lock_name(feature_set_id: int) -> str:
 # -- public entry points ------------------------------------------------------------------------
 
 def materialize(store: "FeatureStore", ref: str | int, start: datetime, end: datetime, *, actor: str = "",
-                kind: str = "full", backfill_id: str | None = None, lock_ttl: float = LOCK_TTL_SECONDS) -> dict:
+                kind: str = "full", backfill_id: str | None = None, lock_ttl: float = LOCK_TTL_SECONDS,
+                source_read: dict | None = None, late_dropped: int | None = None) -> dict:
     """Compute ``[start, end)`` of the current version of ``ref``; returns the finished run.
 
     Raises ``Conflict`` (nothing recorded) when another run of the set holds the
@@ -73,7 +74,8 @@ def materialize(store: "FeatureStore", ref: str | int, start: datetime, end: dat
         runs.release_lock(store.engine, lock_name(fs_id), run_id)
         raise
     _clean_up_after(store, taken, fs_id)
-    return _run_locked(store, run_id, fs_id, fsv, start, end, lock_ttl)
+    return _run_locked(store, run_id, fs_id, fsv, start, end, lock_ttl, source_read=source_read,
+                       late_dropped=late_dropped, skip_empty=kind in ("incremental", "scheduled"))
 
 
 def execute_run(store: "FeatureStore", run_id: str, *, lock_ttl: float = LOCK_TTL_SECONDS) -> dict:
@@ -132,40 +134,78 @@ def start_materialization(store: "FeatureStore", ref: str | int, start: datetime
 
 def materialize_incremental(store: "FeatureStore", ref: str | int, *, end: datetime | None = None, actor: str = "",
                             kind: str = "incremental") -> dict:
-    """Compute from the set's watermark (or its source's earliest event) to ``end`` (default now).
+    """Compute what is new since the last run: from the set's watermark (or its source's earliest event) to
+    ``end`` (default now), and back to the earliest event of any source file the last run did not read.
 
-    The engine reads the look-back the longest window needs before the
-    watermark, so windows straddling it come out as a full recomputation would
-    give them. When there is nothing to compute (the watermark is at or past
-    ``end``, or the source is empty) no run is recorded and a dict with
+    New data is found by what was read, not by event time (``fstore.source_read``): an event before the
+    watermark arriving in a new file is processed, with every window it falls in. The set's
+    ``allowed_lateness`` bounds how far back: events older than ``watermark - allowed_lateness`` are
+    counted on the run (``late_dropped``), never silently lost. The engine reads the look-back the longest
+    window needs, so windows straddling the start come out as a full recomputation would give them. A run
+    that finds no rows writes no Delta version. When there is nothing to compute (the watermark is at or
+    past ``end`` and no file is new, or the source is empty) no run is recorded and a dict with
     ``status: "skipped"`` and the reason is returned.
     """
+    from fstore import source_read
+
     end = runs.to_utc(end, field_name="end") if end is not None else utcnow().replace(microsecond=0)
     with store.transaction() as s:
         row = runs.feature_set_row(s, ref)
         fs_id, name, watermark = row.id, row.name, row.watermark
-        fsv = _load_version(s, fs_id, None) if watermark is None else None
+        fsv = _load_version(s, fs_id, None)
+        previous = runs.last_source_read(s, fs_id)
+    current = source_read.take(fsv.feature_set.source)
     start = watermark if watermark is not None else _earliest_event(store, fsv)
     if start is None:
         return _skipped(name, None, end, f"the source of {name} has no rows yet")
+    late_dropped = 0
+    fresh = new_files(previous, current) if watermark is not None else None
+    if fresh:
+        lateness = fsv.feature_set.allowed_lateness_seconds
+        cutoff = watermark - timedelta(seconds=lateness) if lateness is not None else None
+        earliest, late_dropped = source_read.scan_late(store, fsv.feature_set.source, fresh, cutoff)
+        if earliest is not None and earliest < start:
+            start = max(earliest, cutoff) if cutoff is not None else earliest
+            log.info("%s: new source data holds events from %s, before the watermark %s; recomputing from %s",
+                     name, runs.iso(earliest), runs.iso(watermark), runs.iso(start))
+        if late_dropped:
+            log.warning("%s: %d late event(s) are older than allowed_lateness (before %s) and were not processed",
+                        name, late_dropped, runs.iso(cutoff))
     if start >= end:
         return _skipped(name, start, end, f"{name} is materialized up to {runs.iso(start)}, not before {runs.iso(end)}")
-    return materialize(store, fs_id, start, end, actor=actor, kind=kind)
+    return materialize(store, fs_id, start, end, actor=actor, kind=kind, source_read=current,
+                       late_dropped=late_dropped)
+
+
+def new_files(previous: dict | None, current: dict | None) -> list[str] | None:
+    """The source files the last run did not read as they are now (None when either listing is unknown)."""
+    from fstore import source_read
+
+    return source_read.new_files(previous, current)
 
 
 # -- the run itself -----------------------------------------------------------------------------
 
 def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSetVersion", start: datetime,
-                end: datetime, lock_ttl: float) -> dict:
-    """Do the work of a run whose lock is held; always records the outcome and releases the lock."""
+                end: datetime, lock_ttl: float, *, source_read: dict | None = None, late_dropped: int | None = None,
+                skip_empty: bool = False) -> dict:
+    """Do the work of a run whose lock is held; always records the outcome and releases the lock.
+
+    The run records what of the source it reads (listed before reading, so a file arriving meanwhile is
+    new to the next run); ``skip_empty`` (incremental and scheduled runs) writes nothing for no rows."""
+    from fstore import source_read as reads
+
     name = lock_name(fs_id)
+    if source_read is None:
+        source_read = reads.take(fsv.feature_set.source)
     began = time.perf_counter()
     # The watermark goes no further than now: a range ending in the future (2099) must not stop incremental
     # runs from reading the events that arrive until then.
     now = utcnow()
     try:
         with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost:
-            figures = _compute_and_write(store, fsv, start, end, lost, run_id)
+            figures = _compute_and_write(store, fsv, start, end, lost, run_id, skip_empty)
+        figures.update(source_read=source_read, late_dropped=late_dropped)
         with store.transaction() as s:
             run = runs.finish_run(s, run_id, status="succeeded", **figures)
             runs.advance_watermark(s, fs_id, min(end, now))
@@ -194,10 +234,10 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
 
 
 def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: datetime, end: datetime,
-                       lost: threading.Event, run_id: str) -> dict[str, Any]:
+                       lost: threading.Event, run_id: str, skip_empty: bool = False) -> dict[str, Any]:
     """Compute, validate, then write offline and online on the configured engine; returns the run's figures."""
     if store.settings.compute_engine == "duckdb":
-        return _compute_and_write_duckdb(store, fsv, start, end, lost, run_id)
+        return _compute_and_write_duckdb(store, fsv, start, end, lost, run_id, skip_empty)
     from pyspark import StorageLevel
 
     from fstore.engine.spark import compute
@@ -224,13 +264,13 @@ def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: d
         stages["compute_validate"] = round(time.perf_counter() - t, 3)
         return _write_outputs(store, fsv, validated, stages, lost, run_id,
                               offline=lambda rows: write_range(spark, store.settings, fsv, rows, start, end),
-                              online=lambda rows: load_dataframe(rows, fsv, store.settings))
+                              online=lambda rows: load_dataframe(rows, fsv, store.settings), skip_empty=skip_empty)
     finally:
         computed.unpersist()
 
 
 def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", start: datetime, end: datetime,
-                              lost: threading.Event, run_id: str) -> dict[str, Any]:
+                              lost: threading.Event, run_id: str, skip_empty: bool = False) -> dict[str, Any]:
     """The same run on the embedded DuckDB engine: rows computed in this process as an Arrow table."""
     from fstore.engine import duckdb as engine
     from fstore.offline_arrow import write_range_arrow
@@ -252,7 +292,7 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
             online = PreparedLoad(validated.df, fsv, store.settings)
         return _write_outputs(store, fsv, validated, stages, lost, run_id,
                               offline=lambda rows: write_range_arrow(store.settings, fsv, rows, start, end),
-                              online=lambda rows: online.write())
+                              online=lambda rows: online.write(), skip_empty=skip_empty)
     finally:
         if online is not None:
             online.close()
@@ -261,8 +301,10 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
 
 def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, stages: dict[str, float],
                    lost: threading.Event, run_id: str, *, offline: Callable[[Any], int | None],
-                   online: Callable[[Any], int]) -> dict[str, Any]:
-    """Write validated rows offline, then online; the run's figures (with ``stages`` timed here too)."""
+                   online: Callable[[Any], int], skip_empty: bool = False) -> dict[str, Any]:
+    """Write validated rows offline, then online; the run's figures (with ``stages`` timed here too).
+
+    ``skip_empty``: no rows → nothing written (an incremental run that found nothing adds no Delta version)."""
     out = validated.df
     rows_read = validated.rows_checked
     rejected = int(validated.rows_rejected or 0)
@@ -273,6 +315,8 @@ def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, s
                                "quality": _json_ready(validated.quality), "stages": stages}
     if lost.is_set():
         raise Conflict(f"run {run_id} lost the lock of {fsv.name} before writing; nothing was written")
+    if skip_empty and rows_read == 0:
+        return figures
     if fsv.feature_set.offline_enabled:
         t = time.perf_counter()
         figures["offline_version"] = offline(out)

@@ -165,6 +165,9 @@ class FeatureSetBody(BaseModel):
     source: Optional[SourceBody] = None
     ttl: Optional[Duration] = Field(None, examples=["30d"])
     ttl_seconds: Optional[Duration] = None
+    allowed_lateness: Optional[Duration] = Field(None, examples=["2d"], description="late events older than this "
+                                                 "before the watermark are counted, not processed (default: any age)")
+    allowed_lateness_seconds: Optional[Duration] = None
     tags: Optional[Tags] = None
     features: Optional[list[dict[str, Any]]] = Field(None, description="features created with the set (version 1)")
 

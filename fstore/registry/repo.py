@@ -325,6 +325,8 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
     merged = {**row.spec, **changes}
     if "ttl" in changes:
         merged.pop("ttl_seconds", None)
+    if "allowed_lateness" in changes:
+        merged.pop("allowed_lateness_seconds", None)
     fs, entities, new_entities = _resolve_entities(s, FeatureSet.from_dict(merged))
     changed = diff(row.spec, fs.to_dict())
     current = _current_features(s, row.id)

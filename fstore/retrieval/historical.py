@@ -286,8 +286,26 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     return rows, version, created, " AND ".join(conditions)
 
 
+def pinned_read(store: "FeatureStore", fsv: "FeatureSetVersion", as_of: int | datetime | None,
+                version: int | None) -> dict[str, Any] | None:
+    """For a retrieval ``as_of`` an offline version: what of the source the run that wrote that version read
+    (``fstore.source_read``), so windows at label time see the events that version saw, not today's."""
+    if as_of is None:
+        return None
+    from fstore import offline
+    from fstore.registry import runs
+
+    if version is None:
+        try:
+            version = offline.delta_table(store.settings, fsv.name, as_of).version()
+        except Exception:  # noqa: BLE001 - no table at that time: nothing recorded to pin to
+            return None
+    with store.transaction() as s:
+        return runs.source_read_at(s, runs.feature_set_row(s, fsv.name).id, int(version))
+
+
 def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities,
-                   source: Any = None):
+                   source: Any = None, snapshot: dict[str, Any] | None = None):
     """The source rows whose events fall in some label row's window, keyed by the set's join keys
     (``source``: the pinned copy a training set reads instead of the set's source)."""
     from pyspark.sql import functions as F
@@ -299,8 +317,13 @@ def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
-    events = read_source(store.spark, source, start=entities.min_ts, end=entities.max_ts + timedelta(microseconds=1),
-                         lookback_seconds=longest)
+    if snapshot is not None:
+        from fstore.source_read import read_pinned_spark
+
+        events = read_pinned_spark(store.spark, source, snapshot, f"the run of {fsv.name}'s offline version read")
+    else:
+        events = read_source(store.spark, source, start=entities.min_ts,
+                             end=entities.max_ts + timedelta(microseconds=1), lookback_seconds=longest)
     for src, key in zip(source_key_columns(fsv), fsv.join_keys):
         if src not in events.columns:
             raise InvalidDefinition(f"the source of feature set {fsv.name} has no key column {src}", field="source")
@@ -372,7 +395,9 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
                                 broadcast_keys=broadcast)
         if plan.windows:
             longest = max(spec.size_seconds for spec in plan.windows.values())
-            events, event_ts = _source_events(store, fsv, longest, entities, (sources or {}).get(fsv.name))
+            pinned_source = (sources or {}).get(fsv.name)
+            snapshot = pinned_read(store, fsv, set_as_of, version) if pinned_source is None else None
+            events, event_ts = _source_events(store, fsv, longest, entities, pinned_source, snapshot)
             labels = exact_windows(labels, events, keys=keys, ts=TS, event_ts=event_ts,
                                    windows=[(spec, n) for n, spec in plan.windows.items()],
                                    lo=entities.min_ts, hi=entities.max_ts)

@@ -197,7 +197,8 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
     return view, files.version, created, position, " AND ".join(conditions)
 
 
-def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str], source: Any = None) -> tuple[str, str]:
+def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str], source: Any = None,
+                   snapshot: dict[str, Any] | None = None) -> tuple[str, str]:
     """The set's source (or ``source``, a training set's pinned copy of it) as a view with its key columns
     named as the join keys, and its event time column."""
     from fstore.compiler.windows import source_key_columns
@@ -207,7 +208,12 @@ def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str], source: A
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
-    view = _view(con, read_source(con, source))
+    if snapshot is not None:  # the files the run of the offline version asked for read (as_of)
+        from fstore.source_read import read_pinned_duckdb
+
+        view = _view(con, read_pinned_duckdb(con, source, snapshot, f"the run of {fsv.name}'s offline version read"))
+    else:
+        view = _view(con, read_source(con, source))
     columns = _types(con, view)
     renames = {}
     for src, key in zip(source_key_columns(fsv), keys):
@@ -279,7 +285,10 @@ def _set_sql(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: 
                                ttl_seconds=fsv.ttl_seconds, created_ts=created, position=position, where=where)
         scope = f"SELECT * EXCLUDE ({', '.join(ident(k) for k in keys)}) FROM ({scope})"
     if plan.windows:
-        events, event_ts = _source_events(con, fsv, keys, source)
+        from fstore.retrieval.historical import pinned_read
+
+        snapshot = pinned_read(store, fsv, as_of, version) if source is None else None
+        events, event_ts = _source_events(con, fsv, keys, source, snapshot)
         windows = exact_windows_sql(con, labels, events, keys=keys, ts=TS, event_ts=event_ts,
                                     windows=[(spec, n) for n, spec in plan.windows.items()],
                                     lo=entities.min_ts, hi=entities.max_ts)
