@@ -201,6 +201,9 @@ class _Recorder:
 
 def _run(s: Session, store: "FeatureStore", path: str | Path, actor: str) -> list[dict]:
     entities, sets, loose = _read(store, path)
+    if not (entities or sets or loose):
+        raise InvalidDefinition(f"{path}: holds no definitions (no {', '.join(TOP_LEVEL)}); nothing to apply",
+                                field="path")
     rec = _Recorder()
     for item in entities:
         with _context(item, "entity"):

@@ -249,7 +249,8 @@ def test_missing_paths_and_empty_folders(store, tmp_path):
     with pytest.raises(InvalidDefinition, match="no .yaml"):
         store.apply(str(tmp_path / "empty"))
     (tmp_path / "blank.yaml").write_text("# nothing yet\n")
-    assert store.apply(str(tmp_path / "blank.yaml"))["changes"] == []
+    with pytest.raises(InvalidDefinition, match="blank.yaml: holds no definitions"):  # not "0 created" (#30)
+        store.apply(str(tmp_path / "blank.yaml"))
 
 
 def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_path):
@@ -307,3 +308,4 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
         assert counts(store) == before
     finally:
         store.close()
+
