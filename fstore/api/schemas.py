@@ -117,6 +117,18 @@ class FeatureSetRefQuery(BaseModel):
     feature_set: Optional[str] = Field(None, pattern=REF_PATTERN, description="the set, when the name is in several")
 
 
+class DefinitionQuery(BaseModel):
+    """For a route that registers a definition: a source path that does not exist is refused unless allowed."""
+
+    model_config = _QUERY
+    allow_missing_sources: bool = Field(False, description="accept a local source path that does not exist yet "
+                                                           "(its SQL is checked when a run of the set fails)")
+
+
+class FeatureDefinitionQuery(DefinitionQuery):
+    feature_set: Optional[str] = Field(None, pattern=REF_PATTERN, description="the set, when the name is in several")
+
+
 # -- definitions --------------------------------------------------------------------------------
 
 class EntityBody(BaseModel):
