@@ -90,6 +90,10 @@ class Settings:
     redis_timeout: float = 0.25
     db_pool_size: int = 5
     redis_pool_size: int = 32
+    spark_log_level: str = "error"  # SPARK_LOG_LEVEL: Spark's own log (the CLI sets OFF unless --debug)
+    scheduler_concurrency: int = 2  # SCHEDULER_CONCURRENCY: due feature sets the scheduler runs at once
+    scheduler_retries: int = 3  # SCHEDULER_RETRIES: tries again of a scheduled run that failed or was refused
+    scheduler_retry_seconds: float = 30.0  # SCHEDULER_RETRY_SECONDS: first wait before a retry; doubles each time
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -144,6 +148,10 @@ class Settings:
             redis_timeout=_float(env, "REDIS_TIMEOUT", 0.25),
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1, maximum=1000),
             redis_pool_size=_int(env, "REDIS_POOL_SIZE", 32, minimum=1, maximum=10000),
+            spark_log_level=_choice(env, "SPARK_LOG_LEVEL", "error", ("off", "fatal", "error", "warn", "info", "debug")),
+            scheduler_concurrency=_int(env, "SCHEDULER_CONCURRENCY", 2, minimum=1, maximum=64),
+            scheduler_retries=_int(env, "SCHEDULER_RETRIES", 3, maximum=100),
+            scheduler_retry_seconds=_float(env, "SCHEDULER_RETRY_SECONDS", 30.0),
         )
         values.update(overrides)
         return cls(**values)

@@ -1,7 +1,7 @@
 """Materialization runs, watermarks, backfills and the cross-process lease lock.
 
 A run row is the record of one materialization of ``[start, end)`` of a feature
-set: its status (``pending`` → ``running`` → ``succeeded``/``failed``), its
+set: its status (``pending`` → ``running`` → ``succeeded``/``failed``/``cancelled``), its
 figures, the Delta version it wrote, per-stage seconds and the quality report.
 
 The lock is a row in ``locks`` whose primary key is the lock's name: inserting
@@ -32,7 +32,7 @@ from fstore.registry.models import BackfillRow, FeatureSetRow, LockRow, Material
 
 log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("pending", "running", "succeeded", "failed")
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 RUN_KINDS = ("full", "incremental", "backfill", "scheduled")
 STAGES = ("read", "compute_validate", "offline", "online")
 
@@ -182,15 +182,19 @@ def start_run(s: Session, run_id: str) -> dict[str, Any]:
 
 
 def finish_run(s: Session, run_id: str, *, status: str, error: str | None = None, **figures: Any) -> dict[str, Any]:
-    """Record the outcome of a run: its status, figures, stages, quality report and error."""
-    if status not in ("succeeded", "failed"):
-        raise InvalidDefinition(f"a run finishes succeeded or failed, not {status!r}", field="status")
+    """Record the outcome of a run: its status, figures, stages, quality report and error.
+
+    A run already ``cancelled`` (its process was stopped, ``materialize.cancel_active_runs``) stays cancelled."""
+    if status not in ("succeeded", "failed", "cancelled"):
+        raise InvalidDefinition(f"a run finishes succeeded, failed or cancelled, not {status!r}", field="status")
     allowed = {"rows_read", "rows_written", "rows_rejected", "online_rows", "offline_version", "stages", "quality",
                "source_read", "late_dropped"}
     unknown = set(figures) - allowed
     if unknown:
         raise InvalidDefinition(f"unknown run figure(s): {', '.join(sorted(unknown))}")
     row = _run_row(s, run_id)
+    if row.status == "cancelled":
+        return _dict(s, row)
     now = utcnow()
     row.status = status
     row.error = error

@@ -26,6 +26,8 @@ def test_every_variable_is_read(tmp_path):
         "SERVING_CACHE_ENABLED": "yes", "SERVING_CACHE_TTL": "2.5", "MAX_ENTITIES_PER_REQUEST": "50",
         "MAX_HISTORICAL_ROWS": "1000", "MAX_BODY_BYTES": "4096", "PORT": "9000", "AUTH_ENABLED": "off",
         "REDIS_TIMEOUT": "0.1", "DB_POOL_SIZE": "3", "REDIS_POOL_SIZE": "8",
+        "SCHEDULER_CONCURRENCY": "3", "SCHEDULER_RETRIES": "0", "SCHEDULER_RETRY_SECONDS": "1.5",
+        "SPARK_LOG_LEVEL": "WARN",
     }
     s = Settings.from_env(env)
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -35,6 +37,8 @@ def test_every_variable_is_read(tmp_path):
     assert (s.max_entities_per_request, s.max_historical_rows, s.max_body_bytes, s.port) == (50, 1000, 4096, 9000)
     assert (s.auth_enabled, s.redis_timeout, s.db_pool_size, s.redis_pool_size) == (False, 0.1, 3, 8)
     assert (s.spark_master, s.spark_remote, s.s3_endpoint) == ("spark://m:7077", "sc://connect:15002", "http://minio:9000")
+    assert (s.scheduler_concurrency, s.scheduler_retries, s.scheduler_retry_seconds) == (3, 0, 1.5)
+    assert s.spark_log_level == "warn"
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -44,6 +48,9 @@ def test_every_variable_is_read(tmp_path):
     ("REDIS_URL", "localhost:6379", "must start with redis://"),
     ("MAX_COMPUTE_THREADS", "many", "not an integer"),
     ("MAX_COMPUTE_THREADS", "-1", "out of range"),
+    ("SCHEDULER_CONCURRENCY", "0", "out of range"),
+    ("SCHEDULER_RETRIES", "some", "not an integer"),
+    ("SCHEDULER_RETRY_SECONDS", "-2", "must be >= 0"),
     ("SERVING_CACHE_ENABLED", "maybe", "not a boolean"),
     ("SERVING_CACHE_TTL", "soon", "not a number"),
     ("SERVING_CACHE_TTL", "-1", "must be >= 0"),
