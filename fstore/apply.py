@@ -199,8 +199,12 @@ class _Recorder:
         return entry
 
 
-def _run(s: Session, store: "FeatureStore", path: str | Path, actor: str) -> list[dict]:
+def _run(s: Session, store: "FeatureStore", path: str | Path, actor: str, allow: bool = False) -> list[dict]:
+    """Apply every definition in ``path``; ``allow``: accept local source paths that do not exist yet."""
     entities, sets, loose = _read(store, path)
+    if not (entities or sets or loose):
+        raise InvalidDefinition(f"{path}: holds no definitions (no {', '.join(TOP_LEVEL)}); nothing to apply",
+                                field="path")
     rec = _Recorder()
     for item in entities:
         with _context(item, "entity"):
@@ -214,22 +218,22 @@ def _run(s: Session, store: "FeatureStore", path: str | Path, actor: str) -> lis
                 rec.add("entity", item.name, before, out["version"], item, repo.diff(old, new))
     for item in sets:
         with _context(item, "feature set"):
-            _apply_set(s, store, item, actor, rec)
+            _apply_set(s, store, item, actor, rec, allow)
     for item in loose:
         with _context(item, "feature"):
             set_ref = item.body.get("feature_set", item.body.get("feature_set_id"))
             set_row = repo.find_set(s, set_ref)
-            _apply_features(s, store, set_row, _parse_features([item], set_row.name), actor, rec)
+            _apply_features(s, store, set_row, _parse_features([item], set_row.name), actor, rec, allow)
     return rec.results
 
 
-def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: _Recorder) -> None:
+def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: _Recorder, allow: bool) -> None:
     row = s.scalar(select(FeatureSetRow).where(FeatureSetRow.name == item.name))
     if row is None:
         _parse_features(item.features, item.name)  # first, so an error names its own file and line
         body = {**item.body, "features": [{**f.body, "feature_set": item.name} for f in item.features]}
         try:
-            out = repo.create_feature_set(s, body, actor=actor, store=store)
+            out = repo.create_feature_set(s, body, actor=actor, store=store, allow_missing_sources=allow)
         except FStoreError as exc:
             raise _with_feature_location(exc, item) from None
         rec.add("feature_set", item.name, None, out["version"], item)
@@ -241,10 +245,11 @@ def _apply_set(s: Session, store: "FeatureStore", item: _Item, actor: str, rec: 
     parsed = _parse_features(item.features, item.name)
     # the file's features are checked with the set (one file may repair several)
     pending = {name: feature for name, (feature, _) in parsed.items()}
-    out = repo.update_feature_set(s, row.id, _full_changes(new, old), actor=actor, store=store, pending=pending)
+    out = repo.update_feature_set(s, row.id, _full_changes(new, old), actor=actor, store=store, pending=pending,
+                                  allow_missing_sources=allow)
     spec_changes = repo.diff(old, {k: out[k] for k in old})
     entry = rec.add("feature_set", item.name, before, out["version"], item, spec_changes)
-    _apply_features(s, store, row, parsed, actor, rec)
+    _apply_features(s, store, row, parsed, actor, rec, allow)
     # a feature's change also makes a new set version: report the version the set ends at
     if row.version != before:
         entry.update(action="update", version=row.version)
@@ -260,7 +265,7 @@ def _parse_features(items: list[_Item], set_name: str) -> dict[str, tuple[Featur
 
 
 def _apply_features(s: Session, store: "FeatureStore", set_row: FeatureSetRow, parsed: dict[str, tuple[Feature, _Item]],
-                    actor: str, rec: _Recorder) -> None:
+                    actor: str, rec: _Recorder, allow: bool) -> None:
     """Create or update a set's features (``_parse_features``), dependencies first."""
     pending = {name: feature for name, (feature, _) in parsed.items()}
     existing = {r.name: r for r in s.scalars(select(FeatureRow).where(FeatureRow.feature_set_id == set_row.id))}
@@ -275,12 +280,13 @@ def _apply_features(s: Session, store: "FeatureStore", set_row: FeatureSetRow, p
             row = existing.get(name)
             if row is None:
                 out = repo.create_feature(s, {**feature.to_dict(), "feature_set": set_row.name}, actor=actor, store=store,
-                                          pending=pending)
+                                          pending=pending, allow_missing_sources=allow)
                 rec.add("feature", f"{set_row.name}:{name}", None, out["version"], item)
             else:
                 old, before = dict(row.spec), row.version
                 new = feature.to_dict()
-                out = repo.update_feature(s, row.id, _full_changes(new, old), actor=actor, store=store, pending=pending)
+                out = repo.update_feature(s, row.id, _full_changes(new, old), actor=actor, store=store, pending=pending,
+                                          allow_missing_sources=allow)
                 rec.add("feature", f"{set_row.name}:{name}", before, out["version"], item, repo.diff(old, new))
 
 
@@ -331,17 +337,19 @@ def describe(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plan(store: "FeatureStore", path: str | Path) -> dict:
+def plan(store: "FeatureStore", path: str | Path, *, allow_missing_sources: bool = False) -> dict:
     """What ``apply`` would do with these files: the same steps in a transaction that is rolled back."""
     with Session(store.engine, expire_on_commit=False) as s:
         transaction = s.begin()
         try:
-            return _summary(_run(s, store, path, actor="plan"), applied=False)
+            return _summary(_run(s, store, path, actor="plan", allow=allow_missing_sources), applied=False)
         finally:
             transaction.rollback()
 
 
-def apply(store: "FeatureStore", path: str | Path, *, actor: str = "") -> dict:
-    """Apply the files in one transaction: all of it, or (on any error) nothing."""
+def apply(store: "FeatureStore", path: str | Path, *, actor: str = "", allow_missing_sources: bool = False) -> dict:
+    """Apply the files in one transaction: all of it, or (on any error) nothing.
+
+    A local source path that does not exist is refused unless ``allow_missing_sources``."""
     with store.transaction() as s:
-        return _summary(_run(s, store, path, actor=actor), applied=True)
+        return _summary(_run(s, store, path, actor=actor, allow=allow_missing_sources), applied=True)

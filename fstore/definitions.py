@@ -355,6 +355,9 @@ class FeatureSet:
     source: Source | None = None
     ttl_seconds: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # How far before the watermark an event arriving in new source data is still picked up (None: any age);
+    # older ones are counted by the run (late_events_dropped), never silently lost.
+    allowed_lateness_seconds: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -367,7 +370,8 @@ class FeatureSet:
         check_cron(self.materialization_schedule)
 
     FIELDS = frozenset({"name", "entities", "description", "owner", "source_type", "offline_enabled", "online_enabled",
-                        "materialization_schedule", "source", "ttl", "ttl_seconds", "tags"})
+                        "materialization_schedule", "source", "ttl", "ttl_seconds", "tags", "allowed_lateness",
+                        "allowed_lateness_seconds"})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSet":
@@ -391,10 +395,13 @@ class FeatureSet:
             ttl_seconds=parse_duration(ttl, field_name="ttl_seconds" if data.get("ttl_seconds") is not None else "ttl")
             if ttl is not None else None,
             tags=_tags(data.get("tags")),
+            allowed_lateness_seconds=_lateness(data),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        lateness = self.allowed_lateness_seconds
         return {
+            **({"allowed_lateness_seconds": lateness} if lateness is not None else {}),
             "name": self.name,
             "entities": list(self.entities),
             "description": self.description,
@@ -407,6 +414,13 @@ class FeatureSet:
             "ttl_seconds": self.ttl_seconds,
             "tags": dict(self.tags),
         }
+
+
+def _lateness(data: Mapping[str, Any]) -> int | None:
+    """``allowed_lateness`` (a duration such as ``2d``) or ``allowed_lateness_seconds`` of a feature set body."""
+    key = "allowed_lateness_seconds" if data.get("allowed_lateness_seconds") is not None else "allowed_lateness"
+    value = data.get(key)
+    return parse_duration(value, field_name=key) if value is not None else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -534,6 +548,10 @@ class Feature:
             raise InvalidDefinition(f"feature {self.name} cannot depend on itself", field="source_features")
         if self.default_value is not None:
             check_value_type(self.default_value, self.data_type, field_name="default_value")
+        elif self.validation.on_violation == "default":
+            raise InvalidDefinition(f"feature {self.name} has on_violation: default but no default_value to put in "
+                                    "place of a violating value; give default_value, or another policy",
+                                    field="default_value")
 
     FIELDS = frozenset({"name", "feature_set", "feature_set_id", "data_type", "description", "transformation", "python",
                         "dialect", "validation_rules", "allowed_values", "default_value", "window_size", "aggregation",

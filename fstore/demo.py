@@ -118,6 +118,34 @@ def training(store, data):
     print(result.to_df().to_string(index=False))
 
 
+def next_steps(settings, env=None) -> str:
+    """What to do after the demo: the commands that look at its store, serve it, and the API docs.
+
+    The commands carry the settings the demo used that are not the defaults (``STORAGE_PATH`` …), so
+    they read the demo's store when pasted into a shell as they are."""
+    import os
+    import shlex
+
+    env = os.environ if env is None else env
+    names = ("STORAGE_PATH", "DATABASE_URL", "REDIS_URL", "COMPUTE_ENGINE", "STORAGE_FORMAT")
+    prefix = " ".join(f"{n}={shlex.quote(env[n])}" for n in names if env.get(n))
+    fstore = f"{prefix} fstore" if prefix else "fstore"
+    port = settings.port
+    lines = [
+        "next steps (from this folder, with the same settings):",
+        "  look at the store",
+        f"    {fstore} feature-sets list",
+        f"    {fstore} features list --feature-set user_activity",
+        f"    {fstore} runs list",
+        f"    {fstore} get-online-features --features user_activity:purchases_last_30d --entity user_id=1",
+        "  serve it over HTTP",
+        f"    {fstore} serve --host 127.0.0.1 --port {port}",
+        f"  then open http://127.0.0.1:{port}/docs for the API (try GET /api/v1/feature-sets)",
+        f"  define your own: copy {EXAMPLES} and run `{fstore} apply YOUR_FOLDER`",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     from fstore.settings import Settings
     from fstore.store import FeatureStore
@@ -146,7 +174,8 @@ def main() -> int:
             if store._spark is not None:
                 store._spark.stop()
             store.close()
-    print("\ndemo done")
+    print("\ndemo done\n")
+    print(next_steps(settings))
     return 0
 
 

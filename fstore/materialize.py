@@ -52,12 +52,16 @@ def lock_name(feature_set_id: int) -> str:
 # -- public entry points ------------------------------------------------------------------------
 
 def materialize(store: "FeatureStore", ref: str | int, start: datetime, end: datetime, *, actor: str = "",
-                kind: str = "full", backfill_id: str | None = None, lock_ttl: float = LOCK_TTL_SECONDS) -> dict:
+                kind: str = "full", backfill_id: str | None = None, lock_ttl: float = LOCK_TTL_SECONDS,
+                source_read: dict | None = None, late_dropped: int | None = None,
+                progress: Callable[[dict], None] | None = None) -> dict:
     """Compute ``[start, end)`` of the current version of ``ref``; returns the finished run.
 
     Raises ``Conflict`` (nothing recorded) when another run of the set holds the
     lock, and the run's ``FStoreError`` (recorded on the run as ``failed``) when
-    it fails.
+    it fails. Interrupted (Ctrl-C, or SIGTERM turned into ``KeyboardInterrupt``
+    by the CLI), the run is recorded ``cancelled`` and its lock released at once.
+    ``progress`` receives an event per stage (``Progress``).
     """
     start, end = runs.check_range(start, end)
     with store.transaction() as s:
@@ -74,7 +78,8 @@ def materialize(store: "FeatureStore", ref: str | int, start: datetime, end: dat
         runs.release_lock(store.engine, lock_name(fs_id), run_id)
         raise
     _clean_up_after(store, taken, fs_id)
-    return _run_locked(store, run_id, fs_id, fsv, start, end, lock_ttl)
+    return _run_locked(store, run_id, fs_id, fsv, start, end, lock_ttl, source_read=source_read,
+                       late_dropped=late_dropped, skip_empty=kind in ("incremental", "scheduled"), progress=progress)
 
 
 def execute_run(store: "FeatureStore", run_id: str, *, lock_ttl: float = LOCK_TTL_SECONDS) -> dict:
@@ -132,41 +137,79 @@ def start_materialization(store: "FeatureStore", ref: str | int, start: datetime
 
 
 def materialize_incremental(store: "FeatureStore", ref: str | int, *, end: datetime | None = None, actor: str = "",
-                            kind: str = "incremental") -> dict:
-    """Compute from the set's watermark (or its source's earliest event) to ``end`` (default now).
+                            kind: str = "incremental", progress: Callable[[dict], None] | None = None) -> dict:
+    """Compute what is new since the last run: from the set's watermark (or its source's earliest event) to
+    ``end`` (default now), and back to the earliest event of any source file the last run did not read.
 
-    The engine reads the look-back the longest window needs before the
-    watermark, so windows straddling it come out as a full recomputation would
-    give them. When there is nothing to compute (the watermark is at or past
-    ``end``, or the source is empty) no run is recorded and a dict with
+    New data is found by what was read, not by event time (``fstore.source_read``): an event before the
+    watermark arriving in a new file is processed, with every window it falls in. The set's
+    ``allowed_lateness`` bounds how far back: events older than ``watermark - allowed_lateness`` are
+    counted on the run (``late_dropped``), never silently lost. The engine reads the look-back the longest
+    window needs, so windows straddling the start come out as a full recomputation would give them. A run
+    that finds no rows writes no Delta version. When there is nothing to compute (the watermark is at or
+    past ``end`` and no file is new, or the source is empty) no run is recorded and a dict with
     ``status: "skipped"`` and the reason is returned.
     """
+    from fstore import source_read
+
     end = runs.to_utc(end, field_name="end") if end is not None else utcnow().replace(microsecond=0)
     with store.transaction() as s:
         row = runs.feature_set_row(s, ref)
         fs_id, name, watermark = row.id, row.name, row.watermark
-        fsv = _load_version(store, s, fs_id, None) if watermark is None else None
+        fsv = _load_version(store, s, fs_id, None)
+        previous = runs.last_source_read(s, fs_id)
+    current = source_read.take(fsv.feature_set.source)
     start = watermark if watermark is not None else _earliest_event(store, fsv)
     if start is None:
         return _skipped(name, None, end, f"the source of {name} has no rows yet")
+    late_dropped = 0
+    fresh = new_files(previous, current) if watermark is not None else None
+    if fresh:
+        lateness = fsv.feature_set.allowed_lateness_seconds
+        cutoff = watermark - timedelta(seconds=lateness) if lateness is not None else None
+        earliest, late_dropped = source_read.scan_late(store, fsv.feature_set.source, fresh, cutoff)
+        if earliest is not None and earliest < start:
+            start = max(earliest, cutoff) if cutoff is not None else earliest
+            log.info("%s: new source data holds events from %s, before the watermark %s; recomputing from %s",
+                     name, runs.iso(earliest), runs.iso(watermark), runs.iso(start))
+        if late_dropped:
+            log.warning("%s: %d late event(s) are older than allowed_lateness (before %s) and were not processed",
+                        name, late_dropped, runs.iso(cutoff))
     if start >= end:
         return _skipped(name, start, end, f"{name} is materialized up to {runs.iso(start)}, not before {runs.iso(end)}")
-    return materialize(store, fs_id, start, end, actor=actor, kind=kind)
+    return materialize(store, fs_id, start, end, actor=actor, kind=kind, source_read=current,
+                       late_dropped=late_dropped, progress=progress)
+
+
+def new_files(previous: dict | None, current: dict | None) -> list[str] | None:
+    """The source files the last run did not read as they are now (None when either listing is unknown)."""
+    from fstore import source_read
+
+    return source_read.new_files(previous, current)
 
 
 # -- the run itself -----------------------------------------------------------------------------
 
 def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSetVersion", start: datetime,
-                end: datetime, lock_ttl: float) -> dict:
-    """Do the work of a run whose lock is held; always records the outcome and releases the lock."""
+                end: datetime, lock_ttl: float, *, source_read: dict | None = None, late_dropped: int | None = None,
+                skip_empty: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
+    """Do the work of a run whose lock is held; always records the outcome and releases the lock.
+
+    The run records what of the source it reads (listed before reading, so a file arriving meanwhile is
+    new to the next run); ``skip_empty`` (incremental and scheduled runs) writes nothing for no rows."""
+    from fstore import source_read as reads
+
     name = lock_name(fs_id)
+    if source_read is None:
+        source_read = reads.take(fsv.feature_set.source)
     began = time.perf_counter()
     # The watermark goes no further than now: a range ending in the future (2099) must not stop incremental
     # runs from reading the events that arrive until then.
     now = utcnow()
     try:
-        with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost:
-            figures = _compute_and_write(store, fsv, start, end, lost, run_id)
+        with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost, _active(run_id, fs_id, lost):
+            figures = _compute_and_write(store, fsv, start, end, lost, run_id, skip_empty, Progress(fsv, progress))
+        figures.update(source_read=source_read, late_dropped=late_dropped)
         with store.transaction() as s:
             run = runs.finish_run(s, run_id, status="succeeded", **figures)
             runs.advance_watermark(s, fs_id, min(end, now))
@@ -175,15 +218,17 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
         _audit_run(store, run_id, fsv.name, "ok")
         return run
     except BaseException as exc:
-        error = _as_fstore_error(exc, fsv.name, start, end)
+        error = _explain_failure(store, fsv, exc) or _as_fstore_error(exc, fsv.name, start, end)
         partial = getattr(exc, "fstore_figures", {}) or {}
+        status = "failed" if isinstance(exc, Exception) else "cancelled"
         try:
             with store.transaction() as s:
-                runs.finish_run(s, run_id, status="failed", error=error.message[:_MAX_ERROR], **partial)
+                runs.finish_run(s, run_id, status=status, error=error.message[:_MAX_ERROR], **partial)
         except Exception:  # noqa: BLE001 - the registry may be what failed; the original error matters more
             log.exception("could not record the failure of run %s", run_id)
-        log.warning("run %s of %s failed: %s", run_id, fsv.name, error.message)
-        _audit_run(store, run_id, fsv.name, "failed", error.message)
+        # The caller reports the error itself (the CLI's one line): logged for log files, marked as reported.
+        log.warning("run %s of %s %s: %s", run_id, fsv.name, status, error.message, extra={"reported": True})
+        _audit_run(store, run_id, fsv.name, status, error.message)
         if error is exc or not isinstance(exc, Exception):
             raise
         raise error from exc
@@ -195,10 +240,10 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
 
 
 def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: datetime, end: datetime,
-                       lost: threading.Event, run_id: str) -> dict[str, Any]:
+                       lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress") -> dict[str, Any]:
     """Compute, validate, then write offline and online on the configured engine; returns the run's figures."""
     if store.settings.compute_engine == "duckdb":
-        return _compute_and_write_duckdb(store, fsv, start, end, lost, run_id)
+        return _compute_and_write_duckdb(store, fsv, start, end, lost, run_id, skip_empty, progress)
     from pyspark import StorageLevel
 
     from fstore.engine.spark import compute
@@ -211,27 +256,33 @@ def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: d
     _describe_jobs(spark, f"fstore materialize {fsv.name} run {run_id}")
 
     t = time.perf_counter()
+    progress.start("read")
     # compute() resolves the source (listing files, reading the schema) and builds the plan; the rows
     # themselves are read by the first action below, so "compute" includes the scan.
     computed = compute(spark, fsv, start=start, end=end)
     stages["read"] = round(time.perf_counter() - t, 3)
+    progress.done("read")
 
     t = time.perf_counter()
     computed = computed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         # One pass computes the rows into the cache and validates them: validation's aggregation is the
         # first action on the cached frame, and its row count is the run's rows read.
+        progress.start("compute")
         validated = validate(computed, fsv)
         stages["compute_validate"] = round(time.perf_counter() - t, 3)
-        return _write_outputs(store, fsv, validated, stages, lost, run_id,
+        progress.done("compute", validated.rows_checked)
+        progress.done("validate", validated.rows_checked - int(validated.rows_rejected or 0))
+        return _write_outputs(store, fsv, validated, stages, lost, run_id, progress,
                               offline=lambda rows: write_range(spark, store.settings, fsv, rows, start, end),
-                              online=lambda rows, info: load_dataframe(rows, fsv, store.settings, info=info))
+                              online=lambda rows, info: load_dataframe(rows, fsv, store.settings, info=info),
+                              skip_empty=skip_empty)
     finally:
         computed.unpersist()
 
 
 def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", start: datetime, end: datetime,
-                              lost: threading.Event, run_id: str) -> dict[str, Any]:
+                              lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress") -> dict[str, Any]:
     """The same run on the embedded DuckDB engine: rows computed in this process as an Arrow table."""
     from fstore.engine import duckdb as engine
     from fstore.offline_arrow import write_range_arrow
@@ -243,17 +294,22 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
     online = None
     try:
         t = time.perf_counter()
+        progress.start("read")
         computed = engine.compute(con, fsv, start=start, end=end)
         stages["read_compute"] = round(time.perf_counter() - t, 3)
+        progress.done("read")
+        progress.done("compute", computed.num_rows)
         t = time.perf_counter()
+        progress.start("validate")
         validated = validate_arrow(con, computed, fsv)
         stages["validate"] = round(time.perf_counter() - t, 3)
+        progress.done("validate", validated.rows_checked - int(validated.rows_rejected or 0))
         if fsv.feature_set.online_enabled:
             # DuckDB makes the online rows ready while the offline files are written; they are sent after.
             online = PreparedLoad(validated.df, fsv, store.settings)
-        return _write_outputs(store, fsv, validated, stages, lost, run_id,
+        return _write_outputs(store, fsv, validated, stages, lost, run_id, progress,
                               offline=lambda rows: write_range_arrow(store.settings, fsv, rows, start, end),
-                              online=lambda rows, info: online.write(info))
+                              online=lambda rows, info: online.write(info), skip_empty=skip_empty)
     finally:
         if online is not None:
             online.close()
@@ -261,12 +317,13 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
 
 
 def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, stages: dict[str, float],
-                   lost: threading.Event, run_id: str, *, offline: Callable[[Any], int | None],
-                   online: Callable[[Any, "LoadInfo"], int]) -> dict[str, Any]:
+                   lost: threading.Event, run_id: str, progress: "Progress", *, offline: Callable[[Any], int | None],
+                   online: Callable[[Any, "LoadInfo"], int], skip_empty: bool = False) -> dict[str, Any]:
     """Write validated rows offline, then online; the run's figures (with ``stages`` timed here too).
 
     The online load's marker records the run and its Delta version, and whether an earlier run loaded the
     set online (so a load into a store that lost those values is marked incomplete: ``fstore.online.marker``).
+    ``skip_empty``: no rows → nothing written (an incremental run that found nothing adds no Delta version).
     """
     out = validated.df
     rows_read = validated.rows_checked
@@ -278,10 +335,20 @@ def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, s
                                "quality": _json_ready(validated.quality), "stages": stages}
     if lost.is_set():
         raise Conflict(f"run {run_id} lost the lock of {fsv.name} before writing; nothing was written")
+    if skip_empty and rows_read == 0:
+        progress.finish(0)
+        return figures
     if fsv.feature_set.offline_enabled:
         t = time.perf_counter()
+        progress.start("offline")
         figures["offline_version"] = offline(out)
         stages["offline"] = round(time.perf_counter() - t, 3)
+        progress.done("offline", figures["rows_written"])
+    if lost.is_set():
+        stopped = Conflict(f"run {run_id} of {fsv.name} was cancelled or lost its lock after its offline write; "
+                           "the online store was not loaded")
+        stopped.fstore_figures = figures  # type: ignore[attr-defined]
+        raise stopped
     if fsv.feature_set.online_enabled:
         from fstore.online.marker import LoadInfo
 
@@ -289,6 +356,7 @@ def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, s
         with store.transaction() as s:
             expect = bool(runs.loaded_online(s, [fsv.name]))
         info = LoadInfo(run_id=run_id, offline_version=figures.get("offline_version"), expect_loaded=expect, kind="run")
+        progress.start("online")
         try:
             figures["online_rows"] = int(online(out, info))
         except BaseException as exc:
@@ -296,7 +364,89 @@ def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, s
             exc.fstore_figures = figures  # type: ignore[attr-defined]
             raise
         stages["online"] = round(time.perf_counter() - t, 3)
+        progress.done("online", figures["online_rows"])
     return figures
+
+
+# -- progress and cancellation ------------------------------------------------------------------
+
+STAGES = ("read", "compute", "validate", "offline", "online")
+
+
+class Progress:
+    """Tells ``report`` (if any) where a run is: one event when a stage starts and one when it ends.
+
+    An event is ``{"feature_set", "stage", "state": "running"|"done", "rows", "percent"}``: ``rows`` the rows the
+    stage produced (None while unknown), ``percent`` the share of the run's stages done (offline/online count
+    only when the set stores there). A report that raises is logged, never fails the run."""
+
+    def __init__(self, fsv: "FeatureSetVersion", report: Callable[[dict], None] | None) -> None:
+        fs = fsv.feature_set
+        self.name, self.report = fsv.name, report
+        self.stages = [s for s in STAGES if (s != "offline" or fs.offline_enabled) and (s != "online" or fs.online_enabled)]
+        self.finished = 0
+
+    def _send(self, stage: str, state: str, rows: int | None) -> None:
+        if self.report is None:
+            return
+        try:
+            self.report({"feature_set": self.name, "stage": stage, "state": state, "rows": rows,
+                         "percent": round(100 * self.finished / len(self.stages))})
+        except Exception:  # noqa: BLE001 - showing progress must not fail a run
+            log.debug("progress report failed", exc_info=True)
+
+    def start(self, stage: str) -> None:
+        self._send(stage, "running", None)
+
+    def done(self, stage: str, rows: int | None = None) -> None:
+        self.finished = min(len(self.stages), self.stages.index(stage) + 1)
+        self._send(stage, "done", rows)
+
+    def finish(self, rows: int) -> None:
+        """Nothing left to do (an incremental run that found no rows)."""
+        self.finished = len(self.stages)
+        self._send(self.stages[-1], "done", rows)
+
+
+_ACTIVE: dict[str, tuple[int, threading.Event]] = {}  # run id -> (feature set id, its lease's lost event)
+_ACTIVE_LOCK = threading.Lock()
+
+
+class _active:
+    """Registers a run executing in this process, so ``cancel_active_runs`` can close it from another thread."""
+
+    def __init__(self, run_id: str, fs_id: int, lost: threading.Event) -> None:
+        self.entry = (run_id, (fs_id, lost))
+
+    def __enter__(self) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE[self.entry[0]] = self.entry[1]
+
+    def __exit__(self, *exc) -> bool:
+        with _ACTIVE_LOCK:
+            _ACTIVE.pop(self.entry[0], None)
+        return False
+
+
+def cancel_active_runs(store: "FeatureStore", reason: str) -> list[str]:
+    """Record every run executing in this process (in any thread) ``cancelled`` and release its lock now.
+
+    For a process that is stopping (SIGTERM, Ctrl-C) while runs execute in worker threads the signal cannot
+    reach: their sets can run again at once instead of after the lease expires. A cancelled run writes
+    nothing more (its lease's ``lost`` event is set) and keeps its status whatever its thread does next."""
+    with _ACTIVE_LOCK:
+        active = dict(_ACTIVE)
+    cancelled = []
+    for run_id, (fs_id, lost) in active.items():
+        lost.set()
+        try:
+            with store.transaction() as s:
+                runs.finish_run(s, run_id, status="cancelled", error=reason)
+            runs.release_lock(store.engine, lock_name(fs_id), run_id)
+            cancelled.append(run_id)
+        except Exception:  # noqa: BLE001 - stopping anyway: the lease expires on its own
+            log.exception("could not cancel run %s", run_id)
+    return cancelled
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -415,11 +565,28 @@ def _as_fstore_error(exc: BaseException, name: str, start: datetime, end: dateti
     """The error a failed run reports: ours as raised, Spark's and others' wrapped as ``ComputeError``."""
     if isinstance(exc, FStoreError):
         return exc
-    if isinstance(exc, KeyboardInterrupt):
-        return ComputeError(f"materialization of {name} [{runs.iso(start)}, {runs.iso(end)}) was interrupted")
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return ComputeError(f"materialization of {name} [{runs.iso(start)}, {runs.iso(end)}) was cancelled: its "
+                            "process was interrupted (Ctrl-C or SIGTERM); nothing after its last offline commit was kept")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return ComputeError(f"materialization of {name} [{runs.iso(start)}, {runs.iso(end)}) failed: "
                         f"{type(exc).__name__}: {text}"[:_MAX_ERROR])
+
+
+def _explain_failure(store: "FeatureStore", fsv: "FeatureSetVersion", exc: BaseException) -> InvalidDefinition | None:
+    """A run that failed computing gets the apply-time check's message naming the feature at fault (a set
+    registered with ``allow_missing_sources`` had its SQL checked by no one until its source existed)."""
+    if not isinstance(exc, Exception) or isinstance(exc, (Conflict, InvalidDefinition)):
+        return None
+    from fstore.compiler import validate_version
+
+    try:
+        validate_version(store, fsv, allow_missing_source=True)
+    except InvalidDefinition as named:
+        return named
+    except Exception:  # noqa: BLE001 - the check is only to name the fault; the run's own error stands
+        log.debug("could not check %s after its run failed", fsv.name, exc_info=True)
+    return None
 
 
 def _json_ready(value: Any) -> Any:

@@ -117,7 +117,8 @@ class RegistryCollector:
             stats = s.execute(
                 select(FeatureSetRow.name, Run.status, func.count(), func.coalesce(func.sum(Run.rows_read), 0),
                        func.coalesce(func.sum(Run.rows_written), 0), func.coalesce(func.sum(Run.rows_rejected), 0),
-                       func.coalesce(func.sum(Run.online_rows), 0), func.coalesce(func.sum(Run.duration_s), 0.0))
+                       func.coalesce(func.sum(Run.online_rows), 0), func.coalesce(func.sum(Run.duration_s), 0.0),
+                       func.coalesce(func.sum(Run.late_dropped), 0))
                 .join(FeatureSetRow, FeatureSetRow.id == Run.feature_set_id)
                 .group_by(FeatureSetRow.name, Run.status)).all()
             newest = s.execute(
@@ -125,15 +126,17 @@ class RegistryCollector:
                 .join(FeatureSetRow, FeatureSetRow.id == Run.feature_set_id)
                 .where(Run.finished_at.is_not(None)).order_by(Run.finished_at)).all()
         totals: dict[str, list[float]] = {}
-        for name, status, count, read, written, rejected, online, duration in stats:
+        for name, status, count, read, written, rejected, online, duration, late in stats:
             if self._allowed is not None and not self._allowed(name):
                 continue
             runs.add_metric([name, status], count)
-            t = totals.setdefault(name, [0, 0, 0, 0, 0.0])
-            for i, value in enumerate((read, written, rejected, online, duration)):
+            t = totals.setdefault(name, [0, 0, 0, 0, 0.0, 0])
+            for i, value in enumerate((read, written, rejected, online, duration, late)):
                 t[i] += value
-        for name, (read, written, rejected, online, duration) in totals.items():
-            for kind, value in (("read", read), ("written", written), ("rejected", rejected), ("online", online)):
+        for name, (read, written, rejected, online, duration, late) in totals.items():
+            # late_dropped: events that arrived later than the set's allowed_lateness, counted, not processed
+            for kind, value in (("read", read), ("written", written), ("rejected", rejected), ("online", online),
+                                ("late_dropped", late)):
                 rows.add_metric([name, kind], value)
             seconds.add_metric([name], duration)
         latest = {name: duration for name, duration, _ in newest if duration is not None}

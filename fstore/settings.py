@@ -127,6 +127,10 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     # SOURCE_ENV_ALLOW: which environment variables a source option may name as ${NAME} (glob patterns).
     source_env_allow: tuple[str, ...] = ("FSTORE_SOURCE_*",)
+    spark_log_level: str = "error"  # SPARK_LOG_LEVEL: Spark's own log (the CLI sets OFF unless --debug)
+    scheduler_concurrency: int = 2  # SCHEDULER_CONCURRENCY: due feature sets the scheduler runs at once
+    scheduler_retries: int = 3  # SCHEDULER_RETRIES: tries again of a scheduled run that failed or was refused
+    scheduler_retry_seconds: float = 30.0  # SCHEDULER_RETRY_SECONDS: first wait before a retry; doubles each time
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -183,6 +187,10 @@ class Settings:
             redis_pool_size=_int(env, "REDIS_POOL_SIZE", 32, minimum=1, maximum=10000),
             secret_key=_fernet_keys(env, "FSTORE_SECRET_KEY"),
             source_env_allow=_patterns(env, "SOURCE_ENV_ALLOW", ("FSTORE_SOURCE_*",)),
+            spark_log_level=_choice(env, "SPARK_LOG_LEVEL", "error", ("off", "fatal", "error", "warn", "info", "debug")),
+            scheduler_concurrency=_int(env, "SCHEDULER_CONCURRENCY", 2, minimum=1, maximum=64),
+            scheduler_retries=_int(env, "SCHEDULER_RETRIES", 3, maximum=100),
+            scheduler_retry_seconds=_float(env, "SCHEDULER_RETRY_SECONDS", 30.0),
         )
         values.update(overrides)
         return cls(**values)

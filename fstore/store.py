@@ -126,17 +126,17 @@ class FeatureStore:
         with self.transaction() as s:
             return repo.entity_versions(s, ref)
 
-    def create_feature_set(self, body: dict, *, actor: str = "") -> dict:
+    def create_feature_set(self, body: dict, *, actor: str = "", allow_missing_sources: bool = False) -> dict:
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.create_feature_set(s, body, actor=actor, store=self)
+            return repo.create_feature_set(s, body, actor=actor, store=self, allow_missing_sources=allow_missing_sources)
 
-    def update_feature_set(self, ref: str | int, changes: dict, *, actor: str = "") -> dict:
+    def update_feature_set(self, ref: str | int, changes: dict, *, actor: str = "", allow_missing_sources: bool = False) -> dict:
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.update_feature_set(s, ref, changes, actor=actor, store=self)
+            return repo.update_feature_set(s, ref, changes, actor=actor, store=self, allow_missing_sources=allow_missing_sources)
 
     def get_feature_set(self, ref: str | int, *, version: int | None = None) -> dict:
         from fstore.registry import repo
@@ -170,17 +170,17 @@ class FeatureStore:
         with self.transaction() as s:
             return repo.feature_set_versions(s, ref)
 
-    def create_feature(self, body: dict, *, actor: str = "") -> dict:
+    def create_feature(self, body: dict, *, actor: str = "", allow_missing_sources: bool = False) -> dict:
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.create_feature(s, body, actor=actor, store=self)
+            return repo.create_feature(s, body, actor=actor, store=self, allow_missing_sources=allow_missing_sources)
 
-    def update_feature(self, ref: str | int, changes: dict, *, feature_set: str | None = None, actor: str = "") -> dict:
+    def update_feature(self, ref: str | int, changes: dict, *, feature_set: str | None = None, actor: str = "", allow_missing_sources: bool = False) -> dict:
         from fstore.registry import repo
 
         with self.transaction() as s:
-            return repo.update_feature(s, ref, changes, feature_set=feature_set, actor=actor, store=self)
+            return repo.update_feature(s, ref, changes, feature_set=feature_set, actor=actor, store=self, allow_missing_sources=allow_missing_sources)
 
     def get_feature(self, ref: str | int, *, feature_set: str | None = None, version: int | None = None) -> dict:
         from fstore.registry import repo
@@ -218,17 +218,17 @@ class FeatureStore:
         with self.transaction() as s:
             return repo.search(s, text, kinds=kinds, limit=limit, offset=offset, grant=grant)
 
-    def plan(self, path: str) -> dict:
+    def plan(self, path: str, *, allow_missing_sources: bool = False) -> dict:
         """What ``apply(path)`` would change, without changing anything."""
         from fstore.apply import plan
 
-        return plan(self, path)
+        return plan(self, path, allow_missing_sources=allow_missing_sources)
 
-    def apply(self, path: str, *, actor: str = "") -> dict:
+    def apply(self, path: str, *, actor: str = "", allow_missing_sources: bool = False) -> dict:
         """Apply a YAML file or folder of definitions declaratively, in one transaction."""
         from fstore.apply import apply
 
-        return apply(self, path, actor=actor)
+        return apply(self, path, actor=actor, allow_missing_sources=allow_missing_sources)
 
     def feature_set_version(self, ref: str | int, version: int | None = None) -> "FeatureSetVersion":
         """The resolved domain object of a feature set version (the compiler's and the engine's input: its
@@ -247,11 +247,12 @@ class FeatureStore:
         return compile_feature_set(self.feature_set_version(ref, version)).sql
 
     def materialize(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "",
-                    kind: str = "full") -> dict:
-        """Compute ``[start, end)`` into the offline and online stores; returns the finished run."""
+                    kind: str = "full", progress: Callable[[dict], None] | None = None) -> dict:
+        """Compute ``[start, end)`` into the offline and online stores; returns the finished run.
+        ``progress`` receives an event as each stage starts and ends (``fstore.materialize.Progress``)."""
         from fstore.materialize import materialize
 
-        return materialize(self, ref, start, end, actor=actor, kind=kind)
+        return materialize(self, ref, start, end, actor=actor, kind=kind, progress=progress)
 
     def start_materialization(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "") -> dict:
         """Start a run in the background and return it at once (status ``pending``/``running``)."""
@@ -259,11 +260,12 @@ class FeatureStore:
 
         return start_materialization(self, ref, start, end, actor=actor)
 
-    def materialize_incremental(self, ref: str | int, *, end: datetime | None = None, actor: str = "") -> dict:
-        """Compute from the set's watermark to ``end`` (default now)."""
+    def materialize_incremental(self, ref: str | int, *, end: datetime | None = None, actor: str = "",
+                                progress: Callable[[dict], None] | None = None) -> dict:
+        """Compute from the set's watermark to ``end`` (default now); ``progress`` as for ``materialize``."""
         from fstore.materialize import materialize_incremental
 
-        return materialize_incremental(self, ref, end=end, actor=actor)
+        return materialize_incremental(self, ref, end=end, actor=actor, progress=progress)
 
     def backfill(self, ref: str | int, start: datetime, end: datetime, *, chunk_seconds: int = 86400,
                  actor: str = "", progress: Callable[[dict], None] | None = None) -> dict:

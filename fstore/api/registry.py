@@ -15,7 +15,9 @@ from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import (
     EntityBody, EntityPatch, EntityQuery, FeatureBody, FeatureGetQuery, FeaturePatch, FeatureQuery,
-    FeatureSetBody, FeatureSetPatch, FeatureSetQuery, FeatureSetRefQuery, NoQuery, RefPath, SearchQuery, VersionQuery,
+    DefinitionQuery, FeatureDefinitionQuery, FeatureSetBody, FeatureSetPatch, FeatureSetQuery, FeatureSetRefQuery, NoQuery,
+    RefPath,
+    SearchQuery, VersionQuery,
 )
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
@@ -72,9 +74,11 @@ def delete_entity(path: RefPath, query: NoQuery):
 # -- feature sets -----------------------------------------------------------------------------
 
 @bp.post("/feature-sets", tags=[_sets], responses={201: rs.FeatureSet})
-def create_feature_set(query: NoQuery, body: FeatureSetBody):
-    """Create a feature set (version 1)."""
-    return created(get_store().create_feature_set(request.get_json(), actor=actor()), FEATURE_SETS)
+def create_feature_set(query: DefinitionQuery, body: FeatureSetBody):
+    """Create a feature set (version 1); a local source path that does not exist is refused unless
+    ``allow_missing_sources=true``."""
+    return created(get_store().create_feature_set(request.get_json(), actor=actor(),
+                                                  allow_missing_sources=query.allow_missing_sources), FEATURE_SETS)
 
 
 @bp.get("/feature-sets", tags=[_sets], responses={200: rs.FeatureSetPage})
@@ -91,9 +95,10 @@ def get_feature_set(path: RefPath, query: VersionQuery):
 
 
 @bp.patch("/feature-sets/<id_or_name>", tags=[_sets], responses={200: rs.FeatureSet})
-def update_feature_set(path: RefPath, query: NoQuery, body: FeatureSetPatch):
-    """Change a feature set: makes a new version."""
-    return get_store().update_feature_set(path.id_or_name, request.get_json(), actor=actor())
+def update_feature_set(path: RefPath, query: DefinitionQuery, body: FeatureSetPatch):
+    """Change a feature set: makes a new version (``allow_missing_sources`` as on create)."""
+    return get_store().update_feature_set(path.id_or_name, request.get_json(), actor=actor(),
+                                          allow_missing_sources=query.allow_missing_sources)
 
 
 @bp.delete("/feature-sets/<id_or_name>", tags=[_sets], responses=rs.NO_CONTENT)
@@ -112,9 +117,11 @@ def feature_set_versions(path: RefPath, query: NoQuery):
 # -- features ----------------------------------------------------------------------------------
 
 @bp.post("/features", tags=[_features], responses={201: rs.Feature})
-def create_feature(query: NoQuery, body: FeatureBody):
-    """Create a feature in a feature set (``feature_set_id`` takes an id or a name); the set gets a new version."""
-    return created(get_store().create_feature(request.get_json(), actor=actor()), FEATURES)
+def create_feature(query: DefinitionQuery, body: FeatureBody):
+    """Create a feature in a feature set (``feature_set_id`` takes an id or a name); the set gets a new version
+    (``allow_missing_sources`` as on a set's create)."""
+    return created(get_store().create_feature(request.get_json(), actor=actor(),
+                                              allow_missing_sources=query.allow_missing_sources), FEATURES)
 
 
 @bp.get("/features", tags=[_features], responses={200: rs.FeaturePage})
@@ -132,10 +139,10 @@ def get_feature(path: RefPath, query: FeatureGetQuery):
 
 
 @bp.patch("/features/<id_or_name>", tags=[_features], responses={200: rs.Feature})
-def update_feature(path: RefPath, query: FeatureSetRefQuery, body: FeaturePatch):
-    """Change a feature: makes a new version of it and of its set."""
+def update_feature(path: RefPath, query: FeatureDefinitionQuery, body: FeaturePatch):
+    """Change a feature: makes a new version of it and of its set (``allow_missing_sources`` as on create)."""
     return get_store().update_feature(path.id_or_name, request.get_json(), feature_set=query.feature_set,
-                                      actor=actor())
+                                      actor=actor(), allow_missing_sources=query.allow_missing_sources)
 
 
 @bp.delete("/features/<id_or_name>", tags=[_features], responses=rs.NO_CONTENT)

@@ -120,6 +120,18 @@ class FeatureSetRefQuery(BaseModel):
     feature_set: Optional[str] = Field(None, pattern=REF_PATTERN, description="the set, when the name is in several")
 
 
+class DefinitionQuery(BaseModel):
+    """For a route that registers a definition: a source path that does not exist is refused unless allowed."""
+
+    model_config = _QUERY
+    allow_missing_sources: bool = Field(False, description="accept a local source path that does not exist yet "
+                                                           "(its SQL is checked when a run of the set fails)")
+
+
+class FeatureDefinitionQuery(DefinitionQuery):
+    feature_set: Optional[str] = Field(None, pattern=REF_PATTERN, description="the set, when the name is in several")
+
+
 # -- definitions --------------------------------------------------------------------------------
 
 class EntityBody(BaseModel):
@@ -168,6 +180,9 @@ class FeatureSetBody(BaseModel):
     source: Optional[SourceBody] = None
     ttl: Optional[Duration] = Field(None, examples=["30d"])
     ttl_seconds: Optional[Duration] = None
+    allowed_lateness: Optional[Duration] = Field(None, examples=["2d"], description="late events older than this "
+                                                 "before the watermark are counted, not processed (default: any age)")
+    allowed_lateness_seconds: Optional[Duration] = None
     tags: Optional[Tags] = None
     features: Optional[list[dict[str, Any]]] = Field(None, description="features created with the set (version 1)")
 

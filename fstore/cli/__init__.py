@@ -11,9 +11,14 @@ monitor`` from ``fstore/cli/ops.py``) is added.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import importlib
+import logging
 import os
+import signal
+import sys
+import threading
 
 import click
 
@@ -27,6 +32,52 @@ COMMAND_MODULES = (
     "fstore.cli.training",   # training-sets list/show/recreate
     "fstore.cli.ops",        # keys, monitor (operations; optional until that module exists)
 )
+
+
+INTERRUPTED = 130  # exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
+
+
+@contextlib.contextmanager
+def stoppable():
+    """SIGTERM acts like Ctrl-C while the block runs (``KeyboardInterrupt``), so a run in progress is recorded
+    cancelled and its set's lock released before the process ends, instead of blocking the set for a lease."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _OneLine(logging.Formatter):
+    """``warning: message``: no traceback, no logger name (those come with --debug)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
+def _setup_logging(debug: bool) -> logging.Handler:
+    """Library warnings print once, as one line each; an error the command reports itself (a failed run) is
+    not printed again. ``--debug`` shows everything from INFO on, with tracebacks."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    if debug:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("fstore").setLevel(logging.INFO)
+    else:
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(_OneLine())
+        handler.addFilter(lambda record: not getattr(record, "reported", False))
+        for noisy in ("py4j", "pyspark"):  # their warnings arrive as our errors already
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    root.addHandler(handler)
+    return handler
 
 
 def _default_actor() -> str:
@@ -47,8 +98,14 @@ class FStoreGroup(click.Group):
                 raise
             click.echo("error: " + " ".join(line.strip() for line in exc.message.splitlines() if line.strip()), err=True)
             ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except KeyboardInterrupt:
+            state = ctx.find_object(CliState)
+            if state is not None and state.debug:
+                raise
+            click.echo("\nstopped (interrupted); a run in progress was recorded cancelled", err=True)
+            ctx.exit(INTERRUPTED)
         except Exception as exc:  # noqa: BLE001 - a bug still ends with one line, not a traceback
             state = ctx.find_object(CliState)
             if state is not None and state.debug:
@@ -69,6 +126,8 @@ def main(ctx: click.Context, actor: str, as_json: bool, debug: bool) -> None:
     """
     ctx.obj = CliState(actor=actor, as_json=as_json, debug=debug)
     ctx.call_on_close(ctx.obj.close)
+    handler = _setup_logging(debug)
+    ctx.call_on_close(lambda: logging.getLogger().removeHandler(handler))
 
 
 for _name in COMMAND_MODULES:

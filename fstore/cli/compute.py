@@ -1,9 +1,11 @@
 """Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler, online reload."""
 from __future__ import annotations
 
+import sys
+
 import click
 
-from fstore.cli import main
+from fstore.cli import main, stoppable
 from fstore.cli.output import CliState, emit, fields, json_option, pass_cli, table, page_footer
 from fstore.definitions import parse_duration
 
@@ -52,8 +54,13 @@ def sql_functions(cli: CliState) -> None:
 @json_option
 @pass_cli
 def materialize(cli: CliState, name: str, start: str, end: str) -> None:
-    """Compute [START, END) of a feature set into the offline and online stores."""
-    emit(cli, cli.store.materialize(name, start, end, actor=cli.actor), run_text)
+    """Compute [START, END) of a feature set into the offline and online stores.
+
+    Progress per stage goes to stderr: a bar on a terminal, a plain line per stage otherwise.
+    Ctrl-C or SIGTERM records the run cancelled and frees the set at once (exit 130)."""
+    with stoppable(), StageProgress() as progress:
+        run = cli.store.materialize(name, start, end, actor=cli.actor, progress=progress)
+    emit(cli, run, run_text)
 
 
 @main.command("materialize-incremental")
@@ -62,8 +69,10 @@ def materialize(cli: CliState, name: str, start: str, end: str) -> None:
 @json_option
 @pass_cli
 def materialize_incremental(cli: CliState, name: str, end: str | None) -> None:
-    """Compute a feature set from its watermark to END (default now)."""
-    emit(cli, cli.store.materialize_incremental(name, end=end, actor=cli.actor), run_text)
+    """Compute a feature set from its watermark to END (default now); progress as for materialize."""
+    with stoppable(), StageProgress() as progress:
+        run = cli.store.materialize_incremental(name, end=end, actor=cli.actor, progress=progress)
+    emit(cli, run, run_text)
 
 
 @main.command()
@@ -83,7 +92,8 @@ def backfill(cli: CliState, name: str, start: str, end: str, chunk: str) -> None
         click.echo(f"[{event['chunk']}/{event['chunks']}] {event['start']} .. {event['end']} {event['status']}{rows}{error}",
                    err=cli.as_json)
 
-    result = cli.store.backfill(name, start, end, chunk_seconds=seconds, actor=cli.actor, progress=progress)
+    with stoppable():
+        result = cli.store.backfill(name, start, end, chunk_seconds=seconds, actor=cli.actor, progress=progress)
     emit(cli, result, lambda r: fields(r, ["id", "feature_set", "status", "resumed", "chunks", "chunks_run",
                                            "chunks_skipped", "rows_written"]))
 
@@ -148,21 +158,79 @@ def online_reload(cli: CliState, name: str) -> None:
         if result["features_skipped"] else ""
     emit(cli, result, lambda r: (f"reloaded {r['feature_set']} online: {r['keys_written']} key(s) written from offline "
                                  f"version {r['offline_version']} in {r['seconds']}s ({r['engine']}){skipped}"))
+class StageProgress:
+    """Shows a run's stages on stderr: one bar rewritten in place on a terminal, a plain line per finished
+    stage otherwise (logs, CI). Used as ``with StageProgress() as progress: ...materialize(progress=progress)``."""
+
+    WIDTH = 24
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or click.get_text_stream("stderr")
+        self.tty = self.stream.isatty()
+        self.open_line = False
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.open_line:  # an error or the result starts on its own line
+            self.stream.write("\n")
+            self.stream.flush()
+        return False
+
+    def __call__(self, event: dict) -> None:
+        rows = f", {event['rows']:,} rows" if event.get("rows") is not None else ""
+        pct, stage, done = event["percent"], event["stage"], event["state"] == "done"
+        if self.tty:
+            filled = self.WIDTH * pct // 100
+            text = (f"\r{event['feature_set']} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {pct:3d}% "
+                    f"{stage} {'done' if done else '...'}{rows}")
+            self.stream.write(text.ljust(100))
+            self.open_line = pct < 100
+            if pct >= 100:
+                self.stream.write("\n")
+        elif done:
+            self.stream.write(f"{event['feature_set']}: {stage} done{rows} ({pct}%)\n")
+        self.stream.flush()
+
+
+def outcome_line(o: dict) -> str:
+    """One scheduled run as a log line: when, set, range, status, rows, seconds (and why, or the retry)."""
+    from fstore.registry.models import utcnow
+    from fstore.registry.runs import iso
+
+    span = f"[{o['start']}, {o.get('end')})" if o.get("start") else f"(up to {o.get('end') or '-'})"
+    text = (f"{iso(utcnow().replace(microsecond=0))} {o['feature_set']} {span} {o['status']} "
+            f"{o.get('rows_written') or 0} rows {o.get('seconds', 0):.1f}s")
+    if o.get("error") or o.get("reason"):
+        text += f": {' '.join(str(o.get('error') or o.get('reason')).split())}"
+    if o.get("retry_in") is not None:
+        text += f" (retrying in {o['retry_in']:g}s)"
+    return text
 
 
 @main.command()
-@click.option("--once", is_flag=True, help="Run what is due now, then exit (for cron or Airflow).")
+@click.option("--once", is_flag=True, help="Run what is due now (and its retries), then exit (for cron or Airflow).")
 @click.option("--poll", default=30.0, show_default=True, help="Seconds between passes.")
 @json_option
 @pass_cli
 def scheduler(cli: CliState, once: bool, poll: float) -> None:
-    """Run feature sets by their materialization_schedule (until interrupted)."""
+    """Run feature sets by their materialization_schedule (until interrupted).
+
+    Every run prints one line on stderr (set, range, status, rows, seconds). With --once the exit code is 0
+    when every due set's last attempt succeeded or had nothing to do, 8 when one failed, 5 when one was
+    refused (its set was running). SCHEDULER_CONCURRENCY, SCHEDULER_RETRIES, SCHEDULER_RETRY_SECONDS tune it."""
     from fstore.scheduler import run_scheduler
 
-    try:
-        outcomes = run_scheduler(cli.store, once=once, poll_seconds=poll)
-    except KeyboardInterrupt:
-        click.echo("scheduler stopped", err=True)
-        return
+    def report(outcome: dict) -> None:
+        click.echo(outcome_line(outcome), err=True)
+
+    with stoppable():
+        outcomes = run_scheduler(cli.store, once=once, poll_seconds=poll, report=report)
     emit(cli, outcomes, lambda rows: table(rows, sorted({k for r in rows for k in r if not isinstance(r[k], (dict, list))}))
          if rows else "nothing was due")
+    last = {o["feature_set"]: o["status"] for o in outcomes}
+    if "failed" in last.values():
+        sys.exit(8)
+    if "refused" in last.values():
+        sys.exit(5)

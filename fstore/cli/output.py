@@ -21,9 +21,14 @@ class CliState:
     def store(self):
         """The ``FeatureStore`` for the environment's settings, built on first use."""
         if self._store is None:
+            import os
+
+            from fstore.settings import Settings
             from fstore.store import FeatureStore
 
-            self._store = FeatureStore()
+            # Spark's Java log (stack traces of a failure the CLI reports in one line) only with --debug.
+            quiet = {} if self.debug or "SPARK_LOG_LEVEL" in os.environ else {"spark_log_level": "off"}
+            self._store = FeatureStore(Settings.from_env(**quiet))
         return self._store
 
     def close(self) -> None:

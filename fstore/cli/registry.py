@@ -23,22 +23,29 @@ def paged(command):
     return command
 
 
+ALLOW_MISSING = click.option("--allow-missing-sources", is_flag=True,
+                             help="Accept a local source path that does not exist yet; its SQL is checked when a run "
+                                  "of the set fails instead.")
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True))
+@ALLOW_MISSING
 @json_option
 @pass_cli
-def apply(cli: CliState, path: str) -> None:
+def apply(cli: CliState, path: str, allow_missing_sources: bool) -> None:
     """Apply a YAML file or folder of definitions (in one transaction; idempotent)."""
-    emit(cli, cli.store.apply(path, actor=cli.actor), describe)
+    emit(cli, cli.store.apply(path, actor=cli.actor, allow_missing_sources=allow_missing_sources), describe)
 
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True))
+@ALLOW_MISSING
 @json_option
 @pass_cli
-def plan(cli: CliState, path: str) -> None:
+def plan(cli: CliState, path: str, allow_missing_sources: bool) -> None:
     """Show what `fstore apply PATH` would change, changing nothing."""
-    emit(cli, cli.store.plan(path), describe)
+    emit(cli, cli.store.plan(path, allow_missing_sources=allow_missing_sources), describe)
 
 
 def _confirm(yes: bool, what: str) -> None:

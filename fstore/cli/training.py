@@ -68,5 +68,9 @@ def training_sets_recreate(cli: CliState, name: str, output: str, overwrite: boo
     check_output(output, overwrite)
     result = cli.store.recreate_training_set(name)
     out, rows = write_result(result, output)
-    summary = {"training_set": result.meta["training_set"]["name"], "output": str(out), "rows": rows}
+    summary = {"training_set": result.meta["training_set"]["name"], "output": str(out), "rows": rows,
+               "notes": result.meta.get("notes", [])}
     click.echo(to_json(summary) if cli.as_json else f"wrote {rows} rows of training set {summary['training_set']} to {out}")
+    if not cli.as_json:
+        for note in summary["notes"]:
+            click.echo(f"note: {note}")

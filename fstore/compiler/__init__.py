@@ -235,8 +235,8 @@ def aggregate_expression(fsv: FeatureSetVersion, feature: str | Feature, *, even
     return window_sql(spec, keys=fsv.join_keys, timestamp=timestamp, event_flag=event_flag)
 
 
-def validate_version(store, fsv: FeatureSetVersion) -> None:
+def validate_version(store, fsv: FeatureSetVersion, *, allow_missing_source: bool = False) -> None:
     """Refuse a version that cannot compute: see ``fstore.compiler.check``."""
     from fstore.compiler.check import validate_version as _validate
 
-    _validate(store, fsv)
+    _validate(store, fsv, allow_missing_source=allow_missing_source)

@@ -57,9 +57,12 @@ def _closure(fsv: FeatureSetVersion, name: str) -> FeatureSetVersion:
     return dataclasses.replace(fsv, features=tuple(f for f in fsv.features if f.name in keep))
 
 
-def validate_version(store, fsv: FeatureSetVersion) -> None:
+def validate_version(store, fsv: FeatureSetVersion, *, allow_missing_source: bool = False) -> None:
     """Raise ``InvalidDefinition`` (naming the feature) if ``fsv`` cannot be computed, or if its SQL does
-    what ``fstore.compiler.sql_policy`` refuses (checked first, before any engine sees it)."""
+    what ``fstore.compiler.sql_policy`` refuses (checked first, before any engine sees it).
+
+    A local source path that does not exist is refused (naming it): the SQL could not be checked.
+    ``allow_missing_source`` accepts it unchecked; the set's first run that fails checks it then."""
     from fstore.compiler import compile_feature_set
     from fstore.compiler.sql_policy import check_feature_set
 
@@ -75,7 +78,11 @@ def validate_version(store, fsv: FeatureSetVersion) -> None:
     from fstore.engine.spark import local_path_missing
 
     if local_path_missing(source):
-        return  # not readable yet (the run will say so); no reason to start an engine
+        if allow_missing_source:
+            return  # registered ahead of its data: checked when a run fails (materialize._explain_failure)
+        raise InvalidDefinition(f"feature set {fsv.name}: source path {source.path} does not exist, so its SQL "
+                                "cannot be checked; create it first, or allow it with --allow-missing-sources "
+                                "(REST: ?allow_missing_sources=true)", field="source.path")
     analyse = _duckdb_analyser(fsv) if store.settings.compute_engine == "duckdb" else _spark_analyser(store, fsv)
     if analyse is None:
         return  # not readable yet: the run will say so

@@ -14,6 +14,7 @@ from fstore.engine.class_archive import driver_java_options
 from fstore.settings import Settings
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "spark-defaults.conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "spark"  # log4j2.properties: errors only, no Java traces
 
 
 def ensure_java() -> None:
@@ -72,6 +73,8 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     ensure_java()
     # Python workers must run this interpreter (this venv), or they cannot import fstore's dependencies.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if CONF_DIR.is_dir():  # Spark puts it on the driver's class path, where log4j finds log4j2.properties
+        os.environ.setdefault("SPARK_CONF_DIR", str(CONF_DIR))
     builder = SparkSession.builder.appName(app_name)
     if settings.spark_remote:
         return builder.remote(settings.spark_remote).getOrCreate()
@@ -82,5 +85,5 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     for key, value in session_conf(settings, extra).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.setLogLevel(settings.spark_log_level.upper())
     return spark

@@ -98,6 +98,28 @@ def local_path_missing(source: Source) -> bool:
     return bool(source.path) and _is_local(source.path) and not os.path.exists(_local(source.path))
 
 
+def nanosecond_columns(source: Source) -> list[str]:
+    """The columns of a local Parquet source stored as nanosecond timestamps (pandas' default), from the files'
+    footers: Spark reads them as longs (``nanosAsLong``) and ``read_source`` turns them into timestamps."""
+    if not source.path or not _is_local(source.path):
+        return []
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fstore.engine.duckdb import _files
+
+    found: list[str] = []
+    for path in _files(_local(source.path), ".parquet"):
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException):
+            continue  # not Parquet: Spark's own read says so
+        for field in schema:
+            if pa.types.is_timestamp(field.type) and field.type.unit == "ns" and field.name not in found:
+                found.append(field.name)
+    return found
+
+
 def read_source(spark, source: Source, *, start: datetime | None = None, end: datetime | None = None,
                 lookback_seconds: int = 0):
     """The source rows with event time in ``[start - lookback, end)`` (either bound optional).
@@ -106,6 +128,7 @@ def read_source(spark, source: Source, *, start: datetime | None = None, end: da
     paths, table-valued functions or reflection, whatever the registry holds.
     """
     from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
 
     from fstore.compiler.sql_policy import check_source
 
@@ -120,7 +143,14 @@ def read_source(spark, source: Source, *, start: datetime | None = None, end: da
                 reader = spark.read.option("header", "true").option("inferSchema", "true")
                 df = reader.options(**source.options).csv(source.path)
             else:
+                nanos = nanosecond_columns(source) if source.format == "parquet" else []
+                if nanos:
+                    # Spark refuses TIMESTAMP(NANOS) (pandas' default); read it as a long, then as microseconds.
+                    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
                 df = spark.read.options(**source.options).format(source.format).load(source.path)
+                for name in nanos:
+                    column = f"`{name}`"
+                    df = df.withColumn(name, F.expr(f"timestamp_micros(({column} - pmod({column}, 1000)) DIV 1000)"))
         except AnalysisException as exc:
             if "PATH_NOT_FOUND" in str(exc):
                 raise NotFound(f"source path {source.path} does not exist") from None

@@ -134,6 +134,9 @@ class MaterializationRunRow(Base):
     stages: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What of the source the run read (``fstore.source_read``): the next incremental run takes what is new.
+    source_read: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    late_dropped: Mapped[int | None] = mapped_column(Integer, nullable=True)  # events older than allowed_lateness
     created_by: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -216,10 +216,12 @@ def _entities_of(s: Session, fs: FeatureSet) -> tuple[Entity, ...]:
     return tuple(Entity.from_dict(find_entity(s, name, by_join_key=False).spec) for name in fs.entities)
 
 
-def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Mapping[str, Feature] | None = None) -> None:
+def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Mapping[str, Feature] | None = None, *,
+              allow_missing_sources: bool = False) -> None:
     """The would-be version must compile (the compiler checks the SQL against the source).
 
     ``store`` is None only for registry-level callers with no store (no compile check possible).
+    ``allow_missing_sources``: a local source path that does not exist yet is accepted unchecked.
     ``pending``: features the same change writes next (an apply of one file), checked in place of the
     stored ones (new ones added), so one apply can repair several features that only work together.
     """
@@ -232,7 +234,7 @@ def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Map
     if store is not None:
         from fstore.compiler import validate_version
 
-        validate_version(store, _for_checking(store, fsv))
+        validate_version(store, _for_checking(store, fsv), allow_missing_source=allow_missing_sources)
 
 
 def _for_checking(store: "FeatureStore", fsv: FeatureSetVersion) -> FeatureSetVersion:
@@ -300,7 +302,8 @@ def _current_features(s: Session, set_id: int) -> list[tuple[Feature, int, Featu
     return [(Feature.from_dict(r.spec), r.version, r) for r in _feature_rows(s, set_id)]
 
 
-def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None) -> dict:
+def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None,
+                       allow_missing_sources: bool = False) -> dict:
     """Register a feature set (version 1), with optional inline ``features``, after the compiler accepts it."""
     body = _body(body, "feature set")
     inline = body.pop("features", None) or []
@@ -329,7 +332,8 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
     if dupes:
         raise AlreadyExists(f"feature(s) {', '.join(dupes)} listed twice in feature set {fs.name}", field="features")
     _validate(store, FeatureSetVersion(feature_set=fs, version=1, entities=entities, features=tuple(features),
-                                       feature_versions={f.name: 1 for f in features}))
+                                       feature_versions={f.name: 1 for f in features}),
+              allow_missing_sources=allow_missing_sources)
     stored = box.seal_spec(fs.to_dict())
     _register(s, new_entities, actor)
     now = utcnow()
@@ -344,7 +348,7 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
 
 
 def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str = "", store: "FeatureStore | None" = None,
-                       pending: Mapping[str, Feature] | None = None) -> dict:
+                       pending: Mapping[str, Feature] | None = None, allow_missing_sources: bool = False) -> dict:
     """Merge ``changes`` into the current spec; a real change makes a new version, no change makes none."""
     row = find_set(s, ref)
     changes = _body(changes, "feature set changes")
@@ -357,6 +361,8 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
     merged = {**plain, **box.keep_redacted(changes, plain)}
     if "ttl" in changes:
         merged.pop("ttl_seconds", None)
+    if "allowed_lateness" in changes:
+        merged.pop("allowed_lateness_seconds", None)
     fs, entities, new_entities = _resolve_entities(s, FeatureSet.from_dict(merged))
     changed = diff(plain, fs.to_dict())
     current = _current_features(s, row.id)
@@ -367,7 +373,8 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
     stored = box.seal_spec(fs.to_dict())
     _validate(store, FeatureSetVersion(feature_set=fs, version=row.version + 1, entities=entities,
                                        features=tuple(f for f, _, _ in current),
-                                       feature_versions={f.name: v for f, v, _ in current}), pending)
+                                       feature_versions={f.name: v for f, v, _ in current}), pending,
+              allow_missing_sources=allow_missing_sources)
     _register(s, new_entities, actor)
     _new_set_version(s, row, fs, [(f, v) for f, v, _ in current], redact_changes(changed), actor, stored=stored)
     return feature_set_dict(row, [f.name for f, _, _ in current])
@@ -476,7 +483,7 @@ def _latest_lineage(s: Session, row: FeatureRow) -> dict:
 
 
 def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None,
-                   pending: Mapping[str, Feature] | None = None) -> dict:
+                   pending: Mapping[str, Feature] | None = None, allow_missing_sources: bool = False) -> dict:
     """Add a feature to a set (named by ``feature_set`` or ``feature_set_id``, id or name); the set gets a new version."""
     body = _body(body, "feature")
     by_name, by_id = body.get("feature_set"), body.get("feature_set_id")
@@ -496,7 +503,7 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
     versions = {f.name: v for f, v, _ in current} | {feature.name: 1}
     _validate(store, FeatureSetVersion(feature_set=fs, version=set_row.version + 1, entities=_entities_of(s, fs),
                                        features=tuple(all_features), feature_versions=versions),
-              _others(pending, feature.name))
+              _others(pending, feature.name), allow_missing_sources=allow_missing_sources)
     row = _insert_feature(s, set_row, feature, versions, actor)
     _new_set_version(s, set_row, fs, [(f, versions[f.name]) for f in all_features],
                      [{"field": f"features.{feature.name}", "old": None, "new": 1}], actor, stored=set_row.spec)
@@ -504,7 +511,8 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
 
 
 def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: str | None = None, actor: str = "",
-                   store: "FeatureStore | None" = None, pending: Mapping[str, Feature] | None = None) -> dict:
+                   store: "FeatureStore | None" = None, pending: Mapping[str, Feature] | None = None,
+                   allow_missing_sources: bool = False) -> dict:
     """Merge ``changes`` into a feature; a real change makes new feature and feature set versions."""
     row, set_row = find_feature(s, ref, feature_set)
     changes = _body(changes, "feature changes")
@@ -533,7 +541,7 @@ def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: st
     fs = FeatureSet.from_dict(set_row.spec)
     _validate(store, FeatureSetVersion(feature_set=fs, version=set_row.version + 1, entities=_entities_of(s, fs),
                                        features=tuple(all_features), feature_versions=versions),
-              _others(pending, feature.name))
+              _others(pending, feature.name), allow_missing_sources=allow_missing_sources)
     row.version += 1
     row.spec, row.data_type, row.owner = feature.to_dict(), feature.data_type, feature.owner
     row.description, row.tags_text, row.updated_at = feature.description, _tags_text(feature.tags), utcnow()

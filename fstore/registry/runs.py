@@ -1,7 +1,7 @@
 """Materialization runs, watermarks, backfills and the cross-process lease lock.
 
 A run row is the record of one materialization of ``[start, end)`` of a feature
-set: its status (``pending`` → ``running`` → ``succeeded``/``failed``), its
+set: its status (``pending`` → ``running`` → ``succeeded``/``failed``/``cancelled``), its
 figures, the Delta version it wrote, per-stage seconds and the quality report.
 
 The lock is a row in ``locks`` whose primary key is the lock's name: inserting
@@ -32,7 +32,7 @@ from fstore.registry.models import BackfillRow, FeatureSetRow, LockRow, Material
 
 log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("pending", "running", "succeeded", "failed")
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 RUN_KINDS = ("full", "incremental", "backfill", "scheduled")
 STAGES = ("read", "compute_validate", "offline", "online")
 
@@ -125,6 +125,8 @@ def run_to_dict(row: MaterializationRunRow, feature_set_name: str) -> dict[str, 
         "duration_s": row.duration_s,
         "stages": row.stages,
         "quality": row.quality,
+        "late_dropped": row.late_dropped,
+        "source_files": len((row.source_read or {}).get("files", {})) if row.source_read else None,
         "error": row.error,
         "created_by": row.created_by,
         "created_at": iso(row.created_at),
@@ -195,14 +197,19 @@ def loaded_online(s: Session, names: list[str] | None = None) -> set[str]:
 
 
 def finish_run(s: Session, run_id: str, *, status: str, error: str | None = None, **figures: Any) -> dict[str, Any]:
-    """Record the outcome of a run: its status, figures, stages, quality report and error."""
-    if status not in ("succeeded", "failed"):
-        raise InvalidDefinition(f"a run finishes succeeded or failed, not {status!r}", field="status")
-    allowed = {"rows_read", "rows_written", "rows_rejected", "online_rows", "offline_version", "stages", "quality"}
+    """Record the outcome of a run: its status, figures, stages, quality report and error.
+
+    A run already ``cancelled`` (its process was stopped, ``materialize.cancel_active_runs``) stays cancelled."""
+    if status not in ("succeeded", "failed", "cancelled"):
+        raise InvalidDefinition(f"a run finishes succeeded, failed or cancelled, not {status!r}", field="status")
+    allowed = {"rows_read", "rows_written", "rows_rejected", "online_rows", "offline_version", "stages", "quality",
+               "source_read", "late_dropped"}
     unknown = set(figures) - allowed
     if unknown:
         raise InvalidDefinition(f"unknown run figure(s): {', '.join(sorted(unknown))}")
     row = _run_row(s, run_id)
+    if row.status == "cancelled":
+        return _dict(s, row)
     now = utcnow()
     row.status = status
     row.error = error
@@ -237,6 +244,22 @@ def list_runs(s: Session, ref: str | int | None, *, limit: int = 50, offset: int
                      .limit(limit).offset(offset)).all()
     return {"items": [run_to_dict(run, name) for run, name in rows], "total": s.scalar(count) or 0,
             "limit": limit, "offset": offset}
+
+
+def last_source_read(s: Session, feature_set_id: int) -> dict[str, Any] | None:
+    """What of the source the set's latest succeeded run that recorded it read (None before any)."""
+    return s.scalars(select(MaterializationRunRow.source_read).where(
+        MaterializationRunRow.feature_set_id == feature_set_id, MaterializationRunRow.status == "succeeded",
+        MaterializationRunRow.source_read.is_not(None))
+        .order_by(MaterializationRunRow.finished_at.desc()).limit(1)).first()
+
+
+def source_read_at(s: Session, feature_set_id: int, offline_version: int) -> dict[str, Any] | None:
+    """What of the source the run that wrote ``offline_version`` (or the latest one before it) read."""
+    return s.scalars(select(MaterializationRunRow.source_read).where(
+        MaterializationRunRow.feature_set_id == feature_set_id, MaterializationRunRow.status == "succeeded",
+        MaterializationRunRow.offline_version <= offline_version, MaterializationRunRow.source_read.is_not(None))
+        .order_by(MaterializationRunRow.offline_version.desc()).limit(1)).first()
 
 
 def fail_abandoned_run(s: Session, run_id: str, reason: str) -> bool:

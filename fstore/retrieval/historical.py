@@ -292,19 +292,44 @@ def _offline_rows(store: "FeatureStore", fsv: "FeatureSetVersion", names: list[s
     return rows, version, created, " AND ".join(conditions)
 
 
-def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities):
-    """The source rows whose events fall in some label row's window, keyed by the set's join keys."""
+def pinned_read(store: "FeatureStore", fsv: "FeatureSetVersion", as_of: int | datetime | None,
+                version: int | None) -> dict[str, Any] | None:
+    """For a retrieval ``as_of`` an offline version: what of the source the run that wrote that version read
+    (``fstore.source_read``), so windows at label time see the events that version saw, not today's."""
+    if as_of is None:
+        return None
+    from fstore import offline
+    from fstore.registry import runs
+
+    if version is None:
+        try:
+            version = offline.delta_table(store.settings, fsv.name, as_of).version()
+        except Exception:  # noqa: BLE001 - no table at that time: nothing recorded to pin to
+            return None
+    with store.transaction() as s:
+        return runs.source_read_at(s, runs.feature_set_row(s, fsv.name).id, int(version))
+
+
+def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int, entities: Entities,
+                   source: Any = None, snapshot: dict[str, Any] | None = None):
+    """The source rows whose events fall in some label row's window, keyed by the set's join keys
+    (``source``: the pinned copy a training set reads instead of the set's source)."""
     from pyspark.sql import functions as F
 
     from fstore.compiler.windows import source_key_columns
     from fstore.engine.spark import read_source
 
-    source = fsv.feature_set.source
+    source = source or fsv.feature_set.source
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
-    events = read_source(store.spark, source, start=entities.min_ts, end=entities.max_ts + timedelta(microseconds=1),
-                         lookback_seconds=longest)
+    if snapshot is not None:
+        from fstore.source_read import read_pinned_spark
+
+        events = read_pinned_spark(store.spark, source, snapshot, f"the run of {fsv.name}'s offline version read")
+    else:
+        events = read_source(store.spark, source, start=entities.min_ts,
+                             end=entities.max_ts + timedelta(microseconds=1), lookback_seconds=longest)
     for src, key in zip(source_key_columns(fsv), fsv.join_keys):
         if src not in events.columns:
             raise InvalidDefinition(f"the source of feature set {fsv.name} has no key column {src}", field="source")
@@ -344,8 +369,11 @@ def set_meta(group: FeatureGroup, plan: _SetPlan, version: int | None, as_of: in
 
 
 def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGroup],
-             as_of: dict[str, int | datetime | None]) -> RetrievalResult:
-    """Compute the features of ``groups`` for the prepared entity rows (see the module docstring)."""
+             as_of: dict[str, int | datetime | None], sources: dict[str, Any] | None = None) -> RetrievalResult:
+    """Compute the features of ``groups`` for the prepared entity rows (see the module docstring).
+
+    ``sources``: per feature set, the pinned copy of its events to compute windows from
+    (``fstore.retrieval.pinned``) instead of its live source."""
     from pyspark.sql import functions as F
 
     from fstore.compiler import feature_expression, spark_type
@@ -373,7 +401,9 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
                                 broadcast_keys=broadcast)
         if plan.windows:
             longest = max(spec.size_seconds for spec in plan.windows.values())
-            events, event_ts = _source_events(store, fsv, longest, entities)
+            pinned_source = (sources or {}).get(fsv.name)
+            snapshot = pinned_read(store, fsv, set_as_of, version) if pinned_source is None else None
+            events, event_ts = _source_events(store, fsv, longest, entities, pinned_source, snapshot)
             labels = exact_windows(labels, events, keys=keys, ts=TS, event_ts=event_ts,
                                    windows=[(spec, n) for n, spec in plan.windows.items()],
                                    lo=entities.min_ts, hi=entities.max_ts)
@@ -422,16 +452,19 @@ def get_historical_features(store: "FeatureStore", *, entity_df: Any, features: 
         from fstore.retrieval.entities import prepare_local
 
         entities = prepare_local(entity_df, timestamp_column, max_rows=store.settings.max_historical_rows, keys=keys)
-        result = historical_duckdb.retrieve(store, entities, groups, pins)
+        run = historical_duckdb.retrieve
     else:
         entities = prepare_entities(store.spark, entity_df, timestamp_column,
                                     max_rows=store.settings.max_historical_rows, keys=keys)
-        result = retrieve(store, entities, groups, pins)
-    if save_as is not None:
-        from fstore.retrieval.training import save_training_set
+        run = retrieve
+    if save_as is None:
+        return run(store, entities, groups, pins)
+    from fstore.retrieval.training import saving
 
-        save_training_set(store, save_as, entities, result, features=features, feature_sets=feature_sets,
-                          as_of=pinned, entity_source=_describe(entity_df), actor=actor)
+    # A saved set computes its windows from a pinned copy of the events, now and on every re-creation.
+    with saving(store, save_as, entities, groups, actor=actor) as (sources, save):
+        result = run(store, entities, groups, pins, sources)
+        save(result, features=features, feature_sets=feature_sets, as_of=pinned, entity_source=_describe(entity_df))
     return result
 
 

@@ -200,16 +200,23 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
     return view, files.version, created, position, " AND ".join(conditions)
 
 
-def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str]) -> tuple[str, str]:
-    """The set's source as a view with its key columns named as the join keys, and its event time column."""
+def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str], source: Any = None,
+                   snapshot: dict[str, Any] | None = None) -> tuple[str, str]:
+    """The set's source (or ``source``, a training set's pinned copy of it) as a view with its key columns
+    named as the join keys, and its event time column."""
     from fstore.compiler.windows import source_key_columns
     from fstore.engine.duckdb import read_source
 
-    source = fsv.feature_set.source
+    source = source or fsv.feature_set.source
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
-    view = _view(con, read_source(con, source))
+    if snapshot is not None:  # the files the run of the offline version asked for read (as_of)
+        from fstore.source_read import read_pinned_duckdb
+
+        view = _view(con, read_pinned_duckdb(con, source, snapshot, f"the run of {fsv.name}'s offline version read"))
+    else:
+        view = _view(con, read_source(con, source))
     columns = _types(con, view)
     renames = {}
     for src, key in zip(source_key_columns(fsv), keys):
@@ -268,17 +275,23 @@ def exact_windows(con, labels: Any, events: Any, *, keys: Sequence[str], ts: str
 
 
 def _open_set(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: int | datetime | None,
-              entities: Entities) -> dict[str, Any]:
-    """Register what one feature set's answer reads: its offline rows and, for exact windows, its source.
+              entities: Entities, source: Any = None) -> dict[str, Any]:
+    """Register what one feature set's answer reads: its offline rows and, for exact windows, its source events
+    (``source``, a training set's pinned copy; else the files the run of the offline version read, for ``as_of``).
 
     Every file is opened here, before ``retrieve`` seals the connection and user SQL is bound.
     """
     fsv = group.version
     opened: dict[str, Any] = {"offline": None, "events": None}
+    version = None
     if plan.offline:
         opened["offline"] = _offline_rows(con, store, fsv, plan.offline, as_of, entities)
+        version = opened["offline"][1]
     if plan.windows:
-        opened["events"] = _source_events(con, fsv, fsv.join_keys)
+        from fstore.retrieval.historical import pinned_read
+
+        snapshot = pinned_read(store, fsv, as_of, version) if source is None else None
+        opened["events"] = _source_events(con, fsv, fsv.join_keys, source, snapshot)
     return opened
 
 
@@ -332,7 +345,7 @@ def label_table(entities: Entities):
 
 
 def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGroup],
-             as_of: dict[str, int | datetime | None]) -> "RetrievalResult":
+             as_of: dict[str, int | datetime | None], sources: dict[str, Any] | None = None) -> "RetrievalResult":
     """``fstore.retrieval.historical.retrieve`` on DuckDB, for entity rows from ``prepare_local``."""
     import duckdb
 
@@ -345,8 +358,8 @@ def retrieve(store: "FeatureStore", entities: Entities, groups: list[FeatureGrou
     try:
         con.register(LABELS, label_table(entities))
         plans = [plan_set(group.version, group.features) for group in groups]
-        opened = [_open_set(con, store, group, plan, as_of.get(group.version.name), entities)
-                  for group, plan in zip(groups, plans)]
+        opened = [_open_set(con, store, group, plan, as_of.get(group.version.name), entities,
+                            (sources or {}).get(group.version.name)) for group, plan in zip(groups, plans)]
         engine.seal(con)  # every file is registered: the features' SQL runs with no other file access
         parts, sets, position = [], [], 0
         for group, plan, reads in zip(groups, plans, opened):

@@ -10,14 +10,17 @@ offline store do not change the answer. Either engine writes the same layout
 (Spark's writer, or pyarrow on ``COMPUTE_ENGINE=duckdb``) and re-creates a set
 saved by the other.
 
-Windowed features are evaluated from the set's source at label time (see
-``fstore.retrieval.historical``); a source whose past rows are rewritten can
-therefore change them on re-creation — the offline store cannot.
+Windowed features are evaluated at label time from a copy of the source's
+events taken when the set is saved (``fstore.retrieval.pinned``), never from
+the live source: late events, new files and rewritten files do not change a
+re-created set. A set whose feature set has a newer definition since is still
+re-created with the saved version, and the answer says so (``meta["notes"]``).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from fstore.errors import NotFound
 from fstore.references import FeatureGroup
@@ -32,27 +35,56 @@ def training_set_root(store: "FeatureStore", name: str) -> str:
     return f"{store.settings.data_root.rstrip('/')}/training_sets/{name}"
 
 
-def save_training_set(store: "FeatureStore", name: str, entities: Entities, result: RetrievalResult, *,
-                      features: list[str], feature_sets: list[str] | None, as_of: int | datetime | None,
-                      entity_source: dict[str, Any], actor: str = "") -> dict[str, Any]:
-    """Write the entity rows and the result as Parquet and record the training set."""
-    from fstore.registry.training_sets import create_training_set, drop_reservation, finish_training_set
+@contextmanager
+def saving(store: "FeatureStore", name: str, entities: Entities, groups: list[FeatureGroup], *,
+           actor: str = "") -> Iterator[tuple[dict[str, Any], Callable[..., dict[str, Any]]]]:
+    """Reserve ``name``, pin the events each windowed set needs; yields ``(sources, save)``.
+
+    The caller computes the result with ``sources`` (the pinned copies) and calls
+    ``save(result, ...)``; if anything fails, the reservation is dropped.
+    """
+    from fstore.registry.training_sets import create_training_set, drop_reservation
+    from fstore.retrieval.historical import plan_set
+    from fstore.retrieval.pinned import write_events
 
     root = training_set_root(store, name)
-    entities_path, data_path = f"{root}/entities", f"{root}/data"
     # Reserve the name first: the unique row makes this save the only writer of the folder, so
     # overwriting can only replace leftovers of an earlier failed save of the same name.
     with store.transaction() as s:
         create_training_set(s, name, {"status": "writing"}, entity_count=0, output_path="", actor=actor)
     try:
-        if result.arrow is not None:
-            _write_arrow(store, entities, result, entities_path, data_path)
-        else:
-            _write_spark(entities, result, entities_path, data_path)
+        sources, events = {}, {}
+        for group in groups:
+            fsv = group.version
+            windows = plan_set(fsv, group.features).windows
+            if windows and fsv.name not in sources and fsv.feature_set.source is not None:
+                path = f"{root}/events/{fsv.name}"
+                longest = max(spec.size_seconds for spec in windows.values())
+                sources[fsv.name] = write_events(store, fsv, fsv.feature_set.source, entities, longest, path)
+                events[fsv.name] = path
+
+        def save(result: RetrievalResult, **kwargs: Any) -> dict[str, Any]:
+            return save_training_set(store, name, entities, result, events=events, **kwargs)
+
+        yield sources, save
     except BaseException:
         with store.transaction() as s:
             drop_reservation(s, name)
         raise
+
+
+def save_training_set(store: "FeatureStore", name: str, entities: Entities, result: RetrievalResult, *,
+                      features: list[str], feature_sets: list[str] | None, as_of: int | datetime | None,
+                      entity_source: dict[str, Any], events: dict[str, str]) -> dict[str, Any]:
+    """Write the entity rows and the result of a reserved training set as Parquet and record it."""
+    from fstore.registry.training_sets import finish_training_set
+
+    root = training_set_root(store, name)
+    entities_path, data_path = f"{root}/entities", f"{root}/data"
+    if result.arrow is not None:
+        _write_arrow(store, entities, result, entities_path, data_path)
+    else:
+        _write_spark(entities, result, entities_path, data_path)
     spec = {
         "status": "ready",
         "features": list(features),
@@ -64,6 +96,7 @@ def save_training_set(store: "FeatureStore", name: str, entities: Entities, resu
         "entity_source": entity_source,
         "entities_path": entities_path,
         "data_path": data_path,
+        "events_paths": events,
         "columns": list(result.columns),
     }
     with store.transaction() as s:
@@ -128,7 +161,7 @@ def recreate_training_set(store: "FeatureStore", name: str) -> RetrievalResult:
         from fstore.errors import Conflict
 
         raise Conflict(f"training set {saved['name']} is still being written; try again when it is ready", field="name")
-    groups, as_of = [], {}
+    groups, as_of, notes = [], {}, []
     for g in saved["groups"]:
         try:
             fsv = store.feature_set_version(g["feature_set"], g["version"])
@@ -142,14 +175,39 @@ def recreate_training_set(store: "FeatureStore", name: str) -> RetrievalResult:
             as_of[fsv.name] = to_utc_naive(g["as_of"])
         else:
             as_of[fsv.name] = None
+        current = store.feature_set_version(g["feature_set"]).version
+        if current != fsv.version:
+            notes.append(f"feature set {fsv.name} is at version {current} now; this set was saved with version "
+                         f"{fsv.version} and is re-created with it, definitions included")
+    sources = _pinned_sources(saved, groups, notes)
     if store.settings.compute_engine == "duckdb":
         from fstore.retrieval import historical_duckdb
 
         entities = prepare_local(_read_entities(store, saved["entities_path"]), saved["timestamp_column"])
-        result = historical_duckdb.retrieve(store, entities, groups, as_of)
+        result = historical_duckdb.retrieve(store, entities, groups, as_of, sources)
     else:
         entity_df = store.spark.read.parquet(saved["entities_path"])
         entities = prepare_entities(store.spark, entity_df, saved["timestamp_column"])
-        result = retrieve(store, entities, groups, as_of)
+        result = retrieve(store, entities, groups, as_of, sources)
     result.meta["training_set"] = saved
+    result.meta["notes"] = notes
     return result
+
+
+def _pinned_sources(saved: dict[str, Any], groups: list[FeatureGroup], notes: list[str]) -> dict[str, Any]:
+    """The pinned event copies a saved set's windows read; a set saved before they existed reads its source."""
+    from fstore.retrieval.historical import plan_set
+    from fstore.retrieval.pinned import pinned_source
+
+    paths = saved.get("events_paths")
+    sources = {}
+    for group in groups:
+        fsv = group.version
+        if not plan_set(fsv, group.features).windows or fsv.feature_set.source is None:
+            continue
+        if paths is not None and fsv.name in paths:
+            sources[fsv.name] = pinned_source(fsv.feature_set.source, paths[fsv.name])
+        else:
+            notes.append(f"training set {saved['name']} was saved without a copy of the events of {fsv.name}: its "
+                         "windows are computed from the live source and may differ from the saved rows")
+    return sources

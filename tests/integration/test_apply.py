@@ -65,16 +65,16 @@ def actions(result) -> dict[str, tuple[str, int]]:
 
 def test_apply_creates_then_changes_nothing(store, tmp_path):
     path = write(tmp_path / "defs", "profile.yaml", PROFILE)
-    planned = store.plan(str(path))
+    planned = store.plan(str(path), allow_missing_sources=True)
     assert planned["applied"] is False and planned["summary"] == {"create": 4, "update": 0, "unchanged": 0}
     assert counts(store)["feature_sets"] == 0  # plan changed nothing
-    applied = store.apply(str(path), actor="alice")
+    applied = store.apply(str(path), actor="alice", allow_missing_sources=True)
     assert actions(applied) == actions(planned) == {
         "entity:user": ("create", 1), "feature_set:profile": ("create", 1),
         "feature:profile:balance": ("create", 1), "feature:profile:rich": ("create", 1)}
     assert applied["changes"][1]["file"] == f"{path}:7"
     snapshot = counts(store)
-    again = store.apply(str(path.parent), actor="alice")
+    again = store.apply(str(path.parent), actor="alice", allow_missing_sources=True)
     assert again["summary"] == {"create": 0, "update": 0, "unchanged": 4}
     assert counts(store) == snapshot
     fs = store.get_feature_set("profile")
@@ -85,13 +85,13 @@ def test_apply_creates_then_changes_nothing(store, tmp_path):
 
 def test_changed_file_makes_new_versions_and_removed_fields_are_removed(store, tmp_path):
     path = write(tmp_path, "profile.yaml", PROFILE)
-    store.apply(str(path))
+    store.apply(str(path), allow_missing_sources=True)
     changed = PROFILE.replace("owner: ds", "owner: ml").replace("        validation_rules: {min_value: 0}\n", "")
     write(tmp_path, "profile.yaml", changed)
-    planned = store.plan(str(path))
+    planned = store.plan(str(path), allow_missing_sources=True)
     assert actions(planned)["feature:profile:balance"] == ("update", 2)
     assert store.get_feature("balance")["version"] == 1  # plan rolled back
-    result = store.apply(str(path), actor="bob")
+    result = store.apply(str(path), actor="bob", allow_missing_sources=True)
     got = actions(result)
     assert got["feature:profile:balance"] == ("update", 2) and got["feature:profile:rich"] == ("unchanged", 1)
     # the set changed itself (owner) and through its feature: v1 → v2 (owner) → v3 (balance v2)
@@ -100,7 +100,7 @@ def test_changed_file_makes_new_versions_and_removed_fields_are_removed(store, t
     assert store.get_feature("balance")["validation_rules"] == {"on_violation": "null"}
     versions = store.feature_versions("balance")
     assert versions[-1]["created_by"] == "bob" and [c["field"] for c in versions[-1]["changes"]] == ["validation_rules"]
-    assert store.apply(str(path))["summary"]["update"] == 0
+    assert store.apply(str(path), allow_missing_sources=True)["summary"]["update"] == 0
 
 
 def test_a_bad_file_changes_nothing(store, tmp_path):
@@ -115,7 +115,7 @@ def test_a_bad_file_changes_nothing(store, tmp_path):
             colour: red
         """)
     with pytest.raises(InvalidDefinition, match=r"b_bad.yaml:3: feature broken: unknown field\(s\) for feature: colour"):
-        store.apply(str(folder))
+        store.apply(str(folder), allow_missing_sources=True)
     assert counts(store) == {"entities": 0, "feature_sets": 0, "feature_set_versions": 0, "features": 0,
                              "feature_versions": 0}
     write(folder, "b_bad.yaml", """
@@ -127,7 +127,7 @@ def test_a_bad_file_changes_nothing(store, tmp_path):
             source_features: [nothing_here]
         """)
     with pytest.raises(InvalidDefinition, match="nothing_here"):
-        store.apply(str(folder))
+        store.apply(str(folder), allow_missing_sources=True)
     assert counts(store)["feature_sets"] == 0
 
 
@@ -142,17 +142,17 @@ def test_loose_features_join_their_set(store, tmp_path):
             transformation: balance * 2
             source_features: [balance]
         """)
-    result = store.apply(str(folder))
+    result = store.apply(str(folder), allow_missing_sources=True)
     assert actions(result)["feature:profile:double_balance"] == ("create", 1)
     # later, alone, against the registered set
     write(tmp_path / "more", "c.yaml", """
         features:
           - {name: half_balance, feature_set: profile, data_type: float, transformation: account_balance / 2}
         """)
-    assert actions(store.apply(str(tmp_path / "more")))["feature:profile:half_balance"] == ("create", 1)
+    assert actions(store.apply(str(tmp_path / "more"), allow_missing_sources=True))["feature:profile:half_balance"] == ("create", 1)
     write(tmp_path / "orphan", "d.yaml", "features:\n  - {name: x, feature_set: nowhere, data_type: int, transformation: '1'}\n")
     with pytest.raises(NotFound, match="d.yaml:2: feature x: feature set 'nowhere' not found"):
-        store.apply(str(tmp_path / "orphan"))
+        store.apply(str(tmp_path / "orphan"), allow_missing_sources=True)
 
 
 def test_one_apply_repairs_features_registered_while_the_source_was_away(any_registry_settings, tmp_path):
@@ -185,7 +185,13 @@ def test_one_apply_repairs_features_registered_while_the_source_was_away(any_reg
         store.apply(str(path))
         source.rename(tmp_path / "away")
         path.write_text(definitions("second", "nope_col * 2", "nope_col * 3"))
-        store.apply(str(path))  # accepted: nothing to check the columns against
+        with pytest.raises(InvalidDefinition, match=f"source path {source} does not exist"):
+            store.apply(str(path))  # refused: a typo'd column would pass unchecked
+        store.apply(str(path), allow_missing_sources=True)  # accepted when allowed: nothing to check the columns against
+        (tmp_path / "away").rename(source)
+        with pytest.raises(InvalidDefinition, match="feature bal2 does not compile against the source.*nope_col"):
+            store.materialize("t_rep", "2024-01-01", "2024-01-03")  # its first run checks the SQL
+        source.rename(tmp_path / "away")
         (tmp_path / "away").rename(source)
         path.write_text(definitions("third", "amount * 2", "amount * 3"))
         store.apply(str(path))
@@ -249,7 +255,8 @@ def test_missing_paths_and_empty_folders(store, tmp_path):
     with pytest.raises(InvalidDefinition, match="no .yaml"):
         store.apply(str(tmp_path / "empty"))
     (tmp_path / "blank.yaml").write_text("# nothing yet\n")
-    assert store.apply(str(tmp_path / "blank.yaml"))["changes"] == []
+    with pytest.raises(InvalidDefinition, match="blank.yaml: holds no definitions"):  # not "0 created" (#30)
+        store.apply(str(tmp_path / "blank.yaml"))
 
 
 def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_path):
@@ -307,3 +314,4 @@ def test_examples_apply_on_real_sources_and_refuse_bad_sql(settings, spark, tmp_
         assert counts(store) == before
     finally:
         store.close()
+

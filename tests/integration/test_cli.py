@@ -65,12 +65,12 @@ def test_help_needs_no_database(tmp_path):
 
 
 def test_plan_apply_and_readable_tables(cli, defs):
-    planned = cli("plan", defs)
+    planned = cli("plan", defs, "--allow-missing-sources")
     assert "create           feature_set  profile" in planned.stdout
     assert "plan: 4 to create, 0 to update, 0 unchanged" in planned.stdout
-    applied = cli("--actor", "carol", "apply", defs)
+    applied = cli("--actor", "carol", "apply", defs, "--allow-missing-sources")
     assert "applied: 4 created, 0 updated, 0 unchanged" in applied.stdout
-    assert "applied: 0 created, 0 updated, 4 unchanged" in cli("apply", defs).stdout
+    assert "applied: 0 created, 0 updated, 4 unchanged" in cli("apply", defs, "--allow-missing-sources").stdout
 
     table = cli("features", "list").stdout.splitlines()
     assert table[0].split() == ["ID", "NAME", "FEATURE_SET", "VERSION", "DATA_TYPE", "OWNER", "DESCRIPTION"]
@@ -87,7 +87,7 @@ def test_plan_apply_and_readable_tables(cli, defs):
 
 
 def test_json_output_for_scripts(cli, defs):
-    result = json.loads(cli("--json", "apply", defs).stdout)
+    result = json.loads(cli("--json", "apply", defs, "--allow-missing-sources").stdout)
     assert result["summary"] == {"create": 4, "update": 0, "unchanged": 0}
     page = json.loads(cli("features", "list", "--json", "--feature-set", "profile", "--limit", "1", "--offset", "1").stdout)
     assert page["total"] == 2 and [f["name"] for f in page["items"]] == ["rich"]
@@ -103,7 +103,7 @@ def test_json_output_for_scripts(cli, defs):
 
 
 def test_delete_commands(cli, defs):
-    cli("apply", defs)
+    cli("apply", defs, "--allow-missing-sources")
     conflict = cli("features", "delete", "balance", "--yes", code=5)
     assert conflict.stderr.strip() == ("error: feature balance is used by feature(s) rich in feature set profile; "
                                        "delete or change them first")
@@ -136,14 +136,14 @@ def test_delete_commands(cli, defs):
      "error: entities file /no/such.csv does not exist"),
 ])
 def test_errors_are_one_line_with_the_exit_code(cli, defs, args, code, message):
-    cli("apply", defs)
+    cli("apply", defs, "--allow-missing-sources")
     result = cli(*args, code=code)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
 
 
 def test_an_output_that_exists_is_never_overwritten_unasked_and_never_deleted(cli, defs, tmp_path):
-    cli("apply", defs)
+    cli("apply", defs, "--allow-missing-sources")
     home = tmp_path / "home"
     home.mkdir()
     (home / "notes.txt").write_text("keep me")
@@ -182,8 +182,20 @@ def test_bad_files_and_settings_are_one_line_errors(cli, tmp_path):
     assert "does not exist" in missing.stderr
 
 
+def test_a_missing_source_path_is_refused_unless_allowed(cli, defs, tmp_path):
+    """A source path that does not exist is refused by apply and plan, naming it (its SQL could not be checked,
+    so a typo'd column would pass); --allow-missing-sources accepts it."""
+    missing = str(tmp_path / "defs" / "not_generated_here")
+    for command in ("plan", "apply"):
+        lines = cli(command, defs, code=2).stderr.strip().splitlines()
+        assert len(lines) == 1 and f"source path {missing} does not exist" in lines[0], lines
+        assert "--allow-missing-sources" in lines[0]
+    assert json.loads(cli("--json", "feature-sets", "list").stdout)["items"] == []
+    assert "applied: 4 created" in cli("apply", defs, "--allow-missing-sources").stdout
+
+
 def test_compile_prints_the_sql(cli, defs):
-    cli("apply", defs)
+    cli("apply", defs, "--allow-missing-sources")
     sql = cli("compile", "profile").stdout
     assert "account_balance" in sql and "balance" in sql
     assert json.loads(cli("compile", "profile", "--json").stdout) == {"feature_set": "profile", "version": None,

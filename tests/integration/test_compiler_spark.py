@@ -332,9 +332,12 @@ def test_validate_version_static_checks_do_not_start_spark():
         with pytest.raises(InvalidDefinition, match=message):
             validate_version(store, make_fsv(features, {"path": "/nonexistent/h3a", "event_timestamp_column": "ts"}))
     validate_version(store, make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}], None))
-    # a source that is not readable yet: static checks only
-    validate_version(store, make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}],
-                                     {"path": "/nonexistent/h3a", "event_timestamp_column": "ts"}))
+    # a source that is not readable yet: refused naming it, or (allowed) static checks only
+    missing = make_fsv([{"name": "x", "data_type": "int", "transformation": "1"}],
+                       {"path": "/nonexistent/h3a", "event_timestamp_column": "ts"})
+    with pytest.raises(InvalidDefinition, match="source path /nonexistent/h3a does not exist"):
+        validate_version(store, missing)
+    validate_version(store, missing, allow_missing_source=True)
     assert store.used == 0
 
 

@@ -266,7 +266,7 @@ def test_entity_versions_keep_every_spec(store):
 
 def test_upgrade_from_0001_records_existing_entities_as_their_first_version(any_registry_settings):
     """Migration 0002 backfills entity_versions for entities registered before it."""
-    from fstore.registry.db import current_revision, make_engine, upgrade
+    from fstore.registry.db import HEAD_REVISION, current_revision, make_engine, upgrade
 
     upgrade(any_registry_settings, "0001")
     engine = make_engine(any_registry_settings)
@@ -276,7 +276,7 @@ def test_upgrade_from_0001_records_existing_entities_as_their_first_version(any_
             "('user', 3, '{\"name\": \"user\", \"join_keys\": [\"user_id\"], \"value_type\": \"string\", "
             "\"description\": \"x\"}', 'x', '2026-01-01 00:00:00', '2026-01-02 00:00:00', 'ann')")
     upgrade(any_registry_settings)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == HEAD_REVISION
     engine.dispose()
     store = FeatureStore(any_registry_settings)
     assert [(v["version"], v["created_by"]) for v in store.entity_versions("user")] == [(3, "ann")]

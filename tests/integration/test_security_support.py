@@ -25,7 +25,7 @@ def seed(store: FeatureStore, folder: str) -> None:
             "name": name, "entities": ["user"], "materialization_schedule": "0 * * * *",
             "source": {"path": f"{folder}/{name}_missing", "format": "parquet", "event_timestamp_column": "ts"},
             "features": [{"name": f, "data_type": "float", "transformation": f} for f in features],
-        })
+        }, allow_missing_sources=True)
     store.online.write_rows(store.feature_set_version("payments"),
                             [{"user_id": 1, "event_timestamp": datetime(2024, 1, 1), "amount": 5.0, "risk_score": 0.1}])
 

@@ -30,6 +30,8 @@ def test_every_variable_is_read(tmp_path):
         "MAX_HISTORICAL_ROWS": "1000", "MAX_BODY_BYTES": "4096", "PORT": "9000", "AUTH_ENABLED": "off",
         "REDIS_TIMEOUT": "0.1", "DB_POOL_SIZE": "3", "REDIS_POOL_SIZE": "8",
         "FSTORE_SECRET_KEY": f"{KEY_A}, {KEY_B}", "SOURCE_ENV_ALLOW": "DB_PASSWORD, VAULT_*",
+        "SCHEDULER_CONCURRENCY": "3", "SCHEDULER_RETRIES": "0", "SCHEDULER_RETRY_SECONDS": "1.5",
+        "SPARK_LOG_LEVEL": "WARN",
     }
     s = Settings.from_env(env)
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -49,6 +51,8 @@ def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
     assert s.secret_key == "" and s.source_env_allow == ("FSTORE_SOURCE_*",)
     assert s.secret_key_file == tmp_path.resolve() / "secret.key"
     assert Settings.from_env({"SOURCE_ENV_ALLOW": "none"}).source_env_allow == ()
+    assert (s.scheduler_concurrency, s.scheduler_retries, s.scheduler_retry_seconds) == (3, 0, 1.5)
+    assert s.spark_log_level == "warn"
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -58,6 +62,9 @@ def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
     ("REDIS_URL", "localhost:6379", "must start with redis://"),
     ("MAX_COMPUTE_THREADS", "many", "not an integer"),
     ("MAX_COMPUTE_THREADS", "-1", "out of range"),
+    ("SCHEDULER_CONCURRENCY", "0", "out of range"),
+    ("SCHEDULER_RETRIES", "some", "not an integer"),
+    ("SCHEDULER_RETRY_SECONDS", "-2", "must be >= 0"),
     ("SERVING_CACHE_ENABLED", "maybe", "not a boolean"),
     ("SERVING_CACHE_TTL", "soon", "not a number"),
     ("SERVING_CACHE_TTL", "-1", "must be >= 0"),

@@ -1,0 +1,103 @@
+"""Saved training sets and ``as_of`` give the same rows later, windows included, on both engines.
+
+The attack (issue #30, item 1): save a training set with a 3-day sum, let new days and one late event inside a
+saved row's window arrive in a new source file and be materialized, then re-create it and ask ``as_of`` the
+version read: windows used to be recomputed from today's source (39.0 came back as 1038.0).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.spark
+
+T0 = datetime(2024, 3, 1)
+D = timedelta(days=1)
+
+
+def write_file(folder: Path, name: str, rows: list[tuple[int, datetime, float]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=["user_id", "event_timestamp", "amount"])
+    frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[us]")
+    frame.to_parquet(folder / name, index=False)
+
+
+def body(source: str) -> dict:
+    return {
+        "name": "spend", "entities": ["user"], "ttl": "30d",
+        "source": {"path": source, "format": "parquet", "event_timestamp_column": "event_timestamp"},
+        "features": [
+            {"name": "amount", "data_type": "float", "transformation": "amount"},
+            {"name": "sum_3d", "data_type": "float", "window_size": "3d", "aggregation": "sum",
+             "transformation": "amount"},
+            {"name": "half_sum_3d", "data_type": "float", "transformation": "sum_3d / 2", "source_features": ["sum_3d"]},
+        ],
+    }
+
+
+@pytest.fixture()
+def store(settings, on_engine, tmp_path):
+    s = on_engine(settings)
+    source = tmp_path / "source"
+    # Days 0..4: 10, 20, 9, 10, 20 for user 1 (one event a day at noon).
+    write_file(source, "part-0.parquet", [(1, T0 + i * D + timedelta(hours=12), v)
+                                          for i, v in enumerate([10.0, 20.0, 9.0, 10.0, 20.0])])
+    s.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+    s.create_feature_set(body(str(source)))
+    s.materialize("spend", T0, T0 + 5 * D)
+    s.source_folder = source
+    yield s
+    s.close()
+
+
+LABELS = pd.DataFrame({"user_id": [1, 1, 1], "event_timestamp": [T0 + 4 * D, T0 + 4 * D + timedelta(hours=13),
+                                                                  T0 + 2 * D + timedelta(hours=13)]})
+FEATURES = ["amount", "sum_3d", "half_sum_3d"]
+
+
+def _late_data_arrives(store) -> None:
+    """New days, and one late event (999 at day 3, 01:00) inside the first label row's window, in a new file."""
+    write_file(store.source_folder, "part-1.parquet",
+               [(1, T0 + 3 * D + timedelta(hours=1), 999.0), (1, T0 + 5 * D + timedelta(hours=12), 1.0),
+                (1, T0 + 6 * D + timedelta(hours=12), 2.0)])
+    store.materialize("spend", T0, T0 + 7 * D)
+
+
+def test_recreate_returns_the_saved_rows_after_late_data_and_new_days(store):
+    saved = store.get_historical_features(entity_df=LABELS, features=FEATURES, save_as="ts1").to_df()
+    # Day 4 00:00: window (day 1, day 4] holds 20 + 9 + 10 = 39.
+    assert saved.sum_3d.tolist() == [39.0, 39.0, 39.0]
+    _late_data_arrives(store)
+    live = store.get_historical_features(entity_df=LABELS, features=FEATURES).to_df()
+    assert live.sum_3d.tolist()[0] == 1038.0  # today's answer sees the late event
+    again = store.recreate_training_set("ts1")
+    pd.testing.assert_frame_equal(again.to_df(), saved)
+    assert again.meta["notes"] == []
+
+
+def test_recreate_says_when_the_definition_changed_and_keeps_the_saved_one(store):
+    saved = store.get_historical_features(entity_df=LABELS, features=FEATURES, save_as="ts2").to_df()
+    store.update_feature("half_sum_3d", {"transformation": "sum_3d / 4"}, feature_set="spend")
+    again = store.recreate_training_set("ts2")
+    pd.testing.assert_frame_equal(again.to_df(), saved)
+    assert any("version 2 now" in note and "saved with version 1" in note for note in again.meta["notes"])
+
+
+def test_recreate_on_the_other_engine_reads_the_pinned_events(store, on_engine):
+    saved = store.get_historical_features(entity_df=LABELS, features=FEATURES, save_as="ts3").to_df()
+    _late_data_arrives(store)
+    other = on_engine(store.settings, on="duckdb" if store.settings.compute_engine == "spark" else "spark")
+    try:
+        pd.testing.assert_frame_equal(other.recreate_training_set("ts3").to_df(), saved)
+    finally:
+        other.close()
+
+
+def test_as_of_a_version_gives_that_versions_windows(store):
+    first = store.get_historical_features(entity_df=LABELS, features=FEATURES).to_df()
+    _late_data_arrives(store)
+    pinned = store.get_historical_features(entity_df=LABELS, features=FEATURES, as_of=0).to_df()
+    pd.testing.assert_frame_equal(pinned, first)
