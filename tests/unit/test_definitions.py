@@ -286,7 +286,7 @@ def test_spec_basic_features_read_as_the_spec_writes_them():
     assert segment.validation.allowed_values == ("premium", "standard", "basic")
     assert segment.transformation == "user_segment"
     assert Feature.from_dict({**body, "validation_rules": {"allowed_values": ["premium", "standard", "basic"],
-                                                           "on_violation": "default"}}).validation.on_violation == "default"
+                                                           "on_violation": "drop_row"}}).validation.on_violation == "drop_row"
     assert Feature.from_dict(segment.to_dict()) == segment
     with pytest.raises(InvalidDefinition, match="allowed_values must be a list"):
         Feature.from_dict({**body, "allowed_values": "premium"})

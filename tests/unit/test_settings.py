@@ -44,6 +44,8 @@ def test_every_variable_is_read(tmp_path):
     assert s.secret_key == f"{KEY_A},{KEY_B}" and s.source_env_allow == ("DB_PASSWORD", "VAULT_*")
     assert KEY_A not in repr(s)  # a settings dump in a log never shows the key
     assert s.secret_key_file is None  # PostgreSQL: no key file, FSTORE_SECRET_KEY or no secrets
+    assert (s.scheduler_concurrency, s.scheduler_retries, s.scheduler_retry_seconds) == (3, 0, 1.5)
+    assert s.spark_log_level == "warn"
 
 
 def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
@@ -51,8 +53,6 @@ def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
     assert s.secret_key == "" and s.source_env_allow == ("FSTORE_SOURCE_*",)
     assert s.secret_key_file == tmp_path.resolve() / "secret.key"
     assert Settings.from_env({"SOURCE_ENV_ALLOW": "none"}).source_env_allow == ()
-    assert (s.scheduler_concurrency, s.scheduler_retries, s.scheduler_retry_seconds) == (3, 0, 1.5)
-    assert s.spark_log_level == "warn"
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
