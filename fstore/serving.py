@@ -17,15 +17,19 @@ Answer shape (the seed's, plus a parallel ``statuses`` map)::
   feature's ``default_value`` (or null), never the stale value.
 - ``cache_hit`` is true when every lookup was answered by the in-process cache.
 - ``degraded`` is true when the online store was unreachable and every lookup
-  was answered from the cache (entries up to ``STALE_GRACE_SECONDS`` past their TTL).
+  was answered from the cache (entries up to ``STALE_GRACE_SECONDS`` past their TTL),
+  or when the registry was unreachable at the last snapshot refresh.
 
 Entities come as columns ``{"user_id": ["1", "2"]}``, one row ``{"user_id": "1"}``
 or rows ``[{"user_id": "1", "merchant_id": "7"}]``; each requested feature set
 takes the join keys it needs from each row, matched by the entity's value type.
 
-Resolution of names to feature set versions is cached per store for
-``RESOLVE_TTL_SECONDS``: a registry change becomes visible to serving within
-that time (and at once in a new process). Values are cached per
+Resolution of names to feature set versions comes from a registry snapshot per
+store (``fstore.registry.snapshot``), refreshed in the background every
+``RESOLVE_TTL_SECONDS``: a registry change becomes visible to serving within about
+that time (and at once in a new process), and a request never waits for the
+registry unless it asks a name never asked before. While refreshes fail, answers
+come from the snapshot with ``degraded: true``. Values are cached per
 (feature set, version, entity key) for ``settings.serving_cache_ttl`` seconds when
 ``settings.serving_cache_enabled``.
 """
@@ -42,6 +46,7 @@ import orjson
 
 from fstore.errors import InvalidDefinition, TooLarge, Unavailable
 from fstore.online.base import NULL, Codec
+from fstore.registry.snapshot import RegistrySnapshot
 
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
@@ -73,7 +78,8 @@ class _State:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.plans: dict[tuple, tuple[float, list[_Group]]] = {}
+        self.plans: dict[tuple, tuple[int, list[_Group]]] = {}  # key -> (snapshot generation, groups)
+        self.snapshot: RegistrySnapshot | None = None
         self.codecs: dict[tuple[str, int], Codec] = {}
         self.values: dict[tuple[str, int, str], tuple[float, Any]] = {}
 
@@ -86,7 +92,10 @@ def _state(store: Any) -> _State:
     state = _STATES.get(store)
     if state is None:
         with _STATES_LOCK:
-            state = _STATES.setdefault(store, _State())
+            state = _STATES.get(store)
+            if state is None:
+                state = _STATES[store] = _State()
+                state.snapshot = RegistrySnapshot(store, refresh_seconds=RESOLVE_TTL_SECONDS)
     return state
 
 
@@ -191,15 +200,17 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         hash(key)
     except TypeError:
         key = None
-    now = time.monotonic()
+    snapshot = state.snapshot
+    snapshot.tick()
+    generation = snapshot.generation
     if key is not None:
         hit = state.plans.get(key)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] == generation:
             return hit[1]
     from fstore.references import resolve
 
     groups = []
-    for group in resolve(store, features, feature_sets):
+    for group in resolve(store, features, feature_sets, registry=snapshot):
         fsv = group.version
         if not fsv.feature_set.online_enabled:
             raise InvalidDefinition(f"feature set {fsv.name} is not online-enabled (online_enabled: false)", field="features")
@@ -223,7 +234,7 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         with state.lock:
             if len(state.plans) > 1000:
                 state.plans.clear()
-            state.plans[key] = (now + RESOLVE_TTL_SECONDS, groups)
+            state.plans[key] = (generation, groups)
     return groups
 
 
@@ -308,7 +319,7 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
             wanted.append((gi, todo_idx, todo_keys))
             misses += len(todo_keys)
 
-    degraded = False
+    degraded = state.snapshot.stale
     metrics = _metrics()
     if wanted:
         try:

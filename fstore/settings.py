@@ -90,6 +90,10 @@ class Settings:
     redis_timeout: float = 0.25
     db_pool_size: int = 5
     redis_pool_size: int = 32
+    # A registry call never waits longer than these (PostgreSQL): connecting, and one statement. A frozen
+    # server is cut off client-side after the statement timeout (fstore.registry.db).
+    db_connect_timeout: float = 2.0
+    db_statement_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -144,6 +148,8 @@ class Settings:
             redis_timeout=_float(env, "REDIS_TIMEOUT", 0.25),
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1, maximum=1000),
             redis_pool_size=_int(env, "REDIS_POOL_SIZE", 32, minimum=1, maximum=10000),
+            db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", 2.0, minimum=1.0),
+            db_statement_timeout=_float(env, "DB_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
         )
         values.update(overrides)
         return cls(**values)

@@ -26,6 +26,7 @@ def test_every_variable_is_read(tmp_path):
         "SERVING_CACHE_ENABLED": "yes", "SERVING_CACHE_TTL": "2.5", "MAX_ENTITIES_PER_REQUEST": "50",
         "MAX_HISTORICAL_ROWS": "1000", "MAX_BODY_BYTES": "4096", "PORT": "9000", "AUTH_ENABLED": "off",
         "REDIS_TIMEOUT": "0.1", "DB_POOL_SIZE": "3", "REDIS_POOL_SIZE": "8",
+        "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
     }
     s = Settings.from_env(env)
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -34,6 +35,7 @@ def test_every_variable_is_read(tmp_path):
     assert (s.max_compute_threads, s.serving_cache_enabled, s.serving_cache_ttl) == (4, True, 2.5)
     assert (s.max_entities_per_request, s.max_historical_rows, s.max_body_bytes, s.port) == (50, 1000, 4096, 9000)
     assert (s.auth_enabled, s.redis_timeout, s.db_pool_size, s.redis_pool_size) == (False, 0.1, 3, 8)
+    assert (s.db_connect_timeout, s.db_statement_timeout) == (3.0, 1.5)
     assert (s.spark_master, s.spark_remote, s.s3_endpoint) == ("spark://m:7077", "sc://connect:15002", "http://minio:9000")
 
 
@@ -56,6 +58,8 @@ def test_every_variable_is_read(tmp_path):
     ("REDIS_TIMEOUT", "fast", "not a number"),
     ("DB_POOL_SIZE", "0", "out of range"),
     ("REDIS_POOL_SIZE", "20000", "out of range"),
+    ("DB_CONNECT_TIMEOUT", "0.5", ">= 1"),
+    ("DB_STATEMENT_TIMEOUT", "soon", "not a number"),
 ])
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(InvalidDefinition, match=message) as info:
