@@ -24,7 +24,17 @@ workers = int(os.environ.get("WEB_CONCURRENCY", os.environ.get("GUNICORN_WORKERS
 # 25 % more requests/s for 25 % less worker CPU per request than gthread (README, Performance). Its
 # cost: a request that computes in C without waiting on a socket (historical retrieval on DuckDB) and
 # registry writes on PostgreSQL (psycopg2) hold the worker's other requests until they finish.
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# "gthread" (the default) is fstore's own gthread worker (fstore/api/gunicorn_worker.py): it spreads
+# keep-alive connections over the workers and, on SIGTERM, answers each idle keep-alive connection's next
+# request with "Connection: close" for GUNICORN_DRAIN_SECONDS before closing it. "gthread-stock" is
+# gunicorn's own, for comparison.
+_worker_classes = {"gthread": "fstore.api.gunicorn_worker.SpreadThreadWorker", "gthread-stock": "gthread"}
+worker_class = _worker_classes.get(os.environ.get("GUNICORN_WORKER_CLASS", "gthread"),
+                                   os.environ.get("GUNICORN_WORKER_CLASS", "gthread"))
+if worker_class.startswith("fstore."):
+    from fstore.api import gunicorn_worker  # noqa: E402 - in the master: its shared table precedes the fork
+
+    gunicorn_worker.drain_seconds()  # a bad GUNICORN_DRAIN_SECONDS stops the master, naming the variable
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 preload_app = False
 max_requests = 0
@@ -123,3 +133,5 @@ def child_exit(server, worker):
     """A worker ended: drop its live gauges from the shared metrics folder."""
     for multiprocess in _multiprocess:
         multiprocess.mark_process_dead(worker.pid)
+    if worker_class.startswith("fstore."):
+        gunicorn_worker.forget(worker.pid)

@@ -208,6 +208,7 @@ def _run_locked(store: "FeatureStore", run_id: str, fs_id: int, fsv: "FeatureSet
     now = utcnow()
     try:
         with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost, _active(run_id, fs_id, lost):
+            clear_dead_staging(store, fs_id)
             figures = _compute_and_write(store, fsv, start, end, lost, run_id, skip_empty, Progress(fsv, progress))
         figures.update(source_read=source_read, late_dropped=late_dropped)
         with store.transaction() as s:
@@ -510,6 +511,41 @@ def _clean_up_after(store: "FeatureStore", taken: dict | None, fs_id: int) -> No
             log.warning("runs %s never started; marked failed", ", ".join(stale))
 
 
+def clear_dead_staging(store: "FeatureStore", fs_id: int) -> list[str]:
+    """Delete the staged files of dead runs, of every feature set, before a run of set ``fs_id`` writes.
+
+    A run that dies before its commit (killed, or its cleanup failed) leaves its staging folder; on a full
+    disk those files would make every later run fail too. The set's own folders are all dead runs' (the
+    caller holds its lock). Another set's are listed first, then deleted only when no live lease holds
+    that set's lock: a run of it starting after the listing writes a folder that was not listed.
+    Best effort: a failure here is logged and the run goes on. Returns the files deleted.
+    """
+    from sqlalchemy import select
+
+    from fstore import offline
+    from fstore.registry.models import FeatureSetRow
+
+    deleted: list[str] = []
+    try:
+        with store.transaction() as s:
+            sets = s.execute(select(FeatureSetRow.id, FeatureSetRow.name)).all()
+        for set_id, name in sets:
+            if set_id == fs_id:
+                deleted += offline.clear_staging(store.settings, name)
+                continue
+            dirs = offline.staging_dirs(store.settings, name)
+            if not dirs:
+                continue
+            holder = runs.lock_holder(store.engine, lock_name(set_id))
+            if holder is None or holder["expired"]:
+                deleted += offline.clear_staging(store.settings, name, dirs)
+    except Exception:  # noqa: BLE001 - the run itself may still fit; it reports its own error if not
+        log.warning("could not clear the staging of dead runs", exc_info=True)
+    if deleted:
+        log.warning("deleted %d staged file(s) of dead runs before run of feature set %s", len(deleted), fs_id)
+    return deleted
+
+
 def _conflict_message(store: "FeatureStore", set_name: str, holder: dict) -> str:
     since = holder["acquired_at"]
     try:
@@ -569,7 +605,9 @@ def _as_fstore_error(exc: BaseException, name: str, start: datetime, end: dateti
         return ComputeError(f"materialization of {name} [{runs.iso(start)}, {runs.iso(end)}) was cancelled: its "
                             "process was interrupted (Ctrl-C or SIGTERM); nothing after its last offline commit was kept")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return ComputeError(f"materialization of {name} [{runs.iso(start)}, {runs.iso(end)}) failed: "
+    # Spark's first line names only the call ("An error occurred while calling o184.parquet"): say a full disk.
+    full_disk = "no space left on device: " if "No space left on device" in str(exc) else ""
+    return ComputeError(f"materialization of {name} [{runs.iso(start)}, {runs.iso(end)}) failed: {full_disk}"
                         f"{type(exc).__name__}: {text}"[:_MAX_ERROR])
 
 

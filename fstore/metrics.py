@@ -48,6 +48,9 @@ CACHE = Counter("fstore_online_cache", "Online serving cache lookups by feature 
                 ["feature_set", "result"])
 ONLINE_STORE_SECONDS = Histogram("fstore_online_store_roundtrip_seconds", "Online store round-trip time",
                                  ["operation"], buckets=_LATENCY_BUCKETS)
+REGISTRY_REFRESH = Counter("fstore_registry_snapshot_refreshes",
+                           "Online serving's registry snapshot refreshes by result (ok/failed; failed: answers degraded)",
+                           ["result"])
 
 
 _CHILDREN: dict[tuple, object] = {}
@@ -88,6 +91,11 @@ def observe_online(feature_set: str, seconds: float | None = None, cache_hit: bo
 def observe_online_store(seconds: float, operation: str = "read") -> None:
     """One round trip to the online store (Redis or embedded)."""
     _child(ONLINE_STORE_SECONDS, operation).observe(seconds)
+
+
+def observe_registry_refresh(*, ok: bool) -> None:
+    """One background refresh of serving's registry snapshot (``fstore.registry.snapshot``)."""
+    _child(REGISTRY_REFRESH, "ok" if ok else "failed").inc()
 
 
 # -- scrape-time figures from the registry ----------------------------------------------------

@@ -37,6 +37,7 @@ exercised here (no object store on this machine).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -52,6 +53,8 @@ from fstore.settings import Settings
 
 
 PARTITION = "event_date"
+
+log = logging.getLogger(__name__)
 
 
 def table_uri(settings: Settings, name: str) -> str:
@@ -153,18 +156,77 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: l
     if not dry_run:
         checkpoint_if_due(settings, name, current)  # VACUUM commits twice (START and END)
     # Delta's VACUUM skips folders starting with "_", where stage_delta_files and offline_arrow stage files.
+    return deleted + clear_staging(settings, name, dry_run=dry_run)
+
+
+# -- staging: what a run wrote before its commit ------------------------------------------------------
+
+
+def staging_root(settings: Settings, name: str) -> str:
+    """The folder (on ``filesystem``) under which ``name``'s writes stage their files, one subfolder a write."""
+    _, to_path = filesystem(settings)
+    return f"{to_path(table_uri(settings, name))}/_staging"
+
+
+def staging_dirs(settings: Settings, name: str) -> list[str]:
+    """The staging subfolders of ``name`` that exist now (each one write's, finished or not)."""
     from pyarrow.fs import FileSelector, FileType
 
-    fs, to_path = filesystem(settings)
-    staging = f"{to_path(table_uri(settings, name))}/_staging"
-    if fs.get_file_info(staging).type == FileType.Directory:
-        for info in fs.get_file_info(FileSelector(staging, recursive=False)):
-            if info.type != FileType.Directory:
-                continue
-            deleted += [f.path for f in fs.get_file_info(FileSelector(info.path, recursive=True)) if f.is_file]
+    fs, _ = filesystem(settings)
+    return [info.path for info in fs.get_file_info(FileSelector(staging_root(settings, name), allow_not_found=True))
+            if info.type == FileType.Directory]
+
+
+def clear_staging(settings: Settings, name: str, dirs: list[str] | None = None, *, dry_run: bool = False) -> list[str]:
+    """Delete staging subfolders of ``name`` (``dirs``, default all); returns the files they held.
+
+    Only for folders no live write uses: the caller holds the set's lock (then every folder is a dead
+    run's), or listed ``dirs`` before it saw the lock free."""
+    from pyarrow.fs import FileSelector
+
+    fs, _ = filesystem(settings)
+    deleted = []
+    for folder in staging_dirs(settings, name) if dirs is None else dirs:
+        try:
+            deleted += [f.path for f in fs.get_file_info(FileSelector(folder, recursive=True)) if f.is_file]
             if not dry_run:
-                fs.delete_dir(info.path)
+                fs.delete_dir(folder)
+        except FileNotFoundError:
+            pass  # gone meanwhile (its run cleaned up after itself)
     return deleted
+
+
+def discard_write(settings: Settings, folder: str | None, moved: list[str] = ()) -> None:
+    """Remove what a failed or cancelled write left: its staging ``folder`` and the files it already ``moved``
+    into the table's day folders (no commit names them). Best effort: the write's own error matters more."""
+    fs, to_path = filesystem(settings)
+    for path in moved:
+        try:
+            fs.delete_file(path)
+        except Exception:  # noqa: BLE001 - left for vacuum; named in the log
+            log.warning("could not remove uncommitted file %s", path, exc_info=True)
+    try:
+        if folder is not None:
+            fs.delete_dir(to_path(folder))
+    except FileNotFoundError:
+        pass
+    except Exception:  # noqa: BLE001 - the next run of any set clears a dead write's staging
+        log.warning("could not remove staging folder %s", folder, exc_info=True)
+
+
+def release_failed_writers(spark) -> None:
+    """Let the JVM close the files of a Spark write that failed.
+
+    A Parquet task whose write failed (a full disk) drops its output stream without closing it: the file
+    is deleted with its staging folder but its space stays taken while the JVM holds the descriptor
+    (measured: a failed 5-day write on a 64 MB tmpfs kept 0.6 MB, a day's file, until the driver
+    collected garbage). A full GC runs the streams' cleaners, which close them. Local sessions only:
+    on a cluster the executors' JVMs are not reachable from here.
+    """
+    try:
+        spark._jvm.java.lang.System.gc()
+    except Exception:  # noqa: BLE001 - Spark Connect has no JVM here; the space comes back on the next GC
+        pass
 
 
 def _delta_classes_available(spark) -> bool:
@@ -288,7 +350,12 @@ def stage_delta_files(spark, settings: Settings, name: str, rows, start: datetim
         old = _read_files(spark, table, kept)
         combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     folder = staging_folder(uri)  # hidden from Spark's listing (leading underscore)
-    parquet_writer(by_day(spark, combined)).partitionBy(PARTITION).parquet(folder)
+    try:
+        parquet_writer(by_day(spark, combined)).partitionBy(PARTITION).parquet(folder)
+    except BaseException:
+        discard_write(settings, folder)  # a full disk must not stay full of a failed run's files
+        release_failed_writers(spark)
+        raise
     adds = add_staged_files(settings, uri, folder, [c for c in rows.columns if c != PARTITION])
     return StagedWrite(adds=adds, removes=removes, schema=schema, first=table is None, start=start, end=end)
 
@@ -324,17 +391,35 @@ def file_paths(settings: Settings, uri: str, paths: list[str]) -> list[str]:
 
 
 def add_staged_files(settings: Settings, uri: str, folder: str, data_columns: list[str]) -> list:
-    """Move the Parquet files staged under ``folder/event_date=…/`` into the table's day folders; their AddActions."""
-    import pyarrow.parquet as pq
-    from deltalake.transaction import AddAction
+    """Move the Parquet files staged under ``folder/event_date=…/`` into the table's day folders; their AddActions.
+
+    On any failure (a full disk, a cancel) the staging folder and the files already moved are removed."""
     from pyarrow.fs import FileSelector
 
     fs, to_path = filesystem(settings)
     now_ms = int(time.time() * 1000)
-    written = [info for info in fs.get_file_info(FileSelector(to_path(folder), recursive=True, allow_not_found=True))
-               if info.is_file and info.base_name.endswith(".parquet")]
-    for day in {_day_of(info.path) for info in written}:
-        fs.create_dir(f"{to_path(uri)}/{PARTITION}={day}", recursive=True)
+    moved: list[str] = []
+    try:
+        written = [info for info in fs.get_file_info(FileSelector(to_path(folder), recursive=True,
+                                                                  allow_not_found=True))
+                   if info.is_file and info.base_name.endswith(".parquet")]
+        for day in {_day_of(info.path) for info in written}:
+            fs.create_dir(f"{to_path(uri)}/{PARTITION}={day}", recursive=True)
+        adds = _move_staged(settings, uri, written, data_columns, moved, now_ms)
+    except BaseException:
+        discard_write(settings, folder, moved)  # nothing is committed yet: the moved files are ours alone
+        raise
+    fs.delete_dir(to_path(folder))
+    return adds
+
+
+def _move_staged(settings: Settings, uri: str, written: list, data_columns: list[str], moved: list[str],
+                 now_ms: int) -> list:
+    """Move staged files into their day folders (appending each target to ``moved``); their AddActions."""
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction
+
+    fs, to_path = filesystem(settings)
 
     def add_action(info) -> AddAction:
         # The writers' file names carry a UUID of their write, so they never collide with earlier writes. Moved
@@ -343,6 +428,7 @@ def add_staged_files(settings: Settings, uri: str, folder: str, data_columns: li
         relative = f"{PARTITION}={day}/{info.base_name}"
         target = f"{to_path(uri)}/{relative}"
         fs.move(info.path, target)
+        moved.append(target)
         with fs.open_input_file(target) as handle:
             metadata = pq.ParquetFile(handle).metadata
         return AddAction(path=relative, size=info.size, partition_values={PARTITION: day},
@@ -351,9 +437,7 @@ def add_staged_files(settings: Settings, uri: str, folder: str, data_columns: li
 
     # One move and one footer read per file: I/O waits (long ones on object storage), so run them side by side.
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(written)))) as pool:
-        adds = list(pool.map(add_action, written))
-    fs.delete_dir(to_path(folder))
-    return adds
+        return list(pool.map(add_action, written))
 
 
 def _day_of(path: str) -> str:
@@ -362,13 +446,42 @@ def _day_of(path: str) -> str:
 
 
 def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> int:
-    """The one commit that makes a staged write the table's new version; returns that version."""
-    from deltalake import Schema
-    from deltalake.transaction import CommitProperties, create_table_with_add_actions
+    """The one commit that makes a staged write the table's new version; returns that version.
+
+    A commit that fails (a full disk) removes the write's files, which no version names."""
+    from deltalake.transaction import CommitProperties
 
     uri = _delta_uri(table_uri(settings, name))
     meta = CommitProperties(custom_metadata={"fstore.operation": "write_range", "fstore.start": staged.start.isoformat(),
                                              "fstore.end": staged.end.isoformat()})
+    try:
+        before = _commit(uri, settings, name, staged, meta)
+    except BaseException:
+        _discard_uncommitted(settings, name, staged)
+        raise
+    return checkpoint_if_due(settings, name, before)
+
+
+def _discard_uncommitted(settings: Settings, name: str, staged: StagedWrite) -> None:
+    """After a failed commit, delete the write's files unless the table names them (the commit landed)."""
+    try:
+        table = delta_table(settings, name)
+        # "…/event_date=D/part-….parquet" → "event_date=D/part-….parquet", as the write's AddActions name them
+        named = {"/".join(u.rsplit("/", 2)[-2:]) for u in table.file_uris()} if table is not None else set()
+    except Exception:  # noqa: BLE001 - cannot tell whether the commit landed: keep the files (vacuum's job)
+        log.warning("could not read %s after a failed commit; its files stay for vacuum", name, exc_info=True)
+        return
+    uri = table_uri(settings, name)
+    ours = [a.path for a in staged.adds]
+    if not named.intersection(ours):
+        discard_write(settings, None, file_paths(settings, uri, ours))
+
+
+def _commit(uri: str, settings: Settings, name: str, staged: StagedWrite, meta) -> int:
+    """Commit the staged write; returns the table's version before it (0 for a new table)."""
+    from deltalake import Schema
+    from deltalake.transaction import create_table_with_add_actions
+
     before = 0  # a new table starts at version 0: no checkpoint is due
     if staged.first:
         create_table_with_add_actions(uri, Schema.from_arrow(staged.schema), staged.adds, mode="error",
@@ -380,7 +493,7 @@ def commit_delta_files(settings: Settings, name: str, staged: StagedWrite) -> in
         _evolve_schema(table, staged.schema)
         table.create_write_transaction(staged.adds + staged.removes, mode="append", schema=staged.schema,
                                        partition_by=[PARTITION], commit_properties=meta)
-    return checkpoint_if_due(settings, name, before)
+    return before
 
 
 # Delta's own default (delta-spark writes a checkpoint every 10 commits). Opening a table reads its latest
@@ -575,7 +688,12 @@ def _write_parquet(spark, settings: Settings, name: str, rows, start: datetime, 
         old = spark.read.schema(data_schema).parquet(*existing).withColumn(PARTITION, F.to_date("event_timestamp"))
         combined = rows.unionByName(_outside(old, start, end).select(*rows.columns))
     staging = f"{uri}/_staging/{uuid.uuid4().hex}"
-    parquet_writer(by_day(spark, combined)).partitionBy(PARTITION).parquet(staging)
+    try:
+        parquet_writer(by_day(spark, combined)).partitionBy(PARTITION).parquet(staging)
+    except BaseException:
+        discard_write(settings, staging)
+        release_failed_writers(spark)
+        raise
     swap_days(uri, staging, days)
 
 

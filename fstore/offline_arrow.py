@@ -185,7 +185,11 @@ def stage_delta_arrow(settings: Settings, name: str, rows, start: datetime, end:
         rows = pa.concat_tables([rows, _read_outside_arrow(settings, offline.file_paths(settings, uri, kept), rows.schema,
                                                            start, end)])
     folder = offline.staging_folder(uri)
-    _write_days_arrow(settings, rows, folder)
+    try:
+        _write_days_arrow(settings, rows, folder)
+    except BaseException:
+        offline.discard_write(settings, folder)  # a full disk must not stay full of a failed run's files
+        raise
     adds = offline.add_staged_files(settings, uri, folder, [c for c in rows.column_names if c != offline.PARTITION])
     return offline.StagedWrite(adds=adds, removes=removes, schema=rows.schema, first=table is None, start=start, end=end)
 
@@ -200,7 +204,11 @@ def _write_parquet_arrow(settings: Settings, name: str, rows, start: datetime, e
     if files:
         rows = pa.concat_tables([rows, _read_outside_arrow(settings, files, rows.schema, start, end)])
     staging = f"{uri}/_staging/{uuid.uuid4().hex}"
-    _write_days_arrow(settings, rows, staging)
+    try:
+        _write_days_arrow(settings, rows, staging)
+    except BaseException:
+        offline.discard_write(settings, staging)
+        raise
     offline.swap_days(uri, staging, days)
 
 

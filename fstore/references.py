@@ -14,6 +14,7 @@ from fstore.errors import InvalidDefinition, NotFound
 
 if TYPE_CHECKING:
     from fstore.definitions import FeatureSetVersion
+    from fstore.registry.snapshot import RegistrySnapshot
     from fstore.store import FeatureStore
 
 _REF_RE = re.compile(r"^(?:(?P<set>[A-Za-z_]\w{0,62})(?:@(?P<version>\d+))?:)?(?P<name>[A-Za-z_]\w{0,62})$")
@@ -54,11 +55,13 @@ class FeatureGroup:
     output_names: tuple[str, ...]
 
 
-def resolve(store: "FeatureStore", features: list[str], feature_sets: list[str] | None = None) -> list[FeatureGroup]:
+def resolve(store: "FeatureStore", features: list[str], feature_sets: list[str] | None = None, *,
+            registry: "RegistrySnapshot | None" = None) -> list[FeatureGroup]:
     """Group the requested features by feature set version.
 
     A bare name is looked up in ``feature_sets`` when given, else in every set; it
     must be found in exactly one. The answer names a feature as the user wrote it.
+    ``registry`` (online serving) answers the lookups from its snapshot instead of a transaction.
     """
     from fstore.registry import repo
 
@@ -72,7 +75,8 @@ def resolve(store: "FeatureStore", features: list[str], feature_sets: list[str] 
     def load(name: str, version: int | None) -> "FeatureSetVersion":
         key = (name, version)
         if key not in versions:
-            versions[key] = store.feature_set_version(name, version)
+            versions[key] = (registry.version(name, version) if registry is not None
+                             else store.feature_set_version(name, version))
         return versions[key]
 
     scope = [load(name, None) for name in dict.fromkeys(feature_sets)] if feature_sets else None  # a name given twice counts once
@@ -86,8 +90,11 @@ def resolve(store: "FeatureStore", features: list[str], feature_sets: list[str] 
             if scope is not None:
                 candidates = [v for v in scope if ref.name in {f.name for f in v.features}]
             else:
-                with store.transaction() as s:
-                    names = repo.feature_set_names_with_feature(s, ref.name)
+                if registry is not None:
+                    names = registry.names_with_feature(ref.name)
+                else:
+                    with store.transaction() as s:
+                        names = repo.feature_set_names_with_feature(s, ref.name)
                 candidates = [load(n, None) for n in names]
             if not candidates:
                 where = f" in feature sets {', '.join(feature_sets)}" if feature_sets else ""

@@ -19,7 +19,8 @@ Answer shape (the seed's, plus a parallel ``statuses`` map)::
 - ``degraded`` is true when the online store was unreachable and every lookup
   was answered from the cache (entries up to ``STALE_GRACE_SECONDS`` past their TTL),
   or when a requested set lost its online values (the store restarted empty: its
-  answers say ``missing`` for keys that had values; ``fstore.online.marker``);
+  answers say ``missing`` for keys that had values; ``fstore.online.marker``),
+  or when the registry was unreachable at the last snapshot refresh;
   ``degraded_reason`` says which, else it is null.
 
 The lost-values check adds no round trip: at most every ``MARKER_CHECK_SECONDS`` per
@@ -31,9 +32,12 @@ Entities come as columns ``{"user_id": ["1", "2"]}`` (or by a single-key entity'
 or rows ``[{"user_id": "1", "merchant_id": "7"}]``; each requested feature set
 takes the join keys it needs from each row, matched by the entity's value type.
 
-Resolution of names to feature set versions is cached per store for
-``RESOLVE_TTL_SECONDS``: a registry change becomes visible to serving within
-that time (and at once in a new process). Values are cached per
+Resolution of names to feature set versions comes from a registry snapshot per
+store (``fstore.registry.snapshot``), refreshed in the background every
+``RESOLVE_TTL_SECONDS``: a registry change becomes visible to serving within about
+that time (and at once in a new process), and a request never waits for the
+registry unless it asks a name never asked before. While refreshes fail, answers
+come from the snapshot with ``degraded: true``. Values are cached per
 (feature set, version, entity key) for ``settings.serving_cache_ttl`` seconds when
 ``settings.serving_cache_enabled``.
 """
@@ -50,6 +54,7 @@ import orjson
 
 from fstore.errors import InvalidDefinition, TooLarge, Unavailable
 from fstore.online.base import NULL, Codec
+from fstore.registry.snapshot import RegistrySnapshot
 
 if TYPE_CHECKING:
     from fstore.store import FeatureStore
@@ -83,7 +88,8 @@ class _State:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.plans: dict[tuple, tuple[float, list[_Group]]] = {}
+        self.plans: dict[tuple, tuple[int, list[_Group]]] = {}  # key -> (snapshot generation, groups)
+        self.snapshot: RegistrySnapshot | None = None
         self.codecs: dict[tuple[str, int], Codec] = {}
         self.values: dict[tuple[str, int, str], tuple[float, Any]] = {}
         self.lost: dict[str, str] = {}  # set name -> why its online values are lost (from the last check)
@@ -99,7 +105,10 @@ def _state(store: Any) -> _State:
     state = _STATES.get(store)
     if state is None:
         with _STATES_LOCK:
-            state = _STATES.setdefault(store, _State())
+            state = _STATES.get(store)
+            if state is None:
+                state = _STATES[store] = _State()
+                state.snapshot = RegistrySnapshot(store, refresh_seconds=RESOLVE_TTL_SECONDS)
     return state
 
 
@@ -204,15 +213,17 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         hash(key)
     except TypeError:
         key = None
-    now = time.monotonic()
+    snapshot = state.snapshot
+    snapshot.tick()
+    generation = snapshot.generation
     if key is not None:
         hit = state.plans.get(key)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] == generation:
             return hit[1]
     from fstore.references import resolve
 
     groups = []
-    for group in resolve(store, features, feature_sets):
+    for group in resolve(store, features, feature_sets, registry=snapshot):
         fsv = group.version
         if not fsv.feature_set.online_enabled:
             raise InvalidDefinition(f"feature set {fsv.name} is not online-enabled (online_enabled: false)", field="features")
@@ -238,7 +249,7 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         with state.lock:
             if len(state.plans) > 1000:
                 state.plans.clear()
-            state.plans[key] = (now + RESOLVE_TTL_SECONDS, groups)
+            state.plans[key] = (generation, groups)
     return groups
 
 
@@ -329,9 +340,10 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
             wanted.append((gi, todo_idx, todo_keys))
             misses += len(todo_keys)
 
-    degraded = False
-    reason = None
+    degraded = state.snapshot.stale
+    reason = "the registry was unreachable at the last refresh: names resolved from the last snapshot" if degraded else None
     metrics = _metrics()
+    from_stale_cache = False
     if wanted:
         checks = _due_checks(state, groups, mono)
         try:
@@ -343,7 +355,7 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
             answers = _from_stale_cache(state, groups, wanted, mono) if cache_on else None
             if answers is None:
                 raise
-            degraded = True
+            degraded = from_stale_cache = True
             reason = "the online store is unreachable: answered from the cache"
         else:
             _record_checks(store, state, checks, states, mono)
@@ -355,7 +367,7 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
                 continue
             for ri, key, result in zip(todo_idx, todo_keys, answer):
                 results[gi][ri] = result
-                if not degraded:
+                if not from_stale_cache:  # a stale answer is never cached as fresh
                     values[(codec.name, codec.version, key)] = (expires, result)
         if cache_on and len(values) > CACHE_MAX_ENTRIES:
             _evict(state, mono)

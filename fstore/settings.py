@@ -131,6 +131,10 @@ class Settings:
     scheduler_concurrency: int = 2  # SCHEDULER_CONCURRENCY: due feature sets the scheduler runs at once
     scheduler_retries: int = 3  # SCHEDULER_RETRIES: tries again of a scheduled run that failed or was refused
     scheduler_retry_seconds: float = 30.0  # SCHEDULER_RETRY_SECONDS: first wait before a retry; doubles each time
+    # A registry call never waits longer than these (PostgreSQL): connecting, and one statement. A frozen
+    # server is cut off client-side after the statement timeout (fstore.registry.db).
+    db_connect_timeout: float = 2.0
+    db_statement_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -191,6 +195,8 @@ class Settings:
             scheduler_concurrency=_int(env, "SCHEDULER_CONCURRENCY", 2, minimum=1, maximum=64),
             scheduler_retries=_int(env, "SCHEDULER_RETRIES", 3, maximum=100),
             scheduler_retry_seconds=_float(env, "SCHEDULER_RETRY_SECONDS", 30.0),
+            db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", 2.0, minimum=1.0),
+            db_statement_timeout=_float(env, "DB_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
         )
         values.update(overrides)
         return cls(**values)

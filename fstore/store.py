@@ -14,7 +14,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
+
+from fstore.errors import Unavailable
 
 from fstore.registry.db import at_head, make_engine, upgrade
 from fstore.settings import Settings
@@ -42,9 +45,17 @@ class FeatureStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One registry transaction: committed when the block ends, rolled back on any error."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        """One registry transaction: committed when the block ends, rolled back on any error.
+
+        An unreachable registry raises ``Unavailable`` (``fstore.registry.guard``), waiting for a
+        pooled connection included.
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except PoolTimeout:
+            raise Unavailable(f"registry database unavailable: no free connection within "
+                              f"{self.settings.db_connect_timeout:g} s (DB_POOL_SIZE={self.settings.db_pool_size})") from None
 
     @property
     def spark(self):

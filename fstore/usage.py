@@ -41,7 +41,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from fstore.errors import InvalidDefinition, NotFound
+from fstore.errors import InvalidDefinition, NotFound, Unavailable
 from fstore.registry.models import FeatureSetRow, UsageRow
 from fstore.serving import Coverage
 
@@ -242,6 +242,8 @@ class UsageRecorder:
         while not self._stop.wait(self._interval):
             try:
                 self.flush()
+            except Unavailable:  # the registry's guard logged the outage once; the events wait for it
+                pass
             except Exception:  # noqa: BLE001 - the flusher must survive a registry outage
                 log.exception("usage flush failed; will retry")
 
@@ -324,7 +326,7 @@ class UsageRecorder:
                     return len(events)
                 except IntegrityError:
                     continue  # another worker inserted the same minute row first: read it and add
-                except SQLAlchemyError:
+                except (SQLAlchemyError, Unavailable):
                     # Keep the events for the next flush (registry briefly unavailable).
                     self._pending.extendleft(reversed(events))
                     raise

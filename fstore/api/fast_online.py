@@ -34,10 +34,11 @@ from pydantic import ValidationError
 from fstore import metrics
 from fstore.api.schemas import OnlineBody
 from fstore.api.security import required_scope
-from fstore.errors import FStoreError
+from fstore.errors import FStoreError, Unavailable
 from fstore.serving import answer_online
 
 PATH = "/api/v1/serving/online"
+UNAVAILABLE_KEY = "fstore.unavailable"  # the backend this request already found down (the view re-raises it)
 _JSON_HEADERS = "application/json"
 
 
@@ -96,6 +97,9 @@ class OnlineFastPath:
             result, coverage = answer_online(self.store, features=data["features"], entities=data["entities"],
                                              feature_sets=data.get("feature_sets"))
             answer = orjson.dumps(result, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME) + b"\n"
+        except Unavailable as exc:  # Flask answers it, without asking the backend a second time
+            environ[UNAVAILABLE_KEY] = exc
+            return None
         except (ValidationError, FStoreError, TypeError):
             return None
         seconds = time.perf_counter() - started

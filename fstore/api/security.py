@@ -32,7 +32,7 @@ from flask import Flask, Response, g, request
 
 from fstore import audit, metrics
 from fstore.auth import ApiKey, Grant, KeyVerifier
-from fstore.errors import BadRequest, FStoreError, Forbidden, NotFound, Unauthorized
+from fstore.errors import BadRequest, FStoreError, Forbidden, NotFound, Unauthorized, Unavailable
 from fstore.registry.training_sets import readable_with
 from fstore.usage import UsageRecorder
 
@@ -428,6 +428,8 @@ def _audit(store, response: Response, status: int, error_code: str | None) -> No
     try:
         audit.record(store.engine, actor=actor_name(), action=f"{request.method} {rule}", target=request.path,
                      source_ip=request.remote_addr or "", outcome=audit.outcome_for_status(status), detail=detail)
+    except Unavailable as exc:  # the registry is down (its outage is logged once): one line, no traceback
+        log.warning("could not write the audit record for %s %s: %s", request.method, request.path, exc.message)
     except Exception:  # noqa: BLE001 - the registry may be the thing that is down; log, do not mask the answer
         log.exception("could not write the audit record for %s %s", request.method, request.path)
 

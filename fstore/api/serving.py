@@ -12,6 +12,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from fstore.api.common import actor, get_store
 from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
+from fstore.api.fast_online import UNAVAILABLE_KEY
 from fstore.api.render import frame_to_json
 from fstore.api.schemas import BatchBody, HistoricalBody, JobPath, NoQuery, OnlineBody
 from fstore.errors import TooLarge
@@ -24,6 +25,9 @@ _tag = Tag(name="serving", description="Online features, training data, batch re
 @bp.post("/online", tags=[_tag], responses={200: rs.OnlineAnswer})
 def online(query: NoQuery, body: OnlineBody):
     """Latest feature values for entity keys, from the online store."""
+    unavailable = request.environ.get(UNAVAILABLE_KEY)
+    if unavailable is not None:  # the fast path just found a backend down: one attempt per request, not two
+        raise unavailable
     data = request.get_json()
     return get_store().get_online_features(features=data["features"], entities=data["entities"],
                                            feature_sets=data.get("feature_sets"))

@@ -5,6 +5,7 @@ transaction, so a failed request leaves the registry as it was.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -20,7 +21,12 @@ HEAD_REVISION = "0003"
 
 
 def make_engine(settings: Settings) -> Engine:
-    """An engine for the registry; SQLite gets WAL, foreign keys and a busy timeout."""
+    """An engine for the registry; SQLite gets WAL, foreign keys and a busy timeout.
+
+    PostgreSQL gets bounded calls (``DB_CONNECT_TIMEOUT``, ``DB_STATEMENT_TIMEOUT``), a ping on
+    checkout that is bounded too, and connection failures raised as ``Unavailable`` (503), logged
+    once per outage (``fstore.registry.guard``).
+    """
     url = settings.database_url
     if settings.is_sqlite:
         ensure_sqlite_folder(url)
@@ -35,8 +41,19 @@ def make_engine(settings: Settings) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
-                         pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    from fstore.registry.guard import guard_engine
+
+    statement_ms = int(settings.db_statement_timeout * 1000)
+    # libpq counts connect_timeout in whole seconds (at least 2); the server enforces the statement
+    # and lock timeouts itself, and ends a transaction left idle (a client that died mid-write).
+    options = (f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms} "
+               f"-c idle_in_transaction_session_timeout={max(statement_ms * 4, 10_000)}")
+    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
+                           pool_timeout=settings.db_connect_timeout,
+                           connect_args={"connect_timeout": max(2, math.ceil(settings.db_connect_timeout)),
+                                         "options": options})
+    return guard_engine(engine, connect_seconds=settings.db_connect_timeout,
+                        statement_seconds=settings.db_statement_timeout + 1.0)
 
 
 def ensure_sqlite_folder(url: str) -> None:

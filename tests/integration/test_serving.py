@@ -178,18 +178,33 @@ def test_cache_hits_skip_the_online_store(tmp_path, redis_url):
 
 
 def test_name_resolution_is_cached_then_refreshed(store):
+    """Serving resolves from its registry snapshot; a change made elsewhere shows after a refresh."""
+    from contextlib import contextmanager
+
     from fstore import serving
+    from fstore.store import FeatureStore
 
     calls = []
-    original = store.feature_set_version
-    store.feature_set_version = lambda *a, **k: calls.append(a) or original(*a, **k)
+    original = store.transaction
+
+    @contextmanager
+    def counted():
+        calls.append(1)
+        with original() as s:
+            yield s
+
+    store.transaction = counted
     store.get_online_features(features=["user_stats:clicks"], entities={"user_id": 1})
+    first = len(calls)
     store.get_online_features(features=["user_stats:clicks"], entities={"user_id": 1})
-    assert len(calls) == 1  # the second request did not touch the registry
-    store.create_feature({"feature_set": "user_stats", "name": "added", "data_type": "int", "transformation": "1"})
-    clear_caches(store)  # what RESOLVE_TTL_SECONDS does by itself after at most that long
+    assert first >= 1 and len(calls) == first  # the second request did not touch the registry
+    other = FeatureStore(store.settings)  # another process's change: this store's caches are not told
+    other.create_feature({"feature_set": "user_stats", "name": "added", "data_type": "int", "transformation": "1"})
+    other.close()
+    assert serving._state(store).snapshot.refresh()  # what the background refresh does every RESOLVE_TTL_SECONDS
     out = store.get_online_features(features=["user_stats:added"], entities={"user_id": 1})
     assert out["metadata"]["feature_sets"] == {"user_stats": 2} and out["statuses"]["1"]["user_stats:added"] == "missing"
+    assert out["metadata"]["degraded"] is False
     assert serving.RESOLVE_TTL_SECONDS <= 2.0
 
 

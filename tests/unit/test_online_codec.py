@@ -129,9 +129,17 @@ class FakeClock:
         return self.now
 
 
-def test_breaker_opens_fails_fast_probes_and_closes():
+@pytest.mark.parametrize("data_type", ["int", "float", "bool", "string", "timestamp", "list<int>", "list<timestamp>", "list<float>"])
+def test_decoders_refuse_null_and_missing(data_type):
+    """Serving decodes a row optimistically and falls back when a decoder raises: none may invent a value."""
+    for raw in (NULL, None):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            decoder(data_type)(raw)
+
+
+def test_breaker_opens_fails_fast_probes_at_a_fixed_interval_and_closes():
     clock = FakeClock()
-    breaker = CircuitBreaker(threshold=2, reset_seconds=1.0, max_reset_seconds=4.0, clock=clock)
+    breaker = CircuitBreaker(threshold=2, probe_seconds=0.2, clock=clock)
     breaker.before_call()
     breaker.failure(OSError("refused"))
     breaker.before_call()  # one failure is below the threshold
@@ -139,24 +147,44 @@ def test_breaker_opens_fails_fast_probes_and_closes():
     assert breaker.state == "open"
     with pytest.raises(CircuitOpen, match="refused"):
         breaker.before_call()
-    clock.now += 1.0
+    clock.now += 0.2
     breaker.before_call()  # the probe goes through ...
     with pytest.raises(CircuitOpen):
         breaker.before_call()  # ... alone
     breaker.failure(OSError("still down"))
-    clock.now += 1.5
-    with pytest.raises(CircuitOpen):  # the wait doubled to 2 s
+    for _ in range(10):  # the wait never grows: a probe every 0.2 s however long the outage
+        with pytest.raises(CircuitOpen):
+            breaker.before_call()
+        clock.now += 0.2
         breaker.before_call()
-    clock.now += 0.5
+        breaker.failure(OSError("still down"))
+    clock.now += 0.2
     breaker.before_call()
     breaker.success()
     assert breaker.state == "closed"
     breaker.before_call()
 
 
-@pytest.mark.parametrize("data_type", ["int", "float", "bool", "string", "timestamp", "list<int>", "list<timestamp>", "list<float>"])
-def test_decoders_refuse_null_and_missing(data_type):
-    """Serving decodes a row optimistically and falls back when a decoder raises: none may invent a value."""
-    for raw in (NULL, None):
-        with pytest.raises((ValueError, TypeError, KeyError)):
-            decoder(data_type)(raw)
+def test_breaker_with_a_probe_recovers_in_the_background_without_a_request():
+    import threading
+
+    up = threading.Event()
+    probes = []
+
+    def probe():
+        probes.append(1)
+        if not up.is_set():
+            raise OSError("refused")
+
+    breaker = CircuitBreaker(threshold=1, probe_seconds=0.01, probe=probe)
+    breaker.failure(OSError("refused"))
+    for _ in range(50):  # no request is let through as a probe while open
+        with pytest.raises(CircuitOpen):
+            breaker.before_call()
+    up.set()
+    for _ in range(500):
+        if breaker.state == "closed":
+            break
+        threading.Event().wait(0.01)
+    assert breaker.state == "closed" and len(probes) >= 1
+    breaker.before_call()

@@ -32,6 +32,7 @@ def test_every_variable_is_read(tmp_path):
         "FSTORE_SECRET_KEY": f"{KEY_A}, {KEY_B}", "SOURCE_ENV_ALLOW": "DB_PASSWORD, VAULT_*",
         "SCHEDULER_CONCURRENCY": "3", "SCHEDULER_RETRIES": "0", "SCHEDULER_RETRY_SECONDS": "1.5",
         "SPARK_LOG_LEVEL": "WARN",
+        "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
     }
     s = Settings.from_env(env)
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -40,6 +41,7 @@ def test_every_variable_is_read(tmp_path):
     assert (s.max_compute_threads, s.serving_cache_enabled, s.serving_cache_ttl) == (4, True, 2.5)
     assert (s.max_entities_per_request, s.max_historical_rows, s.max_body_bytes, s.port) == (50, 1000, 4096, 9000)
     assert (s.auth_enabled, s.redis_timeout, s.db_pool_size, s.redis_pool_size) == (False, 0.1, 3, 8)
+    assert (s.db_connect_timeout, s.db_statement_timeout) == (3.0, 1.5)
     assert (s.spark_master, s.spark_remote, s.s3_endpoint) == ("spark://m:7077", "sc://connect:15002", "http://minio:9000")
     assert s.secret_key == f"{KEY_A},{KEY_B}" and s.source_env_allow == ("DB_PASSWORD", "VAULT_*")
     assert KEY_A not in repr(s)  # a settings dump in a log never shows the key
@@ -80,6 +82,8 @@ def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
     ("FSTORE_SECRET_KEY", "not-a-key", "not a Fernet key"),
     ("FSTORE_SECRET_KEY", f"{'QUJD' * 8}", "not a Fernet key"),
     ("SOURCE_ENV_ALLOW", "A B", "not a variable name"),
+    ("DB_CONNECT_TIMEOUT", "0.5", ">= 1"),
+    ("DB_STATEMENT_TIMEOUT", "soon", "not a number"),
 ])
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(InvalidDefinition, match=message) as info:
