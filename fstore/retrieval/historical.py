@@ -297,7 +297,7 @@ def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
-    events = read_source(store.spark, source, start=entities.min_ts, end=entities.max_ts + timedelta(microseconds=1),
+    events = read_source(store.spark, source, settings=store.settings, start=entities.min_ts, end=entities.max_ts + timedelta(microseconds=1),
                          lookback_seconds=longest)
     for src, key in zip(source_key_columns(fsv), fsv.join_keys):
         if src not in events.columns:

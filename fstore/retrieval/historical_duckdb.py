@@ -197,7 +197,7 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
     return view, files.version, created, position, " AND ".join(conditions)
 
 
-def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str]) -> tuple[str, str]:
+def _source_events(con, store: "FeatureStore", fsv: "FeatureSetVersion", keys: Sequence[str]) -> tuple[str, str]:
     """The set's source as a view with its key columns named as the join keys, and its event time column."""
     from fstore.compiler.windows import source_key_columns
     from fstore.engine.duckdb import read_source
@@ -206,7 +206,7 @@ def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str]) -> tuple[
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
                                 field="features")
-    view = _view(con, read_source(con, source))
+    view = _view(con, read_source(con, source, settings=store.settings))
     columns = _types(con, view)
     renames = {}
     for src, key in zip(source_key_columns(fsv), keys):
@@ -278,7 +278,7 @@ def _set_sql(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of: 
                                ttl_seconds=fsv.ttl_seconds, created_ts=created, position=position, where=where)
         scope = f"SELECT * EXCLUDE ({', '.join(ident(k) for k in keys)}) FROM ({scope})"
     if plan.windows:
-        events, event_ts = _source_events(con, fsv, keys)
+        events, event_ts = _source_events(con, store, fsv, keys)
         windows = exact_windows_sql(con, labels, events, keys=keys, ts=TS, event_ts=event_ts,
                                     windows=[(spec, n) for n, spec in plan.windows.items()],
                                     lo=entities.min_ts, hi=entities.max_ts)
