@@ -68,7 +68,8 @@ def test_bad_batch_requests_are_refused_before_a_job_is_recorded(store, tmp_path
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("do not overwrite")
-    source = {"path": str(tmp_path), "format": "parquet"}
+    (tmp_path / "entities").mkdir()  # never read: each request fails its checks first
+    source = {"path": str(tmp_path / "entities"), "format": "parquet"}
     cases = [
         ({"entity_source": {"path": str(tmp_path / "missing")}}, InvalidDefinition, "entity_source.path"),
         ({"entity_source": {"path": "x", "table": "t"}}, InvalidDefinition, "entity_source"),
