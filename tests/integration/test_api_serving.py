@@ -30,8 +30,8 @@ def source_path(tmp_path) -> str:
 @pytest.fixture(params=["spark", "duckdb"])
 def client(request, tmp_path, redis_url, spark, source_path):
     """The API on a store computing on each engine (batch retrieval jobs run on Spark either way)."""
-    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": redis_url,
-                                  "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5",
+    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "SOURCE_ROOTS": str(tmp_path),
+                                  "REDIS_URL": redis_url, "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5",
                                   "COMPUTE_ENGINE": request.param})
     store = FeatureStore(settings).use_spark(spark)
     client = create_app(store=store).test_client()

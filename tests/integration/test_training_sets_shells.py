@@ -38,7 +38,7 @@ def saved(spark, tmp_path_factory):
     source.mkdir()
     pd.DataFrame({"user_id": [1, 1, 2], "event_timestamp": [T0 + H, T0 + 5 * H, T0 + 2 * H], "n": [1.0, 2.0, 5.0]}) \
         .astype({"event_timestamp": "datetime64[us]"}).to_parquet(source / "part-0.parquet", index=False)
-    settings = Settings.from_env({"STORAGE_PATH": str(root / "store")})
+    settings = Settings.from_env({"STORAGE_PATH": str(root / "store"), "SOURCE_ROOTS": str(root)})
     store = FeatureStore(settings, auto_upgrade=True).use_spark(spark)
     store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
     src = {"path": str(source), "format": "parquet", "event_timestamp_column": "event_timestamp"}
