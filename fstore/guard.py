@@ -16,7 +16,8 @@ delete the write-ahead log the server still writes to). So:
   reach fstore's own files: the SQLite registry and the embedded online store (with their
   ``-wal``/``-shm``/``-journal`` files), the run logs, and the hidden ``_``/``.`` entries of
   offline tables (staging folders, the Delta log). A folder that holds any of them is
-  refused too, as is a folder holding a symbolic link that leads out of the roots. An
+  refused too, as is a folder holding a symbolic link that leads out of the roots, and a
+  file that is a hard link to one of them. An
   offline table itself may be read as a source: chaining feature sets is legitimate.
   Outputs may not go into the offline store, the training sets or the logs either;
 - glob characters are refused: Spark expands ``{a,../../x}``, which no check of the text
@@ -203,9 +204,10 @@ def _own_inodes(own: _Own) -> set[tuple[int, int]]:
 
 
 def _check_tree(settings: "Settings", top: str, text: str, *, field: str, own: _Own) -> None:
-    """Every symbolic link under a local folder must stay where the folder may be (readers follow them),
-    and no file may be a hard link to one of fstore's own files."""
-    inodes = _own_inodes(own)
+    """Every symbolic link under a local folder must stay where the folder may be (readers follow them).
+
+    Only the directory entries are read (no stat per file: a source may hold many thousands of files);
+    hard links inside a folder, which only someone with write access to the roots can make, are not looked for."""
     pending, seen = [top], {_local(top)}
     while pending:
         folder = pending.pop()
@@ -227,10 +229,6 @@ def _check_tree(settings: "Settings", top: str, text: str, *, field: str, own: _
                 continue
             if entry.is_dir(follow_symlinks=False):
                 pending.append(entry.path)
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
-                if st.st_nlink > 1 and (st.st_dev, st.st_ino) in inodes:
-                    raise _refuse(field, text, "it holds a link to fstore's own files")
 
 
 def check_read_path(settings: "Settings", text: str, *, field: str) -> None:
