@@ -35,7 +35,7 @@ def build_store(dataset, store_dir):
     fsv = store.feature_set_version(FEATURE_SET)
     start, end = dataset.start.replace(tzinfo=None), dataset.end.replace(tzinfo=None)
     t0 = time.perf_counter()
-    write_range(store.spark, store.settings, fsv, compute(store.spark, fsv, start=start, end=end), start, end)
+    write_range(store.spark, store.settings, fsv, compute(store.spark, fsv, settings=store.settings, start=start, end=end), start, end)
     return store, time.perf_counter() - t0
 
 

@@ -260,7 +260,7 @@ def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: d
     progress.start("read")
     # compute() resolves the source (listing files, reading the schema) and builds the plan; the rows
     # themselves are read by the first action below, so "compute" includes the scan.
-    computed = compute(spark, fsv, start=start, end=end)
+    computed = compute(spark, fsv, settings=store.settings, start=start, end=end)
     stages["read"] = round(time.perf_counter() - t, 3)
     progress.done("read")
 
@@ -296,7 +296,7 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
     try:
         t = time.perf_counter()
         progress.start("read")
-        computed = engine.compute(con, fsv, start=start, end=end)
+        computed = engine.compute(con, fsv, settings=store.settings, start=start, end=end)
         stages["read_compute"] = round(time.perf_counter() - t, 3)
         progress.done("read")
         progress.done("compute", computed.num_rows)
@@ -579,13 +579,13 @@ def _earliest_event(store: "FeatureStore", fsv: "FeatureSetVersion") -> datetime
     if store.settings.compute_engine == "duckdb":
         from fstore.engine import duckdb as engine
 
-        earliest = engine.earliest_event(source)
+        earliest = engine.earliest_event(source, settings=store.settings)
         return runs.to_utc(earliest) if earliest is not None else None
     from pyspark.sql import functions as F
 
     from fstore.engine.spark import read_source
 
-    df = read_source(store.spark, source)
+    df = read_source(store.spark, source, settings=store.settings)
     column = source.event_timestamp_column if source.event_timestamp_column in df.columns else "event_timestamp"
     value = df.agg(F.min(F.col(column).cast("timestamp"))).first()[0]
     return runs.to_utc(value) if value is not None else None
@@ -667,7 +667,12 @@ def settings_env(settings: "Settings") -> dict[str, str]:
         "REDIS_TIMEOUT": str(settings.redis_timeout),
         "REDIS_POOL_SIZE": str(settings.redis_pool_size), "DB_POOL_SIZE": str(settings.db_pool_size),
     }
-    return {k: v for k, v in values.items() if v not in (None, "")}
+    if settings.source_roots is not None:
+        values["SOURCE_ROOTS"] = ",".join(settings.source_roots)
+    out = {k: v for k, v in values.items() if v not in (None, "")}
+    # Always passed, even empty (no python features): an unset variable would mean the default.
+    out["PYTHON_FEATURE_MODULES"] = ",".join(settings.python_feature_modules)
+    return out
 
 
 def job_log_path(settings: "Settings", run_id: str) -> Path:

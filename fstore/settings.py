@@ -16,6 +16,8 @@ from typing import Mapping
 from fstore.errors import InvalidDefinition
 
 _TRUE = {"1", "true", "yes", "on"}
+DEFAULT_PYTHON_FEATURE_MODULES = ("fstore.examples",)
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -92,6 +94,36 @@ def _patterns(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tu
             raise InvalidDefinition(f"{name} entry {pattern!r} is not a variable name or a glob pattern such as "
                                     "FSTORE_SOURCE_*", field=name)
     return patterns
+def _modules(env: Mapping[str, str]) -> tuple[str, ...]:
+    """PYTHON_FEATURE_MODULES: comma-separated dotted module names; unset is the default, empty is none."""
+    raw = env.get("PYTHON_FEATURE_MODULES")
+    if raw is None:
+        return DEFAULT_PYTHON_FEATURE_MODULES
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    bad = [n for n in names if not _MODULE_RE.match(n)]
+    if bad:
+        raise InvalidDefinition(f"PYTHON_FEATURE_MODULES={raw!r}: {bad[0]!r} is not a dotted module name "
+                                "(such as mycompany.features)", field="PYTHON_FEATURE_MODULES")
+    return names
+
+
+def _roots(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    """SOURCE_ROOTS: comma-separated folders (made absolute against the working folder) or URI prefixes."""
+    raw = env.get("SOURCE_ROOTS")
+    if raw is None or not raw.strip():
+        return None
+    roots = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        if "://" in part and not part.startswith("file:"):
+            if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]+", part):
+                raise InvalidDefinition(f"SOURCE_ROOTS={raw!r}: {part!r} names no host or bucket", field="SOURCE_ROOTS")
+            roots.append(part)
+        else:
+            local = part.removeprefix("file://") if part.startswith("file://") else part.removeprefix("file:")
+            roots.append(os.path.abspath(local))
+    return tuple(roots)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +167,12 @@ class Settings:
     # server is cut off client-side after the statement timeout (fstore.registry.db).
     db_connect_timeout: float = 2.0
     db_statement_timeout: float = 5.0
+    # PYTHON_FEATURE_MODULES: the module prefixes a ``python:`` feature may name (see fstore.guard);
+    # nothing else is ever imported for a feature. Unset: the project's examples; set and empty: none.
+    python_feature_modules: tuple[str, ...] = DEFAULT_PYTHON_FEATURE_MODULES
+    # SOURCE_ROOTS: where sources may be read and batch outputs written; None = the default
+    # (``default_source_roots``: STORAGE_PATH, and the bucket on S3), computed when asked.
+    source_roots: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -197,6 +235,8 @@ class Settings:
             scheduler_retry_seconds=_float(env, "SCHEDULER_RETRY_SECONDS", 30.0),
             db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", 2.0, minimum=1.0),
             db_statement_timeout=_float(env, "DB_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
+            python_feature_modules=_modules(env),
+            source_roots=_roots(env),
         )
         values.update(overrides)
         return cls(**values)
@@ -226,3 +266,13 @@ class Settings:
         if not database or database == ":memory:":
             return None
         return Path(database).resolve().parent / "secret.key"
+
+    @property
+    def allowed_source_roots(self) -> tuple[str, ...]:
+        """SOURCE_ROOTS, or by default where the store keeps its data: the storage folder, or on S3 the bucket
+        (there STORAGE_PATH is a key prefix, not a local folder)."""
+        if self.source_roots is not None:
+            return self.source_roots
+        if self.storage_backend == "s3":
+            return (f"s3://{self.s3_bucket}/",)
+        return (str(Path(self.storage_path).resolve()),)

@@ -22,6 +22,7 @@ from fstore.errors import Conflict
 
 if TYPE_CHECKING:
     from fstore.definitions import Source
+    from fstore.settings import Settings
     from fstore.store import FeatureStore
 
 
@@ -102,7 +103,7 @@ def scan_late(store: "FeatureStore", source: "Source", files: list[str],
 
             con = engine.connect(store.settings.max_compute_threads)
             try:
-                relation = engine.read_source(con, one)
+                relation = engine.read_source(con, one, settings=store.settings)
                 ts = f"CAST({engine.ident(column)} AS TIMESTAMPTZ)"
                 late = f"{ts} < TIMESTAMPTZ '{cutoff.isoformat(sep=' ')}+00'" if cutoff else "false"
                 low, n = relation.aggregate(f"min({ts}), count(*) FILTER (WHERE {late})").fetchall()[0]
@@ -113,7 +114,7 @@ def scan_late(store: "FeatureStore", source: "Source", files: list[str],
 
             from fstore.engine.spark import read_source, ts_literal
 
-            df = read_source(store.spark, one)
+            df = read_source(store.spark, one, settings=store.settings)
             ts = F.col(f"`{column}`").cast("timestamp")
             late = ts < F.expr(ts_literal(cutoff)) if cutoff else F.lit(False)
             row = df.agg(F.min(ts).alias("low"), F.count(F.when(late, 1)).alias("n")).collect()[0]
@@ -125,25 +126,29 @@ def scan_late(store: "FeatureStore", source: "Source", files: list[str],
     return earliest, dropped
 
 
-def read_pinned_spark(spark, source: "Source", snapshot: dict[str, Any], what: str):
+def read_pinned_spark(spark, source: "Source", snapshot: dict[str, Any], what: str, *, settings: "Settings"):
     """The source as ``snapshot`` recorded it, on Spark (a Delta source at its version)."""
     from fstore.engine.spark import read_delta, read_source
+    from fstore.guard import check_source
 
+    check_source(settings, source)
     if snapshot.get("kind") == "delta":
         return read_delta(spark, _local(source.path) or source.path, version=int(snapshot["version"]))
-    frames = [read_source(spark, file_source(source, p)) for p in check_unchanged(snapshot, what)]
+    frames = [read_source(spark, file_source(source, p), settings=settings) for p in check_unchanged(snapshot, what)]
     if not frames:
-        return read_source(spark, source).limit(0)
+        return read_source(spark, source, settings=settings).limit(0)
     out = frames[0]
     for frame in frames[1:]:
         out = out.unionByName(frame, allowMissingColumns=True)
     return out
 
 
-def read_pinned_duckdb(con, source: "Source", snapshot: dict[str, Any], what: str):
+def read_pinned_duckdb(con, source: "Source", snapshot: dict[str, Any], what: str, *, settings: "Settings"):
     """The source as ``snapshot`` recorded it, as a DuckDB relation (a Delta source at its version)."""
     from fstore.engine import duckdb as engine
+    from fstore.guard import check_source
 
+    check_source(settings, source)
     if snapshot.get("kind") == "delta":
         from deltalake import DeltaTable
 
@@ -151,10 +156,10 @@ def read_pinned_duckdb(con, source: "Source", snapshot: dict[str, Any], what: st
                                          version=int(snapshot["version"])).to_pyarrow_dataset())
     paths = check_unchanged(snapshot, what)
     if not paths:
-        return engine.read_source(con, source).limit(0)
+        return engine.read_source(con, source, settings=settings).limit(0)
     views = []
     for i, path in enumerate(paths):
         name = f"__fs_pinned{id(snapshot)}_{i}"
-        con.register(name, engine.read_source(con, file_source(source, path)))
+        con.register(name, engine.read_source(con, file_source(source, path), settings=settings))
         views.append(name)
     return con.sql(" UNION ALL BY NAME ".join(f"SELECT * FROM {v}" for v in views))

@@ -29,10 +29,16 @@ def _service_missing(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+def store_env(tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a test's store: data in ``tmp_path/store``; sources may be read anywhere in
+    ``tmp_path`` (SOURCE_ROOTS), as tests write their sources beside the store."""
+    return {"STORAGE_PATH": str(tmp_path / "store"), "SOURCE_ROOTS": str(tmp_path), **extra}
+
+
 @pytest.fixture()
 def settings(tmp_path) -> Settings:
     """Embedded defaults in a fresh folder: SQLite registry, local Delta, embedded online store."""
-    return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store")})
+    return Settings.from_env(store_env(tmp_path))
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +69,7 @@ def pg_settings(tmp_path, pg_database) -> Settings:
     with engine.begin() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
-    return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "DATABASE_URL": pg_database})
+    return Settings.from_env(store_env(tmp_path, DATABASE_URL=pg_database))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -144,15 +150,16 @@ def compute_rows(request):
     if request.param == "spark":
         from fstore.engine.spark import compute
 
-        spark = request.getfixturevalue("spark")
-        return lambda fsv, start=None, end=None: compute(spark, fsv, start=start, end=end).toPandas()
+        spark, settings = request.getfixturevalue("spark"), request.getfixturevalue("settings")
+        return lambda fsv, start=None, end=None: compute(spark, fsv, settings=settings, start=start, end=end).toPandas()
     from fstore.engine import duckdb as engine
 
+    settings = request.getfixturevalue("settings")
     from fstore.retrieval.historical import arrow_to_pandas  # as Spark's toPandas gives it
 
     def rows(fsv, start=None, end=None):
         with engine.connect() as con:  # compute seals its connection: one per computation
-            return arrow_to_pandas(engine.compute(con, fsv, start=start, end=end))
+            return arrow_to_pandas(engine.compute(con, fsv, settings=settings, start=start, end=end))
 
     return rows
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import Callable
 
 from fstore.compiler.dialect import quote
 from fstore.definitions import FeatureSetVersion
@@ -22,17 +23,21 @@ from fstore.errors import InvalidDefinition, NotFound
 TIME_TEXT_SAMPLE = 20  # first non-null values of a text event time column read at apply time
 
 
-def load_python(spec: str, *, feature: str):
-    """The callable named ``module:function``; an import failure names the feature."""
-    module_name, _, func_name = spec.partition(":")
+def load_python(spec: str, *, feature: str, settings) -> Callable:
+    """The callable named ``module:function``, imported only if PYTHON_FEATURE_MODULES allows the module
+    (checked first: a refused module is never imported); an import failure names the feature."""
+    from fstore.guard import check_defined_in_allowed, check_python
+
+    module_name, func_name = check_python(settings, spec, feature=feature)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure makes the definition unusable
-        raise InvalidDefinition(f"feature {feature}: python module {module_name!r} cannot be imported: {exc}",
-                                field="python") from None
+        raise InvalidDefinition(f"feature {feature}: python module {module_name!r} cannot be imported: "
+                                f"{exc}", field="python") from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise InvalidDefinition(f"feature {feature}: {spec!r} is not a callable in module {module_name}", field="python")
+    check_defined_in_allowed(settings, func, spec, feature=feature)
     return func
 
 
@@ -65,14 +70,20 @@ def validate_version(store, fsv: FeatureSetVersion, *, allow_missing_source: boo
     ``allow_missing_source`` accepts it unchecked; the set's first run that fails checks it then."""
     from fstore.compiler import compile_feature_set
     from fstore.compiler.sql_policy import check_feature_set
+    from fstore.guard import check_python, check_source
 
     check_feature_set(fsv)
+    settings = store.settings
+    source = fsv.feature_set.source
+    if source is not None:
+        check_source(settings, source)  # before anything opens it
     compiled = compile_feature_set(fsv)
     for name, spec, _ in compiled.python_features:
-        load_python(spec, feature=name)
-    if store.settings.compute_engine == "duckdb":
+        check_python(settings, spec, feature=name)  # every module checked before any is imported
+    for name, spec, _ in compiled.python_features:
+        load_python(spec, feature=name, settings=settings)
+    if settings.compute_engine == "duckdb":
         _check_duckdb_regexes(fsv)
-    source = fsv.feature_set.source
     if source is None or not fsv.features:
         return
     from fstore.engine.spark import local_path_missing
@@ -83,7 +94,7 @@ def validate_version(store, fsv: FeatureSetVersion, *, allow_missing_source: boo
         raise InvalidDefinition(f"feature set {fsv.name}: source path {source.path} does not exist, so its SQL "
                                 "cannot be checked; create it first, or allow it with --allow-missing-sources "
                                 "(REST: ?allow_missing_sources=true)", field="source.path")
-    analyse = _duckdb_analyser(fsv) if store.settings.compute_engine == "duckdb" else _spark_analyser(store, fsv)
+    analyse = _duckdb_analyser(settings, fsv) if settings.compute_engine == "duckdb" else _spark_analyser(store, fsv)
     if analyse is None:
         return  # not readable yet: the run will say so
     first_error = analyse(compiled)
@@ -146,11 +157,13 @@ def _check_duckdb_regexes(fsv: FeatureSetVersion) -> None:
 
 
 def _check_time_text(column: str, sample: list[tuple[str, object]]) -> None:
-    """Refuse a text event time column none of whose first values reads as a time: every row would be lost."""
+    """Refuse a text event time column none of whose first values reads as a time: every row would be lost.
+
+    The message never quotes a value: an apply-time error is no way to read a file's rows."""
     if sample and all(parsed is None for _, parsed in sample):
-        raise InvalidDefinition(f"the source's event timestamp column {column!r} holds text that is not a time: "
-                                f"{sample[0][0]!r}, and so are the other first {len(sample) - 1} values; it must hold "
-                                "timestamps (ISO 8601 text, such as 2026-01-31T12:00:00Z)", field="source.event_timestamp_column")
+        raise InvalidDefinition(f"the source's event timestamp column {column!r} holds text that is not a time in "
+                                f"each of its first {len(sample)} values; it must hold timestamps (ISO 8601 text, "
+                                "such as 2026-01-31T12:00:00Z)", field="source.event_timestamp_column")
 
 
 def _spark_analyser(store, fsv: FeatureSetVersion):
@@ -162,7 +175,7 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
 
     spark = store.spark
     try:
-        df = read_source(spark, fsv.feature_set.source)
+        df = read_source(spark, fsv.feature_set.source, settings=store.settings)
     except NotFound:
         return None
     _check_source_columns(fsv, df.columns)
@@ -175,7 +188,7 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
 
     def analyse(compiled) -> str | None:
         try:
-            run_compiled(spark, fsv, compiled, df).schema  # python features included (mapInPandas, not run)
+            run_compiled(spark, fsv, compiled, df, settings=store.settings).schema  # python features included (mapInPandas, not run)
             return None
         except ComputeError as exc:
             return exc.message.split(": ", 1)[-1]
@@ -185,7 +198,7 @@ def _spark_analyser(store, fsv: FeatureSetVersion):
     return analyse
 
 
-def _duckdb_analyser(fsv: FeatureSetVersion):
+def _duckdb_analyser(settings, fsv: FeatureSetVersion):
     """The same on the DuckDB engine: the query is bound against the source (no rows read); DuckDB's message."""
     from fstore.engine import duckdb as engine
     from fstore.errors import ComputeError
@@ -194,7 +207,7 @@ def _duckdb_analyser(fsv: FeatureSetVersion):
         return None  # a valid definition this engine cannot read: its runs say why, on this engine
     con = engine.connect()
     try:
-        source = engine.read_source(con, fsv.feature_set.source)
+        source = engine.read_source(con, fsv.feature_set.source, settings=settings)
     except NotFound:
         return None
     _check_source_columns(fsv, source.columns)
@@ -208,7 +221,7 @@ def _duckdb_analyser(fsv: FeatureSetVersion):
 
     def analyse(compiled) -> str | None:
         try:
-            engine.run_compiled(con, fsv, compiled, source.limit(0))
+            engine.run_compiled(con, fsv, compiled, source.limit(0), settings=settings)
             return None
         except ComputeError as exc:
             return exc.message.split(": ", 1)[-1]

@@ -25,6 +25,8 @@ from fstore.compiler.dialect import quote, sql_error_text
 from fstore.definitions import FeatureSetVersion, Source
 from fstore.engine.spark import check_event_time_type, local_path_missing, to_utc_naive
 from fstore.errors import ComputeError, InvalidDefinition, NotFound
+from fstore.guard import check_source
+from fstore.settings import Settings
 
 SOURCE_VIEW = "fstore_source"
 PYTHON_BATCH_ROWS = 100_000
@@ -147,9 +149,12 @@ def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def read_source(con, source: Source):
-    """The source as a DuckDB relation (every row; ``compute`` filters the range), with its event time column."""
-    relation = open_source(con, source)
+def read_source(con, source: Source, *, settings: Settings):
+    """The source as a DuckDB relation (every row; ``compute`` filters the range), with its event time column.
+
+    The path is checked against ``settings`` (SOURCE_ROOTS, fstore's own files: ``fstore.guard``) before
+    DuckDB or deltalake opens anything."""
+    relation = open_source(con, source, settings=settings)
     ts = source.event_timestamp_column
     if ts not in relation.columns:
         raise InvalidDefinition(f"the source has no event timestamp column {ts!r}; its columns are: "
@@ -177,11 +182,13 @@ def unsupported(source: Source) -> str | None:
     return None
 
 
-def open_source(con, source: Source):
-    """Every row of a path source as a DuckDB relation, as Spark's reader would read it (``unsupported`` refused)."""
+def open_source(con, source: Source, *, settings: Settings):
+    """Every row of a path source as a DuckDB relation, as Spark's reader would read it (``unsupported`` refused;
+    the path checked by ``fstore.guard`` first)."""
     reason = unsupported(source)
     if reason is not None:
         raise InvalidDefinition(reason, field="source")
+    check_source(settings, source)
     if local_path_missing(source):
         raise NotFound(f"source path {source.path} does not exist")
     path = source.path[len("file://"):] if source.path.startswith("file://") else source.path.removeprefix("file:")
@@ -227,7 +234,8 @@ def _timestamp_literal(value: datetime) -> str:
     return f"TIMESTAMPTZ '{to_utc_naive(value).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
 
 
-def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source, *, keep: str = "") -> Any:
+def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source, *, settings: Settings,
+                 keep: str = "") -> Any:
     """``compiled`` over the relation ``source``: a pyarrow Table of the feature columns.
 
     ``keep`` (DuckDB SQL over the computed rows, e.g. on ``__fs_event_time``) selects the rows
@@ -245,7 +253,7 @@ def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source, *
             return con.sql(f"WITH wide AS ({to_duckdb(_strip_header(wide_sql))}) {projection}").to_arrow_table()
         from fstore.engine.python_stage import apply_batch, load_functions
 
-        funcs = load_functions(compiled)
+        funcs = load_functions(compiled, settings)
         reader = con.sql(to_duckdb(_strip_header(wide_sql))).to_arrow_reader(PYTHON_BATCH_ROWS)
         try:  # closed before the source view is dropped, or DuckDB's "open result" would hide a function's error
             parts = [pa.Table.from_pandas(apply_batch(batch.to_pandas(), funcs), preserve_index=False) for batch in reader]
@@ -274,7 +282,8 @@ def _strip_header(sql: str) -> str:
     return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
 
 
-def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: datetime | None = None):
+def compute(con, fsv: FeatureSetVersion, *, settings: Settings, start: datetime | None = None,
+            end: datetime | None = None):
     """The features of ``fsv`` for every source event with event time in ``[start, end)``, as a pyarrow Table.
 
     ``con`` is sealed (``seal``) once the source is registered, so it reads no other file afterwards:
@@ -284,7 +293,7 @@ def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: 
         raise InvalidDefinition(f"feature set {fsv.name} has no source to compute from", field="source")
     compiled = compile_feature_set(fsv)
     source = fsv.feature_set.source
-    relation = read_source(con, source)
+    relation = read_source(con, source, settings=settings)
     ts = source.event_timestamp_column
     conds, keep = [], []
     if start is not None:
@@ -297,14 +306,14 @@ def compute(con, fsv: FeatureSetVersion, *, start: datetime | None = None, end: 
     if conds:
         relation = relation.filter(" AND ".join(conds))
     seal(con)  # the source is registered: user SQL runs with no file access beyond it
-    return run_compiled(con, fsv, compiled, relation, keep=" AND ".join(keep))
+    return run_compiled(con, fsv, compiled, relation, settings=settings, keep=" AND ".join(keep))
 
 
-def earliest_event(source: Source) -> datetime | None:
+def earliest_event(source: Source, *, settings: Settings) -> datetime | None:
     """The earliest event time in a source (naive UTC), or None when it has no rows."""
     con = connect()
     try:
-        relation = read_source(con, source)
+        relation = read_source(con, source, settings=settings)
         seal(con)
         column = ident(source.event_timestamp_column)
         value = relation.aggregate(f"min(CAST({column} AS TIMESTAMPTZ))").fetchall()[0][0]

@@ -17,11 +17,16 @@ from fstore.errors import ComputeError
 _NUMERIC_TYPES = ("DOUBLE", "BIGINT")
 
 
-def load_functions(compiled: CompiledQuery) -> list[tuple[str, Callable, str]]:
-    """(feature name, callable, Spark type) per python feature; a bad ``module:function`` fails here, naming the feature."""
+def load_functions(compiled: CompiledQuery, settings) -> list[tuple[str, Callable, str]]:
+    """(feature name, callable, Spark type) per python feature; a bad ``module:function``, or a module that
+    PYTHON_FEATURE_MODULES does not allow (refused before any import), fails here, naming the feature."""
     from fstore.compiler.check import load_python
+    from fstore.guard import check_python
 
-    return [(name, load_python(spec, feature=name), spark_type) for name, spec, spark_type in compiled.python_features]
+    for name, spec, _ in compiled.python_features:
+        check_python(settings, spec, feature=name)
+    return [(name, load_python(spec, feature=name, settings=settings), spark_type)
+            for name, spec, spark_type in compiled.python_features]
 
 
 def apply_batch(pdf, funcs: list[tuple[str, Callable, str]]):

@@ -20,6 +20,8 @@ from typing import Iterator
 from fstore.compiler import EVENT_TIME, CompiledQuery, compile_feature_set, internal_column
 from fstore.definitions import FeatureSetVersion, Source
 from fstore.errors import ComputeError, InvalidDefinition, NotFound
+from fstore.guard import check_source
+from fstore.settings import Settings
 
 
 def to_utc_naive(value: datetime | str) -> datetime:
@@ -120,20 +122,24 @@ def nanosecond_columns(source: Source) -> list[str]:
     return found
 
 
-def read_source(spark, source: Source, *, start: datetime | None = None, end: datetime | None = None,
-                lookback_seconds: int = 0):
+def read_source(spark, source: Source, *, settings: Settings, start: datetime | None = None,
+                end: datetime | None = None, lookback_seconds: int = 0):
     """The source rows with event time in ``[start - lookback, end)`` (either bound optional).
 
+    A path source is checked against ``settings`` (SOURCE_ROOTS, fstore's own files: ``fstore.guard``)
+    before Spark sees it.
     A query or table source passes the SQL policy first (``fstore.compiler.sql_policy``): no file
     paths, table-valued functions or reflection, whatever the registry holds.
     """
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    from fstore.compiler.sql_policy import check_source
+    from fstore import guard
+    from fstore.compiler import sql_policy
 
-    check_source(source)
+    sql_policy.check_source(source)
     if source.path:
+        guard.check_source(settings, source)
         if local_path_missing(source):
             raise NotFound(f"source path {source.path} does not exist")
         try:
@@ -154,7 +160,9 @@ def read_source(spark, source: Source, *, start: datetime | None = None, end: da
         except AnalysisException as exc:
             if "PATH_NOT_FOUND" in str(exc):
                 raise NotFound(f"source path {source.path} does not exist") from None
-            raise InvalidDefinition(f"source {source.path} cannot be read as {source.format}: {exc}", field="source") from None
+            # The first line only: Spark's causes can quote bytes of the file.
+            raise InvalidDefinition(f"source {source.path} cannot be read as {source.format}: {_first_line(exc)}",
+                                    field="source") from None
     elif source.table:
         if not spark.catalog.tableExists(source.table):
             raise NotFound(f"source table {source.table} does not exist")
@@ -177,6 +185,11 @@ def read_source(spark, source: Source, *, start: datetime | None = None, end: da
     return df.where(" AND ".join(conds)) if conds else df
 
 
+def _first_line(exc: BaseException) -> str:
+    text = (exc.getMessage() if hasattr(exc, "getMessage") else str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _ship_by_value(funcs) -> None:
     """Pickle user modules by value (cloudpickle), unless they are installed packages or the standard library."""
     import inspect
@@ -194,7 +207,7 @@ def _ship_by_value(funcs) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
-def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
+def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion, settings: Settings):
     """Append each python feature's column, computed per partition on the executors."""
     from pyspark.sql.types import StructField, StructType, _parse_datatype_string
 
@@ -202,7 +215,7 @@ def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion):
 
     # Load on the driver (a bad name fails here, naming the feature) and ship the functions by value,
     # so a user module need not be installed on every executor.
-    funcs = load_functions(compiled)
+    funcs = load_functions(compiled, settings)
     _ship_by_value(func for _, func, _ in funcs)
     py = compiled.python_features
     out_schema = StructType(df.schema.fields + [StructField(internal_column(n), _parse_datatype_string(t), True) for n, _, t in py])
@@ -230,27 +243,29 @@ def wide_frame(spark, compiled: CompiledQuery, source_df):
         spark.catalog.dropTempView(view)
 
 
-def run_compiled(spark, fsv: FeatureSetVersion, compiled: CompiledQuery, source_df):
+def run_compiled(spark, fsv: FeatureSetVersion, compiled: CompiledQuery, source_df, *, settings: Settings):
     """Run ``compiled`` over ``source_df`` (all its rows): the feature frame, before any range filter."""
     from pyspark.errors import AnalysisException
 
     try:
         wide = wide_frame(spark, compiled, source_df)
         if compiled.python_features:
-            wide = _python_stage(wide, compiled, fsv)
+            wide = _python_stage(wide, compiled, fsv, settings)
         return wide.selectExpr(*compiled.projection)
     except AnalysisException as exc:
         message = (exc.getMessage() if hasattr(exc, "getMessage") else str(exc)).strip().splitlines()[0]
         raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: {message}") from None
 
 
-def compute(spark, fsv: FeatureSetVersion, *, start: datetime | None = None, end: datetime | None = None):
+def compute(spark, fsv: FeatureSetVersion, *, settings: Settings, start: datetime | None = None,
+            end: datetime | None = None):
     """The features of ``fsv`` for every source event with event time in ``[start, end)``."""
     if fsv.feature_set.source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has no source to compute from", field="source")
     compiled = compile_feature_set(fsv)
-    source_df = read_source(spark, fsv.feature_set.source, start=start, end=end, lookback_seconds=compiled.lookback_seconds)
-    df = run_compiled(spark, fsv, compiled, source_df)
+    source_df = read_source(spark, fsv.feature_set.source, settings=settings, start=start, end=end,
+                            lookback_seconds=compiled.lookback_seconds)
+    df = run_compiled(spark, fsv, compiled, source_df, settings=settings)
     conds = []
     if start is not None:
         conds.append(f"event_timestamp >= {ts_literal(start)}")

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from fstore.definitions import SOURCE_FORMATS
 from fstore.errors import AlreadyExists, Conflict, FStoreError, InvalidDefinition
+from fstore.guard import check_read_path, check_write_path
 
 if TYPE_CHECKING:
+    from fstore.settings import Settings
     from fstore.store import FeatureStore
 
 OUTPUT_FORMATS = ("delta", "parquet")
@@ -44,8 +46,9 @@ def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path[len("file:"):] if path.startswith("file:") else path
 
 
-def check_entity_source(entity_source: Any) -> dict[str, Any]:
-    """``{"path", "format"}`` or ``{"table"}`` (optionally ``timestamp_column``), normalized."""
+def check_entity_source(settings: "Settings", entity_source: Any) -> dict[str, Any]:
+    """``{"path", "format"}`` or ``{"table"}`` (optionally ``timestamp_column``), normalized; a path must be
+    readable under SOURCE_ROOTS and clear of fstore's own files (``fstore.guard``), checked before it is opened."""
     if not isinstance(entity_source, dict):
         raise InvalidDefinition("entity_source must be an object with path (and format) or table", field="entity_source")
     unknown = sorted(set(entity_source) - {"path", "format", "table", "timestamp_column"})
@@ -62,6 +65,7 @@ def check_entity_source(entity_source: Any) -> dict[str, Any]:
         if fmt not in SOURCE_FORMATS:
             raise InvalidDefinition(f"entity_source.format {fmt!r} is not one of: {', '.join(SOURCE_FORMATS)}",
                                     field="entity_source.format")
+        check_read_path(settings, path, field="entity_source.path")
         if _is_local(path):
             path = os.path.abspath(_local(path))
             if not os.path.exists(path):
@@ -79,10 +83,12 @@ def check_entity_source(entity_source: Any) -> dict[str, Any]:
     return out
 
 
-def check_output(output_path: Any, output_format: Any) -> tuple[str, str]:
-    """An output location that holds nothing yet (nothing stored is ever overwritten) and a known format."""
+def check_output(settings: "Settings", output_path: Any, output_format: Any) -> tuple[str, str]:
+    """An output location that holds nothing yet (nothing stored is ever overwritten), under SOURCE_ROOTS and
+    outside everything fstore keeps (``fstore.guard``), and a known format."""
     if not isinstance(output_path, str) or not output_path.strip():
         raise InvalidDefinition("output_path is required", field="output_path")
+    check_write_path(settings, output_path.strip(), field="output_path")
     fmt = "delta" if output_format is None else str(output_format).lower()
     if fmt not in OUTPUT_FORMATS:
         raise InvalidDefinition(f"output_format {output_format!r} is not one of: {', '.join(OUTPUT_FORMATS)}",
@@ -137,8 +143,8 @@ def start_batch_retrieval(store: "FeatureStore", *, entity_source: dict, feature
     from fstore.references import resolve
     from fstore.registry.jobs import create_job, update_job
 
-    source = check_entity_source(entity_source)
-    path, fmt = check_output(output_path, output_format)
+    source = check_entity_source(store.settings, entity_source)
+    path, fmt = check_output(store.settings, output_path, output_format)
     check_engine_support(store.settings.compute_engine, source, path)
     resolve(store, features, feature_sets)  # unknown or ambiguous features fail now, not in the job
     params = {"entity_source": source, "features": list(features),
@@ -167,9 +173,11 @@ def start_batch_retrieval(store: "FeatureStore", *, entity_source: dict, feature
     return job
 
 
-def _read_entities(spark, source: dict[str, Any]):
+def _read_entities(spark, settings: "Settings", source: dict[str, Any]):
     from fstore.engine.spark import read_delta
 
+    if "path" in source:
+        check_read_path(settings, source["path"], field="entity_source.path")  # again: the job trusts no record
     if "table" in source:
         if not spark.catalog.tableExists(source["table"]):
             raise InvalidDefinition(f"entity_source.table {source['table']} does not exist", field="entity_source.table")
@@ -183,7 +191,8 @@ def _read_entities(spark, source: dict[str, Any]):
 
 
 def _read_entities_duckdb(store: "FeatureStore", source: dict[str, Any]):
-    """The entity rows of a path source as an Arrow table, read by DuckDB as Spark's reader would read them."""
+    """The entity rows of a path source as an Arrow table, read by DuckDB as Spark's reader would read them
+    (the path checked again by ``fstore.guard``: the job trusts no record)."""
     import duckdb
 
     from fstore.definitions import Source
@@ -191,7 +200,8 @@ def _read_entities_duckdb(store: "FeatureStore", source: dict[str, Any]):
 
     con = engine.connect(store.settings.max_compute_threads)
     try:
-        return engine.open_source(con, Source(path=source["path"], format=source["format"])).to_arrow_table()
+        return engine.open_source(con, Source(path=source["path"], format=source["format"]),
+                                  settings=store.settings).to_arrow_table()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidDefinition(f"entity_source.path {source['path']} cannot be read as {source['format']}: {first}",
@@ -200,17 +210,17 @@ def _read_entities_duckdb(store: "FeatureStore", source: dict[str, Any]):
         con.close()
 
 
-def write_result(result, path: str, fmt: str) -> None:
+def write_result(result, settings: "Settings", path: str, fmt: str) -> None:
     """Write a retrieval's rows with the engine that holds them: Spark's writer, or pyarrow (DuckDB's Arrow rows)."""
     if result.arrow is not None:
-        write_arrow_output(result.arrow, path, fmt)
+        write_arrow_output(result.arrow, settings, path, fmt)
     else:
-        write_output(result.to_spark(), path, fmt)
+        write_output(result.to_spark(), settings, path, fmt)
 
 
-def write_output(spark_df, path: str, fmt: str) -> None:
+def write_output(spark_df, settings: "Settings", path: str, fmt: str) -> None:
     """Write the result as Parquet, or as a new Delta table (Parquet files committed with deltalake)."""
-    check_output(path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
+    check_output(settings, path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
     exists = _is_local(path) and os.path.isdir(path)
     spark_df.write.mode("append" if exists else "errorifexists").parquet(path)
     if fmt == "delta":
@@ -221,7 +231,7 @@ _ROWS_PER_FILE = 4 << 20
 _ROWS_PER_GROUP = 1 << 20
 
 
-def write_arrow_output(table, path: str, fmt: str) -> None:
+def write_arrow_output(table, settings: "Settings", path: str, fmt: str) -> None:
     """``write_output`` for an Arrow table (the DuckDB engine), in Spark's layout and types.
 
     Snappy Parquet part files in the folder, rows in order; timestamps as Spark writes them (UTC
@@ -233,7 +243,7 @@ def write_arrow_output(table, path: str, fmt: str) -> None:
 
     from fstore.retrieval.historical import utc_timestamps
 
-    check_output(path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
+    check_output(settings, path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
     os.makedirs(path, exist_ok=True)
     options = ds.ParquetFileFormat().make_write_options(compression="snappy")
     ds.write_dataset(_microseconds(utc_timestamps(table)), path, format="parquet", file_options=options,
@@ -316,7 +326,8 @@ def _run_job(store: "FeatureStore", job_id: str, params: dict) -> dict:
         else:
             from fstore.retrieval.entities import prepare_entities
 
-            entities = prepare_entities(store.spark, _read_entities(store.spark, source), source.get("timestamp_column"))
+            entities = prepare_entities(store.spark, _read_entities(store.spark, store.settings, source),
+                                        source.get("timestamp_column"))
         with store.transaction() as s:
             update_job(s, job_id, progress=0.3)
         groups = resolve(store, params["features"], params["feature_sets"])
@@ -328,7 +339,7 @@ def _run_job(store: "FeatureStore", job_id: str, params: dict) -> dict:
         result = retrieve(store, entities, groups, pins)
         with store.transaction() as s:
             update_job(s, job_id, progress=0.5)
-        write_result(result, params["output_path"], params["output_format"])
+        write_result(result, store.settings, params["output_path"], params["output_format"])
         outcome = {"output_path": params["output_path"], "output_format": params["output_format"],
                    "row_count": entities.count, "columns": list(result.columns),
                    "feature_sets": result.meta["feature_sets"], "compute_engine": store.settings.compute_engine}

@@ -319,6 +319,9 @@ def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int
     from fstore.compiler.windows import source_key_columns
     from fstore.engine.spark import read_source
 
+    from fstore.retrieval.pinned import reading_settings
+
+    settings = reading_settings(store.settings) if source is not None else store.settings
     source = source or fsv.feature_set.source
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
@@ -326,9 +329,10 @@ def _source_events(store: "FeatureStore", fsv: "FeatureSetVersion", longest: int
     if snapshot is not None:
         from fstore.source_read import read_pinned_spark
 
-        events = read_pinned_spark(store.spark, source, snapshot, f"the run of {fsv.name}'s offline version read")
+        events = read_pinned_spark(store.spark, source, snapshot, f"the run of {fsv.name}'s offline version read",
+                                   settings=settings)
     else:
-        events = read_source(store.spark, source, start=entities.min_ts,
+        events = read_source(store.spark, source, settings=settings, start=entities.min_ts,
                              end=entities.max_ts + timedelta(microseconds=1), lookback_seconds=longest)
     for src, key in zip(source_key_columns(fsv), fsv.join_keys):
         if src not in events.columns:

@@ -200,13 +200,16 @@ def _offline_rows(con, store: "FeatureStore", fsv: "FeatureSetVersion", names: l
     return view, files.version, created, position, " AND ".join(conditions)
 
 
-def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str], source: Any = None,
+def _source_events(con, store: "FeatureStore", fsv: "FeatureSetVersion", keys: Sequence[str], source: Any = None,
                    snapshot: dict[str, Any] | None = None) -> tuple[str, str]:
     """The set's source (or ``source``, a training set's pinned copy of it) as a view with its key columns
     named as the join keys, and its event time column."""
     from fstore.compiler.windows import source_key_columns
     from fstore.engine.duckdb import read_source
 
+    from fstore.retrieval.pinned import reading_settings
+
+    settings = reading_settings(store.settings) if source is not None else store.settings
     source = source or fsv.feature_set.source
     if source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has windowed features but no source to compute them from",
@@ -214,9 +217,10 @@ def _source_events(con, fsv: "FeatureSetVersion", keys: Sequence[str], source: A
     if snapshot is not None:  # the files the run of the offline version asked for read (as_of)
         from fstore.source_read import read_pinned_duckdb
 
-        view = _view(con, read_pinned_duckdb(con, source, snapshot, f"the run of {fsv.name}'s offline version read"))
+        view = _view(con, read_pinned_duckdb(con, source, snapshot, f"the run of {fsv.name}'s offline version read",
+                                             settings=settings))
     else:
-        view = _view(con, read_source(con, source))
+        view = _view(con, read_source(con, source, settings=settings))
     columns = _types(con, view)
     renames = {}
     for src, key in zip(source_key_columns(fsv), keys):
@@ -291,7 +295,7 @@ def _open_set(con, store: "FeatureStore", group: FeatureGroup, plan: Any, as_of:
         from fstore.retrieval.historical import pinned_read
 
         snapshot = pinned_read(store, fsv, as_of, version) if source is None else None
-        opened["events"] = _source_events(con, fsv, fsv.join_keys, source, snapshot)
+        opened["events"] = _source_events(con, store, fsv, fsv.join_keys, source, snapshot)
     return opened
 
 

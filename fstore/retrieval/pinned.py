@@ -19,8 +19,16 @@ from fstore.definitions import Source
 
 if TYPE_CHECKING:
     from fstore.definitions import FeatureSetVersion
+    from fstore.settings import Settings
     from fstore.retrieval.entities import Entities
     from fstore.store import FeatureStore
+
+
+def reading_settings(settings: "Settings") -> "Settings":
+    """``settings`` that may also read the store's own pinned copies (``training_sets/``), wherever
+    SOURCE_ROOTS points: fstore wrote them, a definition never names them."""
+    own = f"{settings.data_root.rstrip('/')}/training_sets"
+    return settings.with_(source_roots=(*settings.allowed_source_roots, own))
 
 
 def pinned_source(source: Source, path: str) -> Source:
@@ -38,7 +46,7 @@ def write_events(store: "FeatureStore", fsv: "FeatureSetVersion", source: Source
     else:
         from fstore.engine.spark import read_source
 
-        rows = read_source(store.spark, source, start=lo, end=hi)
+        rows = read_source(store.spark, source, settings=store.settings, start=lo, end=hi)
         rows.coalesce(1).write.mode("overwrite").parquet(path)
     return pinned_source(source, path)
 
@@ -51,7 +59,7 @@ def _write_duckdb(store: "FeatureStore", source: Source, lo: datetime, hi: datet
 
     con = engine.connect(store.settings.max_compute_threads)
     try:
-        relation = engine.read_source(con, source)
+        relation = engine.read_source(con, source, settings=store.settings)
         column = f"CAST({engine.ident(source.event_timestamp_column)} AS TIMESTAMPTZ)"
         relation = relation.filter(f"{column} >= TIMESTAMPTZ '{lo.isoformat(sep=' ')}+00' AND "
                                    f"{column} < TIMESTAMPTZ '{hi.isoformat(sep=' ')}+00'")

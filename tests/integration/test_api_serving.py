@@ -29,8 +29,8 @@ def source_path(tmp_path) -> str:
 @pytest.fixture()
 def client(on_engine, tmp_path, redis_url, source_path):
     """The API on a store computing on each engine (on DuckDB, touching Spark fails the test)."""
-    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": redis_url,
-                                  "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5"})
+    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "SOURCE_ROOTS": str(tmp_path),
+                                  "REDIS_URL": redis_url, "MAX_HISTORICAL_ROWS": "5", "MAX_ENTITIES_PER_REQUEST": "5"})
     store = on_engine(settings)
     client = create_app(store=store).test_client()
     body = {"name": "user_activity", "entities": ["user_id"], "description": "spend",

@@ -94,7 +94,7 @@ def test_a_batch_job_writes_the_rows_and_files_spark_writes(store, spark_store, 
 
     expected_path = tmp_path / "expected" / output_format
     sdk = spark_store.get_historical_features(entity_df=labels(), features=FEATURES)
-    write_output(sdk.to_spark(), str(expected_path), output_format)
+    write_output(sdk.to_spark(), spark_store.settings, str(expected_path), output_format)
     expected = read_output(expected_path, output_format)
     assert written.schema == expected.schema
     key = lambda table: sorted(map(repr, table.to_pylist()))  # noqa: E731 - Parquet readers do not promise file order
@@ -108,7 +108,8 @@ def test_bad_batch_requests_are_refused_before_a_job_is_recorded(store, compute_
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("do not overwrite")
-    source = {"path": str(tmp_path), "format": "parquet"}
+    (tmp_path / "entities").mkdir()  # never read: each request fails its checks first
+    source = {"path": str(tmp_path / "entities"), "format": "parquet"}
     cases = [
         ({"entity_source": {"path": str(tmp_path / "missing")}}, InvalidDefinition, "entity_source.path"),
         ({"entity_source": {"path": "x", "table": "t"}}, InvalidDefinition, "entity_source"),

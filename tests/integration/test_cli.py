@@ -29,7 +29,8 @@ feature_sets:
 @pytest.fixture()
 def env(any_registry_settings, tmp_path):
     """The environment a user would export; the CLI reads its settings from it."""
-    values = {"STORAGE_PATH": any_registry_settings.storage_path, "DATABASE_URL": any_registry_settings.database_url}
+    values = {"STORAGE_PATH": any_registry_settings.storage_path, "DATABASE_URL": any_registry_settings.database_url,
+              "SOURCE_ROOTS": ",".join(any_registry_settings.allowed_source_roots)}
     return values
 
 

@@ -32,9 +32,9 @@ def make_fsv(features: list[dict], source: dict | None, *, name: str = "users") 
 class _Store:
     """What validate_version needs from a FeatureStore: settings and a Spark session (counts its use)."""
 
-    def __init__(self, spark, engine: str = "spark") -> None:
+    def __init__(self, spark, engine: str = "spark", *, roots: tuple[str, ...] = (), modules: tuple[str, ...] = ()) -> None:
         self._spark, self.used = spark, 0
-        self.settings = Settings(compute_engine=engine)
+        self.settings = Settings(compute_engine=engine, source_roots=roots, python_feature_modules=modules)
 
     @property
     def spark(self):
@@ -225,14 +225,15 @@ def test_python_features_run_on_the_executors(spark, tmp_path, monkeypatch):
         {"name": "big", "data_type": "int", "transformation": "CAST(amount * 10 AS INT)"},
         {"name": "label", "data_type": "string", "python": "h3a_pyfeatures:as_frame"},
     ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
-    df = compute(spark, fsv)
+    settings = Settings(source_roots=(str(tmp_path),), python_feature_modules=("h3a_pyfeatures",))
+    df = compute(spark, fsv, settings=settings)
     assert "MapInPandas" in df._jdf.queryExecution().executedPlan().toString()
     got = df.toPandas().sort_values("user_id")
     assert list(got.dbl) == [3.0, 5.0] and list(got.label) == ["a:15", "b:25"] and list(got.big) == [15, 25]
     from fstore.engine import duckdb as engine  # the DuckDB engine runs the same functions in-process
 
     with engine.connect() as con:
-        got = engine.compute(con, fsv).to_pandas().sort_values("user_id")
+        got = engine.compute(con, fsv, settings=settings).to_pandas().sort_values("user_id")
     assert list(got.dbl) == [3.0, 5.0] and list(got.label) == ["a:15", "b:25"] and list(got.big) == [15, 25]
     sys.modules.pop("h3a_pyfeatures", None)
 
@@ -253,7 +254,8 @@ def test_python_features_pass_the_apply_check_and_their_errors_reach_the_user(sp
     monkeypatch.syspath_prepend(str(tmp_path))
     pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
     source = {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"}
-    validate_version(_Store(spark, engine), make_fsv([
+    store = _Store(spark, engine, roots=(str(tmp_path),), modules=("h3b_pyfeatures",))
+    validate_version(store, make_fsv([
         {"name": "dbl", "data_type": "float", "python": "h3b_pyfeatures:doubled"},
         {"name": "plus", "data_type": "float", "transformation": "amount + 1"}], source))
     if engine == "duckdb":  # a function's own error, not DuckDB's complaint about an open result
@@ -261,11 +263,11 @@ def test_python_features_pass_the_apply_check_and_their_errors_reach_the_user(sp
 
         fsv = make_fsv([{"name": "bad", "data_type": "float", "python": "h3b_pyfeatures:broken"}], source)
         with duck.connect() as con, pytest.raises(ValueError, match="bad value in udf"):
-            duck.compute(con, fsv)
+            duck.compute(con, fsv, settings=store.settings)
         fsv = make_fsv([{"name": "n", "data_type": "float", "python": "h3b_pyfeatures:words"}], source)
         with duck.connect() as con, pytest.raises(ComputeError, match="python feature n returned str values such as "
                                                                       "'a!'; its data_type needs numbers"):
-            duck.compute(con, fsv)
+            duck.compute(con, fsv, settings=store.settings)
     sys.modules.pop("h3b_pyfeatures", None)
 
 
@@ -273,7 +275,7 @@ def test_python_features_pass_the_apply_check_and_their_errors_reach_the_user(sp
 def test_validate_version_names_the_feature_with_the_engines_message(spark, tmp_path, engine):
     pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
     source = {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"}
-    store = _Store(spark, engine)
+    store = _Store(spark, engine, roots=(str(tmp_path),))
     validate_version(store, make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount + 1"}], source))
     with pytest.raises(InvalidDefinition) as err:
         validate_version(store, make_fsv([
@@ -294,7 +296,7 @@ def test_a_source_the_duckdb_engine_cannot_read_registers_and_its_run_says_why(s
 
     pdf = pd.DataFrame({"user_id": ["a"], "ts": [datetime(2024, 1, 1)], "amount": [1.0]})
     path = _write(spark, tmp_path, pdf)
-    store = _Store(spark, "duckdb")
+    store = _Store(spark, "duckdb", roots=(str(tmp_path), "s3://bucket/"))
     cases = [({"table": "events_table", "event_timestamp_column": "ts"}, "this source is a Spark table"),
              ({"query": "SELECT * FROM events_table", "event_timestamp_column": "ts"}, "this source is a Spark query"),
              ({"path": path, "event_timestamp_column": "ts", "options": {"mergeSchema": "true"}},
@@ -304,19 +306,21 @@ def test_a_source_the_duckdb_engine_cannot_read_registers_and_its_run_says_why(s
         fsv = make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount + 1"}], source)
         validate_version(store, fsv)
         with engine.connect() as con, pytest.raises(InvalidDefinition, match="COMPUTE_ENGINE=duckdb") as err:
-            engine.compute(con, fsv)
+            engine.compute(con, fsv, settings=store.settings)
         assert reason in err.value.message and "COMPUTE_ENGINE=spark" in err.value.message
     assert store.used == 0
 
 
 def test_validate_version_static_checks_do_not_start_spark():
-    store = _Store(None)
+    store = _Store(None, roots=("/nonexistent",), modules=("no_such_module_h3a", "os.path"))
     cases = [
         ([{"name": "x", "data_type": "int", "transformation": "amount +* 2"}], "feature x"),
         ([{"name": "a", "data_type": "int", "transformation": "b + 1", "source_features": ["b"]},
           {"name": "b", "data_type": "int", "transformation": "a + 1", "source_features": ["a"]}], "cycle"),
         ([{"name": "p", "data_type": "int", "python": "no_such_module_h3a:fn"}], "cannot be imported"),
         ([{"name": "p", "data_type": "int", "python": "os.path:no_such_fn"}], "not a callable"),
+        ([{"name": "p", "data_type": "int", "python": "os:getcwd"}], "python module 'os' is not allowed"),
+        ([{"name": "p", "data_type": "int", "python": "os.path:join"}], "defined in module 'posixpath'"),
         ([{"name": "w", "data_type": "int", "transformation":
            "COUNT(*) OVER (PARTITION BY other_id ORDER BY ts RANGE BETWEEN INTERVAL '1 day' PRECEDING AND CURRENT ROW)"}], "PARTITION BY"),
         ([{"name": "w", "data_type": "int", "transformation":
@@ -349,20 +353,24 @@ def test_read_source_formats_and_errors(spark, tmp_path):
     src = {"path": str(csv), "format": "csv", "event_timestamp_column": "ts"}
     from fstore.definitions import Source
 
-    df = read_source(spark, Source.from_dict(src), start=datetime(2024, 1, 2), end=datetime(2024, 1, 3))
+    settings = Settings(source_roots=(str(tmp_path),))
+    df = read_source(spark, Source.from_dict(src), settings=settings, start=datetime(2024, 1, 2), end=datetime(2024, 1, 3))
     assert [r.user_id for r in df.collect()] == ["b"]
-    df = read_source(spark, Source.from_dict(src), start=datetime(2024, 1, 2), end=datetime(2024, 1, 3), lookback_seconds=86400)
+    df = read_source(spark, Source.from_dict(src), settings=settings, start=datetime(2024, 1, 2), end=datetime(2024, 1, 3),
+                     lookback_seconds=86400)
     assert sorted(r.user_id for r in df.collect()) == ["a", "b"]
     json_path = tmp_path / "src.json"
     spark.createDataFrame(pdf).write.json(str(json_path))
-    assert read_source(spark, Source.from_dict({"path": str(json_path), "format": "json", "event_timestamp_column": "ts"})).count() == 3
+    assert read_source(spark, Source.from_dict({"path": str(json_path), "format": "json", "event_timestamp_column": "ts"}),
+                       settings=settings).count() == 3
     spark.createDataFrame(pdf).createOrReplaceTempView("h3a_events")
     assert read_source(spark, Source.from_dict({"query": "SELECT * FROM h3a_events WHERE amount > 1",
-                                                "event_timestamp_column": "ts"})).count() == 2
-    with pytest.raises(NotFound, match="/no/such/path"):
-        read_source(spark, Source.from_dict({"path": "/no/such/path", "event_timestamp_column": "ts"}))
+                                                "event_timestamp_column": "ts"}), settings=settings).count() == 2
+    with pytest.raises(NotFound, match="no/such/path"):
+        read_source(spark, Source.from_dict({"path": str(tmp_path / "no/such/path"), "event_timestamp_column": "ts"}),
+                    settings=settings)
     with pytest.raises(NotFound, match="no_such_table"):
-        read_source(spark, Source.from_dict({"table": "no_such_table", "event_timestamp_column": "ts"}))
+        read_source(spark, Source.from_dict({"table": "no_such_table", "event_timestamp_column": "ts"}), settings=settings)
 
 
 def test_read_delta_source_with_partitions(spark, tmp_path):
@@ -377,6 +385,6 @@ def test_read_delta_source_with_partitions(spark, tmp_path):
     from fstore.definitions import Source
 
     df = read_source(spark, Source.from_dict({"path": path, "format": "delta", "event_timestamp_column": "ts"}),
-                     end=datetime(2024, 1, 3))
+                     settings=Settings(source_roots=(str(tmp_path),)), end=datetime(2024, 1, 3))
     rows = sorted((r.user_id, r.region, r.amount) for r in df.collect())
     assert rows == [("a", "eu", 1.0), ("b", "us", 2.0)]

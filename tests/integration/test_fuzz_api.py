@@ -24,7 +24,8 @@ def fuzz_env(tmp_path_factory, spark):
     from fstore.settings import Settings
 
     folder = tmp_path_factory.mktemp("fuzz")
-    store = FeatureStore(Settings.from_env({"STORAGE_PATH": str(folder / "store"), "AUTH_ENABLED": "true"}),
+    store = FeatureStore(Settings.from_env({"STORAGE_PATH": str(folder / "store"), "SOURCE_ROOTS": str(folder),
+                                           "AUTH_ENABLED": "true"}),
                          auto_upgrade=True).use_spark(spark)
     store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
     store.create_feature_set({"name": "payments", "entities": ["user"],

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.spark
     (T0 + timedelta(hours=6),),
 ])
 def test_incremental_runs_equal_one_full_run(settings, spark, source, tmp_path, cuts):
-    full = make_store(Settings.from_env({"STORAGE_PATH": str(tmp_path / "full")}), spark)
+    full = make_store(Settings.from_env({"STORAGE_PATH": str(tmp_path / "full"), "SOURCE_ROOTS": str(tmp_path)}), spark)
     incremental = make_store(settings, spark)
     try:
         create_set(full, source)

@@ -130,6 +130,8 @@ def test_a_run_killed_during_its_write_leaves_the_previous_version_intact(store,
      "STORAGE_FORMAT": "parquet", "SPARK_MASTER": "spark://m:7077", "MAX_COMPUTE_THREADS": "3", "REDIS_TIMEOUT": "0.5"},
     {"STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_ENDPOINT": "http://minio:9000", "S3_ACCESS_KEY": "k",
      "S3_SECRET_KEY": "s", "STORAGE_PATH": "fs"},
+    {"STORAGE_PATH": "/data/z", "SOURCE_ROOTS": "/data/z,/lake,s3a://raw/in", "PYTHON_FEATURE_MODULES": ""},
+    {"STORAGE_PATH": "/data/z", "PYTHON_FEATURE_MODULES": "acme.features,acme.more"},
 ])
 def test_the_job_process_sees_the_same_settings(env):
     from fstore.settings import Settings

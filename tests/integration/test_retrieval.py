@@ -69,7 +69,7 @@ def fill_offline(store: FeatureStore, name: str, start: datetime = T0, end: date
 
     spark = store.spark if store.settings.compute_engine == "spark" else SparkSession.getActiveSession()
     fsv = store.feature_set_version(name)
-    return write_range(spark, store.settings, fsv, compute(spark, fsv, start=start, end=end), start, end)
+    return write_range(spark, store.settings, fsv, compute(spark, fsv, settings=store.settings, start=start, end=end), start, end)
 
 
 @pytest.fixture()

@@ -216,7 +216,7 @@ def test_a_malicious_row_written_into_the_registry_fails_its_run_unread(store, s
         store.compile("events")
 
 
-def test_a_sealed_duckdb_connection_reads_its_source_and_no_other_file(source, secret):
+def test_a_sealed_duckdb_connection_reads_its_source_and_no_other_file(source, secret, settings):
     """The DuckDB engine's second lock: once fstore registered its reads, SQL cannot open a path, nor unlock."""
     import duckdb
 
@@ -224,7 +224,7 @@ def test_a_sealed_duckdb_connection_reads_its_source_and_no_other_file(source, s
     from fstore.engine import duckdb as engine
 
     with engine.connect() as con:
-        relation = engine.read_source(con, Source.from_dict(source))
+        relation = engine.read_source(con, Source.from_dict(source), settings=settings)
         engine.seal(con)
         assert sorted(r[0] for r in relation.project("amount").fetchall()) == [1.0, 2.0, 3.0]
         for sql in [f"SELECT content FROM read_text('{secret['path']}')",

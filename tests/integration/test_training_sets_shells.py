@@ -38,7 +38,7 @@ def saved(spark, tmp_path_factory):
     source.mkdir()
     pd.DataFrame({"user_id": [1, 1, 2], "event_timestamp": [T0 + H, T0 + 5 * H, T0 + 2 * H], "n": [1.0, 2.0, 5.0]}) \
         .astype({"event_timestamp": "datetime64[us]"}).to_parquet(source / "part-0.parquet", index=False)
-    settings = Settings.from_env({"STORAGE_PATH": str(root / "store")})
+    settings = Settings.from_env({"STORAGE_PATH": str(root / "store"), "SOURCE_ROOTS": str(root)})
     store = FeatureStore(settings, auto_upgrade=True).use_spark(spark)
     store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
     src = {"path": str(source), "format": "parquet", "event_timestamp_column": "event_timestamp"}
@@ -48,7 +48,7 @@ def saved(spark, tmp_path_factory):
     store.create_feature_set({"name": "other", "entities": ["user"], "source": src,
                               "features": [{"name": "m", "data_type": "float", "transformation": "n"}]})
     fsv = store.feature_set_version("clicks")
-    write_range(spark, settings, fsv, compute(spark, fsv, start=T0, end=T0 + 24 * H), T0, T0 + 24 * H)
+    write_range(spark, settings, fsv, compute(spark, fsv, settings=settings, start=T0, end=T0 + 24 * H), T0, T0 + 24 * H)
     entity_rows = pd.DataFrame({"user_id": [1, 2, 1], "event_timestamp": [T0 + 2 * H, T0 + 3 * H, T0 + 6 * H]})
     rows = store.get_historical_features(entity_df=entity_rows, features=["clicks:n_x2"], save_as=NAME,
                                          actor="ann").to_df()

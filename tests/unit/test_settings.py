@@ -33,8 +33,11 @@ def test_every_variable_is_read(tmp_path):
         "SCHEDULER_CONCURRENCY": "3", "SCHEDULER_RETRIES": "0", "SCHEDULER_RETRY_SECONDS": "1.5",
         "SPARK_LOG_LEVEL": "WARN",
         "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
+        "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
     }
     s = Settings.from_env(env)
+    assert s.python_feature_modules == ("acme.features", "acme.udfs")
+    assert s.source_roots == s.allowed_source_roots == (f"{tmp_path}/data", "s3a://lake/raw", str(Path.cwd() / "relative"))
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
     assert s.database_url == "postgresql://u:p@db:5432/fs" and not s.is_sqlite
     assert s.data_root == "s3a://bucket/features"
@@ -84,6 +87,9 @@ def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
     ("SOURCE_ENV_ALLOW", "A B", "not a variable name"),
     ("DB_CONNECT_TIMEOUT", "0.5", ">= 1"),
     ("DB_STATEMENT_TIMEOUT", "soon", "not a number"),
+    ("PYTHON_FEATURE_MODULES", "acme.features,os:system", "not a dotted module name"),
+    ("PYTHON_FEATURE_MODULES", "acme..x", "not a dotted module name"),
+    ("SOURCE_ROOTS", "s3a:///no-bucket", "names no host or bucket"),
 ])
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(InvalidDefinition, match=message) as info:
@@ -115,3 +121,12 @@ def test_reads_os_environ_only_when_no_mapping_is_given(monkeypatch, tmp_path):
     assert Settings.from_env().port == 8123
     assert Settings.from_env({}).port == 8002
     assert Path(Settings.from_env({}).storage_path).name == "fstore_data"
+
+
+def test_python_features_and_source_roots_default_to_the_stores_own(tmp_path):
+    s = Settings.from_env({"STORAGE_PATH": str(tmp_path)})
+    assert s.python_feature_modules == ("fstore.examples",) and s.source_roots is None
+    assert s.allowed_source_roots == (str(tmp_path.resolve()),)
+    assert s.with_(storage_path=str(tmp_path / "other")).allowed_source_roots == (str((tmp_path / "other").resolve()),)
+    assert Settings.from_env({"STORAGE_BACKEND": "s3", "S3_BUCKET": "lake"}).allowed_source_roots == ("s3://lake/",)
+    assert Settings.from_env({"PYTHON_FEATURE_MODULES": ""}).python_feature_modules == ()  # set and empty: none
