@@ -51,9 +51,9 @@ def test_source_secrets_are_encrypted_at_rest_and_redacted_on_every_read_path(op
     monkeypatch.setenv("FSTORE_SOURCE_PW", "resolved-password-value")
     writer, reader = headers(keys["write_registry"]), headers(keys["read_registry"])
     options = {"fs.s3a.secret.key": SECRET, "password": "${FSTORE_SOURCE_PW}", "sep": ";"}
-    created = client.post("/api/v1/feature-sets", headers=writer, json=_set_body("vault", tmp_path, options))
+    created = client.post("/api/v1/feature-sets?allow_missing_sources=true", headers=writer, json=_set_body("vault", tmp_path, options))
     assert created.status_code == 201, created.get_json()
-    patched = client.patch("/api/v1/feature-sets/vault", headers=writer,
+    patched = client.patch("/api/v1/feature-sets/vault?allow_missing_sources=true", headers=writer,
                            json={"source": {**created.get_json()["source"],
                                             "options": {**created.get_json()["source"]["options"], "sep": ","}}})
     assert patched.status_code == 200, patched.get_json()
@@ -102,23 +102,23 @@ def _cli_main():
 
 def test_sending_back_the_redacted_marker_keeps_the_secret(ops_store, client, keys, tmp_path):
     writer = headers(keys["write_registry"])
-    created = client.post("/api/v1/feature-sets", headers=writer,
+    created = client.post("/api/v1/feature-sets?allow_missing_sources=true", headers=writer,
                           json=_set_body("vault", tmp_path, {"token": SECRET})).get_json()
     assert created["source"]["options"] == {"token": REDACTED}
     # What GET answered, written back with another change: the secret stays as it was.
-    response = client.patch("/api/v1/feature-sets/vault", headers=writer,
+    response = client.patch("/api/v1/feature-sets/vault?allow_missing_sources=true", headers=writer,
                             json={"description": "edited", "source": created["source"]})
     assert response.status_code == 200, response.get_json()
     assert ops_store.feature_set_version("vault").feature_set.source.options == {"token": SECRET}
     # A new option cannot be the marker itself.
-    refused = client.post("/api/v1/feature-sets", headers=writer,
+    refused = client.post("/api/v1/feature-sets?allow_missing_sources=true", headers=writer,
                           json=_set_body("vault2", tmp_path, {"password": REDACTED}))
     assert refused.status_code == 422 and refused.get_json()["error"]["field"] == "source.options.password"
 
 
 @pytest.mark.parametrize("variable", ["DATABASE_URL", "S3_SECRET_KEY", "FSTORE_SECRET_KEY", "HOME"])
 def test_a_reference_to_a_variable_outside_the_allow_list_is_refused(client, keys, tmp_path, variable):
-    response = client.post("/api/v1/feature-sets", headers=headers(keys["write_registry"]),
+    response = client.post("/api/v1/feature-sets?allow_missing_sources=true", headers=headers(keys["write_registry"]),
                            json=_set_body("leak", tmp_path, {"endpoint": "https://x/${" + variable + "}"}))
     assert response.status_code == 422, response.get_json()
     error = response.get_json()["error"]
@@ -128,7 +128,7 @@ def test_a_reference_to_a_variable_outside_the_allow_list_is_refused(client, key
 
 def test_an_unset_reference_fails_at_run_time_naming_the_variable(ops_store, client, keys, tmp_path, monkeypatch):
     monkeypatch.delenv("FSTORE_SOURCE_MISSING", raising=False)
-    response = client.post("/api/v1/feature-sets", headers=headers(keys["write_registry"]),
+    response = client.post("/api/v1/feature-sets?allow_missing_sources=true", headers=headers(keys["write_registry"]),
                            json=_set_body("later", tmp_path, {"password": "${FSTORE_SOURCE_MISSING}"}))
     assert response.status_code == 201, response.get_json()
     with pytest.raises(InvalidDefinition, match="FSTORE_SOURCE_MISSING.*not set"):
@@ -138,7 +138,7 @@ def test_an_unset_reference_fails_at_run_time_naming_the_variable(ops_store, cli
 def test_a_secret_stored_in_clear_before_sealing_still_works_is_redacted_and_is_sealed_on_change(
         ops_store, client, keys, tmp_path):
     writer = headers(keys["write_registry"])
-    assert client.post("/api/v1/feature-sets", headers=writer,
+    assert client.post("/api/v1/feature-sets?allow_missing_sources=true", headers=writer,
                        json=_set_body("old", tmp_path, {"sep": ";"})).status_code == 201
     with ops_store.transaction() as s:  # the row as an older fstore wrote it: the password in clear
         from fstore.registry.models import FeatureSetRow
@@ -148,7 +148,8 @@ def test_a_secret_stored_in_clear_before_sealing_still_works_is_redacted_and_is_
     shown = client.get("/api/v1/feature-sets/old", headers=headers(keys["read_registry"])).get_json()
     assert shown["source"]["options"]["password"] == REDACTED
     assert ops_store.feature_set_version("old").feature_set.source.options["password"] == SECRET
-    assert client.patch("/api/v1/feature-sets/old", headers=writer, json={"description": "x"}).status_code == 200
+    assert client.patch("/api/v1/feature-sets/old?allow_missing_sources=true", headers=writer,
+                        json={"description": "x"}).status_code == 200
     with ops_store.engine.connect() as connection:
         spec = connection.execute(text("SELECT spec FROM feature_sets WHERE name = 'old'")).scalar()
     assert SECRET not in str(spec) and "fernet:" in str(spec)
@@ -162,19 +163,21 @@ def test_postgres_registry_without_a_key_refuses_a_secret_and_with_one_seals_it(
 
     def store_with(**env):
         return FeatureStore(Settings.from_env({"STORAGE_PATH": pg_settings.storage_path,
-                                               "DATABASE_URL": pg_settings.database_url, **env}), auto_upgrade=True)
+                                               "DATABASE_URL": pg_settings.database_url,
+                                               "SOURCE_ROOTS": str(tmp_path), **env}), auto_upgrade=True)
 
     keyless = store_with()
     keyless.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
     with pytest.raises(InvalidDefinition, match="FSTORE_SECRET_KEY") as info:
-        keyless.create_feature_set(_set_body("pg", tmp_path, {"password": SECRET}))
+        keyless.create_feature_set(_set_body("pg", tmp_path, {"password": SECRET}), allow_missing_sources=True)
     assert info.value.field == "FSTORE_SECRET_KEY"
     # A reference needs no key.
-    keyless.create_feature_set(_set_body("pgref", tmp_path, {"password": "${FSTORE_SOURCE_PG}"}))
+    keyless.create_feature_set(_set_body("pgref", tmp_path, {"password": "${FSTORE_SOURCE_PG}"}),
+                               allow_missing_sources=True)
     keyless.close()
     old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     keyed = store_with(FSTORE_SECRET_KEY=old_key)
-    keyed.create_feature_set(_set_body("pg", tmp_path, {"password": SECRET}))
+    keyed.create_feature_set(_set_body("pg", tmp_path, {"password": SECRET}), allow_missing_sources=True)
     assert SECRET not in _registry_text(keyed)
     keyed.close()
     rotated = store_with(FSTORE_SECRET_KEY=f"{new_key},{old_key}")  # rotation: the old key still decrypts
@@ -194,7 +197,7 @@ def test_totals_and_pages_count_only_what_a_restricted_key_sees(ops_store, clien
     for number in range(6):  # six more sets the restricted key must not learn about, even by counting
         body = _set_body(f"hidden{number}", tmp_path, {})
         body["features"] = [{"name": f"amount{number}", "data_type": "float", "transformation": "amount"}]
-        assert client.post("/api/v1/feature-sets", headers=admin, json=body).status_code == 201
+        assert client.post("/api/v1/feature-sets?allow_missing_sources=true", headers=admin, json=body).status_code == 201
     h = headers(keys["payments_only"])
     sets = client.get("/api/v1/feature-sets?limit=1", headers=h).get_json()
     assert [i["name"] for i in sets["items"]] == ["payments"] and sets["total"] == 1
