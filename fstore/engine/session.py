@@ -14,7 +14,9 @@ from fstore.engine.class_archive import driver_java_options
 from fstore.settings import Settings
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "spark-defaults.conf"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "spark"  # log4j2.properties: errors only, no Java traces
+# Spark's log: errors only, no Java traces. Named by a system property, not SPARK_CONF_DIR: that folder would join
+# the driver's class path, and a class path holding a non-empty folder cannot map the class archive.
+LOG4J_FILE = Path(__file__).resolve().parents[2] / "conf" / "spark" / "log4j2.properties"
 
 
 def ensure_java() -> None:
@@ -57,9 +59,13 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dic
         # Local workers run this interpreter: let them import pyspark compiled, not from its zip.
         conf.setdefault("spark.python.daemon.module", "fstore.engine.spark_daemon")
     conf.update(extra or {})
-    archive = driver_java_options()  # mapped classes: the driver starts seconds sooner (class_archive.py)
-    if archive:
-        conf["spark.driver.extraJavaOptions"] = f"{conf.get('spark.driver.extraJavaOptions', '')} {archive}".strip()
+    options = [conf.get("spark.driver.extraJavaOptions", "")]
+    if LOG4J_FILE.is_file() and "SPARK_CONF_DIR" not in os.environ:  # an operator's own Spark conf wins
+        options.append(f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}")
+    options.append(driver_java_options())  # mapped classes: the driver starts seconds sooner (class_archive.py)
+    joined = " ".join(o for o in options if o)
+    if joined:
+        conf["spark.driver.extraJavaOptions"] = joined
     return conf
 
 
@@ -73,8 +79,6 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     ensure_java()
     # Python workers must run this interpreter (this venv), or they cannot import fstore's dependencies.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if CONF_DIR.is_dir():  # Spark puts it on the driver's class path, where log4j finds log4j2.properties
-        os.environ.setdefault("SPARK_CONF_DIR", str(CONF_DIR))
     builder = SparkSession.builder.appName(app_name)
     if settings.spark_remote:
         return builder.remote(settings.spark_remote).getOrCreate()

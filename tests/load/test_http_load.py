@@ -50,7 +50,8 @@ def server(request, tmp_path, redis_url, free_port, run_server):
         cwd=REPO, env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_WORKER_CLASS": request.param})
     yield port
     log = run_server.log_path
-    assert f"Using worker: {request.param}" in log.read_text()
+    expected = {"gthread": "fstore.api.gunicorn_worker.SpreadThreadWorker"}.get(request.param, request.param)
+    assert f"Using worker: {expected}" in log.read_text()
     process.terminate()
     assert process.wait(timeout=30) == 0, log.read_text()[-2000:]
 

@@ -10,13 +10,26 @@ import pyspark
 import pytest
 
 from fstore.engine import class_archive
-from fstore.engine.session import session_conf
+from fstore.engine.session import LOG4J_FILE, session_conf
 from fstore.settings import Settings
+
+QUIET_LOG = f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}"
 
 
 def test_no_archive_file_means_no_option(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARK_CLASS_ARCHIVE", str(tmp_path / "absent.jsa"))
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
     assert class_archive.driver_java_options() == ""
+    assert session_conf(Settings.from_env({}))["spark.driver.extraJavaOptions"] == QUIET_LOG
+
+
+def test_spark_logs_errors_only_unless_the_operator_has_a_spark_conf_dir(tmp_path, monkeypatch):
+    """log4j's file is a system property, never SPARK_CONF_DIR (a folder on the class path stops the archive)."""
+    monkeypatch.setenv("SPARK_CLASS_ARCHIVE", "off")
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
+    assert "rootLogger.level = ${sys:fstore.spark.level:-error}" in LOG4J_FILE.read_text()
+    assert session_conf(Settings.from_env({}))["spark.driver.extraJavaOptions"] == QUIET_LOG
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
     assert "spark.driver.extraJavaOptions" not in session_conf(Settings.from_env({}))
 
 
@@ -24,11 +37,12 @@ def test_an_archive_is_mapped_quietly_and_joins_other_driver_options(tmp_path, m
     archive = tmp_path / "classes.jsa"
     archive.write_bytes(b"archive")
     monkeypatch.setenv("SPARK_CLASS_ARCHIVE", str(archive))
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
     options = class_archive.driver_java_options()
     assert options.startswith(f"-XX:SharedArchiveFile={archive} ")
     assert "-Xlog:disable" in options and "-Xlog:all=error:stderr" in options
     conf = session_conf(Settings.from_env({}), {"spark.driver.extraJavaOptions": "-Dmine=1"})
-    assert conf["spark.driver.extraJavaOptions"] == f"-Dmine=1 {options}"
+    assert conf["spark.driver.extraJavaOptions"] == f"-Dmine=1 {QUIET_LOG} {options}"
 
 
 def test_off_turns_the_archive_off(monkeypatch):
