@@ -137,7 +137,7 @@ def next_steps(settings, env=None) -> str:
         f"    {fstore} feature-sets list",
         f"    {fstore} features list --feature-set user_activity",
         f"    {fstore} runs list",
-        f"    {fstore} get-online-features --features user_activity:purchases_last_30d --entity user_id=1",
+        f"    {fstore} get-online-features --features user_activity:purchases_last_30d --entity user_id=user_123",
         "  serve it over HTTP",
         f"    {fstore} serve --host 127.0.0.1 --port {port}",
         f"  then open http://127.0.0.1:{port}/docs for the API (try GET /api/v1/feature-sets)",
