@@ -64,7 +64,7 @@ def saving(store: "FeatureStore", name: str, entities: Entities, groups: list[Fe
                 events[fsv.name] = path
 
         def save(result: RetrievalResult, **kwargs: Any) -> dict[str, Any]:
-            return save_training_set(store, name, entities, result, events=events, **kwargs)
+            return save_training_set(store, name, entities, result, events=events, actor=actor, **kwargs)
 
         yield sources, save
     except BaseException:
@@ -75,8 +75,8 @@ def saving(store: "FeatureStore", name: str, entities: Entities, groups: list[Fe
 
 def save_training_set(store: "FeatureStore", name: str, entities: Entities, result: RetrievalResult, *,
                       features: list[str], feature_sets: list[str] | None, as_of: int | datetime | None,
-                      entity_source: dict[str, Any], events: dict[str, str]) -> dict[str, Any]:
-    """Write the entity rows and the result of a reserved training set as Parquet and record it."""
+                      entity_source: dict[str, Any], events: dict[str, str], actor: str = "") -> dict[str, Any]:
+    """Write the entity rows and the result of a reserved training set as Parquet and record it (and audit it)."""
     from fstore.registry.training_sets import finish_training_set
 
     root = training_set_root(store, name)

@@ -31,7 +31,8 @@ def fuzz_env(tmp_path_factory, spark):
     store.create_feature_set({"name": "payments", "entities": ["user"],
                               "source": {"path": str(folder / "missing"), "format": "parquet",
                                          "event_timestamp_column": "ts"},
-                              "features": [{"name": "amount", "data_type": "float", "transformation": "amount"}]})
+                              "features": [{"name": "amount", "data_type": "float", "transformation": "amount"}]},
+                             allow_missing_sources=True)
     with store.transaction() as s:
         key = auth.create_key(s, owner="fuzzer", scopes=["admin"])["key"]
     app = create_app(store=store)

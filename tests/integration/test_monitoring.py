@@ -37,7 +37,8 @@ def monitored(spark, tmp_path_factory):
             pytest.fail(f"Redis is not reachable: {exc}")
         pytest.skip(f"Redis is not reachable: {exc}")
     tmp_path = tmp_path_factory.mktemp("monitoring")
-    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": redis_url, "AUTH_ENABLED": "true"})
+    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "SOURCE_ROOTS": str(tmp_path),
+                                  "REDIS_URL": redis_url, "AUTH_ENABLED": "true"})
     store = FeatureStore(settings, auto_upgrade=True).use_spark(spark)
     create_set(store, write_source(tmp_path / "src", events()), schedule="0 * * * *",
                amount_rules={"max_value": 150})

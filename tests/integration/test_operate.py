@@ -36,7 +36,8 @@ SLOW = textwrap.dedent("""
 
 @pytest.fixture()
 def env(settings):
-    return {"STORAGE_PATH": settings.storage_path, "COMPUTE_ENGINE": "duckdb"}
+    return {"STORAGE_PATH": settings.storage_path, "SOURCE_ROOTS": ",".join(settings.allowed_source_roots),
+            "COMPUTE_ENGINE": "duckdb"}
 
 
 @pytest.fixture()
@@ -87,9 +88,10 @@ def test_sigterm_cancels_the_run_and_frees_the_set_at_once(duck, env, tmp_path):
     try:
         body = feature_set_body(write_source(tmp_path / "src", events()))
         body["features"].append({"name": "slow_amount", "data_type": "float", "python": "slowfeat:slow"})
-        created = duck.create_feature_set(body)
+        slow = FeatureStore(duck.settings.with_(python_feature_modules=("slowfeat",)))  # the operator allows it
+        created = slow.create_feature_set(body)
         marker = tmp_path / "computing"
-        proc_env = {**os.environ, **env, "SLOW_MARKER": str(marker),
+        proc_env = {**os.environ, **env, "SLOW_MARKER": str(marker), "PYTHON_FEATURE_MODULES": "slowfeat",
                     "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "mods")])}
         proc = subprocess.Popen([sys.executable, "-c", "from fstore.cli import main; main()", "materialize", "user_txn",
                                  "--start", "2024-01-01", "--end", "2024-01-06"], env=proc_env, cwd=str(tmp_path),
@@ -105,7 +107,8 @@ def test_sigterm_cancels_the_run_and_frees_the_set_at_once(duck, env, tmp_path):
         run = duck.list_runs("user_txn")["items"][0]
         assert run["status"] == "cancelled" and "SIGTERM" in run["error"]
         assert runs.lock_holder(duck.engine, lock_name(created["id"])) is None
-        again = duck.materialize("user_txn", "2024-01-01", "2024-01-06")  # at once: no lease to wait for
+        again = slow.materialize("user_txn", "2024-01-01", "2024-01-06")  # at once: no lease to wait for
         assert again["status"] == "succeeded"
+        slow.close()
     finally:
         sys.path.remove(str(tmp_path / "mods"))

@@ -100,7 +100,7 @@ def test_cli_lists_shows_and_recreates(cli, saved, tmp_path):
     folder = tmp_path / "again_folder"
     for extra in ((), ("--overwrite",)):  # a folder of part files it wrote is replaced when asked
         summary = json.loads(cli("training-sets", "recreate", NAME, "--output", str(folder), "--json", *extra).stdout)
-        assert summary == {"training_set": NAME, "output": str(folder), "rows": 3}
+        assert summary == {"training_set": NAME, "output": str(folder), "rows": 3, "notes": []}  # nothing changed since
     pd.testing.assert_frame_equal(pd.read_parquet(folder).sort_values("event_timestamp").reset_index(drop=True)
                                   [["user_id", "clicks__n_x2"]],
                                   rows.sort_values("event_timestamp").reset_index(drop=True)[["user_id", "clicks__n_x2"]])

@@ -126,8 +126,8 @@ def test_the_served_composite_is_computed_from_the_validated_value(store, tmp_pa
     store.create_feature_set(_body(_source(tmp_path), {"min_value": 0, "on_violation": "null"}))
     store.materialize("pay", T0, T0 + timedelta(days=1))
     online = store.get_online_features(features=["pay:c_amount", "pay:c_half"], entities={"user_id": [1, 2]})
-    assert online["features"]["1"] == {"c_amount": None, "c_half": None}  # not -2.5
-    assert online["features"]["2"] == {"c_amount": 8.0, "c_half": 4.0}
+    assert online["features"]["1"] == {"pay:c_amount": None, "pay:c_half": None}  # not -2.5
+    assert online["features"]["2"] == {"pay:c_amount": 8.0, "pay:c_half": 4.0}
 
 
 def test_apply_refuses_default_without_default_value(store, tmp_path):

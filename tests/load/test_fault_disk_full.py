@@ -96,7 +96,7 @@ def _table_day_files(store, name: str) -> set[str]:
 
 
 def test_a_run_on_a_full_disk_leaves_no_staging_and_later_runs_fit(small_disk, tmp_path, on_engine):
-    settings = Settings.from_env({"STORAGE_PATH": str(small_disk / "store"),
+    settings = Settings.from_env({"STORAGE_PATH": str(small_disk / "store"), "SOURCE_ROOTS": str(tmp_path),
                                   "DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}"})
     store = on_engine(settings)
     source = _source(tmp_path / "events")  # on the ordinary disk: only the offline store is on the small one
