@@ -26,6 +26,7 @@ def test_every_variable_is_read(tmp_path):
         "SERVING_CACHE_ENABLED": "yes", "SERVING_CACHE_TTL": "2.5", "MAX_ENTITIES_PER_REQUEST": "50",
         "MAX_HISTORICAL_ROWS": "1000", "MAX_BODY_BYTES": "4096", "PORT": "9000", "AUTH_ENABLED": "off",
         "REDIS_TIMEOUT": "0.1", "DB_POOL_SIZE": "3", "REDIS_POOL_SIZE": "8",
+        "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars",
     }
     s = Settings.from_env(env)
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -35,11 +36,19 @@ def test_every_variable_is_read(tmp_path):
     assert (s.max_entities_per_request, s.max_historical_rows, s.max_body_bytes, s.port) == (50, 1000, 4096, 9000)
     assert (s.auth_enabled, s.redis_timeout, s.db_pool_size, s.redis_pool_size) == (False, 0.1, 3, 8)
     assert (s.spark_master, s.spark_remote, s.s3_endpoint) == ("spark://m:7077", "sc://connect:15002", "http://minio:9000")
+    assert (s.delta_writer, s.spark_jars_dir) == ("delta-rs", "/opt/jars")
+
+
+def test_the_jars_cache_defaults_under_the_user_cache(tmp_path):
+    assert Settings.from_env({}).delta_writer == "auto"
+    assert Settings.from_env({"XDG_CACHE_HOME": str(tmp_path)}).spark_jars_dir == str(tmp_path / "fstore" / "jars")
+    assert Settings.from_env({}).spark_jars_dir == str(Path.home() / ".cache" / "fstore" / "jars")
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("STORAGE_BACKEND", "gcs", "use one of: local, s3"),
     ("STORAGE_FORMAT", "orc", "use one of: delta, parquet"),
+    ("DELTA_WRITER", "deltalake", "use one of: auto, spark, delta-rs"),
     ("DATABASE_URL", "mysql://db/fs", "not supported"),
     ("REDIS_URL", "localhost:6379", "must start with redis://"),
     ("MAX_COMPUTE_THREADS", "many", "not an integer"),
