@@ -135,7 +135,7 @@ def fetch(folder: Path, coordinates: list[str], *, mvn: str | None = None, timeo
         return []
     mvn = mvn or shutil.which("mvn")
     if mvn is None:
-        return [f"{c}: Maven (mvn) is not installed" for c in missing]
+        return [f"Maven (mvn) is not installed, so none of {', '.join(missing)}"]
     folder.mkdir(parents=True, exist_ok=True)
     failed = []
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as partial:
