@@ -64,6 +64,8 @@ def write_range(spark, settings: Settings, name: str, rows, start: datetime, end
         if added:
             columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in rows.schema.fields if f.name in added)
             spark.sql(f"ALTER TABLE delta.`{uri}` ADD COLUMNS ({columns})")
+    if settings.storage_backend == "local":
+        _no_checksum_files(spark, uri)
     predicate = f"event_timestamp >= {ts_literal(start)} AND event_timestamp < {ts_literal(end)}"
     meta = {"fstore.operation": "write_range", "fstore.start": start.isoformat(), "fstore.end": end.isoformat()}
     (offline.parquet_writer(offline.by_day(spark, rows)).format("delta").mode("overwrite")
@@ -73,6 +75,22 @@ def write_range(spark, settings: Settings, name: str, rows, start: datetime, end
      .option("userMetadata", json.dumps(meta))
      .save(uri))
     return offline.current_version(settings, name)
+
+
+def _no_checksum_files(spark, uri: str) -> None:
+    """Have Hadoop's local file system write no ``.part-….parquet.crc`` beside each data file.
+
+    Its checksum layer adds one per file; the delta-rs path never leaves them (its Parquet is written to a
+    staging folder and only the data files are moved in). Beside a table's files they are clutter that a
+    full VACUUM deletes and counts as files. The switch is on the file system instance Hadoop caches for
+    ``file://``, which this driver's (local) write tasks share; Delta's log, written through another API,
+    keeps its own checksums."""
+    try:
+        jvm = spark._jvm
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        path.getFileSystem(spark._jsc.hadoopConfiguration()).setWriteChecksum(False)
+    except Exception:  # noqa: BLE001 - Spark Connect (no JVM here): the sidecars are only clutter
+        pass
 
 
 def read_version(spark, settings: Settings, name: str, version: int):

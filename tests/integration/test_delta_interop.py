@@ -156,6 +156,8 @@ def test_a_table_delta_spark_writes_reads_the_same_through_delta_rs_and_duckdb(s
     assert write_spark(spark, settings, FIRST, T0, hours(72)) == 0
     assert write_spark(spark, settings, REWRITE, hours(10), hours(31)) == 1
     assert writers(settings) == ["spark", "spark"]
+    from pathlib import Path  # only data files beside the data: no Hadoop checksum sidecars (.part-….crc)
+    assert not [p for p in Path(offline.table_uri(settings, "txn")).rglob("*.crc") if "_delta_log" not in p.parts]
     versions = [expected((FIRST, T0, hours(72))), expected((FIRST, T0, hours(72)), (REWRITE, hours(10), hours(31)))]
     assert versions[1] == [("a", hours(1), 1.0, 1, None), ("a", hours(12), 9.0, 9, None), ("b", hours(50), 4.0, 4, None),
                            ("c", hours(30.5), 8.0, 8, None)]
