@@ -13,7 +13,10 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The jars Spark needs beyond pyspark's (delta-spark, hadoop-aws + AWS SDK) into ~/.cache/fstore/jars, once;
+# goes on without them when Maven or the network is missing. Then the class archive (which dumps Delta's classes too).
 setup: $(VENV)/.installed
+	$(PY) -m fstore.engine.jars
 	$(PY) -m fstore.engine.class_archive
 
 # PostgreSQL and Redis on 127.0.0.1 for the integration tests (installed from Debian's packages when absent).

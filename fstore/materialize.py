@@ -663,6 +663,7 @@ def settings_env(settings: "Settings") -> dict[str, str]:
         "REDIS_URL": settings.redis_url, "S3_ENDPOINT": settings.s3_endpoint, "S3_BUCKET": settings.s3_bucket,
         "S3_ACCESS_KEY": settings.s3_access_key, "S3_SECRET_KEY": settings.s3_secret_key,
         "SPARK_MASTER": settings.spark_master, "SPARK_REMOTE": settings.spark_remote,
+        "DELTA_WRITER": settings.delta_writer, "SPARK_JARS_DIR": settings.spark_jars_dir,
         "MAX_COMPUTE_THREADS": str(settings.max_compute_threads), "COMPUTE_ENGINE": settings.compute_engine,
         "REDIS_TIMEOUT": str(settings.redis_timeout),
         "REDIS_POOL_SIZE": str(settings.redis_pool_size), "DB_POOL_SIZE": str(settings.db_pool_size),

@@ -18,10 +18,11 @@ orphaned files are invisible to readers and removable by ``VACUUM``).
 as an Arrow table (the DuckDB engine, no JVM); the staging, move, stats and
 commit steps here are shared by both.
 
-Commits: when the Delta classes are on Spark's class path, Spark writes
-``format("delta")`` itself (``replaceWhere``). Otherwise (the usual case, see
-DESIGN.md — the jars come from Maven, which this machine cannot reach) Spark
-writes Parquet and the driver commits the files with ``deltalake``
+Commits: when delta-spark's jars are on Spark's class path (set-up caches them,
+``fstore.engine.jars``) and ``DELTA_WRITER`` allows, Spark writes and reads
+``format("delta")`` itself (``replaceWhere``, ``versionAsOf``): that is
+``fstore.offline_spark_delta``. Otherwise (``DELTA_WRITER=delta-rs``, or no jars)
+Spark writes Parquet and the driver commits the files with ``deltalake``
 (``create_table_with_add_actions`` for the first commit,
 ``DeltaTable.create_write_transaction`` with add and remove actions after),
 with per-file stats (numRecords, minValues, maxValues, nullCount) read from
@@ -46,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from fstore import offline_spark_delta
 from fstore.definitions import FeatureSetVersion
 from fstore.engine.spark import delta_arrow_schema, to_utc_naive, ts_literal
 from fstore.errors import ComputeError, InvalidDefinition, NotFound
@@ -229,14 +231,6 @@ def release_failed_writers(spark) -> None:
         pass
 
 
-def _delta_classes_available(spark) -> bool:
-    try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
-        return True
-    except Exception:  # noqa: BLE001 - py4j raises a generic error for a missing class, or no JVM (Connect)
-        return False
-
-
 def _days(start: datetime, end: datetime) -> list[date]:
     """The UTC dates a range ``[start, end)`` touches."""
     first, last = start.date(), (end - timedelta(microseconds=1)).date()
@@ -273,21 +267,10 @@ def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: da
     if settings.storage_format == "parquet":
         _write_parquet(spark, settings, fsv.name, rows, start, end)
         return None
-    if _delta_classes_available(spark):
-        return _write_with_delta_spark(settings, fsv.name, rows, start, end)
+    if offline_spark_delta.in_use(spark, settings):
+        return offline_spark_delta.write_range(spark, settings, fsv.name, rows, start, end)
     staged = stage_delta_files(spark, settings, fsv.name, rows, start, end)
     return commit_delta_files(settings, fsv.name, staged)
-
-
-# -- Delta through Spark's own writer (jars on the class path) ----------------------------------
-
-
-def _write_with_delta_spark(settings: Settings, name: str, rows, start: datetime, end: datetime) -> int:
-    uri = table_uri(settings, name)
-    (parquet_writer(rows).format("delta").mode("overwrite").partitionBy(PARTITION)
-     .option("replaceWhere", f"event_timestamp >= {ts_literal(start)} AND event_timestamp < {ts_literal(end)}")
-     .save(uri))
-    return current_version(settings, name)
 
 
 # -- Delta through deltalake commits ----------------------------------------------------------------
@@ -651,17 +634,19 @@ def read_table_version(spark, settings: Settings, name: str, *,
     # A Delta version never changes, so the DataFrame over its files (Spark's file listing and footer
     # reads, ~0.4 s for 60 files) is built once per session and version and reused by later reads.
     # The table's id (a UUID made at creation) tells a re-created table at the same path apart.
-    key = (id(spark), table.table_uri, table.metadata().id, table.version())
+    by_delta_spark = offline_spark_delta.in_use(spark, settings)
+    key = (id(spark), table.table_uri, table.metadata().id, table.version(), by_delta_spark)
     cached = _VERSION_FRAMES.get(key)
     if cached is None or cached.sparkSession is not spark:
-        cached = _read_files(spark, table, table.file_uris())
+        cached = (offline_spark_delta.read_version(spark, settings, name, table.version()) if by_delta_spark
+                  else _read_files(spark, table, table.file_uris()))
         if len(_VERSION_FRAMES) >= _VERSION_FRAMES_MAX:
             _VERSION_FRAMES.pop(next(iter(_VERSION_FRAMES)))
         _VERSION_FRAMES[key] = cached
     return cached, table.version()
 
 
-_VERSION_FRAMES: dict[tuple[int, str, str, int], Any] = {}
+_VERSION_FRAMES: dict[tuple[int, str, str, int, bool], Any] = {}
 _VERSION_FRAMES_MAX = 64
 
 

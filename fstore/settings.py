@@ -94,6 +94,8 @@ def _patterns(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tu
             raise InvalidDefinition(f"{name} entry {pattern!r} is not a variable name or a glob pattern such as "
                                     "FSTORE_SOURCE_*", field=name)
     return patterns
+
+
 def _modules(env: Mapping[str, str]) -> tuple[str, ...]:
     """PYTHON_FEATURE_MODULES: comma-separated dotted module names; unset is the default, empty is none."""
     raw = env.get("PYTHON_FEATURE_MODULES")
@@ -126,6 +128,12 @@ def _roots(env: Mapping[str, str]) -> tuple[str, ...] | None:
     return tuple(roots)
 
 
+def default_jars_dir(env: Mapping[str, str]) -> str:
+    """Where set-up caches the jars Spark needs beyond pyspark's own (``$XDG_CACHE_HOME/fstore/jars``)."""
+    cache = env.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return str(Path(cache) / "fstore" / "jars")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything configurable about one fstore deployment."""
@@ -141,6 +149,11 @@ class Settings:
     s3_secret_key: str = ""
     spark_master: str = "local[*]"
     spark_remote: str = ""
+    # DELTA_WRITER: who commits Delta writes from Spark. "spark": delta-spark's format("delta") (its jars
+    # fetched by set-up, fstore.engine.jars); "delta-rs": Spark writes Parquet, the deltalake package commits;
+    # "auto": spark when the jars are on the session's class path, else delta-rs.
+    delta_writer: str = "auto"
+    spark_jars_dir: str = field(default_factory=lambda: default_jars_dir(os.environ))  # SPARK_JARS_DIR
     max_compute_threads: int = 0
     compute_engine: str = "spark"  # COMPUTE_ENGINE: spark (local or cluster) or duckdb (embedded, one process)
     serving_cache_enabled: bool = False
@@ -214,6 +227,8 @@ class Settings:
             s3_secret_key=env.get("S3_SECRET_KEY", "").strip(),
             spark_master=env.get("SPARK_MASTER", "").strip() or "local[*]",
             spark_remote=env.get("SPARK_REMOTE", "").strip(),
+            delta_writer=_choice(env, "DELTA_WRITER", "auto", ("auto", "spark", "delta-rs")),
+            spark_jars_dir=env.get("SPARK_JARS_DIR", "").strip() or default_jars_dir(env),
             max_compute_threads=_int(env, "MAX_COMPUTE_THREADS", 0, maximum=1024),
             compute_engine=_choice(env, "COMPUTE_ENGINE", "spark", ("spark", "duckdb")),
             serving_cache_enabled=_bool(env, "SERVING_CACHE_ENABLED", False),

@@ -97,11 +97,15 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def spark():
-    """One local Spark session for the whole run, with few shuffle partitions (tests use small data)."""
+    """One local Spark session for the whole run, with few shuffle partitions (tests use small data), and
+    delta-spark's jars when set-up cached them."""
     from fstore.engine.session import get_spark
 
+    # DELTA_WRITER and the jars' cache come from the environment: with the jars cached (make setup) the whole
+    # suite writes and reads Delta through delta-spark; tests of the other path set delta_writer="delta-rs".
+    env = {k: os.environ[k] for k in ("DELTA_WRITER", "SPARK_JARS_DIR", "XDG_CACHE_HOME") if k in os.environ}
     session = get_spark(
-        Settings.from_env({"SPARK_MASTER": "local[2]"}),
+        Settings.from_env({"SPARK_MASTER": "local[2]", **env}),
         app_name="fstore-tests",
         extra={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
                "spark.driver.memory": "2g", "spark.sql.adaptive.enabled": "false"},

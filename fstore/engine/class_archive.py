@@ -9,7 +9,8 @@ verified, into later JVMs (``-XX:SharedArchiveFile``).
 ``build()`` (``python -m fstore.engine.class_archive``, run by ``make setup``) runs
 ``fstore.demo`` through ``spark-submit`` in a scratch folder, so the archive holds
 the classes of a whole flow: reading sources, windows, validation, the Delta and
-Parquet writes, the online load and a point-in-time join. ``get_spark`` then adds
+Parquet writes (through delta-spark when set-up cached its jars, ``fstore.engine.jars``),
+the online load and a point-in-time join. ``get_spark`` then adds
 ``driver_java_options()`` to the driver of every session it creates.
 
 The archive is only valid for the JVM and the jars it was dumped from, so its file
@@ -96,7 +97,8 @@ def build(path: Path | None = None, *, script: Path = DEMO_SCRIPT, timeout: floa
                "SPARK_CLASS_ARCHIVE": "off"}
         env.pop("SPARK_REMOTE", None)
         command = [str(submit), "--master", "local[2]", "--properties-file", str(DEFAULTS_FILE),
-                   "--driver-java-options", f"-XX:ArchiveClassesAtExit={partial} {QUIET}", str(script)]
+                   "--driver-java-options", f"-XX:ArchiveClassesAtExit={partial} {QUIET}", *_delta_jars_option(),
+                   str(script)]
         done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
@@ -104,6 +106,18 @@ def build(path: Path | None = None, *, script: Path = DEMO_SCRIPT, timeout: floa
         raise RuntimeError(f"building the class archive failed (exit {done.returncode}): " + " | ".join(said[-5:]))
     partial.replace(path)
     return path
+
+
+def _delta_jars_option() -> list[str]:
+    """``--jars`` with delta-spark's cached jars, so the demo writes through them and their classes are dumped too.
+
+    They join Spark's class loader, not the JVM's class path, so the archive still maps in a driver without them."""
+    from fstore.engine.jars import delta_jars
+    from fstore.settings import Settings
+
+    settings = Settings.from_env()
+    found = delta_jars(settings) if settings.delta_writer != "delta-rs" else None
+    return ["--jars", ",".join(str(j) for j in found)] if found else []
 
 
 def main(argv: list[str] | None = None) -> int:

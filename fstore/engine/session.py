@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from fstore.engine import jars
 from fstore.engine.class_archive import driver_java_options
 from fstore.settings import Settings
 
@@ -46,7 +47,7 @@ def spark_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
 
 def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The settings of a session ``get_spark`` creates: spark-defaults.conf, S3, the local Python daemon,
-    ``extra``, the class archive."""
+    the cached jars (Delta), ``extra``, the class archive."""
     conf = spark_defaults()
     if settings.storage_backend == "s3":
         conf.update({
@@ -58,6 +59,7 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dic
     if settings.spark_master.startswith("local"):
         # Local workers run this interpreter: let them import pyspark compiled, not from its zip.
         conf.setdefault("spark.python.daemon.module", "fstore.engine.spark_daemon")
+    conf.update(jars.spark_conf(settings, _running_jvm()))  # the cached Delta (and, for S3, hadoop-aws) jars
     conf.update(extra or {})
     options = [conf.get("spark.driver.extraJavaOptions", "")]
     if LOG4J_FILE.is_file() and "SPARK_CONF_DIR" not in os.environ:  # an operator's own Spark conf wins
@@ -67,6 +69,15 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dic
     if joined:
         conf["spark.driver.extraJavaOptions"] = joined
     return conf
+
+
+def _running_jvm():
+    """The driver JVM this process already talks to (``spark-submit`` started it, or an earlier session), or None."""
+    from pyspark import SparkContext
+
+    if SparkContext._jvm is None and os.environ.get("PYSPARK_GATEWAY_PORT"):
+        SparkContext._ensure_initialized()  # connects to spark-submit's JVM; launches nothing
+    return SparkContext._jvm
 
 
 def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str] | None = None):

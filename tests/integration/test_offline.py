@@ -24,6 +24,13 @@ FSV = FeatureSetVersion(
 T0 = datetime(2024, 3, 1)
 
 
+@pytest.fixture(params=["auto", "delta-rs"])
+def writer_settings(request, spark, settings):
+    """The key tests on both Delta paths: ``auto`` (delta-spark's format("delta") when the session has its
+    jars, as the suite's session does once set-up cached them) and ``delta-rs`` (Parquet + delta-rs commits)."""
+    return settings.with_(delta_writer=request.param)
+
+
 def frame(spark, rows: list[tuple[str, datetime, float, int]]):
     """Feature rows as the compiler produces them (created = event time)."""
     pdf = pd.DataFrame(rows, columns=["user_id", "event_timestamp", "amount", "n"])
@@ -40,7 +47,8 @@ def hours(h: float) -> datetime:
     return T0 + timedelta(hours=h)
 
 
-def test_replace_range_is_exact_idempotent_and_time_travels(spark, settings):
+def test_replace_range_is_exact_idempotent_and_time_travels(spark, writer_settings):
+    settings = writer_settings
     v0 = offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1), ("a", hours(20), 2.0, 2),
                                                                   ("b", hours(30), 3.0, 3), ("b", hours(50), 4.0, 4)]),
                              T0, hours(72))
@@ -71,6 +79,12 @@ def test_replace_range_is_exact_idempotent_and_time_travels(spark, settings):
 
     table = DeltaTable(offline.table_uri(settings, "txn"))
     assert table.version() == 2 and [h["version"] for h in table.history()] == [2, 1, 0]
+    # the path taken: delta-spark names itself in engineInfo, delta-rs in clientVersion
+    from fstore import offline_spark_delta
+
+    wrote = {"spark" if "Delta-Lake" in str(h.get("engineInfo", "")) else "delta-rs" if "delta-rs" in
+             str(h.get("clientVersion", "")) else "?" for h in table.history()}
+    assert wrote == {"spark" if offline_spark_delta.in_use(spark, settings) else "delta-rs"}
     ts0 = [h for h in table.history() if h["version"] == 0][0]["timestamp"]
     assert contents(offline.read_table(spark, settings, "txn", as_of=datetime.fromtimestamp(ts0 / 1000 + 0.0005, timezone.utc)
                                        .isoformat())) == first
@@ -133,7 +147,8 @@ def test_s3_storage_options_from_settings():
     assert offline._delta_uri("s3a://bucket/fstore/offline/x") == "s3://bucket/fstore/offline/x"
 
 
-def test_a_new_feature_adds_a_column_and_a_changed_type_is_refused(spark, settings):
+def test_a_new_feature_adds_a_column_and_a_changed_type_is_refused(spark, writer_settings):
+    settings = writer_settings
     from fstore.errors import ComputeError
 
     offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1)]), T0, hours(24))
@@ -151,8 +166,9 @@ def test_a_new_feature_adds_a_column_and_a_changed_type_is_refused(spark, settin
     assert offline.current_version(settings, "txn") == 2
 
 
-def test_reads_of_a_version_are_reused_but_a_recreated_table_is_read_anew(spark, settings):
+def test_reads_of_a_version_are_reused_but_a_recreated_table_is_read_anew(spark, writer_settings):
     """The DataFrame over a version's files is cached; a table dropped and re-created at its path is not confused with it."""
+    settings = writer_settings
     import shutil
 
     offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1)]), T0, hours(24))

@@ -143,15 +143,21 @@ def test_spark_and_arrow_writes_of_one_table_mix(spark, settings, first_engine, 
     assert contents(spark, settings) == delta_contents(settings) == expected(AFTER_SUB)
 
 
-def test_an_arrow_write_keeps_a_spark_table_s_not_null_columns_readable(spark, settings):
-    """Spark declares some columns NOT NULL (a count, a literal); Arrow rows are nullable: both readers still agree."""
+@pytest.mark.parametrize("writer", ["auto", "delta-rs"])
+def test_an_arrow_write_keeps_a_spark_table_s_not_null_columns_readable(spark, settings, writer):
+    """Spark declares some columns NOT NULL (a count, a literal); Arrow rows are nullable: both readers still agree.
+    The delta-rs path keeps Spark's NOT NULL in the table; delta-spark declares every column of a table it
+    creates nullable (``auto`` with its jars on the session)."""
+    from fstore import offline_spark_delta
+
+    settings = settings.with_(delta_writer=writer)
     df = spark_frame(spark, FIRST).selectExpr("user_id", "event_timestamp", "created_timestamp", "amount",
                                               "CAST(coalesce(n, 0) AS BIGINT) AS n")
     assert not df.schema["n"].nullable
     offline.write_range(spark, settings, FSV, df, T0, hours(72))
     schema = delta_schema(settings)
     assert offline_arrow.write_range_arrow(settings, FSV, arrow_rows(SUB), hours(10), hours(31)) == 1
-    assert delta_schema(settings) == schema and not schema.field("n").nullable
+    assert delta_schema(settings) == schema and schema.field("n").nullable == offline_spark_delta.in_use(spark, settings)
     assert contents(spark, settings) == delta_contents(settings) == expected(AFTER_SUB)
 
 

@@ -34,6 +34,7 @@ def test_every_variable_is_read(tmp_path):
         "SPARK_LOG_LEVEL": "WARN",
         "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
         "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
+        "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars",
     }
     s = Settings.from_env(env)
     assert s.python_feature_modules == ("acme.features", "acme.udfs")
@@ -51,6 +52,7 @@ def test_every_variable_is_read(tmp_path):
     assert s.secret_key_file is None  # PostgreSQL: no key file, FSTORE_SECRET_KEY or no secrets
     assert (s.scheduler_concurrency, s.scheduler_retries, s.scheduler_retry_seconds) == (3, 0, 1.5)
     assert s.spark_log_level == "warn"
+    assert (s.delta_writer, s.spark_jars_dir) == ("delta-rs", "/opt/jars")
 
 
 def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
@@ -60,9 +62,16 @@ def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
     assert Settings.from_env({"SOURCE_ENV_ALLOW": "none"}).source_env_allow == ()
 
 
+def test_the_jars_cache_defaults_under_the_user_cache(tmp_path):
+    assert Settings.from_env({}).delta_writer == "auto"
+    assert Settings.from_env({"XDG_CACHE_HOME": str(tmp_path)}).spark_jars_dir == str(tmp_path / "fstore" / "jars")
+    assert Settings.from_env({}).spark_jars_dir == str(Path.home() / ".cache" / "fstore" / "jars")
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("STORAGE_BACKEND", "gcs", "use one of: local, s3"),
     ("STORAGE_FORMAT", "orc", "use one of: delta, parquet"),
+    ("DELTA_WRITER", "deltalake", "use one of: auto, spark, delta-rs"),
     ("DATABASE_URL", "mysql://db/fs", "not supported"),
     ("REDIS_URL", "localhost:6379", "must start with redis://"),
     ("MAX_COMPUTE_THREADS", "many", "not an integer"),
