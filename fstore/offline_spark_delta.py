@@ -11,8 +11,8 @@ same schema, the same versions for the same writes, so either reads the other.
 - **Write**: the rows of ``[start, end)`` replace the table's rows in that range
   in ONE commit (``mode("overwrite")`` + ``replaceWhere`` on the event time: Delta
   rewrites the touched files keeping their rows outside the range). A feature
-  added by a new feature set version is added first by ``ALTER TABLE … ADD
-  COLUMNS`` (a metadata-only commit, as the delta-rs path does); a changed type is
+  added by a new feature set version is added first by an append of no rows with
+  ``mergeSchema`` (a metadata-only commit, as the delta-rs path does); a changed type is
   refused before anything is written. delta-spark writes its checkpoints itself
   every 10 commits, the interval the delta-rs path keeps.
 - **Read**: ``versionAsOf`` of the version ``fstore.offline.delta_table`` resolved.
@@ -24,10 +24,14 @@ same schema, the same versions for the same writes, so either reads the other.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from datetime import datetime
 
 from fstore.errors import Unavailable
 from fstore.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def in_use(spark, settings: Settings) -> bool:
@@ -62,19 +66,53 @@ def write_range(spark, settings: Settings, name: str, rows, start: datetime, end
     if table is not None:
         added = {f.name for f in offline._schema_changes(table, to_arrow_schema(rows.schema))}
         if added:
-            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in rows.schema.fields if f.name in added)
-            spark.sql(f"ALTER TABLE delta.`{uri}` ADD COLUMNS ({columns})")
+            # A metadata-only commit (no rows, schema merged), as the delta-rs path makes. Not ALTER TABLE
+            # delta.`path`: spark.sql.runSQLOnFiles is off so that no user SQL can name a path.
+            (spark.createDataFrame([], rows.schema).write.format("delta").mode("append")
+             .option("mergeSchema", "true").save(uri))
     if settings.storage_backend == "local":
         _no_checksum_files(spark, uri)
     predicate = f"event_timestamp >= {ts_literal(start)} AND event_timestamp < {ts_literal(end)}"
     meta = {"fstore.operation": "write_range", "fstore.start": start.isoformat(), "fstore.end": end.isoformat()}
-    (offline.parquet_writer(offline.by_day(spark, rows)).format("delta").mode("overwrite")
-     .partitionBy(offline.PARTITION)
-     .option("replaceWhere", predicate)
-     .option("partitionOverwriteMode", "static")  # spark-defaults' dynamic mode and replaceWhere exclude each other
-     .option("userMetadata", json.dumps(meta))
-     .save(uri))
+    began = time.time()
+    try:
+        (offline.parquet_writer(offline.by_day(spark, rows)).format("delta").mode("overwrite")
+         .partitionBy(offline.PARTITION)
+         .option("replaceWhere", predicate)
+         .option("partitionOverwriteMode", "static")  # spark-defaults' dynamic mode and replaceWhere exclude each other
+         .option("userMetadata", json.dumps(meta))
+         .save(uri))
+    except BaseException:
+        _discard_uncommitted(settings, name, uri, began)  # a full disk must not stay full of a failed run's files
+        offline.release_failed_writers(spark)
+        raise
     return offline.current_version(settings, name)
+
+
+def _discard_uncommitted(settings: Settings, name: str, uri: str, since: float) -> None:
+    """Delete the data files a failed write put in the table: written since ``since`` and named by no version.
+
+    delta-spark writes straight into the table's day folders and commits at the end, so a write that failed
+    leaves its files there (readers ignore them; they only take space until a VACUUM). The run holds the
+    set's lock, so no other writer can have written files meanwhile. Best effort: the write's error matters more.
+    """
+    from pyarrow import fs as pafs
+
+    from fstore import offline
+
+    try:
+        fs, to_path = offline.filesystem(settings)
+        root = to_path(uri).rstrip("/")
+        table = offline.delta_table(settings, name)
+        known = {to_path(u) for u in table.file_uris()} if table else set()
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+            relative = info.path[len(root) + 1:]
+            if (info.type == pafs.FileType.File and not relative.startswith(("_", "."))
+                    and "/_" not in relative and info.path not in known
+                    and info.mtime is not None and info.mtime.timestamp() >= since - 1):
+                fs.delete_file(info.path)
+    except Exception:  # noqa: BLE001 - left for vacuum; named in the log
+        log.warning("could not remove the files of a failed write to %s", uri, exc_info=True)
 
 
 def _no_checksum_files(spark, uri: str) -> None:
