@@ -4,12 +4,15 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
 
 import pytest
+import redis
 
 from fstore.errors import Unavailable
+from fstore.online.redis_store import RedisOnlineStore
 from fstore.settings import Settings
 from fstore.store import FeatureStore
 
@@ -25,6 +28,7 @@ class OwnRedis:
 
     def start(self) -> None:
         subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--enable-debug-command", "local",  # DEBUG SLEEP: a stall at a chosen moment
                         "--daemonize", "yes", "--dir", str(self.folder), "--pidfile", str(self.folder / "redis.pid")],
                        check=True, capture_output=True)
         deadline = time.monotonic() + 10
@@ -138,3 +142,27 @@ def test_bounded_load_across_an_outage(tmp_path, own_redis):
     assert set(outcomes[20:70]) == {"unavailable"}
     assert outcomes[-20:] == ["ok"] * 20
     store.close()
+
+
+
+def test_one_deadline_bounds_a_read_that_waited_for_a_connection(own_redis):
+    """A read first waits for a pool connection (another caller holds the only one), then Redis stalls: the
+    read gives up REDIS_TIMEOUT after it started, not a full timeout per stage (issue #32: 0.41 s for a 0.25 s
+    timeout). Without the one deadline this read took 0.40 s (0.15 s in the pool, then 0.25 s on the socket)."""
+    store = RedisOnlineStore(f"redis://127.0.0.1:{own_redis.port}/0", pool_size=1, timeout=0.25)
+    held = store._pool.get_connection()  # another caller's: the pool's one connection, open and idle
+    sleeper = redis.Redis(port=own_redis.port, socket_timeout=5)
+    sleeper.ping()
+    stall = threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "0.8"))
+    stall.start()  # Redis answers nobody for 0.8 s
+    time.sleep(0.02)
+    handback = threading.Timer(0.15, store._pool.release, args=(held,))  # the other caller is done in 0.15 s
+    handback.start()
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="Timeout"):
+        store.read_many([("user_stats", ["user_stats:1"], ["clicks"])])
+    elapsed = time.monotonic() - started
+    handback.join(), stall.join()
+    store.close()
+    sleeper.close()
+    assert elapsed <= 0.25 + 0.03, elapsed
