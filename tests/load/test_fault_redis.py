@@ -3,8 +3,8 @@
 A private ``redis-server`` (``faults.PrivateRedis``) is the online store of a real gunicorn server
 (2 gthread workers); 4 keep-alive clients load the online endpoint (value cache off) while the
 test freezes Redis (SIGSTOP) for 3 s, then stops and starts it. Figures asserted: no request
-during the stall waits longer than REDIS_TIMEOUT (0.25 s) plus 0.1 s (one deadline bounds each Redis read;
-measured 0.006-0.018 s over, client-side, on a loaded 2-core machine; the rest is margin for CI noise), every
+during the stall waits longer than REDIS_TIMEOUT (0.25 s) plus 0.15 s (one deadline bounds each Redis read;
+measured 0.006-0.03 s over, client-side, on a loaded 2-core machine; the rest is margin for CI noise), every
 failure is a JSON 503 ``unavailable``, and 200s are back within 0.5 s of Redis answering.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fstore.store import FeatureStore
 REPO = Path(__file__).resolve().parents[2]
 BODY = {"features": ["clicks"], "entities": {"user_id": [1, 2]}}
 TIMEOUT = 0.25
-STALL_SLACK = 0.1  # seconds a stalled request may take beyond TIMEOUT (scheduling, the 503's rendering)
+STALL_SLACK = 0.15  # seconds a stalled request may take beyond TIMEOUT (scheduling, the 503's rendering)
 RECOVERY_BOUND = 0.5
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
