@@ -136,7 +136,6 @@ def _path_like(table: exp.Table) -> bool:
 def _refusals(root: exp.Expression, *, query: bool) -> list[str]:
     """Every refused function or construct under ``root``, in order, each once."""
     found: list[str] = []
-    ctes = {cte.alias_or_name.lower() for cte in root.find_all(exp.CTE)} if query else set()
     named: set[int] = set()  # function nodes already reported as a table-valued function
     for node in root.walk():
         reason = None

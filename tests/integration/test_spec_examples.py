@@ -161,7 +161,7 @@ def test_the_spec_requests_work_verbatim(spec_server, tmp_path):
         run = wait_for_run(client, run["id"])
         assert run["status"] == "succeeded", run
     assert run["rows_written"] > 0
-    status, run = client.call("GET", f"/api/v1/feature-sets/user_profile/runs")
+    status, run = client.call("GET", "/api/v1/feature-sets/user_profile/runs")
     profile_run = run["items"][0]
     assert profile_run["rows_written"] == data.users * 31  # one snapshot per user and day of January
 
