@@ -276,7 +276,8 @@ def _compute_and_write(store: "FeatureStore", fsv: "FeatureSetVersion", start: d
         progress.done("validate", validated.rows_checked - int(validated.rows_rejected or 0))
         return _write_outputs(store, fsv, validated, stages, lost, run_id, progress,
                               offline=lambda rows: write_range(spark, store.settings, fsv, rows, start, end),
-                              online=lambda rows, info: load_dataframe(rows, fsv, store.settings, info=info),
+                              online=lambda rows, info: _with_windows(
+                                  store, fsv, start, end, load_dataframe(rows, fsv, store.settings, info=info)),
                               skip_empty=skip_empty)
     finally:
         computed.unpersist()
@@ -310,7 +311,8 @@ def _compute_and_write_duckdb(store: "FeatureStore", fsv: "FeatureSetVersion", s
             online = PreparedLoad(validated.df, fsv, store.settings)
         return _write_outputs(store, fsv, validated, stages, lost, run_id, progress,
                               offline=lambda rows: write_range_arrow(store.settings, fsv, rows, start, end),
-                              online=lambda rows, info: online.write(info), skip_empty=skip_empty)
+                              online=lambda rows, info: _with_windows(store, fsv, start, end, online.write(info)),
+                              skip_empty=skip_empty)
     finally:
         if online is not None:
             online.close()
@@ -367,6 +369,15 @@ def _write_outputs(store: "FeatureStore", fsv: "FeatureSetVersion", validated, s
         stages["online"] = round(time.perf_counter() - t, 3)
         progress.done("online", figures["online_rows"])
     return figures
+
+
+def _with_windows(store: "FeatureStore", fsv: "FeatureSetVersion", start: datetime, end: datetime, written: int) -> int:
+    """After the online load of ``[start, end)``: its windowed features' contributions, so online windows
+    answer exactly at the request's time (``fstore.online.windows``). Returns ``written``, the keys loaded."""
+    from fstore.online.load_windows import load_windows
+
+    load_windows(store, fsv, start, end)
+    return written
 
 
 # -- progress and cancellation ------------------------------------------------------------------

@@ -81,6 +81,9 @@ class _Group:
     present: dict[str, str] | None = None  # {output: "present"}, to update statuses in one call
     all_float: bool = False  # every asked feature is a float: the values of many rows decode in one parse
     aliases: tuple[tuple[str, str], ...] = ()  # (entity name, its join key) for single-key entities
+    # windowed features asked: (pick index, index of its @w: field in read_fields, window, cast), answered at
+    # the request's time from the stored contributions (fstore.online.windows)
+    windows: tuple[tuple[int, int, Any, Callable[[Any], Any]], ...] = ()
 
 
 class _State:
@@ -91,6 +94,7 @@ class _State:
         self.plans: dict[tuple, tuple[int, list[_Group]]] = {}  # key -> (snapshot generation, groups)
         self.snapshot: RegistrySnapshot | None = None
         self.codecs: dict[tuple[str, int], Codec] = {}
+        self.windows: dict[tuple[str, int], dict] = {}  # (set, version) -> {feature: OnlineWindow}
         self.values: dict[tuple[str, int, str], tuple[float, Any]] = {}
         self.lost: dict[str, str] = {}  # set name -> why its online values are lost (from the last check)
         self.checked: dict[str, float] = {}  # set name -> monotonic time of its last marker check
@@ -231,10 +235,26 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         codec = state.codecs.get(codec_key)
         if codec is None:
             codec = state.codecs[codec_key] = Codec.from_version(fsv)
+        windows = state.windows.get(codec_key)
+        if windows is None:
+            from fstore.online.windows import online_windows
+
+            windows = state.windows[codec_key] = online_windows(fsv)
         read_fields = codec.feature_names if cache_all else group.features
         index = {name: i for i, name in enumerate(read_fields)}
         picks = tuple((out, index[name], codec.decoders[name], fsv.feature(name).default_value)
                       for name, out in zip(group.features, group.output_names))
+        asked_windows = [name for name in (codec.feature_names if cache_all else group.features) if name in windows]
+        if asked_windows:
+            from fstore.online.windows import cast, field
+
+            wfields = tuple(dict.fromkeys(field(name) for name in asked_windows))
+            read_fields = tuple(read_fields) + wfields
+            windex = {f: len(read_fields) - len(wfields) + i for i, f in enumerate(wfields)}
+            win = tuple((pi, windex[field(name)], windows[name], cast(windows[name]))
+                        for pi, name in enumerate(group.features) if name in windows)
+        else:
+            win = ()
         ttl = fsv.ttl_seconds * 1_000_000 if fsv.ttl_seconds else None
         indexes = tuple(p[1] for p in picks)
         getter = None if indexes == tuple(range(len(read_fields))) else (
@@ -242,7 +262,7 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl,
                              outs=tuple(p[0] for p in picks), decoders=tuple(p[2] for p in picks), getter=getter,
                              present=dict.fromkeys((p[0] for p in picks), _PRESENT),
-                             all_float=all(p[2] is float for p in picks),
+                             all_float=not win and all(p[2] is float for p in picks), windows=win,
                              aliases=tuple((e.name, e.join_keys[0]) for e in fsv.entities
                                            if len(e.join_keys) == 1 and e.name != e.join_keys[0])))
     if key is not None:
@@ -395,8 +415,17 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
                 for out, _, _, default in picks:
                     fo[out] = default
                     so[out] = _MISSING
+                for pi, _, window, _ in g.windows:  # never stored: the empty window, as historical retrieval answers
+                    out, _, _, default = picks[pi]
+                    fo[out] = window.empty if default is None else default
                 continue
             ts, raw = result
+            if g.windows:  # the windows answered at `now`; the other features as usual
+                _windowed_row(g, ts, raw, now, fo, so)
+                for out, _, _, _ in picks:
+                    if so[out] == _PRESENT and fo[out] is not None:
+                        partial[out] = partial.get(out, 0) + 1
+                continue
             if ttl is not None and now - ts > ttl:
                 for out, i, _, default in picks:
                     fo[out] = default
@@ -450,6 +479,39 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
         },
     }
     return answer, (Coverage(len(ids), found, cache_hit) if len(out_features) == len(ids) else None)
+
+
+def _windowed_row(g: _Group, ts: int, raw: list, now: int, fo: dict, so: dict) -> None:
+    """One stored row of a group with windowed features: each window at ``now`` from its contributions
+    (the TTL does not apply to them: the window ages events out, as in historical retrieval); the rest,
+    and a window whose contributions are absent or belong to an older row, as stored."""
+    from fstore.online.windows import answer
+
+    expired = g.ttl_micros is not None and now - ts > g.ttl_micros
+    done = set()
+    for pi, wi, window, convert in g.windows:
+        stored = raw[wi]
+        if stored is None or stored == NULL:
+            continue
+        usable, value = answer(window, stored, ts, now, convert)
+        if usable:
+            out = g.picks[pi][0]
+            fo[out] = value
+            so[out] = _PRESENT
+            done.add(pi)
+    for pi, (out, i, decode, default) in enumerate(g.picks):
+        if pi in done:
+            continue
+        value = raw[i]
+        if expired:
+            fo[out] = default
+            so[out] = _EXPIRED if value is not None else _MISSING
+        elif value is None:
+            fo[out] = default
+            so[out] = _MISSING
+        else:
+            fo[out] = None if value == NULL else decode(value)
+            so[out] = _PRESENT
 
 
 _METRICS = None

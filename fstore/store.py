@@ -315,11 +315,19 @@ class FeatureStore:
     # -- serving ----------------------------------------------------------------------------
 
     def get_online_features(self, *, features: list[str], entities: dict | list,
-                            feature_sets: list[str] | None = None) -> dict:
-        """Latest values per entity from the online store: ``{"features": …, "metadata": …}``."""
+                            feature_sets: list[str] | None = None, at: "datetime | str | int | None" = None) -> dict:
+        """Latest values per entity from the online store: ``{"features": …, "metadata": …}``.
+
+        ``at`` (a datetime, ISO text or epoch micros; default now) is the instant the answer is for:
+        windowed features are their window at ``at`` and TTLs are judged at ``at``. The server always
+        answers at now; ``at`` lets a caller (a test, the skew check) compare with historical retrieval
+        at the same instant. It is meant for instants at or after the data loaded online.
+        """
+        from fstore.online.base import to_micros
         from fstore.serving import get_online_features
 
-        return get_online_features(self, features=features, entities=entities, feature_sets=feature_sets)
+        return get_online_features(self, features=features, entities=entities, feature_sets=feature_sets,
+                                   now_micros=None if at is None else to_micros(at, field_name="at"))
 
     def get_historical_features(self, *, entity_df: Any = None, features: list[str], feature_sets: list[str] | None = None,
                                 as_of: int | str | datetime | None = None, timestamp_column: str | None = None,

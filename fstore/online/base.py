@@ -247,6 +247,7 @@ class Codec:
     key_types: tuple[str, ...]
     features: tuple[tuple[str, str], ...]  # (feature name, data type) in registry order
     ttl_seconds: int | None = None
+    window_seconds: int = 0  # the longest window of a windowed feature (they age events out at read time)
 
     @classmethod
     def from_version(cls, fsv: "FeatureSetVersion") -> "Codec":
@@ -257,7 +258,8 @@ class Codec:
         keys = fsv.join_keys
         return cls(name=fsv.name, version=fsv.version, key_columns=keys,
                    key_types=tuple(key_types.get(k, "string") for k in keys),
-                   features=tuple((f.name, f.data_type) for f in fsv.features), ttl_seconds=fsv.ttl_seconds)
+                   features=tuple((f.name, f.data_type) for f in fsv.features), ttl_seconds=fsv.ttl_seconds,
+                   window_seconds=_longest_window(fsv))
 
     def __getstate__(self) -> dict[str, Any]:
         # The prepared decoders (lambdas) stay behind; an executor or another process rebuilds them.
@@ -286,6 +288,15 @@ class Codec:
                 raise InvalidDefinition(f"feature set {self.name} needs entity key {column}", field="entities") from None
             key += f"{len(text)}:{text}"
         return key
+
+
+def _longest_window(fsv: "FeatureSetVersion") -> int:
+    from fstore.online.windows import online_windows
+
+    try:
+        return max((w.size_micros // 1_000_000 for w in online_windows(fsv).values()), default=0)
+    except InvalidDefinition:  # a definition that no longer parses serves what it stored
+        return 0
 
 
 def as_codec(feature_set: "Codec | FeatureSetVersion") -> Codec:
@@ -340,6 +351,12 @@ class OnlineStore(ABC):
         """
         codec = as_codec(feature_set)
         return self.write_encoded(codec, encode_rows(codec, rows))
+
+    @abstractmethod
+    def write_at(self, name: str, fields: Sequence[str], rows: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
+        """Set ``fields`` of each ``(hash key, event micros, values)`` only where the stored ``@ts`` equals
+        that event time (the window contributions computed for that very row; ``fstore.online.windows``).
+        Returns keys written."""
 
     @abstractmethod
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:

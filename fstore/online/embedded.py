@@ -128,6 +128,24 @@ class EmbeddedOnlineStore(OnlineStore):
                 raise
             return written
 
+    def write_at(self, name: str, fields: Sequence[str], rows: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
+        if not rows:
+            return 0
+        params = [(data_json(fields, values), name, key, ts) for key, ts, values in rows]
+        with self._guard():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany("UPDATE online_values SET data = json_patch(data, ?) WHERE fs = ? AND k = ? AND ts = ?",
+                                 params)
+                written = conn.total_changes - before
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return written
+
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
         return self.read_checked(requests, ())[0]
 

@@ -98,11 +98,15 @@ def require_columns(columns: Iterable[str], codec: Codec, what: str) -> None:
 
 
 def ttl_cutoff(codec: Codec, now_micros: int | None) -> int | None:
-    """The oldest event time (micros) still worth loading, or None when the set has no TTL."""
+    """The oldest event time (micros) still worth loading, or None when the set has no TTL.
+
+    A windowed feature answers its window at the request's time whatever the TTL (as historical
+    retrieval does), so a set with windows keeps rows up to its longest window when that is longer.
+    """
     if not codec.ttl_seconds:
         return None
     now = now_micros if now_micros is not None else int(time.time() * 1_000_000)
-    return now - codec.ttl_seconds * 1_000_000
+    return now - max(codec.ttl_seconds, codec.window_seconds) * 1_000_000
 
 
 def latest_rows(df, codec: Codec, *, now_micros: int | None = None):

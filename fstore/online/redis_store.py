@@ -65,6 +65,26 @@ return written
 """
 
 WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
+
+# Fields written beside a row only while the hash still holds that row (@ts equal): ARGV = nf, the field
+# names, then per key its event time and nf values.
+_WRITE_AT_LUA = """
+local nf = tonumber(ARGV[1])
+local a = nf + 2
+local written = 0
+local args = {}
+for j = 1, nf do args[2 * j - 1] = ARGV[1 + j] end
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], '@ts') == ARGV[a] then
+    for j = 1, nf do args[2 * j] = ARGV[a + j] end
+    redis.call('HSET', KEYS[i], unpack(args))
+    written = written + 1
+  end
+  a = a + 1 + nf
+end
+return written
+"""
+WRITE_AT_SHA = hashlib.sha1(_WRITE_AT_LUA.encode()).hexdigest()
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -174,6 +194,17 @@ class RedisOnlineStore(OnlineStore):
                 args.append(r.ts)
                 args.extend(r.values)
             written += int(self._call(lambda: self._evalsha(WRITE_SHA, _WRITE_LUA, len(chunk) + 1, *args)))
+        return written
+
+    def write_at(self, name: str, fields: Sequence[str], rows: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
+        written = 0
+        for start in range(0, len(rows), self.write_batch):
+            chunk = rows[start:start + self.write_batch]
+            args: list[Any] = [*(key for key, _, _ in chunk), len(fields), *fields]
+            for _, ts, values in chunk:
+                args.append(b"%d" % ts)
+                args.extend(values)
+            written += int(self._call(lambda: self._evalsha(WRITE_AT_SHA, _WRITE_AT_LUA, len(chunk), *args)))
         return written
 
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:

@@ -1,0 +1,97 @@
+"""The online window combination (``fstore.online.windows``) against a brute-force oracle.
+
+Random events per aggregation, encoded as of the entity's last event, combined at random instants at or
+after it (and at the aging-out edges ± 1 µs): equal to the aggregate of the events in ``(t - size, t]``.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from fstore.online.windows import OnlineWindow, answer, cast, combine, decode, encode
+
+SIZE = 10_000_000  # 10 s in micros
+AGGS = ("count", "sum", "avg", "min", "max", "stddev", "count_distinct", "last")
+
+
+def oracle(fn: str, column: bool, events: list[tuple[int, object]], t: int):
+    inside = [(ts, v) for ts, v in events if t - SIZE < ts <= t]
+    if fn == "count" and not column:
+        return len(inside)
+    values = [v for _, v in inside if v is not None]
+    if fn == "count":
+        return len(values)
+    if fn == "count_distinct":
+        return len(set(values))
+    if not values:
+        return None
+    if fn == "sum":
+        return sum(values)
+    if fn == "avg":
+        return sum(values) / len(values)
+    if fn == "min":
+        return min(values)
+    if fn == "max":
+        return max(values)
+    if fn == "stddev":
+        return statistics.stdev(values) if len(values) > 1 else None
+    return max((ts, v) for ts, v in inside if v is not None)[1]  # latest; ties: the greatest value
+
+
+@pytest.mark.parametrize(("fn", "column"), [(fn, True) for fn in AGGS] + [("count", False)])
+@pytest.mark.parametrize("seed", range(5))
+def test_combine_equals_the_oracle_at_every_instant(fn, column, seed):
+    rng = random.Random(seed)
+    window = OnlineWindow(feature="f", function=fn, size_micros=SIZE, data_type="float", column=column)
+    events = []
+    for _ in range(rng.randint(0, 30)):
+        ts = rng.randint(0, 40_000_000)
+        events.append((ts, None if rng.random() < 0.2 else rng.randint(-5, 5)))
+    events += [(ts, v) for ts, v in events[:3]]  # ties
+    last = max((ts for ts, _ in events), default=0)
+    stored = decode(encode(window, last, events))
+    assert stored[0] == last
+    instants = {last, last + 1, last + SIZE, last + SIZE - 1, last + 3 * SIZE}
+    instants |= {ts + SIZE + d for ts, _ in events for d in (-1, 0, 1) if ts + SIZE + d >= last}
+    instants |= {last + rng.randint(0, 2 * SIZE) for _ in range(20)}
+    for t in sorted(instants):
+        got, want = combine(window, stored, t), oracle(fn, column, events, t)
+        if isinstance(want, float):
+            assert math.isclose(got, want, rel_tol=1e-12), (t, got, want)
+        else:
+            assert got == want, (t, got, want)
+
+
+def test_only_the_window_before_the_last_event_is_stored():
+    window = OnlineWindow(feature="f", function="sum", size_micros=SIZE, data_type="int")
+    events = [(0, 100), (1, 10), (SIZE, 1), (SIZE + 5, 2), (SIZE + 6, None)]
+    stored = decode(encode(window, SIZE + 6, events))
+    # (6, SIZE + 6]: the events at 0 and 1 are outside; a null value counts for nothing
+    assert stored == [SIZE + 6, [SIZE, SIZE + 5], [1, 2]]
+    assert combine(window, stored, SIZE + 6) == 3
+    assert combine(window, stored, 2 * SIZE) == 2  # the event at SIZE aged out exactly one window later
+    assert combine(window, stored, 2 * SIZE - 1) == 3
+    assert combine(window, stored, 3 * SIZE + 5) is None  # empty window: null, as historical retrieval answers
+
+
+def test_count_star_counts_null_values_and_empty_is_zero():
+    window = OnlineWindow(feature="n", function="count", size_micros=SIZE, data_type="int", column=False)
+    stored = decode(encode(window, 5, [(1, None), (5, 3.0)]))
+    assert combine(window, stored, 5) == 2 and combine(window, stored, 5 + SIZE * 2) == 0
+
+
+def test_contributions_of_an_older_row_are_not_used():
+    window = OnlineWindow(feature="f", function="max", size_micros=SIZE, data_type="float")
+    raw = encode(window, 100, [(100, 7)])
+    assert answer(window, raw, 100, 150, cast(window)) == (True, 7.0)
+    assert answer(window, raw, 200, 250, cast(window)) == (False, None)  # the hash holds a newer row now
+
+
+@pytest.mark.parametrize(("data_type", "value", "want"), [("int", 2.9, 2), ("int", -2.9, -2), ("float", 3, 3.0),
+                                                        ("timestamp", 0, "1970-01-01T00:00:00Z")])
+def test_cast_follows_the_feature_type(data_type, value, want):
+    window = OnlineWindow(feature="f", function="max", size_micros=SIZE, data_type=data_type)
+    assert cast(window)(value) == want and cast(window)(None) is None
