@@ -48,6 +48,9 @@ CACHE = Counter("fstore_online_cache", "Online serving cache lookups by feature 
                 ["feature_set", "result"])
 ONLINE_STORE_SECONDS = Histogram("fstore_online_store_roundtrip_seconds", "Online store round-trip time",
                                  ["operation"], buckets=_LATENCY_BUCKETS)
+SKEW_ROWS = Counter("fstore_online_skew_rows",
+                    "Entity rows of sampled online answers compared with historical retrieval at the same instant, "
+                    "by feature set and result (same/skewed; ONLINE_SKEW_SAMPLE)", ["feature_set", "result"])
 REGISTRY_REFRESH = Counter("fstore_registry_snapshot_refreshes",
                            "Online serving's registry snapshot refreshes by result (ok/failed; failed: answers degraded)",
                            ["result"])
@@ -91,6 +94,51 @@ def observe_online(feature_set: str, seconds: float | None = None, cache_hit: bo
 def observe_online_store(seconds: float, operation: str = "read") -> None:
     """One round trip to the online store (Redis or embedded)."""
     _child(ONLINE_STORE_SECONDS, operation).observe(seconds)
+
+
+def observe_skew(feature_set: str, compared: int, skewed: int) -> None:
+    """One skew check of a feature set (``fstore.skew``): rows compared, rows where some feature differed."""
+    _child(SKEW_ROWS, feature_set, "skewed").inc(skewed)
+    _child(SKEW_ROWS, feature_set, "same").inc(compared - skewed)
+
+
+def skew_totals(source=None) -> dict[str, dict[str, float]]:
+    """Per feature set ``{"compared", "skewed", "rate"}`` from the skew counters (every worker's, in
+    multiprocess mode)."""
+    if source is None:
+        source = _multiprocess_collector() if os.environ.get(MULTIPROC_ENV) else SKEW_ROWS
+    totals: dict[str, dict[str, float]] = {}
+    for family in source.collect():
+        if family.name != "fstore_online_skew_rows":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            entry = totals.setdefault(sample.labels["feature_set"], {"compared": 0, "skewed": 0})
+            entry["compared"] += sample.value
+            if sample.labels["result"] == "skewed":
+                entry["skewed"] += sample.value
+    for entry in totals.values():
+        entry["rate"] = entry["skewed"] / entry["compared"] if entry["compared"] else None
+    return totals
+
+
+def _multiprocess_collector():
+    from prometheus_client import multiprocess
+
+    return multiprocess.MultiProcessCollector(CollectorRegistry())
+
+
+class SkewRateCollector:
+    """``fstore_online_skew_rate``: skewed / compared rows per feature set, derived from the counters at scrape."""
+
+    def collect(self):
+        gauge = GaugeMetricFamily("fstore_online_skew_rate", "Fraction of sampled online entity rows that differ "
+                                  "from historical retrieval at the same instant", labels=["feature_set"])
+        for name, entry in skew_totals().items():
+            if entry["rate"] is not None:
+                gauge.add_metric([name], entry["rate"])
+        yield gauge
 
 
 def observe_registry_refresh(*, ok: bool) -> None:
@@ -184,8 +232,9 @@ def render(store: "FeatureStore | None" = None, *, allowed: Callable[[str], bool
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = CollectorRegistry()
-        for collector in (REQUESTS, ERRORS, REQUEST_SECONDS, SERVING_SECONDS, CACHE, ONLINE_STORE_SECONDS):
+        for collector in (REQUESTS, ERRORS, REQUEST_SECONDS, SERVING_SECONDS, CACHE, ONLINE_STORE_SECONDS, SKEW_ROWS):
             registry.register(collector)
+    registry.register(SkewRateCollector())
     if store is not None:
         registry.register(RegistryCollector(store, allowed))
     return generate_latest(registry), CONTENT_TYPE_LATEST

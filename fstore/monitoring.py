@@ -129,6 +129,18 @@ def statistics(s: Session, *, days: int = 7, feature_set: str | None = None,
     return {"days": days, "since": _iso(since), "items": items}
 
 
+def online_skew(store: "FeatureStore", *, feature_set: str | None = None,
+                allowed: Callable[[str], bool] | None = None) -> dict:
+    """The sampled skew check's figures (``fstore.skew``, ``ONLINE_SKEW_SAMPLE``): per feature set the entity
+    rows compared with historical retrieval since the server started, those that differed, and the rate."""
+    from fstore.metrics import skew_totals
+
+    items = [{"feature_set": name, "compared": int(e["compared"]), "skewed": int(e["skewed"]), "skew_rate": e["rate"]}
+             for name, e in sorted(skew_totals().items())
+             if (feature_set is None or name == feature_set) and (allowed is None or allowed(name))]
+    return {"sample": store.settings.online_skew_sample, "items": items}
+
+
 # -- freshness --------------------------------------------------------------------------------
 
 def late_against_schedule(schedule: str | None, last_success: datetime | None, now: datetime,

@@ -478,6 +478,10 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
             "degraded_reason": reason,
         },
     }
+    if settings.online_skew_sample > 0:  # a sampled comparison with historical retrieval, in the background
+        from fstore.skew import monitor_for
+
+        monitor_for(store).offer(features, entities, feature_sets, answer, now)
     return answer, (Coverage(len(ids), found, cache_hit) if len(out_features) == len(ids) else None)
 
 

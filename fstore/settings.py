@@ -66,6 +66,13 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     return value
 
 
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value > 1.0:
+        raise InvalidDefinition(f"{name}={value} must be a fraction between 0 and 1", field=name)
+    return value
+
+
 def _fernet_keys(env: Mapping[str, str], name: str) -> str:
     """Comma-separated Fernet keys (URL-safe base64 of 32 bytes each), checked without importing cryptography."""
     raw = env.get(name, "").strip()
@@ -158,6 +165,7 @@ class Settings:
     compute_engine: str = "spark"  # COMPUTE_ENGINE: spark (local or cluster) or duckdb (embedded, one process)
     serving_cache_enabled: bool = False
     serving_cache_ttl: float = 5.0
+    online_skew_sample: float = 0.0  # ONLINE_SKEW_SAMPLE: fraction of online requests checked against historical
     max_entities_per_request: int = 1000
     max_historical_rows: int = 1_000_000
     max_body_bytes: int = 16 * 1024 * 1024
@@ -233,6 +241,7 @@ class Settings:
             compute_engine=_choice(env, "COMPUTE_ENGINE", "spark", ("spark", "duckdb")),
             serving_cache_enabled=_bool(env, "SERVING_CACHE_ENABLED", False),
             serving_cache_ttl=_float(env, "SERVING_CACHE_TTL", 5.0),
+            online_skew_sample=_fraction(env, "ONLINE_SKEW_SAMPLE", 0.0),
             max_entities_per_request=_int(env, "MAX_ENTITIES_PER_REQUEST", 1000, minimum=1),
             max_historical_rows=_int(env, "MAX_HISTORICAL_ROWS", 1_000_000, minimum=1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1024),

@@ -182,7 +182,10 @@ def statistics(query: StatisticsQuery):
         def allowed(fs: str, feature: str | None) -> bool:
             return grant.allows_feature_set(fs) if feature is None else grant.allows_feature(fs, feature)
     with get_store().transaction() as s:
-        return monitoring.statistics(s, days=query.days, feature_set=query.feature_set, allowed=allowed)
+        data = monitoring.statistics(s, days=query.days, feature_set=query.feature_set, allowed=allowed)
+    data["online_skew"] = monitoring.online_skew(get_store(), feature_set=query.feature_set,
+                                                 allowed=grant.allows_feature_set if grant else None)
+    return data
 
 
 @bp.get("/monitoring/data-freshness", tags=[_mon], responses={200: Items})

@@ -124,7 +124,7 @@ def list_audit(cli: CliState, actor: str | None, action: str | None, target: str
 
 @main.group()
 def monitor() -> None:
-    """Feature statistics, data freshness and serving usage."""
+    """Feature statistics, data freshness, serving usage and training-serving skew."""
 
 
 @monitor.command("statistics")
@@ -144,6 +144,28 @@ def statistics(cli: CliState, days: int, feature_set: str | None) -> None:
                 for item in d["items"] for f in item["features"]]
         return table(rows, ["feature_set", "feature", "runs", "count", "null_rate", "violations", "min", "max",
                             "mean", "mean_change"])
+
+    emit(cli, data, render)
+
+
+@monitor.command("skew")
+@click.argument("name")
+@click.option("--sample", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many entity keys of the set's offline table to compare.")
+@json_option
+@pass_cli
+def skew(cli: CliState, name: str, sample: int) -> None:
+    """Training-serving skew of feature set NAME: SAMPLE entity keys served online at now against historical
+    retrieval at the same instant; prints the rate of rows that differ and which features did."""
+    from fstore.skew import check_skew
+
+    data = check_skew(cli.store, name, sample=sample)
+
+    def render(d: dict) -> str:
+        rate = "n/a (no entity keys)" if d["skew_rate"] is None else f"{d['skew_rate']:.4f}"
+        head = (f"feature set {d['feature_set']} at {d['at']}: {d['skewed']} of {d['compared']} entities skewed, "
+                f"skew rate {rate}")
+        return head + ("\n" + table(d["features"], ["feature", "rows_skewed"]) if d["features"] else "")
 
     emit(cli, data, render)
 

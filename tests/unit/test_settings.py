@@ -34,7 +34,7 @@ def test_every_variable_is_read(tmp_path):
         "SPARK_LOG_LEVEL": "WARN",
         "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
         "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
-        "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars",
+        "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars", "ONLINE_SKEW_SAMPLE": "0.25",
     }
     s = Settings.from_env(env)
     assert s.python_feature_modules == ("acme.features", "acme.udfs")
@@ -53,6 +53,7 @@ def test_every_variable_is_read(tmp_path):
     assert (s.scheduler_concurrency, s.scheduler_retries, s.scheduler_retry_seconds) == (3, 0, 1.5)
     assert s.spark_log_level == "warn"
     assert (s.delta_writer, s.spark_jars_dir) == ("delta-rs", "/opt/jars")
+    assert s.online_skew_sample == 0.25 and Settings.from_env({}).online_skew_sample == 0.0
 
 
 def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
@@ -82,6 +83,9 @@ def test_the_jars_cache_defaults_under_the_user_cache(tmp_path):
     ("SERVING_CACHE_ENABLED", "maybe", "not a boolean"),
     ("SERVING_CACHE_TTL", "soon", "not a number"),
     ("SERVING_CACHE_TTL", "-1", "must be >= 0"),
+    ("ONLINE_SKEW_SAMPLE", "1.5", "between 0 and 1"),
+    ("ONLINE_SKEW_SAMPLE", "-0.1", "must be >= 0"),
+    ("ONLINE_SKEW_SAMPLE", "some", "not a number"),
     ("MAX_ENTITIES_PER_REQUEST", "0", "out of range"),
     ("MAX_HISTORICAL_ROWS", "1e6", "not an integer"),
     ("MAX_BODY_BYTES", "100", "out of range"),
