@@ -54,6 +54,7 @@ import orjson
 
 from fstore.errors import InvalidDefinition, TooLarge, Unavailable
 from fstore.online.base import NULL, Codec
+from fstore.online.windows import answer as window_answer
 from fstore.registry.snapshot import RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -489,15 +490,13 @@ def _windowed_row(g: _Group, ts: int, raw: list, now: int, fo: dict, so: dict) -
     """One stored row of a group with windowed features: each window at ``now`` from its contributions
     (the TTL does not apply to them: the window ages events out, as in historical retrieval); the rest,
     and a window whose contributions are absent or belong to an older row, as stored."""
-    from fstore.online.windows import answer
-
     expired = g.ttl_micros is not None and now - ts > g.ttl_micros
     done = set()
     for pi, wi, window, convert in g.windows:
         stored = raw[wi]
         if stored is None or stored == NULL:
             continue
-        usable, value = answer(window, stored, ts, now, convert)
+        usable, value = window_answer(window, stored, ts, now, convert)
         if usable:
             out = g.picks[pi][0]
             fo[out] = value

@@ -39,6 +39,7 @@ def reload_online(store: "FeatureStore", ref: str | int, *, actor: str = "") -> 
     """Rebuild the online values of ``ref`` from its offline table; returns what was done."""
     from fstore import audit, serving
     from fstore.materialize import LOCK_TTL_SECONDS, lock_name, take_set_lock
+    from fstore.online.load_windows import load_windows
     from fstore.registry.repo import load_feature_set_version
 
     with store.transaction() as s:
@@ -60,6 +61,9 @@ def reload_online(store: "FeatureStore", ref: str | int, *, actor: str = "") -> 
                 written, version, skipped = _reload_duckdb(store, Codec.from_version(fsv))
             else:
                 written, version, skipped = _reload_spark(store, Codec.from_version(fsv))
+            # the windows' contributions are not in the offline table: recomputed from the source, written only
+            # beside the rows whose event time is the entity's last source event (fstore.online.load_windows)
+            load_windows(store, fsv, None, None)
     except Exception as exc:
         audit.record(store.engine, actor=actor, action="online reload", target=name, outcome="failed",
                      detail={"error": str(exc)[:500]})
@@ -109,8 +113,9 @@ def _reload_duckdb(store: "FeatureStore", codec: Codec) -> tuple[int, int | None
     from fstore.online.load_arrow import load_arrow
 
     lo = None
-    if codec.ttl_seconds:
-        lo = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=codec.ttl_seconds)
+    if codec.ttl_seconds:  # what the load keeps (load.ttl_cutoff): the TTL, or the longest window when longer
+        lo = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=max(codec.ttl_seconds,
+                                                                                     codec.window_seconds))
     files = read_files(store.settings, codec.name, lo=lo)
     con = duckdb.connect()
     try:
