@@ -54,7 +54,6 @@ import orjson
 
 from fstore.errors import InvalidDefinition, TooLarge, Unavailable
 from fstore.online.base import NULL, Codec
-from fstore.online.windows import answer as window_answer
 from fstore.registry.snapshot import RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -82,9 +81,9 @@ class _Group:
     present: dict[str, str] | None = None  # {output: "present"}, to update statuses in one call
     all_float: bool = False  # every asked feature is a float: the values of many rows decode in one parse
     aliases: tuple[tuple[str, str], ...] = ()  # (entity name, its join key) for single-key entities
-    # windowed features asked: (pick index, index of its @w: field in read_fields, window, cast), answered at
-    # the request's time from the stored contributions (fstore.online.windows)
-    windows: tuple[tuple[int, int, Any, Callable[[Any], Any]], ...] = ()
+    # windowed features asked: (pick index, window, combiner), answered at the request's time from the
+    # stored record of their events, read as the last field (fstore.online.windows)
+    windows: tuple[tuple[int, Any, Callable[[list, int], Any]], ...] = ()
 
 
 class _State:
@@ -245,17 +244,14 @@ def _plan(store: "FeatureStore", state: _State, features: Any, feature_sets: Any
         index = {name: i for i, name in enumerate(read_fields)}
         picks = tuple((out, index[name], codec.decoders[name], fsv.feature(name).default_value)
                       for name, out in zip(group.features, group.output_names))
-        asked_windows = [name for name in (codec.feature_names if cache_all else group.features) if name in windows]
-        if asked_windows:
-            from fstore.online.windows import cast, field
+        win = ()
+        # a cached read serves any later request of the set: it carries the record whenever the set has windows
+        if windows and (cache_all or any(name in windows for name in group.features)):
+            from fstore.online.windows import FIELD, combiner
 
-            wfields = tuple(dict.fromkeys(field(name) for name in asked_windows))
-            read_fields = tuple(read_fields) + wfields
-            windex = {f: len(read_fields) - len(wfields) + i for i, f in enumerate(wfields)}
-            win = tuple((pi, windex[field(name)], windows[name], cast(windows[name]))
+            read_fields = (*read_fields, FIELD)  # one record of every window's events, after the features
+            win = tuple((pi, windows[name], combiner(windows[name]))
                         for pi, name in enumerate(group.features) if name in windows)
-        else:
-            win = ()
         ttl = fsv.ttl_seconds * 1_000_000 if fsv.ttl_seconds else None
         indexes = tuple(p[1] for p in picks)
         getter = None if indexes == tuple(range(len(read_fields))) else (
@@ -416,7 +412,7 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
                 for out, _, _, default in picks:
                     fo[out] = default
                     so[out] = _MISSING
-                for pi, _, window, _ in g.windows:  # never stored: the empty window, as historical retrieval answers
+                for pi, window, _ in g.windows:  # never stored: the empty window, as historical retrieval answers
                     out, _, _, default = picks[pi]
                     fo[out] = window.empty if default is None else default
                 continue
@@ -487,23 +483,23 @@ def answer_online(store: "FeatureStore", *, features: list[str], entities: dict 
 
 
 def _windowed_row(g: _Group, ts: int, raw: list, now: int, fo: dict, so: dict) -> None:
-    """One stored row of a group with windowed features: each window at ``now`` from its contributions
-    (the TTL does not apply to them: the window ages events out, as in historical retrieval); the rest,
-    and a window whose contributions are absent or belong to an older row, as stored."""
+    """One stored row of a group with windowed features: each window at ``now`` from the row's record of
+    events (the TTL does not apply to them: a window ages events out itself, as in historical retrieval);
+    the other features, and the windows when the record is absent or of an older row or version, as stored."""
     expired = g.ttl_micros is not None and now - ts > g.ttl_micros
-    done = set()
-    for pi, wi, window, convert in g.windows:
-        stored = raw[wi]
-        if stored is None or stored == NULL:
-            continue
-        usable, value = window_answer(window, stored, ts, now, convert)
-        if usable:
-            out = g.picks[pi][0]
-            fo[out] = value
-            so[out] = _PRESENT
-            done.add(pi)
+    done = 0
+    stored = raw[-1]
+    if stored is not None and stored != NULL:
+        record = orjson.loads(stored)
+        if record[0] == ts and record[1] == g.codec.version:
+            picks = g.picks
+            for pi, _, combine in g.windows:
+                out = picks[pi][0]
+                fo[out] = combine(record, now)
+                so[out] = _PRESENT
+                done |= 1 << pi
     for pi, (out, i, decode, default) in enumerate(g.picks):
-        if pi in done:
+        if done >> pi & 1:
             continue
         value = raw[i]
         if expired:

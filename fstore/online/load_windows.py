@@ -4,9 +4,9 @@ After a run's ordinary online load, the source events the run read (``[start - l
 end)``) go through the compiler's own first stages (``wide_sql``: the same keys, event time,
 value and filter expressions the windows aggregate), projected to ``(keys, ts, value_i,
 counted_i)`` per windowed feature. Per entity key whose last event falls in ``[start, end)``
-(and is within what the load keeps: ``load.ttl_cutoff``), the events of each window's
-``(last - size, last]`` are encoded and written with ``OnlineStore.write_at``: only where the
-hash still holds that very row (``@ts`` equal), so a newer row is never given older events and
+(and is within what the load keeps: ``load.ttl_cutoff``), the events of ``(last - longest
+window, last]`` are encoded into one record (``fstore.online.windows.encode``) and written with
+``OnlineStore.write_at``: only where the hash still holds that very row (``@ts`` equal), so a newer row is never given older events and
 a row that validation dropped never gets contributions.
 
 On Spark the grouping runs in Spark and the encoding and writes in the executors
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from fstore.compiler.dialect import quote
 from fstore.online.base import Codec
-from fstore.online.windows import OnlineWindow, encode, field, online_windows
+from fstore.online.windows import FIELD, OnlineWindow, encode, online_windows
 
 if TYPE_CHECKING:
     from fstore.definitions import FeatureSetVersion
@@ -55,14 +55,13 @@ def entity_rows(codec: Codec, windows: Sequence[OnlineWindow], rows: Iterable[di
                 start_us: int | None) -> list[tuple[str, int, list[bytes]]]:
     """Grouped rows (keys, ``last``, ``events``: dicts of ts/values/flags) → ``write_at`` rows."""
     out = []
+    n = len(windows)
     for row in rows:
         last = row["last"]
         if last is None or (start_us is not None and last < start_us) or (cutoff is not None and last < cutoff):
             continue
-        events = row["events"]
-        values = [encode(w, last, [(e[TS], e[f"__w_v{i}"]) for e in events if e[f"__w_c{i}"]])
-                  for i, w in enumerate(windows)]
-        out.append((codec.key_of(row), last, values))
+        events = [(e[TS], [(bool(e[f"__w_c{i}"]), e[f"__w_v{i}"]) for i in range(n)]) for e in row["events"]]
+        out.append((codec.key_of(row), last, [encode(windows, codec.version, last, events)]))
     return out
 
 
@@ -87,7 +86,7 @@ def _config(settings: "Settings") -> dict[str, Any]:
 def _write(config: dict[str, Any], codec: Codec, windows: Sequence[OnlineWindow], cutoff: int | None,
            start_us: int | None, batches: Iterable[list[dict]]) -> int:
     store = _open(config)
-    fields = [field(w.feature) for w in windows]
+    fields = [FIELD]
     written = 0
     try:
         for rows in batches:

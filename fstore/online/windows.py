@@ -4,27 +4,31 @@ Why: a window's value as of the entity's last event never ages (a 30-day count k
 event 35 days old until the entity's next event), so online answers drifted from what
 historical retrieval (``fstore.retrieval.windows``) computes at the same instant.
 
-Design: raw contributions, not tiles. For each windowed feature ``f`` (size ``s``) and each
-entity whose last loaded event is at ``T``, the online hash also holds the field ``@w:f``:
-the events of ``(T - s, T]`` that the window counts (filter true; a non-null value unless
-the aggregation is ``COUNT(*)``), each as its event time in micros and its value. At a
-request time ``t >= T`` the window ``(t - s, t]`` holds exactly the stored events with
-``ts > t - s`` (no event after ``T`` is loaded, and ``t - s >= T - s``), so applying the
-aggregation to them gives the historical answer — for every aggregation, including the
-ones no partial can merge exactly (``count_distinct``, ``last``, ``stddev``). Tiles would
-bound memory for very busy entities but need edge events for exactness anyway and give no
-exact ``count_distinct``; the contributions are the edge events of a one-tile design.
+Design: raw contributions, not tiles. For an entity whose last loaded event is at ``T``,
+the online hash also holds the field ``@w``: the entity's events of ``(T - longest window,
+T]`` that some window counts, each as its event time in micros and, per windowed feature,
+what that window takes from it (its value; ``1`` for a count; null when the window does not
+count the event: filter false, null value, or older than its own size). At a request time
+``t >= T`` the window ``(t - s, t]`` holds exactly the stored events with ``ts > t - s``
+(no event after ``T`` was loaded, and ``t - s >= T - s``), so applying the aggregation to
+them gives the historical answer — for every aggregation, including those no partial
+aggregate merges exactly (``count_distinct``, ``last``, ``stddev``). Tiles (hourly or daily
+partials) would bound the memory of very busy entities, but an exact window still needs the
+edge tile's raw events and ``count_distinct`` needs the values anyway: for windows of days
+and entities of tens to hundreds of events per window, the raw events are the smaller and
+simpler design (memory: README-NOTES "Online windows exact at request time").
 
-Stored text: JSON ``[T, [ts, …], [value, …]]`` sorted by ``(ts, value)`` (``[T, [ts, …]]``
-for a count, which needs no values). ``T`` is the hash's ``@ts`` when written; a reader uses
-the field only when it still equals the hash's ``@ts`` (else the field belongs to an older
-row and the stored scalar is answered, as before).
+Stored text (JSON, one parse per entity and request): ``[T, version, [ts…], [col…] per
+windowed feature in definition order]``, events sorted by time. ``T`` is the hash's ``@ts``
+when written and ``version`` the feature set version whose windows these are; a reader uses
+the record only when both still match (else it belongs to an older row or another
+definition, and the stored scalar is answered, as before this design).
 
 Precision: ``count``, ``count_distinct``, ``min``, ``max``, ``last`` and integer ``sum``
 are exact (values round-trip JSON exactly; Python ints do not overflow). A float ``sum`` is
-the IEEE double sum in event-time order (Spark's window frame sums in the same order;
-DuckDB's segment tree may differ in the last bits); ``avg`` is that sum over the count;
-``stddev`` the sample standard deviation by a two-pass mean, within a few ULPs of the engines'.
+the IEEE double sum in event-time order (Spark's window frame adds in that order; DuckDB's
+segment tree may differ in the last bits); ``avg`` is that sum over the count; ``stddev`` the
+sample standard deviation by a two-pass mean, within a few ULPs of the engines'.
 """
 from __future__ import annotations
 
@@ -42,12 +46,8 @@ from fstore.online.base import iso_from_micros, to_micros
 if TYPE_CHECKING:
     from fstore.definitions import FeatureSetVersion
 
-PREFIX = "@w:"
-
-
-def field(feature: str) -> str:
-    """The hash field holding ``feature``'s window contributions."""
-    return PREFIX + feature
+FIELD = "@w"  # ``@`` cannot start a feature name
+_COLS = 3  # the first column's position in a record
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,7 @@ class OnlineWindow:
     size_micros: int
     data_type: str
     column: bool = True  # False for COUNT(*): every event counts, null values too
-
-    @property
-    def needs_values(self) -> bool:
-        """Whether the stored contributions carry values (a count needs only event times)."""
-        return self.function != "count"
+    index: int = 0  # its column in the stored record
 
     @property
     def empty(self) -> Any:
@@ -72,7 +68,7 @@ class OnlineWindow:
 
 
 def online_windows(fsv: "FeatureSetVersion") -> dict[str, OnlineWindow]:
-    """The windowed features of ``fsv`` by name (row, composite and python features are not windows)."""
+    """The windowed features of ``fsv`` by name, in definition order (row, composite and python features are not windows)."""
     from fstore.compiler import EVENT_TIME
     from fstore.compiler.windows import window_spec
 
@@ -81,7 +77,7 @@ def online_windows(fsv: "FeatureSetVersion") -> dict[str, OnlineWindow]:
         spec = window_spec(fsv, f, event_time=EVENT_TIME)
         if spec is not None:
             out[f.name] = OnlineWindow(feature=f.name, function=spec.function, size_micros=spec.size_seconds * 1_000_000,
-                                       data_type=f.data_type, column=spec.value is not None)
+                                       data_type=f.data_type, column=spec.value is not None, index=len(out))
     return out
 
 
@@ -95,78 +91,82 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def encode(window: OnlineWindow, at: int, events: Sequence[tuple[int, Any]]) -> bytes:
-    """The stored text of one entity's contributions to ``window`` as of its last event ``at``.
+def _take(window: OnlineWindow, at: int, ts: int, counted: bool, value: Any) -> Any:
+    """What ``window`` keeps of one event: None when it does not count it as of ``at``."""
+    if not counted or ts <= at - window.size_micros or (value is None and window.column):
+        return None
+    if window.function == "count":
+        return 1
+    return _json_value(value)
 
-    ``events``: ``(ts micros, value)`` of the entity's events that the window counts (filter
-    true), any order, any time; those outside ``(at - size, at]`` and, unless the window is a
-    ``COUNT(*)``, those with a null value, are left out.
+
+def encode(windows: Sequence[OnlineWindow], version: int, at: int,
+           events: Sequence[tuple[int, Sequence[tuple[bool, Any]]]]) -> bytes:
+    """The stored record of one entity as of its last event ``at``.
+
+    ``events``: ``(ts micros, [(counted, value) per window])`` — ``counted`` the window's filter
+    — in any order; events after ``at`` or counted by no window are left out.
     """
-    lo = at - window.size_micros
-    kept = [(ts, _json_value(v)) for ts, v in events if lo < ts <= at and (v is not None or not window.column)]
-    if not window.needs_values:
-        return orjson.dumps([at, sorted(ts for ts, _ in kept)])
-    kept.sort(key=_order)
-    return orjson.dumps([at, [ts for ts, _ in kept], [v for _, v in kept]])
-
-
-def _order(item: tuple[int, Any]) -> tuple:
-    ts, v = item
-    return (ts, isinstance(v, str), v)
+    rows = []
+    for ts, per_window in events:
+        if ts > at:
+            continue
+        takes = [_take(w, at, ts, counted, value) for w, (counted, value) in zip(windows, per_window)]
+        if any(t is not None for t in takes):
+            rows.append((ts, takes))
+    rows.sort(key=lambda r: r[0])
+    return orjson.dumps([at, version, [ts for ts, _ in rows], *([r[1][i] for r in rows] for i in range(len(windows)))])
 
 
 # -- reading -----------------------------------------------------------------------------------
 
 def decode(raw: bytes) -> list:
-    """``[at, [ts…]]`` or ``[at, [ts…], [value…]]``."""
+    """``[at, version, [ts…], [col…]…]``."""
     return orjson.loads(raw)
 
 
-def combine(window: OnlineWindow, stored: list, t: int) -> Any:
-    """The window's value at ``t`` (micros) from decoded contributions; assumes ``t >= stored[0]``
-    for exactness (events after the entity's last loaded one are not known).
+def _naive_sum(values: list) -> Any:
+    total = 0
+    for v in values:  # in event-time order, like Spark's window frame (builtin sum compensates floats)
+        total += v
+    return total
 
-    The raw aggregate, before the feature's cast (``cast``).
+
+def combine(window: OnlineWindow, record: list, t: int) -> Any:
+    """The window's value at ``t`` (micros) from a decoded record, before the feature's cast (``cast``).
+
+    Exact for ``t >= record[0]``: events after the entity's last loaded one are not known.
     """
-    times = stored[1]
-    lo, hi = t - window.size_micros, t
-    # times are sorted: the window is one contiguous run of them
-    first = bisect_right(times, lo)
-    last = bisect_right(times, hi)
+    times, col = record[2], record[_COLS + window.index]
+    first, last = bisect_right(times, t - window.size_micros), bisect_right(times, t)  # sorted: one run
     fn = window.function
+    values = [v for v in col[first:last] if v is not None]
     if fn == "count":
-        return last - first
-    values = stored[2][first:last]
+        return len(values)
     if fn == "count_distinct":
         return len(set(values))
     if not values:
         return None
     if fn == "sum":
-        return _sum(values)
+        return _naive_sum(values)
     if fn == "avg":
-        return _sum(values) / len(values)
+        return _naive_sum(values) / len(values)
     if fn == "min":
         return min(values)
     if fn == "max":
         return max(values)
-    if fn == "last":
-        return values[-1]  # sorted by (ts, value): the latest event, ties to the greatest value
+    if fn == "last":  # the latest event with a value; several at that instant: the greatest value
+        j = last - 1
+        while col[j] is None:
+            j -= 1
+        return max(v for k, v in zip(times[first:last], col[first:last]) if k == times[j] and v is not None)
     if fn == "stddev":
         n = len(values)
         if n < 2:
             return None
-        mean = _sum(values) / n
+        mean = _naive_sum(values) / n
         return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     raise ValueError(f"aggregation {fn} has no online combination")
-
-
-def _sum(values: list) -> Any:
-    total = 0
-    for v in values:  # in event-time order, like Spark's window frame
-        total += v
-    return total
-
-
 
 
 def cast(window: OnlineWindow) -> Callable[[Any], Any]:
@@ -191,10 +191,23 @@ def cast(window: OnlineWindow) -> Callable[[Any], Any]:
     return to
 
 
-def answer(window: OnlineWindow, raw: bytes, ts: int, t: int, convert: Callable[[Any], Any]) -> tuple[bool, Any]:
-    """``(usable, value)``: the window at ``t`` from the stored field ``raw``, when it was written at
-    the hash's ``ts`` (else ``(False, None)``: the caller answers the stored scalar)."""
-    stored = decode(raw)
-    if stored[0] != ts:
-        return False, None
-    return True, convert(combine(window, stored, t))
+def combiner(window: OnlineWindow) -> Callable[[list, int], Any]:
+    """``combine`` then ``cast``, prepared once per window (serving calls it per entity and window)."""
+    size, col, to = window.size_micros, _COLS + window.index, cast(window)
+    if window.function == "count":
+        def count(record: list, t: int) -> int:
+            times = record[2]
+            run = record[col][bisect_right(times, t - size):bisect_right(times, t)]
+            return len(run) - run.count(None)
+
+        return count
+
+    def general(record: list, t: int) -> Any:
+        return to(combine(window, record, t))
+
+    return general
+
+
+def usable(record: list, ts: int, version: int) -> bool:
+    """Whether a decoded record belongs to the hash's current row (``ts``) and to this set version."""
+    return record[0] == ts and record[1] == version

@@ -153,6 +153,13 @@ def test_online_windows_equal_historical_at_every_instant(any_online_store, tmp_
     expired_with_window = [(t, u) for t in ats for u in USERS
                            if want[(u, t)]["amount_x2"] is None and want[(u, t)]["events_2d"]]
     assert expired_with_window
+    # with the serving cache on, a cached read of the row features alone still serves the windows after it
+    cached = store.__class__(store.settings.with_(serving_cache_enabled=True, serving_cache_ttl=60.0)).use_spark(store.spark)
+    try:
+        cached.get_online_features(features=["w:amount_x2"], entities={"user_id": users}, at=ats[0])
+        assert differences(cached, ats[:5], users, want)[0] == []
+    finally:
+        cached.close()
     # an online store that lost its values, reloaded from the offline table: the windows come back exact
     store.online.delete_feature_set("w")
     store.reload_online("w")

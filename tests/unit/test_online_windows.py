@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from fstore.online.windows import OnlineWindow, answer, cast, combine, decode, encode
+from fstore.online.windows import OnlineWindow, cast, combine, combiner, decode, encode, usable
 
 SIZE = 10_000_000  # 10 s in micros
 AGGS = ("count", "sum", "avg", "min", "max", "stddev", "count_distinct", "last")
@@ -41,6 +41,11 @@ def oracle(fn: str, column: bool, events: list[tuple[int, object]], t: int):
     return max((ts, v) for ts, v in inside if v is not None)[1]  # latest; ties: the greatest value
 
 
+def one(window: OnlineWindow, at: int, events) -> list:
+    """The record of a single window: every event counted (its filter true)."""
+    return decode(encode([window], 3, at, [(ts, [(True, v)]) for ts, v in events]))
+
+
 @pytest.mark.parametrize(("fn", "column"), [(fn, True) for fn in AGGS] + [("count", False)])
 @pytest.mark.parametrize("seed", range(5))
 def test_combine_equals_the_oracle_at_every_instant(fn, column, seed):
@@ -52,25 +57,43 @@ def test_combine_equals_the_oracle_at_every_instant(fn, column, seed):
         events.append((ts, None if rng.random() < 0.2 else rng.randint(-5, 5)))
     events += [(ts, v) for ts, v in events[:3]]  # ties
     last = max((ts for ts, _ in events), default=0)
-    stored = decode(encode(window, last, events))
-    assert stored[0] == last
+    stored = one(window, last, events)
+    assert stored[:2] == [last, 3]
     instants = {last, last + 1, last + SIZE, last + SIZE - 1, last + 3 * SIZE}
     instants |= {ts + SIZE + d for ts, _ in events for d in (-1, 0, 1) if ts + SIZE + d >= last}
     instants |= {last + rng.randint(0, 2 * SIZE) for _ in range(20)}
+    fast = combiner(window)  # serving's prepared form: the same value, cast
     for t in sorted(instants):
         got, want = combine(window, stored, t), oracle(fn, column, events, t)
+        assert fast(stored, t) == cast(window)(got)
         if isinstance(want, float):
             assert math.isclose(got, want, rel_tol=1e-12), (t, got, want)
         else:
             assert got == want, (t, got, want)
 
 
+def test_one_record_serves_windows_of_different_sizes_and_filters():
+    short = OnlineWindow(feature="n", function="count", size_micros=SIZE, data_type="int", column=False, index=0)
+    long = OnlineWindow(feature="s", function="sum", size_micros=3 * SIZE, data_type="int", index=1)
+    at = 3 * SIZE
+    # (ts, [(counted by short, value), (counted by long, value)])
+    events = [(1, [(True, 5), (True, 100)]), (SIZE + 1, [(True, 5), (False, 50)]), (2 * SIZE + 1, [(True, None), (True, 7)]),
+              (at, [(False, 1), (True, None)]), (at + 1, [(True, 9), (True, 9)])]
+    record = decode(encode([short, long], 2, at, events))
+    # at 1: only in the long window; at SIZE + 1: out of the short window, filtered out of the long one, so
+    # not stored; at 2 SIZE + 1: a null value still counts for COUNT(*); at `at`: counted by neither
+    # (filter false, null value); after `at`: not the record's
+    assert record == [at, 2, [1, 2 * SIZE + 1], [None, 1], [100, 7]]
+    assert combine(short, record, at) == 1 and combine(long, record, at) == 107
+    assert combine(short, record, 3 * SIZE + 1) == 0 and combine(long, record, 5 * SIZE + 1) is None
+
+
 def test_only_the_window_before_the_last_event_is_stored():
     window = OnlineWindow(feature="f", function="sum", size_micros=SIZE, data_type="int")
     events = [(0, 100), (1, 10), (SIZE, 1), (SIZE + 5, 2), (SIZE + 6, None)]
-    stored = decode(encode(window, SIZE + 6, events))
+    stored = one(window, SIZE + 6, events)
     # (6, SIZE + 6]: the events at 0 and 1 are outside; a null value counts for nothing
-    assert stored == [SIZE + 6, [SIZE, SIZE + 5], [1, 2]]
+    assert stored == [SIZE + 6, 3, [SIZE, SIZE + 5], [1, 2]]
     assert combine(window, stored, SIZE + 6) == 3
     assert combine(window, stored, 2 * SIZE) == 2  # the event at SIZE aged out exactly one window later
     assert combine(window, stored, 2 * SIZE - 1) == 3
@@ -79,15 +102,16 @@ def test_only_the_window_before_the_last_event_is_stored():
 
 def test_count_star_counts_null_values_and_empty_is_zero():
     window = OnlineWindow(feature="n", function="count", size_micros=SIZE, data_type="int", column=False)
-    stored = decode(encode(window, 5, [(1, None), (5, 3.0)]))
-    assert combine(window, stored, 5) == 2 and combine(window, stored, 5 + SIZE * 2) == 0
+    stored = one(window, 5, [(1, None), (5, 3.0)])
+    assert combine(window, stored, 5) == 2 and combiner(window)(stored, 5 + SIZE * 2) == 0
 
 
-def test_contributions_of_an_older_row_are_not_used():
+def test_a_record_of_another_row_or_version_is_not_used():
     window = OnlineWindow(feature="f", function="max", size_micros=SIZE, data_type="float")
-    raw = encode(window, 100, [(100, 7)])
-    assert answer(window, raw, 100, 150, cast(window)) == (True, 7.0)
-    assert answer(window, raw, 200, 250, cast(window)) == (False, None)  # the hash holds a newer row now
+    stored = one(window, 100, [(100, 7)])
+    assert usable(stored, 100, 3) and combiner(window)(stored, 150) == 7.0
+    assert not usable(stored, 200, 3)  # the hash holds a newer row now
+    assert not usable(stored, 100, 4)  # written for another definition of the set
 
 
 @pytest.mark.parametrize(("data_type", "value", "want"), [("int", 2.9, 2), ("int", -2.9, -2), ("float", 3, 3.0),
