@@ -210,8 +210,7 @@ def sample_keys(store: "FeatureStore", name: str, n: int) -> list[dict[str, Any]
                 relation = con.from_arrow(files.dataset)
             else:
                 raise NotFound(f"feature set {fsv.name} has no offline rows to sample entity keys from")
-            cols = ", ".join(ident(k) for k in keys)
-            rows = con.sql(f"SELECT DISTINCT {cols} FROM relation").fetchall()
+            rows = relation.project(", ".join(ident(k) for k in keys)).distinct().fetchall()
         finally:
             con.close()
     else:

@@ -116,7 +116,9 @@ def encode(windows: Sequence[OnlineWindow], version: int, at: int,
         takes = [_take(w, at, ts, counted, value) for w, (counted, value) in zip(windows, per_window)]
         if any(t is not None for t in takes):
             rows.append((ts, takes))
-    rows.sort(key=lambda r: r[0])
+    # by time; events at the same instant by their values, so the record (and a float sum's order) does not
+    # depend on the order the engine handed the events over in
+    rows.sort(key=lambda r: (r[0], orjson.dumps(r[1])))
     return orjson.dumps([at, version, [ts for ts, _ in rows], *([r[1][i] for r in rows] for i in range(len(windows)))])
 
 

@@ -250,3 +250,21 @@ def test_kept_read_connections_leave_half_the_pool_to_other_calls(redis_url):
     store._keep(first)
     store.close()
     assert store._idle == []
+
+
+def test_write_at_sets_fields_only_beside_the_row_of_that_event_time(online):
+    """The window record's write (``fstore.online.load_windows``): never onto a newer or an older row,
+    never creating a key, and the row's values untouched."""
+    online.write_rows(CODEC, [row(1, T0, 3), row(2, T0 + timedelta(seconds=5), 4)])
+    at = to_micros(T0)
+    keys = [CODEC.key_of({"user_id": u}) for u in (1, 2, 3)]
+    written = online.write_at(CODEC.name, ["@w"], [(keys[0], at, [b"[1]"]), (keys[1], at, [b"[2]"]),
+                                                   (keys[2], at, [b"[3]"])])
+    assert written == 1
+    got = online.read(CODEC, keys, ["clicks", "@w"])
+    assert got[0] == (at, [b"3", b"[1]"])
+    assert got[1] == (to_micros(T0 + timedelta(seconds=5)), [b"4", None])  # the hash holds a newer row
+    assert got[2] is None  # no key is created
+    online.write_rows(CODEC, [row(1, T0 + timedelta(seconds=9), 7)])  # a newer row: the old record stays, stale
+    assert online.read(CODEC, keys[:1], ["clicks", "@w"])[0] == (to_micros(T0 + timedelta(seconds=9)), [b"7", b"[1]"])
+    assert online.write_at(CODEC.name, ["@w"], [(keys[0], at, [b"[9]"])]) == 0
