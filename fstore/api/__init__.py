@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import redirect
 from flask_openapi3 import Info, OpenAPI
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 
 def create_app(settings: Settings | None = None, store=None) -> OpenAPI:

@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 import pytest
 import redis
 
-from fstore.errors import Unavailable
-from fstore.online.redis_store import RedisOnlineStore
-from fstore.settings import Settings
+from fstore.core.errors import Unavailable
+from fstore.storage.online.redis_store import RedisOnlineStore
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 pytestmark = pytest.mark.redis
