@@ -6,7 +6,7 @@
 Materializes (DuckDB engine) two feature sets over one source of ``--entities`` users with
 ``--events`` events each in the last 30 days: ``plain`` has 10 row features; ``windowed`` has
 6 row features and 4 windows (count and sum over 7 days, avg and max over 30 days), whose
-contributions (``fstore.online.windows``) hold every event of the window. Then times
+contributions (``fstore.storage.online.windows``) hold every event of the window. Then times
 ``FeatureStore.get_online_features`` (the server's own read, cache off) for 1 and 100 entities
 on each, prints p50/p95/p99, and the online memory per entity (Redis ``MEMORY USAGE`` averaged
 over 200 keys). Flushes the Redis database it used, so give it one of your own.
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.online_sdk import percentiles  # noqa: E402
-from fstore.settings import Settings  # noqa: E402
+from fstore.core.settings import Settings  # noqa: E402
 from fstore.store import FeatureStore  # noqa: E402
 
 ROW = [f"f{i}" for i in range(10)]

@@ -11,7 +11,10 @@ from datetime import timedelta
 
 import click
 
-from fstore import audit, auth, monitoring, usage
+from fstore.ops import audit
+from fstore.ops import auth
+from fstore.ops import monitoring
+from fstore.ops import usage
 from fstore.cli import main
 from fstore.cli.output import CliState, emit, fields, json_option, page_footer, pass_cli, table
 from fstore.registry.models import utcnow
@@ -157,7 +160,7 @@ def statistics(cli: CliState, days: int, feature_set: str | None) -> None:
 def skew(cli: CliState, name: str, sample: int) -> None:
     """Training-serving skew of feature set NAME: SAMPLE entity keys served online at now against historical
     retrieval at the same instant; prints the rate of rows that differ and which features did."""
-    from fstore.skew import check_skew
+    from fstore.serving.skew_check import check_skew
 
     data = check_skew(cli.store, name, sample=sample)
 

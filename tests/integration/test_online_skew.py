@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fstore import metrics
+from fstore.ops import metrics
 from fstore.api import create_app
 from fstore.cli import main
-from fstore.skew import SkewMonitor, check_skew, monitor_for
+from fstore.serving.skew import SkewMonitor, monitor_for
+from fstore.serving.skew_check import check_skew
 from test_materialize_support import write_source
 
 pytestmark = pytest.mark.spark
@@ -99,9 +100,9 @@ def test_off_by_default_and_a_full_queue_never_waits(settings, spark):
     monitor = SkewMonitor(store, 1.0, queue_size=1)
     monitor.stop()  # the worker ends: nothing takes from the queue any more
     monitor._thread.join(5)
-    assert monitor.offer(["f"], {"user_id": [1]}, None, {}, 0)
-    assert not monitor.offer(["f"], {"user_id": [1]}, None, {}, 0) and monitor.dropped == 1
-    assert not SkewMonitor(store, 0.0).offer(["f"], {"user_id": [1]}, None, {}, 0)
+    assert monitor.offer(["f"], [{"user_id": 1}], ["1"], None, {}, 0)
+    assert not monitor.offer(["f"], [{"user_id": 1}], ["1"], None, {}, 0) and monitor.dropped == 1
+    assert not SkewMonitor(store, 0.0).offer(["f"], [{"user_id": 1}], ["1"], None, {}, 0)
 
 
 def test_monitor_skew_command(settings, spark, tmp_path):

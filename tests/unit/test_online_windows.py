@@ -1,4 +1,4 @@
-"""The online window combination (``fstore.online.windows``) against a brute-force oracle.
+"""The online window combination (``fstore.storage.online.windows``) against a brute-force oracle.
 
 Random events per aggregation, encoded as of the entity's last event, combined at random instants at or
 after it (and at the aging-out edges ± 1 µs): equal to the aggregate of the events in ``(t - size, t]``.
@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from fstore.online.windows import OnlineWindow, cast, combine, combiner, decode, encode, usable
+from fstore.storage.online.windows import OnlineWindow, cast, combine, combiner, decode, encode, usable
 
 SIZE = 10_000_000  # 10 s in micros
 AGGS = ("count", "sum", "avg", "min", "max", "stddev", "count_distinct", "last")
