@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fstore.core.errors import InvalidDefinition, NotFound
+from fstore.core.errors import FStoreError, InvalidDefinition, NotFound
 from fstore.storage.online.base import Codec
 from fstore.storage.online.marker import LoadInfo
 from fstore.registry import runs
@@ -61,9 +61,14 @@ def reload_online(store: "StoreContext", ref: str | int, *, actor: str = "") -> 
                 written, version, skipped = _reload_duckdb(store, Codec.from_version(fsv))
             else:
                 written, version, skipped = _reload_spark(store, Codec.from_version(fsv))
-            # the windows' contributions are not in the offline table: recomputed from the source, written only
-            # beside the rows whose event time is the entity's last source event (fstore.storage.online.load_windows)
-            load_windows(store, fsv, None, None)
+            # the windows' records are not in the offline table: recomputed from the source, written only beside
+            # the rows whose event time is the entity's last source event (fstore.storage.online.load_windows).
+            # A source this process may not read (SOURCE_ROOTS) or that is gone does not fail the reload: its
+            # windows answer their value at the entity's last event until the next run.
+            try:
+                windows = load_windows(store, fsv, None, None)
+            except FStoreError as exc:
+                windows = f"not recomputed: {exc}"
     except Exception as exc:
         audit.record(store.engine, actor=actor, action="online reload", target=name, outcome="failed",
                      detail={"error": str(exc)[:500]})
@@ -71,7 +76,8 @@ def reload_online(store: "StoreContext", ref: str | int, *, actor: str = "") -> 
     finally:
         runs.release_lock(store.engine, lock, owner)
     result = {"feature_set": name, "feature_set_version": fsv.version, "offline_version": version,
-              "keys_written": written, "features_skipped": skipped, "engine": store.settings.compute_engine,
+              "keys_written": written, "features_skipped": skipped, "window_records": windows,
+              "engine": store.settings.compute_engine,
               "seconds": round(time.perf_counter() - began, 3)}
     audit.record(store.engine, actor=actor, action="online reload", target=name, outcome="ok", detail=result)
     return result
