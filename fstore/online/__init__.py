@@ -1,7 +1,7 @@
 """The online store: the latest feature values per entity key, for serving in milliseconds.
 
 ``open_online_store(settings)`` gives the Redis store when ``settings.redis_url``
-is set, else the embedded SQLite store (same contract, shared across processes);
+is set (a Redis Cluster for ``redis+cluster://``: ``fstore.online.redis_cluster``), else the embedded SQLite store (same contract, shared across processes);
 ``load_dataframe(df, fsv, settings)`` bulk-loads a computed feature DataFrame from
 the Spark executors; ``fstore.online.load_arrow.load_arrow(table, fsv, settings)``
 does the same for a pyarrow Table computed in this process (the DuckDB engine),
@@ -27,10 +27,10 @@ def embedded_path(settings: "Settings") -> Path:
 
 def open_online_store(settings: "Settings") -> OnlineStore:
     """Redis when ``settings.redis_url`` is set, else the embedded store under the storage path."""
-    if settings.redis_url:
-        from fstore.online.redis_store import RedisOnlineStore
+    if settings.redis_url:  # one Redis, or a Redis Cluster for redis+cluster:// (fstore.online.redis_cluster)
+        from fstore.online.redis_store import open_redis
 
-        return RedisOnlineStore(settings.redis_url, pool_size=settings.redis_pool_size, timeout=settings.redis_timeout)
+        return open_redis(settings.redis_url, pool_size=settings.redis_pool_size, timeout=settings.redis_timeout)
     from fstore.online.embedded import EmbeddedOnlineStore
 
     return EmbeddedOnlineStore(embedded_path(settings))
