@@ -83,7 +83,8 @@ class RedisClusterServers:
                 raise RuntimeError(message)
             time.sleep(0.05)
 
-    def client(self, port: int) -> redis.Redis:
+    @staticmethod
+    def client(port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
 
     def owner(self, key: bytes | str) -> int:
@@ -102,14 +103,7 @@ class RedisClusterServers:
                 self.client(port).flushall()
 
     def everything(self) -> dict[bytes, object]:
-        """Every key of every master: hashes as ``HGETALL``, strings as ``GET``."""
-        out: dict[bytes, object] = {}
-        for port in self.ports:
-            client = self.client(port)
-            for key in client.keys("*"):
-                out[key] = client.hgetall(key) if client.type(key) == b"hash" else client.get(key)
-            client.close()
-        return out
+        return everything(self.url)
 
     def stop_node(self, port: int) -> None:
         proc = self.procs.pop(port)
@@ -123,3 +117,20 @@ class RedisClusterServers:
     def stop(self) -> None:
         for port in list(self.procs):
             self.stop_node(port)
+
+
+def seed_clients(url: str) -> list[redis.Redis]:
+    """A plain client per seed of a ``redis+cluster://`` URL (in the tests' clusters: every master)."""
+    from fstore.online.redis_cluster import parse_cluster_url
+
+    return [redis.Redis(host=h, port=p, socket_timeout=2) for h, p in parse_cluster_url(url)[0]]
+
+
+def everything(url: str) -> dict[bytes, object]:
+    """Every key of every master: hashes as ``HGETALL``, strings as ``GET``."""
+    out: dict[bytes, object] = {}
+    for client in seed_clients(url):
+        for key in client.keys("*"):
+            out[key] = client.hgetall(key) if client.type(key) == b"hash" else client.get(key)
+        client.close()
+    return out

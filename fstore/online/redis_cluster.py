@@ -43,8 +43,10 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.retry import Retry
 
 from fstore.errors import Unavailable
 from fstore.online.base import Codec, EncodedRow, OnlineStore, key_prefix
@@ -89,6 +91,7 @@ class RedisClusterOnlineStore(OnlineStore):
     """Online store on a Redis Cluster: a ``RedisOnlineStore`` per node, commands grouped by node."""
 
     _hmget_parts = RedisOnlineStore._hmget_parts
+    overlap = True  # a read sends every node its write before reading any; False: node after node (bench)
 
     def __init__(self, url: str, *, pool_size: int = 32, timeout: float = 0.25, retries: int = 1,
                  write_batch: int = 500, **_: Any) -> None:
@@ -128,10 +131,10 @@ class RedisClusterOnlineStore(OnlineStore):
                     self._template.format(host=_host(host), port=port),
                     startup_nodes=[ClusterNode(h, p) for h, p in self._seeds], require_full_coverage=False,
                     socket_timeout=max(self.timeout, 1.0), socket_connect_timeout=max(self.timeout, 1.0),
-                    cluster_error_retry_attempts=1)
+                    retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1))
             else:
                 self._cluster.nodes_manager.initialize()
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise Unavailable(f"online store unavailable: no Redis Cluster seed of "
                               f"{', '.join(f'{h}:{p}' for h, p in self._seeds)} answered: {exc}") from None
         cache = self._cluster.nodes_manager.slots_cache
@@ -190,7 +193,7 @@ class RedisClusterOnlineStore(OnlineStore):
         try:
             node.breaker.before_call()
         except CircuitOpen as exc:
-            raise Unavailable(f"online store unavailable: Redis Cluster node {node._where()} is failing "
+            raise Unavailable(f"online store unavailable: Redis Cluster node {node._where().removesuffix('/0')} is failing "
                               f"({exc.last_error}); retrying in {exc.retry_in:.2f}s") from None
 
     # -- reads -------------------------------------------------------------------------------
@@ -206,9 +209,10 @@ class RedisClusterOnlineStore(OnlineStore):
             self._check(node)
         out: list[Any] = [None] * len(commands)
         payloads = [b"".join([commands[i] for i in indexes]) for _, indexes in plan]
-        if len(plan) == 1:
-            (node, indexes), payload = plan[0], payloads[0]
-            replies = [self._call(node, lambda: node._pipelined(payload, len(indexes), in_place=True))]
+        if len(plan) == 1 or not self.overlap:
+            replies = [self._call(node, lambda node=node, payload=payload, n=len(indexes):
+                                  node._pipelined(payload, n, in_place=True))
+                       for (node, indexes), payload in zip(plan, payloads)]
         else:
             replies = self._overlapped(plan, payloads)
         for (_, indexes), node_replies in zip(plan, replies):
@@ -266,8 +270,10 @@ class RedisClusterOnlineStore(OnlineStore):
         return self.read_checked(requests, ())[0]
 
     def read_checked(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]],
-                     names: Sequence[str]) -> tuple[list[list[Any]], list[LoadState]]:
-        """As ``RedisOnlineStore.read_checked``, one pipelined write per node."""
+                     names: Sequence[str]) -> tuple[list[list[Any]], list[LoadState | None]]:
+        """As ``RedisOnlineStore.read_checked``, one pipelined write per node. A set whose marker or
+        ``fsmeta`` is on a node whose breaker is open gets None (not checked): the reads of keys on
+        other nodes are answered all the same, and serving checks the set again later."""
         slots: list[int] = []
         commands: list[bytes] = []
         for name, group_keys, fields in requests:
@@ -278,17 +284,26 @@ class RedisClusterOnlineStore(OnlineStore):
                     stored = tag(prefix, key.encode())
                     slots.append(key_slot(stored))
                     commands.append(head + bulk(stored) + tail)
+        checked = []  # a set whose marker or fsmeta lives on a node whose breaker is open is not checked now
+        layout = self._layout()
         for name in names:
-            slots.extend((key_slot(marker_key(name).encode()), key_slot(meta_key(name).encode())))
-        commands.extend(RedisOnlineStore._state_commands(names))
+            pair = (key_slot(marker_key(name).encode()), key_slot(meta_key(name).encode()))
+            if all(self._node(layout[slot]).breaker.state == "closed" for slot in pair):
+                slots.extend(pair)
+                checked.append(name)
+        commands.extend(RedisOnlineStore._state_commands(checked))
         if not commands:
-            return [[] for _ in requests], []
-        return RedisOnlineStore._results(requests, names, self._fanout(slots, commands))
+            return [[] for _ in requests], [None] * len(names)
+        results, states = RedisOnlineStore._results(requests, checked, self._fanout(slots, commands))
+        by_name = dict(zip(checked, states))
+        return results, [by_name.get(name) for name in names]
 
     def load_states(self, names: Sequence[str]) -> dict[str, LoadState]:
         names = list(dict.fromkeys(names))
-        _, states = self.read_checked((), names)
-        return dict(zip(names, states))
+        commands = RedisOnlineStore._state_commands(names)
+        slots = [key_slot(key(name).encode()) for name in names for key in (marker_key, meta_key)]
+        replies = iter(self._fanout(slots, commands) if commands else ())
+        return {name: RedisOnlineStore._state(next(replies), next(replies)) for name in names}
 
     def read_marker(self, name: str) -> dict[str, Any] | None:
         return self._on_key(marker_key(name), lambda node: node.read_marker(name))
@@ -428,7 +443,7 @@ class RedisClusterOnlineStore(OnlineStore):
 
 def _pipelined_calls(node: RedisOnlineStore, calls: list[bytes], depth: int) -> list[Any]:
     """Every call's reply (an error reply in its place), calls joined into writes of ``FRAME_BYTES``."""
-    connection = node._pool.get_connection()
+    connection = node._borrow()  # the node's kept read connection when it has one (a pool of 1 holds no other)
     replies: list[Any] = []
     waiting: deque[int] = deque()
 
@@ -458,9 +473,9 @@ def _pipelined_calls(node: RedisOnlineStore, calls: list[bytes], depth: int) -> 
             receive(waiting.popleft())
     except BaseException:
         connection.disconnect()  # replies may still be on the wire: never reuse this connection
-        raise
-    finally:
         node._pool.release(connection)
+        raise
+    node._keep(connection)
     return replies
 
 

@@ -144,7 +144,7 @@ class RedisOnlineStore(OnlineStore):
         self.breaker = breaker or CircuitBreaker(threshold=3, probe_seconds=0.2, probe=self._client.ping)
         # Read connections kept out of the pool between reads (see _borrow), at most half the pool.
         self._idle: list[redis.Connection] = []
-        self._idle_max = max(1, pool_size // 2)
+        self._idle_max = pool_size // 2  # none with a pool of 1 (a loader): its one connection stays in the pool
         self._idle_pid = os.getpid()
         self._hmget_cache: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
 
