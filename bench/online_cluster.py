@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.online_sdk import FEATURES, load, make_set, percentiles, time_calls  # noqa: E402
-from fstore.settings import Settings  # noqa: E402
+from fstore.core.settings import Settings  # noqa: E402
 from fstore.store import FeatureStore  # noqa: E402
 from redis_cluster_support import RedisClusterServers, free_cluster_ports  # noqa: E402
 
@@ -40,7 +40,7 @@ def arrow_load(store: FeatureStore, name: str, keys: int) -> tuple[int, float]:
     import numpy as np
     import pyarrow as pa
 
-    from fstore.online.load_arrow import load_arrow
+    from fstore.storage.online.load_arrow import load_arrow
 
     rng = np.random.default_rng(1)
     now = np.datetime64("now", "us") - np.timedelta64(3600, "s")
@@ -80,7 +80,7 @@ def run(label: str, url: str, args, folder: Path) -> None:
     online = store.online
     if hasattr(online, "overlap"):
         codec = store.feature_set_version("bench_users")
-        from fstore.online.base import Codec
+        from fstore.storage.online.base import Codec
 
         codec = Codec.from_version(codec)
 

@@ -121,7 +121,7 @@ class RedisClusterServers:
 
 def seed_clients(url: str) -> list[redis.Redis]:
     """A plain client per seed of a ``redis+cluster://`` URL (in the tests' clusters: every master)."""
-    from fstore.online.redis_cluster import parse_cluster_url
+    from fstore.storage.online.redis_cluster import parse_cluster_url
 
     return [redis.Redis(host=h, port=p, socket_timeout=2) for h, p in parse_cluster_url(url)[0]]
 

@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 import pytest
 import redis
 
-from fstore.errors import Unavailable
-from fstore.online import open_online_store
-from fstore.online.base import Codec
-from fstore.online.redis_cluster import RedisClusterOnlineStore
-from fstore.settings import Settings
+from fstore.core.errors import Unavailable
+from fstore.core.settings import Settings
+from fstore.storage.online import open_online_store
+from fstore.storage.online.base import Codec
+from fstore.storage.online.redis_cluster import RedisClusterOnlineStore
 from fstore.store import FeatureStore
 from redis_cluster_support import RedisClusterServers, everything
 
@@ -95,8 +95,8 @@ def test_a_read_is_one_write_per_node_whatever_the_keys_and_sets(redis_cluster_u
 def test_a_bulk_load_groups_its_script_calls_by_slot_and_keeps_newer_wins(redis_cluster_url, tmp_path):
     """Through the bulk path (``write_packed``, as the loaders call it): keys of many slots in one batch,
     one of them older than what is stored; each key is written or kept by its own event time."""
-    from fstore.online.base import encode_rows
-    from fstore.online.redis_store import bulk, encoded_payload
+    from fstore.storage.online.base import encode_rows
+    from fstore.storage.online.redis_store import bulk, encoded_payload
 
     store = _open(redis_cluster_url, tmp_path)
     store.write_rows(USERS, [{"user_id": 5, "event_timestamp": T0.replace(day=9), "clicks": 999}])
