@@ -94,7 +94,7 @@ class RedisClusterOnlineStore(OnlineStore):
     overlap = True  # a read sends every node its write before reading any; False: node after node (bench)
 
     def __init__(self, url: str, *, pool_size: int = 32, timeout: float = 0.25, retries: int = 1,
-                 write_batch: int = 500, **_: Any) -> None:
+                 write_batch: int = 500) -> None:
         self.url = url
         self.timeout = timeout
         self.write_batch = write_batch
