@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK_TTL_SECONDS = 120.0
-JOB_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "materialize.py"
+JOB_SCRIPT = Path(__file__).resolve().parents[2] / "jobs" / "materialize.py"
 _MAX_ERROR = 4000
 
 

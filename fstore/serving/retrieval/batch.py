@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from fstore.core.context import StoreContext
 
 OUTPUT_FORMATS = ("delta", "parquet")
-JOB_SCRIPT = Path(__file__).resolve().parents[2] / "jobs" / "retrieve.py"
+JOB_SCRIPT = Path(__file__).resolve().parents[3] / "jobs" / "retrieve.py"
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -101,6 +102,31 @@ def encoded_payload(row: EncodedRow) -> bytes:
     return bulk(b"%d" % row.ts) + b"".join(bulk(v) for v in row.values)
 
 
+_READ_BUDGET = threading.local()  # .deadline: when the current thread's read must be done (see _pipelined)
+
+
+class _WithinReadBudget:
+    """Mixed into the pool's connection class: connecting (TCP, then the handshake Redis answers) takes only
+    what is left of the current read's ``REDIS_TIMEOUT``. On its own each stage has the full timeout, so a
+    read that waited for a free connection and then connected anew during a stall took up to twice it."""
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        deadline = getattr(_READ_BUDGET, "deadline", None)
+        if self._sock is not None or deadline is None:
+            return super().connect_check_health(*args, **kwargs)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise redis.TimeoutError("Timeout connecting to server: REDIS_TIMEOUT spent waiting for a connection")
+        full = self.socket_connect_timeout, self.socket_timeout
+        self.socket_connect_timeout = self.socket_timeout = left
+        try:
+            super().connect_check_health(*args, **kwargs)
+        finally:
+            self.socket_connect_timeout, self.socket_timeout = full
+        if self._sock is not None:
+            self._sock.settimeout(full[1])  # later reads get the full timeout; this one is cut by _bound
+
+
 class RedisOnlineStore(OnlineStore):
     """Online store on one Redis (``redis://``, ``rediss://`` or ``unix://`` URL)."""
 
@@ -116,6 +142,8 @@ class RedisOnlineStore(OnlineStore):
             # Never on a timeout: a stalled Redis would make a request wait the timeout once per attempt.
             retry=Retry(ExponentialBackoff(cap=0.01, base=0.001), retries, supported_errors=(redis.ConnectionError,)),
             retry_on_error=[redis.ConnectionError], health_check_interval=0)
+        cls = self._pool.connection_class
+        self._pool.connection_class = type(f"Budgeted{cls.__name__}", (_WithinReadBudget, cls), {})
         self._client = redis.Redis(connection_pool=self._pool)
         # While open, a background PING every 0.2 s closes the breaker within ~0.2 s of Redis answering.
         self.breaker = breaker or CircuitBreaker(threshold=3, probe_seconds=0.2, probe=self._client.ping)
@@ -258,7 +286,13 @@ class RedisOnlineStore(OnlineStore):
         Retried whole on a connection error (reads only); an error reply is raised after all are read,
         so the connection goes back to the pool in step.
         """
-        deadline = time.monotonic() + self.timeout
+        deadline = _READ_BUDGET.deadline = time.monotonic() + self.timeout
+        try:
+            return self._pipelined_by(deadline, payload, replies)
+        finally:
+            _READ_BUDGET.deadline = None
+
+    def _pipelined_by(self, deadline: float, payload: bytes, replies: int) -> list[Any]:
         connection = self._borrow()
         shortened = False
 
