@@ -125,10 +125,11 @@ def test_an_admin_logs_in_searches_and_reads_every_page(served, browser):
         ui.go("/ui/health")
         health_text = ui.page.locator("main").inner_text()
         assert "Requests per API key" in health_text and "need a key with the admin scope" not in health_text
-        charts = {c.locator("figcaption").inner_text(): c.locator("svg").first.text_content()
+        charts = {c.locator("figcaption").inner_text(): " ".join(c.locator("svg text.label, svg text.value")
+                                                                 .all_text_contents())
                   for c in ui.page.locator("figure.chart").all()}
         coverage = charts["Online coverage per feature (share of entities with a value)"]
-        assert "user_activity:purchases_l" in coverage and "50.0%" in coverage  # 1 of the 2 users asked for
+        assert coverage.split() == ["user_activity:purchases_…", "50.0%", "user_activity:spend_last_7d", "50.0%"]
         errors = charts["Error rate per API endpoint (this server since it started)"]
         assert "/api/v1/serving/online" in errors and "25.0%" in errors  # 1 of the 4 online requests refused
         assert charts["Requests per feature set"].split() == ["user_activity", "online", "3"]  # the 404 is no usage
