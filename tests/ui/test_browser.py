@@ -79,6 +79,13 @@ def test_an_admin_logs_in_searches_and_reads_every_page(served, browser):
         assert any("user_activity" in n for n in names) and not any("user_profile" == n.split()[0] for n in names)
         ui.shot("search")
 
+        # Filter by tag and owner (the API's list filters).
+        ui.go("/ui/registry?tag=domain%3Dprofile")
+        assert [n.split()[0] for n in ui.page.locator(".card h2 a").all_inner_texts()] == ["user_profile"]
+        ui.go("/ui/registry?owner=risk-team")
+        assert [n.split()[0] for n in ui.page.locator(".card h2 a").all_inner_texts()] == ["secret_scores"]
+        ui.go("/ui/registry?q=sliding+windows")
+
         # A feature set: its features, versions and the compiled SQL.
         ui.page.click(".card h2 a:has-text('user_activity')")
         ui.page.wait_for_url("**/ui/sets/user_activity")

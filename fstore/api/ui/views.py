@@ -166,7 +166,7 @@ def registry():
     q = request.args.get("q", "").strip()[:200]
     owner = request.args.get("owner", "").strip()[:200] or None
     tag = request.args.get("tag", "").strip()[:200] or None
-    if q:
+    if q and not (owner or tag):
         results = store.search(q, limit=100, grant=limit)["items"]
         if limit is not None:
             results = [r for r in results if r.get("kind") == "entity"
@@ -174,7 +174,7 @@ def registry():
                        or (r.get("kind") == "feature" and limit.allows_feature(r.get("feature_set"), r["name"]))]
     else:
         results = [{"kind": "feature_set", **item} for item in
-                   store.list_feature_sets(owner=owner, tag=tag, limit=500, grant=limit)["items"]]
+                   store.list_feature_sets(query=q or None, owner=owner, tag=tag, limit=500, grant=limit)["items"]]
     return render_template("registry.html", q=q, owner=owner or "", tag=tag or "", results=results)
 
 
@@ -187,7 +187,7 @@ def feature_set(ref: str):
     versions = store.feature_set_versions(item["name"])
     sql = store.compile(item["name"], version=version)
     return render_template("set.html", fs=item, features=_features(item["name"]), versions=versions, sql=sql,
-                           tab="overview")
+                           tab="overview", version=version)
 
 
 @bp.get("/sets/<ref>/diff")
