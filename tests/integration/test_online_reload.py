@@ -145,13 +145,16 @@ def test_cli_reload_after_a_flush(settings, redis_url, spark, source, engine, tm
         assert online_values(store) == expected_online(events())
         lose_everything(store)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "STORAGE_PATH": settings.storage_path, "REDIS_URL": redis_url,
-               "COMPUTE_ENGINE": engine, "SPARK_MASTER": "local[1]"}
+               "COMPUTE_ENGINE": engine, "SPARK_MASTER": "local[1]",
+               # the source readable, as by the server: the windows' records are recomputed from it
+               "SOURCE_ROOTS": ",".join(settings.allowed_source_roots)}
         done = subprocess.run([sys.executable, "cli.py", "--json", "online", "reload", "user_txn"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         result = json.loads(done.stdout)
         assert result["keys_written"] == 3 and result["engine"] == engine and result["feature_set"] == "user_txn"
-        assert raw(store) == before  # bit for bit
+        assert result["window_records"] == 3
+        assert raw(store) == before  # bit for bit, the window records (@w) included
         after_check_interval()
         assert answer(store)["metadata"]["degraded"] is False
         assert store.online.read_marker("user_txn")["complete"] is True
