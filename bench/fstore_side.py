@@ -33,10 +33,12 @@ SPARK_EXTRA = {"spark.driver.memory": "4g", "spark.ui.enabled": "false"}
 
 
 def environment(store_dir: Path, redis_db: int) -> dict[str, str]:
-    """The environment every fstore process of the benchmark runs with (also the server and the job)."""
+    """The environment every fstore process of the benchmark runs with (also the server and the job): Spark on
+    ``local[2]``, or the master ``BENCH_SPARK_MASTER`` names (``bench.cluster``)."""
     env = dict(os.environ)
     env.update({"STORAGE_PATH": str(store_dir), "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
-                "SPARK_MASTER": "local[2]", "AUTH_ENABLED": "false", "DATABASE_URL": ""})
+                "SPARK_MASTER": os.environ.get("BENCH_SPARK_MASTER") or "local[2]", "AUTH_ENABLED": "false",
+                "DATABASE_URL": ""})
     env.pop("SPARK_REMOTE", None)
     return env
 
