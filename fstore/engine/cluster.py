@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from fstore.errors import Unavailable
+from fstore.core.errors import Unavailable
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -79,7 +79,7 @@ def free_port() -> int:
 def _daemon_env(folder: Path) -> dict[str, str]:
     """The daemons' environment: loopback only, pyspark's Spark, the class archive, small heaps."""
     from fstore.engine.class_archive import driver_java_options
-    from fstore.engine.session import ensure_java
+    from fstore.engine.spark_env import ensure_java
 
     ensure_java()
     env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": HOST, "SPARK_LOG_DIR": str(folder),

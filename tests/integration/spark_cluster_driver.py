@@ -16,7 +16,7 @@ import pandas as pd
 
 from fstore.engine.session import get_spark
 from fstore.registry.runs import to_utc
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 APP_NAME = "fstore-cluster-test"
@@ -24,9 +24,9 @@ SHUFFLE = {"spark.sql.shuffle.partitions": "4"}  # small data on two 1-core exec
 
 
 def batch_job(store: FeatureStore, entities: str, features: list[str], output_path: str) -> dict:
-    """Record a batch retrieval job and run it here, as its job process would (``fstore.retrieval.batch``)."""
+    """Record a batch retrieval job and run it here, as its job process would (``fstore.serving.retrieval.batch``)."""
     from fstore.registry.jobs import create_job
-    from fstore.retrieval.batch import check_entity_source, check_output, run_batch_job
+    from fstore.serving.retrieval.batch import check_entity_source, check_output, run_batch_job
 
     path, fmt = check_output(store.settings, output_path, "delta")
     params = {"entity_source": check_entity_source(store.settings, {"path": entities}), "features": features,

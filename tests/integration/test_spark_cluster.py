@@ -23,9 +23,9 @@ import pytest
 
 from conftest import REDIS_TEST_URL, _service_missing
 from fstore.engine import cluster as spark_cluster
-from fstore.engine.session import DEFAULTS_FILE
-from fstore.materialize import JOB_SCRIPT, settings_env
-from fstore.settings import Settings
+from fstore.engine.spark_env import DEFAULTS_FILE
+from fstore.compute.materialize import JOB_SCRIPT, settings_env
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 from spark_cluster_driver import APP_NAME, SHUFFLE, batch_job
 
@@ -94,7 +94,7 @@ def offline(store: FeatureStore, name: str) -> pd.DataFrame:
     computing (``created_timestamp``)."""
     from deltalake import DeltaTable
 
-    from fstore.offline import table_uri
+    from fstore.storage.offline import table_uri
 
     frame = DeltaTable(table_uri(store.settings, name)).to_pandas().drop(columns=["created_timestamp"])
     frame["event_timestamp"] = pd.to_datetime(frame.event_timestamp, utc=True)
@@ -103,7 +103,7 @@ def offline(store: FeatureStore, name: str) -> pd.DataFrame:
 
 def online(store: FeatureStore, name: str, key: str, values) -> dict:
     """``key value -> (event time micros, {feature: value})`` of a set's online store (None when absent)."""
-    from fstore.online.base import NULL, Codec
+    from fstore.storage.online.base import NULL, Codec
 
     codec = Codec.from_version(store.feature_set_version(name))
     out = {}
