@@ -21,7 +21,7 @@ from bench.__main__ import REPO_ROOT, py, run_json
 
 def side(store: Path, redis_db: int, dataset, repeats: int, master: str | None) -> dict:
     """Set up a fresh store and materialize the whole range on ``master`` (None: local[2])."""
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SOURCE_ROOTS": dataset.root}
     env.pop("BENCH_SPARK_MASTER", None)
     if master:
         env["BENCH_SPARK_MASTER"] = master
