@@ -667,6 +667,7 @@ def settings_env(settings: "Settings") -> dict[str, str]:
         "MAX_COMPUTE_THREADS": str(settings.max_compute_threads), "COMPUTE_ENGINE": settings.compute_engine,
         "REDIS_TIMEOUT": str(settings.redis_timeout),
         "REDIS_POOL_SIZE": str(settings.redis_pool_size), "DB_POOL_SIZE": str(settings.db_pool_size),
+        "PROFILES": "on" if settings.profiles else "off", "ALERT_WEBHOOK_URL": settings.alert_webhook_url,
     }
     if settings.source_roots is not None:
         values["SOURCE_ROOTS"] = ",".join(settings.source_roots)
