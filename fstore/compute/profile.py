@@ -27,6 +27,7 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 BINS = 20
 TOP_K = 10
 NUMERIC = ("int", "float")
+EVENT_TIME = "event_timestamp"  # the computed rows' event time column
 CATEGORICAL = ("string", "bool")
 
 
@@ -49,9 +50,9 @@ def entity_key(fsv: FeatureSetVersion, columns: list[str]) -> str | None:
     return "concat_ws('|', " + ", ".join(f"CAST({quote(k)} AS STRING)" for k in keys) + ")"
 
 
-def aggregates(checked: list[Feature], before: dict[str, str], key: str | None) -> list[str]:
+def aggregates(checked: list[Feature], before: dict[str, str], key: str | None, columns: list[str]) -> list[str]:
     """The profile's aggregates added to validation's pass (``i`` = the feature's index in ``checked``)."""
-    out = []
+    out = [f"max({quote(EVENT_TIME)}) AS `__pt`"] if EVENT_TIME in columns else []
     if key is not None:
         out.append(f"approx_count_distinct({key}) AS `__pe`")
     for i, f in enumerate(checked):
@@ -124,8 +125,10 @@ def build(quality: dict[str, dict[str, Any]], checked: list[Feature], row: dict[
             if f.data_type == "string":
                 p.update(min=q.get("min"), max=q.get("max"))
         features[f.name] = p
+    newest = row.get("__pt")
     return {"rows": int(next(iter(quality.values()))["count"]) if quality else 0,
-            "entities": int(entities) if entities is not None else None, "features": features}
+            "entities": int(entities) if entities is not None else None,
+            "newest_event": newest.isoformat() if hasattr(newest, "isoformat") else None, "features": features}
 
 
 def _float(value: Any) -> float | None:
@@ -147,3 +150,4 @@ def _histogram(lo: Any, hi: Any, values: int, bins: list[tuple[str, int]]) -> di
         counts[int(float(k))] += n
     width = (hi - lo) / BINS
     return {"edges": [lo + j * width for j in range(BINS)] + [hi], "counts": counts}
+

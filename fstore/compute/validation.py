@@ -119,7 +119,7 @@ def _plan(columns: list[str], fsv: FeatureSetVersion, profile: bool = False):
     if profile:
         from fstore.compute import profile as profiles
 
-        aggs += profiles.aggregates([f for f, _ in checked], before, profiles.entity_key(fsv, columns))
+        aggs += profiles.aggregates([f for f, _ in checked], before, profiles.entity_key(fsv, columns), columns)
     return checked, steps, aggs, (_any(drop) if drop else None), before
 
 
