@@ -124,6 +124,7 @@ def _profiles(store: "StoreContext", result: RetrievalResult, data_path: str) ->
     import logging
 
     from fstore.compute.profile_rows import profile_rows
+    from fstore.serving.retrieval.plan import output_name
 
     out = {}
     try:
@@ -136,7 +137,7 @@ def _profiles(store: "StoreContext", result: RetrievalResult, data_path: str) ->
         try:
             for g in result.meta["feature_sets"]:
                 fsv = store.feature_set_version(g["feature_set"], g["version"])
-                columns = dict(zip(g["features"], g["output_names"]))
+                columns = {f: output_name(o) for f, o in zip(g["features"], g["output_names"])}
                 out[fsv.name] = profile_rows(rows, fsv, columns, con=con)
         finally:
             if con is not None:
