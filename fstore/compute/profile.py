@@ -1,16 +1,20 @@
 """Feature profiles computed while a run validates its rows: the distribution of every feature, per run.
 
 A profile per feature holds ``count``, ``nulls``, ``null_rate``, ``distinct`` (approximate), ``min``, ``max``,
-``mean``, ``std``, quantiles ``p1 p5 p25 p50 p75 p95 p99`` (Spark ``percentile_approx``, DuckDB
-``approx_quantile``), ``coverage`` (the share of the run's entities with a value) and — numeric features —
-a ``histogram`` of 20 equal-width bins between the run's min and max, or — strings and booleans — the
-``top_k`` most frequent values with their counts.
+``mean``, ``std``, quantiles ``p1 p5 p25 p50 p75 p95 p99``, ``coverage`` (the share of the run's entities
+with a value) and — numeric features — a ``histogram`` of 20 equal-width bins between the run's min and
+max, or — strings and booleans — the ``top_k`` most frequent values with their counts.
 
-Cost: everything but the histogram and the top values is added to validation's one aggregation
-(``fstore.compute.validation``), so it rides on the pass that already reads every computed row. The bins
-need that pass's min and max, so the histogram and the top values are one more aggregation — over the rows
-the run already holds (Spark: the persisted DataFrame validation reads; DuckDB: the Arrow table in
-memory), never over the source. ``PROFILES=off`` skips both (the figures in README-NOTES.md compare).
+Cost: everything is added to validation's one aggregation (``fstore.compute.validation``), so it rides on
+the pass that already reads every computed row. The quantiles are 101 (p0 … p100 by 1%: Spark
+``percentile_approx``; DuckDB ``reservoir_quantile`` over a sample of 16384 values, three times cheaper than
+its t-digest ``approx_quantile``), and the histogram is derived from them (the CDF through those points,
+read at the 21 bin edges): equal-width bins need the run's min and max, which a single pass knows only at
+its end, and a second pass over the numeric columns measured +60% run time on DuckDB. Each bin's count is
+therefore approximate (within about 1% of the rows). Only the top values of strings and booleans need one
+more aggregation, over the rows the run already holds (Spark: the persisted DataFrame validation reads;
+DuckDB: the Arrow table in memory), never over the source. ``PROFILES=off`` skips it all (the figures in
+README-NOTES.md compare).
 
 Values are profiled as computed, before a validation policy replaces or drops them (as the quality
 report is).
@@ -50,7 +54,12 @@ def entity_key(fsv: FeatureSetVersion, columns: list[str]) -> str | None:
     return "concat_ws('|', " + ", ".join(f"CAST({quote(k)} AS STRING)" for k in keys) + ")"
 
 
-def aggregates(checked: list[Feature], before: dict[str, str], key: str | None, columns: list[str]) -> list[str]:
+LEVELS = tuple(i / 100 for i in range(101))
+SAMPLE = 16384  # DuckDB's reservoir for the quantiles
+
+
+def aggregates(checked: list[Feature], before: dict[str, str], key: str | None, columns: list[str],
+               engine: str = "spark") -> list[str]:
     """The profile's aggregates added to validation's pass (``i`` = the feature's index in ``checked``)."""
     out = [f"max({quote(EVENT_TIME)}) AS `__pt`"] if EVENT_TIME in columns else []
     if key is not None:
@@ -58,9 +67,10 @@ def aggregates(checked: list[Feature], before: dict[str, str], key: str | None, 
     for i, f in enumerate(checked):
         v = quote(before[f.name])
         if kind(f) == "numeric":
-            probs = ", ".join(repr(q) for q in QUANTILES)
-            out += [f"stddev(CAST({v} AS DOUBLE)) AS `__psd{i}`",
-                    f"percentile_approx(CAST({v} AS DOUBLE), array({probs})) AS `__pq{i}`"]
+            probs = ", ".join(repr(q) for q in LEVELS)
+            quantiles = (f"reservoir_quantile(CAST({v} AS DOUBLE), array({probs}), {SAMPLE})" if engine == "duckdb"
+                         else f"percentile_approx(CAST({v} AS DOUBLE), array({probs}))")
+            out += [f"stddev(CAST({v} AS DOUBLE)) AS `__psd{i}`", f"{quantiles} AS `__pq{i}`"]
         if f.data_type == "bool":
             out.append(f"approx_count_distinct({v}) AS `__pd{i}`")
         if key is not None:
@@ -72,29 +82,20 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def second_pass(table: str, checked: list[Feature], before: dict[str, str], row: dict[str, Any]) -> str | None:
-    """Spark SQL over ``table`` (the rows the first pass read) giving ``(f, k, n)``: per numeric feature the
-    count of each histogram bin ``k``, per categorical one its ``TOP_K`` most frequent values; None when
-    no feature needs it."""
+def second_pass(table: str, checked: list[Feature], before: dict[str, str]) -> str | None:
+    """Spark SQL over ``table`` (the rows the first pass read) giving ``(f, k, n)``: the ``TOP_K`` most
+    frequent values ``k`` of each string or boolean feature ``f`` with their counts; None when there is none."""
     parts = []
     for i, f in enumerate(checked):
-        v = quote(before[f.name])
-        if kind(f) == "numeric":
-            lo, hi = row.get(f"__min{i}"), row.get(f"__max{i}")
-            if not (_finite(lo) and _finite(hi)) or hi <= lo:
-                continue  # no values, a constant, or NaN/inf: the first pass says all there is
-            lo, width = float(lo), (float(hi) - float(lo)) / BINS
-            parts.append(f"SELECT {i} AS f, CAST(LEAST(GREATEST(FLOOR((CAST({v} AS DOUBLE) - {lo!r}) / {width!r}), 0), "
-                         f"{BINS - 1}) AS STRING) AS k, count(1) AS n FROM {table} "
-                         f"WHERE {v} BETWEEN {lo!r} AND {float(hi)!r} GROUP BY 1, 2")
-        elif kind(f) == "categorical":
-            parts.append(f"SELECT {i} AS f, CAST({v} AS STRING) AS k, count(1) AS n FROM {table} "
-                         f"WHERE {v} IS NOT NULL GROUP BY 1, 2")
+        if kind(f) == "categorical":
+            v = quote(before[f.name])
+            value = v if f.data_type == "string" else f"CAST({v} AS STRING)"
+            parts.append(f"SELECT {i} AS f, {value} AS k, count(1) AS n FROM {table} WHERE {v} IS NOT NULL GROUP BY {v}")
     if not parts:
         return None
     union = " UNION ALL ".join(parts)
     return (f"SELECT f, k, n FROM (SELECT f, k, n, row_number() OVER (PARTITION BY f ORDER BY n DESC, k) AS r "
-            f"FROM ({union}) AS u) AS t WHERE r <= {max(BINS, TOP_K)}")
+            f"FROM ({union}) AS u) AS t WHERE r <= {TOP_K}")
 
 
 def build(quality: dict[str, dict[str, Any]], checked: list[Feature], row: dict[str, Any],
@@ -114,11 +115,12 @@ def build(quality: dict[str, dict[str, Any]], checked: list[Feature], row: dict[
             p["coverage"] = round(min(1.0, with_value / entities), 6) if entities else None
         mine = [(k, int(n)) for g, k, n in groups if int(g) == i]
         if kind(f) == "numeric":
-            quantiles = row.get(f"__pq{i}")
+            levels = [_float(x) for x in row.get(f"__pq{i}") or []]
             lo, hi = q.get("min"), q.get("max")
+            at = dict(zip((round(x * 100) for x in LEVELS), levels))
             p.update(min=lo, max=hi, mean=q.get("mean"), std=_float(row.get(f"__psd{i}")),
-                     quantiles={f"p{round(x * 100)}": _float(v) for x, v in zip(QUANTILES, quantiles or [])})
-            p["histogram"] = _histogram(lo, hi, count - nulls, mine)
+                     quantiles={f"p{round(x * 100)}": at.get(round(x * 100)) for x in QUANTILES})
+            p["histogram"] = _histogram(lo, hi, count - nulls, levels)
         elif kind(f) == "categorical":
             top = sorted(mine, key=lambda kn: (-kn[1], kn[0]))[:TOP_K]
             p["top_k"] = [[k, n] for k, n in top]
@@ -138,16 +140,29 @@ def _float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _histogram(lo: Any, hi: Any, values: int, bins: list[tuple[str, int]]) -> dict[str, Any] | None:
-    """``{"edges": [21 floats], "counts": [20 ints]}``; a constant feature is one bin of zero width."""
+def _histogram(lo: Any, hi: Any, values: int, levels: list[float | None]) -> dict[str, Any] | None:
+    """``{"edges": [21 floats], "counts": [20 ints]}`` between ``lo`` and ``hi`` from the 101 quantiles
+    ``levels`` (p0 … p100); a constant feature is one bin of zero width."""
     if not (_finite(lo) and _finite(hi)) or values == 0:
         return None
     lo, hi = float(lo), float(hi)
     if hi <= lo:
         return {"edges": [lo, hi], "counts": [values]}
-    counts = [0] * BINS
-    for k, n in bins:
-        counts[int(float(k))] += n
-    width = (hi - lo) / BINS
-    return {"edges": [lo + j * width for j in range(BINS)] + [hi], "counts": counts}
+    import numpy as np
 
+    width = (hi - lo) / BINS
+    edges = [lo + j * width for j in range(BINS)] + [hi]
+    known = [(x, i / 100) for i, x in enumerate(levels) if x is not None]
+    if len(known) < 2:
+        return None
+    xs = np.clip(np.array([x for x, _ in known]), lo, hi)
+    share = np.array([c for _, c in known])
+    # A value repeated over several quantiles is a point mass: the CDF steps there (take the highest level).
+    points, last = np.unique(xs[::-1], return_index=True)
+    cdf_at = share[::-1][last]
+    cdf = np.interp(edges, np.concatenate(([lo], points, [hi])), np.concatenate(([0.0], cdf_at, [1.0])))
+    cdf[0], cdf[-1] = 0.0, 1.0
+    counts = np.diff(cdf) * values
+    rounded = np.floor(counts).astype(int)
+    rounded[np.argsort(counts - rounded)[::-1][: values - int(rounded.sum())]] += 1  # largest remainders
+    return {"edges": edges, "counts": [int(c) for c in rounded]}

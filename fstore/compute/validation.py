@@ -96,7 +96,7 @@ def _raw(i: int) -> str:
     return f"__fs_raw{i}"
 
 
-def _plan(columns: list[str], fsv: FeatureSetVersion, profile: bool = False):
+def _plan(columns: list[str], fsv: FeatureSetVersion, profile: bool = False, engine: str = "spark"):
     """What one validation needs, as Spark SQL: the checked features, the column assignments that apply the
     policies (and recompute composites over validated inputs), the one-pass aggregates (with the profile's
     when ``profile``), the drop condition, the columns before each policy."""
@@ -119,7 +119,7 @@ def _plan(columns: list[str], fsv: FeatureSetVersion, profile: bool = False):
     if profile:
         from fstore.compute import profile as profiles
 
-        aggs += profiles.aggregates([f for f, _ in checked], before, profiles.entity_key(fsv, columns), columns)
+        aggs += profiles.aggregates([f for f, _ in checked], before, profiles.entity_key(fsv, columns), columns, engine)
     return checked, steps, aggs, (_any(drop) if drop else None), before
 
 
@@ -215,7 +215,7 @@ def validate(df, fsv: FeatureSetVersion, *, profile: bool = False) -> Validated:
     if profile:
         from fstore.compute import profile as profiles
 
-        sql = profiles.second_pass("{w}", [f for f, _ in checked], before, row)
+        sql = profiles.second_pass("{w}", [f for f, _ in checked], before)
         groups = [tuple(r) for r in df.sparkSession.sql(sql, w=wide).collect()] if sql and rows else []
         profiled = profiles.build(quality, [f for f, _ in checked], row, groups)
     out = wide if drop is None else wide.where(f"NOT ({drop})")
@@ -242,7 +242,7 @@ def validate_arrow(con, table, fsv: FeatureSetVersion, *, profile: bool = False)
     from fstore.engine.duckdb import to_duckdb
 
     columns = list(table.column_names)
-    checked, steps, aggs, drop, before = _plan(columns, fsv, profile)
+    checked, steps, aggs, drop, before = _plan(columns, fsv, profile, "duckdb")
     con.register("fstore_validated", table)
     profiled = None
     try:
@@ -253,7 +253,7 @@ def validate_arrow(con, table, fsv: FeatureSetVersion, *, profile: bool = False)
         if profile:
             from fstore.compute import profile as profiles
 
-            sql = profiles.second_pass(f"({wide}) AS w", [f for f, _ in checked], before, row)
+            sql = profiles.second_pass(f"({wide}) AS w", [f for f, _ in checked], before)
             groups = con.sql(to_duckdb(sql)).fetchall() if sql and rows else []
             profiled = profiles.build(quality, [f for f, _ in checked], row, groups)
         if drop is None and not steps:

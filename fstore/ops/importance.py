@@ -96,8 +96,10 @@ def analyze(store: "StoreContext", training_set: str, label: str, *, methods: tu
 
 
 def _outputs(group: dict[str, Any]) -> list[str]:
-    """The column names a saved group's features were answered under (``set:feature`` → ``feature``)."""
-    return [o.split(":", 1)[1] if ":" in o else o for o in group.get("output_names", [])]
+    """The column names a saved group's features were answered under (``set@v:feature`` → ``set__feature``,
+    as ``fstore.serving.retrieval.plan.output_name`` names them)."""
+    return [f"{o.split(':', 1)[0].split('@', 1)[0]}__{o.split(':', 1)[1]}" if ":" in o else o
+            for o in group.get("output_names", [])]
 
 
 def _gbt(store: "StoreContext", rows, features: list[str], label: str) -> dict[str, float]:

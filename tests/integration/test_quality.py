@@ -193,16 +193,16 @@ def test_importance_ranks_the_planted_feature_first_and_keeps_logged_scores(stor
     spark = store.settings.compute_engine == "spark"
     result = analyze(store, "churn", "churned", methods=("mutual_information", "gbt") if spark else ("mutual_information",))
     mi = result["methods"]["mutual_information"]
-    assert mi[0]["feature"] == "signal" and mi[0]["score"] > 10 * max(m["score"] for m in mi[1:])
+    assert mi[0]["feature"] == "q__signal" and mi[0]["score"] > 10 * max(m["score"] for m in mi[1:])
     if spark:
-        assert result["methods"]["gbt"][0]["feature"] == "signal"
+        assert result["methods"]["gbt"][0]["feature"] == "q__signal"
     client = create_app(store=store).test_client()
     logged = client.post("/api/v1/training-sets/churn/importance",
-                         json={"label": "churned", "method": "shap", "scores": {"signal": 0.9, "x": 0.05}})
+                         json={"label": "churned", "method": "shap", "scores": {"q__signal": 0.9, "q__x": 0.05}})
     assert logged.status_code == 200, logged.get_json()
     shown = {(i["label"], i["method"]): i["scores"] for i in logged.get_json()["importances"]}
-    assert shown[("churned", "shap")] == [{"feature": "signal", "score": 0.9}, {"feature": "x", "score": 0.05}]
-    assert shown[("churned", "mutual_information")][0]["feature"] == "signal"
+    assert shown[("churned", "shap")] == [{"feature": "q__signal", "score": 0.9}, {"feature": "q__x", "score": 0.05}]
+    assert shown[("churned", "mutual_information")][0]["feature"] == "q__signal"
     refused = client.post("/api/v1/training-sets/churn/importance",
                           json={"label": "churned", "method": "shap", "scores": {"nope": 1.0}})
     assert refused.status_code == 400 and "nope" in refused.get_json()["error"]["message"]
