@@ -205,4 +205,4 @@ def test_importance_ranks_the_planted_feature_first_and_keeps_logged_scores(stor
     assert shown[("churned", "mutual_information")][0]["feature"] == "q__signal"
     refused = client.post("/api/v1/training-sets/churn/importance",
                           json={"label": "churned", "method": "shap", "scores": {"nope": 1.0}})
-    assert refused.status_code == 400 and "nope" in refused.get_json()["error"]["message"]
+    assert refused.status_code == 422 and "nope" in refused.get_json()["error"]["message"]
