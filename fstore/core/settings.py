@@ -66,6 +66,14 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     return value
 
 
+def _session_secret(env: Mapping[str, str], name: str) -> str:
+    """A secret of at least 32 characters, or "" (never echoed in the error)."""
+    value = env.get(name, "").strip()
+    if value and len(value) < 32:
+        raise InvalidDefinition(f"{name} must be at least 32 characters long", field=name)
+    return value
+
+
 def _fernet_keys(env: Mapping[str, str], name: str) -> str:
     """Comma-separated Fernet keys (URL-safe base64 of 32 bytes each), checked without importing cryptography."""
     raw = env.get(name, "").strip()
@@ -128,6 +136,33 @@ def _roots(env: Mapping[str, str]) -> tuple[str, ...] | None:
     return tuple(roots)
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    """REDIS_URL: one Redis (``redis://``, ``rediss://``, ``unix://``) or a Redis Cluster
+    (``redis+cluster://[user:password@]host:port[,host:port…][/0]``, ``rediss+cluster://`` over TLS),
+    whose hosts are seeds: any one that answers gives the cluster's layout. A cluster has only database 0."""
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        return ""
+    if url.startswith(CLUSTER_SCHEMES):
+        rest = url.split("://", 1)[1]
+        hosts, _, path = rest.split("?", 1)[0].rpartition("@")[2].partition("/")
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit() or not 0 < int(port) < 65536:
+                raise InvalidDefinition(f"REDIS_URL={url!r}: cluster seed {host!r} is not host:port", field="REDIS_URL")
+        if path not in ("", "0"):
+            raise InvalidDefinition(f"REDIS_URL={url!r}: a Redis Cluster has only database 0, not {path!r}",
+                                    field="REDIS_URL")
+        return url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidDefinition(f"REDIS_URL={url!r} must start with redis://, rediss://, unix:// or, for a Redis "
+                                "Cluster, redis+cluster:// or rediss+cluster://", field="REDIS_URL")
+    return url
+
+
 def default_jars_dir(env: Mapping[str, str]) -> str:
     """Where set-up caches the jars Spark needs beyond pyspark's own (``$XDG_CACHE_HOME/fstore/jars``)."""
     cache = env.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
@@ -142,7 +177,7 @@ class Settings:
     storage_path: str = field(default_factory=lambda: str(Path.cwd() / "fstore_data"))
     storage_format: str = "delta"
     database_url: str = ""
-    redis_url: str = ""
+    redis_url: str = ""  # REDIS_URL: one Redis, or a Redis Cluster with redis+cluster:// (see _redis_url)
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_access_key: str = ""
@@ -170,6 +205,9 @@ class Settings:
     # FSTORE_SECRET_KEY: Fernet key(s), comma separated (the first encrypts, all decrypt: rotation) for the
     # source options that are secrets; "" = a key file beside a SQLite registry, else secrets are refused.
     secret_key: str = field(default="", repr=False)
+    # UI_SESSION_SECRET: signs and seals the monitoring UI's session cookie (at least 32 characters); "" = derived
+    # from FSTORE_SECRET_KEY, and with neither the UI cannot log in while keys are required (fstore.api.ui.session).
+    ui_session_secret: str = field(default="", repr=False)
     # SOURCE_ENV_ALLOW: which environment variables a source option may name as ${NAME} (glob patterns).
     source_env_allow: tuple[str, ...] = ("FSTORE_SOURCE_*",)
     spark_log_level: str = "error"  # SPARK_LOG_LEVEL: Spark's own log (the CLI sets OFF unless --debug)
@@ -215,9 +253,7 @@ class Settings:
             )
         if database_url.startswith("postgres:"):
             database_url = "postgresql:" + database_url[len("postgres:"):]
-        redis_url = env.get("REDIS_URL", "").strip()
-        if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise InvalidDefinition(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://", field="REDIS_URL")
+        redis_url = _redis_url(env)
         auth_raw = env.get("AUTH_ENABLED")
         values = dict(
             storage_backend=backend,
@@ -247,6 +283,7 @@ class Settings:
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1, maximum=1000),
             redis_pool_size=_int(env, "REDIS_POOL_SIZE", 32, minimum=1, maximum=10000),
             secret_key=_fernet_keys(env, "FSTORE_SECRET_KEY"),
+            ui_session_secret=_session_secret(env, "UI_SESSION_SECRET"),
             source_env_allow=_patterns(env, "SOURCE_ENV_ALLOW", ("FSTORE_SOURCE_*",)),
             spark_log_level=_choice(env, "SPARK_LOG_LEVEL", "error", ("off", "fatal", "error", "warn", "info", "debug")),
             scheduler_concurrency=_int(env, "SCHEDULER_CONCURRENCY", 2, minimum=1, maximum=64),
@@ -272,6 +309,11 @@ class Settings:
         if self.storage_backend == "s3":
             return f"s3a://{self.s3_bucket}/{self.storage_path.strip('/') or 'fstore'}"
         return str(Path(self.storage_path).resolve())
+
+    @property
+    def redis_cluster(self) -> bool:
+        """True when REDIS_URL names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+        return self.redis_url.startswith(CLUSTER_SCHEMES)
 
     @property
     def embedded_online_path(self) -> Path:

@@ -37,21 +37,35 @@ def pinned_source(source: Source, path: str) -> Source:
 
 
 def write_events(store: "StoreContext", fsv: "FeatureSetVersion", source: Source, entities: "Entities",
-                 longest_seconds: int, path: str) -> Source:
-    """Copy the events of ``source`` that the label rows' windows can see to ``path``; the copy as a source."""
+                 longest_seconds: int, path: str, snapshot: dict | None = None) -> Source:
+    """Copy the events of ``source`` that the label rows' windows can see to ``path``; the copy as a source.
+
+    ``snapshot`` (a retrieval ``as_of`` an offline version: what the run that wrote it read, from
+    ``fstore.compute.source_read``) copies from exactly those files, not from the source as it is today.
+    """
     lo = entities.min_ts - timedelta(seconds=longest_seconds)
     hi = entities.max_ts + timedelta(microseconds=1)
+    what = f"the run of {fsv.name}'s offline version read"
     if store.settings.compute_engine == "duckdb":
-        _write_duckdb(store, source, lo, hi, path)
+        _write_duckdb(store, source, lo, hi, path, snapshot, what)
     else:
+        from pyspark.sql import functions as F
+
+        from fstore.compute.source_read import read_pinned_spark
         from fstore.engine.spark import read_source
 
-        rows = read_source(store.spark, source, settings=store.settings, start=lo, end=hi)
+        if snapshot is None:
+            rows = read_source(store.spark, source, settings=store.settings, start=lo, end=hi)
+        else:
+            rows = read_pinned_spark(store.spark, source, snapshot, what, settings=store.settings)
+            at = F.col(source.event_timestamp_column).cast("timestamp")
+            rows = rows.where((at >= F.lit(lo)) & (at < F.lit(hi)))
         rows.coalesce(1).write.mode("overwrite").parquet(path)
     return pinned_source(source, path)
 
 
-def _write_duckdb(store: "StoreContext", source: Source, lo: datetime, hi: datetime, path: str) -> None:
+def _write_duckdb(store: "StoreContext", source: Source, lo: datetime, hi: datetime, path: str,
+                  snapshot: dict | None, what: str) -> None:
     import pyarrow.parquet as pq
 
     from fstore.engine import duckdb as engine
@@ -59,7 +73,12 @@ def _write_duckdb(store: "StoreContext", source: Source, lo: datetime, hi: datet
 
     con = engine.connect(store.settings.max_compute_threads)
     try:
-        relation = engine.read_source(con, source, settings=store.settings)
+        if snapshot is None:
+            relation = engine.read_source(con, source, settings=store.settings)
+        else:
+            from fstore.compute.source_read import read_pinned_duckdb
+
+            relation = read_pinned_duckdb(con, source, snapshot, what, settings=store.settings)
         column = f"CAST({engine.ident(source.event_timestamp_column)} AS TIMESTAMPTZ)"
         relation = relation.filter(f"{column} >= TIMESTAMPTZ '{lo.isoformat(sep=' ')}+00' AND "
                                    f"{column} < TIMESTAMPTZ '{hi.isoformat(sep=' ')}+00'")

@@ -88,7 +88,7 @@ def get_historical_features(store: "StoreContext", *, entity_df: Any, features: 
     from fstore.serving.retrieval.training import saving
 
     # A saved set computes its windows from a pinned copy of the events, now and on every re-creation.
-    with saving(store, save_as, entities, groups, actor=actor) as (sources, save):
+    with saving(store, save_as, entities, groups, as_of=pinned, actor=actor) as (sources, save):
         result = run(store, entities, groups, pins, sources)
         save(result, features=features, feature_sets=feature_sets, as_of=pinned, entity_source=_describe(entity_df))
     return result

@@ -38,15 +38,18 @@ def training_set_root(store: "StoreContext", name: str) -> str:
 
 @contextmanager
 def saving(store: "StoreContext", name: str, entities: Entities, groups: list[FeatureGroup], *,
-           actor: str = "") -> Iterator[tuple[dict[str, Any], Callable[..., dict[str, Any]]]]:
+           as_of: int | datetime | None = None, actor: str = "") -> Iterator[tuple[dict[str, Any], Callable[..., dict[str, Any]]]]:
     """Reserve ``name``, pin the events each windowed set needs; yields ``(sources, save)``.
+
+    With ``as_of`` the events are copied from what the run of that offline version read (as a retrieval
+    ``as_of`` without saving computes its windows), not from the source as it is today.
 
     The caller computes the result with ``sources`` (the pinned copies) and calls
     ``save(result, ...)``; if anything fails, the reservation is dropped.
     """
     from fstore.registry.training_sets import create_training_set, drop_reservation
-    from fstore.serving.retrieval.plan import plan_set
     from fstore.serving.retrieval.pinned import write_events
+    from fstore.serving.retrieval.plan import pinned_read, plan_set
 
     root = training_set_root(store, name)
     # Reserve the name first: the unique row makes this save the only writer of the folder, so
@@ -61,7 +64,8 @@ def saving(store: "StoreContext", name: str, entities: Entities, groups: list[Fe
             if windows and fsv.name not in sources and fsv.feature_set.source is not None:
                 path = f"{root}/events/{fsv.name}"
                 longest = max(spec.size_seconds for spec in windows.values())
-                sources[fsv.name] = write_events(store, fsv, fsv.feature_set.source, entities, longest, path)
+                snapshot = pinned_read(store, fsv, as_of, None)
+                sources[fsv.name] = write_events(store, fsv, fsv.feature_set.source, entities, longest, path, snapshot)
                 events[fsv.name] = path
 
         def save(result: RetrievalResult, **kwargs: Any) -> dict[str, Any]:
