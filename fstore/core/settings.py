@@ -232,6 +232,10 @@ class Settings:
     # SOURCE_ROOTS: where sources may be read and batch outputs written; None = the default
     # (``default_source_roots``: STORAGE_PATH, and the bucket on S3), computed when asked.
     source_roots: tuple[str, ...] | None = None
+    # PROFILES (on|off): a feature profile per run (quantiles, histogram, top values) for drift and anomalies.
+    profiles: bool = True
+    # ALERT_WEBHOOK_URL: where an anomaly alert is POSTed as JSON ("" = no webhook; alerts are still recorded).
+    alert_webhook_url: str = ""
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -298,6 +302,8 @@ class Settings:
             db_statement_timeout=_float(env, "DB_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
             python_feature_modules=_modules(env),
             source_roots=_roots(env),
+            profiles=_choice(env, "PROFILES", "on", ("on", "off")) == "on",
+            alert_webhook_url=env.get("ALERT_WEBHOOK_URL", "").strip(),
         )
         values.update(overrides)
         return cls(**values)

@@ -35,9 +35,10 @@ def test_every_variable_is_read(tmp_path):
         "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
         "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
         "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars", "UI_SESSION_SECRET": "s" * 40,
-        "ONLINE_SKEW_SAMPLE": "0.25",
+        "ONLINE_SKEW_SAMPLE": "0.25", "PROFILES": "OFF", "ALERT_WEBHOOK_URL": "http://hooks:8080/fstore",
     }
     s = Settings.from_env(env)
+    assert s.profiles is False and s.alert_webhook_url == "http://hooks:8080/fstore"
     assert s.python_feature_modules == ("acme.features", "acme.udfs")
     assert s.source_roots == s.allowed_source_roots == (f"{tmp_path}/data", "s3a://lake/raw", str(Path.cwd() / "relative"))
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
