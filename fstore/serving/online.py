@@ -294,7 +294,12 @@ def get_online_features(store: "StoreContext", *, features: list[str], entities:
 def answer_online(store: "StoreContext", *, features: list[str], entities: dict | list,
                   feature_sets: list[str] | None = None,
                   now_micros: int | None = None) -> tuple[dict, Coverage | None]:
-    """``get_online_features``'s answer, and its ``Coverage``."""
+    """``get_online_features``'s answer, and its ``Coverage``.
+
+    Steps: the entity rows checked and their keys named as the sets name them; each set's keys hashed;
+    the value cache asked; one online-store round trip for the rest (or the stale cache when the store
+    is down); every value decoded (windows evaluated at ``now``); the metadata and metrics.
+    """
     started = time.perf_counter()
     settings = store.settings
     rows = entity_rows(entities)
@@ -304,85 +309,15 @@ def answer_online(store: "StoreContext", *, features: list[str], entities: dict 
     state = _state(store)
     cache_on = settings.serving_cache_enabled
     groups = _plan(store, state, features, feature_sets, cache_on)
-
-    used = set()
-    for g in groups:
-        used.update(g.codec.key_columns)
-    unknown = sorted({k for row in rows for k in row} - used)
-    if unknown:  # the spec's {"user": [...]}: an entity's name for its one join key
-        aliases = {name: key for g in groups for name, key in g.aliases}
-        if all(k in aliases for k in unknown):
-            rows = [{aliases.get(k, k): v for k, v in row.items()} for row in rows]
-            unknown = sorted({k for row in rows for k in row} - used) if all(
-                len(row) == len({aliases.get(k, k) for k in row}) for row in rows) else unknown
-    if unknown:
-        raise InvalidDefinition(f"entity key(s) {', '.join(unknown)} are not join keys of the requested feature sets "
-                                f"(which use {', '.join(sorted(used))})", field="entities")
-
-    # Hash keys per group, in row order; then cache lookups; then one round trip for the rest.
-    keys_per_group = []
-    for g in groups:
-        codec = g.codec
-        try:
-            keys_per_group.append(_keys(codec, rows))
-        except InvalidDefinition as exc:
-            raise InvalidDefinition(f"{exc.message} (feature set {codec.name} is keyed by "
-                                    f"{', '.join(codec.key_columns)})", field="entities") from None
-    results: list[list[Any]] = [[None] * len(rows) for _ in groups]
-    hits = misses = 0
-    wanted: list[tuple[int, list[int], list[str]]] = []
+    rows = _rows_by_join_keys(groups, rows)
     mono = time.monotonic()
-    values = state.values
-    for gi, (g, keys) in enumerate(zip(groups, keys_per_group)):
-        if not cache_on:
-            wanted.append((gi, range(len(keys)), keys))
-            misses += len(keys)
-            continue
-        todo_idx, todo_keys = [], []
-        for ri, key in enumerate(keys):
-            if cache_on:
-                entry = values.get((g.codec.name, g.codec.version, key))
-                if entry is not None and entry[0] > mono:
-                    results[gi][ri] = entry[1]
-                    hits += 1
-                    continue
-            todo_idx.append(ri)
-            todo_keys.append(key)
-        if todo_keys:
-            wanted.append((gi, todo_idx, todo_keys))
-            misses += len(todo_keys)
+    results, wanted, hits, misses = _cached(state, groups, _keys_per_group(groups, rows), len(rows), cache_on, mono)
 
     degraded = state.snapshot.stale
     reason = "the registry was unreachable at the last refresh: names resolved from the last snapshot" if degraded else None
     metrics = _metrics()
-    from_stale_cache = False
-    if wanted:
-        checks = _due_checks(state, groups, mono)
-        try:
-            trip = time.perf_counter()
-            answers, states = store.online.read_checked(
-                [(groups[gi].codec.name, todo_keys, groups[gi].read_fields) for gi, _, todo_keys in wanted], checks)
-            metrics.observe_online_store(time.perf_counter() - trip, "read")
-        except Unavailable:
-            answers = _from_stale_cache(state, groups, wanted, mono) if cache_on else None
-            if answers is None:
-                raise
-            degraded = from_stale_cache = True
-            reason = "the online store is unreachable: answered from the cache"
-        else:
-            _record_checks(store, state, checks, states, mono)
-        expires = mono + settings.serving_cache_ttl
-        for (gi, todo_idx, todo_keys), answer in zip(wanted, answers):
-            codec = groups[gi].codec
-            if not cache_on:
-                results[gi] = answer
-                continue
-            for ri, key, result in zip(todo_idx, todo_keys, answer):
-                results[gi][ri] = result
-                if not from_stale_cache:  # a stale answer is never cached as fresh
-                    values[(codec.name, codec.version, key)] = (expires, result)
-        if cache_on and len(values) > CACHE_MAX_ENTRIES:
-            _evict(state, mono)
+    if wanted and _read_store(store, state, groups, wanted, results, cache_on, mono, metrics):
+        degraded, reason = True, "the online store is unreachable: answered from the cache"
 
     now = now_micros if now_micros is not None else time.time_ns() // 1000
     out_features: dict[str, dict[str, Any]] = {}
@@ -390,64 +325,7 @@ def answer_online(store: "StoreContext", *, features: list[str], entities: dict 
     ids = _entity_ids(rows)
     found: dict[str, int] = {}
     for gi, g in enumerate(groups):
-        picks = g.picks
-        ttl = g.ttl_micros
-        floats = _float_values(g, results[gi], now) if g.all_float else None
-        width, at = len(g.outs), 0
-        full = 0  # rows with every asked value present and not null
-        partial: dict[str, int] = {}
-        for ri, result in enumerate(results[gi]):
-            eid = ids[ri]
-            fo = out_features.get(eid)
-            if fo is None:
-                fo = out_features[eid] = {}
-                out_status[eid] = {}
-            so = out_status[eid]
-            if result is None:
-                for out, _, _, default in picks:
-                    fo[out] = default
-                    so[out] = _MISSING
-                for pi, window, _ in g.windows:  # never stored: the empty window, as historical retrieval answers
-                    out, _, _, default = picks[pi]
-                    fo[out] = window.empty if default is None else default
-                continue
-            ts, raw = result
-            if g.windows:  # the windows answered at `now`; the other features as usual
-                _windowed_row(g, ts, raw, now, fo, so)
-                for out, _, _, _ in picks:
-                    if so[out] == _PRESENT and fo[out] is not None:
-                        partial[out] = partial.get(out, 0) + 1
-                continue
-            if ttl is not None and now - ts > ttl:
-                for out, i, _, default in picks:
-                    fo[out] = default
-                    so[out] = _EXPIRED if raw[i] is not None else _MISSING
-                continue
-            if floats is not None:  # every live row's values, parsed at once (see _float_values)
-                fo.update(zip(g.outs, floats[at:at + width]))
-                at += width
-                so.update(g.present)
-                full += 1
-                continue
-            try:  # the common case: every asked value stored and not null (decoders raise otherwise)
-                fo.update(zip(g.outs, [d(v) for d, v in zip(g.decoders, raw if g.getter is None else g.getter(raw))]))
-                so.update(g.present)
-                full += 1
-                continue
-            except (ValueError, TypeError, KeyError):
-                pass
-            for out, i, decode, default in picks:
-                value = raw[i]
-                if value is None:
-                    fo[out] = default
-                    so[out] = _MISSING
-                else:
-                    fo[out] = None if value == NULL else decode(value)
-                    so[out] = _PRESENT
-                    if fo[out] is not None:
-                        partial[out] = partial.get(out, 0) + 1
-        for out in g.outs:
-            found[out] = full + partial.get(out, 0)
+        found.update(_decode_group(g, results[gi], ids, now, out_features, out_status))
     seconds = time.perf_counter() - started
     missed = {gi for gi, _, _ in wanted}
     for gi, g in enumerate(groups):
@@ -475,6 +353,164 @@ def answer_online(store: "StoreContext", *, features: list[str], entities: dict 
 
         monitor_for(store).offer(features, rows, ids, feature_sets, answer, now)
     return answer, (Coverage(len(ids), found, cache_hit) if len(out_features) == len(ids) else None)
+
+
+def _rows_by_join_keys(groups: list[_Group], rows: list[dict]) -> list[dict]:
+    """``rows`` keyed by the sets' join keys: the spec's ``{"user": [...]}`` names an entity for its one join
+    key; any other key that no requested set joins on is refused, naming it."""
+    used = set()
+    for g in groups:
+        used.update(g.codec.key_columns)
+    unknown = sorted({k for row in rows for k in row} - used)
+    if unknown:
+        aliases = {name: key for g in groups for name, key in g.aliases}
+        if all(k in aliases for k in unknown):
+            rows = [{aliases.get(k, k): v for k, v in row.items()} for row in rows]
+            unknown = sorted({k for row in rows for k in row} - used) if all(
+                len(row) == len({aliases.get(k, k) for k in row}) for row in rows) else unknown
+    if unknown:
+        raise InvalidDefinition(f"entity key(s) {', '.join(unknown)} are not join keys of the requested feature sets "
+                                f"(which use {', '.join(sorted(used))})", field="entities")
+    return rows
+
+
+def _keys_per_group(groups: list[_Group], rows: list[dict]) -> list[list[str]]:
+    """Each set's online keys for the rows, in row order; a key value of the wrong kind names the set."""
+    keys_per_group = []
+    for g in groups:
+        codec = g.codec
+        try:
+            keys_per_group.append(_keys(codec, rows))
+        except InvalidDefinition as exc:
+            raise InvalidDefinition(f"{exc.message} (feature set {codec.name} is keyed by "
+                                    f"{', '.join(codec.key_columns)})", field="entities") from None
+    return keys_per_group
+
+
+def _cached(state: _State, groups: list[_Group], keys_per_group: list[list[str]], n_rows: int, cache_on: bool,
+            mono: float) -> tuple[list[list[Any]], list[tuple[int, Any, list[str]]], int, int]:
+    """What the value cache answers: ``(results, wanted, hits, misses)``; ``wanted`` is, per set with keys
+    left to read, ``(set index, row indexes, keys)``."""
+    results: list[list[Any]] = [[None] * n_rows for _ in groups]
+    hits = misses = 0
+    wanted: list[tuple[int, Any, list[str]]] = []
+    values = state.values
+    for gi, (g, keys) in enumerate(zip(groups, keys_per_group)):
+        if not cache_on:
+            wanted.append((gi, range(len(keys)), keys))
+            misses += len(keys)
+            continue
+        todo_idx, todo_keys = [], []
+        for ri, key in enumerate(keys):
+            entry = values.get((g.codec.name, g.codec.version, key))
+            if entry is not None and entry[0] > mono:
+                results[gi][ri] = entry[1]
+                hits += 1
+                continue
+            todo_idx.append(ri)
+            todo_keys.append(key)
+        if todo_keys:
+            wanted.append((gi, todo_idx, todo_keys))
+            misses += len(todo_keys)
+    return results, wanted, hits, misses
+
+
+def _read_store(store: "StoreContext", state: _State, groups: list[_Group], wanted: list, results: list[list[Any]],
+                cache_on: bool, mono: float, metrics) -> bool:
+    """Read the ``wanted`` keys in one online-store round trip (with the due load-marker checks) into
+    ``results``, caching what came back. True when the store was unreachable and the answers came from
+    the stale cache instead (never cached as fresh); without a cache, ``Unavailable`` propagates."""
+    checks = _due_checks(state, groups, mono)
+    from_stale_cache = False
+    try:
+        trip = time.perf_counter()
+        answers, states = store.online.read_checked(
+            [(groups[gi].codec.name, todo_keys, groups[gi].read_fields) for gi, _, todo_keys in wanted], checks)
+        metrics.observe_online_store(time.perf_counter() - trip, "read")
+    except Unavailable:
+        answers = _from_stale_cache(state, groups, wanted, mono) if cache_on else None
+        if answers is None:
+            raise
+        from_stale_cache = True
+    else:
+        _record_checks(store, state, checks, states, mono)
+    values = state.values
+    expires = mono + store.settings.serving_cache_ttl
+    for (gi, todo_idx, todo_keys), answer in zip(wanted, answers):
+        codec = groups[gi].codec
+        if not cache_on:
+            results[gi] = answer
+            continue
+        for ri, key, result in zip(todo_idx, todo_keys, answer):
+            results[gi][ri] = result
+            if not from_stale_cache:
+                values[(codec.name, codec.version, key)] = (expires, result)
+    if cache_on and len(values) > CACHE_MAX_ENTRIES:
+        _evict(state, mono)
+    return from_stale_cache
+
+
+def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_features: dict[str, dict[str, Any]],
+                  out_status: dict[str, dict[str, str]]) -> dict[str, int]:
+    """One set's stored rows decoded into the answer's features and statuses per entity; returns, per
+    output name, how many entity rows have a value (present and not null), for usage's coverage."""
+    picks = g.picks
+    ttl = g.ttl_micros
+    floats = _float_values(g, results, now) if g.all_float else None
+    width, at = len(g.outs), 0
+    full = 0  # rows with every asked value present and not null
+    partial: dict[str, int] = {}
+    for ri, result in enumerate(results):
+        eid = ids[ri]
+        fo = out_features.get(eid)
+        if fo is None:
+            fo = out_features[eid] = {}
+            out_status[eid] = {}
+        so = out_status[eid]
+        if result is None:
+            for out, _, _, default in picks:
+                fo[out] = default
+                so[out] = _MISSING
+            for pi, window, _ in g.windows:  # never stored: the empty window, as historical retrieval answers
+                out, _, _, default = picks[pi]
+                fo[out] = window.empty if default is None else default
+            continue
+        ts, raw = result
+        if g.windows:  # the windows answered at `now`; the other features as usual
+            _windowed_row(g, ts, raw, now, fo, so)
+            for out, _, _, _ in picks:
+                if so[out] == _PRESENT and fo[out] is not None:
+                    partial[out] = partial.get(out, 0) + 1
+            continue
+        if ttl is not None and now - ts > ttl:
+            for out, i, _, default in picks:
+                fo[out] = default
+                so[out] = _EXPIRED if raw[i] is not None else _MISSING
+            continue
+        if floats is not None:  # every live row's values, parsed at once (see _float_values)
+            fo.update(zip(g.outs, floats[at:at + width]))
+            at += width
+            so.update(g.present)
+            full += 1
+            continue
+        try:  # the common case: every asked value stored and not null (decoders raise otherwise)
+            fo.update(zip(g.outs, [d(v) for d, v in zip(g.decoders, raw if g.getter is None else g.getter(raw))]))
+            so.update(g.present)
+            full += 1
+            continue
+        except (ValueError, TypeError, KeyError):
+            pass
+        for out, i, decode, default in picks:
+            value = raw[i]
+            if value is None:
+                fo[out] = default
+                so[out] = _MISSING
+            else:
+                fo[out] = None if value == NULL else decode(value)
+                so[out] = _PRESENT
+                if fo[out] is not None:
+                    partial[out] = partial.get(out, 0) + 1
+    return {out: full + partial.get(out, 0) for out in g.outs}
 
 
 def _windowed_row(g: _Group, ts: int, raw: list, now: int, fo: dict, so: dict) -> None:
