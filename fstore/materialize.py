@@ -663,6 +663,7 @@ def settings_env(settings: "Settings") -> dict[str, str]:
         "REDIS_URL": settings.redis_url, "S3_ENDPOINT": settings.s3_endpoint, "S3_BUCKET": settings.s3_bucket,
         "S3_ACCESS_KEY": settings.s3_access_key, "S3_SECRET_KEY": settings.s3_secret_key,
         "SPARK_MASTER": settings.spark_master, "SPARK_REMOTE": settings.spark_remote,
+        "SPARK_CONNECT": settings.spark_connect, "SPARK_CONNECT_DIR": settings.spark_connect_dir,
         "DELTA_WRITER": settings.delta_writer, "SPARK_JARS_DIR": settings.spark_jars_dir,
         "MAX_COMPUTE_THREADS": str(settings.max_compute_threads), "COMPUTE_ENGINE": settings.compute_engine,
         "REDIS_TIMEOUT": str(settings.redis_timeout),
