@@ -200,6 +200,10 @@ def server_conf(settings: Settings, port: int, extra: dict[str, str] | None = No
         "spark.connect.grpc.binding.port": str(port),
         "spark.driver.host": HOST,
         "spark.driver.bindAddress": HOST,
+        # An operation whose client is gone (a job killed by SIGKILL) is interrupted after this, so a killed
+        # run's write cannot outlive its lock's lease (materialize.LOCK_TTL_SECONDS, 120 s): ≤ 60 + 10 s.
+        "spark.connect.execute.manager.detachedTimeout": "60s",
+        "spark.connect.execute.manager.maintenanceInterval": "10s",
     })
     # The server is long-lived: its log keeps warnings (a local session's keeps errors only).
     conf["spark.driver.extraJavaOptions"] = (conf.get("spark.driver.extraJavaOptions", "") + " -Dfstore.spark.level=warn").strip()
