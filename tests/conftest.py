@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("FSTORE_TEST_PG", "postgresql://fstore:fstore@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("FSTORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -131,13 +131,13 @@ def spark(tmp_path_factory):
     else:
         url = TEST_SPARK_REMOTE
         if not url.startswith("sc://"):
-            from fstore.engine import connect
+            from fstore.engine import connect_server
 
             state = tmp_path_factory.mktemp("spark-connect")
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            server = connect.start(test_spark_settings(SPARK_CONNECT_DIR=str(state)), port=port,
+            server = connect_server.start(test_spark_settings(SPARK_CONNECT_DIR=str(state)), port=port,
                                    extra=TEST_SPARK_EXTRA)
             url = server.url
         os.environ["SPARK_REMOTE"] = url  # the fstore processes tests start use it too
@@ -146,9 +146,9 @@ def spark(tmp_path_factory):
     yield session
     session.stop()
     if server is not None:
-        from fstore.engine import connect
+        from fstore.engine import connect_server
 
-        connect.stop(test_spark_settings(SPARK_CONNECT_DIR=str(state)))
+        connect_server.stop(test_spark_settings(SPARK_CONNECT_DIR=str(state)))
 
 
 class NoSpark:
@@ -196,7 +196,7 @@ def compute_rows(request):
     from fstore.engine import duckdb as engine
 
     settings = request.getfixturevalue("settings")
-    from fstore.retrieval.historical import arrow_to_pandas  # as Spark's toPandas gives it
+    from fstore.serving.retrieval.plan import arrow_to_pandas  # as Spark's toPandas gives it
 
     def rows(fsv, start=None, end=None):
         with engine.connect() as con:  # compute seals its connection: one per computation

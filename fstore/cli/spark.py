@@ -1,7 +1,8 @@
 """``fstore spark up|down|status|url``: one warm Spark (a Spark Connect server) for every fstore process.
 
-Thin over ``fstore.engine.connect``; the settings are the environment's, as for every command,
-so start the server with the environment the other processes run with.
+Thin over ``fstore.engine.connect_server`` (start, stop) and ``fstore.engine.connect`` (status). The
+settings are the environment's, as for every command, so start the server with the environment the other
+processes run with.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fstore.cli.output import CliState, emit, fields, json_option, pass_cli
 
 
 def _settings():
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     return Settings.from_env()
 
@@ -31,10 +32,10 @@ def spark() -> None:
 @pass_cli
 def up(cli: CliState, port: int, no_warm_up: bool, timeout: int) -> None:
     """Start the server (pyspark's own Spark Connect jar) and record it; processes find it by themselves."""
-    from fstore.engine import connect
+    from fstore.engine import connect, connect_server
 
     settings = _settings()
-    connect.start(settings, port=port, timeout=timeout, warm_up=not no_warm_up)
+    connect_server.start(settings, port=port, timeout=timeout, warm_up=not no_warm_up)
     emit(cli, connect.status(settings), _status_text)
 
 
@@ -43,9 +44,9 @@ def up(cli: CliState, port: int, no_warm_up: bool, timeout: int) -> None:
 @pass_cli
 def down(cli: CliState) -> None:
     """Stop the server ``fstore spark up`` started and forget it."""
-    from fstore.engine import connect
+    from fstore.engine import connect_server
 
-    server = connect.stop(_settings())
+    server = connect_server.stop(_settings())
     answer = {"stopped": server is not None, "pid": server.pid if server else None}
     emit(cli, answer, lambda a: f"stopped the Spark Connect server (pid {a['pid']})" if a["stopped"]
          else "no Spark Connect server was recorded")
@@ -65,8 +66,8 @@ def status(cli: CliState) -> None:
 @pass_cli
 def url(cli: CliState) -> None:
     """Print the running server's URL with its token, for SPARK_REMOTE elsewhere (keep it secret)."""
+    from fstore.core.errors import NotFound
     from fstore.engine import connect
-    from fstore.errors import NotFound
 
     server = connect.running(_settings())
     if server is None:

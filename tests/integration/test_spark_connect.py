@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from test_materialize_support import (  # noqa: F401 - fixtures
     T0, T_END, create_set, events, expected_online, make_store, offline_rows, online_values, oracle, write_source,
 )
@@ -67,14 +67,14 @@ def server(tmp_path_factory):
         assert not (state / "server.json").exists()
 
 
-def store_env(base: dict, folder: Path, **extra: str) -> dict:
-    return {**base, "STORAGE_PATH": str(folder / "store"), "SOURCE_ROOTS": str(folder), **extra}
+def store_env(base: dict, store: Path, roots: Path, **extra: str) -> dict:
+    return {**base, "STORAGE_PATH": str(store), "SOURCE_ROOTS": str(roots), **extra}
 
 
 def test_the_cli_materializes_over_the_server_it_finds_as_in_process(server, spark, tmp_path):
     source = write_source(tmp_path / "source" / "transactions", events())
-    here = make_store(Settings.from_env(store_env({}, tmp_path / "here")), spark)
-    there_env = store_env(server.env, tmp_path / "there")
+    here = make_store(Settings.from_env(store_env({}, tmp_path / "here", tmp_path)), spark)
+    there_env = store_env(server.env, tmp_path / "there", tmp_path)
     there = make_store(Settings.from_env(there_env), spark)  # definitions only: the run goes through the CLI
     for store in (here, there):
         create_set(store, source)
@@ -96,14 +96,15 @@ def test_the_cli_materializes_over_the_server_it_finds_as_in_process(server, spa
 
 def test_historical_retrieval_over_the_named_server_equals_in_process(server, spark, tmp_path):
     source = write_source(tmp_path / "source" / "transactions", events())
-    env = store_env(server.env, tmp_path, SPARK_CONNECT="off", SPARK_REMOTE=f"sc://127.0.0.1:{server.port}")
-    store = make_store(Settings.from_env(store_env({}, tmp_path)), spark)
+    env = store_env(server.env, tmp_path / "store", tmp_path, SPARK_CONNECT="off",
+                    SPARK_REMOTE=f"sc://127.0.0.1:{server.port}")
+    store = make_store(Settings.from_env(store_env({}, tmp_path / "store", tmp_path)), spark)
     create_set(store, source)
     store.materialize("user_txn", T0, T_END, actor="test")
     entities = pd.DataFrame({"user_id": [1, 1, 2, 3, 3, 4, 2],
                              "event_timestamp": pd.to_datetime(["2024-01-01 12:00", "2024-01-03 02:00", "2024-01-02 05:00",
-                                                                "2024-01-02 00:00", "2024-01-09", "2024-01-03",
-                                                                "2023-12-31"])})
+                                                                "2024-01-02 00:00", "2024-01-09 00:00", "2024-01-03 00:00",
+                                                                "2023-12-31 00:00"])})
     entities.to_parquet(tmp_path / "entities.parquet", index=False)
     features = "user_txn:amount_x2,user_txn:txn_count_2d,user_txn:amount_sum_2d,user_txn:avg_amount_2d"
 

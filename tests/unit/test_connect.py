@@ -7,8 +7,8 @@ import os
 import time
 from dataclasses import asdict
 
-from fstore.engine import connect
-from fstore.settings import Settings
+from fstore.engine import connect, connect_server
+from fstore.core.settings import Settings
 
 
 def settings_in(tmp_path, **env: str) -> Settings:
@@ -66,6 +66,6 @@ def test_the_fingerprint_follows_the_settings_that_matter_and_hides_the_s3_secre
 def test_stop_forgets_a_dead_record(tmp_path):
     settings = settings_in(tmp_path)
     record(settings, pid=os.getpid())
-    stopped = connect.stop(settings)  # our own pid is no server: nothing is signalled, the record goes
+    stopped = connect_server.stop(settings)  # our own pid is no server: nothing is signalled, the record goes
     assert stopped is not None and stopped.pid == os.getpid()
-    assert not connect.state_file(settings).exists() and connect.stop(settings) is None
+    assert not connect.state_file(settings).exists() and connect_server.stop(settings) is None
