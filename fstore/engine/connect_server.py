@@ -33,7 +33,7 @@ def server_conf(settings: Settings, port: int, extra: dict[str, str] | None = No
     loopback, at ``port``."""
     from fstore.engine.session import session_conf
 
-    conf = session_conf(settings, extra)
+    conf = session_conf(settings, extra, master=master(settings))
     conf.update({
         "spark.master": master(settings),
         "spark.app.name": "fstore-spark-connect",
