@@ -13,6 +13,12 @@ setup(
                   "fstore.api.ui": ["templates/*.html", "static/*"]},
     install_requires=[
         "pyspark==4.0.1",          # the compute engine (local[*] or a cluster)
+        # pyspark's Spark Connect client (SPARK_REMOTE, fstore spark up): its gRPC stubs are protobuf 5.28 code,
+        # which protobuf 6 runtimes load with a warning and 7 refuses; grpcio-status 1.71 is the last on protobuf 5.
+        "grpcio==1.71.2",
+        "grpcio-status==1.71.2",
+        "googleapis-common-protos==1.70.0",
+        "protobuf>=5.28,<6",
         "delta-spark==4.0.0",      # Delta's Python API when its jars are on Spark's class path
         "deltalake==1.6.6",        # delta-rs: commits Spark-written Parquet to a Delta log without Maven
         "pyarrow==21.0.0",

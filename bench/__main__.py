@@ -1,4 +1,4 @@
-"""``python -m bench [materialize|online|historical|correctness|all] [--scale N] [--quick]``
+"""``python -m bench [materialize|online|historical|correctness|all …] [--scale N] [--quick] [--spark-remote [URL]]``
 
 Runs fstore and Feast 0.67 on the same generated data, the same Redis (loopback)
 and the same machine, in one run, and writes ``bench/results/<part>.json`` and
@@ -6,6 +6,11 @@ and the same machine, in one run, and writes ``bench/results/<part>.json`` and
 ``$FSTORE_BENCH_DIR/results/`` instead, so only the reference run is committed). Feast is optional (the ``bench`` extra); without it
 the benchmark says so and measures fstore alone. Redis databases 8 (Feast) and 9
 (fstore) are flushed and used; nothing else in Redis is touched.
+
+``--spark-remote`` also measures fstore's Spark side against a warm Spark Connect server
+(``fstore_connect`` in the results): one started for the run with ``fstore spark up`` (on a
+free loopback port, stopped at the end), or the server a ``sc://…`` URL names. The cold
+figures (a JVM per process) are measured in the same run, before the server starts.
 """
 from __future__ import annotations
 
@@ -43,6 +48,9 @@ class Context:
     quick: bool
     results: Path = report.RESULTS
     notes: list[str] = field(default_factory=list)
+    spark_remote: str | None = None  # None: no Connect figures; "start": a server for this run; else its URL
+    connect_url: str | None = None  # the URL (with token) once the server is there
+    connect: dict = field(default_factory=dict)  # how the server was had: start wall, load average
 
     @property
     def feast_repo(self) -> Path:
@@ -83,7 +91,8 @@ def run_json(command: list[str], *, env: dict | None = None, cwd: Path = REPO_RO
 
 
 def py(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+    """``python -m module …``; Feast's side runs on the interpreter that has Feast (``$FEAST_PYTHON``)."""
+    return [feast_side.feast_python() if module == "bench.feast_side" else sys.executable, "-m", module, *args]
 
 
 # -- set-up ---------------------------------------------------------------------------------------
@@ -117,6 +126,41 @@ def ensure_materialized(ctx: Context) -> None:
         log("Feast: materializing once (prerequisite)")
         run_json(py("bench.feast_side", "materialize", "--repo", str(ctx.feast_repo),
                     "--start", ctx.dataset.start.isoformat(), "--end", ctx.dataset.end.isoformat()))
+
+
+def ensure_connect(ctx: Context) -> str:
+    """The warm Spark Connect server's URL: started once per run (`fstore spark up`, in a process of its own
+    so this one never becomes a Connect client), or the one ``--spark-remote URL`` names."""
+    if ctx.connect_url:
+        return ctx.connect_url
+    if ctx.spark_remote != "start":
+        ctx.connect_url = ctx.spark_remote
+        ctx.connect = {"url": "given"}
+        return ctx.connect_url
+    env = {**fstore_side.environment(ctx.fstore_store, FSTORE_DB), "SPARK_CONNECT_DIR": str(ctx.work / "spark-connect")}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log(f"fstore: fstore spark up --port {port} (a warm Spark Connect server for the Connect figures)")
+    load = list(os.getloadavg())
+    began = time.perf_counter()
+    cli = [sys.executable, str(REPO_ROOT / "cli.py")]
+    done = subprocess.run(cli + ["--json", "spark", "up", "--port", str(port)], env=env, capture_output=True,
+                          text=True, cwd=REPO_ROOT, timeout=PART_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"fstore spark up failed: {done.stderr[-3000:]}")
+    ctx.connect = {"up_seconds": time.perf_counter() - began, "load_avg_start": load, "port": port,
+                   "pid": json.loads(done.stdout)["pid"], "env": env}
+    url = subprocess.run(cli + ["spark", "url"], env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    ctx.connect_url = url.stdout.strip()
+    return ctx.connect_url
+
+
+def stop_connect(ctx: Context) -> None:
+    if ctx.spark_remote == "start" and ctx.connect.get("env"):
+        subprocess.run([sys.executable, str(REPO_ROOT / "cli.py"), "spark", "down"], env=ctx.connect["env"],
+                       capture_output=True, cwd=REPO_ROOT, timeout=120)
+        log(f"fstore: stopped the Spark Connect server (pid {ctx.connect['pid']})")
 
 
 # -- parts ------------------------------------------------------------------------------------------
@@ -154,15 +198,20 @@ def part_materialize(ctx: Context) -> dict:
         out["feast"] = f
     out["fstore"] = _fstore_materialize(ctx, "spark")
     out["fstore_duckdb"] = _fstore_materialize(ctx, "duckdb")
+    if ctx.spark_remote:
+        out["fstore_connect"] = _fstore_materialize(ctx, "spark", remote=ensure_connect(ctx))
+        out["fstore_connect"]["server"] = {k: v for k, v in ctx.connect.items() if k != "env"}
     (ctx.work / "materialized.json").write_text("{}")
     return out
 
 
-def _fstore_materialize(ctx: Context, engine: str) -> dict:
-    """fstore's in-process runs (cold, then warm) and its CLI job on one engine (COMPUTE_ENGINE)."""
+def _fstore_materialize(ctx: Context, engine: str, remote: str | None = None) -> dict:
+    """fstore's in-process runs (cold, then warm) and its CLI job on one engine (COMPUTE_ENGINE), on a Spark
+    of each process's own or, with ``remote``, on that Spark Connect server."""
     rows = ctx.dataset.sizes.events
-    env = {**fstore_side.environment(ctx.fstore_store, FSTORE_DB), "COMPUTE_ENGINE": engine}
-    s: dict = {"engine": engine}
+    env = {**fstore_side.environment(ctx.fstore_store, FSTORE_DB, remote), "COMPUTE_ENGINE": engine}
+    engine = f"{engine} over Spark Connect" if remote else engine
+    s: dict = {"engine": engine, "load_avg_start": list(os.getloadavg())}
     log(f"fstore ({engine}): store.materialize in-process, cold then warm")
     result, wall = run_json(py("bench.fstore_side", "--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB),
                                "materialize", "--start", ctx.dataset.start.isoformat(),
@@ -179,7 +228,8 @@ def _fstore_materialize(ctx: Context, engine: str) -> dict:
     flush(FSTORE_DB)
     log(f"fstore ({engine}): python jobs/materialize.py (CLI)")
     job, wall = run_json(fstore_side.job_command(ctx.dataset.start, ctx.dataset.end), env=env)
-    s.update(cli_seconds=wall, cli_run=job, cli_rows_per_s=rows / wall, cli_keys=dbsize(FSTORE_DB))
+    s.update(cli_seconds=wall, cli_run=job, cli_rows_per_s=rows / wall, cli_keys=dbsize(FSTORE_DB),
+             load_avg_end=list(os.getloadavg()))
     return s
 
 
@@ -328,12 +378,17 @@ def part_historical(ctx: Context) -> dict:
     out: dict = {"sizes": sizes, "repeats": repeats, "long_lived_calls": long_lived}
     fstore_args = ["--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB)]
     fstore_env = fstore_side.environment(ctx.fstore_store, FSTORE_DB)
-    for system, module, extra, env in (
-            ("feast", "bench.feast_side", ["--repo", str(ctx.feast_repo)], None),
-            ("fstore", "bench.fstore_side", fstore_args, {**fstore_env, "COMPUTE_ENGINE": "spark"}),
-            ("fstore_duckdb", "bench.fstore_side", fstore_args, {**fstore_env, "COMPUTE_ENGINE": "duckdb"})):
+    systems = [("feast", "bench.feast_side", ["--repo", str(ctx.feast_repo)], None),
+               ("fstore", "bench.fstore_side", fstore_args, {**fstore_env, "COMPUTE_ENGINE": "spark"}),
+               ("fstore_duckdb", "bench.fstore_side", fstore_args, {**fstore_env, "COMPUTE_ENGINE": "duckdb"})]
+    if ctx.spark_remote:
+        systems.append(("fstore_connect", "bench.fstore_side", fstore_args, None))
+    for system, module, extra, env in systems:
         if system == "feast" and not ctx.feast:
             continue
+        if system == "fstore_connect":
+            env = {**fstore_side.environment(ctx.fstore_store, FSTORE_DB, ensure_connect(ctx)), "COMPUTE_ENGINE": "spark"}
+        load = list(os.getloadavg())
         log(f"{system}: historical retrieval {sizes}")
         command = py(module, *(extra if system != "feast" else []), "historical",
                      *(extra if system == "feast" else []), "--entities", *files,
@@ -347,7 +402,8 @@ def part_historical(ctx: Context) -> dict:
                        "long_lived_best_seconds": {n: min(t) for n, t in late.items() if t}, "long_lived_seconds": late,
                        "rows_out": {str(n): per[f]["rows_out"] for n, f in zip(sizes, files)},
                        "cold_seconds": per[files[0]]["cold_seconds"], "session_seconds": result.get("session_seconds"),
-                       "ratio_large_small": best[str(sizes[1])] / best[str(sizes[0])], "process_wall": wall}
+                       "ratio_large_small": best[str(sizes[1])] / best[str(sizes[0])], "process_wall": wall,
+                       "load_avg_start": load, "load_avg_end": list(os.getloadavg())}
         log(f"{system}: {out[system]}")
     return out
 
@@ -363,6 +419,9 @@ def part_correctness(ctx: Context) -> dict:
                       {n: ctx.output("feast", n) for n in sizes} if ctx.feast else None)
     log("fstore on DuckDB (COMPUTE_ENGINE=duckdb) against the oracle")
     out["fstore_duckdb"] = compare_all(ctx.dataset, {n: ctx.output("fstore_duckdb", n) for n in sizes}, None)
+    if all(Path(ctx.output("fstore_connect", n)).exists() for n in sizes):
+        log("fstore over Spark Connect against the oracle")
+        out["fstore_connect"] = compare_all(ctx.dataset, {n: ctx.output("fstore_connect", n) for n in sizes}, None)
     return out
 
 
@@ -379,10 +438,16 @@ def _wrap(ctx: Context, data: dict, *, start: dict | None = None, date: str | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("part", nargs="?", default="all", choices=(*PARTS, "all"))
+    parser.add_argument("part", nargs="*", default=["all"], choices=(*PARTS, "all"),
+                        help="one or more parts, in order (default: all)")
     parser.add_argument("--scale", type=float, default=None, help="multiply the data sizes (default 1; 0.1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer requests and repeats, scale 0.1 unless --scale")
+    parser.add_argument("--spark-remote", nargs="?", const="start", default=None, metavar="URL",
+                        help="also measure fstore's Spark side on a warm Spark Connect server: one `fstore spark up` "
+                             "starts for the run (no URL), or the sc:// server named")
     args = parser.parse_args(argv)
+    if args.spark_remote not in (None, "start") and not args.spark_remote.startswith("sc://"):
+        parser.error("--spark-remote takes a sc://HOST:PORT URL, or nothing to start a server for the run")
     scale = args.scale if args.scale is not None else (0.1 if args.quick else 1.0)
     if not scale > 0:
         parser.error("--scale must be positive")
@@ -392,17 +457,20 @@ def main(argv: list[str] | None = None) -> int:
     # Only the reference run (scale 1, full length) is committed; other runs write beside their data.
     results = report.RESULTS if scale == 1 and not args.quick else bench_dir() / "results" / f"scale-{scale:g}{'-quick' if args.quick else ''}"
     ctx = Context(dataset=dataset, work=bench_dir() / f"work-scale-{scale:g}", feast=version, quick=args.quick,
-                  results=results)
+                  results=results, spark_remote=args.spark_remote)
     ctx.work.mkdir(parents=True, exist_ok=True)
     if version is None:
         ctx.notes.append("Feast is not installed (pip install -e .[bench]); fstore measured alone.")
         log(ctx.notes[-1])
-    for name in (PARTS if args.part == "all" else [args.part]):
-        start, date = report.machine(), report.now()
-        log(f"== {name} (load average {start['load_avg']})")
-        data = PARTS[name](ctx)
-        path = report.write_part(name, _wrap(ctx, data, start=start, date=date), results)
-        log(f"wrote {path}")
+    try:
+        for name in (PARTS if "all" in args.part else dict.fromkeys(args.part)):
+            start, date = report.machine(), report.now()
+            log(f"== {name} (load average {start['load_avg']})")
+            data = PARTS[name](ctx)
+            path = report.write_part(name, _wrap(ctx, data, start=start, date=date), results)
+            log(f"wrote {path}")
+    finally:
+        stop_connect(ctx)
     md = report.write_markdown(results)
     print(md.read_text())
     return 0

@@ -26,21 +26,28 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.data import bench_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURE_SET = "user_events"
 FEATURES = tuple(f"f{i}" for i in range(10))
 SPARK_EXTRA = {"spark.driver.memory": "4g", "spark.ui.enabled": "false"}
 
 
-def environment(store_dir: Path, redis_db: int) -> dict[str, str]:
+def environment(store_dir: Path, redis_db: int, spark_remote: str | None = None) -> dict[str, str]:
     """The environment every fstore process of the benchmark runs with (also the server and the job): Spark on
     ``local[2]``, or the master ``BENCH_SPARK_MASTER`` names; Redis on port 6379, or ``BENCH_REDIS_PORT``
-    (``bench.cluster`` gives both)."""
+    (``bench.cluster`` gives both). Spark is a session of each process's own unless ``spark_remote`` names a
+    Spark Connect server; a server some `fstore spark up` left running is never picked up by itself."""
     env = dict(os.environ)
     env.update({"STORAGE_PATH": str(store_dir), "REDIS_URL": f"redis://127.0.0.1:{redis_port()}/{redis_db}",
                 "SPARK_MASTER": os.environ.get("BENCH_SPARK_MASTER") or "local[2]", "AUTH_ENABLED": "false",
-                "DATABASE_URL": ""})
-    env.pop("SPARK_REMOTE", None)
+                "DATABASE_URL": "", "SPARK_CONNECT": "off",
+                "SOURCE_ROOTS": str(bench_dir())})  # the generated data, beside the store folders
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED"):
+        env.pop(name, None)
+    if spark_remote:
+        env["SPARK_REMOTE"] = spark_remote
     return env
 
 
@@ -58,7 +65,7 @@ def open_store(store_dir: Path, redis_db: int):
     from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
-    settings = Settings.from_env(environment(store_dir, redis_db))
+    settings = Settings.from_env(environment(store_dir, redis_db, os.environ.get("SPARK_REMOTE")))
     store = FeatureStore(settings)
     if settings.compute_engine == "spark":
         store.use_spark(get_spark(settings, app_name="fstore-bench", extra=SPARK_EXTRA))

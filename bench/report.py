@@ -71,10 +71,14 @@ def _rate(value: float | None, unit: str = "rows/s") -> str:
     return f"{value / 1000:.1f}k {unit}" if value >= 10_000 else f"{value:,.0f} {unit}"
 
 
+ENGINES = (("fstore", "Spark local[2]"), ("fstore_duckdb", "DuckDB (COMPUTE_ENGINE=duckdb)"),
+           ("fstore_connect", "Spark over a warm Spark Connect server (`fstore spark up`, local[2])"))
+
+
 def _materialize_rows(m: dict) -> list[list[str]]:
     f = m.get("feast") or {}
     rows = []
-    for key, engine in (("fstore", "Spark local[2]"), ("fstore_duckdb", "DuckDB (COMPUTE_ENGINE=duckdb)")):
+    for key, engine in ENGINES:
         s = m.get(key)
         if s:
             rows += _engine_rows(f, s, engine, m.get("redis_hset_per_s"))
@@ -150,7 +154,7 @@ def _online_server_rows(o: dict, system: str, suffix: str) -> list[list[str]]:
 def _historical_rows(h: dict) -> list[list[str]]:
     rows = []
     f = h.get("feast") or {}
-    for key, engine in (("fstore", "Spark local[2]"), ("fstore_duckdb", "DuckDB (COMPUTE_ENGINE=duckdb)")):
+    for key, engine in ENGINES:
         s = h.get(key)
         if not s:
             continue
@@ -168,10 +172,11 @@ def _historical_rows(h: dict) -> list[list[str]]:
                          _s(fb), _s(sb), f"time {ratio(sb, fb)}"])
         rows.append([f"historical, ratio large/small, fstore on {engine}", ratio(f.get("ratio_large_small"), 1.0),
                      ratio(s.get("ratio_large_small"), 1.0), "–"])
-        start = s.get("session_seconds") if key == "fstore" else None
+        start = s.get("session_seconds") if key in ("fstore", "fstore_connect") else None
+        what = "Spark start" if key == "fstore" else "Spark Connect session"
         rows.append([f"historical, first call in a fresh process (cold, small frame), fstore on {engine}",
-                     _s(f.get("cold_seconds")), _s(s.get("cold_seconds")) + (f" + {start:.1f} s Spark start" if start else ""),
-                     "–"])
+                     _s(f.get("cold_seconds")), _s(s.get("cold_seconds")) + (f" + {start:.1f} s {what}" if start else ""),
+                     f"time {ratio(s.get('cold_seconds'), f.get('cold_seconds'))}"])
     return rows
 
 
@@ -193,6 +198,44 @@ HOW_MEASURED = [
     "on until each frame has had 10 calls, and the best of its last 3 is shown (a server, or a notebook after its "
     "first calls); both systems run the same sequence (`bench/retrieval_calls.py`).",
 ]
+
+
+def _get(data: dict | None, *path):
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def target_rows(parts: dict[str, dict]) -> list[list[str]]:
+    """Issue #22's targets, each as (target, measured ratio, met?) for every fstore Spark variant measured."""
+    m, h = parts.get("materialize") or {}, parts.get("historical") or {}
+    large = str((h.get("sizes") or [None, None])[-1])
+    feast_cli, feast_rate = _get(m, "feast", "cli_seconds"), _get(m, "feast", "inprocess_rows_per_s")
+    rows = []
+
+    def add(what: str, value: float | None, reference: float | None, limit: float, at_most: bool) -> None:
+        if value is None or not reference:
+            return
+        r = value / reference
+        met = r <= limit if at_most else r >= limit
+        rows.append([what, f"{'≤' if at_most else '≥'} {limit:g}×", f"{r:.2f}×", "yes" if met else "no"])
+
+    add("materialize 1M CLI wall, warm Spark (Connect server) / Feast CLI", _get(m, "fstore_connect", "cli_seconds"),
+        feast_cli, 0.5, True)
+    add("materialize 1M CLI wall, cold (JVM per process) / Feast CLI", _get(m, "fstore", "cli_seconds"), feast_cli, 1.0, True)
+    add("materialize in-process warm rows/s, Spark local / Feast", _get(m, "fstore", "warm_rows_per_s"), feast_rate, 3.0, False)
+    add("materialize in-process warm rows/s, Spark over Connect / Feast", _get(m, "fstore_connect", "warm_rows_per_s"),
+        feast_rate, 3.0, False)
+    for key, label in (("fstore", "Spark local"), ("fstore_connect", "Spark over Connect")):
+        add(f"historical {large} rows, long-lived process, {label} / Feast",
+            _get(h, key, "long_lived_best_seconds", large), _get(h, "feast", "long_lived_best_seconds", large), 0.5, True)
+        add(f"historical first call (session already there), {label} / Feast", _get(h, key, "cold_seconds"),
+            _get(h, "feast", "cold_seconds"), 1.0, True)
+        add(f"historical {large} rows, best of the first calls on that frame, {label} / Feast",
+            _get(h, key, "best_seconds", large), _get(h, "feast", "best_seconds", large), 1.0, True)
+    return rows
 
 
 def _load_notes(parts: dict[str, dict]) -> list[str]:
@@ -227,6 +270,10 @@ def markdown(parts: dict[str, dict]) -> str:
     for name, build in builders.items():
         if name in parts:
             lines += ["| " + " | ".join(row) + " |" for row in build(parts[name])]
+    targets = target_rows(parts)
+    if targets:
+        lines += ["", "## Targets of issue #22 (fstore / Feast, this run)", "", "| target | limit | measured | met |",
+                  "|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in targets]
     if "correctness" in parts:
         c = parts["correctness"]
         lines += ["", "## Correctness (historical results, row by row)", ""]
@@ -236,6 +283,8 @@ def markdown(parts: dict[str, dict]) -> str:
                 lines.append(f"  - {item['count']:,} rows — {item['what']}: {item['explanation']}")
         for n, summary in ((c.get("fstore_duckdb") or {}).get("sizes") or {}).items():
             lines.append(f"- {int(n):,} entity rows, fstore on DuckDB (COMPUTE_ENGINE=duckdb): {summary.get('verdict')}")
+        for n, summary in ((c.get("fstore_connect") or {}).get("sizes") or {}).items():
+            lines.append(f"- {int(n):,} entity rows, fstore over Spark Connect: {summary.get('verdict')}")
     if "online" in parts and parts["online"].get("cross_check"):
         cc = parts["online"]["cross_check"]
         lines += ["", "## Online cross-check", "",

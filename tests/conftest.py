@@ -95,6 +95,30 @@ def redis_url() -> str:
     client.close()
 
 
+# FSTORE_TEST_SPARK_REMOTE=1: the `spark` fixture is a Spark Connect session on a server this run starts (and
+# stops, by its pid) with the same settings; every Spark test then runs over Connect, and so do the fstore
+# processes tests start (SPARK_REMOTE is exported). A sc:// URL uses that server instead. Unset: in-process.
+TEST_SPARK_REMOTE = os.environ.get("FSTORE_TEST_SPARK_REMOTE", "").strip()
+if TEST_SPARK_REMOTE in ("", "0"):
+    # A server a developer started with `fstore spark up` must not serve the suite's processes by itself.
+    os.environ.setdefault("SPARK_CONNECT", "off")
+TEST_SPARK_EXTRA = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+                    "spark.driver.memory": "2g", "spark.sql.adaptive.enabled": "false"}
+
+
+def test_spark_settings(**extra: str) -> Settings:
+    """The settings of the suite's Spark: local[2], and DELTA_WRITER and the jars' cache from the environment:
+    with the jars cached (make setup) the whole suite writes and reads Delta through delta-spark; tests of the
+    other path set delta_writer="delta-rs"."""
+    env = {k: os.environ[k] for k in ("DELTA_WRITER", "SPARK_JARS_DIR", "XDG_CACHE_HOME") if k in os.environ}
+    return Settings.from_env({"SPARK_MASTER": "local[2]", "SPARK_CONNECT": "off", **env, **extra})
+
+
+def over_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no JVM in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_servers(tmp_path_factory):
     """A 3-master Redis Cluster of our own for the session (``tests/redis_cluster_support.py``)."""
@@ -129,22 +153,35 @@ def any_redis_url(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def spark():
-    """One local Spark session for the whole run, with few shuffle partitions (tests use small data), and
-    delta-spark's jars when set-up cached them."""
+def spark(tmp_path_factory):
+    """One Spark session for the whole run, with few shuffle partitions (tests use small data): in-process,
+    or over Spark Connect with FSTORE_TEST_SPARK_REMOTE."""
     from fstore.engine.session import get_spark
 
-    # DELTA_WRITER and the jars' cache come from the environment: with the jars cached (make setup) the whole
-    # suite writes and reads Delta through delta-spark; tests of the other path set delta_writer="delta-rs".
-    env = {k: os.environ[k] for k in ("DELTA_WRITER", "SPARK_JARS_DIR", "XDG_CACHE_HOME") if k in os.environ}
-    session = get_spark(
-        Settings.from_env({"SPARK_MASTER": "local[2]", **env}),
-        app_name="fstore-tests",
-        extra={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
-               "spark.driver.memory": "2g", "spark.sql.adaptive.enabled": "false"},
-    )
+    server = None
+    if TEST_SPARK_REMOTE in ("", "0"):
+        settings = test_spark_settings()
+    else:
+        url = TEST_SPARK_REMOTE
+        if not url.startswith("sc://"):
+            from fstore.engine import connect_server
+
+            state = tmp_path_factory.mktemp("spark-connect")
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            server = connect_server.start(test_spark_settings(SPARK_CONNECT_DIR=str(state)), port=port,
+                                   extra=TEST_SPARK_EXTRA)
+            url = server.url
+        os.environ["SPARK_REMOTE"] = url  # the fstore processes tests start use it too
+        settings = test_spark_settings(SPARK_REMOTE=url)
+    session = get_spark(settings, app_name="fstore-tests", extra=TEST_SPARK_EXTRA)
     yield session
     session.stop()
+    if server is not None:
+        from fstore.engine import connect_server
+
+        connect_server.stop(test_spark_settings(SPARK_CONNECT_DIR=str(state)))
 
 
 class NoSpark:

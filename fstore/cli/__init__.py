@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "fstore.cli.serving",    # get-online-features, get-historical-features
     "fstore.cli.training",   # training-sets list/show/recreate
     "fstore.cli.ops",        # keys, monitor (operations; optional until that module exists)
+    "fstore.cli.spark",      # spark up/down/status/url (a warm Spark Connect server)
 )
 
 

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -227,6 +228,8 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
         error = _explain_failure(store, fsv, exc) or _as_fstore_error(exc, fsv.name, start, end)
         partial = {k: v for k, v in (getattr(exc, "fstore_figures", {}) or {}).items() if k != "profile"}
         status = "failed" if isinstance(exc, Exception) else "cancelled"
+        if status == "cancelled":
+            stop_server_work(store, run_id)
         try:
             with store.transaction() as s:
                 runs.finish_run(s, run_id, status=status, error=error.message[:_MAX_ERROR], **partial)
@@ -250,6 +253,14 @@ def _compute_and_write(store: "StoreContext", fsv: "FeatureSetVersion", start: d
     """Compute, validate, then write offline and online on the configured engine; returns the run's figures."""
     if store.settings.compute_engine == "duckdb":
         return _compute_and_write_duckdb(store, fsv, start, end, lost, run_id, skip_empty, progress)
+    spark = store.spark
+    with _run_jobs(spark, run_id, f"fstore materialize {fsv.name} run {run_id}"):
+        return _compute_and_write_spark(store, spark, fsv, start, end, lost, run_id, skip_empty, progress)
+
+
+def _compute_and_write_spark(store: "FeatureStore", spark, fsv: "FeatureSetVersion", start: datetime, end: datetime,
+                             lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress") -> dict[str, Any]:
+    """The Spark side of ``_compute_and_write``."""
     from pyspark import StorageLevel
 
     from fstore.engine.spark import compute
@@ -257,10 +268,7 @@ def _compute_and_write(store: "StoreContext", fsv: "FeatureSetVersion", start: d
     from fstore.storage.online import load_dataframe
     from fstore.compute.validation import validate
 
-    spark = store.spark
     stages: dict[str, float] = {}
-    _describe_jobs(spark, f"fstore materialize {fsv.name} run {run_id}")
-
     t = time.perf_counter()
     progress.start("read")
     # compute() resolves the source (listing files, reading the schema) and builds the plan; the rows
@@ -468,6 +476,7 @@ def cancel_active_runs(store: "StoreContext", reason: str) -> list[str]:
     cancelled = []
     for run_id, (fs_id, lost) in active.items():
         lost.set()
+        stop_server_work(store, run_id)
         try:
             with store.transaction() as s:
                 runs.finish_run(s, run_id, status="cancelled", error=reason)
@@ -673,12 +682,44 @@ def _json_ready(value: Any) -> Any:
         return str(value)
 
 
-def _describe_jobs(spark, text: str) -> None:
-    """Name the Spark jobs of this run in the Spark UI (not available on Spark Connect)."""
+def run_tag(run_id: str) -> str:
+    """The Spark Connect operation tag of a run's work on the server."""
+    return f"fstore-run-{run_id}"
+
+
+def over_connect(spark) -> bool:
+    return spark is not None and type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@contextmanager
+def _run_jobs(spark, run_id: str, text: str):
+    """Name the run's Spark jobs: in-process, their description in the Spark UI; over Spark Connect, a tag on
+    every operation this thread sends meanwhile, by which ``stop_server_work`` interrupts them."""
+    if over_connect(spark):
+        spark.addTag(run_tag(run_id))  # thread-local: runs in other threads keep theirs
+        try:
+            yield
+        finally:
+            spark.removeTag(run_tag(run_id))
+        return
     try:
         spark.sparkContext.setJobDescription(text)
     except Exception:  # noqa: BLE001 - purely cosmetic
         pass
+    yield
+
+
+def stop_server_work(store: "FeatureStore", run_id: str) -> None:
+    """Over Spark Connect a run's computation and writes execute in the server, not in this process: when the
+    run is cancelled, interrupt them there, so its write cannot commit after its lock is released. In
+    process there is nothing to do (the process's own driver stops with it)."""
+    spark = store._spark
+    if not over_connect(spark):
+        return
+    try:
+        spark.interruptTag(run_tag(run_id))
+    except Exception:  # noqa: BLE001 - the server abandons a detached operation by itself (fstore.engine.connect)
+        log.warning("could not interrupt the Spark Connect operations of run %s", run_id, exc_info=True)
 
 
 # -- the detached job process -------------------------------------------------------------------
@@ -691,6 +732,7 @@ def settings_env(settings: "Settings") -> dict[str, str]:
         "REDIS_URL": settings.redis_url, "S3_ENDPOINT": settings.s3_endpoint, "S3_BUCKET": settings.s3_bucket,
         "S3_ACCESS_KEY": settings.s3_access_key, "S3_SECRET_KEY": settings.s3_secret_key,
         "SPARK_MASTER": settings.spark_master, "SPARK_REMOTE": settings.spark_remote,
+        "SPARK_CONNECT": settings.spark_connect, "SPARK_CONNECT_DIR": settings.spark_connect_dir,
         "DELTA_WRITER": settings.delta_writer, "SPARK_JARS_DIR": settings.spark_jars_dir,
         "MAX_COMPUTE_THREADS": str(settings.max_compute_threads), "COMPUTE_ENGINE": settings.compute_engine,
         "REDIS_TIMEOUT": str(settings.redis_timeout),

@@ -176,6 +176,19 @@ def default_jars_dir(env: Mapping[str, str]) -> str:
     return str(Path(cache) / "fstore" / "jars")
 
 
+def default_connect_dir(env: Mapping[str, str]) -> str:
+    """Where ``fstore spark up`` records its Spark Connect server (``$XDG_CACHE_HOME/fstore/spark-connect``)."""
+    cache = env.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return str(Path(cache) / "fstore" / "spark-connect")
+
+
+def _remote(env: Mapping[str, str]) -> str:
+    value = env.get("SPARK_REMOTE", "").strip()
+    if value and not value.startswith("sc://"):
+        raise InvalidDefinition(f"SPARK_REMOTE={value!r} is not a Spark Connect URL; use sc://HOST:PORT", field="SPARK_REMOTE")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything configurable about one fstore deployment."""
@@ -190,7 +203,11 @@ class Settings:
     s3_access_key: str = ""
     s3_secret_key: str = ""
     spark_master: str = "local[*]"
-    spark_remote: str = ""
+    spark_remote: str = ""  # SPARK_REMOTE: sc://HOST:PORT of a Spark Connect server every session uses
+    # SPARK_CONNECT: "auto" uses the server `fstore spark up` recorded in SPARK_CONNECT_DIR when SPARK_REMOTE
+    # is unset and that server runs for the same settings (fstore.engine.connect); "off" never looks for one.
+    spark_connect: str = "auto"
+    spark_connect_dir: str = field(default_factory=lambda: default_connect_dir(os.environ))
     # DELTA_WRITER: who commits Delta writes from Spark. "spark": delta-spark's format("delta") (its jars
     # fetched by set-up, fstore.engine.jars); "delta-rs": Spark writes Parquet, the deltalake package commits;
     # "auto": spark when the jars are on the session's class path, else delta-rs.
@@ -274,7 +291,9 @@ class Settings:
             s3_access_key=env.get("S3_ACCESS_KEY", "").strip(),
             s3_secret_key=env.get("S3_SECRET_KEY", "").strip(),
             spark_master=env.get("SPARK_MASTER", "").strip() or "local[*]",
-            spark_remote=env.get("SPARK_REMOTE", "").strip(),
+            spark_remote=_remote(env),
+            spark_connect=_choice(env, "SPARK_CONNECT", "auto", ("auto", "off")),
+            spark_connect_dir=env.get("SPARK_CONNECT_DIR", "").strip() or default_connect_dir(env),
             delta_writer=_choice(env, "DELTA_WRITER", "auto", ("auto", "spark", "delta-rs")),
             spark_jars_dir=env.get("SPARK_JARS_DIR", "").strip() or default_jars_dir(env),
             max_compute_threads=_int(env, "MAX_COMPUTE_THREADS", 0, maximum=1024),

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from fstore.engine import jars
+from fstore.engine import connect, jars
 from fstore.engine.class_archive import driver_java_options
 from fstore.engine.spark_env import LOG4J_FILE, ensure_java, spark_defaults
 from fstore.core.settings import Settings
@@ -107,18 +107,26 @@ def _running_jvm():
 
 
 def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str] | None = None):
-    """The active Spark session, or a new one for ``settings`` (local, cluster or Spark Connect)."""
+    """The active Spark session, or a new one for ``settings``: a Spark Connect session when ``SPARK_REMOTE``
+    names a server or ``fstore spark up`` started one for these settings (``fstore.engine.connect``),
+    else a driver of this process's own (local or cluster)."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    remote = connect.remote_url(settings)  # SPARK_REMOTE, or the server `fstore spark up` started
+    if remote:
+        builder = SparkSession.builder.remote(remote).appName(app_name)
+        for key, value in (extra or {}).items():
+            if key.startswith("spark.sql."):  # a session's own settings; the rest is the server's
+                builder = builder.config(key, value)
+        _quiet_client_errors(settings)
+        return builder.getOrCreate()
     ensure_java()
     # Python workers must run this interpreter (this venv), or they cannot import fstore's dependencies.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
-    if settings.spark_remote:
-        return builder.remote(settings.spark_remote).getOrCreate()
     submitted = submitted_conf()
     master = choose_master(settings, submitted.get("spark.master"))
     builder = builder.master(master)
@@ -128,3 +136,16 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level.upper())
     return spark
+
+
+def _quiet_client_errors(settings: Settings) -> None:
+    """Over Spark Connect, Spark's own log is the server's; what reaches this process is pyspark's client
+    loggers, which print each failed query's whole server stack trace as JSON. With SPARK_LOG_LEVEL off or
+    fatal (the CLI's default) they stay silent: fstore reports the failure itself, in one line."""
+    import logging
+
+    from pyspark.logger import PySparkLogger
+
+    level = logging.CRITICAL + 1 if settings.spark_log_level in ("off", "fatal") else logging.ERROR
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(level)  # created as pyspark's own class, which its callers need

@@ -183,20 +183,29 @@ def _python_stage(df, compiled: CompiledQuery, fsv: FeatureSetVersion, settings:
     return df.mapInPandas(apply, schema=out_schema)
 
 
-def wide_frame(spark, compiled: CompiledQuery, source_df):
-    """``compiled.wide_sql`` over ``source_df``, analysed at once.
+def sql_with_frames(spark, text: str, frames: dict):
+    """``spark.sql(text)`` in which each name of ``frames`` (a bare identifier in ``text``) stands for that DataFrame.
 
-    The source is registered under a view name of its own for this call (then dropped), so two
+    The frames go to ``spark.sql`` as its DataFrame arguments, not as temporary views made and dropped
+    around the call: an in-process session analyses the query at once, so a view is only needed meanwhile,
+    but a Spark Connect DataFrame is analysed on the server each time it runs, when such a view would be gone
+    (and a view kept would leak into the server's long-lived session). Braces in ``text`` (user SQL may hold
+    them in literals) are escaped from ``spark.sql``'s formatter.
+    """
+    escaped = text.replace("{", "{{").replace("}", "}}")
+    for name in frames:
+        escaped = escaped.replace(name, "{" + name + "}")
+    return spark.sql(escaped, **frames)
+
+
+def wide_frame(spark, compiled: CompiledQuery, source_df):
+    """``compiled.wide_sql`` over ``source_df``.
+
+    The source is the query's own DataFrame argument (``sql_with_frames``), never a view by name, so two
     computations of the same feature set version in one Spark session never see each other's rows.
     """
-    import uuid
-
-    view = f"{compiled.source_view}_{uuid.uuid4().hex[:12]}"
-    source_df.createOrReplaceTempView(view)
-    try:
-        return spark.sql(compiled.wide_sql.replace(f"`{compiled.source_view}`", f"`{view}`"))
-    finally:
-        spark.catalog.dropTempView(view)
+    return sql_with_frames(spark, compiled.wide_sql.replace(f"`{compiled.source_view}`", "__fs_source_frame__"),
+                           {"__fs_source_frame__": source_df})
 
 
 def run_compiled(spark, fsv: FeatureSetVersion, compiled: CompiledQuery, source_df, *, settings: Settings):
@@ -230,4 +239,4 @@ def compute(spark, fsv: FeatureSetVersion, *, settings: Settings, start: datetim
     return df.where(" AND ".join(conds)) if conds else df
 
 
-__all__ = ["read_source", "compute", "read_delta", "run_compiled", "wide_frame", "ts_literal", "EVENT_TIME"]
+__all__ = ["read_source", "compute", "read_delta", "run_compiled", "wide_frame", "sql_with_frames", "ts_literal", "EVENT_TIME"]

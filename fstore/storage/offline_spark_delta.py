@@ -38,15 +38,19 @@ def in_use(spark, settings: Settings) -> bool:
     """Whether ``spark`` writes and reads Delta itself for ``settings`` (``DELTA_WRITER`` and the class path)."""
     if settings.delta_writer == "delta-rs":
         return False
+    from fstore.engine.jars import DELTA_SQL_CONF, has_delta_classes
+
     try:
         jvm = spark._jvm
-    except Exception:  # noqa: BLE001 - Spark Connect: no JVM here; the server's class path decides
+    except Exception:  # noqa: BLE001 - Spark Connect: no JVM here
         jvm = None
-    if jvm is None:
-        return settings.delta_writer == "spark"
-    from fstore.engine.jars import has_delta_classes
-
-    found = has_delta_classes(jvm)
+    if jvm is not None:
+        found = has_delta_classes(jvm)
+    else:
+        # Spark Connect: the server's driver was started with Delta's extension and catalog exactly when
+        # its class path holds the jars (fstore spark up gives it what a local session gets).
+        extensions = spark.conf.get("spark.sql.extensions", "") or ""
+        found = DELTA_SQL_CONF["spark.sql.extensions"] in extensions.split(",")
     if not found and settings.delta_writer == "spark":
         raise Unavailable("DELTA_WRITER=spark, but this Spark session has no Delta classes: fetch the jars with "
                           "`python -m fstore.engine.jars` and start a new session")

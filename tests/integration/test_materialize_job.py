@@ -82,6 +82,9 @@ def test_a_run_killed_during_its_write_leaves_the_previous_version_intact(store,
 
     from fstore.storage.offline import table_uri
 
+    if store.settings.compute_engine == "spark" and os.environ.get("SPARK_REMOTE"):
+        pytest.skip("over Spark Connect the write runs in the server: a client killed with SIGKILL cannot stop it "
+                    "at once (the server interrupts it once abandoned, within 70 s, under the 120 s default lease)")
     # Enough event-date partitions (one file each) that the job's write is caught in the middle: Spark's
     # write of 300 takes seconds; pyarrow writes faster, so the DuckDB job gets more.
     days = 300 if store.settings.compute_engine == "spark" else 1200

@@ -36,6 +36,7 @@ def test_every_variable_is_read(tmp_path):
         "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
         "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars", "UI_SESSION_SECRET": "s" * 40,
         "ONLINE_SKEW_SAMPLE": "0.25", "PROFILES": "OFF", "ALERT_WEBHOOK_URL": "http://hooks:8080/fstore",
+        "SPARK_CONNECT": "OFF", "SPARK_CONNECT_DIR": "/run/fstore-connect",
     }
     s = Settings.from_env(env)
     assert s.profiles is False and s.alert_webhook_url == "http://hooks:8080/fstore"
@@ -57,6 +58,7 @@ def test_every_variable_is_read(tmp_path):
     assert s.spark_log_level == "warn"
     assert (s.delta_writer, s.spark_jars_dir) == ("delta-rs", "/opt/jars")
     assert s.online_skew_sample == 0.25 and Settings.from_env({}).online_skew_sample == 0.0
+    assert (s.spark_connect, s.spark_connect_dir) == ("off", "/run/fstore-connect")
 
 
 def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
@@ -72,10 +74,18 @@ def test_the_jars_cache_defaults_under_the_user_cache(tmp_path):
     assert Settings.from_env({}).spark_jars_dir == str(Path.home() / ".cache" / "fstore" / "jars")
 
 
+def test_the_spark_connect_record_defaults_under_the_user_cache(tmp_path):
+    s = Settings.from_env({"XDG_CACHE_HOME": str(tmp_path)})
+    assert (s.spark_connect, s.spark_remote) == ("auto", "")
+    assert s.spark_connect_dir == str(tmp_path / "fstore" / "spark-connect")
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("STORAGE_BACKEND", "gcs", "use one of: local, s3"),
     ("STORAGE_FORMAT", "orc", "use one of: delta, parquet"),
     ("DELTA_WRITER", "deltalake", "use one of: auto, spark, delta-rs"),
+    ("SPARK_CONNECT", "on", "use one of: auto, off"),
+    ("SPARK_REMOTE", "127.0.0.1:15002", "not a Spark Connect URL"),
     ("DATABASE_URL", "mysql://db/fs", "not supported"),
     ("REDIS_URL", "localhost:6379", "must start with redis://"),
     ("REDIS_URL", "redis+cluster://127.0.0.1:7000/2", "only database 0"),

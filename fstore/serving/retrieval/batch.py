@@ -222,7 +222,7 @@ def write_output(spark_df, settings: "Settings", path: str, fmt: str) -> None:
     """Write the result as Parquet, or as a new Delta table (Parquet files committed with deltalake)."""
     check_output(settings, path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
     exists = _is_local(path) and os.path.isdir(path)
-    spark_df.write.mode("append" if exists else "errorifexists").parquet(path)
+    spark_df.write.mode("append" if exists else "error").parquet(path)  # "error": Spark Connect knows no alias
     if fmt == "delta":
         commit_parquet_folder_as_delta(path)
 

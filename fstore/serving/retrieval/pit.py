@@ -18,15 +18,14 @@ partition, whatever the number of rows per entity — never the cross product of
 """
 from __future__ import annotations
 
-import uuid
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fstore.compiler.dialect import quote
+from fstore.engine.spark import sql_with_frames
 
 KIND = "__fs_kind"
 CREATED = "__fs_created"
@@ -36,6 +35,8 @@ _LATEST = "__fs_latest"
 _LAST_LABEL = "__fs_last_label"
 _FIRST_LABEL = "__fs_first_label"
 FEATURE_ROW, LABEL_ROW = 0, 1
+# Where the label and feature frames enter the query (``sql_with_frames``).
+LABEL_FRAME, ROW_FRAME = "__fs_label_frame__", "__fs_row_frame__"
 
 
 def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> DataFrame:
@@ -91,7 +92,7 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     about half of them for labels spread over the feature rows' span) are never
     shuffled or sorted. Worth it when the label rows are few enough to broadcast.
 
-    The plan is one SQL query over the two frames (as temporary views): Spark analyses
+    The plan is one SQL query over the two frames (``sql_with_frames``): Spark analyses
     it once, where a chain of DataFrame calls was analysed at every call (0.35 s of
     a retrieval's 0.5 s of plan building, profiled).
     """
@@ -103,53 +104,39 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
     payload_type = sql_type(T.StructType([T.StructField(EVENT_TS, row_types[event_ts]),
                                           *(T.StructField(out, row_types[src]) for src, out in features)]))
-    with _views(labels, rows) as (label_view, row_view):
-        present = " AND ".join([f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]] + ([f"({where})"] if where else []))
-        feature_rows = (f"SELECT {', '.join(aligned)}, CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}, "
-                        f"{created} AS {CREATED}, named_struct({payload}) AS {PAYLOAD} FROM {row_view} WHERE {present}")
-        if broadcast_keys:
-            seen = f"r.{quote(ts)} <= l.{_LAST_LABEL}"
-            first = ""
-            if ttl_seconds is not None:
-                first = f", min({quote(ts)}) AS {_FIRST_LABEL}"
-                seen += f" AND r.{quote(ts)} >= l.{_FIRST_LABEL} - {_ttl(ttl_seconds)}"
-            label_span = (f"SELECT {', '.join(quoted_keys)}, max({quote(ts)}) AS {_LAST_LABEL}{first} FROM {label_view} "
-                          f"GROUP BY {', '.join(quoted_keys)}")
-            feature_rows = (f"SELECT /*+ BROADCAST(l) */ r.* FROM ({feature_rows}) r LEFT SEMI JOIN ({label_span}) l ON "
-                            + " AND ".join(f"r.{c} = l.{c}" for c in quoted_keys) + f" AND {seen}")
-        # One union of label and feature rows: each side fills the other's columns with typed NULLs.
-        passed = [quote(c) for c in labels.columns]
-        feature_side = ", ".join(
-            f"r.{quote(c)}" if c in keys or c == ts else f"CAST(NULL AS {sql_type(label_types[c])})" for c in labels.columns)
-        both = (f"SELECT {', '.join(passed)}, {LABEL_ROW} AS {KIND}, CAST(NULL AS TIMESTAMP) AS {CREATED}, "
-                f"CAST(NULL AS {payload_type}) AS {PAYLOAD} FROM {label_view} UNION ALL "
-                f"SELECT {feature_side}, {FEATURE_ROW}, r.{CREATED}, r.{PAYLOAD} FROM ({feature_rows}) r")
-        window = (f"PARTITION BY {', '.join(quoted_keys)} "
-                  f"ORDER BY {quote(ts)} ASC NULLS FIRST, {KIND} ASC, {CREATED} ASC NULLS FIRST "
-                  "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
-        visible = f"{_LATEST} IS NOT NULL AND {quote(ts)} IS NOT NULL"
+    present = " AND ".join([f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]] + ([f"({where})"] if where else []))
+    feature_rows = (f"SELECT {', '.join(aligned)}, CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}, "
+                    f"{created} AS {CREATED}, named_struct({payload}) AS {PAYLOAD} FROM {ROW_FRAME} WHERE {present}")
+    if broadcast_keys:
+        seen = f"r.{quote(ts)} <= l.{_LAST_LABEL}"
+        first = ""
         if ttl_seconds is not None:
-            visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - {_ttl(ttl_seconds)}"
-        outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{quote(out)} END AS {quote(out)}" for _, out in features]
-        return labels.sparkSession.sql(
-            f"SELECT {', '.join([*passed, *outputs])} FROM (SELECT *, last({PAYLOAD}, true) OVER ({window}) AS {_LATEST} "
-            f"FROM ({both})) WHERE {KIND} = {LABEL_ROW}")
+            first = f", min({quote(ts)}) AS {_FIRST_LABEL}"
+            seen += f" AND r.{quote(ts)} >= l.{_FIRST_LABEL} - {_ttl(ttl_seconds)}"
+        label_span = (f"SELECT {', '.join(quoted_keys)}, max({quote(ts)}) AS {_LAST_LABEL}{first} FROM {LABEL_FRAME} "
+                      f"GROUP BY {', '.join(quoted_keys)}")
+        feature_rows = (f"SELECT /*+ BROADCAST(l) */ r.* FROM ({feature_rows}) r LEFT SEMI JOIN ({label_span}) l ON "
+                        + " AND ".join(f"r.{c} = l.{c}" for c in quoted_keys) + f" AND {seen}")
+    # One union of label and feature rows: each side fills the other's columns with typed NULLs.
+    passed = [quote(c) for c in labels.columns]
+    feature_side = ", ".join(
+        f"r.{quote(c)}" if c in keys or c == ts else f"CAST(NULL AS {sql_type(label_types[c])})" for c in labels.columns)
+    both = (f"SELECT {', '.join(passed)}, {LABEL_ROW} AS {KIND}, CAST(NULL AS TIMESTAMP) AS {CREATED}, "
+            f"CAST(NULL AS {payload_type}) AS {PAYLOAD} FROM {LABEL_FRAME} UNION ALL "
+            f"SELECT {feature_side}, {FEATURE_ROW}, r.{CREATED}, r.{PAYLOAD} FROM ({feature_rows}) r")
+    window = (f"PARTITION BY {', '.join(quoted_keys)} "
+              f"ORDER BY {quote(ts)} ASC NULLS FIRST, {KIND} ASC, {CREATED} ASC NULLS FIRST "
+              "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
+    visible = f"{_LATEST} IS NOT NULL AND {quote(ts)} IS NOT NULL"
+    if ttl_seconds is not None:
+        visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - {_ttl(ttl_seconds)}"
+    outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{quote(out)} END AS {quote(out)}" for _, out in features]
+    return sql_with_frames(
+        labels.sparkSession,
+        f"SELECT {', '.join([*passed, *outputs])} FROM (SELECT *, last({PAYLOAD}, true) OVER ({window}) AS {_LATEST} "
+        f"FROM ({both})) WHERE {KIND} = {LABEL_ROW}", {LABEL_FRAME: labels, ROW_FRAME: rows})
 
 
 def _ttl(seconds: int) -> str:
     """A TTL as a Spark SQL day-time interval."""
     return f"make_dt_interval(0, 0, 0, {int(seconds)})"
-
-
-@contextmanager
-def _views(*frames: DataFrame) -> Iterator[list[str]]:
-    """Temporary views of ``frames`` under names no other query uses (quoted), dropped afterwards:
-    a DataFrame keeps the plan it was analysed with, so the views are only needed while analysing."""
-    names = [f"__fs_view_{uuid.uuid4().hex}" for _ in frames]
-    for frame, name in zip(frames, names):
-        frame.createOrReplaceTempView(name)
-    try:
-        yield [quote(n) for n in names]
-    finally:
-        for frame, name in zip(frames, names):
-            frame.sparkSession.catalog.dropTempView(name)

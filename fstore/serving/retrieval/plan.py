@@ -54,6 +54,9 @@ class RetrievalResult:
         if self.arrow is not None:
             return arrow_to_pandas(self.arrow)
         frame = self.spark_df.selectExpr(ROW, *[quote(c) for c in self.columns]).toPandas()
+        # Spark Connect hangs its query metrics on the frame (attrs); pandas would write them into a Parquet
+        # file's metadata, and cannot (they are no JSON): the caller gets the rows alone, as in process.
+        frame.attrs.clear()
         frame = frame.sort_values(ROW, kind="stable").reset_index(drop=True)
         return frame.drop(columns=[ROW])
 
