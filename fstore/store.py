@@ -265,6 +265,14 @@ class FeatureStore:
 
         return materialize(self, ref, start, end, actor=actor, kind=kind, progress=progress)
 
+    def materialize_many(self, refs: list[str | int], start: datetime, end: datetime, *, actor: str = "",
+                         progress: Callable[[dict], None] | None = None) -> list[dict]:
+        """Materialize several sets over ``[start, end)``, one run each; sets reading the same source share
+        one scan of it (``fstore.materialize.materialize_many``). Returns the finished runs in order."""
+        from fstore.materialize import materialize_many
+
+        return materialize_many(self, refs, start, end, actor=actor, progress=progress)
+
     def start_materialization(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "") -> dict:
         """Start a run in the background and return it at once (status ``pending``/``running``)."""
         from fstore.materialize import start_materialization
