@@ -35,6 +35,7 @@ test-unit: setup
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
+	$(PY) -m bench --wide --sweep --calls 3
 
 clean:
 	rm -rf $(DEMO_DIR) spark-warehouse metastore_db derby.log

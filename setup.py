@@ -42,7 +42,7 @@ setup(
         "test": ["pytest==8.4.2", "pytest-timeout==2.4.0", "schemathesis==4.1.4",
                  "hypothesis==6.168.0",  # 6.170 breaks schemathesis body generation
                  "requests>=2.31"],
-        "bench": ["feast[redis]==0.67.0"],
+        "bench": ["feast[redis]==0.67.0", "matplotlib==3.10.7"],  # matplotlib: the wide sweep's chart
     },
     entry_points={"console_scripts": ["fstore=fstore.cli:main"]},
 )
