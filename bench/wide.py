@@ -95,7 +95,7 @@ def environment(store_dir: Path, redis_db: int, engine: str, data_root: Path) ->
 
 def open_store(store_dir: Path, redis_db: int, engine: str, data_root: Path):
     from fstore.engine.session import get_spark
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     settings = Settings.from_env(environment(store_dir, redis_db, engine, data_root))

@@ -18,7 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from fstore.errors import BadRequest, FStoreError, InvalidDefinition, TooLarge
+from fstore.core.errors import BadRequest, FStoreError, InvalidDefinition, TooLarge
 
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|any|list\[.*\]|dict\[.*\]|function-.*|.*\[.*\]|[A-Z]\w*)$")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -152,6 +152,8 @@ def check_body() -> None:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"request body of {request.content_length} bytes is over the limit of {limit} bytes")
+    if request.blueprint == "ui":
+        return None  # the monitoring UI's login and logout are HTML forms (fstore.api.ui.views)
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         given = request.mimetype or "none"
         raise _UnsupportedMediaType(f"Content-Type must be application/json, not {given}")
