@@ -36,6 +36,7 @@ test-unit: setup
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
+	$(PY) -m bench --wide --sweep --calls 3
 
 # A standalone Spark cluster on 127.0.0.1 (a master, two 1-core workers): `eval "$$(make -s cluster-up)"` sets
 # SPARK_MASTER (and SPARK_LOCAL_IP) for the commands that follow; `make cluster-down` stops it. It uses the jars

@@ -50,7 +50,7 @@ setup(
                  "hypothesis==6.168.0",  # 6.170 breaks schemathesis body generation
                  "requests>=2.31",
                  "playwright==1.65.2"],  # tests/ui drive Debian's chromium (executable_path), no browser download
-        "bench": ["feast[redis]==0.67.0"],
+        "bench": ["feast[redis]==0.67.0", "matplotlib==3.10.7"],  # matplotlib: the wide sweep's chart
     },
     entry_points={"console_scripts": ["fstore=fstore.cli:main"]},
 )

@@ -1,4 +1,5 @@
-"""``python -m bench [materialize|online|historical|correctness|all …] [--scale N] [--quick] [--spark-remote [URL]]``
+"""``python -m bench [materialize|online|historical|correctness|all …] [--scale N] [--quick] [--spark-remote [URL]]
+[--wide] [--sweep [FEATURESxLABELS …]]``
 
 Runs fstore and Feast 0.67 on the same generated data, the same Redis (loopback)
 and the same machine, in one run, and writes ``bench/results/<part>.json`` and
@@ -436,6 +437,44 @@ def _wrap(ctx: Context, data: dict, *, start: dict | None = None, date: str | No
             "quick": ctx.quick, "notes": ctx.notes, **data}
 
 
+WIDE_POINT = (1000, 17_000)  # features, labels: the issue's case (feast#3003's shape)
+SWEEP = [(f, n) for n in (17_000, 170_000) for f in (100, 300, 1000)]
+
+
+def run_wide(points: list[tuple[int, int]], *, calls: int, engines: tuple[str, ...]) -> int:
+    """The wide case (``bench.wide``), one process per engine and point, then ``bench.wide_report``.
+    Online loads go to Redis database 9 (``FSTORE_BENCH_REDIS_DB`` picks another), flushed first.
+
+    Feast's figure is the issue's measured 88.2 s when Feast is not installed (said in the notes)."""
+    from bench import wide_report
+
+    root = bench_dir()
+    notes, measured = [], []
+    feast_seconds = wide_report.FEAST_ISSUE_SECONDS
+    if feast_side.feast_version() is None:
+        notes.append(f"Feast is not installed here: its figure is issue #33's measurement on this machine "
+                     f"({feast_seconds} s for call 1 of 1,000 features x 17,000 labels).")
+    start = report.machine()
+    for features, labels in points:
+        for engine in engines:
+            log(f"wide: {engine}, {features} features, {labels} labels")
+            command = py("bench.wide", "--engine", engine, "--features", str(features), "--labels", str(labels),
+                         "--calls", str(calls), "--data", str(root / "wide-data"), "--work", str(root / "wide-work"),
+                         "--redis-db", os.environ.get("FSTORE_BENCH_REDIS_DB", str(FSTORE_DB)))
+            try:
+                result, _ = run_json(command)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                notes.append(f"{engine} {features} features x {labels} labels failed: {str(exc)[-300:]}")
+                log(notes[-1])
+                continue
+            measured.append(result)
+            log(f"wide: {result}")
+    start["load_avg_end"] = list(os.getloadavg())
+    path = wide_report.write(measured, report.RESULTS, machine=start, feast_seconds=feast_seconds, notes=notes)
+    print(path.read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("part", nargs="*", default=["all"], choices=(*PARTS, "all"),
@@ -445,9 +484,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spark-remote", nargs="?", const="start", default=None, metavar="URL",
                         help="also measure fstore's Spark side on a warm Spark Connect server: one `fstore spark up` "
                              "starts for the run (no URL), or the sc:// server named")
+    parser.add_argument("--wide", action="store_true", help="the wide case: 1,000 features x 17,000 labels, both engines")
+    parser.add_argument("--sweep", nargs="*", metavar="FEATURESxLABELS", default=None,
+                        help="the wide sweep: 100/300/1,000 features x 17k/170k labels, or the points given (100x17000)")
+    parser.add_argument("--calls", type=int, default=10, help="wide: consecutive retrievals per point")
     args = parser.parse_args(argv)
     if args.spark_remote not in (None, "start") and not args.spark_remote.startswith("sc://"):
         parser.error("--spark-remote takes a sc://HOST:PORT URL, or nothing to start a server for the run")
+    if args.wide or args.sweep is not None:
+        points = [WIDE_POINT] if args.wide else []
+        if args.sweep is not None:
+            points += [tuple(int(x) for x in p.split("x")) for p in args.sweep] if args.sweep else SWEEP
+        return run_wide(points, calls=args.calls, engines=("spark", "duckdb"))
     scale = args.scale if args.scale is not None else (0.1 if args.quick else 1.0)
     if not scale > 0:
         parser.error("--scale must be positive")

@@ -265,6 +265,14 @@ class FeatureStore:
 
         return materialize(self, ref, start, end, actor=actor, kind=kind, progress=progress)
 
+    def materialize_many(self, refs: list[str | int], start: datetime, end: datetime, *, actor: str = "",
+                         progress: Callable[[dict], None] | None = None) -> list[dict]:
+        """Materialize several sets over ``[start, end)``, one run each
+        (``fstore.compute.materialize.materialize_many``). Returns the finished runs in order."""
+        from fstore.compute.materialize import materialize_many
+
+        return materialize_many(self, refs, start, end, actor=actor, progress=progress)
+
     def start_materialization(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "") -> dict:
         """Start a run in the background and return it at once (status ``pending``/``running``)."""
         from fstore.compute.materialize import start_materialization
@@ -332,10 +340,17 @@ class FeatureStore:
         return get_online_features(self, features=features, entities=entities, feature_sets=feature_sets,
                                    now_micros=None if at is None else to_micros(at, field_name="at"))
 
-    def get_historical_features(self, *, entity_df: Any = None, features: list[str], feature_sets: list[str] | None = None,
+    def get_historical_features(self, *, entity_df: Any = None, features: list[str] | None = None,
+                                feature_sets: list[str] | None = None,
                                 as_of: int | str | datetime | None = None, timestamp_column: str | None = None,
-                                save_as: str | None = None, actor: str = "", entities: Any = None):
+                                save_as: str | None = None, actor: str = "", entities: Any = None,
+                                start: Any = None, end: Any = None, every: Any = None,
+                                output_path: str | None = None, output_format: str = "parquet"):
         """Point-in-time-correct features for each entity row; ``.to_df()`` / ``.to_spark()``.
+
+        Without entity rows: ``feature_sets=[…], start=…, end=…, every="1d"`` answers every entity of
+        the sets at each instant of ``[start, end)`` (``fstore.serving.retrieval.snapshots``; ``features``
+        default to all of the sets'), written to ``output_path`` (Parquet or Delta) when given.
 
         ``entities`` is another name for ``entity_df`` (the spec's SDK example writes
         ``entities=train_df[["user_id", "timestamp"]]``); the time column is found by name
@@ -345,6 +360,19 @@ class FeatureStore:
         from fstore.core.errors import InvalidDefinition
         from fstore.serving.retrieval import get_historical_features
 
+        if every is not None or start is not None or end is not None:
+            if entity_df is not None or entities is not None or save_as is not None or as_of is not None:
+                raise InvalidDefinition("start, end and every stand for the entity rows: give no entity_df, "
+                                        "as_of or save_as with them", field="every")
+            from fstore.serving.retrieval.snapshots import get_snapshot_features
+
+            return get_snapshot_features(self, feature_sets=feature_sets, features=features, start=start, end=end,
+                                         every=every, output_path=output_path, output_format=output_format)
+        if output_path is not None:
+            raise InvalidDefinition("output_path goes with start, end and every; for entity rows of your own "
+                                    "use start_batch_retrieval", field="output_path")
+        if not features:
+            raise InvalidDefinition("features must be a non-empty list of feature names", field="features")
         if (entity_df is None) == (entities is None):
             raise InvalidDefinition("give the entity rows once: entity_df or entities", field="entity_df")
         entity_df = entities if entity_df is None else entity_df

@@ -328,6 +328,19 @@ class HistoricalBody(BaseModel):
     save_as: Optional[str] = Field(None, max_length=63, description="record the result as a training set")
 
 
+class SnapshotBody(BaseModel):
+    """Features of every entity of the sets at each instant of ``[start, end)`` spaced ``every`` (no entity rows)."""
+
+    model_config = _CLOSED_BODY
+    feature_sets: list[RefText] = Field(min_length=1, examples=[["user_profile"]])
+    features: Optional[list[FeatureRefText]] = Field(None, description="default: every feature of the sets")
+    start: str = Field(min_length=1, max_length=64, examples=["2026-07-01T00:00:00Z"])
+    end: str = Field(min_length=1, max_length=64, examples=["2026-08-01T00:00:00Z"])
+    every: Union[int, str] = Field(examples=["1d"], description="a duration like 1d, 6h, or seconds")
+    output_path: Optional[str] = Field(None, min_length=1, description="write the rows here instead of answering them")
+    output_format: str = Field("parquet", examples=["parquet", "delta"])
+
+
 class BatchBody(BaseModel):
     """A large retrieval run as a job: entity rows from a path or table, output to a path."""
 

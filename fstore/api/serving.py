@@ -14,7 +14,7 @@ from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.fast_online import UNAVAILABLE_KEY
 from fstore.api.render import frame_to_json
-from fstore.api.schemas import BatchBody, HistoricalBody, JobPath, NoQuery, OnlineBody
+from fstore.api.schemas import BatchBody, HistoricalBody, JobPath, NoQuery, OnlineBody, SnapshotBody
 from fstore.core.errors import TooLarge
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 413, 415, 422)}
@@ -48,6 +48,21 @@ def historical(query: NoQuery, body: HistoricalBody):
                                            actor=actor())
     meta = getattr(result, "meta", None)
     return frame_to_json(result.to_df(), meta if isinstance(meta, dict) else None)
+
+
+@bp.post("/snapshots", tags=[_tag], responses={200: rs.Obj})
+def snapshots(query: NoQuery, body: SnapshotBody):
+    """Features of every entity of the sets at each instant of [start, end) spaced ``every``: the rows (held to
+    the historical row limit), or with ``output_path`` written there (Parquet or Delta) and summarized."""
+    store = get_store()
+    result = store.get_historical_features(feature_sets=body.feature_sets, features=body.features, start=body.start,
+                                           end=body.end, every=body.every, output_path=body.output_path,
+                                           output_format=body.output_format, actor=actor())
+    if body.output_path is not None:
+        return {"output_path": result.meta["output_path"], "output_format": result.meta["output_format"],
+                "rows": result.meta["entity_count"], "columns": list(result.columns),
+                "instants": result.meta["instants"]}
+    return frame_to_json(result.to_df(), result.meta)
 
 
 @bp.post("/batch", tags=[_tag], responses={202: rs.Run})

@@ -168,3 +168,26 @@ def get_historical_features(cli: CliState, entities_path: str, features: str, ou
     out, rows = write_result(result, output)
     summary = {"output": str(out), "rows": rows, "entities": len(entity_df)}
     click.echo(to_json(summary) if cli.as_json else f"wrote {rows} rows to {out}")
+
+
+@main.command("get-snapshot-features")
+@click.option("--feature-sets", required=True, help="Comma-separated sets: every entity of theirs is answered.")
+@click.option("--features", help="Comma-separated features (default: every feature of the sets, as set__name).")
+@click.option("--start", required=True, help="The first instant (ISO 8601, UTC).")
+@click.option("--end", required=True, help="Instants are before this time.")
+@click.option("--every", required=True, help="The spacing of the instants: 1d, 6h, 30m or seconds.")
+@click.option("--output", required=True, help=OUTPUT_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@json_option
+@pass_cli
+def get_snapshot_features(cli: CliState, feature_sets: str, features: str | None, start: str, end: str, every: str,
+                          output: str, overwrite: bool) -> None:
+    """Features of every entity of the sets at each instant from START (before END), spaced EVERY: a training
+    set of snapshots without an entity file."""
+    check_output(output, overwrite)
+    result = cli.store.get_historical_features(
+        feature_sets=_names(feature_sets, "--feature-sets"), features=_names(features, "--features") if features else None,
+        start=start, end=end, every=every, actor=cli.actor)
+    out, rows = write_result(result, output)
+    summary = {"output": str(out), "rows": rows, "instants": result.meta["instants"]}
+    click.echo(to_json(summary) if cli.as_json else f"wrote {rows} rows ({result.meta['instants']} instants) to {out}")

@@ -771,3 +771,9 @@ def spawn_run_process(settings: "Settings", run_id: str, *, extra_args: tuple[st
     # Reap it when it ends so a long-lived server does not collect zombies.
     threading.Thread(target=proc.wait, name=f"reap-run-{run_id[:8]}", daemon=True).start()
     return proc
+
+
+def materialize_many(store: "StoreContext", refs: list[str | int], start: datetime, end: datetime, *,
+                     actor: str = "", progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Materialize each of ``refs`` over ``[start, end)`` (one run, lock and Delta commit each)."""
+    return [materialize(store, ref, start, end, actor=actor, progress=progress) for ref in refs]

@@ -1,15 +1,16 @@
 """Historical retrieval on Spark: ``retrieve`` answers the resolved feature sets for prepared entity rows.
 
 The contract (which value each kind of feature takes) is in ``fstore.serving.retrieval.request``;
-the per-set plan in ``fstore.serving.retrieval.plan``. Per feature set, one union + running-window
-shuffle for the point-in-time join (``fstore.serving.retrieval.pit``) and, when it has windowed
-features, one more for the windows (``fstore.serving.retrieval.windows``). Entity columns ride along
-in one struct, so nothing is joined back afterwards.
+the per-set plan in ``fstore.serving.retrieval.plan``. One union + running-window shuffle for the
+point-in-time join of every set sharing the same join keys (``pit.as_of_join_many``: ten sets of a
+hundred features are one pass, not ten chained ones), and, per set with windowed features, one more
+for the windows (``fstore.serving.retrieval.windows``), joined back on the row number. Entity columns
+ride along in one struct.
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fstore.compiler.dialect import quote
 from fstore.core.errors import InvalidDefinition, NotFound
@@ -21,6 +22,7 @@ from fstore.serving.retrieval.plan import (RetrievalResult, offline_hint, output
 if TYPE_CHECKING:
     from fstore.definitions.model import FeatureSetVersion
     from fstore.core.context import StoreContext
+    from fstore.serving.retrieval.plan import _SetPlan
 
 LABEL = "__fs_label"
 # Up to this many entity rows, their keys are broadcast to drop other keys' feature rows before the shuffle.
@@ -107,55 +109,89 @@ def retrieve(store: "StoreContext", entities: Entities, groups: list[FeatureGrou
     """Compute the features of ``groups`` for the prepared entity rows (see the module docstring).
 
     ``sources``: per feature set, the pinned copy of its events to compute windows from
-    (``fstore.serving.retrieval.pinned``) instead of its live source."""
-    from pyspark.sql import functions as F
+    (``fstore.retrieval.pinned``) instead of its live source.
 
-    from fstore.compiler import feature_expression, spark_type
-    from fstore.serving.retrieval.pit import as_of_join
-    from fstore.serving.retrieval.windows import exact_windows
+    The plan's size grows with the number of features, not with their square: every set's offline
+    features join in one as-of pass per join-key tuple (``pit.as_of_join_many``), and each set with
+    exact windows adds one window pass over the bare label rows, joined back on the row number."""
+    from fstore.serving.retrieval.pit import Side, as_of_join_many
 
     outputs = output_columns(entities, groups)
     label = ", ".join(f"{_text(c)}, {quote(c)}" for c in entities.columns)
-    frame = entities.df.selectExpr(ROW, TS, f"named_struct({label}) AS {LABEL}")
-    sets: list[dict[str, Any]] = []
-    done: list[str] = []
-    position = 0
-    for group in groups:
+    base = entities.df.selectExpr(ROW, TS, f"named_struct({label}) AS {LABEL}")
+    plans = [plan_set(group.version, group.features) for group in groups]
+    column: dict[tuple[int, str], str] = {}  # (group index, feature name) -> its column in ``frame``
+
+    def name_of(i: int, feature: str) -> str:
+        return column.setdefault((i, feature), f"__fs_s{i}_{len(column)}")
+
+    broadcast = entities.count <= BROADCAST_MAX_ROWS
+    versions: dict[int, int | None] = {}
+    passes: dict[tuple[str, ...], list[Side]] = {}
+    for i, (group, plan) in enumerate(zip(groups, plans)):
         fsv = group.version
-        keys = fsv.join_keys
-        plan = plan_set(fsv, group.features)
-        labels = frame.selectExpr("*", *[f"{LABEL}.{quote(k)} AS {quote(k)}" for k in keys])
-        version, set_as_of = None, as_of.get(fsv.name)
+        versions[i] = None
         if plan.offline:
-            broadcast = entities.count <= BROADCAST_MAX_ROWS
-            rows, version, created, visible = _offline_rows(store, fsv, plan.offline, set_as_of, entities,
-                                                            time_bounds=not broadcast)
-            labels = as_of_join(labels, rows, keys=keys, ts=TS, features=[(n, n) for n in plan.offline],
-                                ttl_seconds=fsv.ttl_seconds, created_ts=created, where=visible,
-                                broadcast_keys=broadcast)
+            rows, versions[i], created, visible = _offline_rows(store, fsv, plan.offline, as_of.get(fsv.name),
+                                                                entities, time_bounds=not broadcast)
+            passes.setdefault(tuple(fsv.join_keys), []).append(
+                Side(rows=rows, features=[(n, name_of(i, n)) for n in plan.offline], ttl_seconds=fsv.ttl_seconds,
+                     created_ts=created, where=visible))
+    frame = base
+    for n, (keys, sides) in enumerate(passes.items()):
+        # The first pass carries the entity columns through; a pass over other keys is joined on the row number.
+        labels = base.selectExpr(ROW, TS, *([LABEL] if n == 0 else []),
+                                 *[f"{LABEL}.{quote(k)} AS {quote(k)}" for k in keys])
+        joined = as_of_join_many(labels, sides, keys=keys, ts=TS, broadcast_keys=broadcast)
+        found = [out for side in sides for _, out in side.features]
+        frame = joined.select(ROW, TS, LABEL, *found) if n == 0 else frame.join(joined.select(ROW, *found), ROW)
+    for i, (group, plan) in enumerate(zip(groups, plans)):
         if plan.windows:
-            longest = max(spec.size_seconds for spec in plan.windows.values())
-            pinned_source = (sources or {}).get(fsv.name)
-            snapshot = pinned_read(store, fsv, set_as_of, version) if pinned_source is None else None
-            events, event_ts = _source_events(store, fsv, longest, entities, pinned_source, snapshot)
-            labels = exact_windows(labels, events, keys=keys, ts=TS, event_ts=event_ts,
-                                   windows=[(spec, n) for n, spec in plan.windows.items()],
-                                   lo=entities.min_ts, hi=entities.max_ts)
-            for name in plan.windows:
-                labels = labels.withColumn(name, F.col(name).cast(spark_type(fsv.feature(name).data_type)))
-        for name in plan.recompute:
-            expression = feature_expression(fsv, name, timestamp=TS)
-            labels = labels.withColumn(name, F.expr(expression).cast(spark_type(fsv.feature(name).data_type)))
+            frame = frame.join(_windows_at_labels(store, base, group.version, plan, entities, as_of.get(group.version.name),
+                                                  versions[i], (sources or {}).get(group.version.name), name_of, i), ROW)
+        if plan.recompute:
+            frame = _recompute(frame, group.version, plan, {n: c for (j, n), c in column.items() if j == i}, name_of, i)
+    answers, position = [], 0
+    for i, group in enumerate(groups):
         mine = outputs[position:position + len(group.features)]
         position += len(group.features)
-        frame = labels.selectExpr(ROW, TS, LABEL, *done,
-                                  *[f"{quote(name)} AS {internal}" for name, (internal, _) in zip(group.features, mine)])
-        done += [internal for internal, _ in mine]
-        sets.append(set_meta(group, plan, version, set_as_of))
-    result = frame.selectExpr(ROW, *[f"{LABEL}.{quote(c)} AS {quote(c)}" for c in entities.columns],
-                              *[f"{internal} AS {quote(out)}" for internal, out in outputs])
+        answers += [f"{quote(name_of(i, feature))} AS {quote(out)}" for feature, (_, out) in zip(group.features, mine)]
+    result = frame.selectExpr(ROW, *[f"{LABEL}.{quote(c)} AS {quote(c)}" for c in entities.columns], *answers)
+    sets = [set_meta(group, plan, versions[i], as_of.get(group.version.name))
+            for i, (group, plan) in enumerate(zip(groups, plans))]
     return RetrievalResult(spark_df=result, columns=tuple(entities.columns) + tuple(o for _, o in outputs),
                            meta={"feature_sets": sets, "entity_count": entities.count,
                                  "timestamp_column": entities.timestamp_column})
 
 
+def _windows_at_labels(store: "StoreContext", base, fsv: "FeatureSetVersion", plan: "_SetPlan", entities: Entities,
+                       set_as_of: int | datetime | None, version: int | None, pinned_source: Any,
+                       name_of: Callable[[int, str], str], i: int):
+    """``(row number, each exact window of the set at the row's time)``, cast to the features' types."""
+    from fstore.compiler import spark_type
+    from fstore.serving.retrieval.windows import exact_windows
+
+    keys = fsv.join_keys
+    longest = max(spec.size_seconds for spec in plan.windows.values())
+    snapshot = pinned_read(store, fsv, set_as_of, version) if pinned_source is None else None
+    events, event_ts = _source_events(store, fsv, longest, entities, pinned_source, snapshot)
+    labels = base.selectExpr(ROW, TS, *[f"{LABEL}.{quote(k)} AS {quote(k)}" for k in keys])
+    windows = exact_windows(labels, events, keys=keys, ts=TS, event_ts=event_ts,
+                            windows=[(spec, n) for n, spec in plan.windows.items()],
+                            lo=entities.min_ts, hi=entities.max_ts)
+    return windows.selectExpr(ROW, *[f"CAST({quote(n)} AS {spark_type(fsv.feature(n).data_type)}) AS "
+                                     f"{quote(name_of(i, n))}" for n in plan.windows])
+
+
+def _recompute(frame, fsv: "FeatureSetVersion", plan: "_SetPlan", columns: dict[str, str],
+               name_of: Callable[[int, str], str], i: int):
+    """``frame`` plus the set's composites over windows, evaluated at the label time from the set's values
+    (``columns``: feature name -> column of ``frame``), in dependency order."""
+    from fstore.compiler import feature_expression, spark_type
+
+    kept = list(frame.columns)
+    scope = frame.selectExpr("*", *[f"{quote(c)} AS {quote(n)}" for n, c in columns.items()])
+    for name in plan.recompute:  # a composite's name is none of ``columns`` (those are offline or windowed)
+        expression = feature_expression(fsv, name, timestamp=TS)
+        scope = scope.selectExpr("*", f"CAST(({expression}) AS {spark_type(fsv.feature(name).data_type)}) AS {quote(name)}")
+    return scope.selectExpr(*[quote(c) for c in kept], *[f"{quote(n)} AS {quote(name_of(i, n))}" for n in plan.recompute])

@@ -18,6 +18,7 @@ partition, whatever the number of rows per entity — never the cross product of
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from pyspark.sql import DataFrame
@@ -35,8 +36,12 @@ _LATEST = "__fs_latest"
 _LAST_LABEL = "__fs_last_label"
 _FIRST_LABEL = "__fs_first_label"
 FEATURE_ROW, LABEL_ROW = 0, 1
-# Where the label and feature frames enter the query (``sql_with_frames``).
-LABEL_FRAME, ROW_FRAME = "__fs_label_frame__", "__fs_row_frame__"
+# Where the label and feature frames enter the query (``sql_with_frames``); side i's rows are _row_frame(i).
+LABEL_FRAME = "__fs_label_frame__"
+
+
+def _row_frame(i: int) -> str:
+    return f"__fs_row_frame_{i}__"
 
 
 def align_key_types(labels: DataFrame, rows: DataFrame, keys: Sequence[str]) -> DataFrame:
@@ -67,6 +72,18 @@ def sql_type(data_type) -> str:
     return data_type.simpleString()
 
 
+@dataclass(frozen=True, kw_only=True)
+class Side:
+    """One feature table of a point-in-time join (see ``as_of_join`` for each field's meaning)."""
+
+    rows: DataFrame
+    features: Sequence[tuple[str, str]]
+    ttl_seconds: int | None = None
+    event_ts: str = "event_timestamp"
+    created_ts: str | None = "created_timestamp"
+    where: str = ""
+
+
 def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: str,
                features: Sequence[tuple[str, str]], ttl_seconds: int | None,
                event_ts: str = "event_timestamp", created_ts: str | None = "created_timestamp",
@@ -91,50 +108,95 @@ def as_of_join(labels: DataFrame, rows: DataFrame, *, keys: Sequence[str], ts: s
     rows; the rows it drops (other keys, and each key's rows after its last label:
     about half of them for labels spread over the feature rows' span) are never
     shuffled or sorted. Worth it when the label rows are few enough to broadcast.
+    """
+    side = Side(rows=rows, features=features, ttl_seconds=ttl_seconds, event_ts=event_ts, created_ts=created_ts,
+                where=where)
+    return as_of_join_many(labels, [side], keys=keys, ts=ts, broadcast_keys=broadcast_keys)
 
-    The plan is one SQL query over the two frames (``sql_with_frames``): Spark analyses
+
+def as_of_join_many(labels: DataFrame, sides: Sequence[Side], *, keys: Sequence[str], ts: str,
+                    broadcast_keys: bool = False) -> DataFrame:
+    """``as_of_join`` of several feature tables sharing the join ``keys``, in one union and one shuffle.
+
+    The label rows and every side's feature rows are unioned once; side ``i``'s values ride in its own
+    payload column (NULL on every other side's rows), and one running window over the union takes
+    ``last(payload_i, ignorenulls)`` per side. So ten feature sets cost one sort of the union, and the
+    plan grows linearly with the number of features, where chaining one join per set fed each set's
+    union all the columns of the sets before it (a plan the optimizer took minutes over, then ran out
+    of heap on: issue #33). Output names must be unique across sides.
+
+    The plan is one SQL query over the frames (``sql_with_frames``): Spark analyses
     it once, where a chain of DataFrame calls was analysed at every call (0.35 s of
     a retrieval's 0.5 s of plan building, profiled).
     """
     label_types = {f.name: f.dataType for f in labels.schema.fields}
-    row_types = {f.name: f.dataType for f in rows.schema.fields}
     quoted_keys = [quote(k) for k in keys]
-    aligned = key_columns_as(keys, row_types, label_types)
-    created = f"CAST({quote(created_ts)} AS TIMESTAMP)" if created_ts else "CAST(NULL AS TIMESTAMP)"
-    payload = ", ".join([f"'{EVENT_TS}', {quote(event_ts)}", *(f"'{out}', {quote(src)}" for src, out in features)])
-    payload_type = sql_type(T.StructType([T.StructField(EVENT_TS, row_types[event_ts]),
-                                          *(T.StructField(out, row_types[src]) for src, out in features)]))
-    present = " AND ".join([f"{c} IS NOT NULL" for c in [quote(event_ts), *quoted_keys]] + ([f"({where})"] if where else []))
-    feature_rows = (f"SELECT {', '.join(aligned)}, CAST({quote(event_ts)} AS TIMESTAMP) AS {quote(ts)}, "
-                    f"{created} AS {CREATED}, named_struct({payload}) AS {PAYLOAD} FROM {ROW_FRAME} WHERE {present}")
-    if broadcast_keys:
-        seen = f"r.{quote(ts)} <= l.{_LAST_LABEL}"
-        first = ""
-        if ttl_seconds is not None:
-            first = f", min({quote(ts)}) AS {_FIRST_LABEL}"
-            seen += f" AND r.{quote(ts)} >= l.{_FIRST_LABEL} - {_ttl(ttl_seconds)}"
-        label_span = (f"SELECT {', '.join(quoted_keys)}, max({quote(ts)}) AS {_LAST_LABEL}{first} FROM {LABEL_FRAME} "
-                      f"GROUP BY {', '.join(quoted_keys)}")
-        feature_rows = (f"SELECT /*+ BROADCAST(l) */ r.* FROM ({feature_rows}) r LEFT SEMI JOIN ({label_span}) l ON "
-                        + " AND ".join(f"r.{c} = l.{c}" for c in quoted_keys) + f" AND {seen}")
-    # One union of label and feature rows: each side fills the other's columns with typed NULLs.
     passed = [quote(c) for c in labels.columns]
-    feature_side = ", ".join(
-        f"r.{quote(c)}" if c in keys or c == ts else f"CAST(NULL AS {sql_type(label_types[c])})" for c in labels.columns)
-    both = (f"SELECT {', '.join(passed)}, {LABEL_ROW} AS {KIND}, CAST(NULL AS TIMESTAMP) AS {CREATED}, "
-            f"CAST(NULL AS {payload_type}) AS {PAYLOAD} FROM {LABEL_FRAME} UNION ALL "
-            f"SELECT {feature_side}, {FEATURE_ROW}, r.{CREATED}, r.{PAYLOAD} FROM ({feature_rows}) r")
+    label_view = LABEL_FRAME
+    row_views = [_row_frame(i) for i in range(len(sides))]
+    payloads = [f"{PAYLOAD}_{i}" for i in range(len(sides))]
+    payload_types = []
+    branches = []
+    for i, (side, row_view) in enumerate(zip(sides, row_views)):
+        row_types = {f.name: f.dataType for f in side.rows.schema.fields}
+        payload_types.append(sql_type(T.StructType([T.StructField(EVENT_TS, row_types[side.event_ts]),
+                                                    *(T.StructField(out, row_types[src])
+                                                      for src, out in side.features)])))
+        branches.append((side, row_view, row_types))
+    label_side = (f"SELECT {', '.join(passed)}, {LABEL_ROW} AS {KIND}, CAST(NULL AS TIMESTAMP) AS {CREATED}, "
+                  + ", ".join(f"CAST(NULL AS {t}) AS {p}" for t, p in zip(payload_types, payloads))
+                  + f" FROM {label_view}")
+    union = [label_side]
+    for i, (side, row_view, row_types) in enumerate(branches):
+        rows = _feature_rows(side, row_view, row_types, label_view, label_types, keys=keys, ts=ts,
+                             broadcast_keys=broadcast_keys)
+        # Each side fills the label columns and the other sides' payloads with typed NULLs.
+        fill = ", ".join(f"r.{quote(c)}" if c in keys or c == ts else f"CAST(NULL AS {sql_type(label_types[c])})"
+                         for c in labels.columns)
+        others = ", ".join(f"r.{PAYLOAD}" if j == i else f"CAST(NULL AS {payload_types[j]})"
+                           for j in range(len(sides)))
+        union.append(f"SELECT {fill}, {FEATURE_ROW}, r.{CREATED}, {others} FROM ({rows}) r")
     window = (f"PARTITION BY {', '.join(quoted_keys)} "
               f"ORDER BY {quote(ts)} ASC NULLS FIRST, {KIND} ASC, {CREATED} ASC NULLS FIRST "
               "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
-    visible = f"{_LATEST} IS NOT NULL AND {quote(ts)} IS NOT NULL"
-    if ttl_seconds is not None:
-        visible += f" AND {_LATEST}.{EVENT_TS} >= {quote(ts)} - {_ttl(ttl_seconds)}"
-    outputs = [f"CASE WHEN {visible} THEN {_LATEST}.{quote(out)} END AS {quote(out)}" for _, out in features]
+    latest = [f"{_LATEST}_{i}" for i in range(len(sides))]
+    outputs = []
+    for side, last in zip(sides, latest):
+        visible = f"{last} IS NOT NULL AND {quote(ts)} IS NOT NULL"
+        if side.ttl_seconds is not None:
+            visible += f" AND {last}.{EVENT_TS} >= {quote(ts)} - {_ttl(side.ttl_seconds)}"
+        outputs += [f"CASE WHEN {visible} THEN {last}.{quote(out)} END AS {quote(out)}" for _, out in side.features]
+    lasts = ", ".join(f"last({p}, true) OVER w AS {l}" for p, l in zip(payloads, latest))
+    frames = {LABEL_FRAME: labels, **{_row_frame(i): side.rows for i, side in enumerate(sides)}}
     return sql_with_frames(
         labels.sparkSession,
-        f"SELECT {', '.join([*passed, *outputs])} FROM (SELECT *, last({PAYLOAD}, true) OVER ({window}) AS {_LATEST} "
-        f"FROM ({both})) WHERE {KIND} = {LABEL_ROW}", {LABEL_FRAME: labels, ROW_FRAME: rows})
+        f"SELECT {', '.join([*passed, *outputs])} FROM (SELECT {', '.join(passed)}, {KIND}, {lasts} "
+        f"FROM ({' UNION ALL '.join(union)}) WINDOW w AS ({window})) WHERE {KIND} = {LABEL_ROW}", frames)
+
+
+def _feature_rows(side: Side, row_view: str, row_types: dict, label_view: str, label_types: dict, *,
+                  keys: Sequence[str], ts: str, broadcast_keys: bool) -> str:
+    """The SQL of one side's feature rows: keys as the labels type them, time, created time, payload struct."""
+    quoted_keys = [quote(k) for k in keys]
+    aligned = key_columns_as(keys, row_types, label_types)
+    created = f"CAST({quote(side.created_ts)} AS TIMESTAMP)" if side.created_ts else "CAST(NULL AS TIMESTAMP)"
+    payload = ", ".join([f"'{EVENT_TS}', {quote(side.event_ts)}",
+                         *(f"'{out}', {quote(src)}" for src, out in side.features)])
+    present = " AND ".join([f"{c} IS NOT NULL" for c in [quote(side.event_ts), *quoted_keys]]
+                           + ([f"({side.where})"] if side.where else []))
+    rows = (f"SELECT {', '.join(aligned)}, CAST({quote(side.event_ts)} AS TIMESTAMP) AS {quote(ts)}, "
+            f"{created} AS {CREATED}, named_struct({payload}) AS {PAYLOAD} FROM {row_view} WHERE {present}")
+    if not broadcast_keys:
+        return rows
+    seen = f"r.{quote(ts)} <= l.{_LAST_LABEL}"
+    first = ""
+    if side.ttl_seconds is not None:
+        first = f", min({quote(ts)}) AS {_FIRST_LABEL}"
+        seen += f" AND r.{quote(ts)} >= l.{_FIRST_LABEL} - {_ttl(side.ttl_seconds)}"
+    label_span = (f"SELECT {', '.join(quoted_keys)}, max({quote(ts)}) AS {_LAST_LABEL}{first} FROM {label_view} "
+                  f"GROUP BY {', '.join(quoted_keys)}")
+    return (f"SELECT /*+ BROADCAST(l) */ r.* FROM ({rows}) r LEFT SEMI JOIN ({label_span}) l ON "
+            + " AND ".join(f"r.{c} = l.{c}" for c in quoted_keys) + f" AND {seen}")
 
 
 def _ttl(seconds: int) -> str:
