@@ -258,7 +258,7 @@ def _compute_and_write(store: "StoreContext", fsv: "FeatureSetVersion", start: d
         return _compute_and_write_spark(store, spark, fsv, start, end, lost, run_id, skip_empty, progress)
 
 
-def _compute_and_write_spark(store: "FeatureStore", spark, fsv: "FeatureSetVersion", start: datetime, end: datetime,
+def _compute_and_write_spark(store: "StoreContext", spark, fsv: "FeatureSetVersion", start: datetime, end: datetime,
                              lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress") -> dict[str, Any]:
     """The Spark side of ``_compute_and_write``."""
     from pyspark import StorageLevel
@@ -709,7 +709,7 @@ def _run_jobs(spark, run_id: str, text: str):
     yield
 
 
-def stop_server_work(store: "FeatureStore", run_id: str) -> None:
+def stop_server_work(store: "StoreContext", run_id: str) -> None:
     """Over Spark Connect a run's computation and writes execute in the server, not in this process: when the
     run is cancelled, interrupt them there, so its write cannot commit after its lock is released. In
     process there is nothing to do (the process's own driver stops with it)."""
