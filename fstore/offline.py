@@ -31,9 +31,10 @@ versions and time travel. ``STORAGE_FORMAT=parquet`` keeps plain Parquet
 partitions with the same replace semantics (a day's folder is swapped by
 renames, so local storage only).
 
-S3 (``STORAGE_BACKEND=s3``): Spark writes through ``s3a://``; ``deltalake``
-gets ``storage_options`` built from the settings. This path is written but not
-exercised here (no object store on this machine).
+S3 (``STORAGE_BACKEND=s3``): the same layout under ``s3a://BUCKET/STORAGE_PATH``.
+Spark reads and writes through ``s3a://``; delta-rs and pyarrow get their
+options from the settings (``fstore.storage_s3``), and delta-rs commits with
+conditional puts. tests/integration/test_s3.py runs it all against a moto server.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from fstore import offline_spark_delta
+from fstore import offline_spark_delta, storage_s3
 from fstore.definitions import FeatureSetVersion
 from fstore.engine.spark import delta_arrow_schema, to_utc_naive, ts_literal
 from fstore.errors import ComputeError, InvalidDefinition, NotFound
@@ -65,22 +66,14 @@ def table_uri(settings: Settings, name: str) -> str:
 
 
 def _delta_uri(uri: str) -> str:
-    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
+    return storage_s3.delta_uri(uri)
 
 
 def storage_options(settings: Settings) -> dict[str, str] | None:
-    """``deltalake`` storage options for S3 (endpoint, keys, plain HTTP for MinIO); None for local files."""
+    """``deltalake`` storage options for S3 (endpoint, region, keys; ``fstore.storage_s3``); None for local files."""
     if settings.storage_backend != "s3":
         return None
-    options = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-    if settings.s3_endpoint:
-        options["AWS_ENDPOINT_URL"] = settings.s3_endpoint
-        if settings.s3_endpoint.startswith("http://"):
-            options["AWS_ALLOW_HTTP"] = "true"
-    if settings.s3_access_key:
-        options["AWS_ACCESS_KEY_ID"] = settings.s3_access_key
-        options["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_key
-    return options
+    return storage_s3.delta_options(settings)
 
 
 def filesystem(settings: Settings):
@@ -88,11 +81,7 @@ def filesystem(settings: Settings):
     from pyarrow import fs
 
     if settings.storage_backend == "s3":
-        endpoint = settings.s3_endpoint
-        s3 = fs.S3FileSystem(access_key=settings.s3_access_key or None, secret_key=settings.s3_secret_key or None,
-                             endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
-                             scheme="http" if endpoint.startswith("http://") else "https")
-        return s3, lambda uri: uri.split("://", 1)[1]
+        return storage_s3.filesystem(settings), storage_s3.path_on
     return fs.LocalFileSystem(), lambda uri: uri
 
 
@@ -106,6 +95,10 @@ def delta_table(settings: Settings, name: str, version: int | str | datetime | N
         table = DeltaTable(uri, storage_options=storage_options(settings))
     except TableNotFoundError:
         return None
+    except OSError as exc:  # S3 refused or unreachable: name the bucket and endpoint, never the secret
+        if settings.storage_backend == "s3":
+            raise storage_s3.access_error(settings, exc, doing=f"opening offline table {name}", uri=uri) from None
+        raise
     if version is not None:
         latest = table.version()
         if isinstance(version, int) and not 0 <= version <= latest:

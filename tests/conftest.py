@@ -103,13 +103,19 @@ def spark():
 
     # DELTA_WRITER and the jars' cache come from the environment: with the jars cached (make setup) the whole
     # suite writes and reads Delta through delta-spark; tests of the other path set delta_writer="delta-rs".
+    from fstore.engine.jars import spark_conf
+
     env = {k: os.environ[k] for k in ("DELTA_WRITER", "SPARK_JARS_DIR", "XDG_CACHE_HOME") if k in os.environ}
-    session = get_spark(
-        Settings.from_env({"SPARK_MASTER": "local[2]", **env}),
-        app_name="fstore-tests",
-        extra={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
-               "spark.driver.memory": "2g", "spark.sql.adaptive.enabled": "false"},
-    )
+    settings = Settings.from_env({"SPARK_MASTER": "local[2]", **env})
+    extra = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+             "spark.driver.memory": "2g", "spark.sql.adaptive.enabled": "false"}
+    # The jars an S3 store's session gets too (hadoop-aws, when cached): jars join the class path only at the
+    # start, and test_s3 reaches its moto server through this session (the bucket's settings come later,
+    # from FeatureStore.use_spark: fstore.engine.session.configure_s3a).
+    s3_jars = spark_conf(settings.with_(storage_backend="s3")).get("spark.jars")
+    if s3_jars:
+        extra["spark.jars"] = s3_jars
+    session = get_spark(settings, app_name="fstore-tests", extra=extra)
     yield session
     session.stop()
 

