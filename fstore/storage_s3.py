@@ -87,7 +87,8 @@ def where(settings: Settings, uri: str | None = None) -> str:
 
 def access_error(settings: Settings, exc: BaseException, *, doing: str, uri: str | None = None) -> FStoreError:
     """An ``Unavailable`` for a failed S3 call: what, where, the client's own first line, no secret."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # delta-rs colours its error chain
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     said = redact(" ".join(lines[:2])[:400] or type(exc).__name__, settings)
     return Unavailable(f"{doing}: {where(settings, uri)} failed: {said} (check S3_ENDPOINT, S3_BUCKET, "
                        "S3_ACCESS_KEY, S3_SECRET_KEY)")

@@ -5,6 +5,8 @@ An active session (``spark-submit``) always wins, so its settings are kept.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -95,8 +97,23 @@ def configure_s3a(spark, settings: Settings) -> None:
         hadoop = spark._jsc.hadoopConfiguration()
     except Exception:  # noqa: BLE001 - Spark Connect: no JVM in this process
         return
-    for key, value in s3a_conf(settings, bucket=settings.s3_bucket).items():
-        hadoop.set(key, value)
+    with quiet_py4j():
+        for key, value in s3a_conf(settings, bucket=settings.s3_bucket).items():
+            hadoop.set(key, value)
+
+
+@contextlib.contextmanager
+def quiet_py4j():
+    """py4j logs every command it sends at DEBUG, arguments included: while the S3 secret crosses into the
+    JVM, its logger says nothing below WARNING (an application logging everything at DEBUG would
+    otherwise write the secret to its log)."""
+    logger = logging.getLogger("py4j")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _running_jvm():
@@ -128,6 +145,7 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     builder = builder.master(master)
     for key, value in session_conf(settings, extra).items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with quiet_py4j():  # the session's settings may hold the S3 secret
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level.upper())
     return spark

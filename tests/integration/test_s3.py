@@ -111,7 +111,7 @@ def put_source(settings: Settings, frame: pd.DataFrame) -> str:
 
     frame = frame.copy()
     frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[us]")
-    folder = f"{BUCKET}/{settings.storage_path}/source"
+    folder = f"{settings.s3_bucket}/{settings.storage_path}/source"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), f"{folder}/part-0.parquet",
                    filesystem=storage_s3.filesystem(settings))
     return f"s3a://{folder}"
@@ -162,3 +162,113 @@ def test_materialize_to_s3_reads_back_offline_online_and_historical_equal_to_loc
     pd.testing.assert_frame_equal(on_s3, on_disk)
     store.close()
     local.close()
+
+
+def test_as_of_and_a_training_set_on_s3(s3_settings, on_engine, compute_engine):
+    frame = events()
+    store = s3_store(s3_settings, on_engine, frame)
+    mid = T0 + timedelta(days=3)
+    features = ["user_txn:amount_x2", "user_txn:txn_count_2d"]
+    assert store.materialize("user_txn", T0, mid)["status"] == "succeeded"
+    first_version = offline.current_version(store.settings, "user_txn")
+    then = store.get_historical_features(entity_df=LABELS, features=features).to_df()
+    assert store.materialize("user_txn", mid, T_END)["status"] == "succeeded"
+    assert offline.current_version(store.settings, "user_txn") > first_version
+    now = store.get_historical_features(entity_df=LABELS, features=features).to_df()
+    assert not now.equals(then)  # the labels after `mid` see the second range's rows
+    travelled = store.get_historical_features(entity_df=LABELS, features=features, as_of=first_version).to_df()
+    pd.testing.assert_frame_equal(travelled, then)
+
+    saved = store.get_historical_features(entity_df=LABELS, features=features, save_as="on_s3").to_df()
+    pd.testing.assert_frame_equal(saved, now)
+    meta = store.get_training_set("on_s3")
+    prefix = f"s3a://{BUCKET}/{s3_settings.storage_path}/"
+    assert meta["output_path"].startswith(prefix) and meta["entities_path"].startswith(prefix)
+    assert meta["events_paths"]["user_txn"].startswith(prefix)  # the window's pinned event copy is on S3 too
+    import pyarrow.parquet as pq
+
+    written = pq.read_table(storage_s3.path_on(meta["output_path"]), filesystem=storage_s3.filesystem(s3_settings))
+    assert written.num_rows == len(LABELS)
+    pd.testing.assert_frame_equal(store.recreate_training_set("on_s3").to_df(), saved)
+    store.close()
+
+
+def test_delta_rs_and_delta_spark_read_each_other_on_s3(s3_settings, spark):
+    """A table committed by delta-rs (the DuckDB engine's write) read by delta-spark through s3a, and one
+    written by delta-spark read by delta-rs, on the same bucket."""
+    from fstore.engine.jars import has_delta_classes
+    from fstore.store import FeatureStore
+    from test_delta_interop import FSV, T0 as D0, by_delta_spark, by_delta_rs, hours, write_duckdb_engine, write_spark
+
+    if not has_delta_classes(spark._jvm):
+        pytest.skip("delta-spark's jars are not cached (python -m fstore.engine.jars)")
+    FeatureStore(s3_settings).use_spark(spark)  # the session reaches the bucket
+    rows = [("u1", hours(1), 1.0, 1), ("u2", hours(30), 2.0, 2)]
+    by_rs = s3_settings.with_(storage_path=s3_settings.storage_path + "/rs")
+    write_duckdb_engine(by_rs, rows, D0, hours(48))
+    assert by_delta_spark(spark, by_rs) == by_delta_rs(by_rs) == sorted((*r, None) for r in rows)
+    by_spark = s3_settings.with_(storage_path=s3_settings.storage_path + "/spark", delta_writer="spark")
+    write_spark(spark, by_spark, rows, D0, hours(48))
+    write_spark(spark, by_spark, rows[:1], D0, hours(24))  # a second version: u1 stays, u2 gone from day 1 only
+    assert offline.current_version(by_spark, "txn") == 1
+    assert by_delta_rs(by_spark, 0) == by_delta_spark(spark, by_spark, version=0) == sorted((*r, None) for r in rows)
+    assert by_delta_rs(by_spark) == by_delta_spark(spark, by_spark)
+    assert FSV.name == "txn"
+
+
+def test_racing_delta_rs_commits_on_s3_lose_nothing(s3_settings):
+    """Three writers appending to one table at once: each Delta log entry is a conditional put, so a writer
+    that lost the race for a version retries on the next one and every commit survives."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    uri = storage_s3.delta_uri(offline.table_uri(s3_settings, "race"))
+    options = offline.storage_options(s3_settings)
+    write_deltalake(uri, pa.table({"x": [0]}), storage_options=options)
+    failures = []
+
+    def append(writer: int) -> None:
+        for i in range(5):
+            try:
+                write_deltalake(uri, pa.table({"x": [writer * 10 + i]}), mode="append", storage_options=options)
+            except Exception as exc:  # noqa: BLE001 - collected: the assertion names it
+                failures.append(exc)
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    from deltalake import DeltaTable
+
+    table = DeltaTable(uri, storage_options=options)
+    assert table.version() == 15
+    assert sorted(table.to_pyarrow_table()["x"].to_pylist()) == [0] + [w * 10 + i for w in (1, 2, 3) for i in range(5)]
+
+
+def test_a_wrong_secret_names_the_bucket_and_endpoint_never_the_secret(s3_server, tmp_path, on_engine,
+                                                                       compute_engine, caplog):
+    from test_materialize_support import create_set
+
+    good = Settings.from_env(s3_env(s3_server, tmp_path, S3_BUCKET=OTHER))
+    wrong_secret = "wrong-" + s3_server["secret"][::-1]
+    bad = good.with_(s3_secret_key=wrong_secret)
+    caplog.set_level(logging.DEBUG)
+    store = on_engine(bad)
+    with pytest.raises(Unavailable) as refused:  # defining a set checks its offline table: refused at once
+        create_set(store, put_source(good, events()))
+    assert OTHER in refused.value.message and s3_server["endpoint"] in refused.value.message
+    create_set(on_engine(good), put_source(good, events()))  # the same registry, defined with the right keys
+    with pytest.raises(Unavailable) as failed:
+        store.materialize("user_txn", T0, T_END)
+    run = store.list_runs("user_txn")["items"][0]
+    assert run["status"] == "failed" and run["error"] == failed.value.message
+    message = run["error"]
+    assert OTHER in message and s3_server["endpoint"] in message, message
+    with pytest.raises(Unavailable) as raised:
+        store.get_historical_features(entity_df=LABELS, features=["user_txn:amount_x2"])
+    assert OTHER in raised.value.message and s3_server["endpoint"] in raised.value.message
+    for text in (refused.value.message, message, raised.value.message, caplog.text, str(store.list_runs("user_txn"))):
+        assert wrong_secret not in text and s3_server["secret"] not in text
+    store.close()
