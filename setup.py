@@ -41,7 +41,8 @@ setup(
     extras_require={
         "test": ["pytest==8.4.2", "pytest-timeout==2.4.0", "schemathesis==4.1.4",
                  "hypothesis==6.168.0",  # 6.170 breaks schemathesis body generation
-                 "requests>=2.31"],
+                 "requests>=2.31",
+                 "moto[server]==5.2.5"],  # tests/integration/test_s3.py: a loopback S3 server (python -m moto.server)
         "bench": ["feast[redis]==0.67.0"],
     },
     entry_points={"console_scripts": ["fstore=fstore.cli:main"]},

@@ -19,10 +19,12 @@ if TYPE_CHECKING:
 
 
 def embedded_path(settings: "Settings") -> Path:
-    """Where the embedded store's SQLite file lives: beside the registry in the storage folder."""
+    """Where the embedded store's SQLite file lives: beside the registry in the storage folder; on S3 (no local
+    storage folder) beside a SQLite registry's file, else in the working folder."""
     if settings.storage_backend == "local":
         return Path(settings.storage_path).resolve() / "online.db"
-    return Path.cwd().resolve() / "fstore_online.db"
+    beside = settings.secret_key_file  # a SQLite registry's folder
+    return (beside.parent if beside is not None else Path.cwd().resolve()) / "fstore_online.db"
 
 
 def open_online_store(settings: "Settings") -> OnlineStore:

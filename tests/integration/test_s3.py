@@ -141,12 +141,21 @@ def offline_tuples(store, name: str = "user_txn", version: int | None = None) ->
                   for r in table.itertuples(index=False))
 
 
-def test_materialize_to_s3_reads_back_offline_online_and_historical_equal_to_local_disk(
-        s3_settings, on_engine, compute_engine, tmp_path):
+def test_materialize_to_s3_and_read_back_offline_online_historical_as_of_and_a_training_set(
+        s3_settings, redis_url, on_engine, compute_engine, tmp_path):
+    """On each engine: two runs to S3 (two Delta versions), the offline rows and the online values (Redis)
+    as computed, historical retrieval equal to the same set on local disk row for row, ``as_of`` the first
+    version giving the answer it gave then, and a training set (with the window's pinned event copy) written
+    to S3 and re-created from there."""
     frame = events()
-    store = s3_store(s3_settings, on_engine, frame)
-    run = store.materialize("user_txn", T0, T_END)
-    assert run["status"] == "succeeded", run
+    store = s3_store(s3_settings.with_(redis_url=redis_url), on_engine, frame)
+    features = [f"user_txn:{f}" for f in FEATURES]
+    mid = T0 + timedelta(days=3)
+    assert store.materialize("user_txn", T0, mid)["status"] == "succeeded"
+    first_version = offline.current_version(store.settings, "user_txn")
+    then = store.get_historical_features(entity_df=LABELS, features=features).to_df()
+    assert store.materialize("user_txn", mid, T_END)["status"] == "succeeded"
+    assert offline.current_version(store.settings, "user_txn") > first_version
     assert offline.table_uri(store.settings, "user_txn").startswith(f"s3a://{BUCKET}/{s3_settings.storage_path}/")
     assert offline_tuples(store) == oracle(frame)
     online = store.get_online_features(features=["user_txn:amount_x2"], entities={"user_id": [1, 2, 3]})
@@ -155,42 +164,24 @@ def test_materialize_to_s3_reads_back_offline_online_and_historical_equal_to_loc
 
     local = local_twin(tmp_path, on_engine, frame)
     assert local.materialize("user_txn", T0, T_END)["status"] == "succeeded"
-    features = [f"user_txn:{f}" for f in FEATURES]
-    on_s3 = store.get_historical_features(entity_df=LABELS, features=features).to_df()
     on_disk = local.get_historical_features(entity_df=LABELS, features=features).to_df()
-    assert len(on_s3) == len(LABELS)
+    on_s3 = store.get_historical_features(entity_df=LABELS, features=features, save_as="on_s3").to_df()
+    assert len(on_s3) == len(LABELS) and not on_s3.equals(then)  # labels after `mid` see the second run's rows
     pd.testing.assert_frame_equal(on_s3, on_disk)
-    store.close()
-    local.close()
-
-
-def test_as_of_and_a_training_set_on_s3(s3_settings, on_engine, compute_engine):
-    frame = events()
-    store = s3_store(s3_settings, on_engine, frame)
-    mid = T0 + timedelta(days=3)
-    features = ["user_txn:amount_x2", "user_txn:txn_count_2d"]
-    assert store.materialize("user_txn", T0, mid)["status"] == "succeeded"
-    first_version = offline.current_version(store.settings, "user_txn")
-    then = store.get_historical_features(entity_df=LABELS, features=features).to_df()
-    assert store.materialize("user_txn", mid, T_END)["status"] == "succeeded"
-    assert offline.current_version(store.settings, "user_txn") > first_version
-    now = store.get_historical_features(entity_df=LABELS, features=features).to_df()
-    assert not now.equals(then)  # the labels after `mid` see the second range's rows
     travelled = store.get_historical_features(entity_df=LABELS, features=features, as_of=first_version).to_df()
     pd.testing.assert_frame_equal(travelled, then)
 
-    saved = store.get_historical_features(entity_df=LABELS, features=features, save_as="on_s3").to_df()
-    pd.testing.assert_frame_equal(saved, now)
     meta = store.get_training_set("on_s3")
     prefix = f"s3a://{BUCKET}/{s3_settings.storage_path}/"
     assert meta["output_path"].startswith(prefix) and meta["entities_path"].startswith(prefix)
-    assert meta["events_paths"]["user_txn"].startswith(prefix)  # the window's pinned event copy is on S3 too
+    assert meta["events_paths"]["user_txn"].startswith(prefix)  # the windows' pinned event copy is on S3 too
     import pyarrow.parquet as pq
 
     written = pq.read_table(storage_s3.path_on(meta["output_path"]), filesystem=storage_s3.filesystem(s3_settings))
     assert written.num_rows == len(LABELS)
-    pd.testing.assert_frame_equal(store.recreate_training_set("on_s3").to_df(), saved)
+    pd.testing.assert_frame_equal(store.recreate_training_set("on_s3").to_df(), on_s3)
     store.close()
+    local.close()
 
 
 def test_delta_rs_and_delta_spark_read_each_other_on_s3(s3_settings, spark):
