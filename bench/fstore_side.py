@@ -48,7 +48,7 @@ def feature_refs() -> list[str]:
 def open_store(store_dir: Path, redis_db: int):
     """A ``FeatureStore`` on the benchmark's store folder and Redis DB, with a local[2] Spark session."""
     from fstore.engine.session import get_spark
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     settings = Settings.from_env(environment(store_dir, redis_db))

@@ -26,7 +26,7 @@ REDIS_DB = 5  # not used by retrieval; the store wants a URL
 def build_store(dataset, store_dir):
     """A fresh store whose offline table holds every event row's features."""
     from fstore.engine.spark import compute
-    from fstore.offline import write_range
+    from fstore.storage.offline import write_range
 
     if store_dir.exists():
         shutil.rmtree(store_dir)

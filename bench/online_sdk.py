@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fstore.settings import Settings  # noqa: E402
+from fstore.core.settings import Settings  # noqa: E402
 from fstore.store import FeatureStore  # noqa: E402
 
 FEATURES = [f"f{i}" for i in range(10)]
@@ -46,7 +46,7 @@ def make_set(store: FeatureStore, name: str) -> None:
 
 
 def load(store: FeatureStore, spark, name: str, keys: int) -> tuple[int, float]:
-    from fstore.online import load_dataframe
+    from fstore.storage.online import load_dataframe
 
     exprs = ["id AS user_id", "current_timestamp() - INTERVAL 1 HOUR AS event_timestamp"]
     exprs += [f"rand({i}) * 100 AS {f}" for i, f in enumerate(FEATURES)]
@@ -151,7 +151,7 @@ def outage() -> None:
     import socket
     import subprocess
 
-    from fstore.errors import Unavailable
+    from fstore.core.errors import Unavailable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,9 +22,9 @@ from datetime import datetime
 
 
 def build(redis_url: str, folder: str):
-    from fstore import auth
+    from fstore.ops import auth
     from fstore.api import create_app
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     features = [f"f{i}" for i in range(10)]

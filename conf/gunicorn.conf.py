@@ -21,7 +21,7 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '8002')
 workers = int(os.environ.get("WEB_CONCURRENCY", os.environ.get("GUNICORN_WORKERS", "2")))
 # GUNICORN_WORKER_CLASS=gevent suits pods that only serve online lookups: one OS thread per worker,
 # no hand-off between a poller thread and a request thread, keep-alive honoured. 4 clients, 1 entity:
-# 25 % more requests/s for 25 % less worker CPU per request than gthread (README, Performance). Its
+# more requests/s for less worker CPU per request than gunicorn's gthread (README, Performance). Its
 # cost: a request that computes in C without waiting on a socket (historical retrieval on DuckDB) and
 # registry writes on PostgreSQL (psycopg2) hold the worker's other requests until they finish.
 # "gthread" (the default) is fstore's own gthread worker (fstore/api/gunicorn_worker.py): it spreads

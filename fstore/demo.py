@@ -1,6 +1,6 @@
 """``make demo``: the whole flow on the embedded defaults, printed step by step.
 
-1. write the example sources (``fstore.examples``) under ``STORAGE_PATH``;
+1. write the example sources (``fstore.definitions.examples``) under ``STORAGE_PATH``;
 2. plan and apply ``conf/examples`` (entities, ``user_profile``, ``user_activity``);
 3. materialize both feature sets over the data's range and print each run's figures;
 4. show a few offline rows, online values for a few users, and a small training set.
@@ -15,7 +15,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from fstore.errors import FStoreError
+from fstore.core.errors import FStoreError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "conf" / "examples"
 SETS = ("user_profile", "user_activity")
@@ -49,7 +49,7 @@ def step(title: str):
 
 @step("1. example data")
 def make_data(settings):
-    from fstore.examples import write_example_sources
+    from fstore.definitions.examples import write_example_sources
 
     data = write_example_sources(Path(settings.storage_path) / "example_sources")
     print(f"{data.users} users in {data.users_path}")
@@ -59,7 +59,7 @@ def make_data(settings):
 
 @step("2. plan and apply conf/examples")
 def apply_examples(store):
-    from fstore.apply import describe
+    from fstore.registry.apply import describe
 
     print(describe(store.plan(str(EXAMPLES))))
     result = store.apply(str(EXAMPLES), actor="demo")
@@ -80,7 +80,7 @@ def offline_rows(store):
     """Read back with pyarrow, whatever the engine: the tables are plain Delta (or Parquet) files."""
     import pyarrow.dataset as ds
 
-    from fstore.offline_arrow import read_files
+    from fstore.storage.offline_arrow import read_files
 
     for name in SETS:
         files = read_files(store.settings, name)
@@ -147,7 +147,7 @@ def next_steps(settings, env=None) -> str:
 
 
 def main() -> int:
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     try:

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from fstore.errors import Unavailable
+from fstore.core.errors import Unavailable
 
 from fstore.registry.db import at_head, make_engine, upgrade
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 if TYPE_CHECKING:
-    from fstore.definitions import FeatureSetVersion
+    from fstore.definitions.model import FeatureSetVersion
 
 
 class FeatureStore:
@@ -82,7 +82,7 @@ class FeatureStore:
         if self._online is None:
             with self._lock:
                 if self._online is None:
-                    from fstore.online import open_online_store
+                    from fstore.storage.online import open_online_store
 
                     self._online = open_online_store(self.settings)
         return self._online
@@ -91,7 +91,7 @@ class FeatureStore:
     def secrets(self):
         """The ``SecretBox`` that seals and opens source secrets with this deployment's key."""
         if self._secrets is None:
-            from fstore.source_secrets import SecretBox
+            from fstore.definitions.secrets import SecretBox
 
             self._secrets = SecretBox.from_settings(self.settings)
         return self._secrets
@@ -170,7 +170,7 @@ class FeatureStore:
     def delete_feature_set(self, ref: str | int, *, actor: str = "") -> None:
         """Delete a set from the registry and its values from the online store (never served again);
         its offline table stays for the training sets that read it."""
-        from fstore import serving
+        from fstore.serving import online as serving
         from fstore.registry import repo
 
         with self.transaction() as s:
@@ -234,13 +234,13 @@ class FeatureStore:
 
     def plan(self, path: str, *, allow_missing_sources: bool = False) -> dict:
         """What ``apply(path)`` would change, without changing anything."""
-        from fstore.apply import plan
+        from fstore.registry.apply import plan
 
         return plan(self, path, allow_missing_sources=allow_missing_sources)
 
     def apply(self, path: str, *, actor: str = "", allow_missing_sources: bool = False) -> dict:
         """Apply a YAML file or folder of definitions declaratively, in one transaction."""
-        from fstore.apply import apply
+        from fstore.registry.apply import apply
 
         return apply(self, path, actor=actor, allow_missing_sources=allow_missing_sources)
 
@@ -263,45 +263,48 @@ class FeatureStore:
     def materialize(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "",
                     kind: str = "full", progress: Callable[[dict], None] | None = None) -> dict:
         """Compute ``[start, end)`` into the offline and online stores; returns the finished run.
-        ``progress`` receives an event as each stage starts and ends (``fstore.materialize.Progress``)."""
-        from fstore.materialize import materialize
+        ``progress`` receives an event as each stage starts and ends (``fstore.compute.materialize.Progress``)."""
+        from fstore.compute.materialize import materialize
 
         return materialize(self, ref, start, end, actor=actor, kind=kind, progress=progress)
 
     def start_materialization(self, ref: str | int, start: datetime, end: datetime, *, actor: str = "") -> dict:
         """Start a run in the background and return it at once (status ``pending``/``running``)."""
-        from fstore.materialize import start_materialization
+        from fstore.compute.materialize import start_materialization
 
         return start_materialization(self, ref, start, end, actor=actor)
 
     def materialize_incremental(self, ref: str | int, *, end: datetime | None = None, actor: str = "",
                                 progress: Callable[[dict], None] | None = None) -> dict:
         """Compute from the set's watermark to ``end`` (default now); ``progress`` as for ``materialize``."""
-        from fstore.materialize import materialize_incremental
+        from fstore.compute.materialize import materialize_incremental
 
         return materialize_incremental(self, ref, end=end, actor=actor, progress=progress)
 
     def backfill(self, ref: str | int, start: datetime, end: datetime, *, chunk_seconds: int = 86400,
                  actor: str = "", progress: Callable[[dict], None] | None = None) -> dict:
         """Materialize a long range chunk by chunk, resuming after the last chunk done."""
-        from fstore.backfill import backfill
+        from fstore.compute.backfill import backfill
 
         return backfill(self, ref, start, end, chunk_seconds=chunk_seconds, actor=actor, progress=progress)
 
     def vacuum_offline(self, ref: str | int, *, retain_hours: int | None = None, dry_run: bool = False,
                        actor: str = "") -> dict:
-        """Delete offline files older versions no longer need (training sets' versions kept); see ``fstore.vacuum``."""
-        from fstore.vacuum import DEFAULT_RETAIN_HOURS, vacuum_offline
+        """Delete offline files older versions no longer need (training sets' versions kept); see ``fstore.compute.vacuum``."""
+        from fstore.compute.vacuum import DEFAULT_RETAIN_HOURS, vacuum_offline
 
         return vacuum_offline(self, ref, retain_hours=DEFAULT_RETAIN_HOURS if retain_hours is None else retain_hours,
                               dry_run=dry_run, actor=actor)
 
     def reload_online(self, ref: str | int, *, actor: str = "") -> dict:
         """Rebuild a set's online values from its offline table (newest row per key), without recomputing:
-        what to run when the online store restarted empty. See ``fstore.online.reload``."""
-        from fstore.online.reload import reload_online
+        what to run when the online store restarted empty. See ``fstore.compute.reload``."""
+        from fstore.compute.reload import reload_online
+        from fstore.serving import online as serving
 
-        return reload_online(self, ref, actor=actor)
+        done = reload_online(self, ref, actor=actor)
+        serving.clear_caches(self)  # this process stops reporting the set degraded at once
+        return done
 
     def get_run(self, run_id: str) -> dict:
         from fstore.registry import runs
@@ -320,7 +323,7 @@ class FeatureStore:
     def get_online_features(self, *, features: list[str], entities: dict | list,
                             feature_sets: list[str] | None = None) -> dict:
         """Latest values per entity from the online store: ``{"features": …, "metadata": …}``."""
-        from fstore.serving import get_online_features
+        from fstore.serving.online import get_online_features
 
         return get_online_features(self, features=features, entities=entities, feature_sets=feature_sets)
 
@@ -334,8 +337,8 @@ class FeatureStore:
         (``event_timestamp``, ``timestamp``, ``ts``) unless ``timestamp_column`` names it. A
         feature asked by its bare name is the column of that name in the result.
         """
-        from fstore.errors import InvalidDefinition
-        from fstore.retrieval import get_historical_features
+        from fstore.core.errors import InvalidDefinition
+        from fstore.serving.retrieval import get_historical_features
 
         if (entity_df is None) == (entities is None):
             raise InvalidDefinition("give the entity rows once: entity_df or entities", field="entity_df")
@@ -348,7 +351,7 @@ class FeatureStore:
                               output_format: str = "delta", feature_sets: list[str] | None = None,
                               actor: str = "") -> dict:
         """Run a large retrieval as a job writing Delta/Parquet; returns the job at once."""
-        from fstore.retrieval import start_batch_retrieval
+        from fstore.serving.retrieval import start_batch_retrieval
 
         return start_batch_retrieval(self, entity_source=entity_source, features=features, output_path=output_path,
                                      output_format=output_format, feature_sets=feature_sets, actor=actor)
@@ -378,6 +381,6 @@ class FeatureStore:
 
     def recreate_training_set(self, name: str | int):
         """Re-run a saved training set's retrieval pinned to its recorded versions; ``.to_df()`` / ``.to_spark()``."""
-        from fstore.retrieval import recreate_training_set
+        from fstore.serving.retrieval import recreate_training_set
 
         return recreate_training_set(self, name)

@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     for chatty in ("py4j", "alembic"):  # keep the one-line JSON summary the last line of the output
         logging.getLogger(chatty).setLevel(logging.WARNING)
     from fstore.engine.session import get_spark
-    from fstore.errors import FStoreError
-    from fstore.materialize import LOCK_TTL_SECONDS, execute_run, materialize, materialize_incremental
+    from fstore.core.errors import FStoreError
+    from fstore.compute.materialize import LOCK_TTL_SECONDS, execute_run, materialize, materialize_incremental
     from fstore.registry.runs import to_utc
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     store = None

@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", required=True, help="the pending batch retrieval job recorded in the registry")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from fstore.errors import FStoreError
-    from fstore.retrieval import run_batch_job
-    from fstore.settings import Settings
+    from fstore.core.errors import FStoreError
+    from fstore.serving.retrieval import run_batch_job
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     store = None

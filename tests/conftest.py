@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("FSTORE_TEST_PG", "postgresql://fstore:fstore@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("FSTORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -165,7 +165,7 @@ def compute_rows(request):
     from fstore.engine import duckdb as engine
 
     settings = request.getfixturevalue("settings")
-    from fstore.retrieval.historical import arrow_to_pandas  # as Spark's toPandas gives it
+    from fstore.serving.retrieval.plan import arrow_to_pandas  # as Spark's toPandas gives it
 
     def rows(fsv, start=None, end=None):
         with engine.connect() as con:  # compute seals its connection: one per computation

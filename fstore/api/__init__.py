@@ -2,7 +2,8 @@
 
 flask-openapi3 generates ``/openapi.json`` and the interactive docs at ``/docs``
 from the same pydantic schemas (``fstore.api.schemas``) that validate requests.
-Blueprints per area (``registry``, ``compute``, ``serving``, ``health``) hold thin
+Blueprints per area (``registry``, ``compute``, ``serving``, ``training``, ``monitoring``,
+``health``) hold thin
 views; ``fstore.api.errors`` is the one place errors become JSON.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from flask import redirect
 from flask_openapi3 import Info, OpenAPI
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 
 def create_app(settings: Settings | None = None, store=None) -> OpenAPI:

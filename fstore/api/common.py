@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, request
 
-from fstore.errors import InvalidDefinition
+from fstore.core.errors import InvalidDefinition
 
 MAX_ACTOR_LENGTH = 200
 

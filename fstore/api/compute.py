@@ -15,7 +15,7 @@ from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import (MaterializeBody, NoQuery, Page, RefPath, ReloadBody, RunIdPath, RunPath, VacuumBody,
                                 VersionQuery)
-from fstore.errors import NotFound
+from fstore.core.errors import NotFound
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
 bp = APIBlueprint("compute", __name__, url_prefix="/api/v1", abp_responses=_ERRORS)
@@ -40,14 +40,14 @@ def materialize(path: RefPath, query: NoQuery, body: MaterializeBody):
 
 @bp.post("/feature-sets/<id_or_name>/vacuum", tags=[_runs], responses={200: rs.Obj})
 def vacuum(path: RefPath, query: NoQuery, body: VacuumBody):
-    """Delete offline files that no version worth keeping reads (``fstore.vacuum``); needs the admin scope."""
+    """Delete offline files that no version worth keeping reads (``fstore.compute.vacuum``); needs the admin scope."""
     return get_store().vacuum_offline(path.id_or_name, retain_hours=body.retain_hours, dry_run=body.dry_run,
                                       actor=actor())
 
 
 @bp.post("/feature-sets/<id_or_name>/online/reload", tags=[_runs], responses={200: rs.Obj})
 def reload_online(path: RefPath, query: NoQuery, body: ReloadBody):
-    """Rebuild the set's online values from its offline table (``fstore.online.reload``); materialize scope."""
+    """Rebuild the set's online values from its offline table (``fstore.compute.reload``); materialize scope."""
     return get_store().reload_online(path.id_or_name, actor=actor())
 
 

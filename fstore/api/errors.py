@@ -18,7 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from fstore.errors import BadRequest, FStoreError, InvalidDefinition, TooLarge
+from fstore.core.errors import BadRequest, FStoreError, InvalidDefinition, TooLarge
 
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|any|list\[.*\]|dict\[.*\]|function-.*|.*\[.*\]|[A-Z]\w*)$")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

@@ -12,7 +12,7 @@ itself, with the same steps in the same order:
    ``MAX_BODY_BYTES``, ``Content-Type`` JSON, a JSON object (of Unicode text: orjson
    refuses a lone surrogate, as ``fstore.api.errors`` does) that ``OnlineBody`` accepts,
    with no entity value that orjson read as a float (an integer beyond 64 bits is one);
-3. ``fstore.serving.answer_online`` (what ``store.get_online_features`` runs), whose coverage
+3. ``fstore.serving.online.answer_online`` (what ``store.get_online_features`` runs), whose coverage
    counts go to usage in place of the answer;
 4. the request metrics and the usage record the after-request hook writes.
 
@@ -31,11 +31,11 @@ from typing import Any, Callable, Iterable
 import orjson
 from pydantic import ValidationError
 
-from fstore import metrics
+from fstore.ops import metrics
 from fstore.api.schemas import OnlineBody
 from fstore.api.security import required_scope
-from fstore.errors import FStoreError, Unavailable
-from fstore.serving import answer_online
+from fstore.core.errors import FStoreError, Unavailable
+from fstore.serving.online import answer_online
 
 PATH = "/api/v1/serving/online"
 UNAVAILABLE_KEY = "fstore.unavailable"  # the backend this request already found down (the view re-raises it)

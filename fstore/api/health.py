@@ -68,8 +68,8 @@ def _readiness(store) -> tuple[dict, int]:
 
 
 def _online_values_lost(store) -> dict[str, str]:
-    """Sets whose online values are lost (a store restarted empty: ``fstore.online.marker``)."""
-    from fstore.monitoring import online_values_lost
+    """Sets whose online values are lost (a store restarted empty: ``fstore.storage.online.marker``)."""
+    from fstore.ops.monitoring import online_values_lost
 
     try:
         return online_values_lost(store)

@@ -14,11 +14,14 @@ from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fstore import audit, auth, monitoring, usage
+from fstore.ops import audit
+from fstore.ops import auth
+from fstore.ops import monitoring
+from fstore.ops import usage
 from fstore.api.common import get_store
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import PRINTABLE, NoQuery
-from fstore.errors import InvalidDefinition
+from fstore.core.errors import InvalidDefinition
 from fstore.registry.models import utcnow
 from fstore.registry.runs import to_utc
 
@@ -162,7 +165,7 @@ def _grant() -> auth.Grant | None:
 @bp.get("/monitoring/metrics", tags=[_mon], responses=_METRICS_RESPONSE)
 def metrics_text(query: NoQuery):
     """Prometheus metrics of every worker, plus run and freshness figures read from the registry."""
-    from fstore import metrics
+    from fstore.ops import metrics
 
     _flush_usage()  # per-set serving latency is recorded by the usage flusher: bring this worker's up to date
     grant = _grant()

@@ -1,7 +1,7 @@
 """Success bodies declared in ``/openapi.json``, so a client (or schemathesis) can check what it gets back.
 
 Each model names the fields a caller relies on and allows the rest (``extra="allow"``): the
-registry's dicts carry every field of a definition, which ``fstore.definitions`` owns.
+registry's dicts carry every field of a definition, which ``fstore.definitions.model`` owns.
 Errors are declared by each blueprint (``fstore.api.errors.ErrorBody``).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Definition bodies (entities, feature sets, features) are deliberately permissive:
 they check the JSON types of the fields users write and let unknown fields
-through, because the domain model (``fstore.definitions``) is the one place that
+through, because the domain model (``fstore.definitions.model``) is the one place that
 decides what a definition may contain and names the field at fault. Views hand
 the raw JSON object on, never a re-serialized model, so what the user wrote is
 what the registry sees.
@@ -14,9 +14,9 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fstore.errors import InvalidDefinition
+from fstore.core.errors import InvalidDefinition
 from fstore.registry.repo import MAX_LIMIT
-from fstore.vacuum import DEFAULT_RETAIN_HOURS
+from fstore.compute.vacuum import DEFAULT_RETAIN_HOURS
 
 _BODY = ConfigDict(strict=True, extra="allow")
 _CLOSED_BODY = ConfigDict(strict=True, extra="forbid")

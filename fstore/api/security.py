@@ -30,11 +30,12 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from fstore import audit, metrics
-from fstore.auth import ApiKey, Grant, KeyVerifier
-from fstore.errors import BadRequest, FStoreError, Forbidden, NotFound, Unauthorized, Unavailable
+from fstore.ops import audit
+from fstore.ops import metrics
+from fstore.ops.auth import ApiKey, Grant, KeyVerifier
+from fstore.core.errors import BadRequest, FStoreError, Forbidden, NotFound, Unauthorized, Unavailable
 from fstore.registry.training_sets import readable_with
-from fstore.usage import UsageRecorder
+from fstore.ops.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def _check_feature(names: _SetNames, grant: Grant, feature: str, feature_set: st
 
 
 def _serving_missing(names: _SetNames, within: list[str] | None):
-    """The serving path's own 404 for a feature (``fstore.references.resolve``), for a hidden one."""
+    """The serving path's own 404 for a feature (``fstore.registry.references.resolve``), for a hidden one."""
     def missing(name: str, set_name: str | None) -> NotFound:
         if set_name is not None:
             return NotFound(f"feature {name} not found in feature set {set_name} (version {names.version(set_name)})",

@@ -15,7 +15,7 @@ from fstore.api.errors import ErrorBody
 from fstore.api.fast_online import UNAVAILABLE_KEY
 from fstore.api.render import frame_to_json
 from fstore.api.schemas import BatchBody, HistoricalBody, JobPath, NoQuery, OnlineBody
-from fstore.errors import TooLarge
+from fstore.core.errors import TooLarge
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 413, 415, 422)}
 bp = APIBlueprint("serving", __name__, url_prefix="/api/v1/serving", abp_responses=_ERRORS)

@@ -15,7 +15,7 @@ from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
 from fstore.api.render import frame_to_json
 from fstore.api.schemas import REF_PATTERN, NoQuery, Page
-from fstore.errors import TooLarge
+from fstore.core.errors import TooLarge
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
 bp = APIBlueprint("training", __name__, url_prefix="/api/v1/training-sets", abp_responses=_ERRORS)

@@ -23,7 +23,7 @@ import threading
 import click
 
 from fstore.cli.output import CliState, pass_cli
-from fstore.errors import FStoreError
+from fstore.core.errors import FStoreError
 
 COMMAND_MODULES = (
     "fstore.cli.registry",   # apply, plan, entities, feature-sets, features, search, db, serve

@@ -7,7 +7,7 @@ import click
 
 from fstore.cli import main, stoppable
 from fstore.cli.output import CliState, emit, fields, json_option, pass_cli, table, page_footer
-from fstore.definitions import parse_duration
+from fstore.definitions.model import parse_duration
 
 RUN_FIELDS = ["id", "feature_set", "feature_set_version", "kind", "status", "start", "end", "rows_read", "rows_written",
               "rows_rejected", "online_rows", "offline_version", "duration_s", "stages", "error"]
@@ -220,7 +220,7 @@ def scheduler(cli: CliState, once: bool, poll: float) -> None:
     Every run prints one line on stderr (set, range, status, rows, seconds). With --once the exit code is 0
     when every due set's last attempt succeeded or had nothing to do, 8 when one failed, 5 when one was
     refused (its set was running). SCHEDULER_CONCURRENCY, SCHEDULER_RETRIES, SCHEDULER_RETRY_SECONDS tune it."""
-    from fstore.scheduler import run_scheduler
+    from fstore.compute.scheduler import run_scheduler
 
     def report(outcome: dict) -> None:
         click.echo(outcome_line(outcome), err=True)

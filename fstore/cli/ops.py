@@ -11,7 +11,10 @@ from datetime import timedelta
 
 import click
 
-from fstore import audit, auth, monitoring, usage
+from fstore.ops import audit
+from fstore.ops import auth
+from fstore.ops import monitoring
+from fstore.ops import usage
 from fstore.cli import main
 from fstore.cli.output import CliState, emit, fields, json_option, page_footer, pass_cli, table
 from fstore.registry.models import utcnow

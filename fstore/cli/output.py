@@ -23,7 +23,7 @@ class CliState:
         if self._store is None:
             import os
 
-            from fstore.settings import Settings
+            from fstore.core.settings import Settings
             from fstore.store import FeatureStore
 
             # Spark's Java log (stack traces of a failure the CLI reports in one line) only with --debug.

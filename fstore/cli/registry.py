@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from fstore.cli import main
-from fstore.apply import describe
+from fstore.registry.apply import describe
 from fstore.cli.output import CliState, emit, fields, json_option, page_footer, pass_cli, table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -251,7 +251,7 @@ def db() -> None:
 def db_upgrade(revision: str) -> None:
     """Bring the registry schema to the newest revision (what `alembic upgrade head` does)."""
     from fstore.registry.db import upgrade
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     settings = Settings.from_env()
     upgrade(settings, revision)
@@ -267,7 +267,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
     Options left out come from the environment, as ``conf/gunicorn.conf.py`` reads it.
     """
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     settings = Settings.from_env()
     bind_host = host or os.environ.get("HOST", "0.0.0.0")

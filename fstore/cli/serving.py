@@ -8,7 +8,7 @@ import click
 
 from fstore.cli import main
 from fstore.cli.output import CliState, emit, json_option, pass_cli, table, to_json
-from fstore.errors import AlreadyExists, InvalidDefinition, NotFound
+from fstore.core.errors import AlreadyExists, InvalidDefinition, NotFound
 
 
 def _names(text: str, option: str) -> list[str]:
@@ -90,7 +90,7 @@ def write_result(result, output: str) -> tuple[Path, int]:
 
         import pyarrow.parquet as pq
 
-        from fstore.retrieval.historical import utc_timestamps
+        from fstore.serving.retrieval.plan import utc_timestamps
 
         if out.is_dir():
             shutil.rmtree(out)  # holds only part files (check_output): replaced, as Spark's overwrite replaces it

@@ -47,15 +47,15 @@ from dataclasses import dataclass
 from fstore.compiler.dialect import column_names, quote, to_spark
 from fstore.compiler.sql_policy import check_feature, check_feature_set
 from fstore.compiler.windows import WindowSpec, source_key_columns, window_spec, window_sql
-from fstore.definitions import Feature, FeatureSetVersion, composite_order
-from fstore.errors import InvalidDefinition
+from fstore.definitions.model import Feature, FeatureSetVersion, composite_order
+from fstore.core.errors import InvalidDefinition
 
 EVENT_TIME = "__fs_event_time"
 CREATED_TIME = "__fs_created_time"
 RESERVED = ("event_timestamp", "created_timestamp", "event_date")
 _SPARK_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "STRING", "bool": "BOOLEAN", "timestamp": "TIMESTAMP"}
 
-__all__ = ["CompiledQuery", "compile_feature_set", "validate_version", "feature_expression", "aggregate_expression",
+__all__ = ["CompiledQuery", "compile_feature_set", "feature_expression", "aggregate_expression",
            "spark_type", "internal_column", "EVENT_TIME", "CREATED_TIME"]
 
 
@@ -98,6 +98,29 @@ def feature_dependencies(feature: Feature, names: set[str]) -> tuple[str, ...]:
             used = set()
         deps += sorted((used & names) - {feature.name} - set(deps))
     return tuple(deps)
+
+
+def features_read(fsv: FeatureSetVersion, feature: Feature) -> set[str]:
+    """The features of the set a composite reads (declared, or named in its expression)."""
+    names = {f.name for f in fsv.features}
+    deps = set(feature.source_features)
+    if feature.transformation and not feature.python and feature.window is None:
+        try:
+            deps |= column_names(feature.transformation, feature.dialect, feature=feature.name) & names
+        except InvalidDefinition:
+            pass
+    return deps - {feature.name}
+
+
+def reads_only_features(fsv: FeatureSetVersion, feature: Feature) -> bool:
+    """Whether an expression reads nothing but other features of its set (so it can run at label time)."""
+    if not feature.transformation:
+        return False
+    try:
+        used = column_names(feature.transformation, feature.dialect, feature=feature.name)
+    except InvalidDefinition:
+        return False
+    return used <= {f.name for f in fsv.features} - {feature.name}
 
 
 @dataclass(frozen=True)
@@ -234,9 +257,3 @@ def aggregate_expression(fsv: FeatureSetVersion, feature: str | Feature, *, even
         raise InvalidDefinition(f"feature {f.name} is not a window aggregate", field="window_size")
     return window_sql(spec, keys=fsv.join_keys, timestamp=timestamp, event_flag=event_flag)
 
-
-def validate_version(store, fsv: FeatureSetVersion, *, allow_missing_source: bool = False) -> None:
-    """Refuse a version that cannot compute: see ``fstore.compiler.check``."""
-    from fstore.compiler.check import validate_version as _validate
-
-    _validate(store, fsv, allow_missing_source=allow_missing_source)

@@ -32,7 +32,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from fstore.errors import InvalidDefinition
+from fstore.core.errors import InvalidDefinition
 
 _NOW_FUNCTIONS = {"now", "transaction_timestamp", "statement_timestamp", "clock_timestamp", "localtimestamp"}
 _AGE_PARTS = {"year", "years", "month", "months", "mon", "day", "days"}

@@ -31,7 +31,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from fstore.errors import InvalidDefinition
+from fstore.core.errors import InvalidDefinition
 
 # Functions a transformation, window filter or query source may call, by the names users write
 # (Spark SQL and PostgreSQL spellings). sqlglot maps many spellings to one node; a node is allowed

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from fstore.compiler.dialect import parse, quote, rewrite, to_spark
-from fstore.definitions import Feature, FeatureSetVersion, parse_duration
-from fstore.errors import InvalidDefinition
+from fstore.definitions.model import Feature, FeatureSetVersion, parse_duration
+from fstore.core.errors import InvalidDefinition
 
 _FUNCTIONS: dict[type, str] = {
     exp.Sum: "sum", exp.Avg: "avg", exp.Min: "min", exp.Max: "max", exp.Stddev: "stddev",

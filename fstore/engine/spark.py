@@ -13,48 +13,21 @@ time in ``[start, end)``.
 """
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta, timezone
+
+from datetime import datetime, timedelta
 from typing import Iterator
 
 from fstore.compiler import EVENT_TIME, CompiledQuery, compile_feature_set, internal_column
-from fstore.definitions import FeatureSetVersion, Source
-from fstore.errors import ComputeError, InvalidDefinition, NotFound
-from fstore.guard import check_source
-from fstore.settings import Settings
-
-
-def to_utc_naive(value: datetime | str) -> datetime:
-    """A naive UTC datetime from an aware/naive datetime or an ISO string (naive means UTC)."""
-    if isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00")
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            raise InvalidDefinition(f"{value!r} is not an ISO 8601 timestamp", field="timestamp") from None
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
+from fstore.definitions.model import FeatureSetVersion, Source
+from fstore.core.errors import ComputeError, InvalidDefinition, NotFound
+from fstore.core.settings import Settings
+from fstore.engine.sources import (check_event_time_type, data_files, delta_arrow_schema, is_local, local_path,
+                                   local_path_missing, to_utc_naive)
 
 
 def ts_literal(value: datetime | str) -> str:
     """A Spark SQL TIMESTAMP literal (the session time zone is UTC)."""
     return f"TIMESTAMP'{to_utc_naive(value).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file:")
-
-
-def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path[len("file:"):] if path.startswith("file:") else path
-
-
-def delta_arrow_schema(table):
-    """A Delta table's schema as a pyarrow schema (deltalake 1.x hands out arro3 objects)."""
-    import pyarrow as pa
-
-    return pa.schema(table.schema().to_arrow())
 
 
 def read_delta(spark, path: str, *, version: int | None = None, storage_options: dict | None = None):
@@ -84,34 +57,17 @@ def read_delta(spark, path: str, *, version: int | None = None, storage_options:
     return df
 
 
-def check_event_time_type(column: str, type_name: str) -> None:
-    """Refuse an event time column that cannot hold times (a number or flag: every row would be lost or wrong).
-
-    Timestamps and dates are times; text is cast per row (ISO 8601, as CSV sources give it).
-    """
-    kind = type_name.lower()
-    if not (kind.startswith("timestamp") or kind in ("date", "string", "varchar")):
-        raise InvalidDefinition(f"the source's event timestamp column {column!r} is of type {type_name}; it must hold "
-                                "timestamps (a timestamp, date or ISO 8601 text column)", field="source.event_timestamp_column")
-
-
-def local_path_missing(source: Source) -> bool:
-    """True when the source is a local path that does not exist (checked without Spark)."""
-    return bool(source.path) and _is_local(source.path) and not os.path.exists(_local(source.path))
-
-
 def nanosecond_columns(source: Source) -> list[str]:
     """The columns of a local Parquet source stored as nanosecond timestamps (pandas' default), from the files'
     footers: Spark reads them as longs (``nanosAsLong``) and ``read_source`` turns them into timestamps."""
-    if not source.path or not _is_local(source.path):
+    if not source.path or not is_local(source.path):
         return []
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fstore.engine.duckdb import _files
 
     found: list[str] = []
-    for path in _files(_local(source.path), ".parquet"):
+    for path in data_files(local_path(source.path), ".parquet"):
         try:
             schema = pq.read_schema(path)
         except (OSError, pa.ArrowException):
@@ -126,7 +82,7 @@ def read_source(spark, source: Source, *, settings: Settings, start: datetime | 
                 end: datetime | None = None, lookback_seconds: int = 0):
     """The source rows with event time in ``[start - lookback, end)`` (either bound optional).
 
-    A path source is checked against ``settings`` (SOURCE_ROOTS, fstore's own files: ``fstore.guard``)
+    A path source is checked against ``settings`` (SOURCE_ROOTS, fstore's own files: ``fstore.definitions.guard``)
     before Spark sees it.
     A query or table source passes the SQL policy first (``fstore.compiler.sql_policy``): no file
     paths, table-valued functions or reflection, whatever the registry holds.
@@ -134,7 +90,7 @@ def read_source(spark, source: Source, *, settings: Settings, start: datetime | 
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    from fstore import guard
+    from fstore.definitions import guard
     from fstore.compiler import sql_policy
 
     sql_policy.check_source(source)
@@ -274,4 +230,4 @@ def compute(spark, fsv: FeatureSetVersion, *, settings: Settings, start: datetim
     return df.where(" AND ".join(conds)) if conds else df
 
 
-__all__ = ["read_source", "compute", "read_delta", "run_compiled", "wide_frame", "ts_literal", "to_utc_naive", "EVENT_TIME"]
+__all__ = ["read_source", "compute", "read_delta", "run_compiled", "wide_frame", "ts_literal", "EVENT_TIME"]

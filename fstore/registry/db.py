@@ -11,8 +11,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from fstore.errors import Unavailable
-from fstore.settings import Settings
+from fstore.core.errors import Unavailable
+from fstore.core.settings import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration's revision; a test holds it equal to Alembic's head. Lets a store whose

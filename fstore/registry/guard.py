@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import InvalidatePoolError
 
-from fstore.errors import Unavailable
+from fstore.core.errors import Unavailable
 
 log = logging.getLogger("fstore.registry")
 _TICK = 0.05

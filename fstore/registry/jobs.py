@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fstore.errors import InvalidDefinition, NotFound
+from fstore.core.errors import InvalidDefinition, NotFound
 from fstore.registry.models import JobRow, LockRow, utcnow
 from fstore.registry.runs import iso
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fstore.errors import InvalidDefinition, NotFound
+from fstore.core.errors import InvalidDefinition, NotFound
 from fstore.registry.models import EntityRow, FeatureRow, FeatureSetRow
 
 
@@ -66,8 +66,8 @@ def find_set(s: Session, ref: Any) -> FeatureSetRow:
 
 
 def feature_set_dict(row: FeatureSetRow, features: Iterable[str]) -> dict:
-    """A feature set as every answer shows it: its source's secret options redacted (``fstore.source_secrets``)."""
-    from fstore.source_secrets import redact_spec
+    """A feature set as every answer shows it: its source's secret options redacted (``fstore.definitions.secrets``)."""
+    from fstore.definitions.secrets import redact_spec
 
     return {"id": row.id, "name": row.name, "version": row.version, **redact_spec(row.spec), "features": list(features),
             "created_at": iso(row.created_at), "updated_at": iso(row.updated_at), "watermark": iso(row.watermark)}

@@ -1,6 +1,6 @@
 """The registry's tables (SQLAlchemy 2.0 declarative). Schema changes go through Alembic.
 
-Definitions are stored as the canonical JSON spec of ``fstore.definitions``
+Definitions are stored as the canonical JSON spec of ``fstore.definitions.model``
 (``to_dict``), one row per immutable version; the few columns that are searched
 or filtered on are copied out of the spec next to it.
 """
@@ -134,7 +134,7 @@ class MaterializationRunRow(Base):
     stages: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # What of the source the run read (``fstore.source_read``): the next incremental run takes what is new.
+    # What of the source the run read (``fstore.compute.source_read``): the next incremental run takes what is new.
     source_read: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     late_dropped: Mapped[int | None] = mapped_column(Integer, nullable=True)  # events older than allowed_lateness
     created_by: Mapped[str] = mapped_column(String(200), default="")

@@ -2,7 +2,7 @@
 
 Every function takes the caller's SQLAlchemy ``Session`` (the caller frames the
 transaction, so a failed call leaves the registry as it was) and returns
-JSON-ready dicts. Bodies are parsed by ``fstore.definitions`` (unknown fields
+JSON-ready dicts. Bodies are parsed by ``fstore.definitions.model`` (unknown fields
 refused); every change to a feature set or feature writes a new immutable
 version row recording what changed, when and by whom. A feature set version
 row also keeps a snapshot of its features' specs, so an old version can be
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fstore.definitions import (
+from fstore.definitions.model import (
     Entity,
     Feature,
     FeatureSet,
@@ -29,8 +29,8 @@ from fstore.definitions import (
     check_new,
     composite_order,
 )
-from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
-from fstore.source_secrets import SecretBox, redact_changes, redact_spec
+from fstore.core.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
+from fstore.definitions.secrets import SecretBox, redact_changes, redact_spec
 from fstore.registry.lookup import (  # noqa: F401 - re-exported: callers use repo.<name>
     as_id,
     check_ref,
@@ -61,12 +61,12 @@ from fstore.registry.search import (  # noqa: F401 - discovery lives in search; 
 )
 
 if TYPE_CHECKING:
-    from fstore.store import FeatureStore
+    from fstore.core.context import StoreContext
 
 _NO_KEY = SecretBox()  # registry-level callers without a store: legacy clear values read, no secret sealed
 
 
-def _box(store: "FeatureStore | None") -> SecretBox:
+def _box(store: "StoreContext | None") -> SecretBox:
     return store.secrets if store is not None else _NO_KEY
 
 
@@ -216,7 +216,7 @@ def _entities_of(s: Session, fs: FeatureSet) -> tuple[Entity, ...]:
     return tuple(Entity.from_dict(find_entity(s, name, by_join_key=False).spec) for name in fs.entities)
 
 
-def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Mapping[str, Feature] | None = None, *,
+def _validate(store: "StoreContext | None", fsv: FeatureSetVersion, pending: Mapping[str, Feature] | None = None, *,
               allow_missing_sources: bool = False) -> None:
     """The would-be version must compile (the compiler checks the SQL against the source).
 
@@ -232,12 +232,12 @@ def _validate(store: "FeatureStore | None", fsv: FeatureSetVersion, pending: Map
                                   feature_versions={f.name: fsv.feature_versions.get(f.name, 1) for f in features})
     composite_order(list(fsv.features))
     if store is not None:
-        from fstore.compiler import validate_version
+        from fstore.engine.check import validate_version
 
         validate_version(store, _for_checking(store, fsv), allow_missing_source=allow_missing_sources)
 
 
-def _for_checking(store: "FeatureStore", fsv: FeatureSetVersion) -> FeatureSetVersion:
+def _for_checking(store: "StoreContext", fsv: FeatureSetVersion) -> FeatureSetVersion:
     """The version with its source as the engine reads it, when this process can resolve it (a ``${NAME}`` set only
     where jobs run cannot be: the check then sees the reference as written, as it saw any unreadable source)."""
     fs = fsv.feature_set
@@ -248,9 +248,9 @@ def _for_checking(store: "FeatureStore", fsv: FeatureSetVersion) -> FeatureSetVe
     return fsv if source is fs.source else dataclasses.replace(fsv, feature_set=dataclasses.replace(fs, source=source))
 
 
-def _refuse_leftover_offline_table(store: "FeatureStore", name: str) -> None:
+def _refuse_leftover_offline_table(store: "StoreContext", name: str) -> None:
     """A deleted set's offline table stays (training sets read it); a new set must not read it as its own."""
-    from fstore.offline import delta_table, table_uri
+    from fstore.storage.offline import delta_table, table_uri
 
     settings = store.settings
     if settings.storage_format == "delta":
@@ -263,12 +263,12 @@ def _refuse_leftover_offline_table(store: "FeatureStore", name: str) -> None:
                             "reuse the name, or choose another name", field="name")
 
 
-def _refuse_stored_type_change(store: "FeatureStore", set_name: str, name: str, old: str, new: str) -> None:
+def _refuse_stored_type_change(store: "StoreContext", set_name: str, name: str, old: str, new: str) -> None:
     """A materialized feature keeps its type: the offline table's column (and the online values) hold the old one."""
     if store.settings.storage_format != "delta":
         return
-    from fstore.engine.spark import delta_arrow_schema
-    from fstore.offline import delta_table
+    from fstore.engine.sources import delta_arrow_schema
+    from fstore.storage.offline import delta_table
 
     table = delta_table(store.settings, set_name)
     if table is not None and name in delta_arrow_schema(table).names:
@@ -302,7 +302,7 @@ def _current_features(s: Session, set_id: int) -> list[tuple[Feature, int, Featu
     return [(Feature.from_dict(r.spec), r.version, r) for r in _feature_rows(s, set_id)]
 
 
-def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None,
+def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "StoreContext | None" = None,
                        allow_missing_sources: bool = False) -> dict:
     """Register a feature set (version 1), with optional inline ``features``, after the compiler accepts it."""
     body = _body(body, "feature set")
@@ -347,7 +347,7 @@ def create_feature_set(s: Session, body: dict, *, actor: str = "", store: "Featu
     return feature_set_dict(row, names)
 
 
-def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str = "", store: "FeatureStore | None" = None,
+def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str = "", store: "StoreContext | None" = None,
                        pending: Mapping[str, Feature] | None = None, allow_missing_sources: bool = False) -> dict:
     """Merge ``changes`` into the current spec; a real change makes a new version, no change makes none."""
     row = find_set(s, ref)
@@ -482,7 +482,7 @@ def _latest_lineage(s: Session, row: FeatureRow) -> dict:
                                                             FeatureVersionRow.version == row.version)) or {}
 
 
-def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureStore | None" = None,
+def create_feature(s: Session, body: dict, *, actor: str = "", store: "StoreContext | None" = None,
                    pending: Mapping[str, Feature] | None = None, allow_missing_sources: bool = False) -> dict:
     """Add a feature to a set (named by ``feature_set`` or ``feature_set_id``, id or name); the set gets a new version."""
     body = _body(body, "feature")
@@ -511,7 +511,7 @@ def create_feature(s: Session, body: dict, *, actor: str = "", store: "FeatureSt
 
 
 def update_feature(s: Session, ref: str | int, changes: dict, *, feature_set: str | None = None, actor: str = "",
-                   store: "FeatureStore | None" = None, pending: Mapping[str, Feature] | None = None,
+                   store: "StoreContext | None" = None, pending: Mapping[str, Feature] | None = None,
                    allow_missing_sources: bool = False) -> dict:
     """Merge ``changes`` into a feature; a real change makes new feature and feature set versions."""
     row, set_row = find_feature(s, ref, feature_set)

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fstore.errors import Conflict, InvalidDefinition, NotFound
+from fstore.core.errors import Conflict, InvalidDefinition, NotFound
 from fstore.registry.models import BackfillRow, FeatureSetRow, LockRow, MaterializationRunRow, utcnow
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def start_run(s: Session, run_id: str) -> dict[str, Any]:
 def loaded_online(s: Session, names: list[str] | None = None) -> set[str]:
     """Names of the sets (among ``names``, or all) with a succeeded run that wrote rows online.
 
-    What the online store's load marker is checked against (``fstore.online.marker``):
+    What the online store's load marker is checked against (``fstore.storage.online.marker``):
     such a set whose store holds neither marker nor values has lost them.
     """
     query = (select(FeatureSetRow.name).join(MaterializationRunRow, MaterializationRunRow.feature_set_id == FeatureSetRow.id)

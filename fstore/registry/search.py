@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Iterable
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
-from fstore.definitions import normalize_data_type
-from fstore.errors import InvalidDefinition
+from fstore.definitions.model import normalize_data_type
+from fstore.core.errors import InvalidDefinition
 from fstore.registry.lookup import entity_dict, feature_dict, feature_set_dict, find_entity, find_set
 from fstore.registry.models import EntityRow, FeatureRow, FeatureSetRow, FeatureVersionRow
 
 
 if TYPE_CHECKING:
-    from fstore.auth import Grant
+    from fstore.definitions.grants import Grant
 
 KINDS = ("entity", "feature_set", "feature")
 MAX_LIMIT = 500

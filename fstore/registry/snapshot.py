@@ -17,15 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from fstore.errors import FStoreError, Unavailable
+from fstore.core.errors import FStoreError, Unavailable
 
 if TYPE_CHECKING:
-    from fstore.definitions import FeatureSetVersion
-    from fstore.store import FeatureStore
+    from fstore.definitions.model import FeatureSetVersion
+    from fstore.core.context import StoreContext
 
-log = logging.getLogger("fstore.serving")
+log = logging.getLogger("fstore.serving.online")
 MAX_LOOKUPS = 10_000  # names come from requests: keep what is remembered bounded
 _ABSENT = object()
 
@@ -33,8 +33,10 @@ _ABSENT = object()
 class RegistrySnapshot:
     """Remembered registry lookups for one store; ``generation`` moves when a refresh changed any."""
 
-    def __init__(self, store: "FeatureStore", *, refresh_seconds: float) -> None:
+    def __init__(self, store: "StoreContext", *, refresh_seconds: float,
+                 on_refresh: Callable[[bool], None] = lambda ok: None) -> None:
         self._store = store
+        self._on_refresh = on_refresh  # told each background refresh's outcome (serving counts it in metrics)
         self.refresh_seconds = refresh_seconds
         self._versions: dict[tuple[str, int | None], Any] = {}  # FeatureSetVersion or the FStoreError it raised
         self._names: dict[str, Any] = {}  # feature name -> tuple of set names (or the error)
@@ -45,7 +47,7 @@ class RegistrySnapshot:
         self.stale = False  # the last refresh failed: answers come from older lookups
         self.refreshed_at = time.monotonic()
 
-    # -- lookups (what fstore.references.resolve asks) ----------------------------------------
+    # -- lookups (what fstore.registry.references.resolve asks) ----------------------------------------
 
     def version(self, name: str, version: int | None = None) -> "FeatureSetVersion":
         """A feature set's version (latest when ``version`` is None), from memory when asked before."""
@@ -86,8 +88,6 @@ class RegistrySnapshot:
 
     def refresh(self) -> bool:
         """Ask the registry again for every remembered lookup, in one transaction; True when it answered."""
-        from fstore import metrics
-
         self._refreshing = True
         versions_keys = [k for k, v in self._versions.items() if k[1] is None or isinstance(v, FStoreError)]
         names_keys = list(self._names)
@@ -100,7 +100,7 @@ class RegistrySnapshot:
                 log.warning("online serving answers from its registry snapshot (degraded) until the registry "
                             "answers again: %s", getattr(exc, "message", None) or exc)
             self.stale = True
-            metrics.observe_registry_refresh(ok=False)
+            self._on_refresh(False)
             return False
         finally:
             self._next = time.monotonic() + self.refresh_seconds
@@ -116,7 +116,7 @@ class RegistrySnapshot:
             log.warning("online serving's registry snapshot is fresh again")
         self.stale = False
         self.refreshed_at = time.monotonic()
-        metrics.observe_registry_refresh(ok=True)
+        self._on_refresh(True)
         return True
 
 

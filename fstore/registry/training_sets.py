@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fstore.definitions import check_name
-from fstore.errors import AlreadyExists, NotFound
+from fstore.definitions.model import check_name
+from fstore.core.errors import AlreadyExists, NotFound
 from fstore.registry.models import TrainingSetRow, utcnow
 from fstore.registry.runs import iso
 from fstore.registry.search import _check_page

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fstore.api import create_app
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 FINISHED = ("succeeded", "failed")
 

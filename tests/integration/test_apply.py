@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from fstore.apply import describe
-from fstore.errors import InvalidDefinition, NotFound
-from fstore.examples import write_example_sources
+from fstore.registry.apply import describe
+from fstore.core.errors import InvalidDefinition, NotFound
+from fstore.definitions.examples import write_example_sources
 from fstore.registry.models import EntityRow, FeatureRow, FeatureSetRow, FeatureSetVersionRow, FeatureVersionRow
 from fstore.store import FeatureStore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from fstore import audit
+from fstore.ops import audit
 from fstore.api import create_app
 from fstore.store import FeatureStore
 from test_security_support import headers, make_keys, seed

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from fstore.backfill import chunks
-from fstore.errors import ComputeError, InvalidDefinition
+from fstore.compute.backfill import chunks
+from fstore.core.errors import ComputeError, InvalidDefinition
 from test_materialize_support import (  # noqa: F401 - fixtures
     DAY, T0, T_END, any_online_store, create_set, events, expected_online, offline_rows, online_values, oracle,
     source, store, write_source,

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
+from fstore.core.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
 from fstore.store import FeatureStore
 from test_retrieval import create_sets, events, fill_offline, labels, write_source
 
@@ -90,7 +90,7 @@ def test_a_batch_job_writes_the_rows_and_files_spark_writes(store, spark_store, 
     assert all(f.name.startswith("part-") for f in out.glob("*.parquet"))
 
     # Spark's answer: the SDK's retrieval on Spark, written in this process by the Spark job's writer.
-    from fstore.retrieval.batch import write_output
+    from fstore.serving.retrieval.batch import write_output
 
     expected_path = tmp_path / "expected" / output_format
     sdk = spark_store.get_historical_features(entity_df=labels(), features=FEATURES)

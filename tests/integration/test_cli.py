@@ -209,7 +209,7 @@ def test_compute_and_serving_commands_end_to_end(settings, spark, redis_url, tmp
 
     import pandas as pd
 
-    from fstore.examples import END, write_example_sources
+    from fstore.definitions.examples import END, write_example_sources
     from fstore.store import FeatureStore
 
     write_example_sources(Path(settings.storage_path) / "example_sources", users=20, purchases=300)

@@ -9,11 +9,12 @@ from datetime import date, datetime
 import pandas as pd
 import pytest
 
-from fstore.compiler import compile_feature_set, validate_version
-from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.compiler import compile_feature_set
+from fstore.engine.check import validate_version
+from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion
 from fstore.engine.spark import compute, read_source
-from fstore.errors import ComputeError, InvalidDefinition, NotFound
-from fstore.settings import Settings
+from fstore.core.errors import ComputeError, InvalidDefinition, NotFound
+from fstore.core.settings import Settings
 
 pytestmark = pytest.mark.spark
 
@@ -351,7 +352,7 @@ def test_read_source_formats_and_errors(spark, tmp_path):
     csv = tmp_path / "src.csv"
     pdf.to_csv(csv, index=False)
     src = {"path": str(csv), "format": "csv", "event_timestamp_column": "ts"}
-    from fstore.definitions import Source
+    from fstore.definitions.model import Source
 
     settings = Settings(source_roots=(str(tmp_path),))
     df = read_source(spark, Source.from_dict(src), settings=settings, start=datetime(2024, 1, 2), end=datetime(2024, 1, 3))
@@ -382,7 +383,7 @@ def test_read_delta_source_with_partitions(spark, tmp_path):
                       "region": ["eu", "us", "eu"], "amount": [1.0, 2.0, 3.0]})
     path = str(tmp_path / "delta_src")
     write_deltalake(path, table, partition_by=["region"])
-    from fstore.definitions import Source
+    from fstore.definitions.model import Source
 
     df = read_source(spark, Source.from_dict({"path": path, "format": "delta", "event_timestamp_column": "ts"}),
                      settings=Settings(source_roots=(str(tmp_path),)), end=datetime(2024, 1, 3))

@@ -9,8 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from fstore import offline, offline_arrow, offline_spark_delta
-from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.storage import offline
+from fstore.storage import offline_arrow
+from fstore.storage import offline_spark_delta
+from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion
 
 pytestmark = pytest.mark.spark
 

@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
-from fstore import auth
+from fstore.ops import auth
 from fstore.api import create_app
 from fstore.store import FeatureStore
 
@@ -21,7 +21,7 @@ EXAMPLES_PER_OPERATION = 10
 
 @pytest.fixture(scope="module")
 def fuzz_env(tmp_path_factory, spark):
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     folder = tmp_path_factory.mktemp("fuzz")
     store = FeatureStore(Settings.from_env({"STORAGE_PATH": str(folder / "store"), "SOURCE_ROOTS": str(folder),

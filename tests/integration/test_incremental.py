@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from test_materialize_support import (  # noqa: F401 - fixtures
     DAY, T0, T_END, create_set, events, expected_online, make_store, offline_rows, online_values, oracle, source,
     store,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from fstore.engine import jars
-from fstore.errors import Unavailable
-from fstore.settings import Settings
+from fstore.core.errors import Unavailable
+from fstore.core.settings import Settings
 
 
 def test_pyspark_4_0_gets_delta_4_0_and_the_s3_jars_hadoop_3_4_1_names():

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from fstore import offline
+from fstore.storage import offline
 from test_reproducible import D, T0, body, write_file
 
 pytestmark = pytest.mark.spark

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy.orm import Session
 
-from fstore.errors import Conflict, InvalidDefinition, NotFound
+from fstore.core.errors import Conflict, InvalidDefinition, NotFound
 from fstore.registry import runs
 from fstore.registry.db import make_engine, upgrade
 from fstore.registry.models import FeatureSetRow
@@ -103,7 +103,7 @@ def test_lock_inside_a_callers_session_does_not_poison_its_transaction(engine):
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.registry.db import make_engine
     from fstore.registry import runs
     engine = make_engine(Settings.from_env({{"DATABASE_URL": {url!r}, "STORAGE_PATH": {path!r}}}))

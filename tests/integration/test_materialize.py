@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fstore.errors import AlreadyExists, ComputeError, Conflict, InvalidDefinition, NotFound
-from fstore.materialize import lock_name
+from fstore.core.errors import AlreadyExists, ComputeError, Conflict, InvalidDefinition, NotFound
+from fstore.compute.materialize import lock_name
 from fstore.registry import runs
 from test_materialize_support import (  # noqa: F401 - fixtures
     DAY, FEATURES, T0, T_END, any_online_store, create_set, delta_version, events, expected_online, make_store,
@@ -71,7 +71,7 @@ def test_a_materialized_feature_keeps_its_type(store, source):
 
 
 def test_a_deleted_set_is_not_served_and_its_name_is_not_reused_over_its_offline_table(any_online_store, source):
-    from fstore.online.base import Codec
+    from fstore.storage.online.base import Codec
 
     store = any_online_store
     create_set(store, source)
@@ -221,7 +221,7 @@ def test_a_failing_source_records_a_failed_run(store, tmp_path):
 
 def audited_runs(store):
     """The audit log's materialization rows: (actor as recorded, target, outcome, run id)."""
-    from fstore.audit import list_audit
+    from fstore.ops.audit import list_audit
 
     with store.transaction() as s:
         items = list_audit(s, action="materialize")["items"]
@@ -238,7 +238,8 @@ def test_online_disabled_writes_only_offline(store, source):
 
 
 def test_a_failed_offline_write_reaches_no_online_value(store, source, monkeypatch):
-    from fstore import offline, offline_arrow
+    from fstore.storage import offline
+    from fstore.storage import offline_arrow
 
     def fail(*args, **kwargs):
         raise OSError("disk full")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fstore.materialize import JOB_SCRIPT, job_log_path, settings_env
+from fstore.compute.materialize import JOB_SCRIPT, job_log_path, settings_env
 from test_materialize_support import (  # noqa: F401 - fixtures
     T0, T_END, create_set, events, offline_rows, online_values, expected_online, oracle, source, store,
     write_source,
@@ -80,7 +80,7 @@ def _new_data_files(root: Path, since: float) -> list[Path]:
 def test_a_run_killed_during_its_write_leaves_the_previous_version_intact(store, tmp_path):
     from deltalake import DeltaTable
 
-    from fstore.offline import table_uri
+    from fstore.storage.offline import table_uri
 
     # Enough event-date partitions (one file each) that the job's write is caught in the middle: Spark's
     # write of 300 takes seconds; pyarrow writes faster, so the DuckDB job gets more.
@@ -134,7 +134,7 @@ def test_a_run_killed_during_its_write_leaves_the_previous_version_intact(store,
     {"STORAGE_PATH": "/data/z", "PYTHON_FEATURE_MODULES": "acme.features,acme.more"},
 ])
 def test_the_job_process_sees_the_same_settings(env):
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     settings = Settings.from_env(env)
     assert Settings.from_env(settings_env(settings)) == settings

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fstore.materialize import lock_name
-from fstore.offline import table_uri
+from fstore.compute.materialize import lock_name
+from fstore.storage.offline import table_uri
 from fstore.registry import runs
 from fstore.store import FeatureStore
 from test_materialize_support import T0, T_END, create_set, events, write_source  # noqa: F401

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 DAY = timedelta(days=1)
@@ -92,7 +92,7 @@ def offline_rows(store: FeatureStore, name: str = "user_txn", *, version: int | 
     """The Delta table's rows read with the ``deltalake`` reader (any Delta reader must see them)."""
     from deltalake import DeltaTable
 
-    from fstore.offline import table_uri
+    from fstore.storage.offline import table_uri
 
     table = DeltaTable(table_uri(store.settings, name), version=version).to_pandas()
     out = []
@@ -107,14 +107,14 @@ def offline_rows(store: FeatureStore, name: str = "user_txn", *, version: int | 
 def delta_version(store: FeatureStore, name: str = "user_txn") -> int:
     from deltalake import DeltaTable
 
-    from fstore.offline import table_uri
+    from fstore.storage.offline import table_uri
 
     return DeltaTable(table_uri(store.settings, name)).version()
 
 
 def online_values(store: FeatureStore, users=(1, 2, 3), name: str = "user_txn") -> dict:
     """``user -> (event time micros, {feature: value})`` from the online store (None when absent)."""
-    from fstore.online.base import NULL, Codec
+    from fstore.storage.online.base import NULL, Codec
 
     codec = Codec.from_version(store.feature_set_version(name))
     keys = [codec.key_of({"user_id": u}) for u in users]

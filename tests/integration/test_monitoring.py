@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fstore import auth
+from fstore.ops import auth
 from fstore.api import create_app
 from fstore.store import FeatureStore
 from test_materialize_support import T0, T_END, create_set, events, write_source
@@ -26,7 +26,7 @@ def monitored(spark, tmp_path_factory):
     """
     import redis
 
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     redis_url = os.environ.get("FSTORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
@@ -173,7 +173,7 @@ def test_freshness_reads_offline_online_and_runs(monitored):
     assert item["online_newest_event"].startswith(newest)
     assert item["last_success_at"] == max(r["finished_at"] for r in store.list_runs("user_txn", limit=100)["items"])
     assert item["late"] is False and item["schedule"] == "0 * * * *"
-    from fstore.monitoring import data_freshness
+    from fstore.ops.monitoring import data_freshness
     from fstore.registry.models import utcnow
 
     later = data_freshness(store, now=utcnow() + timedelta(hours=3))
@@ -206,7 +206,7 @@ def test_metrics_add_up_across_worker_processes(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
     worker = textwrap.dedent("""
         import sys
-        from fstore import metrics
+        from fstore.ops import metrics
         for _ in range(int(sys.argv[1])):
             metrics.observe_request("/api/v1/serving/online", "POST", 200, 0.001)
         metrics.observe_online("user_txn", 0.002, cache_hit=sys.argv[1] == "2")

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from fstore import offline
-from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
-from fstore.errors import NotFound
+from fstore.storage import offline, offline_table
+from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.core.errors import NotFound
 
 pytestmark = pytest.mark.spark
 
@@ -80,7 +80,7 @@ def test_replace_range_is_exact_idempotent_and_time_travels(spark, writer_settin
     table = DeltaTable(offline.table_uri(settings, "txn"))
     assert table.version() == 2 and [h["version"] for h in table.history()] == [2, 1, 0]
     # the path taken: delta-spark names itself in engineInfo, delta-rs in clientVersion
-    from fstore import offline_spark_delta
+    from fstore.storage import offline_spark_delta
 
     wrote = {"spark" if "Delta-Lake" in str(h.get("engineInfo", "")) else "delta-rs" if "delta-rs" in
              str(h.get("clientVersion", "")) else "?" for h in table.history()}
@@ -144,12 +144,12 @@ def test_s3_storage_options_from_settings():
                                                  "s3_access_key": "k", "s3_secret_key": "s"})())
     assert s3["AWS_ENDPOINT_URL"] == "http://minio:9000" and s3["AWS_ALLOW_HTTP"] == "true"
     assert s3["AWS_ACCESS_KEY_ID"] == "k" and s3["AWS_SECRET_ACCESS_KEY"] == "s"
-    assert offline._delta_uri("s3a://bucket/fstore/offline/x") == "s3://bucket/fstore/offline/x"
+    assert offline_table.delta_uri("s3a://bucket/fstore/offline/x") == "s3://bucket/fstore/offline/x"
 
 
 def test_a_new_feature_adds_a_column_and_a_changed_type_is_refused(spark, writer_settings):
     settings = writer_settings
-    from fstore.errors import ComputeError
+    from fstore.core.errors import ComputeError
 
     offline.write_range(spark, settings, FSV, frame(spark, [("a", hours(1), 1.0, 1)]), T0, hours(24))
     extra = Feature.from_dict({"name": "label", "data_type": "string", "transformation": "'x'"}, feature_set="txn")

@@ -7,9 +7,10 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from fstore import offline, offline_arrow
-from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
-from fstore.errors import ComputeError, InvalidDefinition
+from fstore.storage import offline
+from fstore.storage import offline_arrow
+from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.core.errors import ComputeError, InvalidDefinition
 
 pytestmark = pytest.mark.spark
 
@@ -148,7 +149,7 @@ def test_an_arrow_write_keeps_a_spark_table_s_not_null_columns_readable(spark, s
     """Spark declares some columns NOT NULL (a count, a literal); Arrow rows are nullable: both readers still agree.
     The delta-rs path keeps Spark's NOT NULL in the table; delta-spark declares every column of a table it
     creates nullable (``auto`` with its jars on the session)."""
-    from fstore import offline_spark_delta
+    from fstore.storage import offline_spark_delta
 
     settings = settings.with_(delta_writer=writer)
     df = spark_frame(spark, FIRST).selectExpr("user_id", "event_timestamp", "created_timestamp", "amount",

@@ -5,9 +5,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from fstore.online import load_dataframe, open_online_store
-from fstore.online.base import NULL, Codec, decoder, to_micros
-from fstore.settings import Settings
+from fstore.storage.online import load_dataframe, open_online_store
+from fstore.storage.online.base import NULL, Codec, decoder, to_micros
+from fstore.core.settings import Settings
 
 T0 = datetime(2026, 1, 1)
 CODEC = Codec(name="txn_stats", version=1, key_columns=("user_id", "merchant_id"), key_types=("int", "string"),
@@ -107,7 +107,7 @@ def test_many_keys_in_many_batches(spark, load_settings):
 
 
 def test_a_dataframe_without_the_feature_columns_is_refused(spark, load_settings):
-    from fstore.errors import InvalidDefinition
+    from fstore.core.errors import InvalidDefinition
 
     df = spark.createDataFrame([(1, T0)], "user_id int, event_timestamp timestamp")
     with pytest.raises(InvalidDefinition, match="lacks column"):
@@ -117,7 +117,7 @@ def test_a_dataframe_without_the_feature_columns_is_refused(spark, load_settings
 def test_an_unreachable_redis_fails_the_load_with_unavailable(spark, tmp_path):
     import socket
 
-    from fstore.errors import Unavailable
+    from fstore.core.errors import Unavailable
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 import redis
 
-from fstore.online import embedded_path, load_dataframe, open_online_store
-from fstore.online.base import NULL, Codec, to_micros
-from fstore.online.load_arrow import load_arrow
-from fstore.settings import Settings
+from fstore.storage.online import load_dataframe, open_online_store
+from fstore.storage.online.base import NULL, Codec, to_micros
+from fstore.storage.online.load_arrow import load_arrow
+from fstore.core.settings import Settings
 from test_online_load import read_back
 
 UTC = timezone.utc
@@ -96,7 +96,7 @@ def make_settings(request, tmp_path):
 def stored(settings: Settings):
     """Everything in the store, as bytes: every Redis hash (``HGETALL``) and string, or every embedded row.
 
-    Load markers (``fstore.online.marker``) are compared without their ``loaded_at``, the time of each load.
+    Load markers (``fstore.storage.online.marker``) are compared without their ``loaded_at``, the time of each load.
     """
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
@@ -107,7 +107,7 @@ def stored(settings: Settings):
         for key in [k for k in out if k.startswith(b"fstore:loaded:")]:
             out[key] = {f: v for f, v in out[key].items() if f != b"loaded_at"}
         return out
-    with sqlite3.connect(embedded_path(settings)) as connection:
+    with sqlite3.connect(settings.embedded_online_path) as connection:
         markers = [(fs, complete, {k: v for k, v in json.loads(data).items() if k != "loaded_at"})
                    for fs, complete, data in connection.execute("SELECT fs, complete, data FROM online_loaded ORDER BY fs")]
         return (connection.execute("SELECT fs, k, ts, data FROM online_values ORDER BY fs, k").fetchall(),
@@ -250,7 +250,7 @@ def test_many_keys_in_many_batches(make_settings):
 
 
 def test_a_table_without_the_feature_columns_is_refused(make_settings):
-    from fstore.errors import InvalidDefinition
+    from fstore.core.errors import InvalidDefinition
 
     table = pa.table({"user_id": [1], "merchant_id": ["m"], "event_timestamp": pa.array([T0], pa.timestamp("us", "UTC"))})
     with pytest.raises(InvalidDefinition, match="lacks column.*amount") as info:
@@ -261,7 +261,7 @@ def test_a_table_without_the_feature_columns_is_refused(make_settings):
 def test_an_unreachable_redis_fails_the_load_with_unavailable(tmp_path):
     import socket
 
-    from fstore.errors import Unavailable
+    from fstore.core.errors import Unavailable
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -279,7 +279,7 @@ def _prepare_threads():
 
 
 def test_a_prepared_load_closed_before_writing_stops_and_writes_nothing(make_settings, monkeypatch):
-    from fstore.online import load_arrow as module
+    from fstore.storage.online import load_arrow as module
 
     # Batches of 10 rows, at most 2 waiting: 50 keys fill the queue and the preparation must stop there.
     monkeypatch.setattr(module, "FETCH_ROWS", 10)
@@ -295,11 +295,11 @@ def test_a_prepared_load_closed_before_writing_stops_and_writes_nothing(make_set
     if settings.redis_url:
         assert redis.Redis.from_url(settings.redis_url).dbsize() == 0
     else:
-        assert not embedded_path(settings).exists()
+        assert not settings.embedded_online_path.exists()
 
 
 def test_a_prepared_load_writes_every_batch_after_waiting_ones(make_settings, monkeypatch):
-    from fstore.online import load_arrow as module
+    from fstore.storage.online import load_arrow as module
 
     monkeypatch.setattr(module, "FETCH_ROWS", 10)
     monkeypatch.setattr(module, "READY_BATCHES", 2)
@@ -313,8 +313,8 @@ def test_a_prepared_load_writes_every_batch_after_waiting_ones(make_settings, mo
 
 
 def test_a_failed_preparation_is_raised_by_write(make_settings):
-    from fstore.errors import ComputeError
-    from fstore.online.load_arrow import PreparedLoad
+    from fstore.core.errors import ComputeError
+    from fstore.storage.online.load_arrow import PreparedLoad
 
     codec = Codec(name="counts", version=1, key_columns=("user_id",), key_types=("int",), features=(("n", "int"),))
     table = pa.table({"user_id": [1], "event_timestamp": pa.array([T0], pa.timestamp("us", "UTC")), "n": ["seven"]})

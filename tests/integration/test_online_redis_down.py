@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 import pytest
 import redis
 
-from fstore.errors import Unavailable
-from fstore.online.redis_store import RedisOnlineStore
-from fstore.settings import Settings
+from fstore.core.errors import Unavailable
+from fstore.storage.online.redis_store import RedisOnlineStore
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 pytestmark = pytest.mark.redis
@@ -166,3 +166,30 @@ def test_one_deadline_bounds_a_read_that_waited_for_a_connection(own_redis):
     store.close()
     sleeper.close()
     assert elapsed <= 0.25 + 0.03, elapsed
+
+
+def test_one_deadline_bounds_a_read_that_must_open_a_new_connection(own_redis):
+    """As above, but the connection handed back was dropped, so the read connects anew (TCP, then the
+    handshake Redis must answer) after waiting for it: every stage within one REDIS_TIMEOUT, not a full
+    timeout for the handshake after the wait (0.15 s + 0.25 s before)."""
+    store = RedisOnlineStore(f"redis://127.0.0.1:{own_redis.port}/0", pool_size=1, timeout=0.25)
+    held = store._pool.get_connection()
+    held.disconnect()  # the other caller's connection broke: the next user must connect again
+    sleeper = redis.Redis(port=own_redis.port, socket_timeout=5)
+    sleeper.ping()
+    stall = threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "0.8"))
+    stall.start()
+    time.sleep(0.02)
+    handback = threading.Timer(0.15, store._pool.release, args=(held,))
+    handback.start()
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="Timeout"):
+        store.read_many([("user_stats", ["user_stats:1"], ["clicks"])])
+    elapsed = time.monotonic() - started
+    handback.join(), stall.join()
+    assert elapsed <= 0.25 + 0.03, elapsed
+    # The connection keeps the full timeout for the reads after this one.
+    assert store.read_many([("user_stats", ["user_stats:1"], ["clicks"])]) is not None
+    assert all(c.socket_timeout == 0.25 for c in store._pool._connections)
+    store.close()
+    sleeper.close()

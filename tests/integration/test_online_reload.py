@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from fstore import monitoring, serving
+from fstore.ops import monitoring
+from fstore.serving import online as serving
 from fstore.api import create_app
-from fstore.errors import Conflict, InvalidDefinition
-from fstore.online import embedded_path
+from fstore.core.errors import Conflict, InvalidDefinition
 from fstore.registry import runs
 from fstore.store import FeatureStore
 from test_materialize_support import (  # noqa: F401 - fixtures
@@ -41,7 +41,7 @@ def raw(store: FeatureStore, name: str = "user_txn") -> dict:
             return {key: client.hgetall(key) for key in client.scan_iter(match=f"fs:{name}:*")}
         finally:
             client.close()
-    with sqlite3.connect(embedded_path(store.settings)) as conn:
+    with sqlite3.connect(store.settings.embedded_online_path) as conn:
         return {k: (ts, data) for k, ts, data in conn.execute("SELECT k, ts, data FROM online_values WHERE fs = ?", (name,))}
 
 
@@ -52,7 +52,7 @@ def lose_everything(store: FeatureStore) -> None:
         client.flushdb()
         client.close()
         return
-    with sqlite3.connect(embedded_path(store.settings)) as conn:
+    with sqlite3.connect(store.settings.embedded_online_path) as conn:
         for table in ("online_values", "online_meta", "online_loaded"):
             conn.execute(f"DELETE FROM {table}")
 
@@ -201,7 +201,7 @@ def test_a_deleted_embedded_store_file(settings, on_engine, source):
     store.materialize("user_txn", T0, T_END)
     before = raw(store)
     store.close()
-    path = embedded_path(settings)
+    path = settings.embedded_online_path
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -238,7 +238,7 @@ def test_reload_takes_the_sets_lock_and_needs_an_offline_table(duck, source):
     duck.materialize("user_txn", T0, T_END)
     with duck.transaction() as s:
         fs_id = runs.feature_set_row(s, "user_txn").id
-    from fstore.materialize import lock_name
+    from fstore.compute.materialize import lock_name
 
     assert runs.try_acquire_lock(duck.engine, lock_name(fs_id), "a-running-run", 60) is None
     with pytest.raises(Conflict, match="already being materialized by run a-running-run"):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fstore.errors import InvalidDefinition
-from fstore.online import open_online_store
-from fstore.online.base import NULL, Codec, decoder, to_micros
-from fstore.settings import Settings
+from fstore.core.errors import InvalidDefinition
+from fstore.storage.online import open_online_store
+from fstore.storage.online.base import NULL, Codec, decoder, to_micros
+from fstore.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -94,9 +94,9 @@ def test_bad_rows_are_refused_and_nothing_is_written(online):
 _WRITER = textwrap.dedent("""
     import random, sys
     from datetime import datetime, timedelta
-    from fstore.online import open_online_store
-    from fstore.online.base import Codec
-    from fstore.settings import Settings
+    from fstore.storage.online import open_online_store
+    from fstore.storage.online.base import Codec
+    from fstore.core.settings import Settings
     seed, url, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     codec = Codec(name="user_stats", version=1, key_columns=("user_id",), key_types=("int",),
                   features=(("clicks", "int"), ("score", "float"), ("name", "string"), ("tags", "list<string>")))
@@ -203,8 +203,8 @@ def test_redis_error_reply_in_a_read_fails_that_read_only(redis_url, tmp_path):
 
 
 def test_an_exhausted_pool_is_unavailable_without_opening_the_breaker(redis_url):
-    from fstore.errors import Unavailable
-    from fstore.online.redis_store import RedisOnlineStore
+    from fstore.core.errors import Unavailable
+    from fstore.storage.online.redis_store import RedisOnlineStore
 
     store = RedisOnlineStore(redis_url, pool_size=1, timeout=0.05)
     held = store._pool.get_connection()
@@ -238,7 +238,7 @@ def test_a_kept_read_connection_that_redis_closed_reconnects(redis_url, tmp_path
 
 
 def test_kept_read_connections_leave_half_the_pool_to_other_calls(redis_url):
-    from fstore.online.redis_store import RedisOnlineStore
+    from fstore.storage.online.redis_store import RedisOnlineStore
 
     store = RedisOnlineStore(redis_url, pool_size=2, timeout=0.05)
     first, second = store._borrow(), store._borrow()  # two reads at once take the whole pool

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from fstore.cli import main
-from fstore.materialize import lock_name
+from fstore.compute.materialize import lock_name
 from fstore.registry import runs
 from fstore.store import FeatureStore
 from test_materialize_support import events, feature_set_body, write_source

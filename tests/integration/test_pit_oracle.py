@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from fstore.retrieval.entities import ROW, TS, prepare_entities
-from fstore.retrieval.pit import as_of_join
+from fstore.serving.retrieval.entities import ROW, TS, prepare_entities
+from fstore.serving.retrieval.pit import as_of_join
 
 pytestmark = pytest.mark.spark
 
@@ -74,9 +74,9 @@ def oracle(features: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
 
 def duckdb_join(features: pd.DataFrame, entities: pd.DataFrame) -> pd.DataFrame:
     from fstore.engine.duckdb import connect
-    from fstore.retrieval.entities import prepare_local
-    from fstore.retrieval.historical import arrow_to_pandas
-    from fstore.retrieval.historical_duckdb import as_of_join, label_table
+    from fstore.serving.retrieval.entities import prepare_local
+    from fstore.serving.retrieval.plan import arrow_to_pandas
+    from fstore.serving.retrieval.historical_duckdb import as_of_join, label_table
 
     con = connect()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from fstore.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
+from fstore.core.errors import AlreadyExists, Conflict, InvalidDefinition, NotFound
 from fstore.registry import repo
 from fstore.registry.models import EntityRow, FeatureRow, FeatureSetRow, FeatureSetVersionRow, FeatureVersionRow
 from fstore.store import FeatureStore

@@ -39,7 +39,7 @@ COUNT = """
 import json
 from sqlalchemy import select
 from fstore.registry.models import ApiKeyRow
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 store = FeatureStore(Settings.from_env())

@@ -101,3 +101,45 @@ def test_as_of_a_version_gives_that_versions_windows(store):
     _late_data_arrives(store)
     pinned = store.get_historical_features(entity_df=LABELS, features=FEATURES, as_of=0).to_df()
     pd.testing.assert_frame_equal(pinned, first)
+
+
+def test_save_as_with_as_of_pins_the_events_that_version_read(store):
+    """A set saved ``as_of`` an old version copies the events that version's run read, not today's source:
+    its windows equal the unsaved ``as_of`` answer, and its re-creation gives them again."""
+    first = store.get_historical_features(entity_df=LABELS, features=FEATURES).to_df()
+    _late_data_arrives(store)
+    saved = store.get_historical_features(entity_df=LABELS, features=FEATURES, as_of=0, save_as="ts4").to_df()
+    assert saved.sum_3d.tolist() == [39.0, 39.0, 39.0]  # not 1038.0: the late event came after version 0
+    pd.testing.assert_frame_equal(saved, first)
+    pd.testing.assert_frame_equal(store.recreate_training_set("ts4").to_df(), saved)
+
+
+def test_recreate_a_set_with_a_python_feature(settings, on_engine, tmp_path, monkeypatch):
+    """Python features come from the offline version the set pinned: re-created equal after the source moved on."""
+    import sys
+    import textwrap
+
+    (tmp_path / "h30_pyfeatures.py").write_text(textwrap.dedent("""
+        def tripled(df):
+            return df["amount"] * 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = on_engine(settings.with_(python_feature_modules=("h30_pyfeatures",)))
+    try:
+        source = tmp_path / "source"
+        write_file(source, "part-0.parquet", [(1, T0 + i * D + timedelta(hours=12), v)
+                                              for i, v in enumerate([10.0, 20.0, 9.0, 10.0, 20.0])])
+        s.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+        definition = body(str(source))
+        definition["features"].append({"name": "tripled", "data_type": "float", "python": "h30_pyfeatures:tripled"})
+        s.create_feature_set(definition)
+        s.materialize("spend", T0, T0 + 5 * D)
+        features = FEATURES + ["tripled"]
+        saved = s.get_historical_features(entity_df=LABELS, features=features, save_as="py1").to_df()
+        assert saved.tripled.tolist() == [30.0, 60.0, 27.0]
+        s.source_folder = source
+        _late_data_arrives(s)
+        pd.testing.assert_frame_equal(s.recreate_training_set("py1").to_df(), saved)
+    finally:
+        s.close()
+        sys.modules.pop("h30_pyfeatures", None)

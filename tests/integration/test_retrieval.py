@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from fstore.errors import InvalidDefinition, NotFound
+from fstore.core.errors import InvalidDefinition, NotFound
 from fstore.store import FeatureStore
 from test_materialize_support import write_source
 
@@ -66,7 +66,7 @@ def fill_offline(store: FeatureStore, name: str, start: datetime = T0, end: date
     from pyspark.sql import SparkSession
 
     from fstore.engine.spark import compute
-    from fstore.offline import write_range
+    from fstore.storage.offline import write_range
 
     spark = store.spark if store.settings.compute_engine == "spark" else SparkSession.getActiveSession()
     fsv = store.feature_set_version(name)
@@ -197,7 +197,7 @@ def test_sets_keyed_by_different_entities_and_compound_keys(store):
 
 
 def test_as_of_reads_the_offline_store_as_it_was(store, tmp_path):
-    from fstore.offline import current_version
+    from fstore.storage.offline import current_version
 
     before = current_version(store.settings, "user_txn")
     time.sleep(0.05)
@@ -235,7 +235,7 @@ def test_bad_requests_name_the_problem(registered, frame, kwargs, error, field, 
 
 
 def test_over_the_row_limit_is_refused(registered, spark):
-    from fstore.errors import TooLarge
+    from fstore.core.errors import TooLarge
 
     limited = FeatureStore(registered.settings.with_(max_historical_rows=2)).use_spark(registered.spark)
     frame = pd.DataFrame({"user_id": [1, 2, 3], "ts": [T0, T0, T0]})

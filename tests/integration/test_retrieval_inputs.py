@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from fstore.errors import InvalidDefinition
-from fstore.retrieval.entities import ROW, TS, find_timestamp_column, prepare_entities, prepare_local
-from fstore.retrieval.historical import normalize_as_of, output_name
+from fstore.core.errors import InvalidDefinition
+from fstore.serving.retrieval.entities import ROW, TS, find_timestamp_column, prepare_entities, prepare_local
+from fstore.serving.retrieval.plan import normalize_as_of, output_name
 
 
 @pytest.mark.parametrize(("columns", "given", "expected"), [
@@ -100,7 +100,7 @@ def test_bad_entity_frames_are_refused(request, compute_engine, frame, field, wo
 
 
 def _version():
-    from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion, Source, Window
+    from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion, Source, Window
 
     def f(name, **kw):
         return Feature(name=name, feature_set="s", data_type=kw.pop("data_type", "float"), **kw)
@@ -124,7 +124,7 @@ def _version():
     (("amount_x2", "c2d"), ["c2d"], [], ["amount_x2"]),
 ])
 def test_which_features_are_recomputed_at_label_time(wanted, windows, recompute, offline):
-    from fstore.retrieval.historical import plan_set
+    from fstore.serving.retrieval.plan import plan_set
 
     plan = plan_set(_version(), wanted)
     assert (sorted(plan.windows), plan.recompute, plan.offline) == (windows, recompute, offline)
@@ -224,7 +224,7 @@ def test_the_spark_plan_holds_no_literal_of_the_entity_times(user_txn):
 
 @pytest.mark.spark
 def test_as_of_before_the_first_version_is_not_found(user_txn):
-    from fstore.errors import NotFound
+    from fstore.core.errors import NotFound
 
     frame = pd.DataFrame({"user_id": [1], "ts": [T0 + timedelta(hours=21)]})
     with pytest.raises(NotFound) as info:

@@ -9,8 +9,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from fstore.compiler.windows import WindowSpec
-from fstore.retrieval.entities import ROW, TS, prepare_entities
-from fstore.retrieval.windows import exact_windows
+from fstore.serving.retrieval.entities import ROW, TS, prepare_entities
+from fstore.serving.retrieval.windows import exact_windows
 
 pytestmark = pytest.mark.spark
 
@@ -54,10 +54,10 @@ def windows_at_labels(request, engine: str, events: pd.DataFrame, labels: pd.Dat
     """``exact_windows`` of ``engine`` over the label rows (``user_id``, ``ts``, ``note``), in label order."""
     if engine == "duckdb":
         from fstore.engine.duckdb import connect
-        from fstore.retrieval.entities import prepare_local
-        from fstore.retrieval.historical import arrow_to_pandas
-        from fstore.retrieval.historical_duckdb import exact_windows as duckdb_windows
-        from fstore.retrieval.historical_duckdb import label_table
+        from fstore.serving.retrieval.entities import prepare_local
+        from fstore.serving.retrieval.plan import arrow_to_pandas
+        from fstore.serving.retrieval.historical_duckdb import exact_windows as duckdb_windows
+        from fstore.serving.retrieval.historical_duckdb import label_table
 
         prepared = prepare_local(labels, None)
         con = connect()

@@ -24,11 +24,11 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from fstore import offline, offline_arrow, storage_s3
-from fstore.errors import Unavailable
-from fstore.settings import Settings
+from fstore.core.errors import Unavailable
+from fstore.core.settings import Settings
+from fstore.engine import s3 as storage_s3
+from fstore.storage import offline
 from test_materialize_support import FEATURES, T0, T_END, events, oracle
-from test_materialize_support import feature_set_body
 
 pytestmark = pytest.mark.spark
 

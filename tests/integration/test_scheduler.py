@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from fstore.errors import InvalidDefinition
+from fstore.core.errors import InvalidDefinition
 from fstore.registry import runs
 from fstore.registry.db import upgrade
-from fstore.scheduler import claim_name, claim_tick, latest_tick, run_due, run_scheduler
+from fstore.compute.scheduler import claim_name, claim_tick, latest_tick, run_due, run_scheduler
 from test_materialize_support import (  # noqa: F401 - fixtures
     T0, T_END, create_set, events, make_store, offline_rows, oracle, source, store, write_source,
 )

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from fstore import auth
+from fstore.ops import auth
 from fstore.api import create_app
 from fstore.api.security import is_local_bind
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from test_security_support import client, headers, keys, ops_app, ops_store  # noqa: F401 - fixtures
 
 HEADER_FORMS = ("bearer", "x-api-key")

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from fstore.api import create_app
-from fstore.errors import InvalidDefinition
-from fstore.settings import Settings
-from fstore.source_secrets import REDACTED
+from fstore.core.errors import InvalidDefinition
+from fstore.core.settings import Settings
+from fstore.definitions.secrets import REDACTED
 from test_security_support import client, headers, keys, ops_app, ops_store  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]

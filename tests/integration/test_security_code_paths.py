@@ -20,8 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from fstore.api import create_app
-from fstore.errors import InvalidDefinition
-from fstore.online import embedded_path
+from fstore.core.errors import InvalidDefinition
 from test_security_support import headers, make_keys, seed
 
 PASSWD_LINES = [line for line in Path("/etc/passwd").read_text().splitlines() if line.strip()]
@@ -130,7 +129,7 @@ def test_the_cli_apply_refuses_a_python_feature_from_a_module_not_allowed(settin
     from fstore.cli import main
 
     env = {"STORAGE_PATH": settings.storage_path, "DATABASE_URL": settings.database_url, "SOURCE_ROOTS": str(tmp_path),
-           "PYTHON_FEATURE_MODULES": "fstore.examples", "COMPUTE_ENGINE": "duckdb"}
+           "PYTHON_FEATURE_MODULES": "fstore.definitions.examples", "COMPUTE_ENGINE": "duckdb"}
     result = CliRunner().invoke(main, ["apply", str(defs)], env=env)
     assert result.exit_code == 2, result.output
     assert "python module 'os' is not allowed" in result.output and "PYTHON_FEATURE_MODULES" in result.output
@@ -181,7 +180,7 @@ def _attacks(settings, tmp_path: Path) -> list[tuple[str, str, dict]]:
         ("registry", registry, {}),
         ("registry WAL", registry + "-wal", {}),
         ("the store folder (holds the registry)", settings.storage_path, {}),
-        ("online store", str(embedded_path(settings)), {}),
+        ("online store", str(settings.embedded_online_path), {}),
         ("offline staging", f"{settings.data_root}/offline/payments/_staging", {}),
         ("a path option", str(tmp_path / "events"), {"options": {"path": "/etc/passwd"}}),
     ]

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from fstore.api import create_app
-from fstore.errors import InvalidDefinition
-from fstore.offline import current_version
+from fstore.core.errors import InvalidDefinition
+from fstore.storage.offline import current_version
 from fstore.registry.models import FeatureRow, FeatureSetRow, MaterializationRunRow
 from fstore.store import FeatureStore
 from test_security_support import headers, make_keys
@@ -220,7 +220,7 @@ def test_a_sealed_duckdb_connection_reads_its_source_and_no_other_file(source, s
     """The DuckDB engine's second lock: once fstore registered its reads, SQL cannot open a path, nor unlock."""
     import duckdb
 
-    from fstore.definitions import Source
+    from fstore.definitions.model import Source
     from fstore.engine import duckdb as engine
 
     with engine.connect() as con:

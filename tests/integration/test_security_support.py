@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from fstore import auth
+from fstore.ops import auth
 from fstore.api import create_app
 from fstore.store import FeatureStore
 

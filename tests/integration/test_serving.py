@@ -5,10 +5,10 @@ from datetime import datetime
 
 import pytest
 
-from fstore.errors import InvalidDefinition, NotFound, TooLarge
-from fstore.online.base import to_micros
-from fstore.serving import clear_caches
-from fstore.settings import Settings
+from fstore.core.errors import InvalidDefinition, NotFound, TooLarge
+from fstore.storage.online.base import to_micros
+from fstore.serving.online import clear_caches
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -54,7 +54,7 @@ def store(request, tmp_path):
 
 
 def test_columns_request_with_statuses_nulls_and_defaults(store):
-    from fstore.serving import get_online_features
+    from fstore.serving.online import get_online_features
 
     out = get_online_features(store, features=["clicks", "user_stats:score", "label"],
                               entities={"user_id": ["1", 2, 3]}, now_micros=NOW)
@@ -76,7 +76,7 @@ def test_the_sdk_method_answers_the_seed_shape(store):
 
 @pytest.mark.parametrize(("age_seconds", "status"), [(0, "present"), (60, "present"), (60.000001, "expired"), (3600, "expired")])
 def test_ttl_edge(store, age_seconds, status):
-    from fstore.serving import get_online_features
+    from fstore.serving.online import get_online_features
 
     now = to_micros(T0) + round(age_seconds * 1_000_000)
     out = get_online_features(store, features=["clicks", "score"], entities={"user_id": 1}, feature_sets=["user_stats"],
@@ -89,7 +89,7 @@ def test_ttl_edge(store, age_seconds, status):
 
 
 def test_rows_with_compound_keys_and_sets_keyed_by_different_entities(store):
-    from fstore.serving import get_online_features
+    from fstore.serving.online import get_online_features
 
     out = get_online_features(store, features=["clicks", "risk", "pair_count", "merchant_stats:score"],
                               entities=[{"user_id": 1, "merchant_id": "m:7"}, {"user_id": "2", "merchant_id": "m:8"}],
@@ -151,13 +151,13 @@ def test_entity_limit(tmp_path, redis_url):
 
 
 def test_cache_hits_skip_the_online_store(tmp_path, redis_url):
-    from fstore.serving import get_online_features
+    from fstore.serving.online import get_online_features
 
     store = _make_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url,
                                            "SERVING_CACHE_ENABLED": "true", "SERVING_CACHE_TTL": "30"}))
     online = store.online
     reads = []
-    original = online.read_checked  # serving's one read (values, and the load markers: fstore.online.marker)
+    original = online.read_checked  # serving's one read (values, and the load markers: fstore.storage.online.marker)
     online.read_checked = lambda requests, names: reads.append(requests) or original(requests, names)
     first = get_online_features(store, features=["clicks"], entities={"user_id": [1, 3]}, now_micros=NOW)
     assert first["metadata"]["cache_hit"] is False and first["metadata"]["cache_misses"] == 2
@@ -181,7 +181,7 @@ def test_name_resolution_is_cached_then_refreshed(store):
     """Serving resolves from its registry snapshot; a change made elsewhere shows after a refresh."""
     from contextlib import contextmanager
 
-    from fstore import serving
+    from fstore.serving import online as serving
     from fstore.store import FeatureStore
 
     calls = []
@@ -229,7 +229,7 @@ def test_serving_records_prometheus_figures(store):
 
 
 def test_the_value_cache_stays_bounded(tmp_path, redis_url, monkeypatch):
-    from fstore import serving
+    from fstore.serving import online as serving
 
     monkeypatch.setattr(serving, "CACHE_MAX_ENTRIES", 4)
     store = _make_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": redis_url,
@@ -246,7 +246,7 @@ def test_float_sets_decode_in_one_parse_with_missing_expired_and_null_rows_in_pl
     """An all-float group's values are parsed at once; skipped rows must not shift the values of later rows."""
     from datetime import timedelta
 
-    from fstore.serving import get_online_features
+    from fstore.serving.online import get_online_features
 
     store.create_feature_set({"name": "float_stats", "entities": ["user"], "ttl": "60s", "features": [
         {"name": "a", "data_type": "float", "transformation": "a"},
@@ -282,8 +282,8 @@ def test_float_sets_decode_in_one_parse_with_missing_expired_and_null_rows_in_pl
 ])
 def test_the_coverage_serving_counts_is_what_usage_reads_from_the_answer(store, features, entities, now, counts):
     """Usage takes the fast path's coverage in place of parsing the answer: both count the same."""
-    from fstore import usage
-    from fstore.serving import answer_online
+    from fstore.ops import usage
+    from fstore.serving.online import answer_online
 
     if "merchant_stats:score" in features:
         entities = [{"user_id": u, "merchant_id": "m:7"} for u in entities["user_id"]]
@@ -296,7 +296,7 @@ def test_the_coverage_serving_counts_is_what_usage_reads_from_the_answer(store, 
 
 
 def test_a_repeated_entity_row_leaves_the_counting_to_the_answer(store):
-    from fstore.serving import answer_online
+    from fstore.serving.online import answer_online
 
     answer, coverage = answer_online(store, features=["clicks"], entities={"user_id": [1, 1]}, now_micros=NOW)
     assert coverage is None and list(answer["features"]) == ["1"]

@@ -3,7 +3,7 @@
 A newcomer copies the spec's requests (shared/spec/feature-store-2.0.md) after `make demo`:
 the bodies below are the spec's, character for character, except the one placeholder it
 asks the reader to fill (`"feature_set_id": "feature-set-uuid"`). Each answer is checked
-against the example data (`fstore.examples`), value by value, not only by status code.
+against the example data (`fstore.definitions.examples`), value by value, not only by status code.
 The server runs on COMPUTE_ENGINE=duckdb with the real Redis; materialization runs in the
 server's job process as it would for a user.
 """
@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fstore.examples import write_example_sources
+from fstore.definitions.examples import write_example_sources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -198,7 +198,7 @@ def test_the_spec_requests_work_verbatim(spec_server, tmp_path):
     assert sum(item["requests"] for item in usage) >= 1, usage
 
     # the spec's SDK call: `entities=` with a column named `timestamp`, bare feature names back
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     store = FeatureStore(Settings.from_env({k: env[k] for k in ("STORAGE_PATH", "REDIS_URL", "COMPUTE_ENGINE")}))
@@ -238,7 +238,7 @@ def test_a_set_without_source_holds_features_and_says_so_when_materialized(setti
     reason, and materializing a set with no source is refused with a message that names it."""
     from datetime import datetime
 
-    from fstore.errors import FStoreError
+    from fstore.core.errors import FStoreError
     from fstore.store import FeatureStore
 
     store = FeatureStore(settings.with_(compute_engine="duckdb"), auto_upgrade=True)

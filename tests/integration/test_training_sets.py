@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from fstore.audit import list_audit
-from fstore.errors import AlreadyExists, InvalidDefinition, NotFound
+from fstore.ops.audit import list_audit
+from fstore.core.errors import AlreadyExists, InvalidDefinition, NotFound
 from fstore.store import FeatureStore
 from test_retrieval import fill_offline, H, T0, T_END, create_sets, events, labels, write_source
 
@@ -120,9 +120,9 @@ def test_vacuum_keeps_what_training_sets_and_the_current_version_read_and_delete
 
     from deltalake import DeltaTable
 
-    from fstore import offline
-    from fstore.errors import Conflict
-    from fstore.materialize import lock_name
+    from fstore.storage import offline
+    from fstore.core.errors import Conflict
+    from fstore.compute.materialize import lock_name
     from fstore.registry import runs
 
     original = store.get_historical_features(entity_df=labels(), features=["user_txn:amount_x2"],

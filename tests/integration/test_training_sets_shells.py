@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fstore import auth
+from fstore.ops import auth
 from fstore.api import create_app
 from fstore.api.render import frame_to_json
 from fstore.cli import main
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 pytestmark = pytest.mark.spark
@@ -31,7 +31,7 @@ NAME = "clicks_ts"
 def saved(spark, tmp_path_factory):
     """A store with one saved training set; yields (settings, the saved rows as a pandas frame)."""
     from fstore.engine.spark import compute
-    from fstore.offline import write_range
+    from fstore.storage.offline import write_range
 
     root = tmp_path_factory.mktemp("training_shells")
     source = root / "source"

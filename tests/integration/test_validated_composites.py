@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from fstore.definitions import Feature
-from fstore.errors import ComputeError, InvalidDefinition
-from fstore.validation import validate, validate_arrow
+from fstore.definitions.model import Feature
+from fstore.core.errors import ComputeError, InvalidDefinition
+from fstore.compute.validation import validate, validate_arrow
 from test_validation import by_user, fsv_with
 
 pytestmark = pytest.mark.spark

@@ -5,9 +5,9 @@ from datetime import datetime
 
 import pytest
 
-from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
-from fstore.errors import ComputeError
-from fstore.validation import validate, validate_arrow
+from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.core.errors import ComputeError
+from fstore.compute.validation import validate, validate_arrow
 
 pytestmark = pytest.mark.spark
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from fstore.compiler import aggregate_expression, compile_feature_set
-from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion
 
 pytestmark = pytest.mark.spark
 

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fstore.errors import FStoreError
-from fstore.offline import table_uri
-from fstore.settings import Settings
+from fstore.core.errors import FStoreError
+from fstore.storage.offline import table_uri
+from fstore.core.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 

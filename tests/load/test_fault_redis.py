@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from faults import Load, PrivateRedis
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]

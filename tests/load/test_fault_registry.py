@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 from faults import Load, PrivatePostgres
 

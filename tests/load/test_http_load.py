@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]

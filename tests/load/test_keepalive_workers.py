@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture()
 def server(tmp_path, free_port, run_server):
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
     from fstore.store import FeatureStore
 
     # The registry made before the workers start: two workers creating a fresh SQLite registry at once

@@ -6,13 +6,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select, update
 
-from fstore import auth
+from fstore.ops import auth
 from fstore.api.security import required_scope
-from fstore.errors import InvalidDefinition, NotFound, Unauthorized
-from fstore.monitoring import _feature_stats, late_against_schedule
+from fstore.core.errors import InvalidDefinition, NotFound, Unauthorized
+from fstore.ops.monitoring import _feature_stats, late_against_schedule
 from fstore.registry.models import ApiKeyRow, utcnow
 from fstore.store import FeatureStore
-from fstore.usage import BUCKETS_MS, asks, bucket_index, percentile, summarize_online
+from fstore.ops.usage import BUCKETS_MS, asks, bucket_index, percentile, summarize_online
 
 
 @pytest.fixture()
@@ -216,7 +216,7 @@ def test_summarize_online_does_not_count_a_default_standing_in_for_a_missing_val
 def test_usage_counts_a_serving_answer_by_column_as_row_by_row(names):
     """The column count of serving's own answer (a status beside every value) equals the row loop's:
     a stored null is not found, nor a default standing in for a missing or expired value."""
-    from fstore import usage
+    from fstore.ops import usage
 
     cases = [({n: 1.0 for n in names}, {n: "present" for n in names}),
              ({n: None for n in names}, {n: "present" for n in names}),      # stored nulls
@@ -246,7 +246,7 @@ def test_usage_aggregate_adds_up_per_minute_key_set_and_feature():
     """The two-step aggregation gives the rows that adding every request one by one gives."""
     import orjson
 
-    from fstore.usage import UsageRecorder
+    from fstore.ops.usage import UsageRecorder
 
     recorder = UsageRecorder(engine=None, resolve_set={"age": "profile"}.get)
     one = {"features": ["payments:amount", "age"], "entities": {"user_id": [1]}}
@@ -283,7 +283,7 @@ def test_a_pending_usage_event_holds_nothing_the_garbage_collector_scans():
     the collector's full passes (74-106 ms at 100 entities); an event of strings and bytes does not."""
     import gc
 
-    from fstore.usage import UsageRecorder
+    from fstore.ops.usage import UsageRecorder
 
     recorder = UsageRecorder(engine=None)
     body = {"features": ["s:a", "b", 3], "feature_sets": ["s", None], "entities": {"user_id": list(range(100))}}

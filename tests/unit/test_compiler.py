@@ -5,8 +5,8 @@ import pytest
 
 from fstore.compiler import aggregate_expression, compile_feature_set, feature_expression, spark_type
 from fstore.compiler.windows import window_spec
-from fstore.definitions import Entity, Feature, FeatureSet, FeatureSetVersion
-from fstore.errors import InvalidDefinition
+from fstore.definitions.model import Entity, Feature, FeatureSet, FeatureSetVersion
+from fstore.core.errors import InvalidDefinition
 
 
 def make_fsv(*features: dict, source: dict | None = None) -> FeatureSetVersion:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fstore.definitions import (
+from fstore.definitions.model import (
     Entity,
     Feature,
     FeatureSet,
@@ -17,7 +17,7 @@ from fstore.definitions import (
     normalize_data_type,
     parse_duration,
 )
-from fstore.errors import InvalidDefinition
+from fstore.core.errors import InvalidDefinition
 
 FEATURE = {"name": "user_age", "feature_set": "user_profile", "data_type": "int", "transformation": "age"}
 SET = {"name": "user_profile", "entities": ["user_id"], "source": {"path": "/data/users"}}

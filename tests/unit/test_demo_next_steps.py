@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fstore.demo import next_steps
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 
 def test_next_steps_name_the_demo_store_the_server_and_the_docs():

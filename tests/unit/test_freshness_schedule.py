@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fstore.monitoring import late_against_schedule
+from fstore.ops.monitoring import late_against_schedule
 
 
 def test_a_stored_schedule_that_never_fires_is_never_late():

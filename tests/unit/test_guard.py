@@ -1,25 +1,25 @@
-"""``fstore.guard`` on its own: module prefixes on dot boundaries, paths resolved before they are judged."""
+"""``fstore.definitions.guard`` on its own: module prefixes on dot boundaries, paths resolved before they are judged."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from fstore.errors import InvalidDefinition
-from fstore.guard import check_python, check_read_path, check_write_path, module_allowed
-from fstore.settings import Settings
+from fstore.core.errors import InvalidDefinition
+from fstore.definitions.guard import check_python, check_read_path, check_write_path, module_allowed
+from fstore.core.settings import Settings
 
 
 @pytest.mark.parametrize(("module", "allowed"), [
-    ("fstore.examples", True), ("fstore.examples.x", True), ("fstore.examples.x.y", True),
+    ("fstore.definitions.examples", True), ("fstore.definitions.examples.x", True), ("fstore.definitions.examples.x.y", True),
     ("fstore.examplesevil", False), ("fstore", False), ("fstore.example", False), ("os", False),
 ])
 def test_a_prefix_allows_its_module_and_submodules_only(module, allowed):
-    assert module_allowed(("fstore.examples",), module) is allowed
+    assert module_allowed(("fstore.definitions.examples",), module) is allowed
 
 
-@pytest.mark.parametrize("spec", ["os:system", "subprocess:getoutput", ".fstore.examples:x", "fstore.examples:",
-                                  "fstore.examples:a.b", "fstore..examples:x", "fstore.examples :x"])
+@pytest.mark.parametrize("spec", ["os:system", "subprocess:getoutput", ".fstore.examples:x", "fstore.definitions.examples:",
+                                  "fstore.definitions.examples:a.b", "fstore..examples:x", "fstore.definitions.examples :x"])
 def test_a_spec_outside_the_prefixes_or_malformed_is_refused(spec):
     with pytest.raises(InvalidDefinition) as info:
         check_python(Settings(), spec, feature="f")
@@ -27,9 +27,9 @@ def test_a_spec_outside_the_prefixes_or_malformed_is_refused(spec):
 
 
 def test_an_empty_setting_allows_no_module():
-    assert check_python(Settings(), "fstore.examples.sub:fn", feature="f") == ("fstore.examples.sub", "fn")
+    assert check_python(Settings(), "fstore.definitions.examples.sub:fn", feature="f") == ("fstore.definitions.examples.sub", "fn")
     with pytest.raises(InvalidDefinition, match=r"PYTHON_FEATURE_MODULES setting names \(now: none\)"):
-        check_python(Settings(python_feature_modules=()), "fstore.examples:x", feature="f")
+        check_python(Settings(python_feature_modules=()), "fstore.definitions.examples:x", feature="f")
 
 
 @pytest.fixture()

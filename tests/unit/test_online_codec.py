@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from fstore.errors import InvalidDefinition
-from fstore.online.base import (NULL, Codec, decoder, encode_rows, encode_value, iso_from_micros,
+from fstore.core.errors import InvalidDefinition
+from fstore.storage.online.base import (NULL, Codec, decoder, encode_rows, encode_value, iso_from_micros,
                                 normalize_key_value, redis_key, to_micros)
-from fstore.online.breaker import CircuitBreaker, CircuitOpen
+from fstore.storage.online.breaker import CircuitBreaker, CircuitOpen
 
 TS = datetime(2024, 2, 29, 23, 59, 59, 123456)
 TS_ISO = "2024-02-29T23:59:59.123456Z"

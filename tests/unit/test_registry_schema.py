@@ -4,7 +4,7 @@ from __future__ import annotations
 from alembic.script import ScriptDirectory
 
 from fstore.registry.db import HEAD_REVISION, alembic_config, at_head, make_engine, upgrade
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 
 
 def test_head_revision_is_alembics_head():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from fstore.errors import InvalidDefinition
-from fstore.retrieval.entities import check_values, prepare_pandas
+from fstore.core.errors import InvalidDefinition
+from fstore.serving.retrieval.entities import check_values, prepare_pandas
 
 INT_KEY = {"user_id": ("int", "user_txn")}
 

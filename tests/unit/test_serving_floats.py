@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from fstore.online.base import NULL
-from fstore.serving import _float_values, _Group
+from fstore.storage.online.base import NULL
+from fstore.serving.online import _float_values, _Group
 
 
 def _group(width: int, ttl_micros: int | None = None) -> _Group:

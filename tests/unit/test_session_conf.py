@@ -10,8 +10,9 @@ import pyspark
 import pytest
 
 from fstore.engine import class_archive
-from fstore.engine.session import LOG4J_FILE, session_conf
-from fstore.settings import Settings
+from fstore.engine.session import session_conf
+from fstore.engine.spark_env import LOG4J_FILE
+from fstore.core.settings import Settings
 
 QUIET_LOG = f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}"
 

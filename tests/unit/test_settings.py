@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fstore.errors import InvalidDefinition
-from fstore.settings import Settings
+from fstore.core.errors import InvalidDefinition
+from fstore.core.settings import Settings
 
 KEY_A = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # Fernet keys: URL-safe base64 of 32 bytes
 KEY_B = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
@@ -134,7 +134,7 @@ def test_reads_os_environ_only_when_no_mapping_is_given(monkeypatch, tmp_path):
 
 def test_python_features_and_source_roots_default_to_the_stores_own(tmp_path):
     s = Settings.from_env({"STORAGE_PATH": str(tmp_path)})
-    assert s.python_feature_modules == ("fstore.examples",) and s.source_roots is None
+    assert s.python_feature_modules == ("fstore.definitions.examples",) and s.source_roots is None
     assert s.allowed_source_roots == (str(tmp_path.resolve()),)
     assert s.with_(storage_path=str(tmp_path / "other")).allowed_source_roots == (str((tmp_path / "other").resolve()),)
     assert Settings.from_env({"STORAGE_BACKEND": "s3", "S3_BUCKET": "lake"}).allowed_source_roots == ("s3://lake/",)

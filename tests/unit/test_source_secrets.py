@@ -1,4 +1,4 @@
-"""fstore.source_secrets without a registry: which options are secrets, sealing, redaction, references, keys."""
+"""fstore.definitions.secrets without a registry: which options are secrets, sealing, redaction, references, keys."""
 from __future__ import annotations
 
 import stat
@@ -6,9 +6,9 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 
-from fstore.definitions import Source
-from fstore.errors import InvalidDefinition
-from fstore.source_secrets import REDACTED, SecretBox, is_secret, redact_changes, redact_spec
+from fstore.definitions.model import Source
+from fstore.core.errors import InvalidDefinition
+from fstore.definitions.secrets import REDACTED, SecretBox, is_secret, redact_changes, redact_spec
 
 
 def spec(options: dict) -> dict:

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from fstore.compiler import compile_feature_set, feature_expression
 from fstore.compiler.sql_policy import ALLOWED_FUNCTIONS, check_expression, check_query, check_table
-from fstore.definitions import Entity, FeatureSet, FeatureSetVersion, Feature
-from fstore.errors import InvalidDefinition
+from fstore.definitions.model import Entity, FeatureSet, FeatureSetVersion, Feature
+from fstore.core.errors import InvalidDefinition
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "conf" / "examples"
 

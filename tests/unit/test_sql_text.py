@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-from fstore.retrieval.pit import key_columns_as, sql_type
+from fstore.serving.retrieval.pit import key_columns_as, sql_type
 
 
 def test_sql_type_quotes_nested_names_at_every_depth():

@@ -5,11 +5,11 @@ from datetime import datetime
 
 import pytest
 
-from fstore.errors import NotFound
+from fstore.core.errors import NotFound
 from fstore.registry.models import UsageRow
-from fstore.settings import Settings
+from fstore.core.settings import Settings
 from fstore.store import FeatureStore
-from fstore.usage import query_usage
+from fstore.ops.usage import query_usage
 
 MINUTE = datetime(2026, 11, 1, 12, 0)
 

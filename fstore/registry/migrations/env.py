@@ -12,7 +12,7 @@ config = context.config
 url = config.get_main_option("sqlalchemy.url") or ""
 if not url:
     # `alembic upgrade head` from the repository root: the same settings the app uses.
-    from fstore.settings import Settings
+    from fstore.core.settings import Settings
 
     url = Settings.from_env().database_url
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

@@ -1,0 +1,227 @@
+"""Prometheus metrics: request and serving figures recorded in-process, run figures read at scrape time.
+
+Under gunicorn several worker processes each count their own requests. When
+``PROMETHEUS_MULTIPROC_DIR`` is set (before this module is first imported —
+the gunicorn config does it, see ``prepare_multiprocess_dir``) prometheus-client
+keeps each worker's values in memory-mapped files in that folder and a scrape
+served by any worker adds them all up. The folder must be emptied when the
+master starts, and a dead worker's gauges removed: ``conf/gunicorn.conf.py``
+does both (``on_starting``, ``child_exit``); ``prepare_multiprocess_dir`` and
+``gunicorn_child_exit`` are the same steps for a gunicorn config of your own.
+
+Materialization and freshness figures are not pushed by other modules: a
+collector reads them from the registry (table ``materialization_runs``) at
+scrape time, so they are right whichever process ran the job.
+
+Other modules record serving figures through the small functions below
+(``observe_online``, ``observe_online_store``); each costs a few microseconds.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from fstore.core.context import StoreContext
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+disable_created_metrics()  # the *_created series double the text and say nothing a scrape needs
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+REQUESTS = Counter("fstore_http_requests", "HTTP requests by endpoint, method and status",
+                   ["endpoint", "method", "status"])
+ERRORS = Counter("fstore_http_errors", "HTTP responses with status >= 400 by endpoint and error code",
+                 ["endpoint", "code"])
+REQUEST_SECONDS = Histogram("fstore_http_request_duration_seconds", "HTTP request latency by endpoint",
+                            ["endpoint", "method"], buckets=_LATENCY_BUCKETS)
+SERVING_SECONDS = Histogram("fstore_serving_latency_seconds", "Serving latency by endpoint and feature set",
+                            ["endpoint", "feature_set"], buckets=_LATENCY_BUCKETS)
+CACHE = Counter("fstore_online_cache", "Online serving cache lookups by feature set and result (hit/miss)",
+                ["feature_set", "result"])
+ONLINE_STORE_SECONDS = Histogram("fstore_online_store_roundtrip_seconds", "Online store round-trip time",
+                                 ["operation"], buckets=_LATENCY_BUCKETS)
+REGISTRY_REFRESH = Counter("fstore_registry_snapshot_refreshes",
+                           "Online serving's registry snapshot refreshes by result (ok/failed; failed: answers degraded)",
+                           ["result"])
+
+
+_CHILDREN: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    """``metric.labels(*labels)``, remembered: prometheus-client's own lookup costs ~5 µs a call."""
+    key = (id(metric), labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        if len(_CHILDREN) > 100_000:  # label values come from routes and names, but stay bounded anyway
+            _CHILDREN.clear()
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
+def observe_request(endpoint: str, method: str, status: int, seconds: float, error_code: str | None = None) -> None:
+    """One HTTP request (called by the API's after-request hook)."""
+    _child(REQUESTS, endpoint, method, str(status)).inc()
+    _child(REQUEST_SECONDS, endpoint, method).observe(seconds)
+    if status >= 400:
+        _child(ERRORS, endpoint, error_code or str(status)).inc()
+
+
+def observe_serving(endpoint: str, feature_sets: Iterable[str], seconds: float) -> None:
+    """Serving latency of a request, once per feature set it touched (recorded by the usage flusher)."""
+    for name in feature_sets:
+        _child(SERVING_SECONDS, endpoint, name).observe(seconds)
+
+
+def observe_online(feature_set: str, seconds: float | None = None, cache_hit: bool = False) -> None:
+    """An online lookup of one feature set: cache hit or miss (and its latency when known)."""
+    _child(CACHE, feature_set, "hit" if cache_hit else "miss").inc()
+    if seconds is not None:
+        _child(SERVING_SECONDS, "sdk", feature_set).observe(seconds)
+
+
+def observe_online_store(seconds: float, operation: str = "read") -> None:
+    """One round trip to the online store (Redis or embedded)."""
+    _child(ONLINE_STORE_SECONDS, operation).observe(seconds)
+
+
+def observe_registry_refresh(*, ok: bool) -> None:
+    """One background refresh of serving's registry snapshot (``fstore.registry.snapshot``)."""
+    _child(REGISTRY_REFRESH, "ok" if ok else "failed").inc()
+
+
+# -- scrape-time figures from the registry ----------------------------------------------------
+
+class RegistryCollector:
+    """Materialization runs, rows, durations and freshness, read from the registry per scrape."""
+
+    def __init__(self, store: "StoreContext", allowed: Callable[[str], bool] | None = None) -> None:
+        self._store = store
+        self._allowed = allowed
+
+    def collect(self):
+        from sqlalchemy import func, select
+
+        from fstore.ops.monitoring import data_freshness
+        from fstore.registry.models import FeatureSetRow, MaterializationRunRow as Run
+
+        runs = CounterMetricFamily("fstore_materialization_runs", "Materialization runs by feature set and status",
+                                   labels=["feature_set", "status"])
+        rows = CounterMetricFamily("fstore_materialization_rows", "Rows handled by materialization runs",
+                                   labels=["feature_set", "kind"])
+        seconds = CounterMetricFamily("fstore_materialization_duration_seconds",
+                                      "Total seconds spent in finished materialization runs", labels=["feature_set"])
+        last_duration = GaugeMetricFamily("fstore_materialization_last_duration_seconds",
+                                          "Duration of the newest finished run", labels=["feature_set"])
+        with self._store.transaction() as s:
+            stats = s.execute(
+                select(FeatureSetRow.name, Run.status, func.count(), func.coalesce(func.sum(Run.rows_read), 0),
+                       func.coalesce(func.sum(Run.rows_written), 0), func.coalesce(func.sum(Run.rows_rejected), 0),
+                       func.coalesce(func.sum(Run.online_rows), 0), func.coalesce(func.sum(Run.duration_s), 0.0),
+                       func.coalesce(func.sum(Run.late_dropped), 0))
+                .join(FeatureSetRow, FeatureSetRow.id == Run.feature_set_id)
+                .group_by(FeatureSetRow.name, Run.status)).all()
+            newest = s.execute(
+                select(FeatureSetRow.name, Run.duration_s, Run.finished_at)
+                .join(FeatureSetRow, FeatureSetRow.id == Run.feature_set_id)
+                .where(Run.finished_at.is_not(None)).order_by(Run.finished_at)).all()
+        totals: dict[str, list[float]] = {}
+        for name, status, count, read, written, rejected, online, duration, late in stats:
+            if self._allowed is not None and not self._allowed(name):
+                continue
+            runs.add_metric([name, status], count)
+            t = totals.setdefault(name, [0, 0, 0, 0, 0.0, 0])
+            for i, value in enumerate((read, written, rejected, online, duration, late)):
+                t[i] += value
+        for name, (read, written, rejected, online, duration, late) in totals.items():
+            # late_dropped: events that arrived later than the set's allowed_lateness, counted, not processed
+            for kind, value in (("read", read), ("written", written), ("rejected", rejected), ("online", online),
+                                ("late_dropped", late)):
+                rows.add_metric([name, kind], value)
+            seconds.add_metric([name], duration)
+        latest = {name: duration for name, duration, _ in newest if duration is not None}
+        for name, duration in latest.items():
+            if self._allowed is None or self._allowed(name):
+                last_duration.add_metric([name], duration)
+        yield from (runs, rows, seconds, last_duration)
+        yield from _freshness_metrics(data_freshness(self._store, allowed=self._allowed))
+
+
+def _freshness_metrics(freshness: dict):
+    lag = GaugeMetricFamily("fstore_feature_set_offline_lag_seconds",
+                            "Seconds between now and the newest event in the offline store", labels=["feature_set"])
+    last = GaugeMetricFamily("fstore_feature_set_last_success_timestamp_seconds",
+                             "Unix time of the newest succeeded run", labels=["feature_set"])
+    late = GaugeMetricFamily("fstore_feature_set_late", "1 when the set missed its schedule", labels=["feature_set"])
+    from datetime import datetime, timezone
+
+    for item in freshness["items"]:
+        name = item["feature_set"]
+        if item["offline_lag_seconds"] is not None:
+            lag.add_metric([name], item["offline_lag_seconds"])
+        if item["last_success_at"]:
+            at = datetime.fromisoformat(item["last_success_at"].rstrip("Z")).replace(tzinfo=timezone.utc)
+            last.add_metric([name], at.timestamp())
+        if item["late"] is not None:
+            late.add_metric([name], 1.0 if item["late"] else 0.0)
+    return lag, last, late
+
+
+def render(store: "StoreContext | None" = None, *, allowed: Callable[[str], bool] | None = None) -> tuple[bytes, str]:
+    """The Prometheus exposition text (all workers' figures in multiprocess mode) and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        for collector in (REQUESTS, ERRORS, REQUEST_SECONDS, SERVING_SECONDS, CACHE, ONLINE_STORE_SECONDS):
+            registry.register(collector)
+    if store is not None:
+        registry.register(RegistryCollector(store, allowed))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+_FEATURE_SET_LABEL = re.compile(r'feature_set="((?:[^"\\]|\\.)*)"')
+
+
+def filter_text(text: bytes, allowed: Callable[[str], bool]) -> bytes:
+    """Exposition text without the samples of feature sets ``allowed`` refuses (for a restricted key)."""
+    kept = []
+    for line in text.decode("utf-8").splitlines():
+        match = _FEATURE_SET_LABEL.search(line) if not line.startswith("#") else None
+        if match is None or allowed(match.group(1)):
+            kept.append(line)
+    return ("\n".join(kept) + "\n").encode("utf-8")
+
+
+# -- gunicorn ---------------------------------------------------------------------------------
+
+def prepare_multiprocess_dir(path: str | Path) -> str:
+    """Empty (or create) the multiprocess folder and export it; call in the gunicorn master before workers load.
+
+    Stale files from a previous server would otherwise be added to the new figures.
+    """
+    folder = Path(path)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+    return str(folder)
+
+
+def gunicorn_child_exit(server, worker) -> None:
+    """gunicorn ``child_exit`` hook: drop a dead worker's live gauges from the shared folder."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
