@@ -263,3 +263,48 @@ def test_a_wrong_secret_names_the_bucket_and_endpoint_never_the_secret(s3_server
     for text in (refused.value.message, message, raised.value.message, caplog.text, str(store.list_runs("user_txn"))):
         assert wrong_secret not in text and s3_server["secret"] not in text
     store.close()
+
+
+def test_a_batch_job_reads_entities_from_s3_and_writes_delta_to_s3_on_each_engine(s3_settings, spark):
+    """DuckDB runs a real batch job (a detached process, no JVM): entity rows from S3, Delta output to S3.
+    Spark's writer puts the same retrieval in another S3 folder as Delta; both read back equal; an output
+    location that holds anything is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fstore.core.errors import AlreadyExists
+    from fstore.serving.retrieval.batch import write_output
+    from test_batch_retrieval import wait_for
+
+    from test_materialize_support import create_set
+
+    from fstore.store import FeatureStore
+
+    duck = FeatureStore(s3_settings.with_(compute_engine="duckdb"))
+    create_set(duck, put_source(s3_settings, events()))
+    assert duck.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+    root = f"s3a://{BUCKET}/{s3_settings.storage_path}"
+    fs = storage_s3.filesystem(s3_settings)
+    labels = LABELS.assign(event_timestamp=LABELS.event_timestamp.astype("datetime64[us]"))
+    pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), f"{storage_s3.path_on(root)}/labels/l.parquet",
+                   filesystem=fs)
+    features = [f"user_txn:{f}" for f in FEATURES]
+    job = duck.start_batch_retrieval(entity_source={"path": f"{root}/labels", "format": "parquet"},
+                                     features=features, output_path=f"{root}/out/duckdb", output_format="delta")
+    done = wait_for(duck, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+
+    on_spark = FeatureStore(s3_settings.with_(compute_engine="spark")).use_spark(spark)
+    write_output(on_spark.get_historical_features(entity_df=LABELS, features=features).to_spark(), s3_settings,
+                 f"{root}/out/spark", "delta")
+    key = lambda table: sorted(map(repr, table.to_pylist()))  # noqa: E731 - Parquet readers do not promise file order
+    from deltalake import DeltaTable
+
+    tables = [DeltaTable(storage_s3.delta_uri(f"{root}/out/{name}"),
+                         storage_options=storage_s3.delta_options(s3_settings)).to_pyarrow_table()
+              for name in ("duckdb", "spark")]
+    assert tables[0].num_rows == len(LABELS) and key(tables[0]) == key(tables[1])
+    with pytest.raises(AlreadyExists, match="out/duckdb"):
+        duck.start_batch_retrieval(entity_source={"path": f"{root}/labels", "format": "parquet"},
+                                   features=features, output_path=f"{root}/out/duckdb", output_format="parquet")
+    duck.close()
