@@ -66,6 +66,23 @@ def path_on(uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 
 
+def parquet_files(settings: Settings, uri: str):
+    """The filesystem and the Parquet files at or under ``uri`` as Spark lists them (hidden ``_``/``.`` entries
+    skipped); none when nothing is there."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs = filesystem(settings)
+    where = path_on(uri).rstrip("/")
+    try:
+        if fs.get_file_info(where).type == FileType.File:
+            return fs, [where]
+        infos = fs.get_file_info(FileSelector(where, recursive=True, allow_not_found=True))
+    except OSError as exc:
+        raise access_error(settings, exc, doing=f"listing {uri}", uri=uri) from None
+    hidden = lambda p: any(part.startswith(("_", ".")) for part in p[len(where) + 1:].split("/"))  # noqa: E731
+    return fs, sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet") and not hidden(i.path))
+
+
 def delta_uri(uri: str) -> str:
     """delta-rs names S3 ``s3://``; Spark ``s3a://``."""
     parsed = urlparse(uri)

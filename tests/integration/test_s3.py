@@ -308,3 +308,30 @@ def test_a_batch_job_reads_entities_from_s3_and_writes_delta_to_s3_on_each_engin
         duck.start_batch_retrieval(entity_source={"path": f"{root}/labels", "format": "parquet"},
                                    features=features, output_path=f"{root}/out/duckdb", output_format="parquet")
     duck.close()
+
+
+def test_a_parquet_source_on_s3_with_nanosecond_times_reads_the_same_on_both_engines(s3_settings, spark):
+    """pandas writes nanosecond timestamps, which Spark reads only as longs: their footers are read on S3 too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fstore.definitions.model import Source
+    from fstore.engine import duckdb as engine
+    from fstore.engine.spark import read_source
+    from fstore.store import FeatureStore
+
+    FeatureStore(s3_settings).use_spark(spark)
+    frame = events()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    assert table.schema.field("event_timestamp").type == pa.timestamp("ns")
+    folder = f"{BUCKET}/{s3_settings.storage_path}/nanos"
+    pq.write_table(table, f"{folder}/part-0.parquet", filesystem=storage_s3.filesystem(s3_settings))
+    source = Source(path=f"s3a://{folder}", format="parquet", event_timestamp_column="event_timestamp")
+    by_spark = read_source(spark, source, settings=s3_settings).toPandas()
+    with engine.connect() as con:
+        by_duckdb = engine.read_source(con, source, settings=s3_settings).df()
+    expected = sorted(zip(frame.user_id, frame.event_timestamp, frame.amount))
+    for got in (by_spark, by_duckdb):
+        times = pd.to_datetime(got.event_timestamp)
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None) if times.dt.tz is not None else times
+        assert sorted(zip(got.user_id, times, got.amount)) == expected
