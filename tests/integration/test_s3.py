@@ -118,12 +118,16 @@ def put_source(settings: Settings, frame: pd.DataFrame) -> str:
 
 
 def local_twin(tmp_path, on_engine, frame: pd.DataFrame):
-    """The same set on local disk: the reference the S3 store must equal."""
+    """The same set on local disk, materialized on DuckDB (cheap; both engines write the same rows, as the
+    materialization tests show), retrieved on the engine under test: the reference the S3 store must equal."""
     from test_materialize_support import create_set, write_source
 
-    store = on_engine(Settings.from_env({"STORAGE_PATH": str(tmp_path / "local"), "SOURCE_ROOTS": str(tmp_path)}))
-    create_set(store, write_source(tmp_path / "local-source", frame))
-    return store
+    settings = Settings.from_env({"STORAGE_PATH": str(tmp_path / "local"), "SOURCE_ROOTS": str(tmp_path)})
+    writer = on_engine(settings, on="duckdb")
+    create_set(writer, write_source(tmp_path / "local-source", frame))
+    assert writer.materialize("user_txn", T0, T_END)["status"] == "succeeded"
+    writer.close()
+    return on_engine(settings)
 
 
 def s3_store(settings, on_engine, frame: pd.DataFrame):
@@ -163,7 +167,6 @@ def test_materialize_to_s3_and_read_back_offline_online_historical_as_of_and_a_t
     assert {u: online["features"][str(u)]["user_txn:amount_x2"] for u in (1, 2, 3)} == latest
 
     local = local_twin(tmp_path, on_engine, frame)
-    assert local.materialize("user_txn", T0, T_END)["status"] == "succeeded"
     on_disk = local.get_historical_features(entity_df=LABELS, features=features).to_df()
     on_s3 = store.get_historical_features(entity_df=LABELS, features=features, save_as="on_s3").to_df()
     assert len(on_s3) == len(LABELS) and not on_s3.equals(then)  # labels after `mid` see the second run's rows
