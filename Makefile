@@ -22,6 +22,7 @@ setup: $(VENV)/.installed
 # PostgreSQL and Redis on 127.0.0.1 for the integration tests (installed from Debian's packages when absent).
 services:
 	bash scripts/services.sh
+	bash scripts/browser.sh
 
 demo: setup
 	STORAGE_PATH=$(DEMO_DIR) $(PY) -m fstore.demo

@@ -9,7 +9,8 @@ setup(
     # Namespace discovery also picks up the Alembic folders, which have no __init__.py.
     packages=find_namespace_packages(include=["fstore", "fstore.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"fstore.registry.migrations": ["*.mako"]},
+    package_data={"fstore.registry.migrations": ["*.mako"],
+                  "fstore.api.ui": ["templates/*.html", "static/*"]},
     install_requires=[
         "pyspark==4.0.1",          # the compute engine (local[*] or a cluster)
         "delta-spark==4.0.0",      # Delta's Python API when its jars are on Spark's class path
@@ -42,6 +43,7 @@ setup(
         "test": ["pytest==8.4.2", "import-linter==2.16", "pytest-timeout==2.4.0", "schemathesis==4.1.4",
                  "hypothesis==6.168.0",  # 6.170 breaks schemathesis body generation
                  "requests>=2.31",
+                 "playwright==1.65.2",  # tests/ui drive Debian's chromium (executable_path), no browser download
                  "moto[server]==5.2.5"],  # tests/integration/test_s3.py: a loopback S3 server (python -m moto.server)
         "bench": ["feast[redis]==0.67.0"],
     },

@@ -16,7 +16,7 @@ from fstore.core.settings import Settings
 
 def create_app(settings: Settings | None = None, store=None) -> OpenAPI:
     """The Flask app for ``settings`` (default: from the environment), or around an existing ``store``."""
-    from fstore.api import compute, health, monitoring, registry, security, serving, training
+    from fstore.api import compute, health, monitoring, registry, security, serving, training, ui
     from fstore.api.fast_online import OnlineFastPath
     from fstore.api.errors import ErrorBody, JSONProvider, register_error_handlers, validation_error_callback
     from fstore.store import FeatureStore
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, store=None) -> OpenAPI:
     for blueprint in (health.bp, registry.bp, compute.bp, serving.bp, training.bp, monitoring.bp):
         app.register_api(blueprint)
     guard = security.install(app, store)
+    ui.install(app, store)
     app.wsgi_app = OnlineFastPath(app.wsgi_app, store, guard, max_body_bytes=settings.max_body_bytes)
 
     # The spec and docs live under /openapi (flask-openapi3); the seed's short names point there.

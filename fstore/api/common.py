@@ -39,3 +39,13 @@ def created(item: dict, collection: str):
     ident = item.get("id", item.get("name")) if isinstance(item, dict) else None
     headers = {"Location": f"{collection}/{ident}"} if ident is not None else {}
     return item, 201, headers
+
+
+def feature_filter(limit):
+    """``allowed(set, feature_or_None)`` for ``fstore.ops.monitoring.statistics`` from a grant (None: no limit)."""
+    if limit is None:
+        return None
+
+    def allowed(fs: str, feature: str | None) -> bool:
+        return limit.allows_feature_set(fs) if feature is None else limit.allows_feature(fs, feature)
+    return allowed

@@ -152,6 +152,8 @@ def check_body() -> None:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"request body of {request.content_length} bytes is over the limit of {limit} bytes")
+    if request.blueprint == "ui":
+        return None  # the monitoring UI's login and logout are HTML forms (fstore.api.ui.views)
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         given = request.mimetype or "none"
         raise _UnsupportedMediaType(f"Content-Type must be application/json, not {given}")

@@ -8,6 +8,10 @@ stock gthread workers, one worker held all 4 while the other idled (p50 2.1 ms a
 many connections it holds in a table shared by all workers (created in the master before the fork);
 a worker holding more than the least loaded one leaves a new connection to that one, for at most
 ``HAND_OFF_SECONDS`` (a worker that does not take it up — busy, or stopping — does not strand it).
+Connections that landed unevenly all the same (the other workers were still booting, or too busy to take
+them within that time on a loaded machine) are moved afterwards: a worker holding two or more
+connections more than the least loaded one answers a request with ``Connection: close``, and its
+client's reconnection goes to the less loaded worker — one reconnect per connection moved.
 
 **Shutdown.** On SIGTERM the stock worker stops accepting, finishes the requests in flight (their
 responses say ``Connection: close``) and exits, closing its idle keep-alive connections under their
@@ -65,10 +69,21 @@ class SpreadThreadWorker(ThreadWorker):
     def _publish(self) -> None:
         _TABLE[2 * self._slot + 1] = self.nr_conns
 
-    def _others_hold_fewer(self) -> bool:
+    def _fewest_elsewhere(self) -> int | None:
+        """The fewest connections another live worker holds (None: no other worker yet)."""
         me = os.getpid()
         others = [_TABLE[2 * s + 1] for s in range(SLOTS) if _TABLE[2 * s] not in (0, me)]
-        return bool(others) and self.nr_conns > min(others)
+        return min(others) if others else None
+
+    def _others_hold_fewer(self) -> bool:
+        fewest = self._fewest_elsewhere()
+        return fewest is not None and self.nr_conns > fewest
+
+    def handle_request(self, req, conn):
+        fewest = self._fewest_elsewhere()
+        if self.alive and fewest is not None and self.nr_conns >= fewest + 2:
+            req.must_close = True  # "Connection: close": the client reconnects, to a less loaded worker
+        return super().handle_request(req, conn)
 
     def accept(self, server, listener):
         if self.alive and self._others_hold_fewer():

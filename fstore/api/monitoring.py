@@ -18,7 +18,7 @@ from fstore.ops import audit
 from fstore.ops import auth
 from fstore.ops import monitoring
 from fstore.ops import usage
-from fstore.api.common import get_store
+from fstore.api.common import feature_filter, get_store
 from fstore.api.errors import ErrorBody
 from fstore.api.schemas import PRINTABLE, NoQuery
 from fstore.core.errors import InvalidDefinition
@@ -179,13 +179,9 @@ def metrics_text(query: NoQuery):
 def statistics(query: StatisticsQuery):
     """Per feature set and feature, from the quality reports of the last ``days`` days: counts, null rate,
     violations, min/max/mean and their change."""
-    grant = _grant()
-    allowed = None
-    if grant is not None:
-        def allowed(fs: str, feature: str | None) -> bool:
-            return grant.allows_feature_set(fs) if feature is None else grant.allows_feature(fs, feature)
     with get_store().transaction() as s:
-        return monitoring.statistics(s, days=query.days, feature_set=query.feature_set, allowed=allowed)
+        return monitoring.statistics(s, days=query.days, feature_set=query.feature_set,
+                                     allowed=feature_filter(_grant()))
 
 
 @bp.get("/monitoring/data-freshness", tags=[_mon], responses={200: Items})

@@ -115,6 +115,8 @@ def install(app: Flask, store, *, usage_interval: float = 10.0, start_usage_thre
         path = req.path
         if path == "/health" or not security.enabled:
             return
+        if path == "/ui" or path.startswith("/ui/"):
+            return  # the UI authenticates from its session cookie, with this verifier (fstore.api.ui.views)
         presented = _presented_key(req)
         if path == "/ready" and presented is None:
             return  # orchestrator probes carry no key: the view answers the status alone

@@ -66,6 +66,14 @@ def latest_tick(cron: str, now: datetime) -> datetime:
     return itr.get_prev(datetime)
 
 
+def next_tick(cron: str, now: datetime) -> datetime | None:
+    """The first time after ``now`` that ``cron`` fires (naive UTC); None for a schedule no date matches."""
+    try:
+        return croniter(cron, now).get_next(datetime)
+    except (ValueError, KeyError):
+        return None
+
+
 def claim_tick(store: "StoreContext", feature_set_id: int, tick: datetime) -> bool:
     """Claim ``tick`` of a set if no scheduler has claimed it (or a later one) yet; atomic across schedulers."""
     name, value = claim_name(feature_set_id), runs.iso(tick)

@@ -66,6 +66,14 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     return value
 
 
+def _session_secret(env: Mapping[str, str], name: str) -> str:
+    """A secret of at least 32 characters, or "" (never echoed in the error)."""
+    value = env.get(name, "").strip()
+    if value and len(value) < 32:
+        raise InvalidDefinition(f"{name} must be at least 32 characters long", field=name)
+    return value
+
+
 def _fernet_keys(env: Mapping[str, str], name: str) -> str:
     """Comma-separated Fernet keys (URL-safe base64 of 32 bytes each), checked without importing cryptography."""
     raw = env.get(name, "").strip()
@@ -170,6 +178,9 @@ class Settings:
     # FSTORE_SECRET_KEY: Fernet key(s), comma separated (the first encrypts, all decrypt: rotation) for the
     # source options that are secrets; "" = a key file beside a SQLite registry, else secrets are refused.
     secret_key: str = field(default="", repr=False)
+    # UI_SESSION_SECRET: signs and seals the monitoring UI's session cookie (at least 32 characters); "" = derived
+    # from FSTORE_SECRET_KEY, and with neither the UI cannot log in while keys are required (fstore.api.ui.session).
+    ui_session_secret: str = field(default="", repr=False)
     # SOURCE_ENV_ALLOW: which environment variables a source option may name as ${NAME} (glob patterns).
     source_env_allow: tuple[str, ...] = ("FSTORE_SOURCE_*",)
     spark_log_level: str = "error"  # SPARK_LOG_LEVEL: Spark's own log (the CLI sets OFF unless --debug)
@@ -243,6 +254,7 @@ class Settings:
             db_pool_size=_int(env, "DB_POOL_SIZE", 5, minimum=1, maximum=1000),
             redis_pool_size=_int(env, "REDIS_POOL_SIZE", 32, minimum=1, maximum=10000),
             secret_key=_fernet_keys(env, "FSTORE_SECRET_KEY"),
+            ui_session_secret=_session_secret(env, "UI_SESSION_SECRET"),
             source_env_allow=_patterns(env, "SOURCE_ENV_ALLOW", ("FSTORE_SOURCE_*",)),
             spark_log_level=_choice(env, "SPARK_LOG_LEVEL", "error", ("off", "fatal", "error", "warn", "info", "debug")),
             scheduler_concurrency=_int(env, "SCHEDULER_CONCURRENCY", 2, minimum=1, maximum=64),

@@ -191,6 +191,25 @@ def render(store: "StoreContext | None" = None, *, allowed: Callable[[str], bool
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+def request_counts(text: bytes) -> dict[str, dict[str, float]]:
+    """``{endpoint: {"requests", "errors"}}`` from exposition text (``render``): requests per endpoint, and those
+    answered with a status >= 400 (what the monitoring UI charts as error rates)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text.decode("utf-8")):
+        if family.name != "fstore_http_requests":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            entry = counts.setdefault(sample.labels.get("endpoint", ""), {"requests": 0.0, "errors": 0.0})
+            entry["requests"] += sample.value
+            if sample.labels.get("status", "").isdigit() and int(sample.labels["status"]) >= 400:
+                entry["errors"] += sample.value
+    return counts
+
+
 _FEATURE_SET_LABEL = re.compile(r'feature_set="((?:[^"\\]|\\.)*)"')
 
 

@@ -213,7 +213,7 @@ def test_metrics_add_up_across_worker_processes(tmp_path):
     """)
     for n in ("2", "5"):
         subprocess.run([sys.executable, "-c", worker, n], env=env, check=True, cwd=os.getcwd(), timeout=60)
-    render = "from fstore import metrics; import sys; sys.stdout.write(metrics.render()[0].decode())"
+    render = "from fstore.ops import metrics; import sys; sys.stdout.write(metrics.render()[0].decode())"
     text = subprocess.run([sys.executable, "-c", render], env=env, check=True, capture_output=True, text=True,
                           timeout=60).stdout
     values = samples(text)

@@ -168,8 +168,9 @@ def test_unexpected_exception_is_a_logged_generic_500(settings, caplog):
     app.extensions["fstore"].close()
 
 
-# Every route and method, with path parameters any route accepts; the docs' own pages are not the API.
-_DOC_ENDPOINTS = ("static", "openapi.", "swagger.", "openapi_json", "docs")
+# Every route and method, with path parameters any route accepts; the docs' own pages and the monitoring UI's
+# HTML pages (fstore.api.ui, tested in tests/ui) are not the API.
+_DOC_ENDPOINTS = ("static", "openapi.", "swagger.", "openapi_json", "docs", "ui.")
 _PATH_VALUES = {"id_or_name": "x", "run_id": "r1", "job_id": "j1", "key_id": "1", "name": "t"}
 
 

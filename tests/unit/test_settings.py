@@ -34,7 +34,7 @@ def test_every_variable_is_read(tmp_path):
         "SPARK_LOG_LEVEL": "WARN",
         "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
         "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
-        "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars",
+        "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars", "UI_SESSION_SECRET": "s" * 40,
     }
     s = Settings.from_env(env)
     assert s.python_feature_modules == ("acme.features", "acme.udfs")
@@ -48,6 +48,7 @@ def test_every_variable_is_read(tmp_path):
     assert (s.db_connect_timeout, s.db_statement_timeout) == (3.0, 1.5)
     assert (s.spark_master, s.spark_remote, s.s3_endpoint) == ("spark://m:7077", "sc://connect:15002", "http://minio:9000")
     assert s.secret_key == f"{KEY_A},{KEY_B}" and s.source_env_allow == ("DB_PASSWORD", "VAULT_*")
+    assert s.ui_session_secret == "s" * 40 and "s" * 40 not in repr(s)
     assert KEY_A not in repr(s)  # a settings dump in a log never shows the key
     assert s.secret_key_file is None  # PostgreSQL: no key file, FSTORE_SECRET_KEY or no secrets
     assert (s.scheduler_concurrency, s.scheduler_retries, s.scheduler_retry_seconds) == (3, 0, 1.5)
@@ -92,6 +93,7 @@ def test_the_jars_cache_defaults_under_the_user_cache(tmp_path):
     ("DB_POOL_SIZE", "0", "out of range"),
     ("REDIS_POOL_SIZE", "20000", "out of range"),
     ("FSTORE_SECRET_KEY", "not-a-key", "not a Fernet key"),
+    ("UI_SESSION_SECRET", "too-short", "at least 32 characters"),
     ("FSTORE_SECRET_KEY", f"{'QUJD' * 8}", "not a Fernet key"),
     ("SOURCE_ENV_ALLOW", "A B", "not a variable name"),
     ("DB_CONNECT_TIMEOUT", "0.5", ">= 1"),
