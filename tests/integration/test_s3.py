@@ -6,7 +6,8 @@ delta-rs) from a source on S3; the offline rows, the online values and historica
 same store on local disk row for row; ``as_of`` travels back on S3; a training set and its pinned event
 copies are written to and re-created from S3; delta-rs and delta-spark read each other's S3 tables; racing
 delta-rs commits lose nothing; a wrong secret gives an error that names the bucket and the endpoint and
-never the secret.
+never the secret; a batch job reads its entity rows from S3 and writes Delta there (both engines' writers);
+pandas' nanosecond Parquet on S3 reads the same on both engines.
 """
 from __future__ import annotations
 
