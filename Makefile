@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= $(CURDIR)/.demo
 
-.PHONY: setup services demo test test-unit bench clean
+.PHONY: setup services demo test test-unit bench cluster-up cluster-down clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ test-unit: setup
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
+
+# A standalone Spark cluster on 127.0.0.1 (a master, two 1-core workers): `eval "$$(make -s cluster-up)"` sets
+# SPARK_MASTER (and SPARK_LOCAL_IP) for the commands that follow; `make cluster-down` stops it. It uses the jars
+# and class archive of `make setup` when they are there.
+cluster-up: $(VENV)/.installed
+	@PYTHON=$(PY) bash scripts/cluster.sh up
+
+cluster-down:
+	@PYTHON=$(PY) bash scripts/cluster.sh down
 
 clean:
 	rm -rf $(DEMO_DIR) spark-warehouse metastore_db derby.log

@@ -33,12 +33,19 @@ SPARK_EXTRA = {"spark.driver.memory": "4g", "spark.ui.enabled": "false"}
 
 
 def environment(store_dir: Path, redis_db: int) -> dict[str, str]:
-    """The environment every fstore process of the benchmark runs with (also the server and the job)."""
+    """The environment every fstore process of the benchmark runs with (also the server and the job): Spark on
+    ``local[2]``, or the master ``BENCH_SPARK_MASTER`` names; Redis on port 6379, or ``BENCH_REDIS_PORT``
+    (``bench.cluster`` gives both)."""
     env = dict(os.environ)
-    env.update({"STORAGE_PATH": str(store_dir), "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
-                "SPARK_MASTER": "local[2]", "AUTH_ENABLED": "false", "DATABASE_URL": ""})
+    env.update({"STORAGE_PATH": str(store_dir), "REDIS_URL": f"redis://127.0.0.1:{redis_port()}/{redis_db}",
+                "SPARK_MASTER": os.environ.get("BENCH_SPARK_MASTER") or "local[2]", "AUTH_ENABLED": "false",
+                "DATABASE_URL": ""})
     env.pop("SPARK_REMOTE", None)
     return env
+
+
+def redis_port() -> int:
+    return int(os.environ.get("BENCH_REDIS_PORT") or 6379)
 
 
 def feature_refs() -> list[str]:
@@ -72,7 +79,7 @@ def apply_definitions(store, events_path: str) -> None:
 def flush_redis(redis_db: int) -> None:
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+    client = redis.Redis(host="127.0.0.1", port=redis_port(), db=redis_db)
     client.flushdb()
     client.close()
 

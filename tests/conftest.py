@@ -96,6 +96,39 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_servers(tmp_path_factory):
+    """A 3-master Redis Cluster of our own for the session (``tests/redis_cluster_support.py``)."""
+    import shutil
+
+    from redis_cluster_support import RedisClusterServers
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        _service_missing("Redis Cluster", RuntimeError("redis-server/redis-cli are not installed"))
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        servers.start()
+    except Exception as exc:  # noqa: BLE001 - a cluster that cannot start is a missing service
+        servers.stop()
+        _service_missing("Redis Cluster", exc)
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture()
+def redis_cluster_url(redis_cluster_servers) -> str:
+    """``REDIS_URL`` of the session's Redis Cluster (``redis+cluster://…``), every master emptied for each test."""
+    redis_cluster_servers.flush()
+    yield redis_cluster_servers.url
+    redis_cluster_servers.flush()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def any_redis_url(request) -> str:
+    """The same test on one Redis and on the Redis Cluster."""
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+
+
+@pytest.fixture(scope="session")
 def spark():
     """One local Spark session for the whole run, with few shuffle partitions (tests use small data), and
     delta-spark's jars when set-up cached them."""

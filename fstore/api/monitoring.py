@@ -42,6 +42,19 @@ class StatisticsQuery(BaseModel):
     feature_set: Optional[str] = Field(None, max_length=200)
 
 
+class DriftQuery(BaseModel):
+    model_config = _QUERY
+    feature_set: str = Field(max_length=200)
+    baseline: str = Field("previous", max_length=200,
+                          description="previous | training_set:NAME | window:START/END (ISO 8601)")
+
+
+class AlertsQuery(BaseModel):
+    model_config = _QUERY
+    feature_set: Optional[str] = Field(None, max_length=200)
+    limit: int = Field(100, ge=1, le=1000)
+
+
 class UsageQuery(BaseModel):
     model_config = _QUERY
     start_date: Optional[str] = Field(None, max_length=64, description="ISO 8601; default: 24 hours ago")
@@ -182,6 +195,34 @@ def statistics(query: StatisticsQuery):
     with get_store().transaction() as s:
         return monitoring.statistics(s, days=query.days, feature_set=query.feature_set,
                                      allowed=feature_filter(_grant()))
+
+
+def _feature_allowed():
+    grant = _grant()
+    if grant is None:
+        return None
+    return lambda fs, feature: grant.allows_feature_set(fs) if feature is None else grant.allows_feature(fs, feature)
+
+
+@bp.get("/monitoring/drift", tags=[_mon])
+def drift(query: DriftQuery):
+    """Per feature: PSI (band stable < 0.1 ≤ moderate ≤ 0.25 < significant), KS and Jensen–Shannon of the set's
+    newest profiled run against the baseline: the previous run, a saved training set, or the runs of a window."""
+    from fstore.ops.drift import drift as measure
+
+    with get_store().transaction() as s:
+        return measure(s, query.feature_set, query.baseline, allowed=_feature_allowed())
+
+
+@bp.get("/monitoring/alerts", tags=[_mon], responses={200: Items})
+def alerts(query: AlertsQuery):
+    """Anomaly alerts of runs (robust z-score of row count, null rate, mean, freshness lag), newest first."""
+    from fstore.registry.quality import list_alerts
+
+    allowed = _feature_allowed()
+    with get_store().transaction() as s:
+        items = list_alerts(s, feature_set=query.feature_set, limit=query.limit)
+    return {"items": [a for a in items if allowed is None or allowed(a["feature_set"], a["feature"])]}
 
 
 @bp.get("/monitoring/data-freshness", tags=[_mon], responses={200: Items})

@@ -183,6 +183,8 @@ class FeatureSetBody(BaseModel):
     allowed_lateness: Optional[Duration] = Field(None, examples=["2d"], description="late events older than this "
                                                  "before the watermark are counted, not processed (default: any age)")
     allowed_lateness_seconds: Optional[Duration] = None
+    anomaly_policy: Optional[dict[str, Any]] = Field(None, examples=[{"on_anomaly": "fail", "window": 20}],
+                                                     description="robust z-score anomaly rules of the set's runs")
     tags: Optional[Tags] = None
     features: Optional[list[dict[str, Any]]] = Field(None, description="features created with the set (version 1)")
 

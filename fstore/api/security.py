@@ -53,6 +53,7 @@ SCOPE_RULES: tuple[tuple[frozenset[str] | None, re.Pattern, str | None], ...] = 
         ("", r"^/monitoring/", "read_registry"),
         ("POST", r"^/api/v1/serving/online$", "serve_online"),
         ("", r"^/api/v1/serving/", "serve_historical"),
+        ("POST", r"^/api/v1/training-sets/[^/]+/importance$", "write_registry"),  # a registry write
         ("GET HEAD POST", r"^/api/v1/training-sets(/|$)", "serve_historical"),
         ("POST PUT PATCH DELETE", r"^/api/v1/feature-sets/[^/]+/(materialize|backfill|runs|online/reload)", "materialize"),
         ("GET HEAD", r"^/api/v1/", "read_registry"),

@@ -44,6 +44,39 @@ def get_training_set(path: TrainingSetPath, query: NoQuery):
     return get_store().get_training_set(path.name)
 
 
+class ImportanceBody(BaseModel):
+    """Feature importances from an external experiment tracker, stored with the training set."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    label: str = Field(min_length=1, max_length=200)
+    method: str = Field(min_length=1, max_length=63, examples=["shap_mean_abs"])
+    scores: dict[str, float] = Field(min_length=1, max_length=10000, description="feature column -> score")
+
+
+@bp.post("/<name>/importance", tags=[_tag], responses={200: rs.Obj})
+def log_importance(path: TrainingSetPath, query: NoQuery, body: ImportanceBody):
+    """Record importances computed elsewhere (replacing the same label and method); answers the training set."""
+    from flask import g
+
+    from fstore.registry.quality import save_importances
+    from fstore.registry.training_sets import get_training_set as saved_set
+
+    store = get_store()
+    key = g.get("api_key")
+    with store.transaction() as s:
+        saved = saved_set(s, path.name)
+        columns = set(saved.get("columns") or ())
+        unknown = sorted(set(body.scores) - columns)
+        if unknown:
+            from fstore.core.errors import InvalidDefinition
+
+            raise InvalidDefinition(f"training set {saved['name']} has no column(s) {', '.join(unknown)}; its columns "
+                                    f"are: {', '.join(sorted(columns))}", field="scores")
+        save_importances(s, saved["name"], body.label, body.method, body.scores,
+                         actor=getattr(key, "owner", "") if key is not None else "")
+    return store.get_training_set(saved["name"])
+
+
 @bp.post("/<name>/recreate", tags=[_tag], responses={200: rs.Obj})
 def recreate_training_set(path: TrainingSetPath, query: NoQuery, body: RecreateBody):
     """Re-run a training set's retrieval pinned to its recorded versions; rows as ``/serving/historical`` answers."""

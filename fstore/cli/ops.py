@@ -188,3 +188,39 @@ def usage_report(cli: CliState, start_date: str | None, end_date: str | None, le
         return table(rows, columns + ["requests", "entities", "p50_ms", "p95_ms", "p99_ms", "cache_hit_rate"])
 
     emit(cli, data, render)
+
+
+@monitor.command("drift")
+@click.argument("feature_set")
+@click.option("--baseline", default="previous", show_default=True,
+              help="previous | training_set:NAME | window:START/END (ISO 8601).")
+@json_option
+@pass_cli
+def drift(cli: CliState, feature_set: str, baseline: str) -> None:
+    """PSI, KS and Jensen–Shannon of FEATURE_SET's newest run against a baseline, per feature."""
+    from fstore.ops.drift import drift as measure
+
+    with cli.store.transaction() as s:
+        data = measure(s, feature_set, baseline)
+
+    def render(d: dict) -> str:
+        head = f"{d['feature_set']}: run {d['current']['run_id']} against {d['baseline']['kind']}"
+        return head + "\n" + table(d["features"], ["feature", "kind", "psi", "band", "ks", "js", "baseline_rows",
+                                                   "current_rows", "current_null_rate"])
+
+    emit(cli, data, render)
+
+
+@monitor.command("alerts")
+@click.option("--feature-set", help="Only this feature set.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@pass_cli
+def alerts(cli: CliState, feature_set: str | None, limit: int) -> None:
+    """Anomalies found in runs (robust z-score over the last runs), newest first."""
+    from fstore.registry.quality import list_alerts
+
+    with cli.store.transaction() as s:
+        data = {"items": list_alerts(s, feature_set=feature_set, limit=limit)}
+    emit(cli, data, lambda d: table(d["items"], ["created_at", "feature_set", "feature", "metric", "value", "median",
+                                                 "score", "severity", "run_id"]))

@@ -10,7 +10,7 @@ from fstore.cli.serving import OUTPUT_HELP, OVERWRITE_HELP, check_output, write_
 
 LIST_COLUMNS = ["id", "name", "status", "entity_count", "feature_sets", "created_at", "created_by"]
 SHOW_KEYS = ["id", "name", "status", "entity_count", "features", "groups", "as_of", "timestamp_column",
-             "entity_source", "columns", "output_path", "created_at", "created_by"]
+             "entity_source", "columns", "output_path", "created_at", "created_by", "importances"]
 
 
 def _sets(item: dict) -> list[str]:
@@ -28,8 +28,14 @@ def _group_lines(item: dict) -> list[str]:
     return lines
 
 
+def _importance_lines(item: dict) -> str:
+    return "; ".join(f"{i['label']} by {i['method']}: " + ", ".join(f"{x['feature']} {x['score']:.4g}" for x in i["scores"])
+                     for i in item.get("importances") or ())
+
+
 def _show_text(item: dict) -> str:
-    return fields({**item, "groups": "; ".join(_group_lines(item))}, [k for k in SHOW_KEYS if k in item or k == "groups"])
+    return fields({**item, "groups": "; ".join(_group_lines(item)), "importances": _importance_lines(item)},
+                  [k for k in SHOW_KEYS if k in item or k == "groups"])
 
 
 @main.group("training-sets")
@@ -74,3 +80,27 @@ def training_sets_recreate(cli: CliState, name: str, output: str, overwrite: boo
     if not cli.as_json:
         for note in summary["notes"]:
             click.echo(f"note: {note}")
+
+
+@main.group("analyze")
+def analyze() -> None:
+    """Analyses of saved training sets."""
+
+
+@analyze.command("importance")
+@click.option("--training-set", "training_set", required=True, help="The saved training set's name.")
+@click.option("--label", required=True, help="The label column (a column of the entity rows it was saved with).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["mutual_information", "gbt"]),
+              help="Repeatable; default mutual_information (numpy), and gbt too on Spark (MLlib).")
+@json_option
+@pass_cli
+def importance(cli: CliState, training_set: str, label: str, methods: tuple[str, ...]) -> None:
+    """Rank a training set's features by importance for LABEL, and store the scores with the training set."""
+    from fstore.ops.importance import analyze as measure
+
+    store = cli.store
+    if not methods:
+        methods = ("mutual_information", "gbt") if store.settings.compute_engine == "spark" else ("mutual_information",)
+    data = measure(store, training_set, label, methods=methods, actor=cli.actor or "")
+    emit(cli, data, lambda d: "\n".join(
+        f"{m}:\n" + table(scores, ["feature", "score"]) for m, scores in d["methods"].items()))

@@ -211,8 +211,13 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
             clear_dead_staging(store, fs_id)
             figures = _compute_and_write(store, fsv, start, end, lost, run_id, skip_empty, Progress(fsv, progress))
         figures.update(source_read=source_read, late_dropped=late_dropped)
+        profile = figures.pop("profile", None)
         with store.transaction() as s:
             run = runs.finish_run(s, run_id, status="succeeded", **figures)
+            if profile is not None:
+                from fstore.registry.quality import save_profile
+
+                save_profile(s, fsv.name, profile, run_id=run_id)
             runs.advance_watermark(s, fs_id, min(end, now))
         log.info("run %s of %s [%s, %s) succeeded: %s rows written in %.2fs", run_id, fsv.name, runs.iso(start),
                  runs.iso(end), figures.get("rows_written"), time.perf_counter() - began)
@@ -220,7 +225,7 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
         return run
     except BaseException as exc:
         error = _explain_failure(store, fsv, exc) or _as_fstore_error(exc, fsv.name, start, end)
-        partial = getattr(exc, "fstore_figures", {}) or {}
+        partial = {k: v for k, v in (getattr(exc, "fstore_figures", {}) or {}).items() if k != "profile"}
         status = "failed" if isinstance(exc, Exception) else "cancelled"
         try:
             with store.transaction() as s:
@@ -270,7 +275,7 @@ def _compute_and_write(store: "StoreContext", fsv: "FeatureSetVersion", start: d
         # One pass computes the rows into the cache and validates them: validation's aggregation is the
         # first action on the cached frame, and its row count is the run's rows read.
         progress.start("compute")
-        validated = validate(computed, fsv)
+        validated = validate(computed, fsv, profile=store.settings.profiles)
         stages["compute_validate"] = round(time.perf_counter() - t, 3)
         progress.done("compute", validated.rows_checked)
         progress.done("validate", validated.rows_checked - int(validated.rows_rejected or 0))
@@ -302,7 +307,7 @@ def _compute_and_write_duckdb(store: "StoreContext", fsv: "FeatureSetVersion", s
         progress.done("compute", computed.num_rows)
         t = time.perf_counter()
         progress.start("validate")
-        validated = validate_arrow(con, computed, fsv)
+        validated = validate_arrow(con, computed, fsv, profile=store.settings.profiles)
         stages["validate"] = round(time.perf_counter() - t, 3)
         progress.done("validate", validated.rows_checked - int(validated.rows_rejected or 0))
         if fsv.feature_set.online_enabled:
@@ -339,6 +344,18 @@ def _write_outputs(store: "StoreContext", fsv: "FeatureSetVersion", validated, s
     if skip_empty and rows_read == 0:
         progress.finish(0)
         return figures
+    if validated.profile is not None:
+        from fstore.ops import quality
+
+        profile = _json_ready(validated.profile)
+        quality.add_freshness(profile, utcnow())
+        # Before any write: a critical anomaly under on_anomaly: fail leaves nothing behind.
+        try:
+            quality.check_run(store, fsv, run_id, figures["rows_written"], profile)
+        except ComputeError as exc:
+            exc.fstore_figures = dict(figures)  # type: ignore[attr-defined]
+            raise
+        figures["profile"] = profile
     if fsv.feature_set.offline_enabled:
         t = time.perf_counter()
         progress.start("offline")
@@ -667,6 +684,7 @@ def settings_env(settings: "Settings") -> dict[str, str]:
         "MAX_COMPUTE_THREADS": str(settings.max_compute_threads), "COMPUTE_ENGINE": settings.compute_engine,
         "REDIS_TIMEOUT": str(settings.redis_timeout),
         "REDIS_POOL_SIZE": str(settings.redis_pool_size), "DB_POOL_SIZE": str(settings.db_pool_size),
+        "PROFILES": "on" if settings.profiles else "off", "ALERT_WEBHOOK_URL": settings.alert_webhook_url,
     }
     if settings.source_roots is not None:
         values["SOURCE_ROOTS"] = ",".join(settings.source_roots)

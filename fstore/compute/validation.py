@@ -48,6 +48,7 @@ class Validated:
     quality: dict[str, dict[str, Any]]
     rows_rejected: int
     rows_checked: int = 0
+    profile: dict[str, Any] | None = None  # fstore.compute.profile: asked for with ``profile=True``
 
 
 def _literal(value: Any) -> str:
@@ -95,10 +96,10 @@ def _raw(i: int) -> str:
     return f"__fs_raw{i}"
 
 
-def _plan(columns: list[str], fsv: FeatureSetVersion):
+def _plan(columns: list[str], fsv: FeatureSetVersion, profile: bool = False, engine: str = "spark"):
     """What one validation needs, as Spark SQL: the checked features, the column assignments that apply the
-    policies (and recompute composites over validated inputs), the one-pass aggregates, the drop condition
-    (all reading each feature's value before its own policy)."""
+    policies (and recompute composites over validated inputs), the one-pass aggregates (with the profile's
+    when ``profile``), the drop condition, the columns before each policy."""
     steps, before = _steps(columns, fsv)
     checked = [(f, _rules(f, before[f.name])) for f in fsv.features if f.name in columns]
     aggs = ["count(1) AS `__rows`"]
@@ -115,7 +116,11 @@ def _plan(columns: list[str], fsv: FeatureSetVersion):
     drop = [cond for f, rules in checked if f.validation.on_violation == "drop_row" for _, cond in rules]
     if drop:
         aggs.append(f"sum(CASE WHEN {_any(drop)} THEN 1 ELSE 0 END) AS `__dropped`")
-    return checked, steps, aggs, (_any(drop) if drop else None)
+    if profile:
+        from fstore.compute import profile as profiles
+
+        aggs += profiles.aggregates([f for f, _ in checked], before, profiles.entity_key(fsv, columns), columns, engine)
+    return checked, steps, aggs, (_any(drop) if drop else None), before
 
 
 def _steps(columns: list[str], fsv: FeatureSetVersion) -> tuple[list[tuple[str, str]], dict[str, str]]:
@@ -194,20 +199,29 @@ def _json(value: Any) -> Any:
     return value
 
 
-def validate(df, fsv: FeatureSetVersion) -> Validated:
-    """Check every feature's rules on ``df`` (the compiled output, a Spark DataFrame), apply the policies, report quality."""
+def validate(df, fsv: FeatureSetVersion, *, profile: bool = False) -> Validated:
+    """Check every feature's rules on ``df`` (the compiled output, a Spark DataFrame), apply the policies,
+    report quality (and profile the features: ``fstore.compute.profile``; cache ``df`` first)."""
     from pyspark.sql import functions as F
 
     columns = list(df.columns)
-    checked, steps, aggs, drop = _plan(columns, fsv)
+    checked, steps, aggs, drop, before = _plan(columns, fsv, profile)
     wide = df
     for name, sql in steps:
         wide = wide.withColumn(name, F.expr(sql))
     row = wide.agg(*[F.expr(a) for a in aggs]).collect()[0].asDict()
     quality, rows = _report(row, checked)
+    profiled = None
+    if profile:
+        from fstore.compute import profile as profiles
+
+        sql = profiles.second_pass("{w}", [f for f, _ in checked], before)
+        groups = [tuple(r) for r in df.sparkSession.sql(sql, w=wide).collect()] if sql and rows else []
+        profiled = profiles.build(quality, [f for f, _ in checked], row, groups)
     out = wide if drop is None else wide.where(f"NOT ({drop})")
     out = out.select(*[F.col(quote(c)) for c in columns])
-    return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0), rows_checked=rows)
+    return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0), rows_checked=rows,
+                     profile=profiled)
 
 
 def _layered_sql(table: str, columns: list[str], steps: list[tuple[str, str]]) -> str:
@@ -223,18 +237,25 @@ def _layered_sql(table: str, columns: list[str], steps: list[tuple[str, str]]) -
     return sql
 
 
-def validate_arrow(con, table, fsv: FeatureSetVersion) -> Validated:
-    """``validate`` for a pyarrow Table on the DuckDB engine: the same rules, policies and report."""
+def validate_arrow(con, table, fsv: FeatureSetVersion, *, profile: bool = False) -> Validated:
+    """``validate`` for a pyarrow Table on the DuckDB engine: the same rules, policies, report and profile."""
     from fstore.engine.duckdb import to_duckdb
 
     columns = list(table.column_names)
-    checked, steps, aggs, drop = _plan(columns, fsv)
+    checked, steps, aggs, drop, before = _plan(columns, fsv, profile, "duckdb")
     con.register("fstore_validated", table)
+    profiled = None
     try:
         wide = _layered_sql("fstore_validated", columns, steps)
         relation = con.sql(to_duckdb(f"SELECT {', '.join(aggs)} FROM ({wide}) AS w"))
         row = dict(zip(relation.columns, relation.fetchall()[0]))
         quality, rows = _report(row, checked)
+        if profile:
+            from fstore.compute import profile as profiles
+
+            sql = profiles.second_pass(f"({wide}) AS w", [f for f, _ in checked], before)
+            groups = con.sql(to_duckdb(sql)).fetchall() if sql and rows else []
+            profiled = profiles.build(quality, [f for f, _ in checked], row, groups)
         if drop is None and not steps:
             out = table
         else:
@@ -243,4 +264,5 @@ def validate_arrow(con, table, fsv: FeatureSetVersion) -> Validated:
                           ).to_arrow_table()
     finally:
         con.unregister("fstore_validated")
-    return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0), rows_checked=rows)
+    return Validated(df=out, quality=quality, rows_rejected=int(row.get("__dropped") or 0), rows_checked=rows,
+                     profile=profiled)

@@ -136,6 +136,33 @@ def _roots(env: Mapping[str, str]) -> tuple[str, ...] | None:
     return tuple(roots)
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    """REDIS_URL: one Redis (``redis://``, ``rediss://``, ``unix://``) or a Redis Cluster
+    (``redis+cluster://[user:password@]host:port[,host:port…][/0]``, ``rediss+cluster://`` over TLS),
+    whose hosts are seeds: any one that answers gives the cluster's layout. A cluster has only database 0."""
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        return ""
+    if url.startswith(CLUSTER_SCHEMES):
+        rest = url.split("://", 1)[1]
+        hosts, _, path = rest.split("?", 1)[0].rpartition("@")[2].partition("/")
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit() or not 0 < int(port) < 65536:
+                raise InvalidDefinition(f"REDIS_URL={url!r}: cluster seed {host!r} is not host:port", field="REDIS_URL")
+        if path not in ("", "0"):
+            raise InvalidDefinition(f"REDIS_URL={url!r}: a Redis Cluster has only database 0, not {path!r}",
+                                    field="REDIS_URL")
+        return url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidDefinition(f"REDIS_URL={url!r} must start with redis://, rediss://, unix:// or, for a Redis "
+                                "Cluster, redis+cluster:// or rediss+cluster://", field="REDIS_URL")
+    return url
+
+
 def default_jars_dir(env: Mapping[str, str]) -> str:
     """Where set-up caches the jars Spark needs beyond pyspark's own (``$XDG_CACHE_HOME/fstore/jars``)."""
     cache = env.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
@@ -150,7 +177,7 @@ class Settings:
     storage_path: str = field(default_factory=lambda: str(Path.cwd() / "fstore_data"))
     storage_format: str = "delta"
     database_url: str = ""
-    redis_url: str = ""
+    redis_url: str = ""  # REDIS_URL: one Redis, or a Redis Cluster with redis+cluster:// (see _redis_url)
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_access_key: str = ""
@@ -197,6 +224,10 @@ class Settings:
     # SOURCE_ROOTS: where sources may be read and batch outputs written; None = the default
     # (``default_source_roots``: STORAGE_PATH, and the bucket on S3), computed when asked.
     source_roots: tuple[str, ...] | None = None
+    # PROFILES (on|off): a feature profile per run (quantiles, histogram, top values) for drift and anomalies.
+    profiles: bool = True
+    # ALERT_WEBHOOK_URL: where an anomaly alert is POSTed as JSON ("" = no webhook; alerts are still recorded).
+    alert_webhook_url: str = ""
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -222,9 +253,7 @@ class Settings:
             )
         if database_url.startswith("postgres:"):
             database_url = "postgresql:" + database_url[len("postgres:"):]
-        redis_url = env.get("REDIS_URL", "").strip()
-        if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise InvalidDefinition(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://", field="REDIS_URL")
+        redis_url = _redis_url(env)
         auth_raw = env.get("AUTH_ENABLED")
         values = dict(
             storage_backend=backend,
@@ -264,6 +293,8 @@ class Settings:
             db_statement_timeout=_float(env, "DB_STATEMENT_TIMEOUT", 5.0, minimum=0.1),
             python_feature_modules=_modules(env),
             source_roots=_roots(env),
+            profiles=_choice(env, "PROFILES", "on", ("on", "off")) == "on",
+            alert_webhook_url=env.get("ALERT_WEBHOOK_URL", "").strip(),
         )
         values.update(overrides)
         return cls(**values)
@@ -278,6 +309,11 @@ class Settings:
         if self.storage_backend == "s3":
             return f"s3a://{self.s3_bucket}/{self.storage_path.strip('/') or 'fstore'}"
         return str(Path(self.storage_path).resolve())
+
+    @property
+    def redis_cluster(self) -> bool:
+        """True when REDIS_URL names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+        return self.redis_url.startswith(CLUSTER_SCHEMES)
 
     @property
     def embedded_online_path(self) -> Path:

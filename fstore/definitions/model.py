@@ -358,6 +358,8 @@ class FeatureSet:
     # How far before the watermark an event arriving in new source data is still picked up (None: any age);
     # older ones are counted by the run (late_events_dropped), never silently lost.
     allowed_lateness_seconds: int | None = None
+    # Anomaly detection on the set's run-level series (fstore.ops.quality); None = the defaults, alerting only.
+    anomaly_policy: "AnomalyPolicy | None" = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -371,7 +373,7 @@ class FeatureSet:
 
     FIELDS = frozenset({"name", "entities", "description", "owner", "source_type", "offline_enabled", "online_enabled",
                         "materialization_schedule", "source", "ttl", "ttl_seconds", "tags", "allowed_lateness",
-                        "allowed_lateness_seconds"})
+                        "allowed_lateness_seconds", "anomaly_policy"})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSet":
@@ -396,12 +398,14 @@ class FeatureSet:
             if ttl is not None else None,
             tags=_tags(data.get("tags")),
             allowed_lateness_seconds=_lateness(data),
+            anomaly_policy=AnomalyPolicy.from_dict(data["anomaly_policy"]) if data.get("anomaly_policy") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
         lateness = self.allowed_lateness_seconds
         return {
             **({"allowed_lateness_seconds": lateness} if lateness is not None else {}),
+            **({"anomaly_policy": self.anomaly_policy.to_dict()} if self.anomaly_policy is not None else {}),
             "name": self.name,
             "entities": list(self.entities),
             "description": self.description,
@@ -414,6 +418,51 @@ class FeatureSet:
             "ttl_seconds": self.ttl_seconds,
             "tags": dict(self.tags),
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnomalyPolicy:
+    """How a set's runs are checked for anomalies: a robust z-score (median/MAD) of each run-level figure over
+    the last ``window`` succeeded runs (once ``min_runs`` exist); ``|z| >= warning_z`` is a warning,
+    ``>= critical_z`` critical. ``on_anomaly``: ``alert`` (record and notify) or ``fail`` (a critical anomaly
+    also fails the run before it writes, as validation's ``on_violation: fail``)."""
+
+    on_anomaly: str = "alert"
+    window: int = 20
+    min_runs: int = 5
+    warning_z: float = 3.5
+    critical_z: float = 6.0
+
+    FIELDS = frozenset({"on_anomaly", "window", "min_runs", "warning_z", "critical_z"})
+
+    def __post_init__(self) -> None:
+        if self.on_anomaly not in ("alert", "fail"):
+            raise InvalidDefinition(f"anomaly_policy.on_anomaly {self.on_anomaly!r} is not one of: alert, fail",
+                                    field="anomaly_policy.on_anomaly")
+        for name in ("window", "min_runs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1000:
+                raise InvalidDefinition(f"anomaly_policy.{name} must be an integer between 2 and 1000",
+                                        field=f"anomaly_policy.{name}")
+        if self.min_runs > self.window:
+            raise InvalidDefinition("anomaly_policy.min_runs must not exceed window", field="anomaly_policy.min_runs")
+        for name in ("warning_z", "critical_z"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+                raise InvalidDefinition(f"anomaly_policy.{name} must be a positive number", field=f"anomaly_policy.{name}")
+        if self.critical_z < self.warning_z:
+            raise InvalidDefinition("anomaly_policy.critical_z must be at least warning_z", field="anomaly_policy.critical_z")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "AnomalyPolicy":
+        if not isinstance(data, Mapping):
+            raise InvalidDefinition("anomaly_policy must be an object", field="anomaly_policy")
+        _reject_unknown(data, set(cls.FIELDS), "anomaly_policy")
+        return cls(**{k: data[k] for k in cls.FIELDS if data.get(k) is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"on_anomaly": self.on_anomaly, "window": self.window, "min_runs": self.min_runs,
+                "warning_z": self.warning_z, "critical_z": self.critical_z}
 
 
 def _lateness(data: Mapping[str, Any]) -> int | None:

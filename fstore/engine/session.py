@@ -1,7 +1,16 @@
 """Creating the Spark session: only jobs, the server, the CLI and tests call this.
 
 Library functions take a ``spark`` argument; this module is where one is made.
-An active session (``spark-submit``) always wins, so its settings are kept.
+An active session always wins, and so do the settings ``spark-submit`` was given
+(``--master``, ``--conf``, ``--properties-file``): a session made under it only adds
+what they leave unset.
+
+On a cluster master (``spark://…``) the executors are other processes, started by
+the workers: they get the driver's Python path (``spark.executorEnv.PYTHONPATH``, so
+they import fstore from the driver's tree), the cached jars (``spark.jars``, as
+``local:`` paths each worker reads from its own disk) and the class archive's JVM
+options. That assumes what ``fstore.engine.cluster`` gives: workers on this machine,
+or machines with the same paths (README: "Running on a Spark cluster").
 """
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from fstore.engine import jars
 from fstore.engine.class_archive import driver_java_options
@@ -16,25 +26,72 @@ from fstore.engine.spark_env import LOG4J_FILE, ensure_java, spark_defaults
 from fstore.core.settings import Settings
 
 
-def session_conf(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The settings of a session ``get_spark`` creates: spark-defaults.conf, S3, the local Python daemon,
-    the cached jars (Delta), ``extra``, the class archive."""
+def session_conf(settings: Settings, extra: dict[str, str] | None = None, *, master: str | None = None) -> dict[str, str]:
+    """The settings of a session ``get_spark`` creates on ``master`` (default ``SPARK_MASTER``): spark-defaults.conf,
+    S3, the local Python daemon or the executors' Python path, the cached jars (Delta), ``extra``, the class archive."""
+    master = master or settings.spark_master
     conf = spark_defaults()
     if settings.storage_backend == "s3":
         conf.update({f"spark.hadoop.{key}": value for key, value in s3a_conf(settings).items()})
-    if settings.spark_master.startswith("local"):
+    local = master.startswith("local")
+    if local:
         # Local workers run this interpreter: let them import pyspark compiled, not from its zip.
         conf.setdefault("spark.python.daemon.module", "fstore.engine.spark_daemon")
+    else:
+        # Executors' Python workers inherit nothing from this process: name the tree fstore came from, or an
+        # installed copy (another checkout's, say) would run their half of the job.
+        conf.setdefault("spark.executorEnv.PYTHONPATH", executor_python_path())
     conf.update(jars.spark_conf(settings, _running_jvm()))  # the cached Delta (and, for S3, hadoop-aws) jars
     conf.update(extra or {})
     options = [conf.get("spark.driver.extraJavaOptions", "")]
     if LOG4J_FILE.is_file() and "SPARK_CONF_DIR" not in os.environ:  # an operator's own Spark conf wins
         options.append(f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}")
     options.append(driver_java_options())  # mapped classes: the driver starts seconds sooner (class_archive.py)
+    _join_options(conf, "spark.driver.extraJavaOptions", options)
+    if not local:
+        # Executors run the same JVM and Spark jars from the same paths, so they map the same archive; a worker
+        # without the file ignores the option silently.
+        _join_options(conf, "spark.executor.extraJavaOptions",
+                      [conf.get("spark.executor.extraJavaOptions", ""), driver_java_options()])
+    return conf
+
+
+def _join_options(conf: dict[str, str], key: str, options: list[str]) -> None:
     joined = " ".join(o for o in options if o)
     if joined:
-        conf["spark.driver.extraJavaOptions"] = joined
-    return conf
+        conf[key] = joined
+
+
+def executor_python_path() -> str:
+    """The Python path of a cluster's executors: the folder holding the ``fstore`` this process imported, then
+    this process's ``PYTHONPATH`` (where user modules of python features may live)."""
+    import fstore
+
+    entries = [str(Path(fstore.__file__).resolve().parents[1])]
+    entries += [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e and e not in entries]
+    return os.pathsep.join(entries)
+
+
+def submitted_conf() -> dict[str, str]:
+    """What ``spark-submit`` was given for this process (``--master``, ``--conf``, ``--properties-file``…), read
+    from its JVM; empty when this process was not started by ``spark-submit``."""
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return {}
+    from pyspark import SparkConf
+
+    _running_jvm()
+    return dict(SparkConf().getAll())
+
+
+def choose_master(settings: Settings, submitted: str | None = None) -> str:
+    """The master of a new session: ``spark-submit --master``; else ``SPARK_MASTER`` (local masters sized by
+    ``MAX_COMPUTE_THREADS``). spark-submit without ``--master`` says ``local[*]``, which ``SPARK_MASTER`` overrides."""
+    if submitted and submitted != "local[*]":
+        return submitted
+    master = settings.spark_master
+    if settings.max_compute_threads and master.startswith("local"):
+        master = f"local[{settings.max_compute_threads}]"
+    return master
 
 
 def s3a_conf(settings: Settings, *, bucket: str | None = None) -> dict[str, str]:
@@ -108,12 +165,12 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     builder = SparkSession.builder.appName(app_name)
     if settings.spark_remote:
         return builder.remote(settings.spark_remote).getOrCreate()
-    master = settings.spark_master
-    if settings.max_compute_threads and master.startswith("local"):
-        master = f"local[{settings.max_compute_threads}]"
+    submitted = submitted_conf()
+    master = choose_master(settings, submitted.get("spark.master"))
     builder = builder.master(master)
-    for key, value in session_conf(settings, extra).items():
-        builder = builder.config(key, value)
+    for key, value in session_conf(settings, extra, master=master).items():
+        if key not in submitted:  # spark-submit's settings win
+            builder = builder.config(key, value)
     with quiet_py4j():  # the session's settings may hold the S3 secret
         spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level.upper())

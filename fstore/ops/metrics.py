@@ -152,7 +152,26 @@ class RegistryCollector:
             if self._allowed is None or self._allowed(name):
                 last_duration.add_metric([name], duration)
         yield from (runs, rows, seconds, last_duration)
+        yield _alert_metrics(self._store, self._allowed)
         yield from _freshness_metrics(data_freshness(self._store, allowed=self._allowed))
+
+
+def _alert_metrics(store: "StoreContext", allowed: Callable[[str], bool] | None):
+    """Anomaly alerts recorded by runs (``fstore.ops.quality``), by feature set, feature, metric and severity."""
+    from sqlalchemy import func, select
+
+    from fstore.registry.models import AlertRow
+
+    alerts = CounterMetricFamily("fstore_quality_alerts", "Anomalies found in run-level series (robust z-score)",
+                                 labels=["feature_set", "feature", "metric", "severity"])
+    with store.transaction() as s:
+        counted = s.execute(select(AlertRow.feature_set, AlertRow.feature, AlertRow.metric, AlertRow.severity,
+                                   func.count()).group_by(AlertRow.feature_set, AlertRow.feature, AlertRow.metric,
+                                                          AlertRow.severity)).all()
+    for name, feature, metric, severity, count in counted:
+        if allowed is None or allowed(name):
+            alerts.add_metric([name, feature, metric, severity], count)
+    return alerts
 
 
 def _freshness_metrics(freshness: dict):

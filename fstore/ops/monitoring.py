@@ -117,8 +117,12 @@ def statistics(s: Session, *, days: int = 7, feature_set: str | None = None,
     items = []
     for entry in sets.values():
         features = []
+        profile = _latest_profile(s, entry["feature_set"])
+        entry["entities"] = profile.get("entities")
         for f in entry["features"].values():
             first, latest = f.pop("first"), f["latest"]
+            # The share of the latest run's entities with a value of the feature (offline, from its profile).
+            f["coverage"] = profile.get("features", {}).get(f["feature"], {}).get("coverage")
             f["null_rate"] = round(f["nulls"] / f["count"], 6) if f["count"] else None
             f["change"] = {"mean": _change(first.get("mean"), latest.get("mean")),
                            "null_rate": _change(first.get("null_rate"), latest.get("null_rate")),
@@ -127,6 +131,13 @@ def statistics(s: Session, *, days: int = 7, feature_set: str | None = None,
         entry["features"] = features
         items.append(entry)
     return {"days": days, "since": _iso(since), "items": items}
+
+
+def _latest_profile(s: Session, feature_set: str) -> dict[str, Any]:
+    from fstore.registry.quality import run_profiles
+
+    latest = run_profiles(s, feature_set, limit=1)
+    return latest[0]["profile"] if latest else {}
 
 
 # -- freshness --------------------------------------------------------------------------------

@@ -242,3 +242,50 @@ class UsageRow(Base):
     entities_found: Mapped[int] = mapped_column(Integer, default=0)
     cache_hits: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[list[Any]]  # a fixed-bucket histogram, for p50/p95/p99 over any period
+
+
+class ProfileRow(Base):
+    """A feature set's profile (``fstore.compute.profile``) as one run computed it, or of a saved training set."""
+
+    __tablename__ = "feature_profiles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_set: Mapped[str] = mapped_column(String(63), index=True)
+    run_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    training_set: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    profile: Mapped[dict[str, Any]]  # {"rows", "entities", "features": {name: {...}}}
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class AlertRow(Base):
+    """An anomaly found in a run-level series (``fstore.ops.quality``)."""
+
+    __tablename__ = "quality_alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_set: Mapped[str] = mapped_column(String(63), index=True)
+    feature: Mapped[str] = mapped_column(String(63), default="")  # "" = the set (row count, freshness lag)
+    run_id: Mapped[str] = mapped_column(String(36), index=True)
+    metric: Mapped[str] = mapped_column(String(40))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    median: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score: Mapped[float] = mapped_column(Float)
+    severity: Mapped[str] = mapped_column(String(20))  # warning | critical
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class ImportanceRow(Base):
+    """A feature's importance for a training set's label, computed here or logged by an experiment tracker."""
+
+    __tablename__ = "feature_importances"
+    __table_args__ = (UniqueConstraint("training_set", "label", "method", "feature"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    training_set: Mapped[str] = mapped_column(String(63), index=True)
+    label: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(63))  # mutual_information | gbt | what a tracker names
+    feature: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200), default="")

@@ -70,8 +70,11 @@ def create_training_set(s: Session, name: str, spec: dict[str, Any], *, entity_c
 
 
 def get_training_set(s: Session, ref: str | int) -> dict[str, Any]:
-    """A training set by name or id."""
-    return training_set_dict(_row(s, ref))
+    """A training set by name or id, with the feature importances recorded for it."""
+    from fstore.registry.quality import importances
+
+    row = _row(s, ref)
+    return {**training_set_dict(row), "importances": importances(s, row.name)}
 
 
 def list_training_sets(s: Session, *, limit: int = 50, offset: int = 0, grant=None) -> dict[str, Any]:

@@ -472,6 +472,8 @@ def _record_checks(store: "StoreContext", state: _State, names: list[str], state
     from fstore.storage.online.marker import lost_reason
 
     for name, load_state in zip(names, states):
+        if load_state is None:  # not checked (a Redis Cluster node holding its marker is down): next request
+            continue
         state.checked[name] = mono
         if load_state.complete is not None:  # a load wrote this marker: the set was loaded
             state.loaded.add(name)

@@ -1,7 +1,7 @@
 """The online endpoint's fast path (``fstore.api.fast_online``) answers exactly as the Flask view would.
 
 Every request below goes once through the whole app (fast path first) and once
-through Flask alone, on the real Redis; status and body must agree (apart from the
+through Flask alone, on the real Redis and on a real Redis Cluster; status and body must agree (apart from the
 measured latency). Requests the fast path must not answer itself (errors, keys
 limited by grants) are checked to reach Flask.
 """
@@ -23,8 +23,8 @@ GOOD = {"feature_sets": ["payments"], "entities": {"user_id": [1, 2]}, "features
 
 
 @pytest.fixture()
-def served(settings, redis_url, tmp_path):
-    store = FeatureStore(settings.with_(auth_enabled=True, redis_url=redis_url), auto_upgrade=True)
+def served(settings, any_redis_url, tmp_path):
+    store = FeatureStore(settings.with_(auth_enabled=True, redis_url=any_redis_url), auto_upgrade=True)
     seed(store, str(tmp_path))
     keys = make_keys(store)
     app = create_app(store=store)

@@ -18,10 +18,11 @@ SCHEMA = ("user_id bigint, merchant_id string, event_timestamp timestamp, create
           "amount double, n int, flag boolean, label string, seen timestamp, xs array<double>, ts_list array<timestamp>")
 
 
-@pytest.fixture(params=["redis", "embedded"])
+@pytest.fixture(params=["redis", "redis-cluster", "embedded"])
 def load_settings(request, tmp_path) -> Settings:
-    if request.param == "redis":
-        return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": request.getfixturevalue("redis_url")})
+    if request.param != "embedded":
+        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+        return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": url})
     return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store")})
 
 

@@ -19,6 +19,7 @@ from fstore.storage.online import load_dataframe, open_online_store
 from fstore.storage.online.base import NULL, Codec, to_micros
 from fstore.storage.online.load_arrow import load_arrow
 from fstore.core.settings import Settings
+from redis_cluster_support import everything
 from test_online_load import read_back
 
 UTC = timezone.utc
@@ -80,17 +81,30 @@ def arrow_table(columns, rows):
                      for i, (name, _, arrow_type) in enumerate(columns)})
 
 
-@pytest.fixture(params=["redis", "embedded"])
+@pytest.fixture(params=["redis", "redis-cluster", "embedded"])
 def make_settings(request, tmp_path):
-    """A function giving settings on an emptied store (one Redis DB, flushed; or a new embedded file)."""
+    """A function giving settings on an emptied store (one Redis DB, flushed; every master of the Redis
+    Cluster, flushed; or a new embedded file)."""
     def make(name: str) -> Settings:
         if request.param == "redis":
             url = request.getfixturevalue("redis_url")
             redis.Redis.from_url(url).flushdb()
             return Settings.from_env({"STORAGE_PATH": str(tmp_path / name), "REDIS_URL": url})
+        if request.param == "redis-cluster":
+            url = request.getfixturevalue("redis_cluster_url")
+            request.getfixturevalue("redis_cluster_servers").flush()
+            return Settings.from_env({"STORAGE_PATH": str(tmp_path / name), "REDIS_URL": url})
         return Settings.from_env({"STORAGE_PATH": str(tmp_path / name)})
 
     return make
+
+
+def _untagged(key: bytes) -> bytes:
+    if not key.startswith(b"fs:"):
+        return key
+    head, brace, rest = key.partition(b"{")
+    assert brace and rest.endswith(b"}"), key
+    return head + rest[:-1]
 
 
 def stored(settings: Settings):
@@ -98,12 +112,15 @@ def stored(settings: Settings):
 
     Load markers (``fstore.storage.online.marker``) are compared without their ``loaded_at``, the time of each load.
     """
-    if settings.redis_url:
+    if settings.redis_cluster:  # hash keys by their one-Redis names: fs:<set>:{<parts>} -> fs:<set>:<parts>
+        out = {_untagged(k): v for k, v in everything(settings.redis_url).items()}
+    elif settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
         try:
             out = {k: client.hgetall(k) if client.type(k) == b"hash" else client.get(k) for k in client.keys("*")}
         finally:
             client.close()
+    if settings.redis_url:
         for key in [k for k in out if k.startswith(b"fstore:loaded:")]:
             out[key] = {f: v for f, v in out[key].items() if f != b"loaded_at"}
         return out
@@ -292,7 +309,9 @@ def test_a_prepared_load_closed_before_writing_stops_and_writes_nothing(make_set
     assert load._ready.full()
     load.close()
     assert not _prepare_threads()
-    if settings.redis_url:
+    if settings.redis_cluster:
+        assert everything(settings.redis_url) == {}
+    elif settings.redis_url:
         assert redis.Redis.from_url(settings.redis_url).dbsize() == 0
     else:
         assert not settings.embedded_online_path.exists()

@@ -1,4 +1,4 @@
-"""The online store contract on the real Redis and on the embedded SQLite store (same tests for both)."""
+"""The online store contract on the real Redis, a real 3-master Redis Cluster and the embedded SQLite store (same tests)."""
 from __future__ import annotations
 
 import random
@@ -22,10 +22,11 @@ CODEC = Codec(name="user_stats", version=1, key_columns=("user_id",), key_types=
               ttl_seconds=None)
 
 
-@pytest.fixture(params=["redis", "embedded"])
+@pytest.fixture(params=["redis", "redis-cluster", "embedded"])
 def store_settings(request, tmp_path) -> Settings:
-    if request.param == "redis":
-        return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": request.getfixturevalue("redis_url")})
+    if request.param != "embedded":
+        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+        return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store"), "REDIS_URL": url})
     return Settings.from_env({"STORAGE_PATH": str(tmp_path / "store")})
 
 

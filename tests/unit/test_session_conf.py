@@ -101,6 +101,40 @@ def test_the_daemon_imports_pyspark_from_site_packages_when_spark_puts_its_zips_
     assert pyspark_file("import fstore.engine.spark_daemon; ") == pyspark.__file__
 
 
+def test_cluster_executors_get_this_tree_on_their_python_path_and_the_class_archive(tmp_path, monkeypatch):
+    """Executors are the workers' processes: nothing of this process's environment reaches them unless named."""
+    archive = tmp_path / "classes.jsa"
+    archive.write_bytes(b"archive")
+    monkeypatch.setenv("SPARK_CLASS_ARCHIVE", str(archive))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/opt/user-features", ""]))
+    tree = str(Path(__file__).resolve().parents[2])
+    conf = session_conf(Settings.from_env({"SPARK_MASTER": "spark://127.0.0.1:7077"}))
+    assert conf["spark.executorEnv.PYTHONPATH"] == os.pathsep.join([tree, "/opt/user-features"])
+    assert conf["spark.executor.extraJavaOptions"] == class_archive.driver_java_options()
+    assert f"-XX:SharedArchiveFile={archive}" in conf["spark.driver.extraJavaOptions"]
+    local = session_conf(Settings.from_env({}))
+    assert "spark.executorEnv.PYTHONPATH" not in local and "spark.executor.extraJavaOptions" not in local
+    mine = session_conf(Settings.from_env({"SPARK_MASTER": "spark://h:7077"}),
+                        {"spark.executorEnv.PYTHONPATH": "/srv/fstore", "spark.executor.extraJavaOptions": "-Da=1"})
+    assert mine["spark.executorEnv.PYTHONPATH"] == "/srv/fstore"
+    assert mine["spark.executor.extraJavaOptions"] == f"-Da=1 {class_archive.driver_java_options()}"
+
+
+@pytest.mark.parametrize(("env", "submitted", "master"), [
+    ({}, None, "local[*]"),
+    ({"MAX_COMPUTE_THREADS": "3"}, None, "local[3]"),
+    ({"SPARK_MASTER": "spark://h:7077"}, None, "spark://h:7077"),
+    ({"SPARK_MASTER": "spark://h:7077"}, "local[*]", "spark://h:7077"),  # spark-submit without --master
+    ({"SPARK_MASTER": "spark://h:7077"}, "spark://other:7077", "spark://other:7077"),
+    ({}, "local[2]", "local[2]"),
+    ({"MAX_COMPUTE_THREADS": "3"}, "local[*]", "local[3]"),
+])
+def test_spark_submit_master_wins_over_spark_master_unless_it_is_its_default(env, submitted, master):
+    from fstore.engine.session import choose_master
+
+    assert choose_master(Settings.from_env(env), submitted) == master
+
+
 def test_s3_settings_reach_spark_and_delta_rs_from_settings_only():
     """s3a: endpoint, path-style, no TLS for http, the keys (Spark redacts *secret* settings); per bucket on a
     running session. delta-rs: the same endpoint and keys, and no AWS_S3_ALLOW_UNSAFE_RENAME (its commits are

@@ -35,8 +35,10 @@ def test_every_variable_is_read(tmp_path):
         "DB_CONNECT_TIMEOUT": "3", "DB_STATEMENT_TIMEOUT": "1.5",
         "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
         "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars", "UI_SESSION_SECRET": "s" * 40,
+        "PROFILES": "OFF", "ALERT_WEBHOOK_URL": "http://hooks:8080/fstore",
     }
     s = Settings.from_env(env)
+    assert s.profiles is False and s.alert_webhook_url == "http://hooks:8080/fstore"
     assert s.python_feature_modules == ("acme.features", "acme.udfs")
     assert s.source_roots == s.allowed_source_roots == (f"{tmp_path}/data", "s3a://lake/raw", str(Path.cwd() / "relative"))
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -75,6 +77,9 @@ def test_the_jars_cache_defaults_under_the_user_cache(tmp_path):
     ("DELTA_WRITER", "deltalake", "use one of: auto, spark, delta-rs"),
     ("DATABASE_URL", "mysql://db/fs", "not supported"),
     ("REDIS_URL", "localhost:6379", "must start with redis://"),
+    ("REDIS_URL", "redis+cluster://127.0.0.1:7000/2", "only database 0"),
+    ("REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1/0", "'127.0.0.1' is not host:port"),
+    ("REDIS_URL", "redis+cluster://", "is not host:port"),
     ("MAX_COMPUTE_THREADS", "many", "not an integer"),
     ("MAX_COMPUTE_THREADS", "-1", "out of range"),
     ("SCHEDULER_CONCURRENCY", "0", "out of range"),
@@ -141,3 +146,13 @@ def test_python_features_and_source_roots_default_to_the_stores_own(tmp_path):
     assert s.with_(storage_path=str(tmp_path / "other")).allowed_source_roots == (str((tmp_path / "other").resolve()),)
     assert Settings.from_env({"STORAGE_BACKEND": "s3", "S3_BUCKET": "lake"}).allowed_source_roots == ("s3://lake/",)
     assert Settings.from_env({"PYTHON_FEATURE_MODULES": ""}).python_feature_modules == ()  # set and empty: none
+
+
+def test_a_redis_cluster_is_chosen_by_the_url_scheme():
+    """REDIS_URL alone selects a cluster, so everything that passes REDIS_URL on (job processes, executors) agrees."""
+    assert not Settings.from_env({"REDIS_URL": "redis://cache:6379/2"}).redis_cluster
+    assert not Settings.from_env({}).redis_cluster
+    for url in ("redis+cluster://10.0.0.1:7000", "rediss+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001/0",
+                "redis+cluster://[::1]:7000/"):
+        s = Settings.from_env({"REDIS_URL": url})
+        assert s.redis_cluster and s.redis_url == url

@@ -104,8 +104,13 @@ def save_training_set(store: "StoreContext", name: str, entities: Entities, resu
         "events_paths": events,
         "columns": list(result.columns),
     }
+    profiles = _profiles(store, result, data_path) if store.settings.profiles else {}
     with store.transaction() as s:
         saved = finish_training_set(s, name, spec, entity_count=entities.count, output_path=data_path)
+        from fstore.registry.quality import save_profile
+
+        for set_name, profile in profiles.items():
+            save_profile(s, set_name, profile, training_set=name)
     from fstore.ops import audit
 
     # Saving is a write whatever the caller (SDK, CLI, or a POST that security's audit counts as a read).
@@ -114,6 +119,36 @@ def save_training_set(store: "StoreContext", name: str, entities: Entities, resu
                          "offline_versions": spec["offline_versions"]})
     result.meta["training_set"] = saved
     return saved
+
+
+def _profiles(store: "StoreContext", result: RetrievalResult, data_path: str) -> dict[str, dict[str, Any]]:
+    """The profile of the saved rows per feature set (``fstore.compute.profile``): the reference a model's
+    live features are compared with (``fstore monitor drift --baseline training_set:NAME``). Best effort:
+    a profile that cannot be computed is logged, the set is saved without it."""
+    import logging
+
+    from fstore.compute.profile_rows import profile_rows
+    from fstore.serving.retrieval.plan import output_name
+
+    out = {}
+    try:
+        if result.arrow is None:
+            rows, con = store.spark.read.parquet(data_path), None
+        else:
+            from fstore.engine import duckdb as engine
+
+            rows, con = result.arrow, engine.connect(store.settings.max_compute_threads)
+        try:
+            for g in result.meta["feature_sets"]:
+                fsv = store.feature_set_version(g["feature_set"], g["version"])
+                columns = {f: output_name(o) for f, o in zip(g["features"], g["output_names"])}
+                out[fsv.name] = profile_rows(rows, fsv, columns, con=con)
+        finally:
+            if con is not None:
+                con.close()
+    except Exception:  # noqa: BLE001 - a training set is worth saving without its profile
+        logging.getLogger(__name__).warning("could not profile the training set's rows", exc_info=True)
+    return out
 
 
 def _write_spark(entities: Entities, result: RetrievalResult, entities_path: str, data_path: str) -> None:

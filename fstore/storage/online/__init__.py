@@ -1,7 +1,7 @@
 """The online store: the latest feature values per entity key, for serving in milliseconds.
 
 ``open_online_store(settings)`` gives the Redis store when ``settings.redis_url``
-is set, else the embedded SQLite store (same contract, shared across processes);
+is set (a Redis Cluster for ``redis+cluster://``: ``fstore.storage.online.redis_cluster``), else the embedded SQLite store (same contract, shared across processes);
 ``load_dataframe(df, fsv, settings)`` bulk-loads a computed feature DataFrame from
 the Spark executors; ``fstore.storage.online.load_arrow.load_arrow(table, fsv, settings)``
 does the same for a pyarrow Table computed in this process (the DuckDB engine),
@@ -19,13 +19,25 @@ if TYPE_CHECKING:
 
 def open_online_store(settings: "Settings") -> OnlineStore:
     """Redis when ``settings.redis_url`` is set, else the embedded store under the storage path."""
-    if settings.redis_url:
-        from fstore.storage.online.redis_store import RedisOnlineStore
-
-        return RedisOnlineStore(settings.redis_url, pool_size=settings.redis_pool_size, timeout=settings.redis_timeout)
+    if settings.redis_url:  # one Redis, or a Redis Cluster for redis+cluster:// (redis_cluster.py)
+        return open_redis(settings.redis_url, pool_size=settings.redis_pool_size, timeout=settings.redis_timeout)
     from fstore.storage.online.embedded import EmbeddedOnlineStore
 
     return EmbeddedOnlineStore(settings.embedded_online_path)
+
+
+def open_redis(url: str, **kwargs) -> OnlineStore:
+    """The Redis store for ``url``: ``RedisClusterOnlineStore`` for ``redis+cluster://``/``rediss+cluster://``
+    (``fstore.storage.online.redis_cluster``), else ``RedisOnlineStore``; ``kwargs`` as ``RedisOnlineStore`` takes them."""
+    from fstore.core.settings import CLUSTER_SCHEMES
+
+    if url.startswith(CLUSTER_SCHEMES):
+        from fstore.storage.online.redis_cluster import RedisClusterOnlineStore
+
+        return RedisClusterOnlineStore(url, **kwargs)
+    from fstore.storage.online.redis_store import RedisOnlineStore
+
+    return RedisOnlineStore(url, **kwargs)
 
 
 def load_dataframe(df, fsv, settings: "Settings", **kwargs) -> int:
@@ -35,4 +47,4 @@ def load_dataframe(df, fsv, settings: "Settings", **kwargs) -> int:
     return _load(df, fsv, settings, **kwargs)
 
 
-__all__ = ["Codec", "OnlineStore", "load_dataframe", "open_online_store"]
+__all__ = ["Codec", "OnlineStore", "open_redis", "load_dataframe", "open_online_store"]

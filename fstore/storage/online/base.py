@@ -354,7 +354,8 @@ class OnlineStore(ABC):
     def read_checked(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]],
                      names: Sequence[str]) -> tuple[list[list[Any]], list["LoadState"]]:
         """``read_many`` and the ``LoadState`` of each set in ``names``, in the same round trip
-        (serving's check for a store that lost its values: ``fstore.storage.online.marker``)."""
+        (serving's check for a store that lost its values: ``fstore.storage.online.marker``); a state is
+        None when the store could not check it now (a Redis Cluster node holding its marker is down)."""
         results = self.read_many(requests)
         states = self.load_states(names)
         return results, [states[n] for n in names]

@@ -160,9 +160,9 @@ def packed_pieces(batches: Iterable) -> Iterator[tuple[list[bytes], list[bytes]]
 
 def _redis_tasks(config: dict[str, Any], codec: Codec, batches: Iterable) -> Iterator:
     """``mapInArrow`` body: write one task's packed rows (``kr``, ``p``) to Redis; yield the count written."""
-    from fstore.storage.online.redis_store import RedisOnlineStore
+    from fstore.storage.online import open_redis
 
-    store = RedisOnlineStore(config["url"], pool_size=1, timeout=config["timeout"], breaker=None)
+    store = open_redis(config["url"], pool_size=1, timeout=config["timeout"])
     try:
         written = store.write_packed(codec, packed_pieces(batches))
     finally:

@@ -311,9 +311,9 @@ class PreparedLoad:
         """Write the rows as they are made ready, then the set's load marker: keys written."""
         codec, settings = self.codec, self.settings
         if settings.redis_url:
-            from fstore.storage.online.redis_store import RedisOnlineStore
+            from fstore.storage.online import open_redis
 
-            store = RedisOnlineStore(settings.redis_url, pool_size=1, timeout=max(settings.redis_timeout, 30.0))
+            store = open_redis(settings.redis_url, pool_size=1, timeout=max(settings.redis_timeout, 30.0))
         else:
             from fstore.storage.online.embedded import EmbeddedOnlineStore
 

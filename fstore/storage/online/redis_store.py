@@ -33,7 +33,8 @@ from fstore.storage.online.base import NULL, TS_FIELD, Codec, EncodedRow, Online
 from fstore.storage.online.breaker import CircuitBreaker, CircuitOpen
 from fstore.storage.online.marker import COMPLETE_FIELD, LoadState, marker_key, parse_marker
 
-_WRITE_LUA = """
+# The newer-wins loop over KEYS[first..]; ``first`` is set by the variant below that runs it.
+_NEWER_WINS = """
 local nf = tonumber(ARGV[1])
 local a = nf + 2
 local written = 0
@@ -41,7 +42,7 @@ local newest = nil
 local newest_text = nil
 local args = {'@ts', ''}
 for j = 1, nf do args[2 * j + 1] = ARGV[1 + j] end
-for i = 2, #KEYS do
+for i = first, #KEYS do
   local ts_text = ARGV[a]
   local ts = tonumber(ts_text)
   local cur = redis.call('HGET', KEYS[i], '@ts')
@@ -58,14 +59,21 @@ for i = 2, #KEYS do
   end
   a = a + 1 + nf
 end
-if newest then
+"""
+# One Redis: KEYS[1] is ``fsmeta:<set>``, kept at the newest event time written, in the same call.
+_WRITE_LUA = "local first = 2" + _NEWER_WINS + """if newest then
   local m = redis.call('GET', KEYS[1])
   if (not m) or tonumber(m) < newest then redis.call('SET', KEYS[1], newest_text) end
 end
 return written
 """
+# A Redis Cluster: a call's keys must share one slot, which ``fsmeta:<set>`` does not, so every key
+# is a data key and the call answers {written, newest event time}; the caller then raises ``fsmeta``
+# (``fstore.storage.online.redis_cluster``).
+CLUSTER_WRITE_LUA = "local first = 1" + _NEWER_WINS + "return {written, newest_text}\n"
 
 WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
+CLUSTER_WRITE_SHA = hashlib.sha1(CLUSTER_WRITE_LUA.encode()).hexdigest()
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -78,19 +86,23 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def pack_write(codec_fields: Sequence[str], feature_set: str, keys: Sequence[bytes], payloads: Sequence[bytes]) -> bytes:
+def pack_write(codec_fields: Sequence[str], feature_set: str, keys: Sequence[bytes], payloads: Sequence[bytes], *,
+               cluster: bool = False) -> bytes:
     """The RESP bytes of one ``EVALSHA`` write call.
 
     ``keys`` are RESP bulk strings of the hash keys; ``payloads`` per key the RESP
     bulk strings of its ``@ts`` then each feature value, in ``codec_fields`` order.
     Built by hand so the bulk loader (which gets these pieces ready-made from
-    Spark) does no per-value work in Python.
+    Spark) does no per-value work in Python. ``cluster``: the cluster variant of the
+    script (``CLUSTER_WRITE_LUA``: no ``fsmeta`` key; ``keys`` must share one slot).
     """
     nf = len(codec_fields)
-    numkeys = len(keys) + 1
+    numkeys = len(keys) + (0 if cluster else 1)
     nargs = 3 + numkeys + 1 + nf + len(keys) * (1 + nf)
-    head = [b"*%d\r\n$7\r\nEVALSHA\r\n" % nargs, bulk(WRITE_SHA.encode()), bulk(b"%d" % numkeys),
-            bulk(meta_key(feature_set).encode())]
+    head = [b"*%d\r\n$7\r\nEVALSHA\r\n" % nargs, bulk((CLUSTER_WRITE_SHA if cluster else WRITE_SHA).encode()),
+            bulk(b"%d" % numkeys)]
+    if not cluster:
+        head.append(bulk(meta_key(feature_set).encode()))
     head.extend(keys)
     head.append(bulk(b"%d" % nf))
     head.extend(bulk(f.encode()) for f in codec_fields)
@@ -149,7 +161,7 @@ class RedisOnlineStore(OnlineStore):
         self.breaker = breaker or CircuitBreaker(threshold=3, probe_seconds=0.2, probe=self._client.ping)
         # Read connections kept out of the pool between reads (see _borrow), at most half the pool.
         self._idle: list[redis.Connection] = []
-        self._idle_max = max(1, pool_size // 2)
+        self._idle_max = pool_size // 2  # none with a pool of 1 (a loader): its one connection stays in the pool
         self._idle_pid = os.getpid()
         self._hmget_cache: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
 
@@ -219,7 +231,13 @@ class RedisOnlineStore(OnlineStore):
         commands.extend(self._state_commands(names))
         if not commands:
             return [[] for _ in requests], []
-        replies = iter(self._call(lambda: self._pipelined(b"".join(commands), len(commands))))
+        return self._results(requests, names, self._call(lambda: self._pipelined(b"".join(commands), len(commands))))
+
+    @classmethod
+    def _results(cls, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]], names: Sequence[str],
+                 replies: Iterable[Any]) -> tuple[list[list[Any]], list[LoadState]]:
+        """``read_checked``'s answer from the replies of its HMGETs then its state commands, in order."""
+        replies = iter(replies)
         out: list[list[Any]] = []
         for _, group_keys, _ in requests:
             results = []
@@ -228,7 +246,7 @@ class RedisOnlineStore(OnlineStore):
                 ts = reply[0]
                 results.append(None if ts is None else (int(ts), reply[1:]))
             out.append(results)
-        return out, [self._state(next(replies), next(replies)) for _ in names]
+        return out, [cls._state(next(replies), next(replies)) for _ in names]
 
     @staticmethod
     def _state_commands(names: Sequence[str]) -> list[bytes]:
@@ -280,19 +298,19 @@ class RedisOnlineStore(OnlineStore):
                 bulk(TS_FIELD.encode()) + b"".join(bulk(f.encode()) for f in fields))
         return parts
 
-    def _pipelined(self, payload: bytes, replies: int) -> list[Any]:
+    def _pipelined(self, payload: bytes, replies: int, *, in_place: bool = False) -> list[Any]:
         """Send ``payload`` (``replies`` packed commands) in one write and read every reply: one round trip.
 
         Retried whole on a connection error (reads only); an error reply is raised after all are read,
-        so the connection goes back to the pool in step.
+        so the connection goes back to the pool in step (``in_place``: returned in its reply's place).
         """
         deadline = _READ_BUDGET.deadline = time.monotonic() + self.timeout
         try:
-            return self._pipelined_by(deadline, payload, replies)
+            return self._pipelined_by(deadline, payload, replies, in_place)
         finally:
             _READ_BUDGET.deadline = None
 
-    def _pipelined_by(self, deadline: float, payload: bytes, replies: int) -> list[Any]:
+    def _pipelined_by(self, deadline: float, payload: bytes, replies: int, in_place: bool = False) -> list[Any]:
         connection = self._borrow()
         shortened = False
 
@@ -301,16 +319,7 @@ class RedisOnlineStore(OnlineStore):
             connection.connect()  # no-op when connected; a retry after a dropped connection reconnects here
             shortened = self._bound(connection, deadline) or shortened
             connection.send_packed_command([payload], check_health=False)
-            out, error = [], None
-            for _ in range(replies):
-                try:
-                    out.append(connection.read_response())
-                except redis.ResponseError as exc:
-                    error = error or exc
-                    out.append(None)
-            if error is not None:
-                raise error
-            return out
+            return self._replies(connection, replies, in_place)
 
         try:
             out = connection.retry.call_with_retry(run, lambda _: connection.disconnect())
@@ -323,6 +332,63 @@ class RedisOnlineStore(OnlineStore):
             connection._sock.settimeout(self.timeout)
         self._keep(connection)
         return out
+
+    @staticmethod
+    def _replies(connection: redis.Connection, count: int, in_place: bool = False) -> list[Any]:
+        """Read ``count`` replies; an error reply is raised once all are read, or with ``in_place`` kept in its place."""
+        out, error = [], None
+        for _ in range(count):
+            try:
+                out.append(connection.read_response())
+            except redis.ResponseError as exc:
+                error = error or exc
+                out.append(exc if in_place else None)
+        if error is not None and not in_place:
+            raise error
+        return out
+
+    def send_read(self, payload: bytes) -> tuple[redis.Connection, bool] | None:
+        """The first half of a read sent to several servers at once (a cluster's nodes): send ``payload``
+        on a kept or pooled connection; ``finish_read`` reads its replies. None when the connection failed
+        (a connection Redis closed: the caller reads with ``_pipelined``, which reconnects)."""
+        deadline = _READ_BUDGET.deadline = time.monotonic() + self.timeout  # a new connection fits in it too
+        try:
+            connection = self._borrow()
+            try:
+                connection.connect()
+                shortened = self._bound(connection, deadline)
+                connection.send_packed_command([payload], check_health=False)
+            except BaseException as exc:
+                connection.disconnect()
+                self._pool.release(connection)
+                if isinstance(exc, redis.ConnectionError):
+                    return None
+                raise
+        finally:
+            _READ_BUDGET.deadline = None
+        return connection, shortened
+
+    def finish_read(self, sent: tuple[redis.Connection, bool], replies: int, *, in_place: bool = False) -> list[Any] | None:
+        """The replies of a ``send_read``; None when the connection failed (read again with ``_pipelined``)."""
+        connection, shortened = sent
+        try:
+            out = self._replies(connection, replies, in_place)
+        except BaseException as exc:
+            if not isinstance(exc, redis.ResponseError):
+                connection.disconnect()
+            self._pool.release(connection)
+            if isinstance(exc, redis.ConnectionError):
+                return None
+            raise
+        if shortened:
+            connection._sock.settimeout(self.timeout)
+        self._keep(connection)
+        return out
+
+    def abandon_read(self, sent: tuple[redis.Connection, bool]) -> None:
+        """Drop a ``send_read`` whose replies will not be read (another node failed): its connection is closed."""
+        sent[0].disconnect()
+        self._pool.release(sent[0])
 
     def _bound(self, connection: redis.Connection, deadline: float) -> bool:
         """Give the socket only what is left of this read's ``REDIS_TIMEOUT`` budget.
@@ -443,4 +509,4 @@ class RedisOnlineStore(OnlineStore):
         return self._call(run)
 
 
-__all__ = ["RedisOnlineStore", "NULL", "TS_FIELD", "pack_write", "bulk", "encoded_payload"]
+__all__ = ["CLUSTER_WRITE_LUA", "RedisOnlineStore", "NULL", "TS_FIELD", "pack_write", "bulk", "encoded_payload"]
