@@ -49,7 +49,8 @@ setup(
         "test": ["pytest==8.4.2", "import-linter==2.16", "pytest-timeout==2.4.0", "schemathesis==4.1.4",
                  "hypothesis==6.168.0",  # 6.170 breaks schemathesis body generation
                  "requests>=2.31",
-                 "playwright==1.65.2"],  # tests/ui drive Debian's chromium (executable_path), no browser download
+                 "playwright==1.65.2",  # tests/ui drive Debian's chromium (executable_path), no browser download
+                 "moto[server]==5.2.5"],  # tests/integration/test_s3.py: a loopback S3 server (python -m moto.server)
         "bench": ["feast[redis]==0.67.0", "matplotlib==3.10.7"],  # matplotlib: the wide sweep's chart
     },
     entry_points={"console_scripts": ["fstore=fstore.cli:main"]},

@@ -69,7 +69,10 @@ class FeatureStore:
         return self._spark
 
     def use_spark(self, spark) -> "FeatureStore":
-        """Use an existing Spark session (tests, notebooks)."""
+        """Use an existing Spark session (tests, notebooks); on S3 it is given the bucket's settings."""
+        from fstore.engine.session import configure_s3a
+
+        configure_s3a(spark, self.settings)
         self._spark = spark
         return self
 

@@ -175,7 +175,16 @@ def spark(tmp_path_factory):
             url = server.url
         os.environ["SPARK_REMOTE"] = url  # the fstore processes tests start use it too
         settings = test_spark_settings(SPARK_REMOTE=url)
-    session = get_spark(settings, app_name="fstore-tests", extra=TEST_SPARK_EXTRA)
+    extra = dict(TEST_SPARK_EXTRA)
+    # The jars an S3 store's session gets too (hadoop-aws, when cached): jars join the class path only at the
+    # start, and test_s3 reaches its moto server through this session (the bucket's settings come later,
+    # from FeatureStore.use_spark: fstore.engine.session.configure_s3a).
+    from fstore.engine.jars import spark_conf
+
+    s3_jars = spark_conf(settings.with_(storage_backend="s3")).get("spark.jars")
+    if s3_jars and server is None:
+        extra["spark.jars"] = s3_jars
+    session = get_spark(settings, app_name="fstore-tests", extra=extra)
     yield session
     session.stop()
     if server is not None:

@@ -345,10 +345,12 @@ class Settings:
 
     @property
     def embedded_online_path(self) -> Path:
-        """Where the embedded online store's SQLite file lives: beside the registry in the storage folder."""
+        """Where the embedded online store's SQLite file lives: beside the registry in the storage folder; on S3
+        (no local storage folder) beside a SQLite registry's file, else in the working folder."""
         if self.storage_backend == "local":
             return Path(self.storage_path).resolve() / "online.db"
-        return Path.cwd().resolve() / "fstore_online.db"
+        beside = self.secret_key_file  # in a SQLite registry's folder
+        return (beside.parent if beside is not None else Path.cwd().resolve()) / "fstore_online.db"
 
     @property
     def is_sqlite(self) -> bool:

@@ -3,8 +3,8 @@
 The same compiled query as on Spark (``fstore.compiler``), transpiled from Spark SQL to
 DuckDB's dialect by sqlglot (``to_duckdb``), runs over the source rows; the result is a
 ``pyarrow.Table`` with the same columns and types as the Spark engine's DataFrame. It is
-meant for one machine: sources are local paths (parquet, csv, json, delta), never a
-Spark table or query, and python features run in-process over Arrow batches.
+meant for one machine: sources are local paths (parquet, csv, json, delta) or parquet and
+delta on S3 (read through pyarrow: ``_open_s3``), never a Spark table or query, and python features run in-process over Arrow batches.
 
 ``compute`` = read (with the look-back the longest window needs) → compiled SQL →
 python features (``fstore.engine.python_stage``) → the final projection → only the rows
@@ -22,6 +22,7 @@ from sqlglot import exp
 
 from fstore.compiler import CompiledQuery, compile_feature_set, internal_column
 from fstore.compiler.dialect import quote, sql_error_text
+from fstore.engine import s3 as storage_s3
 from fstore.definitions.model import FeatureSetVersion, Source
 from fstore.engine.sources import check_event_time_type, data_files, local_path_missing, to_utc_naive
 from fstore.core.errors import ComputeError, InvalidDefinition, NotFound
@@ -158,8 +159,13 @@ def unsupported(source: Source) -> str | None:
         kind = "table" if source.table else "query"
         return (f"COMPUTE_ENGINE=duckdb reads path sources (parquet, csv, json, delta); this source is a Spark {kind}: "
                 "run it with COMPUTE_ENGINE=spark")
-    if "://" in source.path and not source.path.startswith("file:"):
-        return f"COMPUTE_ENGINE=duckdb reads local paths only, not {source.path}; run it with COMPUTE_ENGINE=spark"
+    if storage_s3.is_s3(source.path):
+        if source.format not in ("parquet", "delta"):
+            return (f"COMPUTE_ENGINE=duckdb reads parquet and delta sources on S3, not {source.format} "
+                    f"({source.path}); run it with COMPUTE_ENGINE=spark")
+    elif "://" in source.path and not source.path.startswith("file:"):
+        return (f"COMPUTE_ENGINE=duckdb reads local paths and S3 only, not {source.path}; "
+                "run it with COMPUTE_ENGINE=spark")
     if source.format not in ("parquet", "csv", "json", "delta"):
         return f"COMPUTE_ENGINE=duckdb cannot read {source.format} sources; run it with COMPUTE_ENGINE=spark"
     allowed = _CSV_OPTIONS if source.format == "csv" else {}
@@ -177,6 +183,8 @@ def open_source(con, source: Source, *, settings: Settings):
     if reason is not None:
         raise InvalidDefinition(reason, field="source")
     check_source(settings, source)
+    if storage_s3.is_s3(source.path):
+        return _open_s3(con, source, settings=settings)
     if local_path_missing(source):
         raise NotFound(f"source path {source.path} does not exist")
     path = source.path[len("file://"):] if source.path.startswith("file://") else source.path.removeprefix("file:")
@@ -211,6 +219,36 @@ def open_source(con, source: Source, *, settings: Settings):
     except duckdb.Error as exc:
         raise InvalidDefinition(f"source {source.path} cannot be read as {source.format}: {_first_line(exc)}",
                                 field="source") from None
+
+
+def _open_s3(con, source: Source, *, settings: Settings):
+    """A parquet or delta source on S3 as a DuckDB relation over a pyarrow dataset (the S3 settings' client:
+    ``fstore.engine.s3``). DuckDB scans the Arrow dataset in process, so its own file access stays off
+    (``seal``); its httpfs extension is neither bundled nor installable here."""
+    import pyarrow.dataset as ds
+
+    try:
+        if source.format == "delta":
+            from deltalake import DeltaTable
+            from deltalake.exceptions import TableNotFoundError
+
+            try:
+                dataset = DeltaTable(storage_s3.delta_uri(source.path),
+                                     storage_options=storage_s3.delta_options(settings)).to_pyarrow_dataset()
+            except TableNotFoundError:
+                raise NotFound(f"no Delta table at {source.path}") from None
+        else:
+            # Spark's listing: hidden (_ or .) entries skipped, key=value folders as columns.
+            dataset = ds.dataset(storage_s3.path_on(source.path).rstrip("/"), format="parquet", partitioning="hive",
+                                 filesystem=storage_s3.filesystem(settings), exclude_invalid_files=False,
+                                 ignore_prefixes=["_", "."])
+    except FileNotFoundError:
+        raise NotFound(f"source path {source.path} does not exist") from None
+    except OSError as exc:
+        raise storage_s3.access_error(settings, exc, doing=f"reading source {source.path}", uri=source.path) from None
+    if source.format == "parquet" and not dataset.files:
+        raise NotFound(f"source path {source.path} holds no parquet files")
+    return con.from_arrow(dataset)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,6 +14,8 @@ or machines with the same paths (README: "Running on a Spark cluster").
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -30,12 +32,7 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None, *, mas
     master = master or settings.spark_master
     conf = spark_defaults()
     if settings.storage_backend == "s3":
-        conf.update({
-            "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
-            "spark.hadoop.fs.s3a.access.key": settings.s3_access_key,
-            "spark.hadoop.fs.s3a.secret.key": settings.s3_secret_key,
-            "spark.hadoop.fs.s3a.path.style.access": "true",
-        })
+        conf.update({f"spark.hadoop.{key}": value for key, value in s3a_conf(settings).items()})
     local = master.startswith("local")
     if local:
         # Local workers run this interpreter: let them import pyspark compiled, not from its zip.
@@ -97,6 +94,54 @@ def choose_master(settings: Settings, submitted: str | None = None) -> str:
     return master
 
 
+def s3a_conf(settings: Settings, *, bucket: str | None = None) -> dict[str, str]:
+    """Hadoop's ``fs.s3a.*`` settings for the S3 of ``settings``: endpoint (no TLS for an ``http://`` one),
+    path-style requests (MinIO, moto and other S3-compatible servers), region, and the keys when set (else the
+    AWS SDK's default chain: environment, profile, instance role). With ``bucket``, the per-bucket form
+    (``fs.s3a.bucket.NAME.*``), which applies to that bucket only."""
+    conf = {"path.style.access": "true", "endpoint.region": os.environ.get("AWS_REGION", "us-east-1")}
+    if settings.s3_endpoint:
+        conf["endpoint"] = settings.s3_endpoint
+        conf["connection.ssl.enabled"] = "false" if settings.s3_endpoint.startswith("http://") else "true"
+    if settings.s3_access_key:
+        conf["aws.credentials.provider"] = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        conf["access.key"] = settings.s3_access_key
+        conf["secret.key"] = settings.s3_secret_key
+    prefix = f"fs.s3a.bucket.{bucket}." if bucket else "fs.s3a."
+    return {prefix + key: value for key, value in conf.items()}
+
+
+def configure_s3a(spark, settings: Settings) -> None:
+    """Give a running session the S3 settings of ``settings`` for its bucket (``fs.s3a.bucket.NAME.*`` on the
+    session's Hadoop configuration), so that a session made elsewhere (``spark-submit``, a test's, one serving
+    several stores) reaches the bucket. Later jobs read the configuration when they start. The jars
+    (hadoop-aws) must already be on its class path: they cannot be added to a running JVM. Nothing to do for
+    local storage or under Spark Connect (the server's own settings apply there)."""
+    if settings.storage_backend != "s3":
+        return
+    try:
+        hadoop = spark._jsc.hadoopConfiguration()
+    except Exception:  # noqa: BLE001 - Spark Connect: no JVM in this process
+        return
+    with quiet_py4j():
+        for key, value in s3a_conf(settings, bucket=settings.s3_bucket).items():
+            hadoop.set(key, value)
+
+
+@contextlib.contextmanager
+def quiet_py4j():
+    """py4j logs every command it sends at DEBUG, arguments included: while the S3 secret crosses into the
+    JVM, its logger says nothing below WARNING (an application logging everything at DEBUG would
+    otherwise write the secret to its log)."""
+    logger = logging.getLogger("py4j")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _running_jvm():
     """The driver JVM this process already talks to (``spark-submit`` started it, or an earlier session), or None."""
     from pyspark import SparkContext
@@ -114,6 +159,7 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
 
     active = SparkSession.getActiveSession()
     if active is not None:
+        configure_s3a(active, settings)
         return active
     remote = connect.remote_url(settings)  # SPARK_REMOTE, or the server `fstore spark up` started
     if remote:
@@ -133,7 +179,8 @@ def get_spark(settings: Settings, app_name: str = "fstore", extra: dict[str, str
     for key, value in session_conf(settings, extra, master=master).items():
         if key not in submitted:  # spark-submit's settings win
             builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with quiet_py4j():  # the session's settings may hold the S3 secret
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level.upper())
     return spark
 

@@ -21,6 +21,7 @@ from fstore.compiler import EVENT_TIME, CompiledQuery, compile_feature_set, inte
 from fstore.definitions.model import FeatureSetVersion, Source
 from fstore.core.errors import ComputeError, InvalidDefinition, NotFound
 from fstore.core.settings import Settings
+from fstore.engine import s3
 from fstore.engine.sources import (check_event_time_type, data_files, delta_arrow_schema, is_local, local_path,
                                    local_path_missing, to_utc_naive)
 
@@ -57,19 +58,23 @@ def read_delta(spark, path: str, *, version: int | None = None, storage_options:
     return df
 
 
-def nanosecond_columns(source: Source) -> list[str]:
-    """The columns of a local Parquet source stored as nanosecond timestamps (pandas' default), from the files'
-    footers: Spark reads them as longs (``nanosAsLong``) and ``read_source`` turns them into timestamps."""
-    if not source.path or not is_local(source.path):
-        return []
+def nanosecond_columns(source: Source, settings: Settings | None = None) -> list[str]:
+    """The columns of a Parquet source (local, or on S3 with ``settings``) stored as nanosecond timestamps
+    (pandas' default), from the files' footers: Spark reads them as longs (``nanosAsLong``) and
+    ``read_source`` turns them into timestamps."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-
+    if source.path and settings is not None and s3.is_s3(source.path):
+        filesystem, paths = s3.parquet_files(settings, source.path)
+    elif source.path and is_local(source.path):
+        filesystem, paths = None, data_files(local_path(source.path), ".parquet")
+    else:
+        return []
     found: list[str] = []
-    for path in data_files(local_path(source.path), ".parquet"):
+    for path in paths:
         try:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(path, filesystem=filesystem)
         except (OSError, pa.ArrowException):
             continue  # not Parquet: Spark's own read says so
         for field in schema:
@@ -105,7 +110,7 @@ def read_source(spark, source: Source, *, settings: Settings, start: datetime | 
                 reader = spark.read.option("header", "true").option("inferSchema", "true")
                 df = reader.options(**source.options).csv(source.path)
             else:
-                nanos = nanosecond_columns(source) if source.format == "parquet" else []
+                nanos = nanosecond_columns(source, settings) if source.format == "parquet" else []
                 if nanos:
                     # Spark refuses TIMESTAMP(NANOS) (pandas' default); read it as a long, then as microseconds.
                     spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")

@@ -31,9 +31,10 @@ versions and time travel. ``STORAGE_FORMAT=parquet`` keeps plain Parquet
 partitions with the same replace semantics (a day's folder is swapped by
 renames, so local storage only).
 
-S3 (``STORAGE_BACKEND=s3``): Spark writes through ``s3a://``; ``deltalake``
-gets ``storage_options`` built from the settings. This path is written but not
-exercised here (no object store on this machine).
+S3 (``STORAGE_BACKEND=s3``): the same layout under ``s3a://BUCKET/STORAGE_PATH``.
+Spark reads and writes through ``s3a://``; delta-rs and pyarrow get their
+options from the settings (``fstore.engine.s3``), and delta-rs commits with
+conditional puts. tests/integration/test_s3.py runs it all against a moto server.
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ resolves it. Files are pruned with what the Delta log already knows (the
 no label row can see are never opened. Local tables come back as paths (DuckDB's
 own Parquet reader, which can number the rows of each file: the order the Spark
 engine reads them in, used to break exact ties); a table elsewhere
-(``STORAGE_BACKEND=s3``) as a pyarrow dataset over ``deltalake``'s file system,
-a branch written but, like the rest of the S3 support, not exercised here.
+(``STORAGE_BACKEND=s3``) as a pyarrow dataset over ``deltalake``'s file system
+(tests/integration/test_s3.py); DuckDB scans it in process, without file numbers,
+so exact ties there fall in the dataset's order.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from fstore.core.errors import ComputeError, NotFound
 from fstore.core.settings import Settings
+from fstore.engine import s3
 from fstore.engine.sources import delta_arrow_schema
 
 PARTITION = "event_date"
@@ -24,22 +25,14 @@ def table_uri(settings: Settings, name: str) -> str:
 
 
 def delta_uri(uri: str) -> str:
-    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
+    return s3.delta_uri(uri)
 
 
 def storage_options(settings: Settings) -> dict[str, str] | None:
-    """``deltalake`` storage options for S3 (endpoint, keys, plain HTTP for MinIO); None for local files."""
+    """``deltalake`` storage options for S3 (endpoint, region, keys: ``fstore.engine.s3``); None for local files."""
     if settings.storage_backend != "s3":
         return None
-    options = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-    if settings.s3_endpoint:
-        options["AWS_ENDPOINT_URL"] = settings.s3_endpoint
-        if settings.s3_endpoint.startswith("http://"):
-            options["AWS_ALLOW_HTTP"] = "true"
-    if settings.s3_access_key:
-        options["AWS_ACCESS_KEY_ID"] = settings.s3_access_key
-        options["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_key
-    return options
+    return s3.delta_options(settings)
 
 
 def filesystem(settings: Settings):
@@ -47,11 +40,7 @@ def filesystem(settings: Settings):
     from pyarrow import fs
 
     if settings.storage_backend == "s3":
-        endpoint = settings.s3_endpoint
-        s3 = fs.S3FileSystem(access_key=settings.s3_access_key or None, secret_key=settings.s3_secret_key or None,
-                             endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
-                             scheme="http" if endpoint.startswith("http://") else "https")
-        return s3, lambda uri: uri.split("://", 1)[1]
+        return s3.filesystem(settings), s3.path_on
     return fs.LocalFileSystem(), lambda uri: uri
 
 
@@ -65,6 +54,10 @@ def delta_table(settings: Settings, name: str, version: int | str | datetime | N
         table = DeltaTable(uri, storage_options=storage_options(settings))
     except TableNotFoundError:
         return None
+    except OSError as exc:  # S3 refused or unreachable: name the bucket and endpoint, never the secret
+        if settings.storage_backend == "s3":
+            raise s3.access_error(settings, exc, doing=f"opening offline table {name}", uri=uri) from None
+        raise
     if version is not None:
         latest = table.version()
         if isinstance(version, int) and not 0 <= version <= latest:

@@ -302,7 +302,8 @@ def test_a_source_the_duckdb_engine_cannot_read_registers_and_its_run_says_why(s
              ({"query": "SELECT * FROM events_table", "event_timestamp_column": "ts"}, "this source is a Spark query"),
              ({"path": path, "event_timestamp_column": "ts", "options": {"mergeSchema": "true"}},
               "does not understand source option(s) mergeSchema"),
-             ({"path": "s3a://bucket/events", "event_timestamp_column": "ts"}, "reads local paths only")]
+             ({"path": "s3a://bucket/events", "format": "csv", "event_timestamp_column": "ts"},
+              "reads parquet and delta sources on S3, not csv")]
     for source, reason in cases:
         fsv = make_fsv([{"name": "ok", "data_type": "float", "transformation": "amount + 1"}], source)
         validate_version(store, fsv)

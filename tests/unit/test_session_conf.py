@@ -133,3 +133,38 @@ def test_spark_submit_master_wins_over_spark_master_unless_it_is_its_default(env
     from fstore.engine.session import choose_master
 
     assert choose_master(Settings.from_env(env), submitted) == master
+
+
+def test_s3_settings_reach_spark_and_delta_rs_from_settings_only():
+    """s3a: endpoint, path-style, no TLS for http, the keys (Spark redacts *secret* settings); per bucket on a
+    running session. delta-rs: the same endpoint and keys, and no AWS_S3_ALLOW_UNSAFE_RENAME (its commits are
+    conditional puts)."""
+    from fstore.engine import s3
+    from fstore.engine.session import s3a_conf
+
+    settings = Settings.from_env({"STORAGE_BACKEND": "s3", "S3_BUCKET": "lake", "S3_ENDPOINT": "http://127.0.0.1:9000",
+                                  "S3_ACCESS_KEY": "ak", "S3_SECRET_KEY": "sk"})
+    conf = session_conf(settings)
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.access.key"] == "ak" and conf["spark.hadoop.fs.s3a.secret.key"] == "sk"
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith("SimpleAWSCredentialsProvider")
+    assert s3a_conf(settings, bucket="lake")["fs.s3a.bucket.lake.secret.key"] == "sk"
+    assert s3a_conf(settings.with_(s3_endpoint="https://s3.example"))["fs.s3a.connection.ssl.enabled"] == "true"
+    assert "fs.s3a.access.key" not in s3a_conf(settings.with_(s3_access_key="", s3_secret_key=""))  # the SDK's chain
+    options = s3.delta_options(settings)
+    assert options["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and options["AWS_ALLOW_HTTP"] == "true"
+    assert options["AWS_SECRET_ACCESS_KEY"] == "sk" and "AWS_S3_ALLOW_UNSAFE_RENAME" not in options
+    assert "s3" not in " ".join(session_conf(Settings.from_env({})))  # local storage: no S3 settings at all
+
+
+def test_an_s3_error_never_shows_the_secret():
+    from fstore.engine import s3
+
+    settings = Settings.from_env({"STORAGE_BACKEND": "s3", "S3_BUCKET": "lake", "S3_ENDPOINT": "http://h:9000",
+                                  "S3_ACCESS_KEY": "ak", "S3_SECRET_KEY": "s3cr3t"})
+    error = s3.access_error(settings, OSError("\x1b[31mdenied\x1b[0m for s3cr3t; aws_secret_access_key=other"),
+                            doing="opening offline table t", uri="s3://lake/x")
+    assert error.message.startswith("opening offline table t: S3 bucket 'lake' at http://h:9000 failed: denied")
+    assert "s3cr3t" not in error.message and "other" not in error.message and "\x1b" not in error.message

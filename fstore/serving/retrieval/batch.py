@@ -11,8 +11,11 @@ the job.
 
 Either engine writes the same layout: Parquet part files in the output folder,
 for Delta committed by the driver as version 0 of a new Delta log with
-``deltalake`` (no Delta Spark jars, DESIGN.md). Spark writes the files itself;
-``COMPUTE_ENGINE=duckdb`` reads the entity rows with DuckDB (local paths only),
+``deltalake`` (no Delta Spark jars, DESIGN.md). The output may be a local folder or
+an S3 location (``s3a://BUCKET/…``, through the S3 settings; nothing stored there yet).
+Spark writes the files itself;
+``COMPUTE_ENGINE=duckdb`` reads the entity rows with DuckDB (local paths, or parquet
+and delta on S3 through pyarrow),
 retrieves with ``historical_duckdb`` in the job process (the rows and the
 result held in its memory) and writes the files with pyarrow. No Spark session
 is started there.
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from fstore.definitions.model import SOURCE_FORMATS
 from fstore.core.errors import AlreadyExists, Conflict, FStoreError, InvalidDefinition
 from fstore.definitions.guard import check_read_path, check_write_path
+from fstore.engine import s3
 
 if TYPE_CHECKING:
     from fstore.core.settings import Settings
@@ -99,15 +103,33 @@ def check_output(settings: "Settings", output_path: Any, output_format: Any) -> 
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise AlreadyExists(f"output_path {path} already exists and is not empty; choose a new location",
                                 field="output_path")
+    elif s3.is_s3(path):
+        if _s3_holds_anything(settings, path):
+            raise AlreadyExists(f"output_path {path} already holds objects; choose a new location", field="output_path")
     elif fmt == "delta":
-        raise InvalidDefinition("Delta output is written to a local path; use output_format parquet for "
+        raise InvalidDefinition("Delta output is written to a local path or S3; use output_format parquet for "
                                 f"{path.split('://', 1)[0]}:// locations", field="output_format")
     return path, fmt
 
 
+def _s3_holds_anything(settings: "Settings", path: str) -> bool:
+    """Whether anything is stored at or under ``path`` on S3 (one listing, through the settings' S3)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs = s3.filesystem(settings)
+    where = s3.path_on(path).rstrip("/")
+    try:
+        if fs.get_file_info(where).type == FileType.File:
+            return True
+        return bool(fs.get_file_info(FileSelector(where, allow_not_found=True, recursive=False)))
+    except OSError as exc:
+        raise s3.access_error(settings, exc, doing=f"checking output_path {path}", uri=path) from None
+
+
 def check_engine_support(compute_engine: str, source: dict[str, Any], output_path: str) -> None:
     """What ``COMPUTE_ENGINE=duckdb`` cannot run, refused before a job is recorded: it reads an entity
-    source the way it reads a feature set's (local parquet, csv, json or delta paths) and writes locally."""
+    source the way it reads a feature set's (local parquet, csv, json or delta paths; parquet or delta on S3) and
+    writes locally or to S3."""
     if compute_engine != "duckdb":
         return
     from fstore.definitions.model import Source
@@ -117,9 +139,9 @@ def check_engine_support(compute_engine: str, source: dict[str, Any], output_pat
     reason = unsupported(Source(**given))
     if reason is not None:
         raise InvalidDefinition(f"entity_source: {reason}", field=f"entity_source.{next(iter(given))}")
-    if not _is_local(output_path):
-        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb writes batch output to local paths only, not {output_path}; "
-                                "run it with COMPUTE_ENGINE=spark", field="output_path")
+    if not _is_local(output_path) and not s3.is_s3(output_path):
+        raise InvalidDefinition(f"COMPUTE_ENGINE=duckdb writes batch output to local paths and S3 only, not "
+                                f"{output_path}; run it with COMPUTE_ENGINE=spark", field="output_path")
 
 
 def _refuse_shared_output(s, path: str) -> None:
@@ -224,7 +246,7 @@ def write_output(spark_df, settings: "Settings", path: str, fmt: str) -> None:
     exists = _is_local(path) and os.path.isdir(path)
     spark_df.write.mode("append" if exists else "error").parquet(path)  # "error": Spark Connect knows no alias
     if fmt == "delta":
-        commit_parquet_folder_as_delta(path)
+        commit_parquet_folder_as_delta(path, settings)
 
 
 _ROWS_PER_FILE = 4 << 20
@@ -244,14 +266,24 @@ def write_arrow_output(table, settings: "Settings", path: str, fmt: str) -> None
     from fstore.serving.retrieval.plan import utc_timestamps
 
     check_output(settings, path, fmt)  # still nothing there: never overwrite what another writer put meanwhile
-    os.makedirs(path, exist_ok=True)
+    fs, where = _output_filesystem(settings, path)
+    fs.create_dir(where, recursive=True)
     options = ds.ParquetFileFormat().make_write_options(compression="snappy")
-    ds.write_dataset(_microseconds(utc_timestamps(table)), path, format="parquet", file_options=options,
+    ds.write_dataset(_microseconds(utc_timestamps(table)), where, format="parquet", file_options=options, filesystem=fs,
                      basename_template=f"part-{{i}}-{uuid.uuid4()}-c000.snappy.parquet", preserve_order=True,
                      max_rows_per_file=_ROWS_PER_FILE, min_rows_per_group=_ROWS_PER_GROUP,
                      max_rows_per_group=_ROWS_PER_GROUP, existing_data_behavior="error")
     if fmt == "delta":
-        commit_parquet_folder_as_delta(path)
+        commit_parquet_folder_as_delta(path, settings)
+
+
+def _output_filesystem(settings: "Settings", path: str):
+    """A pyarrow filesystem for an output location and the path on it (S3 through the settings' keys)."""
+    from pyarrow import fs
+
+    if s3.is_s3(path):
+        return s3.filesystem(settings), s3.path_on(path).rstrip("/")
+    return fs.LocalFileSystem(), path
 
 
 def _microseconds(table):
@@ -265,24 +297,32 @@ def _microseconds(table):
     return table
 
 
-def commit_parquet_folder_as_delta(path: str) -> None:
-    """Turn a folder of Parquet files written by Spark into version 0 of a Delta table."""
+def commit_parquet_folder_as_delta(path: str, settings: "Settings | None" = None) -> None:
+    """Turn a folder of Parquet files (written by Spark or pyarrow; local or on S3) into version 0 of a Delta table."""
     import pyarrow.parquet as pq
     from deltalake import Schema
     from deltalake.transaction import AddAction, create_table_with_add_actions
+    from pyarrow.fs import FileSelector
 
-    files = sorted(p for p in Path(path).iterdir() if p.suffix == ".parquet" and p.is_file())
+    on_s3 = s3.is_s3(path)
+    if on_s3 and settings is None:
+        raise FStoreError(f"committing {path} as Delta needs the S3 settings")
+    fs, where = _output_filesystem(settings, path) if on_s3 else _output_filesystem(None, path)
+    files = sorted((f for f in fs.get_file_info(FileSelector(where)) if f.is_file and f.base_name.endswith(".parquet")),
+                   key=lambda f: f.base_name)
     if not files:
         raise FStoreError(f"no Parquet files were written to {path}")
-    schema = pq.read_schema(files[0])
-    actions = []
+    actions, schema = [], None
     for file in files:
-        meta = pq.read_metadata(file)
-        stat = file.stat()
-        actions.append(AddAction(path=file.name, size=stat.st_size, partition_values={},
-                                 modification_time=int(stat.st_mtime * 1000), data_change=True,
-                                 stats=json.dumps({"numRecords": meta.num_rows})))
-    create_table_with_add_actions(path, Schema.from_arrow(schema), actions, mode="error")
+        with fs.open_input_file(file.path) as handle:
+            footer = pq.ParquetFile(handle)
+            schema = schema or footer.schema_arrow
+            rows = footer.metadata.num_rows
+        actions.append(AddAction(path=file.base_name, size=file.size, partition_values={},
+                                 modification_time=int(file.mtime.timestamp() * 1000), data_change=True,
+                                 stats=json.dumps({"numRecords": rows})))
+    create_table_with_add_actions(s3.delta_uri(path) if on_s3 else path, Schema.from_arrow(schema), actions,
+                                  mode="error", storage_options=s3.delta_options(settings) if on_s3 else None)
 
 
 def run_batch_job(store: "StoreContext", job_id: str) -> dict:
