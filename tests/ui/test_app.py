@@ -112,3 +112,25 @@ def test_the_session_secret_may_come_from_fstore_secret_key(tmp_path):
     client = app.test_client()
     assert client.post("/ui/login", data={"key": _key(app)}).status_code == 302
     assert client.get("/ui/registry").status_code == 200
+
+
+def test_a_training_set_page_shows_its_importances_and_stays_hidden_from_a_restricted_key(secured):
+    from fstore.registry.quality import save_importances
+    from tests.ui.seed import seed
+
+    store = secured.extensions["fstore"]
+    keys = seed(store)
+    with store.transaction() as s:
+        save_importances(s, "churn_training", "churned", "mutual_information",
+                         {"user_activity__purchase_frequency": 0.42, "user_profile__account_balance": 0.07})
+    admin = secured.test_client()
+    admin.post("/ui/login", data={"key": keys["admin"]})
+    page = admin.get("/ui/training-sets/churn_training")
+    assert page.status_code == 200, page.data[:500]
+    assert b"churned \xc2\xb7 mutual_information" in page.data and b"<svg" in page.data
+    assert b"user_activity__purchase_frequency" in page.data and b"0.42" in page.data
+    assert b"/ui/training-sets/churn_training" in admin.get("/ui/sets/user_activity/lineage").data
+    reader = secured.test_client()  # granted user_activity only: the set also read user_profile
+    reader.post("/ui/login", data={"key": keys["reader"]})
+    hidden, unknown = reader.get("/ui/training-sets/churn_training"), reader.get("/ui/training-sets/no_such_set")
+    assert hidden.status_code == unknown.status_code == 404

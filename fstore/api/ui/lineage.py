@@ -32,7 +32,7 @@ def graph(feature_set: dict, features: list[dict], training_sets: list[dict]) ->
         used = [feature for group in ts.get("groups") or () if group.get("feature_set") == name
                 for feature in group.get("features") or ()]
         if used:
-            add(4, f"t:{ts['name']}", ts["name"], hint=f"training set {ts['name']}")
+            add(4, f"t:{ts['name']}", ts["name"], f"/ui/training-sets/{ts['name']}", hint=f"training set {ts['name']}")
             edges += [(f"f:{f}", f"t:{ts['name']}") for f in used]
     position = {}
     for c, nodes in enumerate(columns):

@@ -228,6 +228,21 @@ def lineage_page(ref: str):
     return render_template("lineage.html", fs=item, graph=graph, tab="lineage")
 
 
+@bp.get("/training-sets/<name>")
+def training_set(name: str):
+    """A saved training set: what it read (sets, versions, features), and the feature importances recorded
+    for it (``fstore analyze importance`` or an experiment tracker), one chart per label and method."""
+    from fstore.registry.training_sets import readable_with
+
+    saved = get_store().get_training_set(name)
+    limit = grant()
+    if limit is not None and not readable_with(saved, limit):
+        raise NotFound(f"training set {name} not found", field="name")  # hidden == unknown, as the API
+    importance = [charts.bars(f"{i['label']} · {i['method']}", [(s["feature"], s["score"]) for s in i["scores"][:30]])
+                  for i in saved.get("importances") or ()]
+    return render_template("training_set.html", ts=saved, importance=importance)
+
+
 # -- materialization -----------------------------------------------------------------------------
 
 def _freshness(names: list[str] | None = None) -> list[dict]:
