@@ -14,6 +14,7 @@ from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fstore.api import responses as rs
 from fstore.ops import audit
 from fstore.ops import auth
 from fstore.ops import monitoring
@@ -210,7 +211,7 @@ def _feature_allowed():
     return lambda fs, feature: grant.allows_feature_set(fs) if feature is None else grant.allows_feature(fs, feature)
 
 
-@bp.get("/monitoring/drift", tags=[_mon])
+@bp.get("/monitoring/drift", tags=[_mon], responses={200: rs.Obj})
 def drift(query: DriftQuery):
     """Per feature: PSI (band stable < 0.1 ≤ moderate ≤ 0.25 < significant), KS and Jensen–Shannon of the set's
     newest profiled run against the baseline: the previous run, a saved training set, or the runs of a window."""

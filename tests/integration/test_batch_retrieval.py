@@ -96,7 +96,7 @@ def test_a_batch_job_writes_the_rows_and_files_spark_writes(store, spark_store, 
     sdk = spark_store.get_historical_features(entity_df=labels(), features=FEATURES)
     write_output(sdk.to_spark(), spark_store.settings, str(expected_path), output_format)
     expected = read_output(expected_path, output_format)
-    assert written.schema == expected.schema
+    assert written.schema == expected.schema, (str(written.schema), str(expected.schema))
     key = lambda table: sorted(map(repr, table.to_pylist()))  # noqa: E731 - Parquet readers do not promise file order
     assert key(written) == key(expected)
     assert len(written) == len(labels())

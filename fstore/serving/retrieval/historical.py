@@ -179,8 +179,10 @@ def _windows_at_labels(store: "StoreContext", base, fsv: "FeatureSetVersion", pl
     windows = exact_windows(labels, events, keys=keys, ts=TS, event_ts=event_ts,
                             windows=[(spec, n) for n, spec in plan.windows.items()],
                             lo=entities.min_ts, hi=entities.max_ts)
-    return windows.selectExpr(ROW, *[f"CAST({quote(n)} AS {spark_type(fsv.feature(n).data_type)}) AS "
-                                     f"{quote(name_of(i, n))}" for n in plan.windows])
+    # Nullable whatever the plan (a count is never null here, but Spark's nullability follows the plan's shape,
+    # which differs by entity input): every path, the SDK's and a batch job's, writes the same schema.
+    return windows.selectExpr(ROW, *[f"IF({ROW} IS NULL, NULL, CAST({quote(n)} AS {spark_type(fsv.feature(n).data_type)})) "
+                                     f"AS {quote(name_of(i, n))}" for n in plan.windows])
 
 
 def _recompute(frame, fsv: "FeatureSetVersion", plan: "_SetPlan", columns: dict[str, str],
