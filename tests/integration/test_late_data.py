@@ -31,7 +31,8 @@ def store(settings, on_engine, tmp_path):
 
 
 def _online_sum(store) -> float:
-    answer = store.get_online_features(features=["sum_3d"], entities={"user_id": [1]})
+    """The online 3-day sum at day 4 noon, the last event's time (online windows are exact at the instant asked)."""
+    answer = store.get_online_features(features=["sum_3d"], entities={"user_id": [1]}, at=T0 + 4 * D + 12 * H)
     return answer["features"]["1"]["sum_3d"]
 
 
