@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from fstore.cli import main
 from fstore.api import create_app
-from conftest import store_env
+from tests.conftest import store_env
 from test_quality import day_rows, make_set, run_day, write
 
 

@@ -76,7 +76,7 @@ def source(tmp_path) -> dict:
 @pytest.fixture()
 def store(request, settings, compute_engine, source):
     """A store with authentication on, on the test's engine, with one benign set over a readable source."""
-    from conftest import NoSpark
+    from tests.conftest import NoSpark
 
     spark = request.getfixturevalue("spark") if compute_engine == "spark" else NoSpark()
     store = FeatureStore(settings.with_(auth_enabled=True, compute_engine=compute_engine), auto_upgrade=True).use_spark(spark)
