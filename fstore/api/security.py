@@ -371,8 +371,10 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
     elif path.startswith("/api/v1/serving/"):
         sets = body.get("feature_sets")
         sets = [s for s in sets if isinstance(s, str)] if isinstance(sets, list) else None
+        # Snapshots without ``features`` answer every feature of the sets: only a grant of the whole set covers that.
+        every_feature = path == "/api/v1/serving/snapshots" and not body.get("features")
         for name in sets or ():
-            _check_set(names, grant, name, whole=False)
+            _check_set(names, grant, name, whole=every_feature)
         missing = _serving_missing(names, sets)
         for feature in body.get("features") or () if isinstance(body.get("features"), list) else ():
             if isinstance(feature, str):

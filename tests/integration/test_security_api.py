@@ -215,6 +215,20 @@ def test_totals_and_pages_count_only_what_a_restricted_key_sees(ops_store, clien
     assert client.get("/api/v1/feature-sets", headers=admin).get_json()["total"] == 8
 
 
+def test_snapshots_of_every_feature_need_the_whole_set(ops_store, client):
+    """Snapshots without ``features`` answer every feature of the sets: a key allowed to retrieve one feature is
+    refused before anything is read, and the message names the set, not its other features."""
+    from fstore.ops import auth
+
+    with ops_store.transaction() as s:
+        key = auth.create_key(s, owner="team-amount", scopes=["read_registry", "serve_historical"],
+                              features=["payments:amount"])["key"]
+    body = {"feature_sets": ["payments"], "start": "2024-01-01T00:00:00Z", "end": "2024-01-02T00:00:00Z", "every": "1d"}
+    refused = client.post("/api/v1/serving/snapshots", headers=headers(key), json=body)
+    assert refused.status_code == 403, refused.get_json()
+    assert "risk_score" not in refused.get_data(as_text=True)
+
+
 # -- part 7: smaller leaks ------------------------------------------------------------------------
 
 def test_deeply_nested_json_from_a_restricted_key_is_a_400_not_a_500(client, keys):
