@@ -52,6 +52,7 @@ SCOPE_RULES: tuple[tuple[frozenset[str] | None, re.Pattern, str | None], ...] = 
         ("", r"^/api/v1/feature-sets/[^/]+/vacuum$", "admin"),  # it deletes offline data for good
         ("", r"^/monitoring/", "read_registry"),
         ("POST", r"^/api/v1/serving/online$", "serve_online"),
+        ("POST", r"^/api/v1/push$", "push"),
         ("", r"^/api/v1/serving/", "serve_historical"),
         ("POST", r"^/api/v1/training-sets/[^/]+/importance$", "write_registry"),  # a registry write
         ("GET HEAD POST", r"^/api/v1/training-sets(/|$)", "serve_historical"),
@@ -368,6 +369,9 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
             _check_set(names, grant, given, whole=True)
         elif given:
             _check_set(names, grant, given, whole=False)
+    elif path == "/api/v1/push":
+        if isinstance(body.get("feature_set"), (str, int)) and not isinstance(body.get("feature_set"), bool):
+            _check_set(names, grant, str(body["feature_set"]), whole=True)
     elif path.startswith("/api/v1/serving/"):
         sets = body.get("feature_sets")
         sets = [s for s in sets if isinstance(s, str)] if isinstance(sets, list) else None
