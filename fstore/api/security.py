@@ -370,8 +370,13 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
         elif given:
             _check_set(names, grant, given, whole=False)
     elif path == "/api/v1/push":
-        if isinstance(body.get("feature_set"), (str, int)) and not isinstance(body.get("feature_set"), bool):
-            _check_set(names, grant, str(body["feature_set"]), whole=True)
+        ref = body.get("feature_set")
+        name = names.set_name(ref) if isinstance(ref, str) else None
+        if name is not None and not grant.allows_feature_set(name):
+            # The library's own answer for an unknown set (fstore.registry.runs.feature_set_row), word for word.
+            raise NotFound(f"feature set {ref!r} does not exist", field="feature_set")
+        if name is not None and not grant.allows_whole_set(name):
+            raise _deny(f"feature set {ref!r}")
     elif path.startswith("/api/v1/serving/"):
         sets = body.get("feature_sets")
         sets = [s for s in sets if isinstance(s, str)] if isinstance(sets, list) else None

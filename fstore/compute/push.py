@@ -185,6 +185,8 @@ def _value(value: Any, arrow_type) -> Any:
         value = value.date()
     if isinstance(value, bool) and not pa.types.is_boolean(arrow_type):
         return object()  # pyarrow would take True as 1: refused instead
+    if isinstance(value, float) and pa.types.is_integer(arrow_type):
+        return int(value) if value.is_integer() else object()  # pyarrow would truncate 1.5 to 1: refused instead
     return value
 
 
