@@ -166,3 +166,16 @@ def test_rest_push_scope_grants_and_422(api):
     assert served["features"]["1"]["clicks:clicks_x2"] == 8  # the good row of the refused push was not written
     wrong_to = client.post("/api/v1/push", headers=headers(keys["push"]), json={**body, "to": "everywhere"})
     assert wrong_to.status_code == 422 and "to must be one of" in wrong_to.get_json()["error"]["message"]
+
+
+def test_validation_rules_apply_to_pushed_rows(store, tmp_path):
+    body = clicks_body(str(tmp_path / "source" / "clicks"), name="guarded")
+    body["features"][0]["validation_rules"] = {"max_value": 100, "on_violation": "drop_row"}
+    store.create_feature_set(body)
+    rows = [{"user_id": 1, "event_timestamp": T0, "clicks": 10, "page": "ok"},
+            {"user_id": 2, "event_timestamp": T0, "clicks": 500, "page": "too many"}]
+    done = store.push("guarded", rows, to="online_and_offline")
+    assert (done["rows"], done["rows_computed"], done["appended"], done["online_rows"]) == (2, 1, 1, 1)
+    got = store.get_online_features(features=["guarded:clicks_x2"], entities={"user_id": [1, 2]})["features"]
+    assert got["1"] == {"guarded:clicks_x2": 20} and got["2"] == {"guarded:clicks_x2": None}
+    assert list(offline(store, "guarded")["user_id"]) == [1]
