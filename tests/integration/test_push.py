@@ -179,3 +179,14 @@ def test_validation_rules_apply_to_pushed_rows(store, tmp_path):
     got = store.get_online_features(features=["guarded:clicks_x2"], entities={"user_id": [1, 2]})["features"]
     assert got["1"] == {"guarded:clicks_x2": 20} and got["2"] == {"guarded:clicks_x2": None}
     assert list(offline(store, "guarded")["user_id"]) == [1]
+
+
+def test_pushed_offline_rows_are_read_by_retrieval_and_survive_a_run_of_other_days(store):
+    rows = [{"user_id": 3, "event_timestamp": T0 + timedelta(days=4, hours=h), "clicks": h, "page": "p"} for h in (1, 2)]
+    assert store.push("clicks", rows, to="offline")["appended"] == 2
+    store.materialize("clicks", T0, T0 + timedelta(days=3))  # another range: its commit keeps the pushed days
+    assert store.push("clicks", rows, to="offline")["appended"] == 0  # their ids are still known
+    assert len(offline(store)) == 2 + 2
+    asked = pd.DataFrame({"user_id": [1, 3], "event_timestamp": [T0 + timedelta(days=3), T0 + timedelta(days=5)]})
+    got = store.get_historical_features(entity_df=asked, features=["clicks:clicks_x2"]).arrow
+    assert got.column("clicks__clicks_x2").to_pylist() == [20, 4]
