@@ -42,8 +42,9 @@ TARGETS = ("online", "offline", "online_and_offline")
 PUSH_ID = "push_id"  # a row's optional event id; also the offline column that stores it
 MAX_ROWS = 10_000
 _ID_COLUMN = "__fs_push_id"
-_SCHEMAS: dict[tuple, Any] = {}  # per set version: the source's Arrow schema, the compiled query
-_SCHEMAS_LOCK = threading.Lock()
+_CACHE: dict[tuple, Any] = {}  # by definition (its repr): a source's Arrow schema, a set's compiled query
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 256
 
 
 def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online", actor: str = "") -> dict:
@@ -62,6 +63,8 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
     _refuse_set(fsv, to)
     records = _records(rows)
     schema = source_schema(store, fsv)
+    if any(c not in schema.names and c != PUSH_ID for r in records for c in r):
+        schema = source_schema(store, fsv, fresh=True)  # refused below if the source still lacks the column
     table = source_table(fsv, schema, records)
     ids = event_ids(table, records, has_id_column=PUSH_ID in schema.names)
     computed = compute_rows(store, fsv, table, ids)
@@ -118,11 +121,12 @@ def _records(rows: Any) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def source_schema(store: "StoreContext", fsv: "FeatureSetVersion") -> "pyarrow.Schema":
-    """The Arrow schema of the set's source as DuckDB reads it (cached per set version and source path)."""
+def source_schema(store: "StoreContext", fsv: "FeatureSetVersion", *, fresh: bool = False) -> "pyarrow.Schema":
+    """The Arrow schema of the set's source as DuckDB reads it, cached per source definition (``fresh`` reads it
+    again: a row naming a column the cached schema lacks may be of a source that gained it)."""
     source = fsv.feature_set.source
-    key = (fsv.name, fsv.version, source.path or "")
-    schema = _SCHEMAS.get(key)
+    key = ("schema", repr(source))
+    schema = None if fresh else _CACHE.get(key)
     if schema is None:
         from fstore.engine import duckdb as engine
 
@@ -131,8 +135,7 @@ def source_schema(store: "StoreContext", fsv: "FeatureSetVersion") -> "pyarrow.S
             schema = engine.read_source(con, source, settings=store.settings).limit(0).to_arrow_table().schema
         finally:
             con.close()
-        with _SCHEMAS_LOCK:
-            _SCHEMAS[key] = schema
+        _remember(key, schema)
     return schema
 
 
@@ -242,13 +245,12 @@ def compute_rows(store: "StoreContext", fsv: "FeatureSetVersion", table: "pyarro
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(source, created_timestamp_column="__fs_pushed_at")))
         table = table.append_column("__fs_pushed_at", pa.array([now] * table.num_rows, pa.timestamp("us")))
-    key = ("compiled", fsv.name, fsv.version, fsv.feature_set.source.created_timestamp_column)
-    compiled = _SCHEMAS.get(key)
-    if compiled is None:  # a set version's query never changes: compiled (and policy-checked) once per process
+    key = ("compiled", repr(fsv))
+    compiled = _CACHE.get(key)
+    if compiled is None:  # the same definition compiles to the same query: compiled (and policy-checked) once
         compiled = compile_feature_set(fsv)
         compiled = replace(compiled, projection=compiled.projection + (quote(_ID_COLUMN),))
-        with _SCHEMAS_LOCK:
-            _SCHEMAS[key] = compiled
+        _remember(key, compiled)
     con = _connection()
     relation = con.from_arrow(table)
     computed = engine.run_compiled(con, fsv, compiled, relation, settings=store.settings)
@@ -290,8 +292,10 @@ def _append_offline(store: "StoreContext", fs_id: int, fsv: "FeatureSetVersion",
         runs.release_lock(store.engine, lock_name(fs_id), owner)
 
 
-def clear_schema_cache() -> None:
-    """Forget the cached source schemas and queries (a source rewritten with other columns, same version)."""
-    with _SCHEMAS_LOCK:
-        _SCHEMAS.clear()
+def _remember(key: tuple, value: Any) -> None:
+    """Cache ``value``; the cache starts over past ``_CACHE_SIZE`` definitions (old versions are not asked again)."""
+    with _CACHE_LOCK:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[key] = value
 
