@@ -170,7 +170,8 @@ def source_table(fsv: "FeatureSetVersion", schema: "pyarrow.Schema", records: li
 
 
 def _value(value: Any, arrow_type) -> Any:
-    """A JSON value made ready for ``arrow_type``: ISO 8601 text for timestamps and dates (tz-aware → UTC)."""
+    """A JSON value made ready for ``arrow_type``: ISO 8601 text for timestamps and dates (tz-aware → UTC); a value
+    pyarrow would convert by guessing (a number as a timestamp, ``True`` as 1, ``1.5`` as 1) becomes one it refuses."""
     import pyarrow as pa
 
     if isinstance(value, str) and (pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type)):
@@ -186,6 +187,8 @@ def _value(value: Any, arrow_type) -> Any:
             value = value.replace(tzinfo=timezone.utc)
     if isinstance(value, datetime) and pa.types.is_date(arrow_type):
         value = value.date()
+    if isinstance(value, (int, float)) and (pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type)):
+        return object()  # a bare number (seconds? microseconds?) is no timestamp: refused, not guessed
     if isinstance(value, bool) and not pa.types.is_boolean(arrow_type):
         return object()  # pyarrow would take True as 1: refused instead
     if isinstance(value, float) and pa.types.is_integer(arrow_type):

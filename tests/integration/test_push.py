@@ -99,7 +99,13 @@ def test_bad_rows_are_refused_naming_the_column_and_nothing_is_written(store):
         "colour": {**good, "colour": "red"},
         "user_id": {k: v for k, v in good.items() if k != "user_id"},
         "event_timestamp": {**good, "event_timestamp": None},
+        "page": {**good, "page": 5},
     }
+    for column, value in (("clicks", 1.5), ("clicks", True), ("user_id", "abc"), ("event_timestamp", 1704067200),
+                          ("event_timestamp", "yesterday")):
+        with pytest.raises(InvalidDefinition) as caught:
+            store.push("clicks", [good, {**good, column: value}], to="online_and_offline")
+        assert repr(column) in caught.value.message and caught.value.field == f"rows[1].{column}"
     for column, bad in cases.items():
         with pytest.raises(InvalidDefinition) as caught:
             store.push("clicks", [good, bad], to="online_and_offline")  # the good row first: still nothing written
