@@ -268,6 +268,14 @@ class FeatureStore:
 
         return materialize(self, ref, start, end, actor=actor, kind=kind, progress=progress)
 
+    def push(self, name: str | int, rows, *, to: str = "online", actor: str = "") -> dict:
+        """Compute source rows of a feature set at once (row features, DuckDB in process) and write them
+        ``to`` ``online`` (newer-wins, visible on return), ``offline`` (an idempotent Delta append) or
+        ``online_and_offline``. See ``fstore.compute.push``."""
+        from fstore.compute.push import push
+
+        return push(self, name, rows, to=to, actor=actor)
+
     def materialize_many(self, refs: list[str | int], start: datetime, end: datetime, *, actor: str = "",
                          progress: Callable[[dict], None] | None = None) -> list[dict]:
         """Materialize several sets over ``[start, end)``, one run each

@@ -4,7 +4,8 @@
 run at once; clients poll ``GET /api/v1/runs/{run_id}``. ``POST …/vacuum`` deletes
 offline files old versions no longer need (admin scope: it deletes data). ``POST …/online/reload``
 (body ``{}``) rebuilds the online values from the offline table (after the online store lost them) and
-answers when done.
+answers when done. ``POST /api/v1/push`` (scope ``push``) computes source rows of a set at once and writes
+them online and/or offline (``fstore.compute.push``); it answers once they are written.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from flask_openapi3 import APIBlueprint, Tag
 from fstore.api.common import actor, get_store
 from fstore.api import responses as rs
 from fstore.api.errors import ErrorBody
-from fstore.api.schemas import (MaterializeBody, NoQuery, Page, RefPath, ReloadBody, RunIdPath, RunPath, VacuumBody,
-                                VersionQuery)
+from fstore.api.schemas import (MaterializeBody, NoQuery, Page, PushBody, RefPath, ReloadBody, RunIdPath, RunPath,
+                                VacuumBody, VersionQuery)
 from fstore.core.errors import NotFound
 
 _ERRORS = {code: ErrorBody for code in (400, 404, 409, 413, 415, 422)}
@@ -49,6 +50,12 @@ def vacuum(path: RefPath, query: NoQuery, body: VacuumBody):
 def reload_online(path: RefPath, query: NoQuery, body: ReloadBody):
     """Rebuild the set's online values from its offline table (``fstore.compute.reload``); materialize scope."""
     return get_store().reload_online(path.id_or_name, actor=actor())
+
+
+@bp.post("/push", tags=[_runs], responses={200: rs.Obj})
+def push(query: NoQuery, body: PushBody):
+    """Compute rows of a feature set's source now and write them ``to`` online, offline or both (push scope)."""
+    return get_store().push(body.feature_set, body.rows, to=body.to, actor=actor())
 
 
 @bp.get("/feature-sets/<id_or_name>/runs", tags=[_runs], responses={200: rs.Page})

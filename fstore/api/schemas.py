@@ -291,6 +291,17 @@ class OnlineBody(BaseModel):
     features: list[FeatureRefText] = Field(examples=[["user_age", "account_balance"]])
 
 
+class PushBody(BaseModel):
+    """Rows of a feature set's source to compute at once and write ``to`` online, offline or both
+    (``fstore.compute.push``); a row may carry a ``push_id`` (its event id; default: a hash of the row)."""
+
+    model_config = _CLOSED_BODY
+    feature_set: RefText = Field(examples=["user_clicks"])
+    rows: list[dict[str, Any]] = Field(min_length=1, examples=[[{"user_id": 1001, "event_timestamp": "2024-01-15T00:00:00Z",
+                                                                   "clicks": 3}]])
+    to: str = Field("online", examples=["online_and_offline"])
+
+
 class EntityFrame(BaseModel):
     """Entity rows as a table: column names and rows of values."""
 

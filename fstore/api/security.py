@@ -52,6 +52,7 @@ SCOPE_RULES: tuple[tuple[frozenset[str] | None, re.Pattern, str | None], ...] = 
         ("", r"^/api/v1/feature-sets/[^/]+/vacuum$", "admin"),  # it deletes offline data for good
         ("", r"^/monitoring/", "read_registry"),
         ("POST", r"^/api/v1/serving/online$", "serve_online"),
+        ("POST", r"^/api/v1/push$", "push"),
         ("", r"^/api/v1/serving/", "serve_historical"),
         ("POST", r"^/api/v1/training-sets/[^/]+/importance$", "write_registry"),  # a registry write
         ("GET HEAD POST", r"^/api/v1/training-sets(/|$)", "serve_historical"),
@@ -368,6 +369,14 @@ def _check_grant(store, names: _SetNames, grant: Grant) -> None:
             _check_set(names, grant, given, whole=True)
         elif given:
             _check_set(names, grant, given, whole=False)
+    elif path == "/api/v1/push":
+        ref = body.get("feature_set")
+        name = names.set_name(ref) if isinstance(ref, str) else None
+        if name is not None and not grant.allows_feature_set(name):
+            # The library's own answer for an unknown set (fstore.registry.runs.feature_set_row), word for word.
+            raise NotFound(f"feature set {ref!r} does not exist", field="feature_set")
+        if name is not None and not grant.allows_whole_set(name):
+            raise _deny(f"feature set {ref!r}")
     elif path.startswith("/api/v1/serving/"):
         sets = body.get("feature_sets")
         sets = [s for s in sets if isinstance(s, str)] if isinstance(sets, list) else None

@@ -13,6 +13,7 @@ naive timestamp means UTC and ``current_date`` is the UTC date of the event.
 """
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime, timedelta
 from typing import Any
@@ -114,8 +115,9 @@ def _rewrite(node: exp.Expression) -> exp.Expression:
     return node
 
 
+@functools.lru_cache(maxsize=512)
 def to_duckdb(spark_sql: str) -> str:
-    """One Spark SQL statement in DuckDB's dialect."""
+    """One Spark SQL statement in DuckDB's dialect (cached: a push transpiles its set's same query each call)."""
     try:
         tree = sqlglot.parse_one(spark_sql, read="spark")
     except sqlglot.errors.ParseError as exc:

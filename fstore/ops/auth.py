@@ -29,7 +29,8 @@ from fstore.definitions.model import check_name, parse_duration
 from fstore.core.errors import InvalidDefinition, NotFound, Unauthorized
 from fstore.registry.models import ApiKeyRow, FeatureRow, FeatureSetRow, utcnow
 
-SCOPES: tuple[str, ...] = ("read_registry", "write_registry", "materialize", "serve_online", "serve_historical", "admin")
+SCOPES: tuple[str, ...] = ("read_registry", "write_registry", "materialize", "serve_online", "serve_historical", "push",
+                           "admin")
 KEY_PREFIX = "fsk_"
 PREFIX_LENGTH = 12
 MAX_LIFETIME_SECONDS = 10 * 365 * 86400  # ten years: anything longer is a typo (and overflows a timestamp)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from fstore.storage import offline
@@ -296,3 +296,57 @@ def _parquet_files(settings: Settings, name: str, lo: datetime | None, hi: datet
         names = sorted(os.listdir(full)) if os.path.isdir(full) else []
         paths += [os.path.join(full, n) for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
     return paths
+
+
+# -- idempotent append (pushed rows) ----------------------------------------------------------------
+
+EVENT_ID = "push_id"  # the offline column naming each pushed row's event (null in materialized rows)
+
+
+def append_new(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Table, ids: list[str]) -> dict[str, Any]:
+    """Append the rows of ``table`` (computed features, as a run writes them) whose event id in ``ids`` the
+    offline table does not hold yet for their days: one Delta append, so the same rows pushed twice are stored
+    once. The caller holds the set's lock (``fstore.compute.materialize.take_set_lock``), so no other writer
+    adds ids between the look-up and the commit. Returns ``{"appended", "skipped", "offline_version"}``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties
+
+    if settings.storage_format == "parquet":
+        raise InvalidDefinition(f"pushing offline needs a Delta offline store; {fsv.name} is stored as plain Parquet "
+                                "(STORAGE_FORMAT=parquet), which has no atomic append", field="to")
+    if table.num_rows == 0:
+        return {"appended": 0, "skipped": 0, "offline_version": offline.current_version(settings, fsv.name)}
+    event = pc.min_max(table.column("event_timestamp"))
+    low = to_utc_naive(event["min"].as_py())
+    high = to_utc_naive(event["max"].as_py())
+    rows = _prepare_arrow(table, fsv, low, high + timedelta(microseconds=1))
+    rows = rows.append_column(pa.field(EVENT_ID, pa.string()), pa.array(ids, pa.string()))
+    days = pc.unique(rows.column(offline.PARTITION))
+    seen: set[str] = set()
+    current = offline.delta_table(settings, fsv.name)
+    if current is not None and EVENT_ID in offline_table_columns(current):
+        stored = current.to_pyarrow_dataset().to_table(
+            columns=[EVENT_ID], filter=ds.field(offline.PARTITION).isin(days) & ds.field(EVENT_ID).is_valid())
+        seen = set(stored.column(EVENT_ID).to_pylist())
+    keep = []
+    for i, event_id in enumerate(ids):
+        if event_id not in seen:
+            seen.add(event_id)  # a row given twice in one push is stored once too
+            keep.append(i)
+    if not keep:
+        return {"appended": 0, "skipped": len(ids), "offline_version": current.version() if current else None}
+    new = rows.take(pa.array(keep, pa.int64()))
+    uri = offline.delta_uri(offline.table_uri(settings, fsv.name))
+    write_deltalake(uri, new, mode="append", partition_by=[offline.PARTITION], schema_mode="merge",
+                    storage_options=offline.storage_options(settings),
+                    commit_properties=CommitProperties(custom_metadata={"fstore.operation": "push"}))
+    return {"appended": len(keep), "skipped": len(ids) - len(keep),
+            "offline_version": offline.current_version(settings, fsv.name)}
+
+
+def offline_table_columns(table) -> list[str]:
+    """The column names of a Delta table's current schema."""
+    return [f.name for f in table.schema().fields]

@@ -27,6 +27,7 @@ ENDPOINTS = [
     ("POST", "/api/v1/serving/online", {"features": ["payments:amount"], "entities": {"user_id": [1]}}, "serve_online"),
     ("POST", "/api/v1/serving/historical", {"features": ["payments:amount"]}, "serve_historical"),
     ("GET", "/api/v1/serving/jobs/no-such-job", None, "serve_historical"),
+    ("POST", "/api/v1/push", {"feature_set": "payments", "rows": [{"user_id": 1}]}, "push"),
     ("GET", "/api/v1/keys", None, "admin"),
     ("POST", "/api/v1/keys", {"owner": "someone", "scopes": ["read_registry"]}, "admin"),
     ("GET", "/api/v1/audit", None, "admin"),

@@ -135,6 +135,7 @@ def test_grants(grant, set_visible, whole, feature, allowed):
     ("POST", "/api/v1/feature-sets/x/online/reload", "materialize"),
     ("GET", "/api/v1/feature-sets/x/runs", "read_registry"),
     ("POST", "/api/v1/serving/online", "serve_online"),
+    ("POST", "/api/v1/push", "push"),
     ("POST", "/api/v1/serving/historical", "serve_historical"),
     ("POST", "/api/v1/serving/batch", "serve_historical"),
     ("GET", "/api/v1/keys", "admin"),
