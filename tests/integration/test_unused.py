@@ -128,3 +128,38 @@ def test_without_the_policy_nothing_is_dropped(settings, source):
         assert store.unused_features(30)["policy"]["action"] == "report only"
     finally:
         store.close()
+
+
+def test_the_cli_reports_cost_and_unused_and_drops_by_policy(settings, source):
+    """``fstore monitor cost`` and ``fstore monitor unused [--drop | --restore]`` over the store a user exported."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fstore.cli import main
+
+    store = FeatureStore(settings.with_(compute_engine="duckdb"))
+    create_set(store, source)
+    run = store.materialize("user_txn", T0, T_END)
+    with store.transaction() as s:
+        s.execute(update(FeatureRow).values(created_at=utcnow() - timedelta(days=40)))
+    store.close()
+    env = {"STORAGE_PATH": settings.storage_path, "SOURCE_ROOTS": ",".join(settings.allowed_source_roots),
+           "COMPUTE_ENGINE": "duckdb", "COST_PRICES": '{"cpu_hour": 1}'}
+    runner = CliRunner()
+
+    def fstore(*args: str, code: int = 0, **extra: str):
+        result = runner.invoke(main, list(args), env={**env, **extra}, catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    cost = json.loads(fstore("monitor", "cost", "--days", "3", "--json"))
+    assert cost["total"]["cpu_seconds"] == run["cost"]["cpu_seconds"] > 0 and cost["prices"] == {"cpu_hour": 1.0}
+    assert "(total)" in fstore("monitor", "cost")
+    assert "error: COST_PRICES" in fstore("monitor", "cost", code=2, COST_PRICES="{oops")
+    assert "4 of 4 features unused for 30 days (policy: report only)" in fstore("monitor", "unused")
+    assert "UNUSED_ONLINE_DROP_DAYS" in fstore("monitor", "unused", "--drop", code=2)
+    out = fstore("monitor", "unused", "--drop", UNUSED_ONLINE_DROP_DAYS="30")
+    assert "dropped user_txn: amount_sum_2d, amount_x2, avg_amount_2d, txn_count_2d (3 keys)" in out
+    out = fstore("monitor", "unused", "--restore", "user_txn:amount_x2")
+    assert "user_txn:amount_x2 restored: 3 keys reloaded" in out
