@@ -13,8 +13,8 @@ key); its definition, versions, offline rows and the registry's history stay. Th
 again after writing (``fstore.compute.materialize``). ``restore`` forgets the drop; the caller reloads the set
 from its offline table to bring the values back (``FeatureStore.restore_online_feature``).
 
-Windowed features keep their window records (``@w``, shared by every windowed feature of the set) until the
-set's next load without them: the answer is null all the same.
+Windowed features' event records (``@w``, one per key shared by every windowed feature of the set) are not
+trimmed by a drop: the dropped feature's answer is null all the same.
 """
 from __future__ import annotations
 
