@@ -368,7 +368,10 @@ def _dropped(snapshot: RegistrySnapshot, groups: list[_Group], out_features: dic
     ``dropped``, never the default (a default would look like a real value); returns ``{output name: reason}``."""
     out: dict[str, str] = {}
     for g in groups:
-        reasons = snapshot.dropped(g.codec.name)
+        try:
+            reasons = snapshot.dropped(g.codec.name)
+        except Exception:  # noqa: BLE001 - a registry that cannot answer a first lookup: the values read stand
+            reasons = None
         if not reasons:
             continue
         for name, feature in zip(g.outs, g.features):
