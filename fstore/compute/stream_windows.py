@@ -1,0 +1,411 @@
+"""Windowed features of pushed or streamed events, exact: ``apply_events(store, fsv, events)``.
+
+A push or a stream micro-batch carries new source events, not the entity's earlier ones. The entity's earlier
+events are online already: its ``@w`` record (``fstore.storage.online.windows``) holds, per windowed feature,
+the contributions of its events of ``(T - size - allowed_lateness, T]``, ``T`` its newest event online. So,
+per entity key of the batch:
+
+1. **read** the hash's ``@ts`` and ``@w`` (one round trip for the batch);
+2. **merge**: each event of the batch, in arrival order, is *applied* when it is not older than the
+   newest event known so far (the stored ``T``, or an earlier event of the batch) by more than the set's
+   ``allowed_lateness`` (none declared: not older at all); an event whose id the record holds already is a
+   *duplicate* (a replayed micro-batch or a push sent twice: counted once); an older one is *late*: not
+   applied online, counted (``fstore_stream_late_events_total``) and still returned;
+3. **compute** each event's windowed values over ``(t - size, t]`` of the merged events, with the feature's
+   filter (``windows.combine``, the arithmetic serving uses); then the set's own compiled query over the
+   batch on DuckDB, in process, each windowed feature read from a column holding its exact value, so row,
+   composite and python features (over windows too) are what a run computes; then the validation rules;
+4. **write**, per key at once: the newest row and the new record, by ``OnlineStore.swap`` — a
+   compare-and-set on the ``@ts`` and ``@w`` just read (Redis: one Lua script; embedded: one SQLite
+   write transaction). A key another writer changed meanwhile is read and merged again, so two writers
+   of one key lose no event, and a newer row always wins. When every event of a key is late-but-allowed,
+   the row stays and only its windowed values at ``T`` and the record are rewritten.
+
+Returns every event's row (``Applied.rows``) for the caller's offline append.
+
+Exactness. An applied event's windowed values, and every online answer at ``t >= T``, are exactly what batch
+materialization computes over the same events when the entity's record knew all of its earlier events of the
+horizon: it does after a materialization's online load (``load_windows``) or after earlier pushes. Limits:
+
+- an entity never seen online (or whose row has no record of this set version: loaded before online windows,
+  or by another version) has no history here: its first events' windows count the batch's events only;
+- a late event's *own* row needs the events of ``(t - size, t]``; a record written by a materialization keeps
+  only ``(T - size, T]``, so that row may miss events older than ``T - size`` (online answers at ``t >= T``
+  are still exact); an event beyond the lateness is returned with its windowed features null (unknown: the
+  record no longer holds its window), its row features computed; a materialization of its range, which reads
+  the source, computes them;
+- duplicates are recognised by event id among the record's events (ids of events a materialization loaded
+  are not known);
+- a row returned for the offline table is as of its arrival: an event arriving later (within the lateness)
+  into the window of an earlier row does not rewrite that row offline (online answers count it); a
+  materialization of the range recomputes the offline rows from the source.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Sequence
+
+from fstore.core.errors import Conflict, InvalidDefinition
+
+if TYPE_CHECKING:
+    import pyarrow
+
+    from fstore.core.context import StoreContext
+    from fstore.definitions.model import FeatureSetVersion
+
+EVENT_ID = "__fs_event_id"  # the returned rows' event id column (when ids are given)
+_SEQ = "__fs_seq"  # each event's position in the batch, carried through both queries
+_PUSHED_AT = "__fs_pushed_at"
+MAX_ATTEMPTS = 64  # compare-and-set rounds before a key under constant contention is given up (Conflict)
+_EPOCH = datetime(1970, 1, 1)
+_LOCAL = threading.local()
+_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply_events`` did: every event's computed row and what became of the events online."""
+
+    rows: "pyarrow.Table"  # one row per event the validation kept, in batch order (EVENT_ID when ids were given)
+    online_rows: int  # keys written online (0 when not asked to write)
+    applied: int  # events merged into their entity's window record
+    late: int  # events older than allowed_lateness: not applied online (counted in the metric)
+    duplicates: int  # events whose id their entity's record already held: applied once
+    attempts: int  # compare-and-set rounds (1 without contention)
+
+
+def has_windows(fsv: "FeatureSetVersion") -> bool:
+    """Whether ``fsv`` has windowed features (a push of it goes through ``apply_events``)."""
+    from fstore.storage.online.windows import online_windows
+
+    return bool(online_windows(fsv))
+
+
+def lateness_micros(fsv: "FeatureSetVersion") -> int:
+    """The set's allowed lateness in micros; 0 when none is declared (no event older than ``T`` is applied)."""
+    seconds = fsv.feature_set.allowed_lateness_seconds
+    return 0 if seconds is None else seconds * 1_000_000
+
+
+def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarrow.Table", *,
+                 ids: Sequence[str] | None = None, online: bool = True) -> Applied:
+    """Compute the rows of ``events`` (an Arrow table in the set's source schema: a push or a stream
+    micro-batch) with exact windows over the entity's online record plus the batch, and, when ``online``,
+    write the newest row and the merged record of each key atomically (module docstring). ``ids``: one event
+    id per event (a push id, a Kafka partition/offset), so the same event applied twice counts once."""
+    from fstore.storage.online.base import Codec
+    from fstore.storage.online.windows import FIELD, online_windows
+
+    if ids is not None and len(ids) != events.num_rows:
+        raise InvalidDefinition(f"{len(ids)} event ids for {events.num_rows} events", field="ids")
+    windows = list(online_windows(fsv).values())
+    codec = Codec.from_version(fsv)
+    table, fsv_rows = _prepared(fsv, events, ids)
+    by_key = _contributions(store, fsv, windows, codec, table, ids)
+    merger = _Merger(fsv, windows, codec)
+    readable = fsv.feature_set.online_enabled  # a set never online has no records: a batch knows only itself
+    pending = list(by_key)
+    final: list[dict] = []
+    written = applied = late = duplicates = attempts = 0
+    while pending:
+        attempts += 1
+        if attempts > MAX_ATTEMPTS:
+            raise Conflict(f"feature set {fsv.name}: {len(pending)} key(s) changed under every one of "
+                           f"{MAX_ATTEMPTS} compare-and-set rounds; push again")
+        stored = store.online.read(codec, pending, fields=[FIELD]) if readable else [None] * len(pending)
+        outcomes = {key: merger.merge(key, by_key[key], hit) for key, hit in zip(pending, stored)}
+        rows, schema = _rows(store, fsv_rows, windows, table, outcomes)
+        for row in rows:
+            outcomes[row["__key"]].rows.append(row)
+        if not online:
+            final += rows
+            applied, late, duplicates = _tally(outcomes.values())
+            break
+        swaps = {key: merger.write(o) for key, o in outcomes.items()}
+        done = _swap(store, codec.name, {k: s for k, s in swaps.items() if s is not None})
+        retry = []
+        for key, outcome in outcomes.items():
+            if swaps[key] is None or done[key]:
+                final += outcome.rows
+                written += swaps[key] is not None
+                a, lt, d = _tally([outcome])
+                applied, late, duplicates = applied + a, late + lt, duplicates + d
+            else:
+                retry.append(key)
+        pending = retry
+    if online and late:
+        from fstore.ops.metrics import observe_late_events
+
+        observe_late_events(fsv.name, late)
+    return Applied(rows=_table(final, schema), online_rows=written, applied=applied, late=late,
+                   duplicates=duplicates, attempts=attempts)
+
+
+def _tally(outcomes) -> tuple[int, int, int]:
+    applied = late = duplicates = 0
+    for o in outcomes:
+        applied, late, duplicates = applied + o.applied, late + o.late, duplicates + o.duplicates
+    return applied, late, duplicates
+
+
+def _swap(store: "StoreContext", name: str, swaps: dict[str, tuple]) -> dict[str, bool]:
+    """The compare-and-sets, one ``swap`` call per field list (whole rows; windows only): written per key."""
+    from fstore.storage.online.windows import FIELD
+
+    by_fields: dict[tuple, list[tuple[str, tuple]]] = {}
+    for key, (fields, row) in swaps.items():
+        by_fields.setdefault(fields, []).append((key, row))
+    done = {}
+    for fields, items in by_fields.items():
+        done.update(zip((k for k, _ in items), store.online.swap(name, fields, FIELD, [r for _, r in items])))
+    return done
+
+
+# -- computing ------------------------------------------------------------------------------------
+
+def _connection():
+    """This thread's sealed DuckDB connection (it reads only the Arrow rows it is given)."""
+    con = getattr(_LOCAL, "con", None)
+    if con is None:
+        from fstore.engine import duckdb as engine
+
+        con = engine.connect(1)
+        engine.seal(con)
+        _LOCAL.con = con
+    return con
+
+
+def _value_column(index: int) -> str:
+    return f"__fs_win_{index}"
+
+
+def _prepared(fsv: "FeatureSetVersion", events: "pyarrow.Table", ids: Sequence[str] | None):
+    """The batch with ``_SEQ``, ``EVENT_ID`` and a created time (the push time, when the source has none:
+    it orders rows of one event time as a run's created time does); and the set as the row pass computes it:
+    each windowed feature a row feature reading its exact value from a column (``_value_column``), so
+    composite and python features over windows compute from the exact values, in the set's own SQL."""
+    import pyarrow as pa
+
+    from fstore.storage.online.windows import online_windows
+
+    table = events.append_column(_SEQ, pa.array(range(events.num_rows), pa.int64()))
+    if ids is not None:
+        table = table.append_column(EVENT_ID, pa.array([str(i) for i in ids], pa.string()))
+    source = fsv.feature_set.source
+    if not source.created_timestamp_column:
+        fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(source, created_timestamp_column=_PUSHED_AT)))
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        table = table.append_column(_PUSHED_AT, pa.array([now] * table.num_rows, pa.timestamp("us")))
+    windows = online_windows(fsv)
+    rows = replace(fsv, features=tuple(
+        replace(f, window=None, transformation=f"`{_value_column(windows[f.name].index)}`", dialect="spark",
+                source_features=()) if f.name in windows else f for f in fsv.features))
+    return table, rows
+
+
+def _cached(key: tuple, build):
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = build()
+        with _CACHE_LOCK:
+            if len(_CACHE) > 256:
+                _CACHE.clear()
+            _CACHE[key] = hit
+    return hit
+
+
+def _contributions(store: "StoreContext", fsv: "FeatureSetVersion", windows, codec, table: "pyarrow.Table",
+                   ids: Sequence[str] | None) -> dict[str, list[tuple]]:
+    """Per hash key, its events in batch order: ``(seq, ts micros, [take per window], event id)``, from the
+    compiler's own key, time, value and filter expressions (``load_windows.events_query``)."""
+    from fstore.compiler.dialect import quote
+    from fstore.engine import duckdb as engine
+    from fstore.storage.online.load_windows import TS, _specs, events_query
+    from fstore.storage.online.windows import contribution
+
+    def build():
+        query = events_query(fsv, _specs(fsv))
+        return replace(query, projection=query.projection + (quote(_SEQ),))
+
+    query = _cached(("windows", repr(fsv)), build)
+    con = _connection()
+    by_key: dict[str, list[tuple]] = {}
+    for e in engine.run_compiled(con, fsv, query, con.from_arrow(table), settings=store.settings).to_pylist():
+        takes = [contribution(w, bool(e[f"__w_c{i}"]), e[f"__w_v{i}"]) for i, w in enumerate(windows)]
+        seq = e[_SEQ]
+        by_key.setdefault(codec.key_of(e), []).append((seq, e[TS], takes, None if ids is None else str(ids[seq])))
+    for events in by_key.values():
+        events.sort(key=lambda e: e[0])
+    return by_key
+
+
+_ARROW = {"int": "int64", "float": "float64", "bool": "bool_", "string": "string"}
+
+
+def _rows(store: "StoreContext", fsv_rows: "FeatureSetVersion", windows, table: "pyarrow.Table",
+          outcomes: dict) -> tuple[list[dict], "pyarrow.Schema"]:
+    """The rows of the outcomes' events: the set's compiled query (windows read from their exact values) over
+    those events, then its validation rules; each row with its ``__key``."""
+    import pyarrow as pa
+
+    from fstore.compiler import compile_feature_set
+    from fstore.compiler.dialect import quote
+    from fstore.compute.validation import validate_arrow
+    from fstore.engine import duckdb as engine
+
+    values = {seq: (key, v) for key, o in outcomes.items() for seq, v in o.values.items()}
+    seqs = sorted(values)
+    subset = table.take(pa.array(seqs, pa.int64())) if len(seqs) != table.num_rows else table
+    for w in windows:
+        column = [values[seq][1][w.index] for seq in seqs]
+        kind = getattr(pa, _ARROW[w.data_type])() if w.data_type in _ARROW else \
+            pa.timestamp("us") if w.data_type == "timestamp" else None
+        subset = subset.append_column(_value_column(w.index), pa.array(column, type=kind))
+    extra = tuple(c for c in (_SEQ, EVENT_ID) if c in table.column_names)
+
+    def build():
+        compiled = compile_feature_set(fsv_rows)
+        return replace(compiled, projection=compiled.projection + tuple(quote(c) for c in extra))
+
+    compiled = _cached(("rows", repr(fsv_rows), extra), build)
+    con = _connection()
+    computed = engine.run_compiled(con, fsv_rows, compiled, con.from_arrow(subset), settings=store.settings)
+    if not all(f.validation.is_empty for f in fsv_rows.features):
+        computed = validate_arrow(con, computed, fsv_rows).df
+    rows = computed.to_pylist()
+    for row in rows:
+        row["__key"] = values[row[_SEQ]][0]
+    return rows, computed.schema
+
+
+def _table(rows: list[dict], schema: "pyarrow.Schema") -> "pyarrow.Table":
+    """The returned rows, in batch order, in the computed schema without ``_SEQ``."""
+    import pyarrow as pa
+
+    rows = sorted(rows, key=lambda r: r[_SEQ])
+    return pa.Table.from_pylist(rows, schema=schema).drop_columns([_SEQ])
+
+
+# -- merging --------------------------------------------------------------------------------------
+
+def _micros(value: datetime) -> int:
+    from fstore.storage.online.base import to_micros
+
+    return to_micros(value)
+
+
+@dataclass
+class _Outcome:
+    """One key's merge: each event's state and windowed values, the merged events, the rows computed for it."""
+
+    key: str
+    states: dict[int, str]  # seq -> applied / duplicate / late
+    values: dict[int, list[Any]]  # seq -> windowed values (typed as the feature), null for a late event
+    stored_ts: int | None
+    stored_w: bytes | None
+    merged: list  # (ts, takes, id) of the record to write
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def applied(self) -> int:
+        return sum(s == "applied" for s in self.states.values())
+
+    @property
+    def late(self) -> int:
+        return sum(s == "late" for s in self.states.values())
+
+    @property
+    def duplicates(self) -> int:
+        return sum(s == "duplicate" for s in self.states.values())
+
+
+class _Merger:
+    """Merges one key's batch events with its stored record (``merge``) and prepares its write (``write``)."""
+
+    def __init__(self, fsv: "FeatureSetVersion", windows, codec) -> None:
+        from fstore.storage.online.windows import cast
+
+        self.fsv, self.windows, self.codec = fsv, windows, codec
+        self.lateness = lateness_micros(fsv)
+        self.casts = [cast(w) for w in windows]
+
+    def merge(self, key: str, events: list[tuple], hit) -> _Outcome:
+        """``events`` ``(seq, ts, takes, id)`` in batch order; ``hit`` the stored ``(@ts, [@w])`` or None."""
+        from fstore.storage.online.base import NULL
+        from fstore.storage.online.windows import decode, record_events
+
+        stored_ts, stored_w = (None, None) if hit is None else (hit[0], hit[1][0])
+        history: list = []
+        if stored_w is not None and stored_w != NULL:
+            record = decode(stored_w)
+            if record[0] == stored_ts and record[1] == self.fsv.version:  # else another row's or version's events
+                history = record_events(record, len(self.windows))
+        known = {e[2] for e in history if e[2] is not None}
+        newest = stored_ts
+        states = {}
+        for seq, ts, takes, ident in events:
+            if newest is not None and ts < newest - self.lateness:
+                states[seq] = "late"
+            elif ident is not None and ident in known:
+                states[seq] = "duplicate"
+            else:
+                history.append((ts, takes, ident))
+                if ident is not None:
+                    known.add(ident)
+                newest = ts if newest is None else max(newest, ts)
+                states[seq] = "applied"
+        merged = sorted(history, key=lambda e: e[0])
+        # beyond the lateness the record may no longer hold the event's window: unknown (null), never a wrong
+        # number; a materialization of its range computes it from the source
+        values = {seq: [None] * len(self.windows) if states[seq] == "late" else self._values(merged, ts)
+                  for seq, ts, _, _ in events}
+        return _Outcome(key=key, states=states, values=values, stored_ts=stored_ts, stored_w=stored_w, merged=merged)
+
+    def _values(self, events: list, at: int) -> list[Any]:
+        """Each window's value at ``at`` over ``events`` (sorted by time), typed as its feature."""
+        from fstore.storage.online.windows import combine
+
+        record = [at, self.fsv.version, [e[0] for e in events],
+                  *([e[1][i] for e in events] for i in range(len(self.windows)))]
+        out = []
+        for w in self.windows:
+            value = combine(w, record, at)
+            if value is None:
+                out.append(None)
+            elif w.data_type == "timestamp":
+                out.append(_EPOCH + timedelta(microseconds=int(value)))
+            elif w.data_type in ("int", "float", "bool"):
+                out.append({"int": int, "float": float, "bool": bool}[w.data_type](value))
+            else:
+                out.append(self.casts[w.index](value))
+        return out
+
+    def write(self, outcome: _Outcome):
+        """The ``swap`` of one key, ``(fields, (key, expected @ts, expected @w, @ts, values))``, or None: the
+        newest applied row validation kept (as new as the stored one) with the record as of it; else, when
+        only older events were applied, the stored row's windowed values at ``T`` and the record."""
+        from fstore.storage.online.base import encode_rows, encode_value
+        from fstore.storage.online.windows import FIELD, encode_takes
+
+        if not outcome.applied:
+            return None
+        newest = [r for r in outcome.rows if outcome.states[r[_SEQ]] == "applied"
+                  and (outcome.stored_ts is None or _micros(r["event_timestamp"]) >= outcome.stored_ts)]
+        if newest:
+            row = max(newest, key=lambda r: (r["event_timestamp"], r.get("created_timestamp") or _EPOCH, r[_SEQ]))
+            at = _micros(row["event_timestamp"])
+            fields = (*self.codec.feature_names, FIELD)
+            values = encode_rows(self.codec, [row])[0].values
+        elif outcome.stored_ts is not None:
+            # the row stays; the stored values of its other features are not known here: the windows only
+            at = outcome.stored_ts
+            fields = (*(w.feature for w in self.windows), FIELD)
+            values = tuple(encode_value(v, w.data_type, field_name=w.feature)
+                           for w, v in zip(self.windows, self._values(outcome.merged, at)))
+        else:
+            return None  # validation dropped every row of a new key: nothing online, as a run loads nothing
+        record = encode_takes(self.windows, self.fsv.version, at, outcome.merged, keep_micros=self.lateness)
+        return fields, (outcome.key, outcome.stored_ts, outcome.stored_w, at, (*values, record))
