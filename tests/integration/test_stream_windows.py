@@ -317,16 +317,3 @@ def test_two_threads_pushing_one_key_lose_no_event(store, tmp_path):
                                     entities={"user_id": [1]}, at=end)["features"]["1"]
     assert got == {"pushed:n_1h": 2 * per_thread, "pushed:units_2h": 2 * per_thread,
                    "pushed:amount_x2": 2.0 * (2 * per_thread - 1)}  # every event, and the newest row won
-
-
-def test_the_compare_and_set_refuses_a_stale_write(store):
-    """The primitive under the merge: a write based on a read another writer has overtaken is refused."""
-    online = store.online
-    key = "fs:s:1:1"
-    assert online.swap("s", ["a", "@w"], "@w", [(key, None, None, 10, [b"1", b"w1"])]) == [True]
-    assert online.swap("s", ["a", "@w"], "@w", [(key, None, None, 11, [b"2", b"w2"])]) == [False]  # read "absent"
-    assert online.swap("s", ["a", "@w"], "@w", [(key, 10, b"w0", 11, [b"2", b"w2"])]) == [False]  # other record
-    assert online.swap("s", ["a", "@w"], "@w", [(key, 9, b"w1", 11, [b"2", b"w2"])]) == [False]  # other row
-    assert online.read_many([("s", [key], ["a", "@w"])])[0] == [(10, [b"1", b"w1"])]
-    assert online.swap("s", ["@w"], "@w", [(key, 10, b"w1", 10, [b"w3"])]) == [True]  # same row, new record
-    assert online.read_many([("s", [key], ["a", "@w"])])[0] == [(10, [b"1", b"w3"])]
