@@ -79,9 +79,15 @@ class Applied:
 
 def has_windows(fsv: "FeatureSetVersion") -> bool:
     """Whether ``fsv`` has windowed features (a push of it goes through ``apply_events``)."""
+    return bool(_definition(fsv)[0])
+
+
+def _definition(fsv: "FeatureSetVersion"):
+    """``(windows, codec)`` of ``fsv``, once per definition (parsing its windows costs milliseconds)."""
+    from fstore.storage.online.base import Codec
     from fstore.storage.online.windows import online_windows
 
-    return bool(online_windows(fsv))
+    return _cached(("definition", repr(fsv)), lambda: (list(online_windows(fsv).values()), Codec.from_version(fsv)))
 
 
 def lateness_micros(fsv: "FeatureSetVersion") -> int:
@@ -96,15 +102,13 @@ def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarr
     micro-batch) with exact windows over the entity's online record plus the batch, and, when ``online``,
     write the newest row and the merged record of each key atomically (module docstring). ``ids``: one event
     id per event (a push id, a Kafka partition/offset), so the same event applied twice counts once."""
-    from fstore.storage.online.base import Codec
-    from fstore.storage.online.windows import FIELD, online_windows
+    from fstore.storage.online.windows import FIELD
 
     if ids is not None and len(ids) != events.num_rows:
         raise InvalidDefinition(f"{len(ids)} event ids for {events.num_rows} events", field="ids")
-    windows = list(online_windows(fsv).values())
-    codec = Codec.from_version(fsv)
-    table, fsv_rows = _prepared(fsv, events, ids)
-    by_key = _contributions(store, fsv, windows, codec, table, ids)
+    windows, codec = _definition(fsv)
+    table, fsv_rows = _prepared(fsv, windows, events, ids)
+    by_key, base = _first_pass(store, fsv, fsv_rows, windows, codec, table, ids)
     merger = _Merger(fsv, windows, codec)
     readable = fsv.feature_set.online_enabled  # a set never online has no records: a batch knows only itself
     pending = list(by_key)
@@ -117,7 +121,7 @@ def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarr
                            f"{MAX_ATTEMPTS} compare-and-set rounds; push again")
         stored = store.online.read(codec, pending, fields=[FIELD]) if readable else [None] * len(pending)
         outcomes = {key: merger.merge(key, by_key[key], hit) for key, hit in zip(pending, stored)}
-        rows, schema = _rows(store, fsv_rows, windows, table, outcomes)
+        rows, schema = _rows(store, fsv_rows, windows, table, outcomes, base)
         for row in rows:
             outcomes[row["__key"]].rows.append(row)
         if not online:
@@ -182,14 +186,12 @@ def _value_column(index: int) -> str:
     return f"__fs_win_{index}"
 
 
-def _prepared(fsv: "FeatureSetVersion", events: "pyarrow.Table", ids: Sequence[str] | None):
+def _prepared(fsv: "FeatureSetVersion", windows, events: "pyarrow.Table", ids: Sequence[str] | None):
     """The batch with ``_SEQ``, ``EVENT_ID`` and a created time (the push time, when the source has none:
     it orders rows of one event time as a run's created time does); and the set as the row pass computes it:
     each windowed feature a row feature reading its exact value from a column (``_value_column``), so
     composite and python features over windows compute from the exact values, in the set's own SQL."""
     import pyarrow as pa
-
-    from fstore.storage.online.windows import online_windows
 
     table = events.append_column(_SEQ, pa.array(range(events.num_rows), pa.int64()))
     if ids is not None:
@@ -199,10 +201,10 @@ def _prepared(fsv: "FeatureSetVersion", events: "pyarrow.Table", ids: Sequence[s
         fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(source, created_timestamp_column=_PUSHED_AT)))
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         table = table.append_column(_PUSHED_AT, pa.array([now] * table.num_rows, pa.timestamp("us")))
-    windows = online_windows(fsv)
-    rows = replace(fsv, features=tuple(
-        replace(f, window=None, transformation=f"`{_value_column(windows[f.name].index)}`", dialect="spark",
-                source_features=()) if f.name in windows else f for f in fsv.features))
+    index = {w.feature: w.index for w in windows}
+    rows = _cached(("rows-definition", repr(fsv)), lambda: replace(fsv, features=tuple(
+        replace(f, window=None, transformation=f"`{_value_column(index[f.name])}`", dialect="spark",
+                source_features=()) if f.name in index else f for f in fsv.features)))
     return table, rows
 
 
@@ -217,38 +219,79 @@ def _cached(key: tuple, build):
     return hit
 
 
-def _contributions(store: "StoreContext", fsv: "FeatureSetVersion", windows, codec, table: "pyarrow.Table",
-                   ids: Sequence[str] | None) -> dict[str, list[tuple]]:
-    """Per hash key, its events in batch order: ``(seq, ts micros, [take per window], event id)``, from the
-    compiler's own key, time, value and filter expressions (``load_windows.events_query``)."""
+def _first_pass(store: "StoreContext", fsv: "FeatureSetVersion", fsv_rows: "FeatureSetVersion", windows, codec,
+                table: "pyarrow.Table", ids: Sequence[str] | None) -> tuple[dict[str, list[tuple]], "pyarrow.Table"]:
+    """One DuckDB query over the batch: each event's rows (windows null for now) and, per hash key, its events in
+    batch order ``(seq, ts micros, [take per window], event id)`` from the compiler's own key, time, value and
+    filter expressions (``load_windows.events_query``, projected beside the rows)."""
+    from fstore.compiler import compile_feature_set
     from fstore.compiler.dialect import quote
     from fstore.engine import duckdb as engine
     from fstore.storage.online.load_windows import TS, _specs, events_query
     from fstore.storage.online.windows import contribution
 
-    def build():
-        query = events_query(fsv, _specs(fsv))
-        return replace(query, projection=query.projection + (quote(_SEQ),))
+    extra = tuple(quote(c) for c in (_SEQ, EVENT_ID) if c in table.column_names)
 
-    query = _cached(("windows", repr(fsv)), build)
+    def build():
+        flags = events_query(fsv, _specs(fsv)).projection[len(fsv.join_keys):]  # time, value and flag per window
+        compiled = compile_feature_set(fsv_rows)
+        return replace(compiled, projection=compiled.projection + extra + flags)
+
+    query = _cached(("first", repr(fsv_rows), extra), build)
     con = _connection()
+    computed = engine.run_compiled(con, fsv_rows, query, con.from_arrow(_with_values(table, windows, None)),
+                                   settings=store.settings)
     by_key: dict[str, list[tuple]] = {}
-    for e in engine.run_compiled(con, fsv, query, con.from_arrow(table), settings=store.settings).to_pylist():
+    for e in computed.select([*fsv.join_keys, _SEQ, TS, *(f"__w_{k}{i}" for i in range(len(windows)) for k in "vc")]
+                             ).to_pylist():
+        if e[TS] is None or any(e[k] is None for k in fsv.join_keys):
+            continue
         takes = [contribution(w, bool(e[f"__w_c{i}"]), e[f"__w_v{i}"]) for i, w in enumerate(windows)]
         seq = e[_SEQ]
         by_key.setdefault(codec.key_of(e), []).append((seq, e[TS], takes, None if ids is None else str(ids[seq])))
     for events in by_key.values():
         events.sort(key=lambda e: e[0])
-    return by_key
+    return by_key, computed.drop_columns([TS, *(f"__w_{k}{i}" for i in range(len(windows)) for k in "vc")])
 
 
 _ARROW = {"int": "int64", "float": "float64", "bool": "bool_", "string": "string"}
 
 
+def _arrow_type(data_type: str):
+    import pyarrow as pa
+
+    if data_type in _ARROW:
+        return getattr(pa, _ARROW[data_type])()
+    return pa.timestamp("us") if data_type == "timestamp" else None
+
+
+def _with_values(table: "pyarrow.Table", windows, values: Sequence[Sequence[Any]] | None) -> "pyarrow.Table":
+    """``table`` with each window's value column (``_value_column``): ``values`` per row, or nulls."""
+    import pyarrow as pa
+
+    for w in windows:
+        kind = _arrow_type(w.data_type)
+        column = pa.nulls(table.num_rows, kind or pa.null()) if values is None else \
+            pa.array([v[w.index] for v in values], type=kind)
+        table = table.append_column(_value_column(w.index), column)
+    return table
+
+
+def _reads_windows(fsv: "FeatureSetVersion", windows) -> bool:
+    """Whether a composite or python feature may read a windowed one (then the rows are computed again over
+    the exact values; else the first pass's rows get them set directly)."""
+    from fstore.compiler import features_read
+
+    names = {w.feature for w in windows}
+    return any(f.python for f in fsv.features) or any(features_read(fsv, f) & names for f in fsv.features
+                                                      if f.name not in names)
+
+
 def _rows(store: "StoreContext", fsv_rows: "FeatureSetVersion", windows, table: "pyarrow.Table",
-          outcomes: dict) -> tuple[list[dict], "pyarrow.Schema"]:
-    """The rows of the outcomes' events: the set's compiled query (windows read from their exact values) over
-    those events, then its validation rules; each row with its ``__key``."""
+          outcomes: dict, base: "pyarrow.Table") -> tuple[list[dict], "pyarrow.Schema"]:
+    """The rows of the outcomes' events with their exact windows, then the set's validation rules; each row
+    with its ``__key``. Composite or python features over windows: the set's compiled query again over those
+    events (windows read from their exact values); else the first pass's rows with the values set."""
     import pyarrow as pa
 
     from fstore.compiler import compile_feature_set
@@ -258,21 +301,23 @@ def _rows(store: "StoreContext", fsv_rows: "FeatureSetVersion", windows, table: 
 
     values = {seq: (key, v) for key, o in outcomes.items() for seq, v in o.values.items()}
     seqs = sorted(values)
-    subset = table.take(pa.array(seqs, pa.int64())) if len(seqs) != table.num_rows else table
-    for w in windows:
-        column = [values[seq][1][w.index] for seq in seqs]
-        kind = getattr(pa, _ARROW[w.data_type])() if w.data_type in _ARROW else \
-            pa.timestamp("us") if w.data_type == "timestamp" else None
-        subset = subset.append_column(_value_column(w.index), pa.array(column, type=kind))
-    extra = tuple(c for c in (_SEQ, EVENT_ID) if c in table.column_names)
-
-    def build():
-        compiled = compile_feature_set(fsv_rows)
-        return replace(compiled, projection=compiled.projection + tuple(quote(c) for c in extra))
-
-    compiled = _cached(("rows", repr(fsv_rows), extra), build)
     con = _connection()
-    computed = engine.run_compiled(con, fsv_rows, compiled, con.from_arrow(subset), settings=store.settings)
+    if _cached(("reads", repr(fsv_rows)), lambda: _reads_windows(fsv_rows, windows)):
+        subset = table.take(pa.array(seqs, pa.int64())) if len(seqs) != table.num_rows else table
+        subset = _with_values(subset, windows, [values[seq][1] for seq in seqs])
+        extra = tuple(c for c in (_SEQ, EVENT_ID) if c in table.column_names)
+
+        def build():
+            compiled = compile_feature_set(fsv_rows)
+            return replace(compiled, projection=compiled.projection + tuple(quote(c) for c in extra))
+
+        compiled = _cached(("rows", repr(fsv_rows), extra), build)
+        computed = engine.run_compiled(con, fsv_rows, compiled, con.from_arrow(subset), settings=store.settings)
+    else:
+        picked = [r for r in base.to_pylist() if r[_SEQ] in values]
+        for row in picked:
+            row.update(zip((w.feature for w in windows), values[row[_SEQ]][1]))
+        computed = pa.Table.from_pylist(picked, schema=base.schema)
     if not all(f.validation.is_empty for f in fsv_rows.features):
         computed = validate_arrow(con, computed, fsv_rows).df
     rows = computed.to_pylist()
