@@ -27,8 +27,11 @@ Exactness. An applied event's windowed values, and every online answer at ``t >=
 materialization computes over the same events when the entity's record knew all of its earlier events of the
 horizon: it does after a materialization's online load (``load_windows``) or after earlier pushes. Limits:
 
-- an entity never seen online (or whose row has no record of this set version: loaded before online windows,
-  or by another version) has no history here: its first events' windows count the batch's events only;
+- an entity never seen online has no history here: its first events' windows count the batch's events only
+  (exact when the push or stream carries all of its events; else materialize first: a run's online load
+  writes the records pushes then extend); an entity whose row has no record of this set version (loaded
+  before online windows, or by another version of the set: materialize the new version) is the same, and
+  its events older than the row's time are late (there is no history to merge them into);
 - a late event's *own* row needs the events of ``(t - size, t]``; a record written by a materialization keeps
   only ``(T - size, T]``, so that row may miss events older than ``T - size`` (online answers at ``t >= T``
   are still exact); an event beyond the lateness is returned with its windowed features null (unknown: the
@@ -384,15 +387,20 @@ class _Merger:
 
         stored_ts, stored_w = (None, None) if hit is None else (hit[0], hit[1][0])
         history: list = []
+        usable = False
         if stored_w is not None and stored_w != NULL:
             record = decode(stored_w)
-            if record[0] == stored_ts and record[1] == self.fsv.version:  # else another row's or version's events
+            usable = record[0] == stored_ts and record[1] == self.fsv.version  # else another row's or version's
+            if usable:
                 history = record_events(record, len(self.windows))
         known = {e[2] for e in history if e[2] is not None}
+        # a stored row without a record of this version has no history to merge an older event into: only
+        # events at or after its time apply (their windows then count what this batch brings)
+        lateness = self.lateness if usable else 0
         newest = stored_ts
         states = {}
         for seq, ts, takes, ident in events:
-            if newest is not None and ts < newest - self.lateness:
+            if newest is not None and ts < newest - lateness:
                 states[seq] = "late"
             elif ident is not None and ident in known:
                 states[seq] = "duplicate"

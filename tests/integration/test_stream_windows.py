@@ -320,3 +320,57 @@ def test_two_threads_pushing_one_key_lose_no_event(store, tmp_path):
                                     entities={"user_id": [1]}, at=end)["features"]["1"]
     assert got == {"pushed:n_1h": 2 * per_thread, "pushed:units_2h": 2 * per_thread,
                    "pushed:amount_x2": 2.0 * (2 * per_thread - 1)}  # every event, and the newest row won
+
+
+def test_pushes_extend_the_records_a_materialization_loaded(store, tmp_path):
+    """The usual life: a run materializes the past (its online load writes each entity's record), then events
+    are pushed, some late within the lateness, some older than the run's newest event of their entity. Online
+    answers after the pushes equal historical retrieval over a materialization of all the events."""
+    from datetime import timezone
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)  # a run loads only recent rows online
+    cutoff = now - timedelta(minutes=90)
+    rng = random.Random(11)
+    events = []
+    for user in USERS:
+        times = [cutoff - timedelta(minutes=rng.randint(1, 80)) for _ in range(rng.randint(2, 6))]  # materialized
+        times += [cutoff - timedelta(minutes=5)]
+        times += [cutoff + timedelta(seconds=rng.randint(0, 85 * 60)) for _ in range(rng.randint(2, 8))]  # pushed
+        for ts in times:
+            events.append({"user_id": user, "event_timestamp": ts, "amount": rng.randint(0, 40) / 4,
+                           "units": rng.randint(-5, 50), "kind": rng.choice(["a", "b", "c"])})
+    # late arrivals: pushed, but older than the run's newest event of their user (within the 30 minute lateness)
+    late = [{**e, "event_timestamp": cutoff - timedelta(minutes=rng.randint(6, 20)), "amount": 99.0} for e in events[::9]]
+    materialized = [e for e in events if e["event_timestamp"] < cutoff]
+    pushed = sorted((e for e in events if e["event_timestamp"] >= cutoff), key=lambda e: e["event_timestamp"])
+    assert pushed[2]["event_timestamp"] < cutoff + timedelta(minutes=10)
+    pushed[3:3] = late  # after the first pushed events: older than their user's newest by at most 30 minutes
+    store.create_feature_set(body("pushed", write_source(tmp_path / "past", pd.DataFrame(materialized))))
+    store.materialize("pushed", now - timedelta(days=1), cutoff)
+    for part in batches(pushed, 4):
+        result = store.push("pushed", part)
+        assert result["late_events"] == 0
+    everything = write_source(tmp_path / "all", pd.DataFrame(materialized + pushed))
+    store.create_feature_set(body("batch", everything, online=False))
+    store.materialize("batch", now - timedelta(days=1), now)
+
+    end = max(e["event_timestamp"] for e in pushed)
+    ats = sorted({end, end + US, *(e["event_timestamp"] + size + d for e in pushed + materialized
+                                   for size in SIZES.values() for d in (-US, timedelta(0))
+                                   if e["event_timestamp"] + size - US >= end)})
+    ats = random.Random(5).sample(ats, min(20, len(ats)))
+    asked = pd.DataFrame([{"user_id": u, "event_timestamp": t} for t in ats for u in USERS])
+    frame = store.get_historical_features(entity_df=asked, features=[f"batch:{f}" for f in WINDOWED]).to_df()
+    want = {(int(r["user_id"]), pd.Timestamp(r["event_timestamp"]).tz_localize(None).to_pydatetime()
+             if pd.Timestamp(r["event_timestamp"]).tzinfo else pd.Timestamp(r["event_timestamp"]).to_pydatetime()):
+            r for r in frame.to_dict("records")}
+    for t in ats:
+        got = store.get_online_features(features=[f"pushed:{f}" for f in WINDOWED], entities={"user_id": USERS},
+                                        at=t)["features"]
+        for u in USERS:
+            oracle = aggregate(materialized + pushed, u, t)
+            for f in WINDOWED:
+                expected = want[(u, t)][f"batch__{f}"]
+                expected = None if expected is None or pd.isna(expected) else float(expected)
+                assert same(got[str(u)][f"pushed:{f}"], expected), (u, t, f, got[str(u)], expected)
+                assert same(expected, oracle[f])
