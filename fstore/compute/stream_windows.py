@@ -396,7 +396,7 @@ class _Merger:
         known = {e[2] for e in history if e[2] is not None}
         # a stored row without a record of this version has no history to merge an older event into: only
         # events at or after its time apply (their windows then count what this batch brings)
-        lateness = self.lateness if usable else 0
+        lateness = self.lateness if usable or stored_ts is None else 0
         newest = stored_ts
         states = {}
         for seq, ts, takes, ident in events:

@@ -374,3 +374,30 @@ def test_pushes_extend_the_records_a_materialization_loaded(store, tmp_path):
                 expected = None if expected is None or pd.isna(expected) else float(expected)
                 assert same(got[str(u)][f"pushed:{f}"], expected), (u, t, f, got[str(u)], expected)
                 assert same(expected, oracle[f])
+
+
+def test_a_row_without_a_record_takes_no_older_event(store, tmp_path):
+    """A row loaded without a window record of this version (before online windows, or by another version of
+    the set) has no history: an older pushed event is late (not merged into nothing), a newer one applies."""
+    source = write_source(tmp_path / "source", pd.DataFrame([{"user_id": 1, "event_timestamp": T0, "amount": 1.0,
+                                                               "units": 1, "kind": "a"}]))
+    store.create_feature_set(body("pushed", source))
+    from fstore.registry.repo import load_feature_set_version
+    from fstore.registry.runs import feature_set_row
+
+    with store.transaction() as s:
+        fsv = load_feature_set_version(s, feature_set_row(s, "pushed").id)
+    store.online.write_rows(fsv, [{"user_id": 1, "event_timestamp": T0 + timedelta(minutes=30), "amount_x2": 2.0,
+                                   "n_1h": 10, "units_2h": 10, "kinds_2h": 1, "max_a_1h": 1.0, "avg_2h": 1.0,
+                                   "min_1h": 1.0}])
+
+    def event(minutes: int) -> dict:
+        return {"user_id": 1, "event_timestamp": T0 + timedelta(minutes=minutes), "amount": 5.0, "units": 1, "kind": "a"}
+
+    assert store.push("pushed", [event(20)])["late_events"] == 1  # within the lateness, but nothing to merge into
+    ask = {"features": ["pushed:n_1h", "pushed:units_2h"], "entities": {"user_id": [1]}}
+    assert store.get_online_features(**ask, at=T0 + timedelta(minutes=30))["features"]["1"] == \
+        {"pushed:n_1h": 10, "pushed:units_2h": 10}  # the stored row, untouched
+    assert store.push("pushed", [event(40)])["late_events"] == 0
+    assert store.get_online_features(**ask, at=T0 + timedelta(minutes=40))["features"]["1"] == \
+        {"pushed:n_1h": 1, "pushed:units_2h": 1}  # its window knows only what was pushed (module docstring)
