@@ -104,7 +104,8 @@ def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarr
     """Compute the rows of ``events`` (an Arrow table in the set's source schema: a push or a stream
     micro-batch) with exact windows over the entity's online record plus the batch, and, when ``online``,
     write the newest row and the merged record of each key atomically (module docstring). ``ids``: one event
-    id per event (a push id, a Kafka partition/offset), so the same event applied twice counts once."""
+    id per event (a push id, a Kafka partition/offset), so the same event applied twice counts once. Events
+    without an event time or a join key are left out, as a run leaves them out."""
     from fstore.storage.online.windows import FIELD
 
     if ids is not None and len(ids) != events.num_rows:
