@@ -115,6 +115,8 @@ def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarr
     by_key, base = _first_pass(store, fsv, fsv_rows, windows, codec, table, ids)
     merger = _Merger(fsv, windows, codec)
     readable = fsv.feature_set.online_enabled  # a set never online has no records: a batch knows only itself
+    online = online and readable
+    schema = base.schema
     pending = list(by_key)
     final: list[dict] = []
     written = applied = late = duplicates = attempts = 0

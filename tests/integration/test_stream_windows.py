@@ -401,3 +401,36 @@ def test_a_row_without_a_record_takes_no_older_event(store, tmp_path):
     assert store.push("pushed", [event(40)])["late_events"] == 0
     assert store.get_online_features(**ask, at=T0 + timedelta(minutes=40))["features"]["1"] == \
         {"pushed:n_1h": 1, "pushed:units_2h": 1}  # its window knows only what was pushed (module docstring)
+
+
+def test_a_stream_micro_batch_through_the_library_entry_point(store, tmp_path):
+    """``apply_events`` as the stream job calls it: an Arrow micro-batch with partition/offset ids; the batch
+    replayed (a restart after a crash) counts once online; an empty batch does nothing."""
+    import pyarrow as pa
+
+    from fstore.compute.stream_windows import EVENT_ID, apply_events
+    from fstore.registry.repo import load_feature_set_version
+    from fstore.registry.runs import feature_set_row
+
+    source = write_source(tmp_path / "source", pd.DataFrame([{"user_id": 1, "event_timestamp": T0, "amount": 1.0,
+                                                               "units": 1, "kind": "a"}]))
+    store.create_feature_set(body("pushed", source))
+    with store.transaction() as s:
+        fsv = load_feature_set_version(s, feature_set_row(s, "pushed").id)
+    batch = pa.table({"user_id": pa.array([1, 2, 1], pa.int64()),
+                      "event_timestamp": pa.array([T0 + timedelta(minutes=m) for m in (1, 2, 3)], pa.timestamp("us")),
+                      "amount": [1.0, 2.0, 3.0], "units": pa.array([1, 1, 1], pa.int64()), "kind": ["a", "b", "a"]})
+    ids = ["p0:10", "p0:11", "p1:7"]
+    first = apply_events(store, fsv, batch, ids=ids)
+    assert (first.online_rows, first.applied, first.late, first.duplicates) == (2, 3, 0, 0)
+    assert first.rows.column(EVENT_ID).to_pylist() == ids and first.rows.column("n_1h").to_pylist() == [1, 1, 2]
+    replay = apply_events(store, fsv, batch, ids=ids)
+    assert (replay.online_rows, replay.applied, replay.duplicates) == (0, 0, 3)
+    assert replay.rows.column("n_1h").to_pylist() == [1, 1, 2]  # the same rows for the offline table
+    got = store.get_online_features(features=["pushed:n_1h", "pushed:max_a_1h"], entities={"user_id": [1, 2]},
+                                    at=T0 + timedelta(minutes=3))["features"]
+    assert got == {"1": {"pushed:n_1h": 2, "pushed:max_a_1h": 3.0}, "2": {"pushed:n_1h": 1, "pushed:max_a_1h": None}}
+    empty = apply_events(store, fsv, batch.slice(0, 0), ids=[])
+    assert (empty.rows.num_rows, empty.online_rows) == (0, 0)
+    with pytest.raises(InvalidDefinition):
+        apply_events(store, fsv, batch, ids=ids[:2])  # one id per event
