@@ -6,9 +6,9 @@ the contributions of its events of ``(T - size - allowed_lateness, T]``, ``T`` i
 per entity key of the batch:
 
 1. **read** the hash's ``@ts`` and ``@w`` (one round trip for the batch);
-2. **merge**: each event of the batch, in arrival order, is *applied* when it is not older than the
-   newest event known so far (the stored ``T``, or an earlier event of the batch) by more than the set's
-   ``allowed_lateness`` (none declared: not older at all); an event whose id the record holds already is a
+2. **merge** (``fstore.compute.window_merge``, no I/O): each event of the batch, in arrival order, is
+   *applied* when it is not older than the newest event known so far (the stored ``T``, or an earlier event
+   of the batch) by more than the set's ``allowed_lateness`` (none declared: not older at all); an event whose id the record holds already is a
    *duplicate* (a replayed micro-batch or a push sent twice: counted once); an older one is *late*: not
    applied online, counted (``fstore_stream_late_events_total``) and still returned;
 3. **compute** each event's windowed values over ``(t - size, t]`` of the merged events, with the feature's
@@ -46,10 +46,11 @@ horizon: it does after a materialization's online load (``load_windows``) or aft
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 
+from fstore.compute.window_merge import SEQ as _SEQ, Merger
 from fstore.core.errors import Conflict, InvalidDefinition
 
 if TYPE_CHECKING:
@@ -59,10 +60,8 @@ if TYPE_CHECKING:
     from fstore.definitions.model import FeatureSetVersion
 
 EVENT_ID = "__fs_event_id"  # the returned rows' event id column (when ids are given)
-_SEQ = "__fs_seq"  # each event's position in the batch, carried through both queries
 _PUSHED_AT = "__fs_pushed_at"
 MAX_ATTEMPTS = 64  # compare-and-set rounds before a key under constant contention is given up (Conflict)
-_EPOCH = datetime(1970, 1, 1)
 _LOCAL = threading.local()
 _CACHE: dict[tuple, Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -93,12 +92,6 @@ def _definition(fsv: "FeatureSetVersion"):
     return _cached(("definition", repr(fsv)), lambda: (list(online_windows(fsv).values()), Codec.from_version(fsv)))
 
 
-def lateness_micros(fsv: "FeatureSetVersion") -> int:
-    """The set's allowed lateness in micros; 0 when none is declared (no event older than ``T`` is applied)."""
-    seconds = fsv.feature_set.allowed_lateness_seconds
-    return 0 if seconds is None else seconds * 1_000_000
-
-
 def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarrow.Table", *,
                  ids: Sequence[str] | None = None, online: bool = True) -> Applied:
     """Compute the rows of ``events`` (an Arrow table in the set's source schema: a push or a stream
@@ -113,7 +106,7 @@ def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarr
     windows, codec = _definition(fsv)
     table, fsv_rows = _prepared(fsv, windows, events, ids)
     by_key, base = _first_pass(store, fsv, fsv_rows, windows, codec, table, ids)
-    merger = _Merger(fsv, windows, codec)
+    merger = Merger(fsv, windows, codec)
     readable = fsv.feature_set.online_enabled  # a set never online has no records: a batch knows only itself
     online = online and readable
     schema = base.schema
@@ -338,130 +331,3 @@ def _table(rows: list[dict], schema: "pyarrow.Schema") -> "pyarrow.Table":
 
     rows = sorted(rows, key=lambda r: r[_SEQ])
     return pa.Table.from_pylist(rows, schema=schema).drop_columns([_SEQ])
-
-
-# -- merging --------------------------------------------------------------------------------------
-
-def _micros(value: datetime) -> int:
-    from fstore.storage.online.base import to_micros
-
-    return to_micros(value)
-
-
-@dataclass
-class _Outcome:
-    """One key's merge: each event's state and windowed values, the merged events, the rows computed for it."""
-
-    key: str
-    states: dict[int, str]  # seq -> applied / duplicate / late
-    values: dict[int, list[Any]]  # seq -> windowed values (typed as the feature), null for a late event
-    stored_ts: int | None
-    stored_w: bytes | None
-    merged: list  # (ts, takes, id) of the record to write
-    rows: list[dict] = field(default_factory=list)
-
-    @property
-    def applied(self) -> int:
-        return sum(s == "applied" for s in self.states.values())
-
-    @property
-    def late(self) -> int:
-        return sum(s == "late" for s in self.states.values())
-
-    @property
-    def duplicates(self) -> int:
-        return sum(s == "duplicate" for s in self.states.values())
-
-
-class _Merger:
-    """Merges one key's batch events with its stored record (``merge``) and prepares its write (``write``)."""
-
-    def __init__(self, fsv: "FeatureSetVersion", windows, codec) -> None:
-        from fstore.storage.online.windows import cast
-
-        self.fsv, self.windows, self.codec = fsv, windows, codec
-        self.lateness = lateness_micros(fsv)
-        self.casts = [cast(w) for w in windows]
-
-    def merge(self, key: str, events: list[tuple], hit) -> _Outcome:
-        """``events`` ``(seq, ts, takes, id)`` in batch order; ``hit`` the stored ``(@ts, [@w])`` or None."""
-        from fstore.storage.online.base import NULL
-        from fstore.storage.online.windows import decode, record_events
-
-        stored_ts, stored_w = (None, None) if hit is None else (hit[0], hit[1][0])
-        history: list = []
-        usable = False
-        if stored_w is not None and stored_w != NULL:
-            record = decode(stored_w)
-            usable = record[0] == stored_ts and record[1] == self.fsv.version  # else another row's or version's
-            if usable:
-                history = record_events(record, len(self.windows))
-        known = {e[2] for e in history if e[2] is not None}
-        # a stored row without a record of this version has no history to merge an older event into: only
-        # events at or after its time apply (their windows then count what this batch brings)
-        lateness = self.lateness if usable or stored_ts is None else 0
-        newest = stored_ts
-        states = {}
-        for seq, ts, takes, ident in events:
-            if newest is not None and ts < newest - lateness:
-                states[seq] = "late"
-            elif ident is not None and ident in known:
-                states[seq] = "duplicate"
-            else:
-                history.append((ts, takes, ident))
-                if ident is not None:
-                    known.add(ident)
-                newest = ts if newest is None else max(newest, ts)
-                states[seq] = "applied"
-        merged = sorted(history, key=lambda e: e[0])
-        # beyond the lateness the record may no longer hold the event's window: unknown (null), never a wrong
-        # number; a materialization of its range computes it from the source
-        values = {seq: [None] * len(self.windows) if states[seq] == "late" else self._values(merged, ts)
-                  for seq, ts, _, _ in events}
-        return _Outcome(key=key, states=states, values=values, stored_ts=stored_ts, stored_w=stored_w, merged=merged)
-
-    def _values(self, events: list, at: int) -> list[Any]:
-        """Each window's value at ``at`` over ``events`` (sorted by time), typed as its feature."""
-        from fstore.storage.online.windows import combine
-
-        record = [at, self.fsv.version, [e[0] for e in events],
-                  *([e[1][i] for e in events] for i in range(len(self.windows)))]
-        out = []
-        for w in self.windows:
-            value = combine(w, record, at)
-            if value is None:
-                out.append(None)
-            elif w.data_type == "timestamp":
-                out.append(_EPOCH + timedelta(microseconds=int(value)))
-            elif w.data_type in ("int", "float", "bool"):
-                out.append({"int": int, "float": float, "bool": bool}[w.data_type](value))
-            else:
-                out.append(self.casts[w.index](value))
-        return out
-
-    def write(self, outcome: _Outcome):
-        """The ``swap`` of one key, ``(fields, (key, expected @ts, expected @w, @ts, values))``, or None: the
-        newest applied row validation kept (as new as the stored one) with the record as of it; else, when
-        only older events were applied, the stored row's windowed values at ``T`` and the record."""
-        from fstore.storage.online.base import encode_rows, encode_value
-        from fstore.storage.online.windows import FIELD, encode_takes
-
-        if not outcome.applied:
-            return None
-        newest = [r for r in outcome.rows if outcome.states[r[_SEQ]] == "applied"
-                  and (outcome.stored_ts is None or _micros(r["event_timestamp"]) >= outcome.stored_ts)]
-        if newest:
-            row = max(newest, key=lambda r: (r["event_timestamp"], r.get("created_timestamp") or _EPOCH, r[_SEQ]))
-            at = _micros(row["event_timestamp"])
-            fields = (*self.codec.feature_names, FIELD)
-            values = encode_rows(self.codec, [row])[0].values
-        elif outcome.stored_ts is not None:
-            # the row stays; the stored values of its other features are not known here: the windows only
-            at = outcome.stored_ts
-            fields = (*(w.feature for w in self.windows), FIELD)
-            values = tuple(encode_value(v, w.data_type, field_name=w.feature)
-                           for w, v in zip(self.windows, self._values(outcome.merged, at)))
-        else:
-            return None  # validation dropped every row of a new key: nothing online, as a run loads nothing
-        record = encode_takes(self.windows, self.fsv.version, at, outcome.merged, keep_micros=self.lateness)
-        return fields, (outcome.key, outcome.stored_ts, outcome.stored_w, at, (*values, record))
