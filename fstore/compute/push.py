@@ -1,12 +1,16 @@
 """Push: rows of a feature set's source, computed at once and written online and/or offline.
 
-``push(store, name, rows, to=...)`` takes rows shaped like the set's source (its columns, by name):
+``push(store, name, rows, to=...)`` takes rows shaped like the set's source (its columns, by name). The set's
+current version comes from ``fstore.registry.current`` (kept per registry, checked by one short stamp query
+each push, so a definition changed anywhere is used by the next push), then:
 
 1. **validate** every row before anything is written: an unknown column, a missing join key or event time,
    or a value that does not convert to the source column's type is refused (``InvalidDefinition``, 422)
    naming the column and the row;
-2. **compute** the row features in this process with the DuckDB engine (the set's compiled query over the
-   rows as an Arrow table, ``fstore.engine.duckdb.run_compiled``), then the set's validation rules.
+2. **compute** the row features in this process with the DuckDB engine, on a warm per-thread connection: the
+   set's compiled query (compiled once per definition) over the rows bound as statement parameters
+   (``fstore.engine.duckdb_rows``), or over the rows as an Arrow view (``fstore.engine.duckdb.run_compiled``)
+   for the column types and Python features that path does not take; then the set's validation rules.
    Windowed features need the events before a pushed row, which a push does not have: a push to a set with
    windowed features (or features built on them) is refused, naming them — materialize such sets instead;
 3. **online** (``to`` = ``online`` or ``online_and_offline``): ``OnlineStore.write_rows``, the atomic
@@ -16,6 +20,9 @@
    whose event id is not stored yet for their days (``fstore.storage.offline_arrow.append_new``). The event
    id is the row's ``push_id`` when the caller gives one, else a SHA-256 of the row (key, event time and every
    value), so the same rows pushed twice are stored once.
+
+Every push is audited (``push``, with what was done): the row is queued for the registry's background audit
+writer (``fstore.ops.audit.record_later``: batched, never dropped, flushed on close and exit).
 
 A later materialization of a range replaces every row of that range, pushed ones included: the source
 stays the truth offline (push the rows to the source too when they must survive a recomputation).
