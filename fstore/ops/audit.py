@@ -232,7 +232,7 @@ def list_audit(s: Session, *, actor: str | None = None, action: str | None = Non
     queued (``record_later``) are written first."""
     bind = s.get_bind()
     if isinstance(bind, Engine):
-        flush(bind)
+        flush(bind, timeout=5.0)  # a writer the registry refuses keeps its rows; the list shows what is written
     if outcome is not None and outcome not in OUTCOMES:
         raise InvalidDefinition(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}", field="outcome")
     if not 1 <= limit <= 1000:
