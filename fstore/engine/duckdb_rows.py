@@ -84,5 +84,4 @@ def run_rows(con, fsv: "FeatureSetVersion", statement: str, table: "pyarrow.Tabl
     except duckdb.Error as exc:
         raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: "
                            f"{_first_line(exc)}") from None
-    return pa.Table.from_arrays([pa.array([r[i] for r in rows], type=f.type) for i, f in enumerate(schema)],
-                                schema=schema)
+    return pa.Table.from_pydict({f.name: [r[i] for r in rows] for i, f in enumerate(schema)}, schema=schema)
