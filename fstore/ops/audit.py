@@ -12,7 +12,8 @@ cannot start) makes the call write inline; a batch the registry refuses is tried
 ``flush`` writes everything queued (``list_audit`` flushes first, so this process reads its own rows), and
 the store's ``close`` and the interpreter's exit flush too. What a writer still holds when it finally cannot
 write is logged as an error with each row, never lost silently. A process killed outright (``SIGKILL``)
-loses at most the rows of its last ``WRITE_DELAY_SECONDS``.
+loses at most the rows of its last ``WRITE_DELAY_SECONDS``. A writer idle for ``IDLE_SECONDS`` ends (a store
+never closed keeps no thread); rows are queued only while one runs, so none waits for a writer that ended.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ OUTCOMES = ("ok", "rejected", "failed")
 WRITE_DELAY_SECONDS = 0.2  # how long a queued row may wait for its batch
 MAX_QUEUED = 10_000  # rows queued per registry; past it, record_later writes inline
 BATCH_ROWS = 1_000
+IDLE_SECONDS = 60.0  # a writer with nothing to write this long ends (and lets go of its engine); the next row starts one
 
 
 def outcome_for_status(status: int) -> str:
@@ -103,29 +105,33 @@ class _Writer:
         self._closed = False
 
     def submit(self, row: AuditRow) -> None:
-        if os.getpid() != self._pid:  # a forked worker: the parent's queue and thread are the parent's
-            with self._lock:
-                if os.getpid() != self._pid:
-                    self._queue, self._thread, self._pid = queue.Queue(MAX_QUEUED), None, os.getpid()
-        if self._closed or not self._started():
-            _write(self._engine, [row])
-            return
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            _write(self._engine, [row])  # the writer is behind (or the registry refuses it): never dropped
+        with self._lock:  # queued only while a writer runs (it ends idle under this lock: no row is stranded)
+            if os.getpid() != self._pid:  # a forked worker: the parent's queue and thread are the parent's
+                self._queue, self._thread, self._pid = queue.Queue(MAX_QUEUED), None, os.getpid()
+            queued = not self._closed and self._started_locked() and _put(self._queue, row)
+        if not queued:
+            _write(self._engine, [row])  # closed, no thread, or the writer is behind: written now, never dropped
 
-    def _started(self) -> bool:
+    def _started_locked(self) -> bool:
         if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    try:
-                        thread = threading.Thread(target=self._run, name="fstore-audit-writer", daemon=True)
-                        thread.start()
-                    except RuntimeError:  # no new thread now (interpreter shutting down): inline
-                        return False
-                    self._thread = thread
+            try:
+                thread = threading.Thread(target=self._run, name="fstore-audit-writer", daemon=True)
+                thread.start()
+            except RuntimeError:  # no new thread now (interpreter shutting down): inline
+                return False
+            self._thread = thread
         return True
+
+    def _next(self) -> AuditRow | None | bool:
+        """The next queued row (None: the close sentinel); False when idle for ``IDLE_SECONDS`` and so ended."""
+        while True:
+            try:
+                return self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return False
 
     def _run(self) -> None:
         pending: list[AuditRow] = []
@@ -133,7 +139,9 @@ class _Writer:
         stop = False  # the sentinel of close() was taken: write what is pending, then end
         while True:
             if not pending and not stop:
-                row = self._queue.get()
+                row = self._next()
+                if row is False:
+                    return
                 if row is None:
                     self._queue.task_done()
                     return
@@ -192,11 +200,21 @@ class _Writer:
         return True
 
     def close(self) -> None:
-        self._closed = True
-        if self._thread is None or not self._thread.is_alive() or os.getpid() != self._pid:
+        with self._lock:
+            self._closed = True
+            thread = self._thread if os.getpid() == self._pid else None
+        if thread is None or not thread.is_alive():
             return
         self._queue.put(None)
-        self._thread.join(timeout=30.0)
+        thread.join(timeout=30.0)
+
+
+def _put(q: queue.Queue, row: AuditRow) -> bool:
+    try:
+        q.put_nowait(row)
+    except queue.Full:
+        return False
+    return True
 
 
 _WRITERS: "weakref.WeakKeyDictionary[Engine, _Writer]" = weakref.WeakKeyDictionary()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
@@ -158,6 +159,25 @@ def test_a_full_queue_writes_inline_and_nothing_is_dropped(settings, monkeypatch
         with Session(store.engine) as s:
             assert sorted(int(t) for t in s.scalars(select(AuditRow.target).where(AuditRow.action == "burst"))) \
                 == list(range(20))
+    finally:
+        store.close()
+
+
+def test_an_idle_writer_ends_and_the_next_row_starts_another(settings, monkeypatch):
+    store = FeatureStore(settings, auto_upgrade=True)
+    audit.close(store.engine)
+    monkeypatch.setattr(audit, "IDLE_SECONDS", 0.2)
+    try:
+        audit.record_later(store.engine, actor="a", action="idle", target="1")
+        assert audit.flush(store.engine)
+        writer = audit._WRITERS[store.engine]
+        for _ in range(100):
+            if writer._thread is None:
+                break
+            time.sleep(0.05)
+        assert writer._thread is None  # ended: it holds no thread (nor its engine) while nothing is written
+        audit.record_later(store.engine, actor="a", action="idle", target="2")
+        assert audit.flush(store.engine) and audit_count(store, "idle") == 2
     finally:
         store.close()
 
