@@ -11,8 +11,8 @@ each push, so a definition changed anywhere is used by the next push), then:
    set's compiled query (compiled once per definition) over the rows bound as statement parameters
    (``fstore.engine.duckdb_rows``), or over the rows as an Arrow view (``fstore.engine.duckdb.run_compiled``)
    for the column types and Python features that path does not take; then the set's validation rules.
-   Windowed features need the events before a pushed row, which a push does not have: a push to a set with
-   windowed features (or features built on them) is refused, naming them — materialize such sets instead;
+   A set with windowed features goes through ``fstore.compute.stream_windows``: each row's windows exact over
+   the entity's online window record plus the pushed rows, written online there (atomic compare-and-set);
 3. **online** (``to`` = ``online`` or ``online_and_offline``): ``OnlineStore.write_rows``, the atomic
    newer-wins write (Redis: the Lua script; embedded: one upsert guarded by the stored event time), so a
    pushed row older than what a run loaded is dropped. Visible to serving as soon as the call returns;
@@ -73,18 +73,34 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
         schema = source_schema(store, fsv, fresh=True)  # refused below if the source still lacks the column
     table = source_table(fsv, schema, records)
     ids = event_ids(table, records, has_id_column=PUSH_ID in schema.names)
-    computed = compute_rows(store, fsv, table, ids)
+    windowed = _windowed(store, fsv, table, ids, to)  # exact windows; online written there (stream_windows)
+    computed = compute_rows(store, fsv, table, ids) if windowed is None else windowed.rows
     result: dict[str, Any] = {"feature_set": fsv.name, "version": fsv.version, "to": to, "rows": len(records),
                               "rows_computed": computed.num_rows}
     features = computed.drop_columns([_ID_COLUMN])
     if to != "online":
         result.update(_append_offline(store, fs_id, fsv, features, computed.column(_ID_COLUMN).to_pylist()))
     if to != "offline":
-        result["online_rows"] = store.online.write_rows(_codec(fsv), features.to_pylist())
+        result["online_rows"] = store.online.write_rows(_codec(fsv), features.to_pylist()) if windowed is None \
+            else windowed.online_rows
+    if windowed is not None:
+        result.update(late_events=windowed.late, duplicate_events=windowed.duplicates)
     # Off the request path: queued for the registry's background audit writer (never dropped; fstore.ops.audit).
     audit.record_later(store.engine, actor=actor, action="push", target=fsv.name, outcome="ok",
                        detail={k: v for k, v in result.items() if k != "feature_set"})
     return result
+
+
+def _windowed(store: "StoreContext", fsv: "FeatureSetVersion", table, ids: list[str], to: str):
+    """A set with windowed features: ``stream_windows.apply_events`` (its rows, the id column named as here, and
+    what it wrote online); None for other sets."""
+    from fstore.compute import stream_windows
+
+    if not stream_windows.has_windows(fsv):
+        return None
+    applied = stream_windows.apply_events(store, fsv, table, ids=ids, online=to != "offline")
+    return replace(applied, rows=applied.rows.rename_columns(
+        [_ID_COLUMN if c == stream_windows.EVENT_ID else c for c in applied.rows.column_names]))
 
 
 def _refuse_set(fsv: "FeatureSetVersion", to: str) -> None:
@@ -92,17 +108,6 @@ def _refuse_set(fsv: "FeatureSetVersion", to: str) -> None:
     fs = fsv.feature_set
     if fs.source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has no source: there is no row shape to push", field="feature_set")
-    windowed = [f.name for f in fsv.features if f.window is not None]
-    if windowed:
-        grew = True
-        while grew:  # and the features built on them, at any depth
-            built = [f.name for f in fsv.features if f.name not in windowed and set(f.source_features) & set(windowed)]
-            windowed += built
-            grew = bool(built)
-        raise InvalidDefinition(
-            f"feature set {fsv.name} has windowed features ({', '.join(windowed)}): they need the events before each "
-            "pushed row, which a push does not carry; push refuses such sets (materialize them instead)",
-            field="feature_set")
     if to != "offline" and not fs.online_enabled:
         raise InvalidDefinition(f"feature set {fsv.name} is not online_enabled: push it to='offline'", field="to")
     if to != "online" and not fs.offline_enabled:
