@@ -1,12 +1,16 @@
 """Push: rows of a feature set's source, computed at once and written online and/or offline.
 
-``push(store, name, rows, to=...)`` takes rows shaped like the set's source (its columns, by name):
+``push(store, name, rows, to=...)`` takes rows shaped like the set's source (its columns, by name). The set's
+current version comes from ``fstore.registry.current`` (kept per registry, checked by one short stamp query
+each push, so a definition changed anywhere is used by the next push), then:
 
 1. **validate** every row before anything is written: an unknown column, a missing join key or event time,
    or a value that does not convert to the source column's type is refused (``InvalidDefinition``, 422)
    naming the column and the row;
-2. **compute** the row features in this process with the DuckDB engine (the set's compiled query over the
-   rows as an Arrow table, ``fstore.engine.duckdb.run_compiled``), then the set's validation rules.
+2. **compute** the row features in this process with the DuckDB engine, on a warm per-thread connection: the
+   set's compiled query (compiled once per definition) over the rows bound as statement parameters
+   (``fstore.engine.duckdb_rows``), or over the rows as an Arrow view (``fstore.engine.duckdb.run_compiled``)
+   for the column types and Python features that path does not take; then the set's validation rules.
    A set with windowed features goes through ``fstore.compute.stream_windows``: each row's windows exact over
    the entity's online window record plus the pushed rows, written online there (atomic compare-and-set);
 3. **online** (``to`` = ``online`` or ``online_and_offline``): ``OnlineStore.write_rows``, the atomic
@@ -16,6 +20,9 @@
    whose event id is not stored yet for their days (``fstore.storage.offline_arrow.append_new``). The event
    id is the row's ``push_id`` when the caller gives one, else a SHA-256 of the row (key, event time and every
    value), so the same rows pushed twice are stored once.
+
+Every push is audited (``push``, with what was done): the row is queued for the registry's background audit
+writer (``fstore.ops.audit.record_later``: batched, never dropped, flushed on close and exit).
 
 A later materialization of a range replaces every row of that range, pushed ones included: the source
 stays the truth offline (push the rows to the source too when they must survive a recomputation).
@@ -52,14 +59,13 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
     ``ref`` and write them ``to`` the online store, the offline store or both. Nothing is written when a row
     is refused. Returns what was done: rows computed, written online, appended and skipped offline."""
     from fstore.ops import audit
-    from fstore.registry import runs
-    from fstore.registry.repo import load_feature_set_version
+    from fstore.registry.current import current_versions
+    from fstore.registry.repo import resolve_secrets
 
     if to not in TARGETS:
         raise InvalidDefinition(f"to must be one of {', '.join(TARGETS)}, not {to!r}", field="to")
-    with store.transaction() as s:
-        fs_id = runs.feature_set_row(s, ref).id
-        fsv = load_feature_set_version(s, fs_id, secrets=store.secrets)
+    fs_id, fsv = current_versions(store).get(store, ref)  # checked against the registry: never an older version
+    fsv = resolve_secrets(fsv, store.secrets)
     _refuse_set(fsv, to)
     records = _records(rows)
     schema = source_schema(store, fsv)
@@ -75,12 +81,13 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
     if to != "online":
         result.update(_append_offline(store, fs_id, fsv, features, computed.column(_ID_COLUMN).to_pylist()))
     if to != "offline":
-        result["online_rows"] = store.online.write_rows(fsv, features.to_pylist()) if windowed is None \
+        result["online_rows"] = store.online.write_rows(_codec(fsv), features.to_pylist()) if windowed is None \
             else windowed.online_rows
     if windowed is not None:
         result.update(late_events=windowed.late, duplicate_events=windowed.duplicates)
-    audit.record(store.engine, actor=actor, action="push", target=fsv.name, outcome="ok",
-                 detail={k: v for k, v in result.items() if k != "feature_set"})
+    # Off the request path: queued for the registry's background audit writer (never dropped; fstore.ops.audit).
+    audit.record_later(store.engine, actor=actor, action="push", target=fsv.name, outcome="ok",
+                       detail={k: v for k, v in result.items() if k != "feature_set"})
     return result
 
 
@@ -253,18 +260,51 @@ def compute_rows(store: "StoreContext", fsv: "FeatureSetVersion", table: "pyarro
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(source, created_timestamp_column="__fs_pushed_at")))
         table = table.append_column("__fs_pushed_at", pa.array([now] * table.num_rows, pa.timestamp("us")))
-    key = ("compiled", repr(fsv))
+    definition = repr(fsv)
+    key = ("compiled", definition)
     compiled = _CACHE.get(key)
     if compiled is None:  # the same definition compiles to the same query: compiled (and policy-checked) once
         compiled = compile_feature_set(fsv)
         compiled = replace(compiled, projection=compiled.projection + (quote(_ID_COLUMN),))
         _remember(key, compiled)
     con = _connection()
-    relation = con.from_arrow(table)
-    computed = engine.run_compiled(con, fsv, compiled, relation, settings=store.settings)
+    computed = _run_rows(con, fsv, compiled, table, definition)
+    if computed is None:
+        computed = engine.run_compiled(con, fsv, compiled, con.from_arrow(table), settings=store.settings)
     if all(f.validation.is_empty for f in fsv.features):
         return computed  # no rule can change or drop a row; the quality report is a run's, not a push's
     return validate_arrow(con, computed, fsv).df
+
+
+def _run_rows(con, fsv: "FeatureSetVersion", compiled, table: "pyarrow.Table", definition: str):
+    """The compiled query over ``table`` with its rows bound as parameters (``fstore.engine.duckdb_rows``), or None
+    when the set has Python features or a column no parameter carries exactly (``run_compiled`` then)."""
+    from fstore.engine import duckdb_rows
+
+    key = ("rows", definition, table.schema)
+    plan = _CACHE.get(key)
+    if plan is None:
+        source = None if compiled.python_features else duckdb_rows.parameter_source(table.schema)
+        plan = {"statement": source and duckdb_rows.compiled_statement(compiled, source), "schema": None}
+        _remember(key, plan)
+    if plan["statement"] is None:
+        return None
+    computed = duckdb_rows.run_rows(con, fsv, plan["statement"], table, plan["schema"])
+    if plan["schema"] is None and duckdb_rows.exact_output(computed.schema):
+        plan["schema"] = computed.schema  # from now on fetched as rows and built in this schema
+    return computed
+
+
+def _codec(fsv: "FeatureSetVersion"):
+    """The online store's codec of ``fsv``, made once per definition (it parses every feature's SQL)."""
+    from fstore.storage.online.base import Codec
+
+    key = ("codec", fsv.name, fsv.version, repr(fsv.features), repr(fsv.entities), fsv.ttl_seconds)
+    codec = _CACHE.get(key)
+    if codec is None:
+        codec = Codec.from_version(fsv)
+        _remember(key, codec)
+    return codec
 
 
 _LOCAL = threading.local()
