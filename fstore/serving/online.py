@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import threading
 import time
 import weakref
@@ -114,6 +115,15 @@ class _State:
 
 _STATES: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
 _STATES_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child starts with no cached values: the parent's were tracked for the parent only."""
+    global _STATES, _STATES_LOCK
+    _STATES, _STATES_LOCK = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _state(store: Any) -> _State:

@@ -230,3 +230,31 @@ def test_tracking_needs_one_redis(tmp_path):
         store.get_online_features(features=["clicks"], entities={"user_id": [1]})
     assert info.value.field == "ONLINE_CACHE"
     store.close()
+
+
+def test_a_forked_child_drops_the_inherited_cache_and_tracks_on_its_own(tmp_path, redis_url):
+    import multiprocessing
+
+    store, tracker, other = _tracking(tmp_path, redis_url)
+    _write(store, {1: 10}, T0)
+    _read(store, 1)
+    assert _read(store, 1)[1]["cache_hit"]
+
+    def child(queue) -> None:
+        first = _read(store, 1)[1]["cache_hit"]  # the parent's entry is not the child's (its thread is not here)
+        mine = serving.tracker(store)
+        established = mine.wait_established(5.0)
+        _read(store, 1)
+        hit = _read(store, 1)[1]["cache_hit"]
+        _write(other, {1: 12}, T0 + timedelta(seconds=1))
+        queue.put((first, established, hit, mine.sync(1.0), _read(store, 1)[0]))
+
+    fork = multiprocessing.get_context("fork")
+    queue = fork.Queue()
+    process = fork.Process(target=child, args=(queue,))
+    process.start()
+    outcome = queue.get(timeout=30)
+    process.join(10)
+    assert outcome == (False, True, True, True, {1: 12})
+    assert tracker.sync(1.0) and _read(store, 1)[0] == {1: 12}  # the parent was told too
+    store.close(), other.close()

@@ -22,6 +22,8 @@ The cache must never answer from values whose invalidations could have been miss
 - When the connection drops, or a ``PING`` goes unanswered for ``ping_seconds``, ``state``
   becomes None first, then ``on_invalidate(None)`` tells the cache to drop everything; the
   tracker reconnects in the background (every ``retry_seconds``) and starts a new generation.
+- A forked child inherits no thread and shares no socket: its copy of a tracker starts a
+  connection of its own (``os.register_at_fork``; serving forgets its inherited cache then too).
 - ``sync()`` is a barrier: a ``PING`` on the tracking connection, whose answer comes after every
   invalidation Redis queued before it, so when it returns the invalidations of every write that
   finished before the call have been applied (a process's own pushes use it: read-your-writes).
@@ -29,8 +31,9 @@ The cache must never answer from values whose invalidations could have been miss
 from __future__ import annotations
 
 import logging
+import os
 import threading
-import time
+import weakref
 from typing import Callable, Sequence
 
 import redis
@@ -68,9 +71,20 @@ class InvalidationTracker:
 
     def start(self) -> "InvalidationTracker":
         if self._thread is None:
+            _TRACKERS.add(self)
             self._thread = threading.Thread(target=self._run, name="fstore-redis-tracking", daemon=True)
             self._thread.start()
         return self
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's thread is not here and its socket is not ours; start afresh."""
+        self.state, self._connection, self._thread = None, None, None
+        self._send_lock, self._cond = threading.Lock(), threading.Condition()
+        closed, self._closed = self._closed.is_set(), threading.Event()
+        if closed:
+            self._closed.set()
+        else:  # (the cache the parent filled is not the child's: fstore.serving.online forgets it at fork)
+            self.start()
 
     def close(self) -> None:
         """Stop tracking: the cache is told to drop everything, the connection is closed."""
@@ -179,6 +193,17 @@ class InvalidationTracker:
         if was is not None:  # values may have been cached under this generation
             self.flushes += 1
             self.on_invalidate(None)
+
+
+_TRACKERS: "weakref.WeakSet[InvalidationTracker]" = weakref.WeakSet()
+
+
+def _restart_after_fork() -> None:
+    for tracker in list(_TRACKERS):
+        tracker._after_fork()
+
+
+os.register_at_fork(after_in_child=_restart_after_fork)
 
 
 def tracking_command(client_id: int) -> bytes:

@@ -1,0 +1,157 @@
+"""Online serving with the value cache off, on with a TTL, and on with Redis invalidations, in one run.
+
+    .venv/bin/python bench/online_cache.py [--redis redis://127.0.0.1:6379/10] [--keys 20000] [--hot 1000]
+                                          [--requests 4000] [--batch 1] [--write-rate 200] [--rounds 2]
+
+Loads ``--keys`` entity keys × 10 float features into the real Redis, then for each round and each
+``ONLINE_CACHE`` mode (off, ttl, tracking) times ``FeatureStore.get_online_features`` for ``--batch``
+entities per request, while another process rewrites ``--write-rate`` keys a second (a load or a
+push elsewhere: what invalidates). Keys, read and rewritten alike, are drawn ``--hot-share`` of the
+time from ``--hot`` hot keys, else from all keys. Prints per mode the key hit rate, p50/p95/p99, the
+keys Redis invalidated, and the load average (``uptime``) around each measurement.
+Flushes the Redis database it used (use one of your own).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fstore.core.settings import Settings  # noqa: E402
+from fstore.store import FeatureStore  # noqa: E402
+
+FEATURES = [f"f{i}" for i in range(10)]
+T0 = datetime.now(timezone.utc) - timedelta(hours=1)
+
+
+def pick(rng: random.Random, args) -> int:
+    return rng.randrange(args.hot) if rng.random() < args.hot_share else rng.randrange(args.keys)
+
+
+def rows(keys, at: datetime, rng: random.Random) -> list[dict]:
+    return [{"user_id": k, "event_timestamp": at, **{f: rng.random() * 100 for f in FEATURES}} for k in keys]
+
+
+def writer(settings: Settings, args, stop, ready) -> None:
+    """Another process rewriting ``write_rate`` keys a second, newer each time (10 keys per write)."""
+    store = FeatureStore(settings.with_(online_cache="off"))
+    fsv = store.feature_set_version("bench_cache")
+    rng = random.Random(os.getpid())
+    step, n = 10 / args.write_rate, 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        n += 1
+        store.online.write_rows(fsv, rows([pick(rng, args) for _ in range(10)], T0 + timedelta(microseconds=n), rng))
+        ready.set()
+        next_at += step
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    store.close()
+
+
+def load_average() -> str:
+    return open("/proc/loadavg").read().split(" ", 3)[0]
+
+
+def measure(settings: Settings, mode: str, args, rng: random.Random) -> dict:
+    from fstore.ops import metrics
+    from fstore.serving import online as serving
+
+    store = FeatureStore(settings.with_(online_cache=mode, serving_cache_ttl=args.ttl))
+    names = ["bench_cache:" + f for f in FEATURES]
+    if mode == "tracking":
+        assert serving.tracker(store).wait_established(5.0)
+
+    def call() -> tuple[float, int, int]:
+        ids = list({pick(rng, args) for _ in range(args.batch)})
+        t = time.perf_counter()
+        meta = store.get_online_features(features=names, entities={"user_id": ids})["metadata"]
+        return time.perf_counter() - t, meta["cache_hits"], meta["cache_misses"]
+
+    spawn = multiprocessing.get_context("spawn")
+    stop, ready = spawn.Event(), spawn.Event()
+    proc = spawn.Process(target=writer, args=(settings, args, stop, ready))
+    proc.start()
+    try:
+        assert ready.wait(120), "the writer process did not start"
+        for _ in range(args.warmup):
+            call()
+        load_before = load_average()
+        invalidated = metrics.cache_totals()["invalidated_keys"]
+        samples, hits, misses = [], 0, 0
+        for _ in range(args.requests):
+            seconds, h, m = call()
+            samples.append(seconds)
+            hits += h
+            misses += m
+    finally:
+        stop.set()
+        proc.join(10)
+    samples.sort()
+
+    def at(q: float) -> float:
+        return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
+
+    store.close()
+    return {"mode": mode, "hit_rate": hits / (hits + misses) if hits + misses else 0.0, "p50": at(0.5),
+            "p95": at(0.95), "p99": at(0.99), "mean": sum(samples) / len(samples) * 1000,
+            "invalidated": int(metrics.cache_totals()["invalidated_keys"] - invalidated),
+            "load": f"{load_before}→{load_average()}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/10"))
+    parser.add_argument("--keys", type=int, default=20_000)
+    parser.add_argument("--hot", type=int, default=1_000)
+    parser.add_argument("--hot-share", type=float, default=0.9)
+    parser.add_argument("--requests", type=int, default=4_000)
+    parser.add_argument("--warmup", type=int, default=1_000)
+    parser.add_argument("--batch", type=int, default=1, help="entities per request")
+    parser.add_argument("--write-rate", type=float, default=200.0, help="keys rewritten a second by another process")
+    parser.add_argument("--ttl", type=float, default=5.0, help="SERVING_CACHE_TTL of the ttl mode")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--modes", default="off,ttl,tracking")
+    args = parser.parse_args()
+
+    import redis
+
+    raw = redis.Redis.from_url(args.redis)
+    raw.flushdb()
+    folder = tempfile.mkdtemp(prefix="fstore-bench-cache-")
+    settings = Settings.from_env({"STORAGE_PATH": folder, "REDIS_URL": args.redis, "COMPUTE_ENGINE": "duckdb"})
+    store = FeatureStore(settings)
+    try:
+        store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+        store.create_feature_set({"name": "bench_cache", "entities": ["user"], "ttl": "30d", "features": [
+            {"name": f, "data_type": "float", "transformation": f} for f in FEATURES]})
+        fsv = store.feature_set_version("bench_cache")
+        rng = random.Random(7)
+        for start in range(0, args.keys, 2000):
+            store.online.write_rows(fsv, rows(range(start, min(start + 2000, args.keys)), T0, rng))
+        print(f"{args.keys:,} keys x 10 float features; {args.batch} entities/request; {args.hot_share:.0%} of keys "
+              f"from {args.hot:,} hot ones; another process rewrites {args.write_rate:g} keys/s; "
+              f"{args.requests:,} timed requests per mode and round; TTL mode {args.ttl:g} s; "
+              f"{os.cpu_count()} cores; uptime: {os.popen('uptime').read().strip()}")
+        print(f"{'round':>5} {'mode':>9} {'hit rate':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8} "
+              f"{'invalidated':>11}  load 1m (before→after)")
+        for r in range(1, args.rounds + 1):
+            for mode in args.modes.split(","):
+                m = measure(settings, mode, args, rng)
+                print(f"{r:>5} {m['mode']:>9} {m['hit_rate']:>9.1%} {m['p50']:>8.3f} {m['p95']:>8.3f} {m['p99']:>8.3f} "
+                      f"{m['mean']:>8.3f} {m['invalidated']:>11,}  {m['load']}", flush=True)
+    finally:
+        raw.flushdb()
+        raw.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
