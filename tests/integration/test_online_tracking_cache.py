@@ -258,3 +258,20 @@ def test_a_forked_child_drops_the_inherited_cache_and_tracks_on_its_own(tmp_path
     assert outcome == (False, True, True, True, {1: 12})
     assert tracker.sync(1.0) and _read(store, 1)[0] == {1: 12}  # the parent was told too
     store.close(), other.close()
+
+
+def test_a_redis_that_refuses_tracking_is_never_cached_from(tmp_path, own_redis):
+    """An ACL that allows every command but CLIENT TRACKING: the tracker connects, but no read connection
+    can be tracked, so nothing read is cached (a value cached untracked could stay stale forever)."""
+    admin = redis.Redis(port=own_redis.port)
+    admin.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-client|tracking")
+    url = f"redis://reader:pw@127.0.0.1:{own_redis.port}/0"
+    store, tracker, other = _tracking(tmp_path, url)
+    _write(store, {1: 10}, T0)
+    for n in range(3):
+        values, meta = _read(store, 1)
+        assert values == {1: 10 + n} and not meta["cache_hit"]
+        tracker.wait_established(5.0)
+        _write(other, {1: 11 + n}, T0 + timedelta(seconds=n + 1))
+    assert metrics.cache_totals()["flushes"] >= 1
+    admin.close(), store.close(), other.close()

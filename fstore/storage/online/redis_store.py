@@ -371,8 +371,9 @@ class RedisOnlineStore(OnlineStore):
             try:
                 connection.read_response()
                 connection._fstore_tracking = (tracking[0], connection._sock)  # a reconnect is a new socket
-            except redis.ResponseError:  # the redirect client is gone: the tracker notices and flushes
-                pass
+            except redis.ResponseError as exc:  # not tracked (redirect client gone, CLIENT refused): no caching
+                if self._tracker is not None:
+                    self._tracker.reset(str(exc))
             return self._replies(connection, replies, in_place)
 
         try:

@@ -60,6 +60,7 @@ class InvalidationTracker:
         self.invalidations = 0  # keys reported changed (a flush counts once in ``flushes``)
         self.flushes = 0  # the cache was told to drop everything (connection lost, FLUSHDB/FLUSHALL)
         self._generation = 0
+        self._flushed = 0  # the last generation whose end was flushed
         self._connection: redis.Connection | None = None
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -114,6 +115,20 @@ class InvalidationTracker:
         with self._cond:
             return self._cond.wait_for(lambda: self._pings_answered >= seq or self.state != state, timeout) \
                 and self.state == state
+
+    def reset(self, reason: str) -> None:
+        """A read connection could not be tracked (Redis refused its ``CLIENT TRACKING``): stop answering
+        from the cache at once, and let the thread flush it and track anew."""
+        with self._cond:
+            if self.state is None:
+                return
+            self.state = None
+            self._cond.notify_all()
+        log.warning("Redis refused to track a read connection (%s): online cache flushed, tracking again", reason)
+        with self._send_lock:
+            connection = self._connection
+        if connection is not None:
+            connection.disconnect()  # the thread's read fails: it flushes and reconnects
 
     # -- the connection's thread -------------------------------------------------------------
 
@@ -183,14 +198,15 @@ class InvalidationTracker:
     def _lost(self) -> None:
         """Stop answering from the cache, then empty it; close the connection."""
         with self._cond:
-            was = self.state
             self.state = None
             self._cond.notify_all()
+            ended = self._flushed < self._generation  # values may have been cached under this generation
+            self._flushed = self._generation
         with self._send_lock:
             connection, self._connection = self._connection, None
         if connection is not None:
             connection.disconnect()
-        if was is not None:  # values may have been cached under this generation
+        if ended:
             self.flushes += 1
             self.on_invalidate(None)
 
