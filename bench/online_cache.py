@@ -84,7 +84,7 @@ def measure(settings: Settings, mode: str, args, rng: random.Random) -> dict:
         for _ in range(args.warmup):
             call()
         load_before = load_average()
-        invalidated = metrics.cache_totals()["invalidated_keys"]
+        totals = metrics.cache_totals()
         samples, hits, misses = [], 0, 0
         for _ in range(args.requests):
             seconds, h, m = call()
@@ -99,10 +99,12 @@ def measure(settings: Settings, mode: str, args, rng: random.Random) -> dict:
     def at(q: float) -> float:
         return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
 
+    now = metrics.cache_totals()
     store.close()
     return {"mode": mode, "hit_rate": hits / (hits + misses) if hits + misses else 0.0, "p50": at(0.5),
             "p95": at(0.95), "p99": at(0.99), "mean": sum(samples) / len(samples) * 1000,
-            "invalidated": int(metrics.cache_totals()["invalidated_keys"] - invalidated),
+            "invalidated": int(now["invalidated_keys"] - totals["invalidated_keys"]),
+            "flushes": int(now["flushes"] - totals["flushes"]),
             "load": f"{load_before}→{load_average()}"}
 
 
@@ -141,12 +143,12 @@ def main() -> None:
               f"{args.requests:,} timed requests per mode and round; TTL mode {args.ttl:g} s; "
               f"{os.cpu_count()} cores; uptime: {os.popen('uptime').read().strip()}")
         print(f"{'round':>5} {'mode':>9} {'hit rate':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8} "
-              f"{'invalidated':>11}  load 1m (before→after)")
+              f"{'invalidated':>11} {'flushes':>7}  load 1m (before→after)")
         for r in range(1, args.rounds + 1):
             for mode in args.modes.split(","):
                 m = measure(settings, mode, args, rng)
                 print(f"{r:>5} {m['mode']:>9} {m['hit_rate']:>9.1%} {m['p50']:>8.3f} {m['p95']:>8.3f} {m['p99']:>8.3f} "
-                      f"{m['mean']:>8.3f} {m['invalidated']:>11,}  {m['load']}", flush=True)
+                      f"{m['mean']:>8.3f} {m['invalidated']:>11,} {m['flushes']:>7}  {m['load']}", flush=True)
     finally:
         raw.flushdb()
         raw.close()
