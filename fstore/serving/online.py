@@ -132,11 +132,12 @@ def _state(store: Any) -> _State:
         with _STATES_LOCK:
             state = _STATES.get(store)
             if state is None:
-                state = _STATES[store] = _State()
+                state = _State()
+                if store.settings.online_cache == "tracking":  # raises, naming ONLINE_CACHE, off one Redis
+                    state.tracker = store.online.track(lambda keys, ref=weakref.ref(store): _invalidated(ref, keys))
                 state.snapshot = RegistrySnapshot(store, refresh_seconds=RESOLVE_TTL_SECONDS,
                                                   on_refresh=_count_refresh)
-                if store.settings.online_cache == "tracking":
-                    state.tracker = store.online.track(lambda keys, ref=weakref.ref(store): _invalidated(ref, keys))
+                _STATES[store] = state
     return state
 
 

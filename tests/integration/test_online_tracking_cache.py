@@ -226,9 +226,10 @@ def test_hit_rate_is_reported(tmp_path, redis_url):
 def test_tracking_needs_one_redis(tmp_path):
     store = FeatureStore(Settings.from_env(store_env(tmp_path)).with_(online_cache="tracking"))
     store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
-    with pytest.raises(InvalidDefinition, match="ONLINE_CACHE=tracking needs one Redis") as info:
-        store.get_online_features(features=["clicks"], entities={"user_id": [1]})
-    assert info.value.field == "ONLINE_CACHE"
+    for _ in range(2):  # every time: never a silent fall-back to another mode
+        with pytest.raises(InvalidDefinition, match="ONLINE_CACHE=tracking needs one Redis") as info:
+            store.get_online_features(features=["clicks"], entities={"user_id": [1]})
+        assert info.value.field == "ONLINE_CACHE"
     store.close()
 
 
