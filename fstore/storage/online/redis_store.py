@@ -25,6 +25,7 @@ import hashlib
 import os
 import threading
 import time
+import weakref
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -498,6 +499,7 @@ class RedisOnlineStore(OnlineStore):
             cls, kwargs = self._base_connection_class, dict(self._pool.connection_kwargs)
             kwargs["socket_timeout"] = max(self.timeout, 1.0)  # a message's rest once can_read said it came
             self._tracker = InvalidationTracker(lambda: cls(**kwargs), on_invalidate).start()
+            weakref.finalize(self, self._tracker.close)  # a store dropped unclosed stops its tracker too
         else:
             self._tracker.on_invalidate = on_invalidate
         return self._tracker
