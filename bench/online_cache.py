@@ -3,10 +3,11 @@
     .venv/bin/python bench/online_cache.py [--redis redis://127.0.0.1:6379/10] [--keys 20000] [--hot 1000]
                                           [--requests 4000] [--batch 1] [--write-rate 200] [--rounds 2]
 
-Loads ``--keys`` entity keys × 10 float features into the real Redis, then for each round and each
-``ONLINE_CACHE`` mode (off, ttl, tracking) times ``FeatureStore.get_online_features`` for ``--batch``
-entities per request, while another process rewrites ``--write-rate`` keys a second (a load or a
-push elsewhere: what invalidates). Keys, read and rewritten alike, are drawn ``--hot-share`` of the
+Loads ``--keys`` entity keys × 10 float features into the real Redis, then in each round times
+``FeatureStore.get_online_features`` for ``--batch`` entities per request on one store per
+``ONLINE_CACHE`` mode (off, ttl, tracking), each request asked of every mode in turn (the order
+rotating), while another process rewrites ``--write-rate`` keys a second (a load or a push
+elsewhere: what invalidates). Every mode thus sees the same keys, writes and machine load. Keys, read and rewritten alike, are drawn ``--hot-share`` of the
 time from ``--hot`` hot keys, else from all keys. Prints per mode the key hit rate, p50/p95/p99, the
 keys Redis invalidated, and the load average (``uptime``) around each measurement.
 Flushes the Redis database it used (use one of your own).
@@ -60,20 +61,29 @@ def load_average() -> str:
     return open("/proc/loadavg").read().split(" ", 3)[0]
 
 
-def measure(settings: Settings, mode: str, args, rng: random.Random) -> dict:
+def measure(settings: Settings, modes: list[str], args, rng: random.Random) -> list[dict]:
+    """One round: a store per mode, asked the same entities request after request, the modes' order
+    rotating, while the writer process runs; so every mode sees the same load, keys and writes."""
     from fstore.ops import metrics
     from fstore.serving import online as serving
 
-    store = FeatureStore(settings.with_(online_cache=mode, serving_cache_ttl=args.ttl))
+    stores = {mode: FeatureStore(settings.with_(online_cache=mode, serving_cache_ttl=args.ttl)) for mode in modes}
     names = ["bench_cache:" + f for f in FEATURES]
-    if mode == "tracking":
-        assert serving.tracker(store).wait_established(5.0)
+    for mode, store in stores.items():
+        if mode == "tracking":
+            assert serving.tracker(store).wait_established(5.0)
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
+    counts = {mode: [0, 0] for mode in modes}
 
-    def call() -> tuple[float, int, int]:
+    def call(i: int, record: bool) -> None:
         ids = list({pick(rng, args) for _ in range(args.batch)})
-        t = time.perf_counter()
-        meta = store.get_online_features(features=names, entities={"user_id": ids})["metadata"]
-        return time.perf_counter() - t, meta["cache_hits"], meta["cache_misses"]
+        for mode in modes[i % len(modes):] + modes[:i % len(modes)]:
+            t = time.perf_counter()
+            meta = stores[mode].get_online_features(features=names, entities={"user_id": ids})["metadata"]
+            if record:
+                samples[mode].append(time.perf_counter() - t)
+                counts[mode][0] += meta["cache_hits"]
+                counts[mode][1] += meta["cache_misses"]
 
     spawn = multiprocessing.get_context("spawn")
     stop, ready = spawn.Event(), spawn.Event()
@@ -81,31 +91,33 @@ def measure(settings: Settings, mode: str, args, rng: random.Random) -> dict:
     proc.start()
     try:
         assert ready.wait(120), "the writer process did not start"
-        for _ in range(args.warmup):
-            call()
+        for i in range(args.warmup):
+            call(i, False)
         load_before = load_average()
         totals = metrics.cache_totals()
-        samples, hits, misses = [], 0, 0
-        for _ in range(args.requests):
-            seconds, h, m = call()
-            samples.append(seconds)
-            hits += h
-            misses += m
+        for i in range(args.requests):
+            call(i, True)
+        now = metrics.cache_totals()
     finally:
         stop.set()
         proc.join(10)
-    samples.sort()
+    load = f"{load_before}→{load_average()}"
+    out = []
+    for mode in modes:
+        x = sorted(samples[mode])
+        hits, misses = counts[mode]
 
-    def at(q: float) -> float:
-        return samples[min(len(samples) - 1, int(q * len(samples)))] * 1000
+        def at(q: float) -> float:
+            return x[min(len(x) - 1, int(q * len(x)))] * 1000
 
-    now = metrics.cache_totals()
-    store.close()
-    return {"mode": mode, "hit_rate": hits / (hits + misses) if hits + misses else 0.0, "p50": at(0.5),
-            "p95": at(0.95), "p99": at(0.99), "mean": sum(samples) / len(samples) * 1000,
-            "invalidated": int(now["invalidated_keys"] - totals["invalidated_keys"]),
-            "flushes": int(now["flushes"] - totals["flushes"]),
-            "load": f"{load_before}→{load_average()}"}
+        out.append({"mode": mode, "hit_rate": hits / (hits + misses) if hits + misses else 0.0, "p50": at(0.5),
+                    "p95": at(0.95), "p99": at(0.99), "mean": sum(x) / len(x) * 1000,
+                    # only the tracking store is told of invalidations
+                    "invalidated": int(now["invalidated_keys"] - totals["invalidated_keys"]) if mode == "tracking" else 0,
+                    "flushes": int(now["flushes"] - totals["flushes"]) if mode == "tracking" else 0, "load": load})
+    for store in stores.values():
+        store.close()
+    return out
 
 
 def main() -> None:
@@ -140,13 +152,12 @@ def main() -> None:
             store.online.write_rows(fsv, rows(range(start, min(start + 2000, args.keys)), T0, rng))
         print(f"{args.keys:,} keys x 10 float features; {args.batch} entities/request; {args.hot_share:.0%} of keys "
               f"from {args.hot:,} hot ones; another process rewrites {args.write_rate:g} keys/s; "
-              f"{args.requests:,} timed requests per mode and round; TTL mode {args.ttl:g} s; "
+              f"{args.requests:,} timed requests per mode and round, modes interleaved; TTL mode {args.ttl:g} s; "
               f"{os.cpu_count()} cores; uptime: {os.popen('uptime').read().strip()}")
         print(f"{'round':>5} {'mode':>9} {'hit rate':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8} "
               f"{'invalidated':>11} {'flushes':>7}  load 1m (before→after)")
         for r in range(1, args.rounds + 1):
-            for mode in args.modes.split(","):
-                m = measure(settings, mode, args, rng)
+            for m in measure(settings, args.modes.split(","), args, rng):
                 print(f"{r:>5} {m['mode']:>9} {m['hit_rate']:>9.1%} {m['p50']:>8.3f} {m['p95']:>8.3f} {m['p99']:>8.3f} "
                       f"{m['mean']:>8.3f} {m['invalidated']:>11,} {m['flushes']:>7}  {m['load']}", flush=True)
     finally:
