@@ -276,3 +276,27 @@ def test_a_redis_that_refuses_tracking_is_never_cached_from(tmp_path, own_redis)
         _write(other, {1: 11 + n}, T0 + timedelta(seconds=n + 1))
     assert metrics.cache_totals()["flushes"] >= 1
     admin.close(), store.close(), other.close()
+
+
+def test_a_hung_redis_is_noticed_by_an_unanswered_ping(tmp_path, own_redis):
+    """Redis stops answering (CLIENT PAUSE) without closing anything: the tracker's PING goes unanswered, the
+    cache is flushed and bypassed (reads fail fast, none answered from the cache), then tracking comes back."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    store, tracker, _ = _tracking(tmp_path, url)
+    _write(store, {1: 10}, datetime.now(timezone.utc))
+    _read(store, 1)
+    assert _read(store, 1)[1]["cache_hit"]
+    admin = redis.Redis(port=own_redis.port)
+    old = tracker.state
+    paused = time.monotonic()
+    admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")
+    _until(lambda: tracker.state is None, 4.0)
+    assert time.monotonic() - paused <= 2 * tracker.ping_seconds + 0.5
+    with pytest.raises(Unavailable):
+        _read(store, 1)
+    admin.execute_command("CLIENT", "UNPAUSE")
+    assert tracker.wait_established(5.0) and tracker.state[0] > old[0]
+    _until(lambda: store.online.breaker.state == "closed", 10.0)
+    values, meta = _read(store, 1)
+    assert values == {1: 10} and not meta["cache_hit"]
+    admin.close(), store.close()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import Callable, Sequence
 
@@ -65,6 +66,7 @@ class InvalidationTracker:
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pings_sent = self._pings_answered = 0
+        self._waiting_since: float | None = None  # when the oldest unanswered PING (at most) was sent
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -137,8 +139,11 @@ class InvalidationTracker:
             connection = self._connection
             if connection is None:
                 raise redis.ConnectionError("tracking connection not established")
-            self._pings_sent += 1
-            seq = self._pings_sent
+            with self._cond:
+                if self._pings_sent == self._pings_answered:
+                    self._waiting_since = time.monotonic()
+                self._pings_sent += 1
+                seq = self._pings_sent
             connection.send_command("PING", check_health=False)
         return seq
 
@@ -161,6 +166,7 @@ class InvalidationTracker:
         with self._send_lock:
             self._connection = connection
             self._pings_sent = self._pings_answered = 0
+            self._waiting_since = None
         connection.connect()
         connection.send_command("CLIENT", "ID", check_health=False)
         client_id = int(connection.read_response())
@@ -174,10 +180,11 @@ class InvalidationTracker:
         while not self._closed.is_set():
             if not connection.can_read(timeout=self.ping_seconds):
                 with self._cond:
-                    unanswered = self._pings_sent > self._pings_answered
-                if unanswered:  # a PING sent at least ping_seconds ago is still unanswered
+                    since = self._waiting_since if self._pings_sent > self._pings_answered else None
+                if since is not None and time.monotonic() - since >= self.ping_seconds:
                     raise redis.TimeoutError(f"no answer to PING within {self.ping_seconds}s")
-                self._ping()
+                if since is None:
+                    self._ping()
                 continue
             self._handle(connection.read_response())
 
@@ -193,6 +200,8 @@ class InvalidationTracker:
         elif kind == b"pong":
             with self._cond:
                 self._pings_answered += 1
+                # the next unanswered PING is timed from now: never early (an answer only delays the check)
+                self._waiting_since = time.monotonic() if self._pings_sent > self._pings_answered else None
                 self._cond.notify_all()
 
     def _lost(self) -> None:
