@@ -10,7 +10,9 @@ rotating), while another process rewrites ``--write-rate`` keys a second (a load
 elsewhere: what invalidates). Every mode thus sees the same keys, writes and machine load. Keys, read and rewritten alike, are drawn ``--hot-share`` of the
 time from ``--hot`` hot keys, else from all keys. Prints per mode the key hit rate, p50/p95/p99, the
 keys Redis invalidated, and the load average (``uptime``) around each measurement.
-Flushes the Redis database it used (use one of your own).
+Flushes the Redis database it used (use one of your own). Redis tracks keys server-wide: a
+``FLUSHDB`` in *any* database of that Redis empties a tracking cache (tests of others sharing it
+do that often), so ``--own-redis`` runs a throw-away ``redis-server`` of its own for the run.
 """
 from __future__ import annotations
 
@@ -133,10 +135,18 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=5.0, help="SERVING_CACHE_TTL of the ttl mode")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", default="off,ttl,tracking")
+    parser.add_argument("--own-redis", action="store_true",
+                        help="a redis-server of its own on a free loopback port (stopped at the end)")
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")  # why a cache was flushed
 
     import redis
 
+    own = own_redis() if args.own_redis else None
+    if own is not None:
+        args.redis = f"redis://127.0.0.1:{own}/0"
     raw = redis.Redis.from_url(args.redis)
     raw.flushdb()
     folder = tempfile.mkdtemp(prefix="fstore-bench-cache-")
@@ -162,8 +172,28 @@ def main() -> None:
                       f"{m['mean']:>8.3f} {m['invalidated']:>11,} {m['flushes']:>7}  {m['load']}", flush=True)
     finally:
         raw.flushdb()
+        if own is not None:
+            raw.shutdown(nosave=True)
         raw.close()
         store.close()
+
+
+def own_redis() -> int:
+    """Start a redis-server (no persistence) on a free loopback port; its port."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tempfile.mkdtemp(prefix="fstore-bench-redis-")
+    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--daemonize", "yes", "--dir", folder], check=True, capture_output=True)
+    for _ in range(100):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
+            return port
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server on port {port} did not start")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,14 @@ No test sleeps for an invalidation: ``tracker.sync()`` is the protocol's own bar
 tracking connection, answered after every invalidation queued before it), and a write made through
 the serving process's own store returns only once its invalidations are applied. Loops that wait for
 the tracking connection to be lost or re-established are bounded.
+
+Every test runs on a redis-server of its own: Redis tracks keys server-wide, so a FLUSHDB in any
+database of a shared Redis (other test runs do that all the time) would empty the cache mid-test.
 """
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,11 +28,16 @@ from fstore.core.settings import Settings
 from fstore.ops import metrics
 from fstore.serving import online as serving
 from fstore.store import FeatureStore
-from tests.conftest import REDIS_TEST_URL, store_env
-from tests.integration.test_online_redis_down import OwnRedis, own_redis  # noqa: F401 - the fixture
+from tests.conftest import store_env
+from tests.integration.test_online_redis_down import own_redis  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.redis
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture()
+def redis_url(own_redis) -> str:  # noqa: F811 - this module's Redis: a server of its own (see the docstring)
+    return f"redis://127.0.0.1:{own_redis.port}/0"
 
 
 def _store(tmp_path, redis_url: str, cache: str = "tracking") -> FeatureStore:
@@ -144,19 +153,24 @@ def test_concurrent_writes_never_leave_a_stale_value_cached(tmp_path, redis_url)
     store.close(), other.close()
 
 
-def test_a_killed_tracking_connection_flushes_and_bypasses_until_back(tmp_path, redis_url, free_port):
+def test_a_killed_tracking_connection_flushes_and_bypasses_until_back(tmp_path, redis_url):
     store, tracker, other = _tracking(tmp_path, redis_url)
     _write(store, {1: 10}, T0)
     _read(store, 1)
     assert _read(store, 1)[1]["cache_hit"]
     flushes = metrics.cache_totals()["flushes"]
     reconnect = tracker._connect
-    tracker._connect = lambda: redis.Connection(host="127.0.0.1", port=free_port, socket_connect_timeout=0.2)
+    with socket.socket() as s:  # a loopback port nobody listens on: the tracker cannot reconnect
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    tracker._connect = lambda: redis.Connection(host="127.0.0.1", port=closed, socket_connect_timeout=0.2)
     old = tracker.state
-    admin = redis.Redis.from_url(REDIS_TEST_URL)
+    admin = redis.Redis.from_url(redis_url)
     assert admin.client_kill_filter(_id=old[1]) == 1
     _until(lambda: tracker.state is None)
     assert metrics.cache_totals()["flushes"] == flushes + 1
+    time.sleep(0.5)  # the tracker's reconnects (every 0.2 s) keep failing meanwhile
+    assert tracker.state is None
 
     # Its invalidation had nowhere to go: without the flush the cache would answer 10.
     _write(other, {1: 11}, T0 + timedelta(seconds=1))
