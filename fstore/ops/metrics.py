@@ -56,6 +56,9 @@ ONLINE_STORE_SECONDS = Histogram("fstore_online_store_roundtrip_seconds", "Onlin
 SKEW_ROWS = Counter("fstore_online_skew_rows",
                     "Entity rows of sampled online answers compared with historical retrieval at the same instant, "
                     "by feature set and result (same/skewed; ONLINE_SKEW_SAMPLE)", ["feature_set", "result"])
+STREAM_LATE = Counter("fstore_stream_late_events",
+                      "Pushed or streamed events later than their set's allowed_lateness: not applied to the online "
+                      "windows (still returned for the offline table), by feature set", ["feature_set"])
 REGISTRY_REFRESH = Counter("fstore_registry_snapshot_refreshes",
                            "Online serving's registry snapshot refreshes by result (ok/failed; failed: answers degraded)",
                            ["result"])
@@ -73,6 +76,12 @@ def _child(metric, *labels: str):
             _CHILDREN.clear()
         child = _CHILDREN[key] = metric.labels(*labels)
     return child
+
+
+def observe_late_events(feature_set: str, count: int) -> None:
+    """Events of a push or stream batch beyond the set's allowed lateness (``fstore.compute.stream_windows``)."""
+    if count:
+        _child(STREAM_LATE, feature_set).inc(count)
 
 
 def observe_request(endpoint: str, method: str, status: int, seconds: float, error_code: str | None = None) -> None:
@@ -332,7 +341,7 @@ def render(store: "StoreContext | None" = None, *, allowed: Callable[[str], bool
     else:
         registry = CollectorRegistry()
         for collector in (REQUESTS, ERRORS, REQUEST_SECONDS, SERVING_SECONDS, CACHE, ONLINE_STORE_SECONDS, SKEW_ROWS,
-                          CACHE_KEYS, CACHE_INVALIDATIONS):
+                          STREAM_LATE, CACHE_KEYS, CACHE_INVALIDATIONS):
             registry.register(collector)
     registry.register(SkewRateCollector())
     registry.register(CacheHitRateCollector())

@@ -100,6 +100,46 @@ end
 return written
 """
 WRITE_AT_SHA = hashlib.sha1(_WRITE_AT_LUA.encode()).hexdigest()
+
+# Compare-and-set (``OnlineStore.swap``): KEYS[first..] the hashes (KEYS[1] ``fsmeta:<set>`` when first = 2);
+# ARGV = nf, the guard field, the nf field names, then per key: the expected @ts ('' = absent), the SHA-1 of
+# the expected guard value ('' = absent), the new @ts and nf values. Answers 1/0 per key.
+_SWAP_BODY = """
+local nf = tonumber(ARGV[1])
+local guard = ARGV[2]
+local a = nf + 3
+local out = {}
+local newest = nil
+local newest_text = nil
+local args = {'@ts', ''}
+for j = 1, nf do args[2 * j + 1] = ARGV[2 + j] end
+for i = first, #KEYS do
+  local cur = redis.call('HMGET', KEYS[i], '@ts', guard)
+  local g = cur[2]
+  local same_g
+  if g then same_g = redis.sha1hex(g) == ARGV[a + 1] else same_g = ARGV[a + 1] == '' end
+  if (cur[1] or '') == ARGV[a] and same_g then
+    args[2] = ARGV[a + 2]
+    for j = 1, nf do args[2 * j + 2] = ARGV[a + 2 + j] end
+    redis.call('HSET', KEYS[i], unpack(args))
+    out[#out + 1] = 1
+    local ts = tonumber(ARGV[a + 2])
+    if (not newest) or ts > newest then newest = ts; newest_text = ARGV[a + 2] end
+  else
+    out[#out + 1] = 0
+  end
+  a = a + 3 + nf
+end
+"""
+_SWAP_LUA = "local first = 2" + _SWAP_BODY + """if newest then
+  local m = redis.call('GET', KEYS[1])
+  if (not m) or tonumber(m) < newest then redis.call('SET', KEYS[1], newest_text) end
+end
+return out
+"""
+CLUSTER_SWAP_LUA = "local first = 1" + _SWAP_BODY + "out[#out + 1] = newest_text or ''\nreturn out\n"
+SWAP_SHA = hashlib.sha1(_SWAP_LUA.encode()).hexdigest()
+CLUSTER_SWAP_SHA = hashlib.sha1(CLUSTER_SWAP_LUA.encode()).hexdigest()
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -255,6 +295,38 @@ class RedisOnlineStore(OnlineStore):
             written += int(self._call(lambda: self._evalsha(WRITE_AT_SHA, _WRITE_AT_LUA, len(chunk), *args)))
         self._synced()
         return written
+
+    def swap(self, name: str, fields: Sequence[str], guard: str,
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]]) -> list[bool]:
+        """``OnlineStore.swap`` in one script call per ``write_batch`` keys (the guard compared by its SHA-1, so
+        a large value is not sent twice); the same call raises ``fsmeta``."""
+        return self.swap_keys(name, fields, guard, rows)[0]
+
+    def swap_keys(self, name: str, fields: Sequence[str], guard: str,
+                  rows: Sequence[tuple[str | bytes, int | None, bytes | None, int, Sequence[bytes]]], *,
+                  cluster: bool = False) -> tuple[list[bool], int | None]:
+        """``swap`` and the newest event time written. ``cluster``: the script variant without ``fsmeta``
+        (``rows``' keys share one slot; ``RedisClusterOnlineStore.swap`` raises ``fsmeta`` after)."""
+        out: list[bool] = []
+        newest = None
+        for start in range(0, len(rows), self.write_batch):
+            chunk = rows[start:start + self.write_batch]
+            keys = [key for key, *_ in chunk] if cluster else [meta_key(name), *(key for key, *_ in chunk)]
+            args: list[Any] = [*keys, len(fields), guard, *fields]
+            for _, expected_ts, expected, ts, values in chunk:
+                args.append(b"" if expected_ts is None else b"%d" % expected_ts)
+                args.append(b"" if expected is None else hashlib.sha1(expected).hexdigest().encode())
+                args.append(b"%d" % ts)
+                args.extend(values)
+            sha, script = (CLUSTER_SWAP_SHA, CLUSTER_SWAP_LUA) if cluster else (SWAP_SHA, _SWAP_LUA)
+            reply = self._call(lambda: self._evalsha(sha, script, len(keys), *args))
+            if cluster:
+                top, reply = reply[-1], reply[:-1]
+                if top and (newest is None or int(top) > newest):
+                    newest = int(top)
+            out.extend(bool(int(r)) for r in reply)
+        self._synced()
+        return out, newest
 
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
         return self.read_checked(requests, ())[0]
