@@ -46,6 +46,11 @@ SERVING_SECONDS = Histogram("fstore_serving_latency_seconds", "Serving latency b
                             ["endpoint", "feature_set"], buckets=_LATENCY_BUCKETS)
 CACHE = Counter("fstore_online_cache", "Online serving cache lookups by feature set and result (hit/miss)",
                 ["feature_set", "result"])
+CACHE_KEYS = Counter("fstore_online_cache_keys", "Online serving cache lookups by entity key and result (hit/miss; "
+                     "counted while a cache is on: ONLINE_CACHE)", ["result"])
+CACHE_INVALIDATIONS = Counter("fstore_online_cache_invalidations",
+                              "Online cache invalidations from Redis (ONLINE_CACHE=tracking) by kind: key (one "
+                              "changed key), flush (everything dropped: tracking lost or FLUSHDB)", ["kind"])
 ONLINE_STORE_SECONDS = Histogram("fstore_online_store_roundtrip_seconds", "Online store round-trip time",
                                  ["operation"], buckets=_LATENCY_BUCKETS)
 SKEW_ROWS = Counter("fstore_online_skew_rows",
@@ -98,6 +103,71 @@ def observe_online(feature_set: str, seconds: float | None = None, cache_hit: bo
     _child(CACHE, feature_set, "hit" if cache_hit else "miss").inc()
     if seconds is not None:
         _child(SERVING_SECONDS, "sdk", feature_set).observe(seconds)
+
+
+def observe_cache_keys(hits: int, misses: int) -> None:
+    """One request's entity-key lookups in the online cache."""
+    if hits:
+        _child(CACHE_KEYS, "hit").inc(hits)
+    if misses:
+        _child(CACHE_KEYS, "miss").inc(misses)
+
+
+def observe_invalidation(keys: int | None) -> None:
+    """Redis invalidated ``keys`` cached keys, or (None) everything (``fstore.storage.online.tracking``)."""
+    if keys is None:
+        _child(CACHE_INVALIDATIONS, "flush").inc()
+    elif keys:
+        _child(CACHE_INVALIDATIONS, "key").inc(keys)
+
+
+def cache_totals(source=None) -> dict[str, float]:
+    """``{"hits", "misses", "invalidated_keys", "flushes", "hit_rate"}`` since start (every worker's, in
+    multiprocess mode); ``hit_rate`` None before any lookup."""
+    if source is None:
+        source = _multiprocess_collector() if os.environ.get(MULTIPROC_ENV) else _Both(CACHE_KEYS, CACHE_INVALIDATIONS)
+    names = {("fstore_online_cache_keys", "hit"): "hits", ("fstore_online_cache_keys", "miss"): "misses",
+             ("fstore_online_cache_invalidations", "key"): "invalidated_keys",
+             ("fstore_online_cache_invalidations", "flush"): "flushes"}
+    totals: dict[str, float] = dict.fromkeys(names.values(), 0)
+    for family in source.collect():
+        for sample in family.samples:
+            label = sample.labels.get("result", sample.labels.get("kind"))
+            name = names.get((family.name, label))
+            if name is not None and sample.name.endswith("_total"):
+                totals[name] += sample.value
+    looked = totals["hits"] + totals["misses"]
+    totals["hit_rate"] = totals["hits"] / looked if looked else None
+    return totals
+
+
+def online_cache(mode: str) -> dict:
+    """The online cache's figures for ``/monitoring/statistics``: ``ONLINE_CACHE`` and ``cache_totals``."""
+    totals = cache_totals()
+    return {"mode": mode, **{k: (v if k == "hit_rate" else int(v)) for k, v in totals.items()}}
+
+
+class _Both:
+    """Two collectors as one ``collect()`` (``cache_totals`` in a single process)."""
+
+    def __init__(self, *collectors) -> None:
+        self._collectors = collectors
+
+    def collect(self):
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+class CacheHitRateCollector:
+    """``fstore_online_cache_hit_rate``: hits / lookups of the online cache by entity key, derived at scrape."""
+
+    def collect(self):
+        gauge = GaugeMetricFamily("fstore_online_cache_hit_rate", "Fraction of online entity-key lookups answered "
+                                  "by the in-process cache since start (ONLINE_CACHE)")
+        rate = cache_totals()["hit_rate"]
+        if rate is not None:
+            gauge.add_metric([], rate)
+        yield gauge
 
 
 def observe_online_store(seconds: float, operation: str = "read") -> None:
@@ -310,9 +380,10 @@ def render(store: "StoreContext | None" = None, *, allowed: Callable[[str], bool
     else:
         registry = CollectorRegistry()
         for collector in (REQUESTS, ERRORS, REQUEST_SECONDS, SERVING_SECONDS, CACHE, ONLINE_STORE_SECONDS, SKEW_ROWS,
-                          STREAM_LATE):
+                          STREAM_LATE, CACHE_KEYS, CACHE_INVALIDATIONS):
             registry.register(collector)
     registry.register(SkewRateCollector())
+    registry.register(CacheHitRateCollector())
     if store is not None:
         registry.register(RegistryCollector(store, allowed))
     return generate_latest(registry), CONTENT_TYPE_LATEST

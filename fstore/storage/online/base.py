@@ -404,6 +404,14 @@ class OnlineStore(ABC):
     def ping(self) -> None:
         """Raise ``Unavailable`` when the store cannot be reached."""
 
+    def track(self, on_invalidate: Callable[[Sequence[bytes] | None], None]) -> Any:
+        """Start invalidation tracking (``ONLINE_CACHE=tracking``): ``on_invalidate`` is called with the names
+        of changed keys read before, or None when everything must be dropped; returns the tracker
+        (``fstore.storage.online.tracking.InvalidationTracker``). Only one Redis (not a cluster) tracks."""
+        raise InvalidDefinition(f"ONLINE_CACHE=tracking needs one Redis (REDIS_URL=redis://…); "
+                                f"{type(self).__name__} cannot track invalidations: use ONLINE_CACHE=ttl",
+                                field="ONLINE_CACHE")
+
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
