@@ -101,3 +101,27 @@ def test_a_failing_set_leaves_the_others_written_and_says_why(store, tmp_path):
         assert all(v is not None for v in online_values(store, name=name).values())
     assert all(v is None for v in online_values(store, name="bad").values())
     assert [r["status"] for r in store.list_runs("bad")["items"]] == ["failed"]
+
+
+def test_the_cli_materializes_several_sets_and_exits_non_zero_when_one_is_refused(settings, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from fstore.cli import main
+    from fstore.store import FeatureStore
+
+    path = write_source(tmp_path / "src", events())
+    store = FeatureStore(settings.with_(compute_engine="duckdb"))
+    create_set(store, path, name="a")
+    create_set(store, path, name="b")
+    store.close()
+    env = {"STORAGE_PATH": settings.storage_path, "DATABASE_URL": settings.database_url, "SOURCE_ROOTS": str(tmp_path),
+           "COMPUTE_ENGINE": "duckdb", "REDIS_URL": ""}
+    result = CliRunner().invoke(main, ["materialize", "a", "nope", "b", "--start", "2024-01-01", "--end", "2024-01-06",
+                                       "--json"], env=env, catch_exceptions=False)
+    assert result.exit_code == 5, result.output
+    records = json.loads(result.stdout)
+    assert [(r["feature_set"], r["status"]) for r in records] == [("a", "succeeded"), ("nope", "refused"),
+                                                                   ("b", "succeeded")]
+    assert records[0]["rows_written"] == records[2]["rows_written"] == len(events())
