@@ -85,13 +85,8 @@ def _refuse_set(fsv: "FeatureSetVersion", to: str) -> None:
     fs = fsv.feature_set
     if fs.source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has no source: there is no row shape to push", field="feature_set")
-    windowed = [f.name for f in fsv.features if f.window is not None]
+    windowed = windowed_features(fsv)
     if windowed:
-        grew = True
-        while grew:  # and the features built on them, at any depth
-            built = [f.name for f in fsv.features if f.name not in windowed and set(f.source_features) & set(windowed)]
-            windowed += built
-            grew = bool(built)
         raise InvalidDefinition(
             f"feature set {fsv.name} has windowed features ({', '.join(windowed)}): they need the events before each "
             "pushed row, which a push does not carry; push refuses such sets (materialize them instead)",
@@ -103,6 +98,17 @@ def _refuse_set(fsv: "FeatureSetVersion", to: str) -> None:
     if to != "online" and PUSH_ID in [*fsv.join_keys, *(f.name for f in fsv.features)]:
         raise InvalidDefinition(f"feature set {fsv.name} names a key or feature {PUSH_ID!r}, the offline column of "
                                 "pushed rows' event ids; push it to='online'", field="to")
+
+
+def windowed_features(fsv: "FeatureSetVersion") -> list[str]:
+    """The set's windowed features and the features built on them, at any depth (what a row alone cannot compute)."""
+    windowed = [f.name for f in fsv.features if f.window is not None]
+    grew = bool(windowed)
+    while grew:
+        built = [f.name for f in fsv.features if f.name not in windowed and set(f.source_features) & set(windowed)]
+        windowed += built
+        grew = bool(built)
+    return windowed
 
 
 def _records(rows: Any) -> list[dict]:
