@@ -83,7 +83,8 @@ class KafkaBroker:
         from confluent_kafka.admin import AdminClient
 
         try:
-            AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=5)
             return True
         except Exception:  # noqa: BLE001 - not up yet
             return False
@@ -91,8 +92,8 @@ class KafkaBroker:
     def create_topic(self, name: str, partitions: int = 1) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        futures = AdminClient({"bootstrap.servers": self.bootstrap}).create_topics([NewTopic(name, partitions, 1)])
-        for future in futures.values():
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})  # kept alive until its futures resolve
+        for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
             future.result(30)
 
     def stop(self) -> None:

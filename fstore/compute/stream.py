@@ -16,7 +16,8 @@
 4. **freshness**: each event's time → the end of its batch's online write, p50/p99 (``fstore.ops.stream_freshness``).
 
 The checkpoint lives under the store (``STORAGE_PATH/_streams/NAME/checkpoint``); one stream per set at a time
-(registry lock ``stream:ID``, renewed while it runs; a killed stream's lease ends after ``lock_ttl``).
+(registry lock ``stream:ID``, renewed while it runs; a killed stream's lease ends after ``lock_ttl``, and a new
+start waits that long for it before it refuses with ``Conflict``).
 Windowed features need the events before each row, which a micro-batch does not carry: a set with windowed
 features (or features built on them) is refused, naming them, until stream windows land.
 A message whose value is not a JSON object, or lacks a key or event time, is counted (``dropped``), not written.
@@ -86,7 +87,11 @@ def run_stream(store: "StoreContext", ref: str | int, *, trigger_seconds: float 
     refuse_set(fsv)
     stop = stop or threading.Event()
     lock, owner = f"stream:{fs_id}", f"stream:{uuid.uuid4()}"
+    deadline = time.monotonic() + lock_ttl + 1  # a killed stream's lease ends within lock_ttl: wait that long
     holder = runs.try_acquire_lock(store.engine, lock, owner, lock_ttl)
+    while holder is not None and not holder.get("taken_over") and time.monotonic() < deadline and not stop.is_set():
+        time.sleep(0.5)
+        holder = runs.try_acquire_lock(store.engine, lock, owner, lock_ttl)
     if holder is not None and not holder.get("taken_over"):
         raise Conflict(f"feature set {fsv.name} is already streaming ({holder['owner']}, since "
                        f"{runs.iso(holder['acquired_at'])}); one stream per set")
@@ -172,7 +177,7 @@ class _BatchWriter:
         self.fsv = fsv  # what is stored (the set's version)
         source = fsv.feature_set.source
         if not source.created_timestamp_column:  # the broker's time orders rows of one event time, as a run's created time
-            source = replace(source, created_timestamp_column=_KAFKA_TS)
+            source = replace(source, created_timestamp_column=_KAFKA_TS, schema={**source.schema, _KAFKA_TS: "timestamp"})
         self.computing = replace(fsv, feature_set=replace(fsv.feature_set, source=source))
         compiled = compile_feature_set(self.computing)
         self.compiled = replace(compiled, projection=compiled.projection + (quote(_ID),))
