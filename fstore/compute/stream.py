@@ -197,6 +197,7 @@ class _BatchWriter:
         if not all(f.validation.is_empty for f in self.fsv.features):
             computed = validate(computed, self.fsv).df
         table = computed.toArrow()
+        stages = {"compute": round(time.perf_counter() - began, 3)}
         events = table.num_rows
         valid = _valid_rows(table, keys)
         dropped = events - valid.num_rows
@@ -207,11 +208,13 @@ class _BatchWriter:
         if fs.offline_enabled:
             wrote = append_batch(self.store.settings, self.fsv, rows, ids, app_id=self._app_id(), version=batch_id)
             result.update(appended=wrote["appended"], replayed=wrote["replayed"], offline_version=wrote["offline_version"])
+        stages["offline"] = round(time.perf_counter() - began - sum(stages.values()), 3)
         online = 0
         if fs.online_enabled and rows.num_rows:
             online = self.store.online.write_rows(self.fsv, _newest_per_key(rows, keys).to_pylist())
         visible = time.time()
-        result["online_rows"] = online
+        stages["online"] = round(time.perf_counter() - began - sum(stages.values()), 3)
+        result.update(online_rows=online, seconds=round(time.perf_counter() - began, 3), stages=stages)
         if rows.num_rows:
             latencies = [visible - t for t in _epoch_seconds(rows.column("event_timestamp"))]
             result["freshness"] = self.recorder.record(batch_id, latencies, events=events,
