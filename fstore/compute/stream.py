@@ -20,7 +20,8 @@ The checkpoint lives under the store (``STORAGE_PATH/_streams/NAME/checkpoint``)
 start waits that long for it before it refuses with ``Conflict``).
 Windowed features need the events before each row, which a micro-batch does not carry: a set with windowed
 features (or features built on them) is refused, naming them, until stream windows land.
-A message whose value is not a JSON object, or lacks a key or event time, is counted (``dropped``), not written.
+A message whose value is not a JSON object, or lacks a key or event time (or a row a validation rule drops), is
+counted (``dropped``), not written.
 """
 from __future__ import annotations
 
@@ -193,12 +194,18 @@ class _BatchWriter:
         began = time.perf_counter()
         fs = self.fsv.feature_set
         keys = list(self.fsv.join_keys)
-        computed = run_compiled(df.sparkSession, self.computing, self.compiled, df, settings=self.store.settings)
-        if not all(f.validation.is_empty for f in self.fsv.features):
-            computed = validate(computed, self.fsv).df
-        table = computed.toArrow()
+        # Cached: the batch's messages are read from Kafka once, for the count (a message the query drops, one
+        # without an event time, is counted, never silently lost) and for the features.
+        df = df.persist()
+        try:
+            events = df.count()
+            computed = run_compiled(df.sparkSession, self.computing, self.compiled, df, settings=self.store.settings)
+            if not all(f.validation.is_empty for f in self.fsv.features):
+                computed = validate(computed, self.fsv).df
+            table = computed.toArrow()
+        finally:
+            df.unpersist()
         stages = {"compute": round(time.perf_counter() - began, 3)}
-        events = table.num_rows
         valid = _valid_rows(table, keys)
         dropped = events - valid.num_rows
         ids = valid.column(_ID).to_pylist()

@@ -77,6 +77,14 @@ def test_apply_checks_the_keys_against_the_declared_schema_and_batch_runs_are_re
         with pytest.raises(InvalidDefinition) as caught:
             run_stream(store, "clicks_windowed")
         assert "clicks_1d, clicks_1d_x2" in caught.value.message and "not supported yet" in caught.value.message
+        # The CLI says the same in one line, with the definition error's exit code, before any Spark starts.
+        from click.testing import CliRunner
+
+        from fstore.cli import main
+
+        said = CliRunner().invoke(main, ["stream", "clicks_windowed"], env=store_env(tmp_path, COMPUTE_ENGINE="duckdb"))
+        assert said.exit_code == InvalidDefinition.exit_code and "Traceback" not in said.output
+        assert "windowed features (clicks_1d, clicks_1d_x2)" in said.stderr
     finally:
         store.close()
 
