@@ -115,18 +115,19 @@ def _run(store, fsv, trigger_seconds, stop, lost, max_offsets, on_batch) -> dict
     query = _start(spark, fsv, batch, trigger_seconds, max_offsets)
     log.info("streaming %s from Kafka topic %s (trigger %s s, checkpoint %s)", fsv.name,
              fsv.feature_set.source.kafka.topic, trigger_seconds, batch.checkpoint)
+    from pyspark.errors import StreamingQueryException
+
     try:
         while query.isActive and not stop.is_set():
             if lost.is_set():
                 raise Conflict(f"the stream of {fsv.name} lost its lock (registry unreachable or taken over): stopped")
             query.awaitTermination(0.5)
+    except StreamingQueryException as exc:  # a batch failed (Spark's or ours): one line, the query is over
+        text = str(exc).strip().splitlines()
+        raise ComputeError(f"the stream of {fsv.name} failed: {text[0] if text else type(exc).__name__}") from None
     finally:
         if query.isActive:
             query.stop()  # between batches' commits or inside one: Spark replays an unfinished batch on restart
-    failure = query.exception()
-    if failure is not None and not stop.is_set():
-        text = str(failure.desc if hasattr(failure, "desc") else failure).strip().splitlines()
-        raise ComputeError(f"the stream of {fsv.name} failed: {text[0] if text else failure}")
     return dict(batch.totals)
 
 
