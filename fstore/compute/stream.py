@@ -26,6 +26,7 @@ counted (``dropped``), not written.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -123,8 +124,7 @@ def _run(store, fsv, trigger_seconds, stop, lost, max_offsets, on_batch) -> dict
                 raise Conflict(f"the stream of {fsv.name} lost its lock (registry unreachable or taken over): stopped")
             query.awaitTermination(0.5)
     except StreamingQueryException as exc:  # a batch failed (Spark's or ours): one line, the query is over
-        text = str(exc).strip().splitlines()
-        raise ComputeError(f"the stream of {fsv.name} failed: {text[0] if text else type(exc).__name__}") from None
+        raise ComputeError(f"the stream of {fsv.name} failed: {_cause(str(exc)) or type(exc).__name__}") from None
     finally:
         if query.isActive:
             query.stop()  # between batches' commits or inside one: Spark replays an unfinished batch on restart
@@ -287,3 +287,11 @@ def _epoch_seconds(column) -> list[float]:
 
     micros = column.cast(pa.timestamp("us", tz=None) if column.type.tz is None else pa.timestamp("us", tz="UTC"))
     return [m / 1e6 for m in micros.cast(pa.int64()).to_pylist()]
+
+
+def _cause(text: str) -> str:
+    """The line of a failed query's message that names the cause: the innermost error of the Python traceback or
+    of Spark's (``...Exception: [DIVIDE_BY_ZERO] ...``), not Spark's wrapper line (which ends in "Traceback")."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b:?", line) and "Traceback" not in line]
+    return (causes[-1] if causes else lines[0] if lines else "")[:500]

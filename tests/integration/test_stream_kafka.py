@@ -276,3 +276,26 @@ def _load_newer_row(store: FeatureStore, *, user: int, minutes: int) -> None:
     store.online.write_rows(fsv, [{"user_id": user, "event_timestamp": T0 + timedelta(minutes=minutes),
                                    "created_timestamp": T0 + timedelta(minutes=minutes),
                                    "clicks_x2": -1, "page_upper": "LOADED"}])
+
+
+def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, tmp_path, redis_url):
+    from fstore.core.errors import ComputeError
+
+    topic = f"fail-{time.monotonic_ns()}"
+    broker.create_topic(topic)
+    store = new_store(tmp_path, REDIS_URL=redis_url)
+    body = kafka_body(broker.bootstrap, topic)
+    body["features"] = [{"name": "ratio", "data_type": "int", "transformation": "clicks DIV (clicks - clicks)"}]
+    store.create_feature_set(body)
+    produce(broker.bootstrap, topic, [event(1, 1, 0)])
+    job = StreamJob(store, tmp_path, "clicks_stream")
+    try:
+        assert job.process.wait(240) == ComputeError.exit_code
+    finally:
+        if job.alive():
+            job.signal(signal.SIGKILL)
+    said = job.lines()[-1]
+    assert said["status"] == "failed" and said["error"].startswith("the stream of clicks_stream failed: ")
+    assert "DIVIDE_BY_ZERO" in said["error"]
+    assert len(offline_rows(store, "clicks_stream")) == 0
+    store.close()
