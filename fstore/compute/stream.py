@@ -56,8 +56,6 @@ def checkpoint_dir(store: "StoreContext", name: str) -> str:
 
 def refuse_set(fsv: "FeatureSetVersion") -> None:
     """What a stream cannot do for this set, refused before Spark starts, naming the cause."""
-    from fstore.compute.push import windowed_features
-
     fs = fsv.feature_set
     if fs.source is None or not fs.source.is_stream:
         raise InvalidDefinition(f"feature set {fsv.name} has no kafka source: `fstore stream` reads a Kafka topic "
@@ -70,6 +68,17 @@ def refuse_set(fsv: "FeatureSetVersion") -> None:
     if not fs.online_enabled and not fs.offline_enabled:
         raise InvalidDefinition(f"feature set {fsv.name} has offline_enabled and online_enabled both false: a stream "
                                 "would store nothing", field="offline_enabled")
+
+
+def windowed_features(fsv: "FeatureSetVersion") -> list[str]:
+    """The set's windowed features and the features built on them, at any depth (what a row alone cannot compute)."""
+    windowed = [f.name for f in fsv.features if f.window is not None]
+    grew = bool(windowed)
+    while grew:
+        built = [f.name for f in fsv.features if f.name not in windowed and set(f.source_features) & set(windowed)]
+        windowed += built
+        grew = bool(built)
+    return windowed
 
 
 def run_stream(store: "StoreContext", ref: str | int, *, trigger_seconds: float = 1.0,

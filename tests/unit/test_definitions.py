@@ -292,3 +292,12 @@ def test_spec_basic_features_read_as_the_spec_writes_them():
         Feature.from_dict({**body, "allowed_values": "premium"})
     # a window or a composite still says what it computes from: no column is guessed for them
     assert Feature.from_dict({**FEATURE, "transformation": None, "window_size": "7d"}).transformation is None
+
+
+@pytest.mark.parametrize("value", [-1, 0, 1.5, True, "1h"])
+def test_allowed_lateness_seconds_built_directly_must_be_positive_whole_seconds(value):
+    from fstore.definitions.model import FeatureSet
+
+    with pytest.raises(InvalidDefinition) as caught:
+        FeatureSet(name="s", entities=("user",), allowed_lateness_seconds=value)
+    assert caught.value.field == "allowed_lateness_seconds" and "positive whole number" in caught.value.message
