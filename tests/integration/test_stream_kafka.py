@@ -135,15 +135,33 @@ class StreamJob:
         env.pop("SPARK_REMOTE", None)
         self.process = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py"), "--feature-set", name,
                                          "--trigger", "1", "--lock-ttl", "3"], stdout=open(self.log, "wb"),
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                        stderr=open(self.log.with_suffix(".err"), "wb"), env=env,
+                                        start_new_session=True)
 
     def lines(self) -> list[dict]:
         return [json.loads(x) for x in self.log.read_text().splitlines() if x.startswith("{")]
+
+    def output(self) -> str:
+        """Its JSON lines (stdout) and the last of Spark's and the logger's (stderr), for failure messages."""
+        return self.log.read_text()[-3000:] + self.log.with_suffix(".err").read_text()[-3000:]
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def signal(self, sig: int) -> int:
+        """SIGKILL: the whole job dies at once, its Spark JVM too (its process group: a JVM left alive for a moment
+        would still write Spark's checkpoint). SIGTERM: to the job, which stops its query and the JVM."""
+        if sig == signal.SIGKILL:
+            os.killpg(self.process.pid, sig)
+            code = self.process.wait(60)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(self.process.pid, 0)
+                except ProcessLookupError:
+                    return code
+                time.sleep(0.1)
+            pytest.fail("the stream job's processes outlived SIGKILL")
         os.kill(self.process.pid, sig)
         return self.process.wait(60)
 
@@ -162,9 +180,9 @@ def wait_for(check, job: StreamJob, what: str, timeout: float = 180.0):
         if got:
             return got
         if job is not None and not job.alive():
-            pytest.fail(f"the stream job exited {job.process.returncode} waiting for {what}: {job.log.read_text()[-3000:]}")
+            pytest.fail(f"the stream job exited {job.process.returncode} waiting for {what}: {job.output()}")
         time.sleep(0.5)
-    pytest.fail(f"no {what} within {timeout:.0f} s: {job.log.read_text()[-3000:] if job else ''}")
+    pytest.fail(f"no {what} within {timeout:.0f} s: {job.output() if job else ''}")
 
 
 def digest(frame: pd.DataFrame) -> tuple[int, str]:
@@ -237,7 +255,7 @@ def test_stream_to_online_and_offline_exactly_once_across_a_kill(broker, tmp_pat
             again.signal(signal.SIGKILL)
     assert again.lines()[-1]["status"] == "stopped"
     replayed = [line for line in again.lines() if line.get("batch_id") == last]
-    assert replayed, "the restart did not run the unfinished batch again"
+    assert replayed, f"the restart did not run the unfinished batch {last} again: {again.output()}"
     if committed:  # its Delta commit was there: the replay is skipped whole
         assert replayed[0]["replayed"] is True and replayed[0]["appended"] == 0
     stored = offline_rows(store, "clicks_stream")
