@@ -163,7 +163,7 @@ class EntityPatch(EntityBody):
 
 
 class SourceBody(BaseModel):
-    """Where a feature set's rows come from: exactly one of path (+ format), table or query."""
+    """Where a feature set's rows come from: exactly one of path (+ format), table, query or kafka (+ schema)."""
 
     model_config = _BODY
     path: Optional[str] = None
@@ -176,6 +176,9 @@ class SourceBody(BaseModel):
     entity_columns: Optional[list[str]] = None
     options: Optional[dict[str, Any]] = None
     type: Optional[str] = None
+    kafka: Optional[dict[str, Any]] = Field(None, examples=[{"bootstrap_servers": "127.0.0.1:9092", "topic": "clicks",
+                                                             "format": "json"}])
+    schema_: Optional[dict[str, str]] = Field(None, alias="schema", examples=[{"user_id": "int", "ts": "timestamp"}])
 
 
 class FeatureSetBody(BaseModel):

@@ -1,4 +1,4 @@
-"""Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler, online reload."""
+"""Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler, online reload, stream."""
 from __future__ import annotations
 
 import sys
@@ -234,3 +234,38 @@ def scheduler(cli: CliState, once: bool, poll: float) -> None:
         sys.exit(8)
     if "refused" in last.values():
         sys.exit(5)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--trigger", default=1.0, show_default=True, type=float, help="Seconds between micro-batches.")
+@click.option("--max-offsets-per-trigger", type=int, default=None, help="Cap on Kafka messages per micro-batch.")
+@json_option
+@pass_cli
+def stream(cli: CliState, name: str, trigger: float, max_offsets_per_trigger: int | None) -> None:
+    """Stream feature set NAME from its Kafka topic (Spark Structured Streaming) until SIGTERM or Ctrl-C.
+
+    Every event goes to the offline Delta table exactly once, the newest value per key online (newer wins).
+    The checkpoint is STORAGE_PATH/_streams/NAME/checkpoint: a restart goes on where the last run stopped.
+    One line per micro-batch on stderr (events, appended, online rows, p99 event time -> online seconds)."""
+    import signal
+    import threading
+
+    from fstore.compute.stream import run_stream
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def report(result: dict) -> None:
+        p99 = (result.get("freshness") or {}).get("last_batch_p99_seconds")
+        click.echo(f"{name} batch {result['batch_id']}: {result['events']} events, {result.get('appended', 0)} appended"
+                   f"{' (replayed: skipped)' if result.get('replayed') else ''}, {result['online_rows']} online, "
+                   f"{result['dropped']} dropped, p99 {p99 if p99 is not None else '-'} s", err=True)
+
+    try:
+        totals = run_stream(cli.store, name, trigger_seconds=trigger, stop=stop,
+                            max_offsets_per_trigger=max_offsets_per_trigger, on_batch=report)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    emit(cli, totals, lambda t: f"stopped {name}: " + ", ".join(f"{k} {v}" for k, v in t.items()))

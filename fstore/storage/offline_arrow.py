@@ -350,3 +350,44 @@ def append_new(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Table,
 def offline_table_columns(table) -> list[str]:
     """The column names of a Delta table's current schema."""
     return [f.name for f in table.schema().fields]
+
+
+def append_batch(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Table, ids: list[str], *, app_id: str,
+                 version: int) -> dict[str, Any]:
+    """Append one stream micro-batch exactly once: Delta's idempotent write (the protocol's ``txn`` action, what
+    delta-spark's ``txnAppId``/``txnVersion`` options write). The commit records ``(app_id, version)``; a batch
+    whose version the table already holds for ``app_id`` (a replay after a crash between the commit and the
+    stream's checkpoint) is skipped whole. One writer per ``app_id`` (the stream holds its set's stream lock).
+    ``ids`` (each event's ``topic:partition:offset``) go to the ``push_id`` column. Rows without an event time
+    are not written (counted in ``dropped``). Returns ``{"appended", "dropped", "replayed", "offline_version"}``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties, Transaction
+
+    if settings.storage_format == "parquet":
+        raise InvalidDefinition(f"streaming offline needs a Delta offline store; {fsv.name} is stored as plain Parquet "
+                                "(STORAGE_FORMAT=parquet), which has no idempotent append", field="offline_enabled")
+    current = offline.delta_table(settings, fsv.name)
+    done = current.transaction_version(app_id) if current is not None else None
+    if done is not None and done >= version:
+        return {"appended": 0, "dropped": 0, "replayed": True, "offline_version": current.version()}
+    event = pc.min_max(table.column("event_timestamp"))
+    if table.num_rows == 0 or event["min"].as_py() is None:
+        return {"appended": 0, "dropped": table.num_rows, "replayed": False,
+                "offline_version": current.version() if current is not None else None}
+    low, high = to_utc_naive(event["min"].as_py()), to_utc_naive(event["max"].as_py())
+    valid = pc.is_valid(table.column("event_timestamp"))
+    kept = table.filter(valid)
+    rows = _prepare_arrow(kept, fsv, low, high + timedelta(microseconds=1))
+    if rows.num_rows != kept.num_rows:  # every row lies in [min, max]: a difference is a bug, never silent loss
+        raise ComputeError(f"stream batch {version} of {fsv.name}: {kept.num_rows - rows.num_rows} row(s) lost preparing")
+    rows = rows.append_column(pa.field(EVENT_ID, pa.string()), pa.array(ids, pa.string()).filter(valid))
+    uri = offline.delta_uri(offline.table_uri(settings, fsv.name))
+    write_deltalake(uri, rows, mode="append", partition_by=[offline.PARTITION], schema_mode="merge",
+                    storage_options=offline.storage_options(settings),
+                    commit_properties=CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)],
+                                                       custom_metadata={"fstore.operation": "stream"}))
+    after = offline.delta_table(settings, fsv.name)
+    return {"appended": rows.num_rows, "dropped": table.num_rows - rows.num_rows, "replayed": False,
+            "offline_version": after.version() if after is not None else None}
