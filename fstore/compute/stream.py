@@ -18,8 +18,11 @@
 The checkpoint lives under the store (``STORAGE_PATH/_streams/NAME/checkpoint``); one stream per set at a time
 (registry lock ``stream:ID``, renewed while it runs; a killed stream's lease ends after ``lock_ttl``, and a new
 start waits that long for it before it refuses with ``Conflict``).
-Windowed features need the events before each row, which a micro-batch does not carry: a set with windowed
-features (or features built on them) is refused, naming them, until stream windows land.
+A set with windowed features goes through ``fstore.compute.stream_windows.apply_events`` instead of steps 1
+and 3: each event's windows are exact over the entity's online record plus the batch, computed in the
+driver on DuckDB, and written online with the record by compare-and-set (a replayed batch's events are
+recognised by their ``kafka:topic:partition:offset`` ids and counted once); the rows it returns are
+appended offline as in step 2.
 A message whose value is not a JSON object, or lacks a key or event time (or a row a validation rule drops), is
 counted (``dropped``), not written.
 """
@@ -60,11 +63,6 @@ def refuse_set(fsv: "FeatureSetVersion") -> None:
     if fs.source is None or not fs.source.is_stream:
         raise InvalidDefinition(f"feature set {fsv.name} has no kafka source: `fstore stream` reads a Kafka topic "
                                 "(source.kafka); materialize batch sources instead", field="source.kafka")
-    windowed = windowed_features(fsv)
-    if windowed:
-        raise InvalidDefinition(
-            f"feature set {fsv.name} has windowed features ({', '.join(windowed)}): they need the events before each "
-            "row, which a micro-batch does not carry; streaming such sets is not supported yet", field="features")
     if not fs.online_enabled and not fs.offline_enabled:
         raise InvalidDefinition(f"feature set {fsv.name} has offline_enabled and online_enabled both false: a stream "
                                 "would store nothing", field="offline_enabled")
@@ -193,6 +191,7 @@ class _BatchWriter:
         compiled = compile_feature_set(self.computing)
         self.compiled = replace(compiled, projection=compiled.projection + (quote(_ID),))
         self.recorder = FreshnessRecorder(store.settings, fsv.name)
+        self.windowed = bool(windowed_features(fsv))
         self.app_id: str | None = None
         self.totals = {"batches": 0, "events": 0, "appended": 0, "online_rows": 0, "dropped": 0, "replayed": 0}
 
@@ -204,17 +203,29 @@ class _BatchWriter:
         began = time.perf_counter()
         fs = self.fsv.feature_set
         keys = list(self.fsv.join_keys)
-        # Cached: the batch's messages are read from Kafka once, for the count (a message the query drops, one
-        # without an event time, is counted, never silently lost) and for the features.
-        df = df.persist()
-        try:
-            events = df.count()
-            computed = run_compiled(df.sparkSession, self.computing, self.compiled, df, settings=self.store.settings)
-            if not all(f.validation.is_empty for f in self.fsv.features):
-                computed = validate(computed, self.fsv).df
-            table = computed.toArrow()
-        finally:
-            df.unpersist()
+        applied = None
+        if self.windowed:  # exact windows over the online records: computed and written online in the driver
+            from fstore.compute.stream_windows import apply_events
+
+            # in event-time order within the batch (apply_events takes a key's events in the order given, and one
+            # older than an earlier one of its key counts as late): a batch arrives at once, whatever its partitions
+            messages = df.select(*fs.source.schema, _ID).toArrow().sort_by(fs.source.event_timestamp_column)
+            events = messages.num_rows
+            applied = apply_events(self.store, self.fsv, messages.drop_columns([_ID]),
+                                   ids=messages.column(_ID).to_pylist(), online=fs.online_enabled)
+            table = applied.rows
+        else:
+            # Cached: the batch's messages are read from Kafka once, for the count (a message the query drops, one
+            # without an event time, is counted, never silently lost) and for the features.
+            df = df.persist()
+            try:
+                events = df.count()
+                computed = run_compiled(df.sparkSession, self.computing, self.compiled, df, settings=self.store.settings)
+                if not all(f.validation.is_empty for f in self.fsv.features):
+                    computed = validate(computed, self.fsv).df
+                table = computed.toArrow()
+            finally:
+                df.unpersist()
         stages = {"compute": round(time.perf_counter() - began, 3)}
         valid = _valid_rows(table, keys)
         dropped = events - valid.num_rows
@@ -222,12 +233,16 @@ class _BatchWriter:
         rows = valid.drop_columns([_ID])
         result: dict[str, Any] = {"feature_set": self.fsv.name, "batch_id": batch_id, "events": events,
                                   "dropped": dropped}
+        if applied is not None:
+            result.update(late_events=applied.late, duplicate_events=applied.duplicates)
         if fs.offline_enabled:
             wrote = append_batch(self.store.settings, self.fsv, rows, ids, app_id=self._app_id(), version=batch_id)
             result.update(appended=wrote["appended"], replayed=wrote["replayed"], offline_version=wrote["offline_version"])
         stages["offline"] = round(time.perf_counter() - began - sum(stages.values()), 3)
         online = 0
-        if fs.online_enabled and rows.num_rows:
+        if applied is not None:
+            online = applied.online_rows
+        elif fs.online_enabled and rows.num_rows:
             online = self.store.online.write_rows(self.fsv, _newest_per_key(rows, keys).to_pylist())
         visible = time.time()
         stages["online"] = round(time.perf_counter() - began - sum(stages.values()), 3)

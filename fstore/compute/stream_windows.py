@@ -197,7 +197,9 @@ def _prepared(fsv: "FeatureSetVersion", windows, events: "pyarrow.Table", ids: S
         table = table.append_column(EVENT_ID, pa.array([str(i) for i in ids], pa.string()))
     source = fsv.feature_set.source
     if not source.created_timestamp_column:
-        fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(source, created_timestamp_column=_PUSHED_AT)))
+        declared = {"schema": {**source.schema, _PUSHED_AT: "timestamp"}} if source.schema else {}  # a kafka source
+        fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(
+            source, created_timestamp_column=_PUSHED_AT, **declared)))
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         table = table.append_column(_PUSHED_AT, pa.array([now] * table.num_rows, pa.timestamp("us")))
     index = {w.feature: w.index for w in windows}

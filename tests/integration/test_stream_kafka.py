@@ -66,25 +66,6 @@ def test_apply_checks_the_keys_against_the_declared_schema_and_batch_runs_are_re
             with pytest.raises(InvalidDefinition) as caught:
                 run()
             assert "reads Kafka topic clicks" in caught.value.message and "fstore stream clicks_stream" in caught.value.message
-        windowed = kafka_body("127.0.0.1:9", "clicks", name="clicks_windowed")
-        windowed["features"] = FEATURES + [{"name": "clicks_1d", "data_type": "int", "transformation": "clicks",
-                                            "aggregation": "sum", "window_size": "1d"},
-                                           {"name": "clicks_1d_x2", "data_type": "int", "transformation": "clicks_1d * 2",
-                                            "source_features": ["clicks_1d"]}]
-        store.create_feature_set(windowed)
-        from fstore.compute.stream import run_stream
-
-        with pytest.raises(InvalidDefinition) as caught:
-            run_stream(store, "clicks_windowed")
-        assert "clicks_1d, clicks_1d_x2" in caught.value.message and "not supported yet" in caught.value.message
-        # The CLI says the same in one line, with the definition error's exit code, before any Spark starts.
-        from click.testing import CliRunner
-
-        from fstore.cli import main
-
-        said = CliRunner().invoke(main, ["stream", "clicks_windowed"], env=store_env(tmp_path, COMPUTE_ENGINE="duckdb"))
-        assert said.exit_code == InvalidDefinition.exit_code and "Traceback" not in said.output
-        assert "windowed features (clicks_1d, clicks_1d_x2)" in said.stderr
     finally:
         store.close()
 
@@ -112,12 +93,14 @@ def broker(tmp_path_factory):
     running.stop()
 
 
-def produce(bootstrap: str, topic: str, events: list) -> None:
+def produce(bootstrap: str, topic: str, events: list, key: str | None = None) -> None:
+    """``events`` to ``topic``; with ``key``, each message keyed by that field (one partition per key value)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for event in events:
-        producer.produce(topic, value=event.encode() if isinstance(event, str) else json.dumps(event).encode())
+        producer.produce(topic, value=event.encode() if isinstance(event, str) else json.dumps(event).encode(),
+                         key=None if key is None else str(event[key]).encode())
     assert producer.flush(30) == 0
 
 
@@ -317,3 +300,81 @@ def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, 
     assert "DIVIDE_BY_ZERO" in said["error"]
     assert len(offline_rows(store, "clicks_stream")) == 0
     store.close()
+
+
+WINDOWED = [{"name": "clicks_30m", "data_type": "int", "transformation": "clicks", "aggregation": "sum",
+             "window_size": "30m"},
+            {"name": "events_2h", "data_type": "int", "aggregation": "count", "window_size": "2h"},
+            {"name": "max_clicks_1h", "data_type": "int", "transformation": "clicks", "aggregation": "max",
+             "window_size": "1h"}]
+
+
+def test_windowed_features_stream_exactly_as_a_batch_run_computes_them(broker, tmp_path, redis_url):
+    """A set with windows streamed in several micro-batches: offline rows equal a batch run's over the same events,
+    and the online answers at instants after the last event (windows ageing out included) equal historical
+    retrieval at those instants."""
+    topic = f"windows-{time.monotonic_ns()}"
+    broker.create_topic(topic, partitions=2)
+    store = new_store(tmp_path, REDIS_URL=redis_url)
+    body = kafka_body(broker.bootstrap, topic, name="clicks_windows")
+    body["features"] = FEATURES + WINDOWED
+    store.create_feature_set(body)
+    users = list(range(6))
+    # per user, events 7 minutes apart; keyed by user, so each user's events stay in order in one partition
+    first = [event(i, u, 7 * (i // 6)) for i, u in zip(range(120), users * 20)]   # minutes 0..133
+    second = [event(200 + i, u, 140 + 7 * (i // 6)) for i, u in zip(range(60), users * 10)]  # minutes 140..203
+    produced = first + second
+    job = StreamJob(store, tmp_path, "clicks_windows")
+    try:
+        done = 0
+        for wave in (first, second):  # two waves: the second batch(es) extend the records the first wrote
+            produce(broker.bootstrap, topic, wave, key="user_id")
+            done += len(wave)
+            wait_for(lambda: len(offline_rows(store, "clicks_windows")) >= done, job, f"{done} events offline")
+        assert sum(line.get("late_events", 0) for line in job.lines()) == 0
+        assert job.signal(signal.SIGTERM) == 0
+    finally:
+        if job.alive():
+            job.signal(signal.SIGKILL)
+    stored = offline_rows(store, "clicks_windows")
+    assert len(stored) == len(produced) and stored["push_id"].is_unique
+
+    frame = pd.DataFrame(produced)
+    frame["event_timestamp"] = pd.to_datetime(frame.pop("ts")).dt.tz_localize(None).astype("datetime64[us]")
+    source = tmp_path / "source" / "windows"
+    source.mkdir(parents=True)
+    frame.to_parquet(source / "part-0.parquet", index=False)
+    store.create_feature_set({"name": "windows_batch", "entities": ["user"], "online_enabled": False,
+                              "source": {"path": str(source), "format": "parquet"}, "features": FEATURES + WINDOWED})
+    store.materialize("windows_batch", T0 - timedelta(days=1), T0 + timedelta(days=1))
+    columns = ["user_id", "event_timestamp"] + [f["name"] for f in FEATURES + WINDOWED]
+
+    def rows(table: pd.DataFrame) -> list[tuple]:
+        table = table[columns].copy()
+        table["event_timestamp"] = pd.to_datetime(table["event_timestamp"]).dt.tz_localize(None)
+        return sorted(tuple(None if pd.isna(v) else v for v in r) for r in table.itertuples(index=False))
+
+    assert rows(stored) == rows(offline_rows(store, "windows_batch"))
+
+    last = T0 + timedelta(minutes=203)
+    ats = [last, last + timedelta(minutes=20), last + timedelta(minutes=30), last + timedelta(minutes=30, microseconds=1),
+           last + timedelta(minutes=59), last + timedelta(hours=2), last + timedelta(hours=3)]
+    asked = pd.DataFrame([{"user_id": u, "event_timestamp": t} for t in ats for u in users])
+    history = store.get_historical_features(entity_df=asked, features=[f"windows_batch:{f['name']}" for f in WINDOWED]
+                                            ).to_df()
+    want = {(int(r["user_id"]), pd.Timestamp(r["event_timestamp"]).tz_localize(None)
+             if pd.Timestamp(r["event_timestamp"]).tzinfo else pd.Timestamp(r["event_timestamp"])):
+            {f["name"]: r[f"windows_batch__{f['name']}"] for f in WINDOWED} for r in history.to_dict("records")}
+    non_empty = 0
+    for t in ats:
+        got = store.get_online_features(features=[f"clicks_windows:{f['name']}" for f in WINDOWED],
+                                        entities={"user_id": users}, at=t)["features"]
+        for u in users:
+            for f in WINDOWED:
+                expected = want[(u, pd.Timestamp(t))][f["name"]]
+                expected = None if expected is None or pd.isna(expected) else int(expected)
+                assert got[str(u)][f"clicks_windows:{f['name']}"] == expected, (u, t, f["name"])
+                non_empty += expected not in (None, 0)
+    assert non_empty > len(users) * 3  # the windows compared hold events, not only empty answers
+    store.close()
+
