@@ -6,7 +6,8 @@ survive the vacuum), and the run names them.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from fstore.core.errors import InvalidDefinition
-from test_retrieval import H, T0, create_sets, fill_offline, labels, write_source, events
+from test_retrieval import H, T0, create_sets, events, fill_offline, labels, write_source
 
 NOW = datetime(2026, 12, 7, 12, 0, 0)
 CUTOFF = T0 + 49 * H  # user 1 has an event exactly here
@@ -97,3 +98,103 @@ def test_a_bad_retention_is_refused_naming_the_field(store):
     assert store.get_feature_set("user_txn")["retention_seconds"] == 400 * 86400
     store.update_feature_set("user_txn", {"retention": None})
     assert "retention_seconds" not in store.get_feature_set("user_txn")
+
+
+# -- online: keys expire at their event time + TTL --------------------------------------------------------
+
+def _codec(ttl):
+    from fstore.storage.online.base import Codec
+
+    return Codec(name="expiring", version=1, key_columns=("user_id",), key_types=("int",),
+                 features=(("clicks", "int"),), ttl_seconds=ttl)
+
+
+def test_redis_keys_expire_at_event_time_plus_ttl_and_an_older_write_leaves_the_expiry(any_redis_url, tmp_path):
+    import redis
+
+    from fstore.core.settings import Settings
+    from fstore.storage.online import open_online_store
+    from fstore.storage.online.base import to_micros
+
+    from fstore.storage.online.base import key_prefix
+    from fstore.storage.online.redis_cluster import tag
+
+    online = open_online_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": any_redis_url}))
+    cluster = any_redis_url.startswith("redis+cluster://")
+    client = redis.RedisCluster.from_url("redis://" + any_redis_url.split("://")[1].split(",")[0]) \
+        if cluster else redis.Redis.from_url(any_redis_url)
+
+    def stored(codec, user):  # the Redis key name (a cluster puts the entity part in a hash tag)
+        key = codec.key_of({"user_id": user}).encode()
+        return tag(key_prefix(codec.name).encode(), key) if cluster else key
+
+    try:
+        codec, ttl = _codec(3600), 3600
+        seen = datetime.utcnow().replace(microsecond=123456) - timedelta(minutes=10)
+        key = stored(codec, 1)
+        assert online.write_rows(codec, [{"user_id": 1, "event_timestamp": seen, "clicks": 3}]) == 1
+        assert client.pexpiretime(key) == to_micros(seen) // 1000 + ttl * 1000
+        # an older write is dropped (newer wins) and leaves the expiry; a newer one moves it
+        online.write_rows(codec, [{"user_id": 1, "event_timestamp": seen - timedelta(minutes=5), "clicks": 1}])
+        assert client.pexpiretime(key) == to_micros(seen) // 1000 + ttl * 1000
+        later = seen + timedelta(minutes=1)
+        online.write_rows(codec, [{"user_id": 1, "event_timestamp": later, "clicks": 4}])
+        assert client.pexpiretime(key) == to_micros(later) // 1000 + ttl * 1000
+        # a row already past its TTL is gone at once; a set without TTL never expires
+        online.write_rows(codec, [{"user_id": 2, "event_timestamp": seen - timedelta(hours=2), "clicks": 1}])
+        assert client.exists(stored(codec, 2)) == 0
+        forever = replace(_codec(None), name="forever")
+        online.write_rows(forever, [{"user_id": 1, "event_timestamp": seen, "clicks": 3}])
+        assert client.pttl(stored(forever, 1)) == -1
+    finally:
+        online.close()
+        client.close()
+
+
+def test_the_embedded_store_deletes_expired_rows_on_load(store):
+    from fstore.storage.online import open_online_store
+
+    assert not store.settings.redis_url
+    codec = store.feature_set_version("user_txn")
+    online = open_online_store(store.settings)
+    try:
+        stale = datetime.utcnow() - timedelta(days=3)  # user_txn keeps 2 days: its TTL is 1d, its window 2d
+        fresh = datetime.utcnow() - timedelta(days=1)
+        row = {"amount_x2": 1.0, "txn_count_2d": 1, "amount_sum_2d": 1.0, "avg_amount_2d": 1.0}
+        online.write_rows(codec, [{"user_id": 8, "event_timestamp": stale, **row},
+                                  {"user_id": 9, "event_timestamp": fresh, **row}])
+        assert [r is not None for r in online.read(codec, [codec_key(online, codec, 8), codec_key(online, codec, 9)])] \
+            == [True, True]
+        store.reload_online("user_txn")
+        assert [r is not None for r in online.read(codec, [codec_key(online, codec, 8), codec_key(online, codec, 9)])] \
+            == [False, True]
+    finally:
+        online.close()
+
+
+def codec_key(online, fsv, user):
+    from fstore.storage.online.base import as_codec
+
+    return as_codec(fsv).key_of({"user_id": user})
+
+
+def test_a_bulk_load_into_redis_sets_each_keys_expiry(on_engine, settings, redis_url, tmp_path):
+    """The bulk loader's packed writes (Spark executors, or the DuckDB engine's Arrow load) set the expiry too."""
+    import redis
+
+    s = on_engine(settings.with_(redis_url=redis_url), auto_upgrade=True)
+    try:
+        now = datetime.utcnow().replace(minute=0, second=0, microsecond=0)
+        shift = now - (T0 + 120 * H)  # the events' last hour is the last one before now
+        recent = events().assign(event_timestamp=lambda f: f.event_timestamp + shift)
+        create_sets(s, write_source(tmp_path / "source", recent))
+        fill_offline(s, "user_txn", T0 + shift, now + H)
+        assert s.reload_online("user_txn")["keys_written"] == 2  # user 1 (last event 1 h ago), user 2 (43 h)
+        client = redis.Redis.from_url(redis_url)
+        keys = sorted(client.scan_iter(match="fs:user_txn:*"))
+        keep_ms = 2 * 86400 * 1000  # TTL 1d, longest window 2d
+        assert len(keys) == 2 and all(client.pexpiretime(k) == int(client.hget(k, "@ts")) // 1000 + keep_ms
+                                      for k in keys)
+        client.close()
+    finally:
+        s.close()

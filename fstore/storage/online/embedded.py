@@ -241,6 +241,19 @@ class EmbeddedOnlineStore(OnlineStore):
                 raise
             return removed
 
+    def expire(self, codec: Codec, now_micros: int | None = None) -> int:
+        """Delete the set's rows whose event time is more than ``codec.keep_seconds`` ago (what Redis does with
+        ``PEXPIREAT``), so the file stays bounded; called after every load."""
+        from fstore.storage.online.load import ttl_cutoff
+
+        cutoff = ttl_cutoff(codec, now_micros)
+        if cutoff is None:
+            return 0
+        with self._guard():
+            conn = self._conn()
+            with conn:
+                return conn.execute("DELETE FROM online_values WHERE fs = ? AND ts < ?", (codec.name, cutoff)).rowcount
+
     def newest_timestamp(self, name: str) -> datetime | None:
         with self._guard():
             row = self._conn().execute("SELECT newest FROM online_meta WHERE fs = ?", (name,)).fetchone()
