@@ -197,7 +197,7 @@ def _retention_after(store: "StoreContext", item: _Due, outcome: dict) -> None:
         return
     try:
         done = apply_one(store, item.fs_id, actor="scheduler")
-        outcome["retention"] = {"rows_deleted": done["rows_deleted"], "version": done["version"]}
+        outcome["retention"] = {"cutoff": done["cutoff"], "rows_deleted": done["rows_deleted"], "version": done["version"]}
     except Exception as exc:  # noqa: BLE001 - the run succeeded; retention is retried after the next one
         outcome["retention"] = {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
         log.warning("feature set %s: retention after the scheduled run failed: %s", item.name,
