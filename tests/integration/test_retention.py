@@ -198,3 +198,26 @@ def test_a_bulk_load_into_redis_sets_each_keys_expiry(on_engine, settings, redis
         client.close()
     finally:
         s.close()
+
+
+def test_the_cli_dry_run_reports_counts_and_a_set_without_retention_is_refused(store):
+    import json
+
+    from click.testing import CliRunner
+
+    from fstore.cli import main
+
+    env = {"STORAGE_PATH": store.settings.storage_path, "DATABASE_URL": store.settings.database_url,
+           "SOURCE_ROOTS": ",".join(store.settings.allowed_source_roots), "COMPUTE_ENGINE": "duckdb"}
+    refused = CliRunner().invoke(main, ["retention", "apply", "user_txn"], env=env)
+    assert refused.exit_code != 0 and "declares no retention" in refused.output
+    store.update_feature_set("user_txn", {"retention": "1d"})  # every 2024 row is older than that
+    before = _table(store)
+    dry = CliRunner().invoke(main, ["retention", "apply", "--dry-run", "--json"], env=env)
+    assert dry.exit_code == 0, dry.output
+    [report] = json.loads(dry.output)
+    assert report["feature_set"] == "user_txn" and report["rows_to_delete"] == len(before) and report["rows_deleted"] == 0
+    pd.testing.assert_frame_equal(_table(store), before)
+    text = CliRunner().invoke(main, ["retention", "apply", "user_txn"], env=env)
+    assert text.exit_code == 0 and f"user_txn: deleted {len(before)} row(s)" in text.output
+    assert len(_table(store)) == 0
