@@ -221,3 +221,18 @@ def test_the_cli_dry_run_reports_counts_and_a_set_without_retention_is_refused(s
     text = CliRunner().invoke(main, ["retention", "apply", "user_txn"], env=env)
     assert text.exit_code == 0 and f"user_txn: deleted {len(before)} row(s)" in text.output
     assert len(_table(store)) == 0
+
+
+def test_a_table_committed_by_delta_rs_is_cut_the_same(on_engine, settings, tmp_path):
+    """The suite writes through delta-spark when its jars are cached; DELTA_WRITER=delta-rs commits otherwise."""
+    s = on_engine(settings.with_(delta_writer="delta-rs"), auto_upgrade=True)
+    try:
+        create_sets(s, write_source(tmp_path / "source", events()))
+        fill_offline(s, "user_txn")
+        full = _table(s)
+        s.update_feature_set("user_txn", {"retention": int((NOW - CUTOFF).total_seconds())})
+        [done] = s.apply_retention("user_txn", now=NOW)
+        assert done["rows_deleted"] == (_ts(full) < CUTOFF).sum() > 0
+        pd.testing.assert_frame_equal(_table(s), full[_ts(full) >= CUTOFF].reset_index(drop=True))
+    finally:
+        s.close()
