@@ -183,6 +183,9 @@ class FeatureSetBody(BaseModel):
     allowed_lateness: Optional[Duration] = Field(None, examples=["2d"], description="late events older than this "
                                                  "before the watermark are counted, not processed (default: any age)")
     allowed_lateness_seconds: Optional[Duration] = None
+    retention: Optional[Duration] = Field(None, examples=["400d"], description="offline rows older than this "
+                                          "(by event time) are deleted by `fstore retention apply` (default: kept)")
+    retention_seconds: Optional[Duration] = None
     anomaly_policy: Optional[dict[str, Any]] = Field(None, examples=[{"on_anomaly": "fail", "window": 20}],
                                                      description="robust z-score anomaly rules of the set's runs")
     tags: Optional[Tags] = None

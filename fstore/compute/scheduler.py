@@ -170,6 +170,8 @@ def _run_one(store: "StoreContext", item: _Due, now: datetime, report: Callable[
     except Exception as exc:  # noqa: BLE001 - one broken set must not stop the others
         outcome.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         log.exception("feature set %s: scheduled run crashed", item.name)
+    if outcome.get("status") == "succeeded":
+        _retention_after(store, item, outcome)
     outcome["seconds"] = round(time.perf_counter() - began, 3)
     if decide is not None:
         decide(item, outcome)
@@ -184,6 +186,22 @@ def _run_one(store: "StoreContext", item: _Due, now: datetime, report: Callable[
         except Exception:  # noqa: BLE001 - showing an outcome must not stop the scheduler
             log.debug("scheduler report failed", exc_info=True)
     return outcome
+
+
+def _retention_after(store: "StoreContext", item: _Due, outcome: dict) -> None:
+    """After a set's succeeded run, apply its retention (if it declares one): ``outcome["retention"]`` holds
+    the rows deleted or the error; a failure here never fails the run, which has committed."""
+    from fstore.compute.retention import apply_one, retention_sets
+
+    if item.name not in retention_sets(store):
+        return
+    try:
+        done = apply_one(store, item.fs_id, actor="scheduler")
+        outcome["retention"] = {"cutoff": done["cutoff"], "rows_deleted": done["rows_deleted"], "version": done["version"]}
+    except Exception as exc:  # noqa: BLE001 - the run succeeded; retention is retried after the next one
+        outcome["retention"] = {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
+        log.warning("feature set %s: retention after the scheduled run failed: %s", item.name,
+                    outcome["retention"]["error"])
 
 
 def store_materialize_incremental(store: "StoreContext", fs_id: int, end: datetime) -> dict:

@@ -83,6 +83,36 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: l
     return deleted + clear_staging(settings, name, dry_run=dry_run)
 
 
+def count_older(settings: Settings, name: str, cutoff: datetime, version: int | None = None) -> int:
+    """Rows of ``name``'s table (at ``version``, default the current one) with event time before ``cutoff``
+    (naive UTC); 0 before the first write."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    table = delta_table(settings, name, version)
+    if table is None:
+        return 0
+    dataset = table.to_pyarrow_dataset()
+    kind = dataset.schema.field("event_timestamp").type
+    bound = cutoff.replace(tzinfo=timezone.utc) if getattr(kind, "tz", None) else cutoff
+    return dataset.count_rows(filter=ds.field("event_timestamp") < pa.scalar(bound, type=kind))
+
+
+def delete_older(settings: Settings, name: str, cutoff: datetime) -> int:
+    """Delete, in one Delta commit (delta-rs ``DELETE``), the rows of ``name`` with event time strictly before
+    ``cutoff`` (naive UTC; a row exactly at it stays). Files holding such rows are rewritten without them and
+    removed from the new version (still on disk for older versions until a vacuum). Returns the rows deleted.
+    delta-rs writes the commit whether Spark or delta-rs wrote the table, so both writers share this path.
+    The caller holds the set's lock (``fstore.compute.retention``)."""
+    table = delta_table(settings, name)
+    if table is None or not count_older(settings, name, cutoff):
+        return 0  # no commit for nothing: the version (and what training sets pinned) stays
+    before = table.version()
+    metrics = table.delete(f"event_timestamp < '{cutoff.strftime('%Y-%m-%d %H:%M:%S.%f')}'")
+    checkpoint_if_due(settings, name, before)
+    return int(metrics.get("num_deleted_rows", 0))
+
+
 # -- staging: what a run wrote before its commit ------------------------------------------------------
 
 

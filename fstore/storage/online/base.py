@@ -266,6 +266,13 @@ class Codec:
         return {k: v for k, v in self.__dict__.items() if k not in ("decoders", "normalizers")}
 
     @property
+    def keep_seconds(self) -> int:
+        """How long after its event time a row can still be served (0: forever, no TTL): the TTL, or the
+        longest window when that is longer (a window answers at the request's time whatever the TTL).
+        Redis keys expire then (``PEXPIREAT``); the embedded store deletes older rows on each load."""
+        return max(self.ttl_seconds, self.window_seconds) if self.ttl_seconds else 0
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.features)
 
@@ -403,6 +410,11 @@ class OnlineStore(ABC):
     @abstractmethod
     def delete_feature_set(self, name: str) -> int:
         """Remove every key of a feature set (and its load marker); returns how many were removed."""
+
+    def expire(self, codec: Codec, now_micros: int | None = None) -> int:
+        """Delete the set's rows older than ``codec.keep_seconds`` before now; returns how many. Redis needs
+        none of this (each write sets the key's ``PEXPIREAT``), so by default nothing is done."""
+        return 0
 
     @abstractmethod
     def newest_timestamp(self, name: str) -> datetime | None:

@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -240,6 +241,17 @@ class EmbeddedOnlineStore(OnlineStore):
                 conn.execute("ROLLBACK")
                 raise
             return removed
+
+    def expire(self, codec: Codec, now_micros: int | None = None) -> int:
+        """Delete the set's rows whose event time is more than ``codec.keep_seconds`` ago (what Redis does with
+        ``PEXPIREAT``), so the file stays bounded; called after every load."""
+        if not codec.keep_seconds:
+            return 0
+        cutoff = (now_micros if now_micros is not None else int(time.time() * 1_000_000)) - codec.keep_seconds * 1_000_000
+        with self._guard():
+            conn = self._conn()
+            with conn:
+                return conn.execute("DELETE FROM online_values WHERE fs = ? AND ts < ?", (codec.name, cutoff)).rowcount
 
     def newest_timestamp(self, name: str) -> datetime | None:
         with self._guard():

@@ -103,10 +103,10 @@ def ttl_cutoff(codec: Codec, now_micros: int | None) -> int | None:
     A windowed feature answers its window at the request's time whatever the TTL (as historical
     retrieval does), so a set with windows keeps rows up to its longest window when that is longer.
     """
-    if not codec.ttl_seconds:
+    if not codec.keep_seconds:
         return None
     now = now_micros if now_micros is not None else int(time.time() * 1_000_000)
-    return now - max(codec.ttl_seconds, codec.window_seconds) * 1_000_000
+    return now - codec.keep_seconds * 1_000_000
 
 
 def latest_rows(df, codec: Codec, *, now_micros: int | None = None):
@@ -247,8 +247,10 @@ def state_before(online, codec: Codec) -> LoadState:
 
 
 def mark_loaded(online, codec: Codec, written: int, info: LoadInfo | None, before: LoadState) -> None:
-    """Write the set's load marker after a load's rows (fields: ``fstore.storage.online.marker.marker_fields``)."""
+    """Write the set's load marker after a load's rows (fields: ``fstore.storage.online.marker.marker_fields``),
+    once the store dropped the rows its TTL expired (the embedded store; Redis keys expire by themselves)."""
     try:
+        online.expire(codec)
         online.write_marker(codec.name, marker_fields(codec.version, written, info or LoadInfo(), before))
     except Unavailable as exc:
         raise Unavailable(f"online load of feature set {codec.name} wrote its rows but not its marker: {exc}") from None

@@ -385,7 +385,8 @@ class RedisClusterOnlineStore(OnlineStore):
             calls = per_node.setdefault(layout[slot], [])
             for start in range(0, len(items), self.write_batch):
                 chunk = items[start:start + self.write_batch]
-                calls.append(pack_write(fields, codec.name, [k for k, _ in chunk], [p for _, p in chunk], cluster=True))
+                calls.append(pack_write(fields, codec.name, [k for k, _ in chunk], [p for _, p in chunk],
+                                        keep_ms=codec.keep_seconds * 1000, cluster=True))
         plan = [(self._node(name), calls) for name, calls in per_node.items()]
         for node, _ in plan:
             self._check(node)

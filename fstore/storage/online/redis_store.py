@@ -33,15 +33,18 @@ from fstore.storage.online.base import NULL, TS_FIELD, Codec, EncodedRow, Online
 from fstore.storage.online.breaker import CircuitBreaker, CircuitOpen
 from fstore.storage.online.marker import COMPLETE_FIELD, LoadState, marker_key, parse_marker
 
-# The newer-wins loop over KEYS[first..]; ``first`` is set by the variant below that runs it.
+# The newer-wins loop over KEYS[first..]; ``first`` is set by the variant below that runs it. ARGV: the
+# number of fields nf, the expiry span in ms after a row's event time (0: none; ``Codec.keep_seconds``),
+# the nf field names, then per key its event time (micros) and nf values.
 _NEWER_WINS = """
 local nf = tonumber(ARGV[1])
-local a = nf + 2
+local keep = tonumber(ARGV[2])
+local a = nf + 3
 local written = 0
 local newest = nil
 local newest_text = nil
 local args = {'@ts', ''}
-for j = 1, nf do args[2 * j + 1] = ARGV[1 + j] end
+for j = 1, nf do args[2 * j + 1] = ARGV[2 + j] end
 for i = first, #KEYS do
   local ts_text = ARGV[a]
   local ts = tonumber(ts_text)
@@ -51,6 +54,8 @@ for i = first, #KEYS do
     args[2] = ts_text
     for j = 1, nf do args[2 * j + 2] = ARGV[a + j] end
     redis.call('HSET', KEYS[i], unpack(args))
+    -- the key lives until its event time (micros) plus the set's TTL (ms), then Redis drops it
+    if keep > 0 then redis.call('PEXPIREAT', KEYS[i], string.format('%d', math.floor(ts / 1000) + keep)) end
     written = written + 1
   end
   if (not newest) or ts > newest then
@@ -107,24 +112,26 @@ def bulk(value: bytes) -> bytes:
 
 
 def pack_write(codec_fields: Sequence[str], feature_set: str, keys: Sequence[bytes], payloads: Sequence[bytes], *,
-               cluster: bool = False) -> bytes:
+               keep_ms: int, cluster: bool = False) -> bytes:
     """The RESP bytes of one ``EVALSHA`` write call.
 
     ``keys`` are RESP bulk strings of the hash keys; ``payloads`` per key the RESP
     bulk strings of its ``@ts`` then each feature value, in ``codec_fields`` order.
     Built by hand so the bulk loader (which gets these pieces ready-made from
     Spark) does no per-value work in Python. ``cluster``: the cluster variant of the
-    script (``CLUSTER_WRITE_LUA``: no ``fsmeta`` key; ``keys`` must share one slot).
+    script (``CLUSTER_WRITE_LUA``: no ``fsmeta`` key; ``keys`` must share one slot). ``keep_ms``: each key
+    written expires that long after its event time (0: never).
     """
     nf = len(codec_fields)
     numkeys = len(keys) + (0 if cluster else 1)
-    nargs = 3 + numkeys + 1 + nf + len(keys) * (1 + nf)
+    nargs = 3 + numkeys + 2 + nf + len(keys) * (1 + nf)
     head = [b"*%d\r\n$7\r\nEVALSHA\r\n" % nargs, bulk((CLUSTER_WRITE_SHA if cluster else WRITE_SHA).encode()),
             bulk(b"%d" % numkeys)]
     if not cluster:
         head.append(bulk(meta_key(feature_set).encode()))
     head.extend(keys)
     head.append(bulk(b"%d" % nf))
+    head.append(bulk(b"%d" % keep_ms))
     head.extend(bulk(f.encode()) for f in codec_fields)
     head.extend(payloads)
     return b"".join(head)
@@ -229,7 +236,8 @@ class RedisOnlineStore(OnlineStore):
         written = 0
         for start in range(0, len(rows), self.write_batch):
             chunk = rows[start:start + self.write_batch]
-            args: list[Any] = [meta_key(codec.name), *(r.key for r in chunk), len(fields), *fields]
+            args: list[Any] = [meta_key(codec.name), *(r.key for r in chunk), len(fields), codec.keep_seconds * 1000,
+                               *fields]
             for r in chunk:
                 args.append(r.ts)
                 args.extend(r.values)
@@ -521,7 +529,7 @@ class RedisOnlineStore(OnlineStore):
 
             try:
                 for keys, payloads in batches:
-                    connection.send_packed_command([pack_write(fields, codec.name, keys, payloads)])
+                    connection.send_packed_command([pack_write(fields, codec.name, keys, payloads, keep_ms=codec.keep_seconds * 1000)])
                     waiting += 1
                     if waiting > depth:
                         receive()
