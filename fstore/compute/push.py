@@ -11,7 +11,8 @@
    windowed features (or features built on them) is refused, naming them — materialize such sets instead;
 3. **online** (``to`` = ``online`` or ``online_and_offline``): ``OnlineStore.write_rows``, the atomic
    newer-wins write (Redis: the Lua script; embedded: one upsert guarded by the stored event time), so a
-   pushed row older than what a run loaded is dropped. Visible to serving as soon as the call returns;
+   pushed row older than what a run loaded is dropped. Visible to serving as soon as the call returns. A row
+   already past the set's TTL is not stored (serving would call it expired); ``online_past_ttl`` counts them;
 4. **offline** (``offline`` or ``online_and_offline``): under the set's lock, one Delta append of the rows
    whose event id is not stored yet for their days (``fstore.storage.offline_arrow.append_new``). The event
    id is the row's ``push_id`` when the caller gives one, else a SHA-256 of the row (key, event time and every
@@ -75,9 +76,21 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
         result.update(_append_offline(store, fs_id, fsv, features, computed.column(_ID_COLUMN).to_pylist()))
     if to != "offline":
         result["online_rows"] = store.online.write_rows(fsv, features.to_pylist())
+        result["online_past_ttl"] = _past_ttl(fsv, features)
     audit.record(store.engine, actor=actor, action="push", target=fsv.name, outcome="ok",
                  detail={k: v for k, v in result.items() if k != "feature_set"})
     return result
+
+
+def _past_ttl(fsv: "FeatureSetVersion", features: Any) -> int:
+    """How many computed rows are already past the set's TTL: ``write_rows`` did not store them (serving
+    would call them expired), which the answer says rather than letting them vanish silently."""
+    from fstore.storage.online.base import as_codec, to_micros
+
+    cutoff = as_codec(fsv).keep_cutoff()
+    if cutoff is None:
+        return 0
+    return sum(1 for t in features.column("event_timestamp").to_pylist() if t is not None and to_micros(t) < cutoff)
 
 
 def _refuse_set(fsv: "FeatureSetVersion", to: str) -> None:

@@ -140,8 +140,8 @@ def test_redis_keys_expire_at_event_time_plus_ttl_and_an_older_write_leaves_the_
         later = seen + timedelta(minutes=1)
         online.write_rows(codec, [{"user_id": 1, "event_timestamp": later, "clicks": 4}])
         assert client.pexpiretime(key) == to_micros(later) // 1000 + ttl * 1000
-        # a row already past its TTL is gone at once; a set without TTL never expires
-        online.write_rows(codec, [{"user_id": 2, "event_timestamp": seen - timedelta(hours=2), "clicks": 1}])
+        # a row already past its TTL is not written (nor counted); a set without TTL never expires
+        assert online.write_rows(codec, [{"user_id": 2, "event_timestamp": seen - timedelta(hours=2), "clicks": 1}]) == 0
         assert client.exists(stored(codec, 2)) == 0
         forever = replace(_codec(None), name="forever")
         online.write_rows(forever, [{"user_id": 1, "event_timestamp": seen, "clicks": 3}])
@@ -153,6 +153,7 @@ def test_redis_keys_expire_at_event_time_plus_ttl_and_an_older_write_leaves_the_
 
 def test_the_embedded_store_deletes_expired_rows_on_load(store):
     from fstore.storage.online import open_online_store
+    from fstore.storage.online.base import as_codec, encode_rows
 
     assert not store.settings.redis_url
     codec = store.feature_set_version("user_txn")
@@ -161,8 +162,9 @@ def test_the_embedded_store_deletes_expired_rows_on_load(store):
         stale = datetime.utcnow() - timedelta(days=3)  # user_txn keeps 2 days: its TTL is 1d, its window 2d
         fresh = datetime.utcnow() - timedelta(days=1)
         row = {"amount_x2": 1.0, "txn_count_2d": 1, "amount_sum_2d": 1.0, "avg_amount_2d": 1.0}
-        online.write_rows(codec, [{"user_id": 8, "event_timestamp": stale, **row},
-                                  {"user_id": 9, "event_timestamp": fresh, **row}])
+        # rows stored while they were fresh (write_encoded: below write_rows, which drops a row past its TTL)
+        online.write_encoded(as_codec(codec), encode_rows(as_codec(codec), [{"user_id": 8, "event_timestamp": stale, **row},
+                                                                         {"user_id": 9, "event_timestamp": fresh, **row}]))
         assert [r is not None for r in online.read(codec, [codec_key(online, codec, 8), codec_key(online, codec, 9)])] \
             == [True, True]
         store.reload_online("user_txn")
@@ -234,5 +236,34 @@ def test_a_table_committed_by_delta_rs_is_cut_the_same(on_engine, settings, tmp_
         [done] = s.apply_retention("user_txn", now=NOW)
         assert done["rows_deleted"] == (_ts(full) < CUTOFF).sum() > 0
         pd.testing.assert_frame_equal(_table(s), full[_ts(full) >= CUTOFF].reset_index(drop=True))
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "embedded"])
+def test_a_value_past_its_ttl_is_served_the_same_whether_the_store_dropped_it_or_not(backend, on_engine, settings,
+                                                                                       tmp_path, request):
+    """Expiry only frees memory: serving judges the TTL on read, so a value past it answers null (or its default)
+    whether the store still holds it (``expired``) or dropped it (``missing``: Redis at event time + TTL, the
+    embedded store at its next load, and every write path for a row already past it)."""
+    from fstore.storage.online.base import as_codec, encode_rows
+
+    if backend == "redis":
+        settings = settings.with_(redis_url=request.getfixturevalue("redis_url"))
+    s = on_engine(settings, auto_upgrade=True)
+    try:
+        create_sets(s, write_source(tmp_path / "source", events()))
+        codec = as_codec(s.feature_set_version("user_txn"))
+        now = datetime.utcnow()
+        row = {"amount_x2": 5.0, "txn_count_2d": 1, "amount_sum_2d": 2.5, "avg_amount_2d": 2.5}
+        stale, fresh = now - timedelta(days=3), now - timedelta(hours=1)  # user_txn keeps 2 days (window 2d)
+        s.online.write_encoded(codec, encode_rows(codec, [{"user_id": 8, "event_timestamp": stale, **row}]))
+        assert s.online.write_rows(codec, [{"user_id": 9, "event_timestamp": stale, **row},
+                                           {"user_id": 10, "event_timestamp": fresh, **row}]) == 1
+        answer = s.get_online_features(features=["user_txn:amount_x2"], entities={"user_id": [8, 9, 10]})
+        assert answer["features"] == {"8": {"user_txn:amount_x2": None}, "9": {"user_txn:amount_x2": None},
+                                      "10": {"user_txn:amount_x2": 5.0}}
+        held = "missing" if backend == "redis" else "expired"  # Redis dropped the stale key at once (PEXPIREAT)
+        assert [answer["statuses"][k]["user_txn:amount_x2"] for k in ("8", "9", "10")] == [held, "missing", "present"]
     finally:
         s.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -272,6 +273,15 @@ class Codec:
         Redis keys expire then (``PEXPIREAT``); the embedded store deletes older rows on each load."""
         return max(self.ttl_seconds, self.window_seconds) if self.ttl_seconds else 0
 
+    def keep_cutoff(self, now_micros: int | None = None) -> int | None:
+        """The oldest event time (micros) still worth storing at ``now_micros`` (default: the wall clock), or
+        None without a TTL. Every write path (bulk loads, ``write_rows``, so pushes too) drops older rows:
+        serving would call them expired, and Redis would drop them at once (their expiry is past)."""
+        if not self.keep_seconds:
+            return None
+        now = now_micros if now_micros is not None else time.time_ns() // 1000
+        return now - self.keep_seconds * 1_000_000
+
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.features)
@@ -357,10 +367,15 @@ class OnlineStore(ABC):
     def write_rows(self, feature_set: "Codec | FeatureSetVersion", rows: Iterable[Mapping[str, Any]]) -> int:
         """Write rows given as dicts (join keys, ``event_timestamp``, every feature). Returns rows written.
 
-        All rows are encoded (and so checked) before anything is written.
+        All rows are encoded (and so checked) before anything is written. A row already past the set's TTL
+        (``Codec.keep_cutoff``) is not written nor counted, as in a bulk load (``past_ttl`` counts them).
         """
         codec = as_codec(feature_set)
-        return self.write_encoded(codec, encode_rows(codec, rows))
+        encoded = encode_rows(codec, rows)
+        cutoff = codec.keep_cutoff()
+        if cutoff is not None:
+            encoded = [r for r in encoded if r.ts >= cutoff]
+        return self.write_encoded(codec, encoded)
 
     @abstractmethod
     def write_at(self, name: str, fields: Sequence[str], rows: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:

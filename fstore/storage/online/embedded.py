@@ -22,7 +22,6 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -245,9 +244,9 @@ class EmbeddedOnlineStore(OnlineStore):
     def expire(self, codec: Codec, now_micros: int | None = None) -> int:
         """Delete the set's rows whose event time is more than ``codec.keep_seconds`` ago (what Redis does with
         ``PEXPIREAT``), so the file stays bounded; called after every load."""
-        if not codec.keep_seconds:
+        cutoff = codec.keep_cutoff(now_micros)
+        if cutoff is None:
             return 0
-        cutoff = (now_micros if now_micros is not None else int(time.time() * 1_000_000)) - codec.keep_seconds * 1_000_000
         with self._guard():
             conn = self._conn()
             with conn:
