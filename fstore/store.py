@@ -321,6 +321,13 @@ class FeatureStore:
         return apply_retention(self, ref, dry_run=dry_run, actor=actor, now=now,
                                retain_hours=DEFAULT_RETAIN_HOURS if retain_hours is None else retain_hours)
 
+    def apply_tiers(self, ref: str | int | None = None, *, dry_run: bool = False, now: "datetime | None" = None,
+                    actor: str = "") -> list[dict]:
+        """Move offline days older than each set's ``cold_after`` to the cold tier; see ``fstore.compute.tiers``."""
+        from fstore.compute.tiers import apply_tiers
+
+        return apply_tiers(self, ref, dry_run=dry_run, now=now, actor=actor)
+
     def reload_online(self, ref: str | int, *, actor: str = "") -> dict:
         """Rebuild a set's online values from its offline table (newest row per key), without recomputing:
         what to run when the online store restarted empty. See ``fstore.compute.reload``."""

@@ -169,6 +169,30 @@ def _retention_line(r: dict) -> str:
 
 
 @main.group()
+def tiers() -> None:
+    """Storage tiers: move old offline days to the cold table (COLD_STORAGE_PATH)."""
+
+
+@tiers.command("apply")
+@click.argument("name", required=False)
+@click.option("--dry-run", is_flag=True, help="Only count the rows that would move.")
+@json_option
+@pass_cli
+def tiers_apply(cli: CliState, name: str | None, dry_run: bool) -> None:
+    """Move NAME's (default: every set declaring ``cold_after``) offline days older than its ``cold_after`` from
+    warm to cold storage. Retrieval and training sets read both tiers: their answers do not change."""
+    results = cli.store.apply_tiers(name, dry_run=dry_run, actor=cli.actor)
+    emit(cli, results, lambda rs: "\n".join(_tiers_line(r) for r in rs) or "no feature set declares cold_after")
+
+
+def _tiers_line(r: dict) -> str:
+    rows = f"would move {r['rows_to_move']}" if r["dry_run"] else f"moved {r['rows_moved']}"
+    versions = "" if r["dry_run"] else f" (warm version {r['warm_version']}, cold version {r['cold_version']})"
+    recovered = " after undoing an unfinished move" if r.get("recovered") else ""
+    return f"{r['feature_set']}: {rows} row(s) older than {r['boundary']} to cold storage{versions}{recovered}"
+
+
+@main.group()
 def online() -> None:
     """The online store: reload a set's values after the store lost them."""
 

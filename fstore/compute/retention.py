@@ -54,7 +54,7 @@ def apply_one(store: "StoreContext", ref: str | int, *, dry_run: bool = False,
     """Delete (``dry_run``: only count) one set's rows older than its retention, vacuum, and report."""
     from fstore.ops import audit
     from fstore.registry.training_sets import pinning
-    from fstore.storage import offline
+    from fstore.storage import cold, offline
 
     with store.transaction() as s:
         row = runs.feature_set_row(s, ref)
@@ -71,14 +71,22 @@ def apply_one(store: "StoreContext", ref: str | int, *, dry_run: bool = False,
     result: dict[str, Any] = {"feature_set": name, "retention_seconds": seconds, "cutoff": runs.iso(cutoff),
                               "dry_run": dry_run}
     with set_lock(store, fs_id, name, "retention"):
+        if not dry_run and cold.enabled(store.settings):
+            cold.recover(store.settings, name)  # a move that died half way is undone before cutting
         before = offline.current_version(store.settings, name)
-        older = offline.count_older(store.settings, name, cutoff)
+        older = _older(store, name, cutoff)
         if dry_run:
             result.update(rows_to_delete=older, rows_deleted=0, version=before)
         else:
+            # warm first, then cold (its cut becomes visible with the warm commit naming it: fstore.storage.cold)
             deleted = offline.delete_older(store.settings, name, cutoff) if older else 0
+            if older and cold.enabled(store.settings):
+                deleted += cold.delete_older(store.settings, name, cutoff)
+            keep = sorted(set(pins.values()))
             files = offline.vacuum(store.settings, name, retain_hours=retain_hours,
-                                   keep_versions=sorted(set(pins.values())), dry_run=False) if before is not None else []
+                                   keep_versions=keep, dry_run=False) if before is not None else []
+            if cold.enabled(store.settings):
+                files += cold.vacuum(store.settings, name, retain_hours=retain_hours, keep_warm_versions=keep)
             result.update(rows_to_delete=older, rows_deleted=deleted, version_before=before,
                           version=offline.current_version(store.settings, name),
                           vacuum={"retain_hours": retain_hours, "files": len(files)})
@@ -93,9 +101,17 @@ def apply_one(store: "StoreContext", ref: str | int, *, dry_run: bool = False,
 def _affected(store: "StoreContext", name: str, pins: dict[str, int], cutoff: datetime) -> list[dict[str, Any]]:
     """The training sets whose pinned version of ``name`` holds rows older than ``cutoff`` (rows the current
     version lacks, or will lack once retention runs): they recreate from their pinned files, kept by vacuum."""
-    from fstore.storage import offline
+
 
     counts: dict[int, int] = {}
     for version in set(pins.values()):
-        counts[version] = offline.count_older(store.settings, name, cutoff, version)
+        counts[version] = _older(store, name, cutoff, version)
     return [{"name": ts, "version": v, "rows_older": counts[v]} for ts, v in sorted(pins.items()) if counts[v]]
+
+
+def _older(store: "StoreContext", name: str, cutoff: datetime, version: int | None = None) -> int:
+    """Rows before ``cutoff`` that warm ``version`` (default: current) reads: its own and its cold complement's."""
+    from fstore.storage import cold, offline
+
+    return offline.count_older(store.settings, name, cutoff, version) + \
+        cold.count_older_cold(store.settings, name, cutoff, version)

@@ -172,6 +172,7 @@ def _run_one(store: "StoreContext", item: _Due, now: datetime, report: Callable[
         log.exception("feature set %s: scheduled run crashed", item.name)
     if outcome.get("status") == "succeeded":
         _retention_after(store, item, outcome)
+        _tiers_after(store, item, outcome)
     outcome["seconds"] = round(time.perf_counter() - began, 3)
     if decide is not None:
         decide(item, outcome)
@@ -202,6 +203,22 @@ def _retention_after(store: "StoreContext", item: _Due, outcome: dict) -> None:
         outcome["retention"] = {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
         log.warning("feature set %s: retention after the scheduled run failed: %s", item.name,
                     outcome["retention"]["error"])
+
+
+def _tiers_after(store: "StoreContext", item: _Due, outcome: dict) -> None:
+    """After a set's succeeded run, move its days older than ``cold_after`` to cold (with COLD_STORAGE_PATH set):
+    ``outcome["tiers"]`` holds the rows moved or the error; a failure never fails the committed run."""
+    from fstore.compute.tiers import apply_one, tier_sets
+
+    if not store.settings.cold_storage_path or item.name not in tier_sets(store):
+        return
+    try:
+        done = apply_one(store, item.fs_id, actor="scheduler")
+        outcome["tiers"] = {"boundary": done["boundary"], "rows_moved": done["rows_moved"],
+                            "cold_version": done["cold_version"]}
+    except Exception as exc:  # noqa: BLE001 - the run succeeded; the move is tried again after the next one
+        outcome["tiers"] = {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
+        log.warning("feature set %s: moving old days to cold storage failed: %s", item.name, outcome["tiers"]["error"])
 
 
 def store_materialize_incremental(store: "StoreContext", fs_id: int, end: datetime) -> dict:

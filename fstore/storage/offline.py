@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from fstore.storage import offline_spark_delta
+from fstore.storage import cold, offline_spark_delta
 from fstore.storage.offline_table import (PARTITION, by_day, current_version, delta_table, delta_uri,  # noqa: F401
                                           filesystem, parquet_writer, release_failed_writers, schema_changes,
                                           storage_options, table_uri)
@@ -524,19 +524,30 @@ def read_table_version(spark, settings: Settings, name: str, *,
     # A Delta version never changes, so the DataFrame over its files (Spark's file listing and footer
     # reads, ~0.4 s for 60 files) is built once per session and version and reused by later reads.
     # The table's id (a UUID made at creation) tells a re-created table at the same path apart.
+    # Rows moved to the cold tier are read with it: warm at this version plus the cold version it names.
+    cold_table = cold.complement(settings, name, table)
     by_delta_spark = offline_spark_delta.in_use(spark, settings)
-    key = (id(spark), table.table_uri, table.metadata().id, table.version(), by_delta_spark)
+    key = (id(spark), table.table_uri, table.metadata().id, table.version(), by_delta_spark,
+           None if cold_table is None else cold_table.version())
     cached = _VERSION_FRAMES.get(key)
     if cached is None or cached.sparkSession is not spark:
         cached = (offline_spark_delta.read_version(spark, settings, name, table.version()) if by_delta_spark
                   else _read_files(spark, table, table.file_uris()))
+        if cold_table is not None:
+            cached = cached.unionByName(_read_files(spark, cold_table, [_spark_uri(u) for u in cold_table.file_uris()]),
+                                        allowMissingColumns=True)
         if len(_VERSION_FRAMES) >= _VERSION_FRAMES_MAX:
             _VERSION_FRAMES.pop(next(iter(_VERSION_FRAMES)))
         _VERSION_FRAMES[key] = cached
     return cached, table.version()
 
 
-_VERSION_FRAMES: dict[tuple[int, str, str, int, bool], Any] = {}
+def _spark_uri(uri: str) -> str:
+    """A file URI as delta-rs lists it, as Spark reads it (S3 through ``s3a://``)."""
+    return "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
+
+
+_VERSION_FRAMES: dict[tuple, Any] = {}
 _VERSION_FRAMES_MAX = 64
 
 
