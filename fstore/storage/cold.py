@@ -27,7 +27,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from fstore.core.errors import InvalidDefinition, NotFound
+from fstore.core.errors import Conflict, InvalidDefinition, NotFound
 from fstore.core.settings import Settings
 from fstore.engine import s3
 from fstore.storage.offline_table import PARTITION, delta_table, delta_uri
@@ -236,3 +236,31 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_warm_versio
             keep.add(named)
     return list(cold.vacuum(retention_hours=retain_hours, dry_run=False, enforce_retention_duration=False,
                             full=True, keep_versions=sorted(keep) or None))
+
+
+def refuse_cold_range(settings: Settings, name: str, start: datetime, end: datetime) -> None:
+    """Refuse (``Conflict``) a write replacing ``[start, end)`` of warm when cold already holds rows in it: the
+    replaced days would be read twice (their cold copies and the new warm rows). Called by every range write."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    if not enabled(settings):
+        return
+    table = complement(settings, name, delta_table(settings, name))
+    if table is None:
+        return
+    dataset = table.to_pyarrow_dataset()
+    kind = dataset.schema.field("event_timestamp").type
+
+    def bound(value: datetime):
+        return pa.scalar(value.replace(tzinfo=timezone.utc) if getattr(kind, "tz", None) else value, type=kind)
+
+    inside = (ds.field("event_timestamp") >= bound(start)) & (ds.field("event_timestamp") < bound(end))
+    if dataset.count_rows(filter=inside):
+        newest = dataset.to_table(columns=["event_timestamp"]).column("event_timestamp")
+        import pyarrow.compute as pc
+
+        last = pc.max(newest).as_py()
+        raise Conflict(f"feature set {name}: the range from {start.isoformat()} overlaps days already moved to cold "
+                       f"storage (rows up to {last.isoformat()}); a run cannot rewrite them there: materialize from "
+                       "the first warm day on (keep allowed_lateness shorter than cold_after)")

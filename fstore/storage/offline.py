@@ -204,6 +204,7 @@ def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: da
     if settings.storage_format == "parquet":
         _write_parquet(spark, settings, fsv.name, rows, start, end)
         return None
+    cold.refuse_cold_range(settings, fsv.name, start, end)
     if offline_spark_delta.in_use(spark, settings):
         return offline_spark_delta.write_range(spark, settings, fsv.name, rows, start, end)
     staged = stage_delta_files(spark, settings, fsv.name, rows, start, end)

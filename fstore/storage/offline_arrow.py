@@ -51,6 +51,9 @@ def write_range_arrow(settings: Settings, fsv: FeatureSetVersion, table: pyarrow
     if settings.storage_format == "parquet":
         _write_parquet_arrow(settings, fsv.name, rows, start, end)
         return None
+    from fstore.storage import cold
+
+    cold.refuse_cold_range(settings, fsv.name, start, end)
     staged = stage_delta_arrow(settings, fsv.name, rows, start, end)
     return offline.commit_delta_files(settings, fsv.name, staged)
 

@@ -188,3 +188,16 @@ def test_the_cli_applies_and_dry_runs(store):
     assert len(_rows(cold_uri)) == report["rows_to_move"]
     unset = CliRunner().invoke(main, ["tiers", "apply", "user_txn"], env={**env, "COLD_STORAGE_PATH": ""})
     assert unset.exit_code != 0 and "COLD_STORAGE_PATH" in unset.output
+
+
+def test_a_run_rewriting_days_already_cold_is_refused(store):
+    """Re-materializing cold days would leave their cold copies beside the new warm rows (read twice): refused."""
+    from fstore.core.errors import Conflict
+
+    warm_uri, _ = _uris(store)
+    store.apply_tiers("user_txn", now=NOW)
+    warm = _rows(warm_uri)
+    with pytest.raises(Conflict, match="overlaps days already moved to cold storage"):
+        fill_offline(store, "user_txn")
+    pd.testing.assert_frame_equal(_rows(warm_uri), warm)
+    fill_offline(store, "user_txn", BOUNDARY)  # from the first warm day on: allowed
