@@ -34,6 +34,7 @@ from fstore.storage.offline_table import PARTITION, delta_table, delta_uri
 
 COLD_VERSION = "fstore.cold_version"  # in a warm commit's info: the cold version that complements it
 MOVE = "fstore.tier_move"             # in both commits of a move: its id
+KEEP_LOG = "delta.enableExpiredLogCleanup"  # false on a warm table with a cold tier: its marks stay readable
 _MARKS: dict[tuple[str, str, int], int | None] = {}  # (warm uri, table id, version) -> cold version: immutable
 
 
@@ -110,8 +111,8 @@ def recover(settings: Settings, name: str) -> dict[str, Any] | None:
     if cold is None:
         return None
     named = cold_version_for(settings, name, warm) if warm is not None else None
-    if named == cold.version():
-        return None
+    if named == cold.version() or (named is None and not cold.to_pyarrow_dataset().count_rows()):
+        return None  # agreed, or nothing readable left to undo (an earlier undo of a first move)
     from deltalake import CommitProperties
 
     undone = {"from_version": cold.version(), "to_version": named}
@@ -146,6 +147,7 @@ def move_older(settings: Settings, name: str, boundary: datetime) -> dict[str, A
     """Move ``name``'s warm rows with event time before ``boundary`` (naive UTC, a day's start) to its cold table:
     cold append, then warm delete naming the new cold version (module docstring). The caller holds the lock."""
     undone = recover(settings, name)
+    keep_log(delta_table(settings, name))
     copied = copy_older(settings, name, boundary)
     result: dict[str, Any] = {**copied, **({"recovered": undone} if undone else {})}
     if copied["rows_moved"]:
@@ -153,6 +155,14 @@ def move_older(settings: Settings, name: str, boundary: datetime) -> dict[str, A
         mark_warm_delete(warm, f"event_timestamp < '{_cut(boundary)}'", copied["cold_version"], move=copied["move"])
         result["warm_version"] = warm.version()
     return result
+
+
+def keep_log(warm) -> None:
+    """Turn off expired-log cleanup on a warm table before its first move (one commit, once). Readers find their
+    cold version in warm's commit history; Delta writers (delta-spark, delta-rs) otherwise delete commits older
+    than 30 days at a checkpoint, and with them the mark that says which cold version the table's rows complement."""
+    if warm is not None and warm.metadata().configuration.get(KEEP_LOG) != "false":
+        warm.alter.set_table_properties({KEEP_LOG: "false"})
 
 
 def copy_older(settings: Settings, name: str, boundary: datetime) -> dict[str, Any]:

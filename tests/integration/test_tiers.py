@@ -65,6 +65,8 @@ def test_retrieval_and_training_sets_read_across_warm_and_cold_identically(store
     assert dry["rows_to_move"] == older.sum() > 0 and (~older).sum() > 0 and dry["boundary"].startswith("2024-01-04")
     [moved] = store.apply_tiers("user_txn", now=NOW, actor="ops")
     assert moved["rows_moved"] == older.sum()
+    # Warm's log keeps the commit naming the cold version (no expired-log cleanup on a tiered table).
+    assert DeltaTable(warm_uri).metadata().configuration["delta.enableExpiredLogCleanup"] == "false"
     # Exactly the old days left warm, for the cold table; together the same rows.
     pd.testing.assert_frame_equal(_rows(warm_uri), everything[~older].reset_index(drop=True))
     pd.testing.assert_frame_equal(_rows(cold_uri), everything[older].reset_index(drop=True))
