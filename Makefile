@@ -37,6 +37,7 @@ bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
 	$(PY) -m bench --wide --sweep --calls 3
+	$(PY) bench/online_cache.py --own-redis  # ONLINE_CACHE off / ttl / tracking: hit rate and p99
 
 # A standalone Spark cluster on 127.0.0.1 (a master, two 1-core workers): `eval "$$(make -s cluster-up)"` sets
 # SPARK_MASTER (and SPARK_LOCAL_IP) for the commands that follow; `make cluster-down` stops it. It uses the jars

@@ -6,7 +6,8 @@ and the same machine, in one run, and writes ``bench/results/<part>.json`` and
 ``bench/results/latest.md`` (runs with ``--quick`` or another ``--scale`` write under
 ``$FSTORE_BENCH_DIR/results/`` instead, so only the reference run is committed). Feast is optional (the ``bench`` extra); without it
 the benchmark says so and measures fstore alone. Redis databases 8 (Feast) and 9
-(fstore) are flushed and used; nothing else in Redis is touched.
+(fstore; ``BENCH_FEAST_DB`` / ``BENCH_FSTORE_DB`` choose others) are flushed and used; nothing else in
+Redis is touched.
 
 ``--spark-remote`` also measures fstore's Spark side against a warm Spark Connect server
 (``fstore_connect`` in the results): one started for the run with ``fstore spark up`` (on a
@@ -32,7 +33,7 @@ from typing import Iterator
 from bench import feast_side, fstore_side, httpload, report
 from bench.data import Dataset, bench_dir, generate
 
-FEAST_DB, FSTORE_DB = 8, 9
+FEAST_DB, FSTORE_DB = int(os.environ.get("BENCH_FEAST_DB", 8)), int(os.environ.get("BENCH_FSTORE_DB", 9))
 FEAST_PORT, FSTORE_PORT = 16566, 18002
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PART_TIMEOUT = 1800  # seconds; any one subprocess of the benchmark is stopped after this
@@ -127,6 +128,20 @@ def ensure_materialized(ctx: Context) -> None:
         log("Feast: materializing once (prerequisite)")
         run_json(py("bench.feast_side", "materialize", "--repo", str(ctx.feast_repo),
                     "--start", ctx.dataset.start.isoformat(), "--end", ctx.dataset.end.isoformat()))
+
+
+def ensure_windows(ctx: Context) -> list[dict]:
+    """``user_windows`` (windows exact at the request's time) applied and loaded online, for the online part's
+    windowed rows: recreated with windows sized from today, materialized on DuckDB (its online records are
+    the Spark run's: tests/integration/test_online_windows.py)."""
+    ensure_materialized(ctx)
+    log("fstore: user_windows (6 row features + 4 windows), applied and materialized")
+    answer, _ = run_json(py("bench.fstore_side", "--store", str(ctx.fstore_store), "--redis-db", str(FSTORE_DB),
+                            "setup-windows", "--events", ctx.dataset.events_path,
+                            "--start", ctx.dataset.start.isoformat(), "--end", ctx.dataset.end.isoformat()))
+    run_json(fstore_side.job_command(ctx.dataset.start, ctx.dataset.end, fstore_side.WINDOW_SET),
+             env={**fstore_side.environment(ctx.fstore_store, FSTORE_DB), "COMPUTE_ENGINE": "duckdb"})
+    return answer["features"]
 
 
 def ensure_connect(ctx: Context) -> str:
@@ -278,6 +293,54 @@ def fstore_body(ids: list[int]) -> bytes:
     return json.dumps({"features": fstore_side.feature_refs(), "entities": {"user_id": ids}}).encode()
 
 
+def fstore_windows_body(ids: list[int]) -> bytes:
+    features = [f"{fstore_side.WINDOW_SET}:{f}" for f in fstore_side.FEATURES[:6]]
+    features += [f"{fstore_side.WINDOW_SET}:{f}" for f in ("cnt_short", "sum_short", "avg_long", "max_long")]
+    return json.dumps({"features": features, "entities": {"user_id": ids}}).encode()
+
+
+def windows_oracle(ctx: Context, features: list[dict], ids: list[int], at) -> dict[int, dict]:
+    """The four windows of ``ids`` at ``at``, computed with pandas from the generated events: (at - size, at]."""
+    import pandas as pd
+
+    events = pd.read_parquet(ctx.dataset.events_path, columns=["user_id", "event_timestamp", "f0", "f1", "f2"])
+    events = events[events["user_id"].isin(ids)]
+    ts = pd.to_datetime(events["event_timestamp"], utc=True)
+    at = pd.Timestamp(at)
+    out: dict[int, dict] = {u: {} for u in ids}
+    for f in features:
+        if "window_size" not in f:
+            continue
+        inside = events[(ts > at - pd.Timedelta(days=int(f["window_size"][:-1]))) & (ts <= at)]
+        grouped = inside.groupby("user_id")
+        column = {"count": lambda g: g.size(), "sum": lambda g: g[f.get("transformation")].sum(),
+                  "avg": lambda g: g[f.get("transformation")].mean(),
+                  "max": lambda g: g[f.get("transformation")].max()}[f["aggregation"]](grouped)
+        for u in ids:
+            value = column.get(u)
+            out[u][f["name"]] = (0 if f["aggregation"] == "count" else None) if value is None else float(value)
+    return out
+
+
+def windows_check(ctx: Context, features: list[dict], answer: dict, ids: list[int], at) -> dict:
+    """fstore's online windows against ``windows_oracle`` at the instant of the request (relative 1e-9)."""
+    import math
+
+    expected = windows_oracle(ctx, features, ids, at)
+    differing, non_empty = [], 0
+    for u in ids:
+        row = answer["features"].get(str(u), {})
+        for name, want in expected[u].items():
+            non_empty += want not in (None, 0)
+            got = row.get(f"{fstore_side.WINDOW_SET}:{name}", row.get(name))
+            same = (got is None and want is None) or (
+                got is not None and want is not None and math.isclose(float(got), want, rel_tol=1e-9, abs_tol=1e-12))
+            if not same:
+                differing.append({"user_id": u, "feature": name, "fstore": got, "oracle": want})
+    return {"entities": len(ids), "windows": 4, "non_empty": non_empty, "n_differing": len(differing),
+            "differing": differing[:10]}
+
+
 def _load(target: httpload.Target, ctx: Context, *, concurrent: bool) -> dict:
     """Sequential or 4-client load at 1 and 100 entities per request (same bodies for both systems)."""
     users = ctx.dataset.sizes.users
@@ -314,8 +377,9 @@ def _online_values(answer: dict, system: str) -> dict[int, list]:
 
 
 def part_online(ctx: Context) -> dict:
-    """HTTP online serving: `feast serve` against fstore under gunicorn, same Redis, same client."""
-    ensure_materialized(ctx)
+    """HTTP online serving: `feast serve` against fstore under gunicorn, same Redis, same client; fstore also
+    with windowed features (exact at the request's time) in the same server."""
+    window_features = ensure_windows(ctx)
     out: dict = {"client": "Python http.client keep-alive, 1 process per client, on the same cores as the servers"}
     probe_ids = list(range(0, ctx.dataset.sizes.users, max(1, ctx.dataset.sizes.users // 100)))[:100]
     answers = {}
@@ -328,6 +392,16 @@ def part_online(ctx: Context) -> dict:
         answers["fstore"] = httpload.check(target, fstore_body(probe_ids))
         out["fstore"] = _merge(_load(target, ctx, concurrent=False), _load(target, ctx, concurrent=True))
         out["fstore"]["server"] = " ".join(fstore_side.server_command(FSTORE_PORT, 2)[1:])
+        windows = httpload.Target(name="fstore-windows", port=FSTORE_PORT, path="/api/v1/serving/online",
+                                  body=fstore_windows_body)
+        from datetime import datetime, timezone
+
+        at = datetime.now(timezone.utc)
+        out["windows_check"] = windows_check(ctx, window_features, httpload.check(windows, fstore_windows_body(probe_ids)),
+                                             probe_ids, at)
+        log(f"fstore windows against pandas at the request's time: {out['windows_check']}")
+        out["fstore_windows"] = _merge(_load(windows, ctx, concurrent=False), _load(windows, ctx, concurrent=True))
+        out["fstore_windows"]["features"] = window_features
     log("fstore: gunicorn, 2 gevent workers (GUNICORN_WORKER_CLASS=gevent, for online-serving pods)")
     with server(fstore_side.server_command(FSTORE_PORT, 2), env={**env, "GUNICORN_WORKER_CLASS": "gevent"},
                 log_path=ctx.work / "fstore-server-gevent.log", port=FSTORE_PORT) as process:

@@ -7,6 +7,8 @@ object on its last stdout line, so each part gets a Spark session of its own
 Commands:
   setup        register entity ``user_id``, feature set ``user_events`` (source: the generated
                Parquet) and features f0..f9 (float), in a fresh store folder
+  setup-windows  (re)register ``user_windows`` over the same source: f0..f5 and four windows sized
+               from today (``window_features``), for the online part's windowed rows
   materialize  ``store.materialize`` over the whole range, twice in one process: cold, then warm
                (Redis flushed before each), with the run record's seconds per stage
   historical   ``store.get_historical_features`` for entity Parquet files, in ``bench.retrieval_calls``'
@@ -83,6 +85,41 @@ def apply_definitions(store, events_path: str) -> None:
                               "transformation": name}, actor="bench")
 
 
+WINDOW_SET = "user_windows"
+
+
+def window_features(now: datetime, start: datetime, end: datetime) -> list[dict]:
+    """Six row features and four windows, 10 features as in ``user_events``: the long windows reach back
+    past the data's first event and the short ones hold its last 30 days, at ``now`` (sized from today,
+    so the windows are not empty however long after the data's fixed dates the benchmark runs)."""
+    long_days, short_days = (now - start).days + 1, (now - end).days + 30
+    return ([{"name": f, "data_type": "float", "transformation": f} for f in FEATURES[:6]]
+            + [{"name": "cnt_short", "data_type": "int", "window_size": f"{short_days}d", "aggregation": "count"},
+               {"name": "sum_short", "data_type": "float", "window_size": f"{short_days}d", "aggregation": "sum",
+                "transformation": "f0"},
+               {"name": "avg_long", "data_type": "float", "window_size": f"{long_days}d", "aggregation": "avg",
+                "transformation": "f1"},
+               {"name": "max_long", "data_type": "float", "window_size": f"{long_days}d", "aggregation": "max",
+                "transformation": "f2"}])
+
+
+def apply_window_set(store, events_path: str, start: datetime, end: datetime) -> list[dict]:
+    """``user_windows`` (recreated when it exists): what the online part serves with windows exact at the request."""
+    from fstore.core.errors import NotFound
+    from fstore.storage.offline import table_uri
+
+    try:
+        store.delete_feature_set(WINDOW_SET, actor="bench")
+    except NotFound:
+        pass
+    shutil.rmtree(table_uri(store.settings, WINDOW_SET), ignore_errors=True)  # the benchmark's own store
+    features = window_features(datetime.now(timezone.utc), start, end)
+    store.create_feature_set({"name": WINDOW_SET, "entities": ["user_id"], "features": features,
+                              "source": {"path": events_path, "format": "parquet",
+                                         "event_timestamp_column": "event_timestamp"}}, actor="bench")
+    return features
+
+
 def flush_redis(redis_db: int) -> None:
     import redis
 
@@ -111,9 +148,9 @@ def materialize(store_dir: Path, redis_db: int, start: datetime, end: datetime, 
     return {"session_seconds": session_seconds, "runs": runs}
 
 
-def job_command(start: datetime, end: datetime) -> list[str]:
+def job_command(start: datetime, end: datetime, feature_set: str = FEATURE_SET) -> list[str]:
     """``python jobs/materialize.py`` for the whole range (its own JVM: a CLI wall time)."""
-    return [sys.executable, str(REPO_ROOT / "jobs" / "materialize.py"), "--feature-set", FEATURE_SET,
+    return [sys.executable, str(REPO_ROOT / "jobs" / "materialize.py"), "--feature-set", feature_set,
             "--start", start.isoformat(), "--end", end.isoformat(), "--actor", "bench"]
 
 
@@ -163,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("setup")
     p.add_argument("--events", required=True)
+    p = sub.add_parser("setup-windows")
+    p.add_argument("--events", required=True)
+    p.add_argument("--start", type=_date, required=True, help="the data's first event")
+    p.add_argument("--end", type=_date, required=True, help="the data's end")
     p = sub.add_parser("materialize")
     p.add_argument("--start", type=_date, required=True)
     p.add_argument("--end", type=_date, required=True)
@@ -181,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         apply_definitions(store, args.events)
         out = {"seconds": time.perf_counter() - t0}
+        store.close()
+    elif args.command == "setup-windows":
+        store = open_store(store_dir, args.redis_db)
+        out = {"features": apply_window_set(store, args.events, args.start, args.end)}
         store.close()
     elif args.command == "materialize":
         out = materialize(store_dir, args.redis_db, args.start, args.end, args.repeats)

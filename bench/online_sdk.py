@@ -125,7 +125,7 @@ def main() -> None:
             profile.disable()
             pstats.Stats(profile).sort_stats("tottime").print_stats(12)
 
-        cached = FeatureStore(settings.with_(serving_cache_enabled=True, serving_cache_ttl=60.0))
+        cached = FeatureStore(settings.with_(online_cache="ttl", serving_cache_ttl=60.0))
         hot = list(range(1000))
 
         def one_hot() -> None:

@@ -54,10 +54,12 @@ def _visible(reader, fsv, user: int, clicks: int) -> bool:
     return raw is not None and raw[1][0] is not None and int(raw[1][0]) == clicks * 2
 
 
-def _figures(seconds: list[float], misses: int) -> dict:
+def _figures(seconds: list[float], misses: int, cpu_seconds: float) -> dict:
     ms = np.array(seconds) * 1000
     return {"pushes": len(seconds), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2), "not_visible": misses}
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2), "not_visible": misses,
+            # CPU of the whole process (background writers included) per push: what machine load does not change.
+            "cpu_ms_per_push": round(cpu_seconds * 1000 / len(seconds), 2)}
 
 
 def measure(redis_url: str | None, pushes: int) -> dict:
@@ -76,7 +78,8 @@ def measure(redis_url: str | None, pushes: int) -> dict:
                 start = datetime.now(timezone.utc).replace(tzinfo=None)  # newer than any row of an earlier run
                 # Warm up: the set's compiled query, source schema and DuckDB connection are made once per process.
                 store.push("clicks", [{"user_id": user, "event_timestamp": T0, "clicks": 0, "page": "w"}])
-                seconds, misses = [], 0
+                seconds, misses, visible_cpu = [], 0, 0.0
+                cpu = time.process_time()
                 for i in range(1, pushes + 1):
                     row = {"user_id": user, "event_timestamp": (start + timedelta(milliseconds=i)).isoformat() + "Z",
                            "clicks": i, "page": "p"}
@@ -88,8 +91,10 @@ def measure(redis_url: str | None, pushes: int) -> dict:
                                              headers={"Authorization": f"Bearer {key}"})
                         assert answer.status_code == 200, answer.get_json()
                     seconds.append(time.perf_counter() - t)
+                    check = time.process_time()
                     misses += not _visible(reader, fsv, user, i)
-                out[way] = _figures(seconds, misses)
+                    visible_cpu += time.process_time() - check
+                out[way] = _figures(seconds, misses, time.process_time() - cpu - visible_cpu)
         finally:
             app.extensions["fstore_security"].usage.stop()
             reader.delete_feature_set("clicks")  # the Redis database holds no row of the bench afterwards

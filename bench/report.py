@@ -120,6 +120,9 @@ def _online_rows(o: dict) -> list[list[str]]:
     rows = _online_server_rows(o, "fstore", "")
     if o.get("fstore_gevent"):
         rows += _online_server_rows(o, "fstore_gevent", ", fstore on gevent workers (`GUNICORN_WORKER_CLASS=gevent`)")
+    if o.get("fstore_windows"):
+        rows += _online_server_rows(o, "fstore_windows", ", fstore's 10 with 4 windows exact at the request's time "
+                                    "(`user_windows`; Feast: its 10 stored values)")
     return rows
 
 
@@ -209,7 +212,7 @@ def _get(data: dict | None, *path):
 
 
 def target_rows(parts: dict[str, dict]) -> list[list[str]]:
-    """Issue #22's targets, each as (target, measured ratio, met?) for every fstore Spark variant measured."""
+    """Issues #22's and #31's targets, each as (target, measured ratio, met?) for every fstore Spark variant measured."""
     m, h = parts.get("materialize") or {}, parts.get("historical") or {}
     large = str((h.get("sizes") or [None, None])[-1])
     feast_cli, feast_rate = _get(m, "feast", "cli_seconds"), _get(m, "feast", "inprocess_rows_per_s")
@@ -235,6 +238,11 @@ def target_rows(parts: dict[str, dict]) -> list[list[str]]:
             _get(h, "feast", "cold_seconds"), 1.0, True)
         add(f"historical {large} rows, best of the first calls on that frame, {label} / Feast",
             _get(h, key, "best_seconds", large), _get(h, "feast", "best_seconds", large), 1.0, True)
+    o = parts.get("online") or {}
+    for key, label, limit in (("batch1", "1 entity", 0.4), ("batch100", "100 entities", 0.2)):
+        add(f"online p99, 1 client, {label} × 10 features with 4 windows (#31) / Feast's 10 stored values",
+            _get(o, "fstore_windows", key, "sequential", "p99_ms"), _get(o, "feast", key, "sequential", "p99_ms"),
+            limit, True)
     return rows
 
 
@@ -272,7 +280,7 @@ def markdown(parts: dict[str, dict]) -> str:
             lines += ["| " + " | ".join(row) + " |" for row in build(parts[name])]
     targets = target_rows(parts)
     if targets:
-        lines += ["", "## Targets of issue #22 (fstore / Feast, this run)", "", "| target | limit | measured | met |",
+        lines += ["", "## Targets of issues #22 and #31 (fstore / Feast, this run)", "", "| target | limit | measured | met |",
                   "|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in targets]
     if "correctness" in parts:
         c = parts["correctness"]
@@ -290,6 +298,11 @@ def markdown(parts: dict[str, dict]) -> str:
         lines += ["", "## Online cross-check", "",
                   f"- the same {cc.get('entities')} users asked of both servers: "
                   + (f"{cc['n_differing']} differ" if "n_differing" in cc else cc.get("error", "?"))]
+    wc = (parts.get("online") or {}).get("windows_check")
+    if wc:
+        lines += [f"- fstore's windows exact at the request's time: {wc['entities']} users × {wc['windows']} windows "
+                  f"({wc.get('non_empty')} of them not empty) against pandas over the generated events at the same "
+                  f"instant: {wc['n_differing']} differ"]
     notes = [n for data in parts.values() for n in data.get("notes", [])]
     notes += _load_notes(parts) + HOW_MEASURED
     if notes:

@@ -97,7 +97,10 @@ class FeatureStore:
         return self._secrets
 
     def close(self) -> None:
-        """Release connections (the Spark session is left to its owner)."""
+        """Write the audit rows still queued, release connections (the Spark session is left to its owner)."""
+        from fstore.ops import audit
+
+        audit.close(self.engine)
         if self._online is not None:
             self._online.close()
         self.engine.dispose()

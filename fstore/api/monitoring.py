@@ -201,6 +201,7 @@ def statistics(query: StatisticsQuery):
     grant = _grant()
     data["online_skew"] = metrics.online_skew(get_store().settings.online_skew_sample, feature_set=query.feature_set,
                                               allowed=grant.allows_feature_set if grant else None)
+    data["online_cache"] = metrics.online_cache(get_store().settings.online_cache)
     return data
 
 

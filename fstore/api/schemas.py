@@ -9,6 +9,8 @@ what the registry sees.
 """
 from __future__ import annotations
 
+import copy
+import functools
 from datetime import datetime, timezone
 from typing import Annotated, Any, Optional, Union
 
@@ -60,6 +62,17 @@ class NoQuery(BaseModel):
     """For a route that takes no query parameters: any given is a 422 naming it, as on every other route."""
 
     model_config = _QUERY
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The model's JSON schema, made once per set of arguments: flask-openapi3 asks for it on every request
+        of a route with a query model (~0.5 ms, a tenth of a push); a copy, so no caller changes the kept one."""
+        return copy.deepcopy(_no_query_schema(cls, args, tuple(sorted(kwargs.items()))))
+
+
+@functools.lru_cache(maxsize=32)
+def _no_query_schema(cls: type, args: tuple, kwargs: tuple) -> dict[str, Any]:
+    return BaseModel.model_json_schema.__func__(cls, *args, **dict(kwargs))
 
 
 class Page(BaseModel):

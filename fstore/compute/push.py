@@ -1,14 +1,18 @@
 """Push: rows of a feature set's source, computed at once and written online and/or offline.
 
-``push(store, name, rows, to=...)`` takes rows shaped like the set's source (its columns, by name):
+``push(store, name, rows, to=...)`` takes rows shaped like the set's source (its columns, by name). The set's
+current version comes from ``fstore.registry.current`` (kept per registry, checked by one short stamp query
+each push, so a definition changed anywhere is used by the next push), then:
 
 1. **validate** every row before anything is written: an unknown column, a missing join key or event time,
    or a value that does not convert to the source column's type is refused (``InvalidDefinition``, 422)
    naming the column and the row;
-2. **compute** the row features in this process with the DuckDB engine (the set's compiled query over the
-   rows as an Arrow table, ``fstore.engine.duckdb.run_compiled``), then the set's validation rules.
-   Windowed features need the events before a pushed row, which a push does not have: a push to a set with
-   windowed features (or features built on them) is refused, naming them — materialize such sets instead;
+2. **compute** the row features in this process with the DuckDB engine, on a warm per-thread connection: the
+   set's compiled query (compiled once per definition) over the rows bound as statement parameters
+   (``fstore.engine.duckdb_rows``), or over the rows as an Arrow view (``fstore.engine.duckdb.run_compiled``)
+   for the column types and Python features that path does not take; then the set's validation rules.
+   A set with windowed features goes through ``fstore.compute.stream_windows``: each row's windows exact over
+   the entity's online window record plus the pushed rows, written online there (atomic compare-and-set);
 3. **online** (``to`` = ``online`` or ``online_and_offline``): ``OnlineStore.write_rows``, the atomic
    newer-wins write (Redis: the Lua script; embedded: one upsert guarded by the stored event time), so a
    pushed row older than what a run loaded is dropped. Visible to serving as soon as the call returns. A row
@@ -17,6 +21,9 @@
    whose event id is not stored yet for their days (``fstore.storage.offline_arrow.append_new``). The event
    id is the row's ``push_id`` when the caller gives one, else a SHA-256 of the row (key, event time and every
    value), so the same rows pushed twice are stored once.
+
+Every push is audited (``push``, with what was done): the row is queued for the registry's background audit
+writer (``fstore.ops.audit.record_later``: batched, never dropped, flushed on close and exit).
 
 A later materialization of a range replaces every row of that range, pushed ones included: the source
 stays the truth offline (push the rows to the source too when they must survive a recomputation).
@@ -53,14 +60,13 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
     ``ref`` and write them ``to`` the online store, the offline store or both. Nothing is written when a row
     is refused. Returns what was done: rows computed, written online, appended and skipped offline."""
     from fstore.ops import audit
-    from fstore.registry import runs
-    from fstore.registry.repo import load_feature_set_version
+    from fstore.registry.current import current_versions
+    from fstore.registry.repo import resolve_secrets
 
     if to not in TARGETS:
         raise InvalidDefinition(f"to must be one of {', '.join(TARGETS)}, not {to!r}", field="to")
-    with store.transaction() as s:
-        fs_id = runs.feature_set_row(s, ref).id
-        fsv = load_feature_set_version(s, fs_id, secrets=store.secrets)
+    fs_id, fsv = current_versions(store).get(store, ref)  # checked against the registry: never an older version
+    fsv = resolve_secrets(fsv, store.secrets)
     _refuse_set(fsv, to)
     records = _records(rows)
     schema = source_schema(store, fsv)
@@ -68,18 +74,36 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
         schema = source_schema(store, fsv, fresh=True)  # refused below if the source still lacks the column
     table = source_table(fsv, schema, records)
     ids = event_ids(table, records, has_id_column=PUSH_ID in schema.names)
-    computed = compute_rows(store, fsv, table, ids)
+    windowed = _windowed(store, fsv, table, ids, to)  # exact windows; online written there (stream_windows)
+    computed = compute_rows(store, fsv, table, ids) if windowed is None else windowed.rows
     result: dict[str, Any] = {"feature_set": fsv.name, "version": fsv.version, "to": to, "rows": len(records),
                               "rows_computed": computed.num_rows}
     features = computed.drop_columns([_ID_COLUMN])
     if to != "online":
         result.update(_append_offline(store, fs_id, fsv, features, computed.column(_ID_COLUMN).to_pylist()))
     if to != "offline":
-        result["online_rows"] = store.online.write_rows(fsv, features.to_pylist())
-        result["online_past_ttl"] = _past_ttl(fsv, features)
-    audit.record(store.engine, actor=actor, action="push", target=fsv.name, outcome="ok",
-                 detail={k: v for k, v in result.items() if k != "feature_set"})
+        result["online_rows"] = store.online.write_rows(_codec(fsv), features.to_pylist()) if windowed is None \
+            else windowed.online_rows
+        if windowed is None:
+            result["online_past_ttl"] = _past_ttl(fsv, features)
+    if windowed is not None:
+        result.update(late_events=windowed.late, duplicate_events=windowed.duplicates)
+    # Off the request path: queued for the registry's background audit writer (never dropped; fstore.ops.audit).
+    audit.record_later(store.engine, actor=actor, action="push", target=fsv.name, outcome="ok",
+                       detail={k: v for k, v in result.items() if k != "feature_set"})
     return result
+
+
+def _windowed(store: "StoreContext", fsv: "FeatureSetVersion", table, ids: list[str], to: str):
+    """A set with windowed features: ``stream_windows.apply_events`` (its rows, the id column named as here, and
+    what it wrote online); None for other sets."""
+    from fstore.compute import stream_windows
+
+    if not stream_windows.has_windows(fsv):
+        return None
+    applied = stream_windows.apply_events(store, fsv, table, ids=ids, online=to != "offline")
+    return replace(applied, rows=applied.rows.rename_columns(
+        [_ID_COLUMN if c == stream_windows.EVENT_ID else c for c in applied.rows.column_names]))
 
 
 def _past_ttl(fsv: "FeatureSetVersion", features: Any) -> int:
@@ -98,17 +122,6 @@ def _refuse_set(fsv: "FeatureSetVersion", to: str) -> None:
     fs = fsv.feature_set
     if fs.source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has no source: there is no row shape to push", field="feature_set")
-    windowed = [f.name for f in fsv.features if f.window is not None]
-    if windowed:
-        grew = True
-        while grew:  # and the features built on them, at any depth
-            built = [f.name for f in fsv.features if f.name not in windowed and set(f.source_features) & set(windowed)]
-            windowed += built
-            grew = bool(built)
-        raise InvalidDefinition(
-            f"feature set {fsv.name} has windowed features ({', '.join(windowed)}): they need the events before each "
-            "pushed row, which a push does not carry; push refuses such sets (materialize them instead)",
-            field="feature_set")
     if to != "offline" and not fs.online_enabled:
         raise InvalidDefinition(f"feature set {fsv.name} is not online_enabled: push it to='offline'", field="to")
     if to != "online" and not fs.offline_enabled:
@@ -261,18 +274,51 @@ def compute_rows(store: "StoreContext", fsv: "FeatureSetVersion", table: "pyarro
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(source, created_timestamp_column="__fs_pushed_at")))
         table = table.append_column("__fs_pushed_at", pa.array([now] * table.num_rows, pa.timestamp("us")))
-    key = ("compiled", repr(fsv))
+    definition = repr(fsv)
+    key = ("compiled", definition)
     compiled = _CACHE.get(key)
     if compiled is None:  # the same definition compiles to the same query: compiled (and policy-checked) once
         compiled = compile_feature_set(fsv)
         compiled = replace(compiled, projection=compiled.projection + (quote(_ID_COLUMN),))
         _remember(key, compiled)
     con = _connection()
-    relation = con.from_arrow(table)
-    computed = engine.run_compiled(con, fsv, compiled, relation, settings=store.settings)
+    computed = _run_rows(con, fsv, compiled, table, definition)
+    if computed is None:
+        computed = engine.run_compiled(con, fsv, compiled, con.from_arrow(table), settings=store.settings)
     if all(f.validation.is_empty for f in fsv.features):
         return computed  # no rule can change or drop a row; the quality report is a run's, not a push's
     return validate_arrow(con, computed, fsv).df
+
+
+def _run_rows(con, fsv: "FeatureSetVersion", compiled, table: "pyarrow.Table", definition: str):
+    """The compiled query over ``table`` with its rows bound as parameters (``fstore.engine.duckdb_rows``), or None
+    when the set has Python features or a column no parameter carries exactly (``run_compiled`` then)."""
+    from fstore.engine import duckdb_rows
+
+    key = ("rows", definition, table.schema)
+    plan = _CACHE.get(key)
+    if plan is None:
+        source = None if compiled.python_features else duckdb_rows.parameter_source(table.schema)
+        plan = {"statement": source and duckdb_rows.compiled_statement(compiled, source), "schema": None}
+        _remember(key, plan)
+    if plan["statement"] is None:
+        return None
+    computed = duckdb_rows.run_rows(con, fsv, plan["statement"], table, plan["schema"])
+    if plan["schema"] is None and duckdb_rows.exact_output(computed.schema):
+        plan["schema"] = computed.schema  # from now on fetched as rows and built in this schema
+    return computed
+
+
+def _codec(fsv: "FeatureSetVersion"):
+    """The online store's codec of ``fsv``, made once per definition (it parses every feature's SQL)."""
+    from fstore.storage.online.base import Codec
+
+    key = ("codec", fsv.name, fsv.version, repr(fsv.features), repr(fsv.entities), fsv.ttl_seconds)
+    codec = _CACHE.get(key)
+    if codec is None:
+        codec = Codec.from_version(fsv)
+        _remember(key, codec)
+    return codec
 
 
 _LOCAL = threading.local()

@@ -211,6 +211,22 @@ def default_connect_dir(env: Mapping[str, str]) -> str:
     return str(Path(cache) / "fstore" / "spark-connect")
 
 
+def _online_cache(env: Mapping[str, str], redis_url: str) -> str:
+    """ONLINE_CACHE (off, ttl, tracking); unset: SERVING_CACHE_ENABLED's ttl or off. Tracking needs one Redis:
+    the embedded store keeps TTL caching, and a Redis Cluster is refused (one tracking connection per node
+    is not implemented)."""
+    if not env.get("ONLINE_CACHE", "").strip():
+        return "ttl" if _bool(env, "SERVING_CACHE_ENABLED", False) else "off"
+    mode = _choice(env, "ONLINE_CACHE", "off", ("off", "ttl", "tracking"))
+    if mode == "tracking" and not redis_url:
+        raise InvalidDefinition("ONLINE_CACHE=tracking needs Redis (REDIS_URL); the embedded online store caches "
+                                "with ONLINE_CACHE=ttl", field="ONLINE_CACHE")
+    if mode == "tracking" and redis_url.startswith(CLUSTER_SCHEMES):
+        raise InvalidDefinition("ONLINE_CACHE=tracking is not supported on a Redis Cluster (REDIS_URL=redis+cluster://"
+                                "…): use ONLINE_CACHE=ttl or off", field="ONLINE_CACHE")
+    return mode
+
+
 def _remote(env: Mapping[str, str]) -> str:
     value = env.get("SPARK_REMOTE", "").strip()
     if value and not value.startswith("sc://"):
@@ -244,7 +260,11 @@ class Settings:
     spark_jars_dir: str = field(default_factory=lambda: default_jars_dir(os.environ))  # SPARK_JARS_DIR
     max_compute_threads: int = 0
     compute_engine: str = "spark"  # COMPUTE_ENGINE: spark (local or cluster) or duckdb (embedded, one process)
-    serving_cache_enabled: bool = False
+    # ONLINE_CACHE: online serving's value cache. "off"; "ttl": values kept SERVING_CACHE_TTL seconds (and
+    # answered, degraded, up to a minute more while the store is down); "tracking": values kept until Redis
+    # says they changed (RESP3-era CLIENT TRACKING; one Redis only, fstore.storage.online.tracking). Unset:
+    # "ttl" when SERVING_CACHE_ENABLED is true, else "off".
+    online_cache: str = "off"
     serving_cache_ttl: float = 5.0
     online_skew_sample: float = 0.0  # ONLINE_SKEW_SAMPLE: fraction of online requests checked against historical
     max_entities_per_request: int = 1000
@@ -330,7 +350,7 @@ class Settings:
             spark_jars_dir=env.get("SPARK_JARS_DIR", "").strip() or default_jars_dir(env),
             max_compute_threads=_int(env, "MAX_COMPUTE_THREADS", 0, maximum=1024),
             compute_engine=_choice(env, "COMPUTE_ENGINE", "spark", ("spark", "duckdb")),
-            serving_cache_enabled=_bool(env, "SERVING_CACHE_ENABLED", False),
+            online_cache=_online_cache(env, redis_url),
             serving_cache_ttl=_float(env, "SERVING_CACHE_TTL", 5.0),
             online_skew_sample=_fraction(env, "ONLINE_SKEW_SAMPLE", 0.0),
             max_entities_per_request=_int(env, "MAX_ENTITIES_PER_REQUEST", 1000, minimum=1),
@@ -361,6 +381,11 @@ class Settings:
             probe = cls(**{k: v for k, v in values.items() if k != "cold_storage_path"})
             values["cold_storage_path"] = _cold_path(env, probe.data_root)
         return cls(**values)
+
+    @property
+    def serving_cache_enabled(self) -> bool:
+        """True when online serving caches values (``ONLINE_CACHE`` ttl or tracking)."""
+        return self.online_cache != "off"
 
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed (tests and tools)."""

@@ -376,6 +376,10 @@ class FeatureSet:
         if self.source_type not in SOURCE_TYPES:
             raise InvalidDefinition(f"source_type {self.source_type!r} is not supported; use one of: {', '.join(SOURCE_TYPES)}", field="source_type")
         check_cron(self.materialization_schedule)
+        lateness = self.allowed_lateness_seconds
+        if lateness is not None and (isinstance(lateness, bool) or not isinstance(lateness, int) or lateness <= 0):
+            raise InvalidDefinition(f"allowed_lateness_seconds must be a positive whole number of seconds, not {lateness!r}",
+                                    field="allowed_lateness_seconds")
 
     FIELDS = frozenset({"name", "entities", "description", "owner", "source_type", "offline_enabled", "online_enabled",
                         "materialization_schedule", "source", "ttl", "ttl_seconds", "tags", "allowed_lateness",

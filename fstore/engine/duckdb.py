@@ -96,6 +96,13 @@ def _rewrite(node: exp.Expression) -> exp.Expression:
         cast = node.copy()
         cast.set("this", exp.Anonymous(this="FS_INT", expressions=[node.this.copy()]))
         return cast
+    if type(node) is exp.Concat:  # not CONCAT_WS, which skips nulls on both engines
+        # Spark's CONCAT is null when any argument is; DuckDB's skips nulls (concat(NULL, '!') = '!') and its
+        # ``||`` does not (it casts other types to text as CONCAT does, and joins lists as Spark's CONCAT does)
+        parts = [exp.paren(e.copy()) for e in node.expressions] or [exp.Literal.string("")]
+        if len(parts) == 1:
+            parts.append(exp.Literal.string(""))
+        return functools.reduce(lambda a, b: exp.DPipe(this=a, expression=b, safe=True), parts)
     if isinstance(node, exp.UnixMicros):
         return exp.Anonymous(this="EPOCH_US", expressions=[node.this])
     if isinstance(node, exp.ArraySize) and isinstance(node.this, exp.Window) \

@@ -46,11 +46,19 @@ SERVING_SECONDS = Histogram("fstore_serving_latency_seconds", "Serving latency b
                             ["endpoint", "feature_set"], buckets=_LATENCY_BUCKETS)
 CACHE = Counter("fstore_online_cache", "Online serving cache lookups by feature set and result (hit/miss)",
                 ["feature_set", "result"])
+CACHE_KEYS = Counter("fstore_online_cache_keys", "Online serving cache lookups by entity key and result (hit/miss; "
+                     "counted while a cache is on: ONLINE_CACHE)", ["result"])
+CACHE_INVALIDATIONS = Counter("fstore_online_cache_invalidations",
+                              "Online cache invalidations from Redis (ONLINE_CACHE=tracking) by kind: key (one "
+                              "changed key), flush (everything dropped: tracking lost or FLUSHDB)", ["kind"])
 ONLINE_STORE_SECONDS = Histogram("fstore_online_store_roundtrip_seconds", "Online store round-trip time",
                                  ["operation"], buckets=_LATENCY_BUCKETS)
 SKEW_ROWS = Counter("fstore_online_skew_rows",
                     "Entity rows of sampled online answers compared with historical retrieval at the same instant, "
                     "by feature set and result (same/skewed; ONLINE_SKEW_SAMPLE)", ["feature_set", "result"])
+STREAM_LATE = Counter("fstore_stream_late_events",
+                      "Pushed or streamed events later than their set's allowed_lateness: not applied to the online "
+                      "windows (still returned for the offline table), by feature set", ["feature_set"])
 REGISTRY_REFRESH = Counter("fstore_registry_snapshot_refreshes",
                            "Online serving's registry snapshot refreshes by result (ok/failed; failed: answers degraded)",
                            ["result"])
@@ -68,6 +76,12 @@ def _child(metric, *labels: str):
             _CHILDREN.clear()
         child = _CHILDREN[key] = metric.labels(*labels)
     return child
+
+
+def observe_late_events(feature_set: str, count: int) -> None:
+    """Events of a push or stream batch beyond the set's allowed lateness (``fstore.compute.stream_windows``)."""
+    if count:
+        _child(STREAM_LATE, feature_set).inc(count)
 
 
 def observe_request(endpoint: str, method: str, status: int, seconds: float, error_code: str | None = None) -> None:
@@ -89,6 +103,71 @@ def observe_online(feature_set: str, seconds: float | None = None, cache_hit: bo
     _child(CACHE, feature_set, "hit" if cache_hit else "miss").inc()
     if seconds is not None:
         _child(SERVING_SECONDS, "sdk", feature_set).observe(seconds)
+
+
+def observe_cache_keys(hits: int, misses: int) -> None:
+    """One request's entity-key lookups in the online cache."""
+    if hits:
+        _child(CACHE_KEYS, "hit").inc(hits)
+    if misses:
+        _child(CACHE_KEYS, "miss").inc(misses)
+
+
+def observe_invalidation(keys: int | None) -> None:
+    """Redis invalidated ``keys`` cached keys, or (None) everything (``fstore.storage.online.tracking``)."""
+    if keys is None:
+        _child(CACHE_INVALIDATIONS, "flush").inc()
+    elif keys:
+        _child(CACHE_INVALIDATIONS, "key").inc(keys)
+
+
+def cache_totals(source=None) -> dict[str, float]:
+    """``{"hits", "misses", "invalidated_keys", "flushes", "hit_rate"}`` since start (every worker's, in
+    multiprocess mode); ``hit_rate`` None before any lookup."""
+    if source is None:
+        source = _multiprocess_collector() if os.environ.get(MULTIPROC_ENV) else _Both(CACHE_KEYS, CACHE_INVALIDATIONS)
+    names = {("fstore_online_cache_keys", "hit"): "hits", ("fstore_online_cache_keys", "miss"): "misses",
+             ("fstore_online_cache_invalidations", "key"): "invalidated_keys",
+             ("fstore_online_cache_invalidations", "flush"): "flushes"}
+    totals: dict[str, float] = dict.fromkeys(names.values(), 0)
+    for family in source.collect():
+        for sample in family.samples:
+            label = sample.labels.get("result", sample.labels.get("kind"))
+            name = names.get((family.name, label))
+            if name is not None and sample.name.endswith("_total"):
+                totals[name] += sample.value
+    looked = totals["hits"] + totals["misses"]
+    totals["hit_rate"] = totals["hits"] / looked if looked else None
+    return totals
+
+
+def online_cache(mode: str) -> dict:
+    """The online cache's figures for ``/monitoring/statistics``: ``ONLINE_CACHE`` and ``cache_totals``."""
+    totals = cache_totals()
+    return {"mode": mode, **{k: (v if k == "hit_rate" else int(v)) for k, v in totals.items()}}
+
+
+class _Both:
+    """Two collectors as one ``collect()`` (``cache_totals`` in a single process)."""
+
+    def __init__(self, *collectors) -> None:
+        self._collectors = collectors
+
+    def collect(self):
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+class CacheHitRateCollector:
+    """``fstore_online_cache_hit_rate``: hits / lookups of the online cache by entity key, derived at scrape."""
+
+    def collect(self):
+        gauge = GaugeMetricFamily("fstore_online_cache_hit_rate", "Fraction of online entity-key lookups answered "
+                                  "by the in-process cache since start (ONLINE_CACHE)")
+        rate = cache_totals()["hit_rate"]
+        if rate is not None:
+            gauge.add_metric([], rate)
+        yield gauge
 
 
 def observe_online_store(seconds: float, operation: str = "read") -> None:
@@ -261,9 +340,11 @@ def render(store: "StoreContext | None" = None, *, allowed: Callable[[str], bool
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = CollectorRegistry()
-        for collector in (REQUESTS, ERRORS, REQUEST_SECONDS, SERVING_SECONDS, CACHE, ONLINE_STORE_SECONDS, SKEW_ROWS):
+        for collector in (REQUESTS, ERRORS, REQUEST_SECONDS, SERVING_SECONDS, CACHE, ONLINE_STORE_SECONDS, SKEW_ROWS,
+                          STREAM_LATE, CACHE_KEYS, CACHE_INVALIDATIONS):
             registry.register(collector)
     registry.register(SkewRateCollector())
+    registry.register(CacheHitRateCollector())
     if store is not None:
         registry.register(RegistryCollector(store, allowed))
     return generate_latest(registry), CONTENT_TYPE_LATEST

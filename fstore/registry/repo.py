@@ -433,7 +433,12 @@ def load_feature_set_version(s: Session, ref: str | int, *, version: int | None 
     With ``secrets`` its source is as the engine reads it (secrets decrypted, ``${NAME}`` references replaced);
     without, its source options are in their stored form.
     """
-    fsv = _load_version(s, ref, version)
+    return resolve_secrets(_load_version(s, ref, version), secrets)
+
+
+def resolve_secrets(fsv: FeatureSetVersion, secrets: SecretBox | None) -> FeatureSetVersion:
+    """``fsv`` with its source as the engine reads it (``secrets`` None: unchanged): ``load_feature_set_version``'s
+    last step, for a version loaded without ``secrets`` and kept (``fstore.registry.current``)."""
     if secrets is None or fsv.feature_set.source is None or not fsv.feature_set.source.options:
         return fsv
     fs = fsv.feature_set

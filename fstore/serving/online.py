@@ -37,13 +37,22 @@ store (``fstore.registry.snapshot``), refreshed in the background every
 ``RESOLVE_TTL_SECONDS``: a registry change becomes visible to serving within about
 that time (and at once in a new process), and a request never waits for the
 registry unless it asks a name never asked before. While refreshes fail, answers
-come from the snapshot with ``degraded: true``. Values are cached per
-(feature set, version, entity key) for ``settings.serving_cache_ttl`` seconds when
-``settings.serving_cache_enabled``.
+come from the snapshot with ``degraded: true``.
+
+Values are cached per (feature set, version, entity key) as ``ONLINE_CACHE`` says
+(``settings.online_cache``): ``ttl`` keeps them ``SERVING_CACHE_TTL`` seconds (and answers
+from them, degraded, while the store is down); ``tracking`` keeps them until Redis reports
+their key changed (``fstore.storage.online.tracking``), so a hit is never stale. In
+tracking mode the cache is used only while tracking is established: losing it empties
+the cache and sends every lookup to Redis until it is back. A read that raced with an
+invalidation is not cached: each key read is first marked with the read's own token,
+an invalidation removes the mark, and the value replaces only its own token.
 """
 from __future__ import annotations
 
+import math
 import operator
+import os
 import threading
 import time
 import weakref
@@ -100,10 +109,21 @@ class _State:
         self.lost: dict[str, str] = {}  # set name -> why its online values are lost (from the last check)
         self.checked: dict[str, float] = {}  # set name -> monotonic time of its last marker check
         self.loaded: set[str] = set()  # sets known to have been loaded online (marker seen, or the registry said so)
+        self.versions: dict[str, set[int]] = {}  # set name -> versions with cached values (for invalidations)
+        self.tracker = None  # ONLINE_CACHE=tracking: the online store's InvalidationTracker
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
 _STATES_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child starts with no cached values: the parent's were tracked for the parent only."""
+    global _STATES, _STATES_LOCK
+    _STATES, _STATES_LOCK = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _state(store: Any) -> _State:
@@ -112,10 +132,40 @@ def _state(store: Any) -> _State:
         with _STATES_LOCK:
             state = _STATES.get(store)
             if state is None:
-                state = _STATES[store] = _State()
+                state = _State()
+                if store.settings.online_cache == "tracking":  # raises, naming ONLINE_CACHE, off one Redis
+                    state.tracker = store.online.track(lambda keys, ref=weakref.ref(store): _invalidated(ref, keys))
                 state.snapshot = RegistrySnapshot(store, refresh_seconds=RESOLVE_TTL_SECONDS,
                                                   on_refresh=_count_refresh)
+                _STATES[store] = state
     return state
+
+
+def tracker(store: Any):
+    """The store's invalidation tracker when ``ONLINE_CACHE=tracking`` (tests and tools), else None."""
+    return _state(store).tracker
+
+
+def _invalidated(store_ref: "weakref.ref", keys) -> None:
+    """Redis says ``keys`` (Redis key names) changed, or (None) that everything must go: drop those entries.
+    Runs on the tracker's thread."""
+    store = store_ref()
+    state = _STATES.get(store) if store is not None else None
+    _metrics().observe_invalidation(None if keys is None else len(keys))
+    if state is None:
+        return
+    with state.lock:
+        values = state.values
+        if keys is None:
+            values.clear()
+            return
+        versions = state.versions
+        for raw in keys:
+            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            if key.startswith("fs:"):  # fs:<set>:<len>:<key>…; set names have no ':'
+                name = key[3:key.find(":", 3)]
+                for version in versions.get(name, ()):
+                    values.pop((name, version, key), None)
 
 
 def _count_refresh(ok: bool) -> None:
@@ -243,6 +293,8 @@ def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any
         codec = state.codecs.get(codec_key)
         if codec is None:
             codec = state.codecs[codec_key] = Codec.from_version(fsv)
+            with state.lock:
+                state.versions.setdefault(fsv.name, set()).add(fsv.version)
         windows = state.windows.get(codec_key)
         if windows is None:
             from fstore.storage.online.windows import online_windows
@@ -311,12 +363,18 @@ def answer_online(store: "StoreContext", *, features: list[str], entities: dict 
     groups = _plan(store, state, features, feature_sets, cache_on)
     rows = _rows_by_join_keys(groups, rows)
     mono = time.monotonic()
+    tracked = None
+    if state.tracker is not None:  # tracking: the cache only while tracking is established
+        tracked = state.tracker.state
+        cache_on = tracked is not None
     results, wanted, hits, misses = _cached(state, groups, _keys_per_group(groups, rows), len(rows), cache_on, mono)
 
     degraded = state.snapshot.stale
     reason = "the registry was unreachable at the last refresh: names resolved from the last snapshot" if degraded else None
     metrics = _metrics()
-    if wanted and _read_store(store, state, groups, wanted, results, cache_on, mono, metrics):
+    if cache_on:
+        metrics.observe_cache_keys(hits, misses)
+    if wanted and _read_store(store, state, groups, wanted, results, cache_on, mono, metrics, tracked):
         degraded, reason = True, "the online store is unreachable: answered from the cache"
 
     now = now_micros if now_micros is not None else time.time_ns() // 1000
@@ -416,10 +474,13 @@ def _cached(state: _State, groups: list[_Group], keys_per_group: list[list[str]]
 
 
 def _read_store(store: "StoreContext", state: _State, groups: list[_Group], wanted: list, results: list[list[Any]],
-                cache_on: bool, mono: float, metrics) -> bool:
+                cache_on: bool, mono: float, metrics, tracked: tuple[int, int] | None = None) -> bool:
     """Read the ``wanted`` keys in one online-store round trip (with the due load-marker checks) into
     ``results``, caching what came back. True when the store was unreachable and the answers came from
-    the stale cache instead (never cached as fresh); without a cache, ``Unavailable`` propagates."""
+    the stale cache instead (never cached as fresh); without a cache, ``Unavailable`` propagates.
+    ``tracked``: the tracker's state when the request began (tracking mode, see the module docstring)."""
+    if tracked is not None:
+        return _read_tracked(store, state, groups, wanted, results, mono, metrics, tracked)
     checks = _due_checks(state, groups, mono)
     from_stale_cache = False
     try:
@@ -448,6 +509,47 @@ def _read_store(store: "StoreContext", state: _State, groups: list[_Group], want
     if cache_on and len(values) > CACHE_MAX_ENTRIES:
         _evict(state, mono)
     return from_stale_cache
+
+
+def _read_tracked(store: "StoreContext", state: _State, groups: list[_Group], wanted: list, results: list[list[Any]],
+                  mono: float, metrics, tracked: tuple[int, int]) -> bool:
+    """``_read_store`` in tracking mode: each key marked with this read's token before the read; a value is
+    cached only where its token survived (no invalidation meanwhile) and tracking is still the same."""
+    token = (-math.inf, object())  # never a hit: expired at any time
+    values = state.values
+    marks = [(groups[gi].codec.name, groups[gi].codec.version, key) for gi, _, keys in wanted for key in keys]
+    with state.lock:
+        for mark in marks:
+            values[mark] = token
+    checks = _due_checks(state, groups, mono)
+    try:
+        trip = time.perf_counter()
+        answers, states = store.online.read_checked(
+            [(groups[gi].codec.name, todo_keys, groups[gi].read_fields) for gi, _, todo_keys in wanted], checks)
+        metrics.observe_online_store(time.perf_counter() - trip, "read")
+    except BaseException:
+        with state.lock:
+            for mark in marks:
+                if values.get(mark) is token:
+                    del values[mark]
+        raise
+    _record_checks(store, state, checks, states, mono)
+    at = 0
+    with state.lock:
+        keep = state.tracker.state == tracked
+        for (gi, todo_idx, _), answer in zip(wanted, answers):
+            for ri, result in zip(todo_idx, answer):
+                results[gi][ri] = result
+                mark = marks[at]
+                at += 1
+                if values.get(mark) is token:
+                    if keep:
+                        values[mark] = (math.inf, result)
+                    else:
+                        del values[mark]
+    if len(values) > CACHE_MAX_ENTRIES:
+        _evict(state, mono)
+    return False
 
 
 def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_features: dict[str, dict[str, Any]],

@@ -390,3 +390,20 @@ def test_read_delta_source_with_partitions(spark, tmp_path):
                      settings=Settings(source_roots=(str(tmp_path),)), end=datetime(2024, 1, 3))
     rows = sorted((r.user_id, r.region, r.amount) for r in df.collect())
     assert rows == [("a", "eu", 1.0), ("b", "us", 2.0)]
+
+
+def test_concat_is_null_when_an_argument_is_on_both_engines(spark, compute_rows, tmp_path):
+    """Spark's CONCAT answers null when any argument is null; DuckDB's would skip the null (``concat(NULL, '!')``
+    gave ``'!'`` on DuckDB, null on Spark). CONCAT_WS skips nulls on both."""
+    pdf = pd.DataFrame({"user_id": ["a", "b"], "ts": [datetime(2024, 1, 1)] * 2, "name": ["x", None], "n": [1, 2]})
+    fsv = make_fsv([
+        {"name": "shout", "data_type": "string", "transformation": "concat(name, '!')"},
+        {"name": "mixed", "data_type": "string", "transformation": "concat('n', n + 1, name)"},
+        {"name": "nested", "data_type": "string", "transformation": "upper(concat(concat(name, '-'), n))"},
+        {"name": "joined", "data_type": "string", "transformation": "concat_ws('-', name, 'y')"},
+    ], {"path": _write(spark, tmp_path, pdf), "event_timestamp_column": "ts"})
+    got = compute_rows(fsv).sort_values("user_id").reset_index(drop=True)
+    assert got.shout.tolist() == ["x!", None]
+    assert got.mixed.tolist() == ["n2x", None]
+    assert got.nested.tolist() == ["X-1", None]
+    assert got.joined.tolist() == ["x-y", "y"]

@@ -269,3 +269,22 @@ def test_write_at_sets_fields_only_beside_the_row_of_that_event_time(online):
     online.write_rows(CODEC, [row(1, T0 + timedelta(seconds=9), 7)])  # a newer row: the old record stays, stale
     assert online.read(CODEC, keys[:1], ["clicks", "@w"])[0] == (to_micros(T0 + timedelta(seconds=9)), [b"7", b"[1]"])
     assert online.write_at(CODEC.name, ["@w"], [(keys[0], at, [b"[9]"])]) == 0
+
+
+def test_swap_writes_only_where_the_row_and_record_read_are_still_stored(online):
+    """The compare-and-set under pushed windows (``fstore.compute.stream_windows``): a write based on a read that
+    another writer has overtaken is refused, key by key, in one call across keys (slots, on a cluster)."""
+    keys = [CODEC.key_of({"user_id": u}) for u in range(1, 41)]
+    ts = to_micros(T0)
+    fields = ["clicks", "@w"]
+    assert online.swap(CODEC.name, fields, "@w", [(k, None, None, ts, [b"1", b"w1"]) for k in keys]) == [True] * 40
+    assert online.newest_timestamp(CODEC.name) == T0
+    assert online.swap(CODEC.name, fields, "@w", [(keys[0], None, None, ts + 1, [b"2", b"w2"]),  # read "absent"
+                                                  (keys[1], ts, b"w0", ts + 1, [b"2", b"w2"]),  # another record
+                                                  (keys[2], ts - 1, b"w1", ts + 1, [b"2", b"w2"]),  # another row
+                                                  (keys[3], ts, b"w1", ts + 1, [b"2", b"w2"])]) == [False] * 3 + [True]
+    got = online.read(CODEC, keys[:4], fields)
+    assert got[:3] == [(ts, [b"1", b"w1"])] * 3 and got[3] == (ts + 1, [b"2", b"w2"])
+    assert online.swap(CODEC.name, ["@w"], "@w", [(keys[0], ts, b"w1", ts, [b"w3"])]) == [True]  # same row, new record
+    assert online.read(CODEC, keys[:1], fields)[0] == (ts, [b"1", b"w3"])
+    assert online.newest_timestamp(CODEC.name) == T0 + timedelta(microseconds=1)

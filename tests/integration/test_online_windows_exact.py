@@ -154,7 +154,7 @@ def test_online_windows_equal_historical_at_every_instant(any_online_store, tmp_
                            if want[(u, t)]["amount_x2"] is None and want[(u, t)]["events_2d"]]
     assert expired_with_window
     # with the serving cache on, a cached read of the row features alone still serves the windows after it
-    cached = store.__class__(store.settings.with_(serving_cache_enabled=True, serving_cache_ttl=60.0)).use_spark(store.spark)
+    cached = store.__class__(store.settings.with_(online_cache="ttl", serving_cache_ttl=60.0)).use_spark(store.spark)
     try:
         cached.get_online_features(features=["w:amount_x2"], entities={"user_id": users}, at=ats[0])
         assert differences(cached, ats[:5], users, want)[0] == []

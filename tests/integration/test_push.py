@@ -114,12 +114,14 @@ def test_bad_rows_are_refused_naming_the_column_and_nothing_is_written(store):
     assert not DeltaTable.is_deltatable(table_uri(store.settings, "clicks"))
 
 
-def test_a_set_with_windowed_features_is_refused_naming_them(store):
-    with pytest.raises(InvalidDefinition) as caught:
-        store.push("user_txn", [{"user_id": 1, "event_timestamp": T0, "amount": 1.0}])
-    for name in ("txn_count_2d", "amount_sum_2d", "avg_amount_2d"):
-        assert name in caught.value.message
-    assert "amount_x2" not in caught.value.message
+def test_a_set_with_windowed_features_is_pushed_with_exact_windows(store):
+    """Windowed sets go through fstore.compute.stream_windows (tests/integration/test_stream_windows.py)."""
+    rows = [{"user_id": 1, "event_timestamp": T0 + timedelta(hours=h), "amount": float(h)} for h in (1, 2)]
+    result = store.push("user_txn", rows, to="online_and_offline")
+    assert (result["online_rows"], result["appended"], result["late_events"]) == (1, 2, 0)
+    got = store.get_online_features(features=["user_txn:txn_count_2d", "user_txn:amount_sum_2d"],
+                                    entities={"user_id": [1]}, at=T0 + timedelta(hours=2))["features"]["1"]
+    assert got == {"user_txn:txn_count_2d": 2, "user_txn:amount_sum_2d": 3.0}
 
 
 @pytest.fixture()

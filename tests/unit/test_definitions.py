@@ -309,3 +309,12 @@ def test_a_bad_retention_is_refused_naming_its_field(body, field):
     with pytest.raises(InvalidDefinition) as refused:
         FeatureSet.from_dict({"name": "s", "entities": ["user"], **body})
     assert refused.value.field == field
+
+
+@pytest.mark.parametrize("value", [-1, 0, 1.5, True, "1h"])
+def test_allowed_lateness_seconds_built_directly_must_be_positive_whole_seconds(value):
+    from fstore.definitions.model import FeatureSet
+
+    with pytest.raises(InvalidDefinition) as caught:
+        FeatureSet(name="s", entities=("user",), allowed_lateness_seconds=value)
+    assert caught.value.field == "allowed_lateness_seconds" and "positive whole number" in caught.value.message

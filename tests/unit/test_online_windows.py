@@ -11,7 +11,8 @@ import statistics
 
 import pytest
 
-from fstore.storage.online.windows import OnlineWindow, cast, combine, combiner, decode, encode, usable
+from fstore.storage.online.windows import (OnlineWindow, cast, combine, combiner, contribution, decode, encode,
+                                          encode_takes, record_events, usable)
 
 SIZE = 10_000_000  # 10 s in micros
 AGGS = ("count", "sum", "avg", "min", "max", "stddev", "count_distinct", "last")
@@ -119,3 +120,25 @@ def test_a_record_of_another_row_or_version_is_not_used():
 def test_cast_follows_the_feature_type(data_type, value, want):
     window = OnlineWindow(feature="f", function="max", size_micros=SIZE, data_type=data_type)
     assert cast(window)(value) == want and cast(window)(None) is None
+
+
+def test_a_pushed_record_keeps_the_lateness_margin_and_event_ids_and_serves_as_before():
+    """``encode_takes`` (pushed events, ``fstore.compute.stream_windows``): each window keeps its events of
+    ``(at - size - keep, at]``; ids ride in a trailing column serving never reads; ``record_events`` gives
+    the events back, so a merge and a re-encode lose nothing."""
+    short = OnlineWindow(feature="n", function="count", size_micros=SIZE, data_type="int", column=False, index=0)
+    long = OnlineWindow(feature="s", function="sum", size_micros=2 * SIZE, data_type="int", index=1)
+    at, keep = 4 * SIZE, SIZE // 2
+    events = [(ts, [contribution(short, True, v), contribution(long, True, v)], ident)
+              for ts, v, ident in [(SIZE, 1, "a"), (2 * SIZE - 1, 2, "b"), (2 * SIZE + 1, 3, None),
+                                   (3 * SIZE, None, "d"), (at, 4, "e"), (at + 1, 9, "f")]]
+    record = decode(encode_takes([short, long], 7, at, events, keep_micros=keep))
+    # SIZE: out of both (long keeps > at - 2 SIZE - keep = 1.5 SIZE); 2 SIZE - 1: long only; at + 1: after at
+    assert record == [at, 7, [2 * SIZE - 1, 2 * SIZE + 1, 3 * SIZE, at], [None, None, 1, 1], [2, 3, None, 4],
+                      ["b", None, "d", "e"]]
+    assert combine(short, record, at) == 1 and combine(long, record, at) == 7  # (3 SIZE, at] and (2 SIZE, at]
+    assert combiner(long)(record, at + SIZE) == 4 and usable(record, at, 7)
+    again = decode(encode_takes([short, long], 7, at, record_events(record, 2), keep_micros=keep))
+    assert again == record
+    plain = decode(encode_takes([short, long], 7, at, [(e[0], e[1], None) for e in events]))
+    assert len(plain) == 5 and record_events(plain, 2)[0][2] is None  # no ids: no column

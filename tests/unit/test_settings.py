@@ -36,7 +36,8 @@ def test_every_variable_is_read(tmp_path):
         "PYTHON_FEATURE_MODULES": "acme.features, acme.udfs", "SOURCE_ROOTS": f"{tmp_path}/data, s3a://lake/raw, relative",
         "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars", "UI_SESSION_SECRET": "s" * 40,
         "ONLINE_SKEW_SAMPLE": "0.25", "PROFILES": "OFF", "ALERT_WEBHOOK_URL": "http://hooks:8080/fstore",
-        "SPARK_CONNECT": "OFF", "SPARK_CONNECT_DIR": "/run/fstore-connect", "COLD_STORAGE_PATH": "s3://Archive/cold/",
+        "SPARK_CONNECT": "OFF", "SPARK_CONNECT_DIR": "/run/fstore-connect", "ONLINE_CACHE": "Tracking",
+        "COLD_STORAGE_PATH": "s3://Archive/cold/",
     }
     s = Settings.from_env(env)
     assert s.profiles is False and s.alert_webhook_url == "http://hooks:8080/fstore"
@@ -47,6 +48,7 @@ def test_every_variable_is_read(tmp_path):
     assert s.database_url == "postgresql://u:p@db:5432/fs" and not s.is_sqlite
     assert s.data_root == "s3a://bucket/features"
     assert (s.max_compute_threads, s.serving_cache_enabled, s.serving_cache_ttl) == (4, True, 2.5)
+    assert s.online_cache == "tracking"
     assert (s.max_entities_per_request, s.max_historical_rows, s.max_body_bytes, s.port) == (50, 1000, 4096, 9000)
     assert (s.auth_enabled, s.redis_timeout, s.db_pool_size, s.redis_pool_size) == (False, 0.1, 3, 8)
     assert (s.db_connect_timeout, s.db_statement_timeout) == (3.0, 1.5)
@@ -99,6 +101,8 @@ def test_the_spark_connect_record_defaults_under_the_user_cache(tmp_path):
     ("SCHEDULER_RETRY_SECONDS", "-2", "must be >= 0"),
     ("SERVING_CACHE_ENABLED", "maybe", "not a boolean"),
     ("SERVING_CACHE_TTL", "soon", "not a number"),
+    ("ONLINE_CACHE", "lru", "use one of: off, ttl, tracking"),
+    ("ONLINE_CACHE", "tracking", "needs Redis"),
     ("SERVING_CACHE_TTL", "-1", "must be >= 0"),
     ("ONLINE_SKEW_SAMPLE", "1.5", "between 0 and 1"),
     ("ONLINE_SKEW_SAMPLE", "-0.1", "must be >= 0"),
@@ -195,3 +199,21 @@ def test_a_local_cold_storage_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = Settings.from_env({"STORAGE_PATH": str(tmp_path / "warm"), "COLD_STORAGE_PATH": "archive"})
     assert s.cold_storage_path == str((tmp_path / "archive").resolve())
+
+
+@pytest.mark.parametrize(("env", "mode"), [
+    ({}, "off"),
+    ({"SERVING_CACHE_ENABLED": "true"}, "ttl"),
+    ({"ONLINE_CACHE": "TTL"}, "ttl"),
+    ({"ONLINE_CACHE": "off", "SERVING_CACHE_ENABLED": "true"}, "off"),  # ONLINE_CACHE wins
+    ({"ONLINE_CACHE": "tracking", "REDIS_URL": "redis://127.0.0.1:6379/0"}, "tracking"),
+])
+def test_online_cache_mode(env, mode):
+    s = Settings.from_env(env)
+    assert s.online_cache == mode and s.serving_cache_enabled == (mode != "off")
+
+
+def test_online_cache_tracking_refuses_a_redis_cluster():
+    with pytest.raises(InvalidDefinition, match="not supported on a Redis Cluster") as info:
+        Settings.from_env({"ONLINE_CACHE": "tracking", "REDIS_URL": "redis+cluster://127.0.0.1:7000"})
+    assert info.value.field == "ONLINE_CACHE"

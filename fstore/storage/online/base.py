@@ -383,6 +383,16 @@ class OnlineStore(ABC):
         that event time (the window contributions computed for that very row; ``fstore.storage.online.windows``).
         Returns keys written."""
 
+    def swap(self, name: str, fields: Sequence[str], guard: str,
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]], *,
+             keep_ms: int = 0) -> list[bool]:
+        """Compare-and-set per key, atomically: for each ``(hash key, expected @ts, expected guard value, new @ts,
+        values)`` set ``@ts`` and ``fields`` only where the stored ``@ts`` and ``guard`` field still equal what the
+        caller read (None: absent), so a read-modify-write loses no concurrent writer's update (the loser reads
+        again; ``fstore.compute.stream_windows``). Returns per row whether it was written. ``keep_ms``: as in
+        writes, a written key expires that long after its new event time (Redis ``PEXPIREAT``; 0: never)."""
+        raise NotImplementedError(f"{type(self).__name__} has no compare-and-set (swap)")
+
     @abstractmethod
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
         """One round trip: for each ``(feature set, hash keys, fields)`` the ``ReadResult`` per key."""
@@ -417,6 +427,14 @@ class OnlineStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise ``Unavailable`` when the store cannot be reached."""
+
+    def track(self, on_invalidate: Callable[[Sequence[bytes] | None], None]) -> Any:
+        """Start invalidation tracking (``ONLINE_CACHE=tracking``): ``on_invalidate`` is called with the names
+        of changed keys read before, or None when everything must be dropped; returns the tracker
+        (``fstore.storage.online.tracking.InvalidationTracker``). Only one Redis (not a cluster) tracks."""
+        raise InvalidDefinition(f"ONLINE_CACHE=tracking needs one Redis (REDIS_URL=redis://…); "
+                                f"{type(self).__name__} cannot track invalidations: use ONLINE_CACHE=ttl",
+                                field="ONLINE_CACHE")
 
     @abstractmethod
     def close(self) -> None:

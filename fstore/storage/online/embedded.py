@@ -146,6 +146,44 @@ class EmbeddedOnlineStore(OnlineStore):
                 raise
             return written
 
+    def swap(self, name: str, fields: Sequence[str], guard: str,
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]], *,
+             keep_ms: int = 0) -> list[bool]:
+        """``OnlineStore.swap`` in one ``BEGIN IMMEDIATE`` transaction (SQLite's write lock: no other writer
+        between the comparison and the write)."""
+        if not rows:
+            return []
+        out = []
+        newest = None
+        with self._guard():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key, expected_ts, expected, ts, values in rows:
+                    found = conn.execute("SELECT ts, data FROM online_values WHERE fs = ? AND k = ?", (name, key)).fetchone()
+                    if found is None:
+                        same = expected_ts is None and expected is None
+                    else:
+                        current = json.loads(found[1]).get(guard)
+                        current = None if current is None else (current.encode() if isinstance(current, str) else NULL)
+                        same = found[0] == expected_ts and current == expected
+                    if same:
+                        data = data_json(fields, values)
+                        if found is None:
+                            conn.execute("INSERT INTO online_values (fs, k, ts, data) VALUES (?, ?, ?, ?)", (name, key, ts, data))
+                        else:
+                            conn.execute("UPDATE online_values SET ts = ?, data = json_patch(data, ?) WHERE fs = ? AND k = ?",
+                                         (ts, data, name, key))
+                        newest = ts if newest is None else max(newest, ts)
+                    out.append(same)
+                if newest is not None:
+                    conn.execute(_META, (name, newest))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return out
+
     def read_many(self, requests: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[list[Any]]:
         return self.read_checked(requests, ())[0]
 

@@ -358,6 +358,37 @@ class RedisClusterOnlineStore(OnlineStore):
                 raise
         return written
 
+    def swap(self, name: str, fields: Sequence[str], guard: str,
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]], *,
+             keep_ms: int = 0) -> list[bool]:
+        """``RedisOnlineStore.swap`` per slot on the slot's node (the cluster script, no ``fsmeta``), then
+        ``fsmeta`` raised to the newest event time written."""
+        prefix = key_prefix(name).encode()
+        layout = self._layout()
+        by_slot: dict[int, list[int]] = {}
+        stored = []
+        for i, (key, *_) in enumerate(rows):
+            stored.append(tag(prefix, key.encode()))
+            by_slot.setdefault(key_slot(stored[i]), []).append(i)
+        out = [False] * len(rows)
+        newest = None
+        for slot, indexes in by_slot.items():
+            node = self._node(layout[slot])
+            try:
+                done, top = node.swap_keys(name, fields, guard, [(stored[i], *rows[i][1:]) for i in indexes],
+                                           cluster=True, keep_ms=keep_ms)
+            except Unavailable:
+                self._refresh_soon()
+                raise
+            for i, ok in zip(indexes, done):
+                out[i] = ok
+            if top is not None and (newest is None or top > newest):
+                newest = top
+        if newest is not None:
+            key = meta_key(name)
+            self._on_key(key, lambda node: node._client.eval(_RAISE_META, 1, key, newest), guard=True)
+        return out
+
     def write_packed(self, codec: Codec, batches: Iterable[tuple[list[bytes], list[bytes]]], *, depth: int = 4) -> int:
         """The bulk loader's path (``RedisOnlineStore.write_packed``): RESP keys and payloads, grouped by slot
         (``FLUSH_KEYS`` at a time) and sent per node, the nodes in parallel."""

@@ -122,6 +122,42 @@ def encode(windows: Sequence[OnlineWindow], version: int, at: int,
     return orjson.dumps([at, version, [ts for ts, _ in rows], *([r[1][i] for r in rows] for i in range(len(windows)))])
 
 
+def contribution(window: OnlineWindow, counted: bool, value: Any) -> Any:
+    """What ``window`` keeps of one event whatever its age (``_take`` without the horizon): None when not counted."""
+    return _take(window, 0, 0, counted, value)
+
+
+def encode_takes(windows: Sequence[OnlineWindow], version: int, at: int,
+                 events: Sequence[tuple[int, Sequence[Any], str | None]], *, keep_micros: int = 0) -> bytes:
+    """The stored record of one entity as of ``at`` from events already reduced to contributions
+    (``contribution``; a decoded record's own, ``record_events``): ``(ts, [take per window], event id)``.
+
+    Each window keeps its events of ``(at - size - keep_micros, at]``: ``keep_micros`` (a set's allowed
+    lateness) leaves the history a late event's own window needs (``fstore.compute.stream_windows``).
+    When an event carries an id, the record ends with one more column, the ids (null for events without
+    one): serving reads columns by position and never that one.
+    """
+    rows = []
+    for ts, takes, ident in events:
+        if ts > at:
+            continue
+        kept = [t if t is not None and ts > at - w.size_micros - keep_micros else None for w, t in zip(windows, takes)]
+        if any(t is not None for t in kept):
+            rows.append((ts, kept, ident))
+    rows.sort(key=lambda r: (r[0], orjson.dumps(r[1]), r[2] or ""))
+    columns = [[r[1][i] for r in rows] for i in range(len(windows))]
+    if any(r[2] is not None for r in rows):
+        columns.append([r[2] for r in rows])
+    return orjson.dumps([at, version, [r[0] for r in rows], *columns])
+
+
+def record_events(record: list, count: int) -> list[tuple[int, list[Any], str | None]]:
+    """The ``(ts, takes, event id)`` of a decoded record of ``count`` windows (ids None when it holds none)."""
+    times = record[2]
+    ids = record[_COLS + count] if len(record) > _COLS + count else [None] * len(times)
+    return [(ts, [record[_COLS + i][j] for i in range(count)], ids[j]) for j, ts in enumerate(times)]
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 def decode(raw: bytes) -> list:
