@@ -267,3 +267,34 @@ def test_a_value_past_its_ttl_is_served_the_same_whether_the_store_dropped_it_or
         assert [answer["statuses"][k]["user_txn:amount_x2"] for k in ("8", "9", "10")] == [held, "missing", "present"]
     finally:
         s.close()
+
+
+def test_a_compare_and_set_write_moves_the_expiry_to_its_new_event_time(any_redis_url, tmp_path):
+    """Windowed pushes write by compare-and-set (``swap``): the key's expiry follows its new event time, so a key
+    loaded earlier does not vanish at the old event time + TTL while its newer value is still within the TTL."""
+    import redis
+
+    from fstore.core.settings import Settings
+    from fstore.storage.online import open_online_store
+    from fstore.storage.online.base import encode_rows, key_prefix, to_micros
+    from fstore.storage.online.redis_cluster import tag
+
+    online = open_online_store(Settings.from_env({"STORAGE_PATH": str(tmp_path), "REDIS_URL": any_redis_url}))
+    cluster = any_redis_url.startswith("redis+cluster://")
+    client = redis.RedisCluster.from_url("redis://" + any_redis_url.split("://")[1].split(",")[0]) \
+        if cluster else redis.Redis.from_url(any_redis_url)
+    try:
+        codec, ttl = replace(_codec(3600), name="swapped"), 3600
+        key = codec.key_of({"user_id": 1})
+        stored = tag(key_prefix(codec.name).encode(), key.encode()) if cluster else key.encode()
+        first = datetime.utcnow().replace(microsecond=0) - timedelta(minutes=50)
+        online.write_rows(codec, [{"user_id": 1, "event_timestamp": first, "clicks": 1}])
+        assert client.pexpiretime(stored) == to_micros(first) // 1000 + ttl * 1000
+        later = first + timedelta(minutes=40)
+        [row] = encode_rows(codec, [{"user_id": 1, "event_timestamp": later, "clicks": 2}])
+        assert online.swap(codec.name, codec.feature_names, "clicks", [(key, to_micros(first), b"1", row.ts, row.values)],
+                           keep_ms=ttl * 1000) == [True]
+        assert client.pexpiretime(stored) == to_micros(later) // 1000 + ttl * 1000
+    finally:
+        online.close()
+        client.close()
