@@ -341,6 +341,35 @@ class FeatureStore:
         serving.clear_caches(self)  # this process stops reporting the set degraded at once
         return done
 
+    def cost_report(self, days: int = 30) -> dict:
+        """Cost per feature set and in total over ``days`` days; see ``fstore.ops.cost``."""
+        from fstore.ops.cost import cost_report
+
+        return cost_report(self, days)
+
+    def unused_features(self, days: int) -> dict:
+        """Features neither served online nor used in a training set for ``days`` days; see ``fstore.ops.unused``."""
+        from fstore.ops.unused import unused_features
+
+        return unused_features(self, days)
+
+    def drop_unused_online(self, *, days: int | None = None, actor: str = "", dry_run: bool = False) -> dict:
+        """Apply usage-based retention (``UNUSED_ONLINE_DROP_DAYS``): drop unused features' online values."""
+        from fstore.ops.unused import drop_unused
+        from fstore.serving import online as serving
+
+        done = drop_unused(self, days=days, actor=actor, dry_run=dry_run)
+        serving.clear_caches(self)  # this process answers the drop at once
+        return done
+
+    def restore_online_feature(self, set_name: str, feature: str, *, actor: str = "") -> dict:
+        """Undo a drop of usage-based retention: forget it, then reload the set's online values from offline."""
+        from fstore.registry.drops import restore
+
+        with self.transaction() as s:
+            restore(s, set_name, feature)
+        return {"feature_set": set_name, "feature": feature, "reload": self.reload_online(set_name, actor=actor)}
+
     def get_run(self, run_id: str) -> dict:
         from fstore.registry import runs
 

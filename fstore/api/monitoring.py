@@ -43,6 +43,11 @@ class StatisticsQuery(BaseModel):
     feature_set: Optional[str] = Field(None, max_length=200)
 
 
+class DaysQuery(BaseModel):
+    model_config = _QUERY
+    days: int = Field(30, ge=1, le=36500, description="look back this many days")
+
+
 class DriftQuery(BaseModel):
     model_config = _QUERY
     feature_set: str = Field(max_length=200)
@@ -251,6 +256,31 @@ def usage_report(query: UsageQuery):
         return usage.query_usage(s, start=start, end=end, level=query.level, granularity=query.granularity,
                                  api_key=query.api_key, feature_set=query.feature_set,
                                  allowed_set=grant.allows_feature_set if grant else None)
+
+
+@bp.get("/monitoring/cost", tags=[_mon], responses={200: rs.Obj})
+def cost(query: DaysQuery):
+    """Cost per feature set and in total: its runs of the last ``days`` days (CPU seconds, bytes read and written,
+    shuffle bytes, peak memory), its offline bytes and online memory now; money with ``COST_PRICES``."""
+    from fstore.ops.cost import cost_report
+
+    grant = _grant()
+    return cost_report(get_store(), query.days, allowed=grant.allows_feature_set if grant else None)
+
+
+@bp.get("/monitoring/unused", tags=[_mon], responses={200: rs.Obj})
+def unused(query: DaysQuery):
+    """Features neither served online nor used in a training set for ``days`` days, with when each was last
+    used and whether usage-based retention dropped its online values (``UNUSED_ONLINE_DROP_DAYS``)."""
+    from fstore.ops.unused import unused_features
+
+    _flush_usage()  # this worker's requests count as use too
+    allowed = _feature_allowed()
+    data = unused_features(get_store(), query.days, allowed=(lambda fs: allowed(fs, None)) if allowed else None)
+    if allowed is not None:
+        data["items"] = [i for i in data["items"] if allowed(i["feature_set"], i["feature"])]
+        data["unused"] = len(data["items"])
+    return data
 
 
 # -- keys ---------------------------------------------------------------------------------------

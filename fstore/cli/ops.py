@@ -246,3 +246,62 @@ def alerts(cli: CliState, feature_set: str | None, limit: int) -> None:
         data = {"items": list_alerts(s, feature_set=feature_set, limit=limit)}
     emit(cli, data, lambda d: table(d["items"], ["created_at", "feature_set", "feature", "metric", "value", "median",
                                                  "score", "severity", "run_id"]))
+
+
+@monitor.command("cost")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 36500),
+              help="Add up the runs of this many days (storage is priced for the same period).")
+@json_option
+@pass_cli
+def cost(cli: CliState, days: int) -> None:
+    """Cost per feature set: CPU seconds, bytes read and written and shuffle bytes of its runs, its offline bytes
+    and online memory now; money too when COST_PRICES is set."""
+    data = cli.store.cost_report(days)
+
+    def render(d: dict) -> str:
+        rows = [{**i, "money": None if i["money"] is None else i["money"]["total"]}
+                for i in [*d["items"], {**d["total"], "feature_set": "(total)"}]]
+        return table(rows, ["feature_set", "runs", "cpu_seconds", "bytes_read", "bytes_written", "shuffle_read_bytes",
+                            "shuffle_write_bytes", "peak_memory_bytes", "offline_bytes", "online_bytes", "online_keys",
+                            "money"])
+
+    emit(cli, data, render)
+
+
+@monitor.command("unused")
+@click.option("--days", type=click.IntRange(1, 36500),
+              help="Unused for this many days (default: UNUSED_ONLINE_DROP_DAYS, else 30).")
+@click.option("--drop", is_flag=True, help="Apply the policy: drop the online values of the unused features "
+                                           "(needs UNUSED_ONLINE_DROP_DAYS; definitions and offline rows stay).")
+@click.option("--dry-run", is_flag=True, help="With --drop: say what would be dropped, drop nothing.")
+@click.option("--restore", "restore", metavar="SET:FEATURE", help="Undo a drop and reload the set's online values.")
+@json_option
+@pass_cli
+def unused(cli: CliState, days: int | None, drop: bool, dry_run: bool, restore: str | None) -> None:
+    """Features neither served online nor used in a training set for DAYS days; --drop applies the policy."""
+    store = cli.store
+    if restore:
+        set_name, _, feature = restore.partition(":")
+        if not set_name or not feature:
+            raise click.BadParameter("use SET:FEATURE", param_hint="--restore")
+        data = store.restore_online_feature(set_name, feature, actor=cli.actor)
+        emit(cli, data, lambda d: f"{d['feature_set']}:{d['feature']} restored: {d['reload']['keys_written']} keys "
+                                  f"reloaded from offline version {d['reload']['offline_version']}")
+        return
+    if drop:
+        data = store.drop_unused_online(days=days, actor=cli.actor, dry_run=dry_run)
+        verb = "would drop" if dry_run else "dropped"
+        emit(cli, data, lambda d: "\n".join(f"{verb} {x['feature_set']}: {', '.join(x['features'])}"
+                                            + ("" if x["keys"] is None else f" ({x['keys']} keys)")
+                                            for x in d["dropped"]) or "nothing to drop")
+        return
+    data = store.unused_features(days or store.settings.unused_online_drop_days or 30)
+
+    def render(d: dict) -> str:
+        rows = [{**i, "last_training_set": (i["last_training_set"] or {}).get("name")} for i in d["items"]]
+        return (f"{d['unused']} of {d['features_checked']} features unused for {d['days']} days "
+                f"(policy: {d['policy']['action']})\n"
+                + table(rows, ["feature_set", "feature", "created_at", "last_served_online", "last_training_set",
+                               "online_dropped_at"]))
+
+    emit(cli, data, render)

@@ -210,7 +210,8 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
     try:
         with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost, _active(run_id, fs_id, lost):
             clear_dead_staging(store, fs_id)
-            figures = _compute_and_write(store, fsv, start, end, lost, run_id, skip_empty, Progress(fsv, progress))
+            figures = _compute_and_write(store, fsv, start, end, lost, run_id, skip_empty, Progress(fsv, progress),
+                                         source_read)
         figures.update(source_read=source_read, late_dropped=late_dropped)
         profile = figures.pop("profile", None)
         with store.transaction() as s:
@@ -249,13 +250,23 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
 
 
 def _compute_and_write(store: "StoreContext", fsv: "FeatureSetVersion", start: datetime, end: datetime,
-                       lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress") -> dict[str, Any]:
-    """Compute, validate, then write offline and online on the configured engine; returns the run's figures."""
+                       lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress",
+                       source_read: dict | None = None) -> dict[str, Any]:
+    """Compute, validate, then write offline and online on the configured engine; returns the run's figures,
+    with what the run cost (``fstore.compute.cost``)."""
+    from fstore.compute.cost import RunMeter
+
     if store.settings.compute_engine == "duckdb":
-        return _compute_and_write_duckdb(store, fsv, start, end, lost, run_id, skip_empty, progress)
-    spark = store.spark
-    with _run_jobs(spark, run_id, f"fstore materialize {fsv.name} run {run_id}"):
-        return _compute_and_write_spark(store, spark, fsv, start, end, lost, run_id, skip_empty, progress)
+        meter = RunMeter("duckdb", run_id).start()
+        figures = _compute_and_write_duckdb(store, fsv, start, end, lost, run_id, skip_empty, progress)
+    else:
+        spark = store.spark
+        meter = RunMeter("spark", run_id, spark).start()
+        with _run_jobs(spark, run_id, f"fstore materialize {fsv.name} run {run_id}"):
+            figures = _compute_and_write_spark(store, spark, fsv, start, end, lost, run_id, skip_empty, progress)
+    figures["cost"] = meter.finish(store.settings, fsv.name, source_read=source_read,
+                                   offline_version=figures.get("offline_version"))
+    return figures
 
 
 def _compute_and_write_spark(store: "StoreContext", spark, fsv: "FeatureSetVersion", start: datetime, end: datetime,
@@ -391,9 +402,21 @@ def _write_outputs(store: "StoreContext", fsv: "FeatureSetVersion", validated, s
             # The offline commit stands (it is whole); re-running the range is safe and idempotent.
             exc.fstore_figures = figures  # type: ignore[attr-defined]
             raise
+        drop_again(store, fsv.name)
         stages["online"] = round(time.perf_counter() - t, 3)
         progress.done("online", figures["online_rows"])
     return figures
+
+
+def drop_again(store: "StoreContext", name: str) -> None:
+    """After a load: remove again the values of the set's features whose online values usage-based retention
+    dropped (``fstore.ops.unused``), so a run does not bring back what the policy took out."""
+    from fstore.registry.drops import dropped_features
+
+    with store.transaction() as s:
+        features = dropped_features(s, name)
+    if features:
+        store.online.drop_fields(name, features)
 
 
 def _with_windows(store: "StoreContext", fsv: "FeatureSetVersion", start: datetime, end: datetime, written: int) -> int:
@@ -702,11 +725,20 @@ def _run_jobs(spark, run_id: str, text: str):
         finally:
             spark.removeTag(run_tag(run_id))
         return
+    from fstore.compute.cost import run_group
+
     try:
-        spark.sparkContext.setJobDescription(text)
-    except Exception:  # noqa: BLE001 - purely cosmetic
+        # The job group names the run in the Spark UI and lets its cost be read from the status store.
+        spark.sparkContext.setJobGroup(run_group(run_id), text)
+    except Exception:  # noqa: BLE001 - a name and a measurement only
         pass
-    yield
+    try:
+        yield
+    finally:
+        try:
+            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def stop_server_work(store: "StoreContext", run_id: str) -> None:

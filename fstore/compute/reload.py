@@ -61,6 +61,9 @@ def reload_online(store: "StoreContext", ref: str | int, *, actor: str = "") -> 
                 written, version, skipped = _reload_duckdb(store, Codec.from_version(fsv))
             else:
                 written, version, skipped = _reload_spark(store, Codec.from_version(fsv))
+            from fstore.compute.materialize import drop_again
+
+            drop_again(store, name)  # features whose online values usage-based retention dropped stay dropped
             # the windows' records are not in the offline table: recomputed from the source, written only beside
             # the rows whose event time is the entity's last source event (fstore.storage.online.load_windows).
             # A source this process may not read (SOURCE_ROOTS) or that is gone does not fail the reload: its

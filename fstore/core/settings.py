@@ -211,6 +211,33 @@ def default_connect_dir(env: Mapping[str, str]) -> str:
     return str(Path(cache) / "fstore" / "spark-connect")
 
 
+PRICE_KEYS = ("cpu_hour", "gb_month_offline", "gb_month_online")
+
+
+def _prices(env: Mapping[str, str], name: str) -> tuple[tuple[str, float], ...]:
+    """COST_PRICES: a JSON object of prices (any of ``PRICE_KEYS``, each a number >= 0); unset = no money figures."""
+    import json
+
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidDefinition(f"{name} is not JSON ({exc.msg}); use e.g. "
+                                '{"cpu_hour": 0.05, "gb_month_offline": 0.023, "gb_month_online": 5}', field=name) from None
+    if not isinstance(value, dict) or not value:
+        raise InvalidDefinition(f"{name} must be a JSON object of prices with keys among {', '.join(PRICE_KEYS)}",
+                                field=name)
+    unknown = sorted(set(value) - set(PRICE_KEYS))
+    if unknown:
+        raise InvalidDefinition(f"{name} has unknown price(s) {', '.join(unknown)}; use {', '.join(PRICE_KEYS)}", field=name)
+    for key, price in value.items():
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < float("inf"):
+            raise InvalidDefinition(f"{name}: price {key}={price!r} must be a number >= 0", field=name)
+    return tuple(sorted((k, float(v)) for k, v in value.items()))
+
+
 def _online_cache(env: Mapping[str, str], redis_url: str) -> str:
     """ONLINE_CACHE (off, ttl, tracking); unset: SERVING_CACHE_ENABLED's ttl or off. Tracking needs one Redis:
     the embedded store keeps TTL caching, and a Redis Cluster is refused (one tracking connection per node
@@ -302,6 +329,11 @@ class Settings:
     profiles: bool = True
     # ALERT_WEBHOOK_URL: where an anomaly alert is POSTed as JSON ("" = no webhook; alerts are still recorded).
     alert_webhook_url: str = ""
+    # COST_PRICES: prices that turn the measured cost figures into money (fstore.ops.cost); () = figures only.
+    cost_prices: tuple[tuple[str, float], ...] = ()
+    # UNUSED_ONLINE_DROP_DAYS: features neither served online nor in a training set for this many days have
+    # their online values dropped when the policy is applied (fstore.ops.unused); 0 = never drop, report only.
+    unused_online_drop_days: int = 0
     # COLD_STORAGE_PATH: where feature sets' cold offline tables live (a local folder or an s3a:// prefix, kept
     # normalized; "" = no cold tier). Outside STORAGE_PATH; only fstore.storage.cold reads or writes it.
     cold_storage_path: str = ""
@@ -375,6 +407,8 @@ class Settings:
             source_roots=_roots(env),
             profiles=_choice(env, "PROFILES", "on", ("on", "off")) == "on",
             alert_webhook_url=env.get("ALERT_WEBHOOK_URL", "").strip(),
+            cost_prices=_prices(env, "COST_PRICES"),
+            unused_online_drop_days=_int(env, "UNUSED_ONLINE_DROP_DAYS", 0, maximum=36500),
         )
         values.update(overrides)
         if "cold_storage_path" not in overrides:

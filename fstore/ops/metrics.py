@@ -290,6 +290,7 @@ class RegistryCollector:
                 last_duration.add_metric([name], duration)
         yield from (runs, rows, seconds, last_duration)
         yield _alert_metrics(self._store, self._allowed)
+        yield from _cost_metrics(self._store, self._allowed)
         yield from _freshness_metrics(data_freshness(self._store, allowed=self._allowed))
 
 
@@ -309,6 +310,44 @@ def _alert_metrics(store: "StoreContext", allowed: Callable[[str], bool] | None)
         if allowed is None or allowed(name):
             alerts.add_metric([name, feature, metric, severity], count)
     return alerts
+
+
+def _cost_metrics(store: "StoreContext", allowed: Callable[[str], bool] | None):
+    """What runs used (counters over every succeeded run), what each set keeps (gauges, measured at most every
+    ``fstore.ops.cost.SIZES_MAX_AGE`` seconds) and, with ``COST_PRICES``, the money of the last 30 days."""
+    from datetime import datetime
+
+    from fstore.ops.cost import SIZES_MAX_AGE, cost_report, run_totals
+
+    cpu = CounterMetricFamily("fstore_run_cpu_seconds", "CPU seconds of succeeded materialization runs "
+                              "(Spark executorCpuTime; DuckDB process CPU)", labels=["feature_set"])
+    moved = CounterMetricFamily("fstore_run_bytes", "Bytes of succeeded materialization runs by kind "
+                                "(read: source files; written: Delta commits; shuffle_read/shuffle_write: Spark)",
+                                labels=["feature_set", "kind"])
+    for name, entry in run_totals(store, datetime(1970, 1, 1)).items():
+        if allowed is None or allowed(name):
+            cpu.add_metric([name], entry["cpu_seconds"])
+            for kind in ("read", "written"):
+                moved.add_metric([name, kind], entry[f"bytes_{kind}"])
+            for kind in ("shuffle_read", "shuffle_write"):
+                moved.add_metric([name, kind], entry[f"{kind}_bytes"])
+    offline = GaugeMetricFamily("fstore_feature_set_offline_bytes", "Bytes of the current version of the set's "
+                                "offline Delta table", labels=["feature_set"])
+    online = GaugeMetricFamily("fstore_feature_set_online_bytes", "Memory the set takes in the online store "
+                               "(Redis MEMORY USAGE sampled × keys; embedded: file bytes by share)", labels=["feature_set"])
+    keys = GaugeMetricFamily("fstore_feature_set_online_keys", "Keys of the set in the online store",
+                             labels=["feature_set"])
+    money = GaugeMetricFamily("fstore_cost_30d", "Money of the last 30 days by part (COST_PRICES)",
+                              labels=["feature_set", "part"])
+    report = cost_report(store, 30, allowed=allowed, sizes_max_age=SIZES_MAX_AGE)
+    for item in report["items"]:
+        name = item["feature_set"]
+        for family, field in ((offline, "offline_bytes"), (online, "online_bytes"), (keys, "online_keys")):
+            if item.get(field) is not None:
+                family.add_metric([name], item[field])
+        for part, value in (item["money"] or {}).items():
+            money.add_metric([name, part], value)
+    return cpu, moved, offline, online, keys, money
 
 
 def _freshness_metrics(freshness: dict):

@@ -137,6 +137,8 @@ class MaterializationRunRow(Base):
     # What of the source the run read (``fstore.compute.source_read``): the next incremental run takes what is new.
     source_read: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     late_dropped: Mapped[int | None] = mapped_column(Integer, nullable=True)  # events older than allowed_lateness
+    # What the run cost (``fstore.compute.cost``): CPU seconds, bytes read/written, shuffle bytes, peak memory.
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_by: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -289,3 +291,18 @@ class ImportanceRow(Base):
     score: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class OnlineDropRow(Base):
+    """A feature whose online values usage-based retention dropped (``fstore.ops.unused``); its definition stays."""
+
+    __tablename__ = "online_drops"
+    __table_args__ = (UniqueConstraint("feature_set", "feature"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_set: Mapped[str] = mapped_column(String(63), index=True)
+    feature: Mapped[str] = mapped_column(String(63))
+    unused_days: Mapped[int] = mapped_column(Integer)  # the policy's period it had not been used for
+    keys: Mapped[int] = mapped_column(Integer, default=0)  # online keys whose value was removed
+    dropped_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    dropped_by: Mapped[str] = mapped_column(String(200), default="")

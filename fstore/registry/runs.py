@@ -126,6 +126,7 @@ def run_to_dict(row: MaterializationRunRow, feature_set_name: str) -> dict[str, 
         "stages": row.stages,
         "quality": row.quality,
         "late_dropped": row.late_dropped,
+        "cost": row.cost,
         "source_files": len((row.source_read or {}).get("files", {})) if row.source_read else None,
         "error": row.error,
         "created_by": row.created_by,
@@ -203,7 +204,7 @@ def finish_run(s: Session, run_id: str, *, status: str, error: str | None = None
     if status not in ("succeeded", "failed", "cancelled"):
         raise InvalidDefinition(f"a run finishes succeeded, failed or cancelled, not {status!r}", field="status")
     allowed = {"rows_read", "rows_written", "rows_rejected", "online_rows", "offline_version", "stages", "quality",
-               "source_read", "late_dropped"}
+               "source_read", "late_dropped", "cost"}
     unknown = set(figures) - allowed
     if unknown:
         raise InvalidDefinition(f"unknown run figure(s): {', '.join(sorted(unknown))}")

@@ -40,6 +40,7 @@ class RegistrySnapshot:
         self.refresh_seconds = refresh_seconds
         self._versions: dict[tuple[str, int | None], Any] = {}  # FeatureSetVersion or the FStoreError it raised
         self._names: dict[str, Any] = {}  # feature name -> tuple of set names (or the error)
+        self._drops: dict[str, Any] = {}  # set name -> {feature: reason} of its dropped online values
         self._lock = threading.Lock()
         self._next = time.monotonic() + refresh_seconds
         self._refreshing = False
@@ -68,6 +69,15 @@ class RegistrySnapshot:
             self._remember(self._names, feature, hit)
         return list(_answer(hit))
 
+    def dropped(self, name: str) -> dict[str, str]:
+        """The features of set ``name`` whose online values usage-based retention dropped, with the reason."""
+        hit = self._drops.get(name, _ABSENT)
+        if hit is _ABSENT:
+            with self._store.transaction() as s:
+                hit = _load_drops(s, name)
+            self._remember(self._drops, name, hit)
+        return hit
+
     def _remember(self, table: dict, key: Any, value: Any) -> None:
         with self._lock:
             if len(table) >= MAX_LOOKUPS:
@@ -91,10 +101,12 @@ class RegistrySnapshot:
         self._refreshing = True
         versions_keys = [k for k, v in self._versions.items() if k[1] is None or isinstance(v, FStoreError)]
         names_keys = list(self._names)
+        drops_keys = list(self._drops)
         try:
             with self._store.transaction() as s:
                 versions = {key: _load_version(s, key) for key in versions_keys}
                 names = {feature: _load_names(s, feature) for feature in names_keys}
+                drops = {name: _load_drops(s, name) for name in drops_keys}
         except Exception as exc:  # noqa: BLE001 — any failure keeps the last snapshot; the guard logged it
             if not self.stale:
                 log.warning("online serving answers from its registry snapshot (degraded) until the registry "
@@ -107,9 +119,11 @@ class RegistrySnapshot:
             self._refreshing = False
         with self._lock:
             changed = (any(not _same(self._versions.get(k, _ABSENT), v) for k, v in versions.items())
-                       or any(not _same(self._names.get(k, _ABSENT), v) for k, v in names.items()))
+                       or any(not _same(self._names.get(k, _ABSENT), v) for k, v in names.items())
+                       or any(self._drops.get(k) != v for k, v in drops.items()))
             self._versions.update(versions)
             self._names.update(names)
+            self._drops.update(drops)
             if changed:
                 self.generation += 1
         if self.stale:
@@ -135,6 +149,12 @@ def _load_names(s, feature: str) -> Any:
     from fstore.registry import repo
 
     return tuple(repo.feature_set_names_with_feature(s, feature))
+
+
+def _load_drops(s, name: str) -> dict[str, str]:
+    from fstore.registry.drops import dropped_reasons
+
+    return dropped_reasons(s, name)
 
 
 def _answer(hit: Any) -> Any:

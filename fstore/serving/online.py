@@ -3,7 +3,7 @@
 Answer shape (the seed's, plus a parallel ``statuses`` map)::
 
     {"features": {entity_id: {feature: value}},
-     "statuses": {entity_id: {feature: "present" | "missing" | "expired"}},
+     "statuses": {entity_id: {feature: "present" | "missing" | "expired" | "dropped"}},
      "metadata": {"latency_ms", "cache_hit", "cache_hits", "cache_misses",
                   "feature_sets": {name: version}, "degraded"}}
 
@@ -15,6 +15,9 @@ Answer shape (the seed's, plus a parallel ``statuses`` map)::
   stored (a stored null stays null). ``missing``: never stored for that key.
   ``expired``: stored, but older than the TTL. Missing and expired values are the
   feature's ``default_value`` (or null), never the stale value.
+- ``dropped``: usage-based retention dropped the feature's online values (``fstore.ops.unused``): the value
+  is null (not the default) and ``metadata.dropped`` maps the feature to the reason and how to restore it
+  (present only when some asked feature is dropped).
 - ``cache_hit`` is true when every lookup was answered by the in-process cache.
 - ``degraded`` is true when the online store was unreachable and every lookup
   was answered from the cache (entries up to ``STALE_GRACE_SECONDS`` past their TTL),
@@ -73,7 +76,7 @@ RESOLVE_TTL_SECONDS = 2.0
 MARKER_CHECK_SECONDS = 1.0  # how often a read also checks a set's load marker (per process)
 STALE_GRACE_SECONDS = 60.0
 CACHE_MAX_ENTRIES = 200_000
-_MISSING, _PRESENT, _EXPIRED = "missing", "present", "expired"
+_MISSING, _PRESENT, _EXPIRED, _DROPPED = "missing", "present", "expired", "dropped"
 _FLOAT_ONLY = frozenset((float,))  # _float_values: every parsed value a float (checked in C, not a generator)
 
 
@@ -86,6 +89,7 @@ class _Group:
     picks: tuple[tuple[str, int, Callable[[bytes], Any], Any], ...]  # (output name, index, decoder, default)
     ttl_micros: int | None
     outs: tuple[str, ...] = ()  # output names, in request order
+    features: tuple[str, ...] = ()  # the feature names behind ``outs``
     decoders: tuple[Callable[[bytes], Any], ...] = ()
     getter: Callable[[Any], Any] | None = None  # picks the asked fields out of the read ones (None: same order)
     present: dict[str, str] | None = None  # {output: "present"}, to update statuses in one call
@@ -317,7 +321,7 @@ def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any
         getter = None if indexes == tuple(range(len(read_fields))) else (
             (lambda raw, i=indexes[0]: (raw[i],)) if len(indexes) == 1 else operator.itemgetter(*indexes))
         groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl,
-                             outs=tuple(p[0] for p in picks), decoders=tuple(p[2] for p in picks), getter=getter,
+                             outs=tuple(p[0] for p in picks), features=tuple(group.features), decoders=tuple(p[2] for p in picks), getter=getter,
                              present=dict.fromkeys((p[0] for p in picks), _PRESENT),
                              all_float=not win and all(p[2] is float for p in picks), windows=win,
                              aliases=tuple((e.name, e.join_keys[0]) for e in fsv.entities
@@ -384,6 +388,7 @@ def answer_online(store: "StoreContext", *, features: list[str], entities: dict 
     found: dict[str, int] = {}
     for gi, g in enumerate(groups):
         found.update(_decode_group(g, results[gi], ids, now, out_features, out_status))
+    dropped = _dropped(state.snapshot, groups, out_features, out_status)
     seconds = time.perf_counter() - started
     missed = {gi for gi, _, _ in wanted}
     for gi, g in enumerate(groups):
@@ -406,11 +411,34 @@ def answer_online(store: "StoreContext", *, features: list[str], entities: dict 
             "degraded_reason": reason,
         },
     }
+    if dropped:
+        answer["metadata"]["dropped"] = dropped
     if settings.online_skew_sample > 0:  # a sampled comparison with historical retrieval, in the background
         from fstore.serving.skew import monitor_for
 
         monitor_for(store).offer(features, rows, ids, feature_sets, answer, now)
     return answer, (Coverage(len(ids), found, cache_hit) if len(out_features) == len(ids) else None)
+
+
+def _dropped(snapshot: RegistrySnapshot, groups: list[_Group], out_features: dict[str, dict[str, Any]],
+             out_status: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Features whose online values usage-based retention dropped (``fstore.ops.unused``): null, status
+    ``dropped``, never the default (a default would look like a real value); returns ``{output name: reason}``."""
+    out: dict[str, str] = {}
+    for g in groups:
+        try:
+            reasons = snapshot.dropped(g.codec.name)
+        except Exception:  # noqa: BLE001 - a registry that cannot answer a first lookup: the values read stand
+            reasons = None
+        if not reasons:
+            continue
+        for name, feature in zip(g.outs, g.features):
+            if feature in reasons:
+                out[name] = reasons[feature]
+                for eid, values in out_features.items():
+                    values[name] = None
+                    out_status[eid][name] = _DROPPED
+    return out
 
 
 def _rows_by_join_keys(groups: list[_Group], rows: list[dict]) -> list[dict]:

@@ -7,7 +7,8 @@ for, and counts per feature set the entity rows where some feature differs:
 - a value the online store answered as ``present`` must equal the historical one (floats to a
   relative 1e-9: float sums are added in different orders by different engines);
 - a ``missing``/``expired`` answer (the feature's default, or null) is skew only when historical
-  retrieval has a value there.
+  retrieval has a value there;
+- a ``dropped`` answer (usage-based retention removed the feature's online values) is never skew.
 
 Continuous, in the server (``ONLINE_SKEW_SAMPLE``, a fraction, off by default): ``SkewMonitor.offer``
 draws a random number per online request and, for the sampled ones, puts the answer on a bounded queue
@@ -98,8 +99,8 @@ def compare(store: "StoreContext", *, features: list[str], rows: list[dict[str, 
             for out_name, column in zip(group.output_names, columns):
                 offline = _plain(hist[column])
                 online = got[out_name]
-                if statuses[out_name] != "present" and offline is None:
-                    continue
+                if statuses[out_name] == "dropped" or (statuses[out_name] != "present" and offline is None):
+                    continue  # dropped: usage-based retention took the values out on purpose (fstore.ops.unused)
                 if not same(online, offline):
                     differs = True
                     stats["features"][out_name] = stats["features"].get(out_name, 0) + 1

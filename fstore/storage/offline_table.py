@@ -171,3 +171,38 @@ def parquet_writer(rows):
         if spark_type in ("double", "float") or name == "event_timestamp":
             writer = writer.option(f"parquet.enable.dictionary#{name}", "false")
     return writer
+
+
+def commit_added_bytes(settings: Settings, name: str, version: int) -> int | None:
+    """The bytes of the data files Delta commit ``version`` of ``name``'s table added (the sum of its ``add``
+    actions' ``size``, what delta-spark's ``numOutputBytes`` counts); None when the commit cannot be read."""
+    import json
+
+    fs, path_of = filesystem(settings)
+    log_file = path_of(f"{table_uri(settings, name)}/_delta_log/{version:020d}.json")
+    try:
+        with fs.open_input_stream(log_file) as stream:
+            text = stream.read().decode()
+    except (OSError, FileNotFoundError):
+        return None
+    total = 0
+    for line in text.splitlines():
+        if line.strip():
+            action = json.loads(line)
+            if "add" in action:
+                total += int(action["add"].get("size") or 0)
+    return total
+
+
+def table_bytes(settings: Settings, name: str) -> int | None:
+    """The offline size of a feature set: the bytes of the files its current Delta version reads (older versions'
+    files that vacuum has not removed yet are not counted); None before the first write or in Parquet mode."""
+    if settings.storage_format != "delta":
+        return None
+    import pyarrow as pa
+
+    table = delta_table(settings, name)
+    if table is None:
+        return None
+    sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
+    return int(sum(sizes))

@@ -183,3 +183,21 @@ def test_a_cluster_whose_seeds_do_not_answer_is_unavailable(tmp_path, free_port)
     with pytest.raises(Unavailable, match=f"no Redis Cluster seed of 127.0.0.1:{free_port} answered"):
         store.read(USERS, [USERS.key_of({"user_id": 1})])
     store.close()
+
+
+def test_memory_usage_and_dropped_fields_span_every_node(redis_cluster_url, redis_cluster_servers, tmp_path):
+    """Cost tracking's key count and MEMORY USAGE add up each master's keys of the set; usage-based retention's
+    field drop reaches the keys on every master and keeps the other features."""
+    both = Codec(name="user_both", version=1, key_columns=("user_id",), key_types=("int",),
+                 features=(("clicks", "int"), ("age", "int")))
+    store = _open(redis_cluster_url, tmp_path)
+    store.write_rows(both, [{"user_id": u, "event_timestamp": T0, "clicks": u, "age": 30} for u in range(50)])
+    store.write_rows(USERS, [{"user_id": 1, "event_timestamp": T0, "clicks": 1}])  # another set: not counted
+    keys = [k for k in everything(redis_cluster_url) if k.startswith(b"fs:user_both:")]
+    truth = sum(redis_cluster_servers.client(redis_cluster_servers.owner(k)).memory_usage(k) for k in keys)
+    usage = store.memory_usage("user_both")
+    assert usage["keys"] == len(keys) == 50 and usage["bytes"] == truth > 0  # under 100 keys a node: all sampled
+    assert store.drop_fields("user_both", ["age"]) == 50
+    got = store.read(both, [both.key_of({"user_id": u}) for u in (0, 49)])
+    assert [r[1] for r in got] == [[b"0", None], [b"49", None]]
+    store.close()

@@ -38,6 +38,8 @@ def test_every_variable_is_read(tmp_path):
         "ONLINE_SKEW_SAMPLE": "0.25", "PROFILES": "OFF", "ALERT_WEBHOOK_URL": "http://hooks:8080/fstore",
         "SPARK_CONNECT": "OFF", "SPARK_CONNECT_DIR": "/run/fstore-connect", "ONLINE_CACHE": "Tracking",
         "COLD_STORAGE_PATH": "s3://Archive/cold/",
+        "COST_PRICES": '{"cpu_hour": 0.05, "gb_month_offline": 0.023, "gb_month_online": 5}',
+        "UNUSED_ONLINE_DROP_DAYS": "90",
     }
     s = Settings.from_env(env)
     assert s.profiles is False and s.alert_webhook_url == "http://hooks:8080/fstore"
@@ -62,6 +64,9 @@ def test_every_variable_is_read(tmp_path):
     assert (s.delta_writer, s.spark_jars_dir) == ("delta-rs", "/opt/jars")
     assert s.online_skew_sample == 0.25 and Settings.from_env({}).online_skew_sample == 0.0
     assert (s.spark_connect, s.spark_connect_dir) == ("off", "/run/fstore-connect")
+    assert dict(s.cost_prices) == {"cpu_hour": 0.05, "gb_month_offline": 0.023, "gb_month_online": 5.0}
+    assert s.unused_online_drop_days == 90
+    assert (Settings.from_env({}).cost_prices, Settings.from_env({}).unused_online_drop_days) == ((), 0)
 
 
 def test_a_sqlite_registry_keeps_its_secret_key_beside_it(tmp_path):
@@ -125,6 +130,13 @@ def test_the_spark_connect_record_defaults_under_the_user_cache(tmp_path):
     ("PYTHON_FEATURE_MODULES", "acme.features,os:system", "not a dotted module name"),
     ("PYTHON_FEATURE_MODULES", "acme..x", "not a dotted module name"),
     ("SOURCE_ROOTS", "s3a:///no-bucket", "names no host or bucket"),
+    ("COST_PRICES", "cpu_hour=0.05", "not JSON"),
+    ("COST_PRICES", "[0.05]", "JSON object of prices"),
+    ("COST_PRICES", '{"cpu_hours": 0.05}', "unknown price"),
+    ("COST_PRICES", '{"cpu_hour": -1}', "must be a number >= 0"),
+    ("COST_PRICES", '{"cpu_hour": "cheap"}', "must be a number >= 0"),
+    ("UNUSED_ONLINE_DROP_DAYS", "-3", "out of range"),
+    ("UNUSED_ONLINE_DROP_DAYS", "soon", "not an integer"),
 ])
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(InvalidDefinition, match=message) as info:

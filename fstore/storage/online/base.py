@@ -453,6 +453,15 @@ class OnlineStore(ABC):
     def newest_timestamp(self, name: str) -> datetime | None:
         """The newest event timestamp stored for a feature set (naive UTC), for freshness monitoring."""
 
+    @abstractmethod
+    def memory_usage(self, name: str, *, sample: int = 100) -> dict[str, Any]:
+        """What a feature set takes in the store: ``{"keys", "bytes", "method"}`` (cost tracking)."""
+
+    @abstractmethod
+    def drop_fields(self, name: str, fields: Sequence[str]) -> int:
+        """Remove ``fields`` (features) from every key of a feature set, keeping the others (usage-based
+        retention); returns how many keys held one of them."""
+
     def __enter__(self) -> "OnlineStore":
         return self
 

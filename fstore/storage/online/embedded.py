@@ -290,6 +290,30 @@ class EmbeddedOnlineStore(OnlineStore):
             with conn:
                 return conn.execute("DELETE FROM online_values WHERE fs = ? AND ts < ?", (codec.name, cutoff)).rowcount
 
+    def memory_usage(self, name: str, *, sample: int = 100) -> dict[str, Any]:
+        """The SQLite file's bytes (with its WAL) shared out by each set's share of the stored keys and values."""
+        with self._guard():
+            conn = self._conn()
+            mine = conn.execute("SELECT count(*), coalesce(sum(length(k) + length(data) + 8), 0) FROM online_values "
+                                "WHERE fs = ?", (name,)).fetchone()
+            everyone = conn.execute("SELECT coalesce(sum(length(k) + length(data) + 8), 0) FROM online_values").fetchone()[0]
+        files = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+        share = mine[1] / everyone if everyone else 0.0
+        return {"keys": int(mine[0]), "bytes": int(round(files * share)), "file_bytes": files,
+                "method": "embedded file bytes by share"}
+
+    def drop_fields(self, name: str, fields: Sequence[str]) -> int:
+        """``json_remove`` of the fields from every row of the set, in one statement."""
+        if not fields:
+            return 0
+        paths = ", ".join("?" for _ in fields)
+        members = [f'$."{f}"' for f in fields]
+        with self._guard():
+            return self._conn().execute(
+                f"UPDATE online_values SET data = json_remove(data, {paths}) WHERE fs = ? AND ("
+                + " OR ".join("json_type(data, ?) IS NOT NULL" for _ in fields) + ")",
+                (*members, name, *members)).rowcount
+
     def newest_timestamp(self, name: str) -> datetime | None:
         with self._guard():
             row = self._conn().execute("SELECT newest FROM online_meta WHERE fs = ?", (name,)).fetchone()

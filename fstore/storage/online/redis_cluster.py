@@ -484,6 +484,20 @@ class RedisClusterOnlineStore(OnlineStore):
             self._on_key(key, lambda node, key=key: node._client.delete(key), guard=True)
         return removed
 
+    def memory_usage(self, name: str, *, sample: int = 100) -> dict[str, Any]:
+        """Each node's keys and sampled bytes, added up."""
+        out = {"keys": 0, "bytes": 0, "sampled": 0, "method": "redis MEMORY USAGE"}
+        for node_name in sorted({n for n in self._layout() if n}):
+            node = self._node(node_name)
+            part = node.memory_usage(name, sample=sample)
+            for field in ("keys", "bytes", "sampled"):
+                out[field] += part[field]
+        return out
+
+    def drop_fields(self, name: str, fields: Sequence[str]) -> int:
+        """``HDEL`` on every node's keys of the set (one key per command, as for deletes)."""
+        return sum(self._node(n).drop_fields(name, fields) for n in sorted({n for n in self._layout() if n}))
+
     def close(self) -> None:
         for node in list(self._nodes.values()):
             node.close()

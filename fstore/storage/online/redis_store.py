@@ -627,6 +627,40 @@ class RedisOnlineStore(OnlineStore):
         micros = int(raw)
         return datetime(1970, 1, 1) + timedelta(microseconds=micros)
 
+    def memory_usage(self, name: str, *, sample: int = 100) -> dict[str, Any]:
+        """Keys counted by ``SCAN``; bytes = the mean ``MEMORY USAGE`` of the first ``sample`` keys × the count."""
+        def run() -> dict[str, Any]:
+            keys, sampled = 0, []
+            for key in self._client.scan_iter(match=key_prefix(name) + "*", count=1000):
+                keys += 1
+                if len(sampled) < sample:
+                    sampled.append(key)
+            pipe = self._client.pipeline(transaction=False)
+            for key in sampled:
+                pipe.memory_usage(key)
+            sizes = [size for size in pipe.execute() if size is not None] if sampled else []
+            mean = sum(sizes) / len(sizes) if sizes else 0.0
+            return {"keys": keys, "bytes": int(round(mean * keys)), "sampled": len(sizes), "method": "redis MEMORY USAGE"}
+
+        return self._call(run)
+
+    def drop_fields(self, name: str, fields: Sequence[str]) -> int:
+        """``HDEL`` the fields from every key of the set (pipelined, 1,000 keys a batch)."""
+        if not fields:
+            return 0
+
+        def run() -> int:
+            touched, pipe = 0, self._client.pipeline(transaction=False)
+            for key in self._client.scan_iter(match=key_prefix(name) + "*", count=1000):
+                pipe.hdel(key, *fields)
+                if len(pipe) >= 1000:
+                    touched += sum(1 for n in pipe.execute() if n)
+            if len(pipe):
+                touched += sum(1 for n in pipe.execute() if n)
+            return touched
+
+        return self._call(run)
+
     # -- bulk load from executors -----------------------------------------------------------
 
     def write_packed(self, codec: Codec, batches: Iterable[tuple[list[bytes], list[bytes]]], *, depth: int = 4) -> int:
