@@ -199,6 +199,12 @@ class FeatureSetBody(BaseModel):
     allowed_lateness: Optional[Duration] = Field(None, examples=["2d"], description="late events older than this "
                                                  "before the watermark are counted, not processed (default: any age)")
     allowed_lateness_seconds: Optional[Duration] = None
+    retention: Optional[Duration] = Field(None, examples=["400d"], description="offline rows older than this "
+                                          "(by event time) are deleted by `fstore retention apply` (default: kept)")
+    retention_seconds: Optional[Duration] = None
+    cold_after: Optional[Duration] = Field(None, examples=["90d"], description="offline days older than this move "
+                                           "to the cold table (COLD_STORAGE_PATH) by `fstore tiers apply` (default: never)")
+    cold_after_seconds: Optional[Duration] = None
     anomaly_policy: Optional[dict[str, Any]] = Field(None, examples=[{"on_anomaly": "fail", "window": 20}],
                                                      description="robust z-score anomaly rules of the set's runs")
     tags: Optional[Tags] = None

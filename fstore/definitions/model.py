@@ -465,6 +465,12 @@ class FeatureSet:
     allowed_lateness_seconds: int | None = None
     # Anomaly detection on the set's run-level series (fstore.ops.quality); None = the defaults, alerting only.
     anomaly_policy: "AnomalyPolicy | None" = None
+    # How long the offline store keeps a row after its event time (None: forever); older rows are deleted by
+    # ``fstore retention apply`` and after each scheduled run (fstore.compute.retention).
+    retention_seconds: int | None = None
+    # How long a row stays in the warm offline table after its event time (None: always); older days move to the
+    # cold table under COLD_STORAGE_PATH by ``fstore tiers apply`` and the scheduler (fstore.compute.tiers).
+    cold_after_seconds: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -482,7 +488,8 @@ class FeatureSet:
 
     FIELDS = frozenset({"name", "entities", "description", "owner", "source_type", "offline_enabled", "online_enabled",
                         "materialization_schedule", "source", "ttl", "ttl_seconds", "tags", "allowed_lateness",
-                        "allowed_lateness_seconds", "anomaly_policy"})
+                        "allowed_lateness_seconds", "anomaly_policy", "retention",
+                        "retention_seconds", "cold_after", "cold_after_seconds"})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSet":
@@ -508,6 +515,8 @@ class FeatureSet:
             if ttl is not None else None,
             tags=_tags(data.get("tags")),
             allowed_lateness_seconds=_lateness(data),
+            retention_seconds=_duration(data, "retention"),
+            cold_after_seconds=_duration(data, "cold_after"),
             anomaly_policy=AnomalyPolicy.from_dict(data["anomaly_policy"]) if data.get("anomaly_policy") is not None else None,
         )
 
@@ -516,6 +525,8 @@ class FeatureSet:
         return {
             **({"allowed_lateness_seconds": lateness} if lateness is not None else {}),
             **({"anomaly_policy": self.anomaly_policy.to_dict()} if self.anomaly_policy is not None else {}),
+            **({"retention_seconds": self.retention_seconds} if self.retention_seconds is not None else {}),
+            **({"cold_after_seconds": self.cold_after_seconds} if self.cold_after_seconds is not None else {}),
             "name": self.name,
             "entities": list(self.entities),
             "description": self.description,
@@ -578,6 +589,13 @@ class AnomalyPolicy:
 def _lateness(data: Mapping[str, Any]) -> int | None:
     """``allowed_lateness`` (a duration such as ``2d``) or ``allowed_lateness_seconds`` of a feature set body."""
     key = "allowed_lateness_seconds" if data.get("allowed_lateness_seconds") is not None else "allowed_lateness"
+    value = data.get(key)
+    return parse_duration(value, field_name=key) if value is not None else None
+
+
+def _duration(data: Mapping[str, Any], name: str) -> int | None:
+    """``NAME`` (a duration such as ``400d``) or ``NAME_seconds`` of a feature set body (retention, cold_after)."""
+    key = f"{name}_seconds" if data.get(f"{name}_seconds") is not None else name
     value = data.get(key)
     return parse_duration(value, field_name=key) if value is not None else None
 

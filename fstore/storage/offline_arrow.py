@@ -51,6 +51,9 @@ def write_range_arrow(settings: Settings, fsv: FeatureSetVersion, table: pyarrow
     if settings.storage_format == "parquet":
         _write_parquet_arrow(settings, fsv.name, rows, start, end)
         return None
+    from fstore.storage import cold
+
+    cold.refuse_cold_range(settings, fsv.name, start, end)
     staged = stage_delta_arrow(settings, fsv.name, rows, start, end)
     return offline.commit_delta_files(settings, fsv.name, staged)
 
@@ -247,13 +250,38 @@ def read_files(settings: Settings, name: str, *, as_of: int | str | datetime | N
         return OfflineFiles(version=None, paths=_parquet_files(settings, name, lo, hi))
     table = open_version(settings, name, as_of)
     from fstore.engine.sources import delta_arrow_schema
+    from fstore.storage import cold
 
     schema = delta_arrow_schema(table)
+    # Rows moved to the cold tier are read with it: warm at this version plus the cold version it names,
+    # the cold files after the warm ones (a read's order of rows stays the order of each table's log).
+    tables = [table, *([c] if (c := cold.complement(settings, name, table)) is not None else [])]
+    if not all(_local(t) for t in tables):
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        if len(tables) == 1:
+            return OfflineFiles(version=table.version(), dataset=table.to_pyarrow_dataset(), schema=schema)
+        parts = [t.to_pyarrow_dataset() for t in tables]
+        unified = pa.unify_schemas([p.schema for p in parts], promote_options="permissive")
+        return OfflineFiles(version=table.version(), schema=schema,
+                            dataset=ds.dataset([ds.dataset(p.files, schema=unified, format="parquet",
+                                                           filesystem=p.filesystem, partitioning="hive")
+                                                for p in parts]))
+    paths = [p for t in tables for p in _pruned_paths(t, lo, hi)]
+    return OfflineFiles(version=table.version(), paths=paths, schema=schema)
+
+
+def _local(table) -> bool:
     root = table.table_uri.rstrip("/")
-    if not (root.startswith("file://") or "://" not in root):
-        return OfflineFiles(version=table.version(), dataset=table.to_pyarrow_dataset(), schema=schema)
+    return root.startswith("file://") or "://" not in root
+
+
+def _pruned_paths(table, lo: datetime | None, hi: datetime | None) -> list[str]:
+    """A local Delta table's data files (in its log's order) that can hold event times in ``[lo, hi]``."""
     import pyarrow as pa
 
+    root = table.table_uri.rstrip("/")
     actions = pa.table(table.get_add_actions(flatten=True))
     base = root[len("file://"):] if root.startswith("file://") else root
     columns = {c: actions.column(c).to_pylist() for c in actions.column_names
@@ -268,7 +296,7 @@ def read_files(settings: Settings, name: str, *, as_of: int | str | datetime | N
         if lo is not None and ((day is not None and _as_date(day) < lo.date()) or (last is not None and last < lo)):
             continue
         paths.append(path if path.startswith("/") else f"{base}/{path}")
-    return OfflineFiles(version=table.version(), paths=paths, schema=schema)
+    return paths
 
 
 def _naive(value: Any) -> datetime | None:
