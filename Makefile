@@ -13,7 +13,8 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The jars Spark needs beyond pyspark's (delta-spark, hadoop-aws + AWS SDK) into ~/.cache/fstore/jars, once;
+# The jars Spark needs beyond pyspark's (delta-spark, hadoop-aws + AWS SDK, spark-sql-kafka + its deps) and a Kafka
+# broker's jars (for the streaming tests and bench) into ~/.cache/fstore/jars, once;
 # goes on without them when Maven or the network is missing. Then the class archive (which dumps Delta's classes too).
 setup: $(VENV)/.installed
 	$(PY) -m fstore.engine.jars

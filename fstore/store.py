@@ -316,6 +316,22 @@ class FeatureStore:
         return vacuum_offline(self, ref, retain_hours=DEFAULT_RETAIN_HOURS if retain_hours is None else retain_hours,
                               dry_run=dry_run, actor=actor)
 
+    def apply_retention(self, ref: str | int | None = None, *, dry_run: bool = False, retain_hours: int | None = None,
+                        now: "datetime | None" = None, actor: str = "") -> list[dict]:
+        """Delete offline rows older than each set's ``retention``, then vacuum; see ``fstore.compute.retention``."""
+        from fstore.compute.retention import apply_retention
+        from fstore.compute.vacuum import DEFAULT_RETAIN_HOURS
+
+        return apply_retention(self, ref, dry_run=dry_run, actor=actor, now=now,
+                               retain_hours=DEFAULT_RETAIN_HOURS if retain_hours is None else retain_hours)
+
+    def apply_tiers(self, ref: str | int | None = None, *, dry_run: bool = False, now: "datetime | None" = None,
+                    actor: str = "") -> list[dict]:
+        """Move offline days older than each set's ``cold_after`` to the cold tier; see ``fstore.compute.tiers``."""
+        from fstore.compute.tiers import apply_tiers
+
+        return apply_tiers(self, ref, dry_run=dry_run, now=now, actor=actor)
+
     def reload_online(self, ref: str | int, *, actor: str = "") -> dict:
         """Rebuild a set's online values from its offline table (newest row per key), without recomputing:
         what to run when the online store restarted empty. See ``fstore.compute.reload``."""

@@ -163,7 +163,7 @@ class EntityPatch(EntityBody):
 
 
 class SourceBody(BaseModel):
-    """Where a feature set's rows come from: exactly one of path (+ format), table or query."""
+    """Where a feature set's rows come from: exactly one of path (+ format), table, query or kafka (+ schema)."""
 
     model_config = _BODY
     path: Optional[str] = None
@@ -176,6 +176,9 @@ class SourceBody(BaseModel):
     entity_columns: Optional[list[str]] = None
     options: Optional[dict[str, Any]] = None
     type: Optional[str] = None
+    kafka: Optional[dict[str, Any]] = Field(None, examples=[{"bootstrap_servers": "127.0.0.1:9092", "topic": "clicks",
+                                                             "format": "json"}])
+    schema_: Optional[dict[str, str]] = Field(None, alias="schema", examples=[{"user_id": "int", "ts": "timestamp"}])
 
 
 class FeatureSetBody(BaseModel):
@@ -196,6 +199,12 @@ class FeatureSetBody(BaseModel):
     allowed_lateness: Optional[Duration] = Field(None, examples=["2d"], description="late events older than this "
                                                  "before the watermark are counted, not processed (default: any age)")
     allowed_lateness_seconds: Optional[Duration] = None
+    retention: Optional[Duration] = Field(None, examples=["400d"], description="offline rows older than this "
+                                          "(by event time) are deleted by `fstore retention apply` (default: kept)")
+    retention_seconds: Optional[Duration] = None
+    cold_after: Optional[Duration] = Field(None, examples=["90d"], description="offline days older than this move "
+                                           "to the cold table (COLD_STORAGE_PATH) by `fstore tiers apply` (default: never)")
+    cold_after_seconds: Optional[Duration] = None
     anomaly_policy: Optional[dict[str, Any]] = Field(None, examples=[{"on_anomaly": "fail", "window": 20}],
                                                      description="robust z-score anomaly rules of the set's runs")
     tags: Optional[Tags] = None

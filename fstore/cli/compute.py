@@ -1,4 +1,4 @@
-"""Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler, online reload."""
+"""Computation commands: compile, materialize, incremental runs, backfills, runs, the scheduler, online reload, stream."""
 from __future__ import annotations
 
 import sys
@@ -152,6 +152,59 @@ def vacuum(cli: CliState, name: str, retain_hours: int | None, dry_run: bool) ->
 
 
 @main.group()
+def retention() -> None:
+    """Offline retention: delete rows older than a set's ``retention``."""
+
+
+@retention.command("apply")
+@click.argument("name", required=False)
+@click.option("--dry-run", is_flag=True, help="Only count the rows that would be deleted.")
+@click.option("--retain-hours", type=int, default=None, show_default="168",
+              help="The vacuum after the delete keeps files removed less than this many hours ago.")
+@json_option
+@pass_cli
+def retention_apply(cli: CliState, name: str | None, dry_run: bool, retain_hours: int | None) -> None:
+    """Delete NAME's (default: every set declaring one) offline rows older than its retention, then vacuum.
+
+    Training sets keep their pinned versions' files; those whose version holds deleted rows are listed."""
+    results = cli.store.apply_retention(name, dry_run=dry_run, retain_hours=retain_hours, actor=cli.actor)
+    emit(cli, results, lambda rs: "\n".join(_retention_line(r) for r in rs) or "no feature set declares a retention")
+
+
+def _retention_line(r: dict) -> str:
+    rows = f"would delete {r['rows_to_delete']}" if r["dry_run"] else f"deleted {r['rows_deleted']}"
+    vacuumed = f", vacuumed {r['vacuum']['files']} file(s)" if "vacuum" in r else ""
+    pinned = "; training sets reading rows deleted from the current version (kept through their pinned " \
+             "version): " + ", ".join(f"{t['name']} (v{t['version']}, {t['rows_older']} rows)" for t in r["training_sets"]) \
+        if r["training_sets"] else ""
+    return f"{r['feature_set']}: {rows} row(s) older than {r['cutoff']}{vacuumed}{pinned}"
+
+
+@main.group()
+def tiers() -> None:
+    """Storage tiers: move old offline days to the cold table (COLD_STORAGE_PATH)."""
+
+
+@tiers.command("apply")
+@click.argument("name", required=False)
+@click.option("--dry-run", is_flag=True, help="Only count the rows that would move.")
+@json_option
+@pass_cli
+def tiers_apply(cli: CliState, name: str | None, dry_run: bool) -> None:
+    """Move NAME's (default: every set declaring ``cold_after``) offline days older than its ``cold_after`` from
+    warm to cold storage. Retrieval and training sets read both tiers: their answers do not change."""
+    results = cli.store.apply_tiers(name, dry_run=dry_run, actor=cli.actor)
+    emit(cli, results, lambda rs: "\n".join(_tiers_line(r) for r in rs) or "no feature set declares cold_after")
+
+
+def _tiers_line(r: dict) -> str:
+    rows = f"would move {r['rows_to_move']}" if r["dry_run"] else f"moved {r['rows_moved']}"
+    versions = "" if r["dry_run"] else f" (warm version {r['warm_version']}, cold version {r['cold_version']})"
+    recovered = " after undoing an unfinished move" if r.get("recovered") else ""
+    return f"{r['feature_set']}: {rows} row(s) older than {r['boundary']} to cold storage{versions}{recovered}"
+
+
+@main.group()
 def online() -> None:
     """The online store: reload a set's values after the store lost them."""
 
@@ -246,3 +299,38 @@ def scheduler(cli: CliState, once: bool, poll: float) -> None:
         sys.exit(8)
     if "refused" in last.values():
         sys.exit(5)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--trigger", default=1.0, show_default=True, type=float, help="Seconds between micro-batches.")
+@click.option("--max-offsets-per-trigger", type=int, default=None, help="Cap on Kafka messages per micro-batch.")
+@json_option
+@pass_cli
+def stream(cli: CliState, name: str, trigger: float, max_offsets_per_trigger: int | None) -> None:
+    """Stream feature set NAME from its Kafka topic (Spark Structured Streaming) until SIGTERM or Ctrl-C.
+
+    Every event goes to the offline Delta table exactly once, the newest value per key online (newer wins).
+    The checkpoint is STORAGE_PATH/_streams/NAME/checkpoint: a restart goes on where the last run stopped.
+    One line per micro-batch on stderr (events, appended, online rows, p99 event time -> online seconds)."""
+    import signal
+    import threading
+
+    from fstore.compute.stream import run_stream
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def report(result: dict) -> None:
+        p99 = (result.get("freshness") or {}).get("last_batch_p99_seconds")
+        click.echo(f"{name} batch {result['batch_id']}: {result['events']} events, {result.get('appended', 0)} appended"
+                   f"{' (replayed: skipped)' if result.get('replayed') else ''}, {result['online_rows']} online, "
+                   f"{result['dropped']} dropped, p99 {p99 if p99 is not None else '-'} s", err=True)
+
+    try:
+        totals = run_stream(cli.store, name, trigger_seconds=trigger, stop=stop,
+                            max_offsets_per_trigger=max_offsets_per_trigger, on_batch=report)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    emit(cli, totals, lambda t: f"stopped {name}: " + ", ".join(f"{k} {v}" for k, v in t.items()))

@@ -162,6 +162,7 @@ def materialize_incremental(store: "StoreContext", ref: str | int, *, end: datet
         fs_id, name, watermark = row.id, row.name, row.watermark
         fsv = _load_version(store, s, fs_id, None)
         previous = runs.last_source_read(s, fs_id)
+    _refuse_stream_source(fsv.feature_set)
     current = source_read.take(fsv.feature_set.source)
     start = watermark if watermark is not None else _earliest_event(store, fsv)
     if start is None:
@@ -525,7 +526,16 @@ def cancel_active_runs(store: "StoreContext", reason: str) -> list[str]:
 
 # -- helpers ------------------------------------------------------------------------------------
 
+def _refuse_stream_source(fs: "FeatureSet") -> None:
+    """A Kafka topic is read by a stream, never by a batch run."""
+    if fs.source is not None and fs.source.is_stream:
+        raise InvalidDefinition(f"feature set {fs.name} reads Kafka topic {fs.source.kafka.topic}: batch runs do not read "
+                                f"a stream; run `fstore stream {fs.name}` (jobs/stream.py)", field="source.kafka")
+
+
 def _refuse_storing_nothing(fs: "FeatureSet") -> None:
+    """A run that would store nothing, or that has no batch source to read, is refused."""
+    _refuse_stream_source(fs)
     if not fs.offline_enabled and not fs.online_enabled:
         raise InvalidDefinition(f"feature set {fs.name} has offline_enabled and online_enabled both false: a run "
                                 "would store nothing; enable one of them", field="offline_enabled")

@@ -15,7 +15,8 @@ each push, so a definition changed anywhere is used by the next push), then:
    the entity's online window record plus the pushed rows, written online there (atomic compare-and-set);
 3. **online** (``to`` = ``online`` or ``online_and_offline``): ``OnlineStore.write_rows``, the atomic
    newer-wins write (Redis: the Lua script; embedded: one upsert guarded by the stored event time), so a
-   pushed row older than what a run loaded is dropped. Visible to serving as soon as the call returns;
+   pushed row older than what a run loaded is dropped. Visible to serving as soon as the call returns. A row
+   already past the set's TTL is not stored (serving would call it expired); ``online_past_ttl`` counts them;
 4. **offline** (``offline`` or ``online_and_offline``): under the set's lock, one Delta append of the rows
    whose event id is not stored yet for their days (``fstore.storage.offline_arrow.append_new``). The event
    id is the row's ``push_id`` when the caller gives one, else a SHA-256 of the row (key, event time and every
@@ -83,6 +84,8 @@ def push(store: "StoreContext", ref: str | int, rows: Any, *, to: str = "online"
     if to != "offline":
         result["online_rows"] = store.online.write_rows(_codec(fsv), features.to_pylist()) if windowed is None \
             else windowed.online_rows
+        if windowed is None:
+            result["online_past_ttl"] = _past_ttl(fsv, features)
     if windowed is not None:
         result.update(late_events=windowed.late, duplicate_events=windowed.duplicates)
     # Off the request path: queued for the registry's background audit writer (never dropped; fstore.ops.audit).
@@ -101,6 +104,17 @@ def _windowed(store: "StoreContext", fsv: "FeatureSetVersion", table, ids: list[
     applied = stream_windows.apply_events(store, fsv, table, ids=ids, online=to != "offline")
     return replace(applied, rows=applied.rows.rename_columns(
         [_ID_COLUMN if c == stream_windows.EVENT_ID else c for c in applied.rows.column_names]))
+
+
+def _past_ttl(fsv: "FeatureSetVersion", features: Any) -> int:
+    """How many computed rows are already past the set's TTL: ``write_rows`` did not store them (serving
+    would call them expired), which the answer says rather than letting them vanish silently."""
+    from fstore.storage.online.base import as_codec, to_micros
+
+    cutoff = as_codec(fsv).keep_cutoff()
+    if cutoff is None:
+        return 0
+    return sum(1 for t in features.column("event_timestamp").to_pylist() if t is not None and to_micros(t) < cutoff)
 
 
 def _refuse_set(fsv: "FeatureSetVersion", to: str) -> None:

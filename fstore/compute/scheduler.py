@@ -170,6 +170,9 @@ def _run_one(store: "StoreContext", item: _Due, now: datetime, report: Callable[
     except Exception as exc:  # noqa: BLE001 - one broken set must not stop the others
         outcome.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         log.exception("feature set %s: scheduled run crashed", item.name)
+    if outcome.get("status") == "succeeded":
+        _retention_after(store, item, outcome)
+        _tiers_after(store, item, outcome)
     outcome["seconds"] = round(time.perf_counter() - began, 3)
     if decide is not None:
         decide(item, outcome)
@@ -184,6 +187,38 @@ def _run_one(store: "StoreContext", item: _Due, now: datetime, report: Callable[
         except Exception:  # noqa: BLE001 - showing an outcome must not stop the scheduler
             log.debug("scheduler report failed", exc_info=True)
     return outcome
+
+
+def _retention_after(store: "StoreContext", item: _Due, outcome: dict) -> None:
+    """After a set's succeeded run, apply its retention (if it declares one): ``outcome["retention"]`` holds
+    the rows deleted or the error; a failure here never fails the run, which has committed."""
+    from fstore.compute.retention import apply_one, retention_sets
+
+    if item.name not in retention_sets(store):
+        return
+    try:
+        done = apply_one(store, item.fs_id, actor="scheduler")
+        outcome["retention"] = {"cutoff": done["cutoff"], "rows_deleted": done["rows_deleted"], "version": done["version"]}
+    except Exception as exc:  # noqa: BLE001 - the run succeeded; retention is retried after the next one
+        outcome["retention"] = {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
+        log.warning("feature set %s: retention after the scheduled run failed: %s", item.name,
+                    outcome["retention"]["error"])
+
+
+def _tiers_after(store: "StoreContext", item: _Due, outcome: dict) -> None:
+    """After a set's succeeded run, move its days older than ``cold_after`` to cold (with COLD_STORAGE_PATH set):
+    ``outcome["tiers"]`` holds the rows moved or the error; a failure never fails the committed run."""
+    from fstore.compute.tiers import apply_one, tier_sets
+
+    if not store.settings.cold_storage_path or item.name not in tier_sets(store):
+        return
+    try:
+        done = apply_one(store, item.fs_id, actor="scheduler")
+        outcome["tiers"] = {"boundary": done["boundary"], "rows_moved": done["rows_moved"],
+                            "cold_version": done["cold_version"]}
+    except Exception as exc:  # noqa: BLE001 - the run succeeded; the move is tried again after the next one
+        outcome["tiers"] = {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
+        log.warning("feature set %s: moving old days to cold storage failed: %s", item.name, outcome["tiers"]["error"])
 
 
 def store_materialize_incremental(store: "StoreContext", fs_id: int, end: datetime) -> dict:

@@ -128,7 +128,7 @@ def apply_events(store: "StoreContext", fsv: "FeatureSetVersion", events: "pyarr
             applied, late, duplicates = _tally(outcomes.values())
             break
         swaps = {key: merger.write(o) for key, o in outcomes.items()}
-        done = _swap(store, codec.name, {k: s for k, s in swaps.items() if s is not None})
+        done = _swap(store, codec, {k: s for k, s in swaps.items() if s is not None})
         retry = []
         for key, outcome in outcomes.items():
             if swaps[key] is None or done[key]:
@@ -154,8 +154,9 @@ def _tally(outcomes) -> tuple[int, int, int]:
     return applied, late, duplicates
 
 
-def _swap(store: "StoreContext", name: str, swaps: dict[str, tuple]) -> dict[str, bool]:
-    """The compare-and-sets, one ``swap`` call per field list (whole rows; windows only): written per key."""
+def _swap(store: "StoreContext", codec, swaps: dict[str, tuple]) -> dict[str, bool]:
+    """The compare-and-sets, one ``swap`` call per field list (whole rows; windows only): written per key; a key
+    written expires at its new event time + the set's TTL (``Codec.keep_seconds``), as after any write."""
     from fstore.storage.online.windows import FIELD
 
     by_fields: dict[tuple, list[tuple[str, tuple]]] = {}
@@ -163,7 +164,8 @@ def _swap(store: "StoreContext", name: str, swaps: dict[str, tuple]) -> dict[str
         by_fields.setdefault(fields, []).append((key, row))
     done = {}
     for fields, items in by_fields.items():
-        done.update(zip((k for k, _ in items), store.online.swap(name, fields, FIELD, [r for _, r in items])))
+        done.update(zip((k for k, _ in items), store.online.swap(codec.name, fields, FIELD, [r for _, r in items],
+                                                                       keep_ms=codec.keep_seconds * 1000)))
     return done
 
 
@@ -197,7 +199,9 @@ def _prepared(fsv: "FeatureSetVersion", windows, events: "pyarrow.Table", ids: S
         table = table.append_column(EVENT_ID, pa.array([str(i) for i in ids], pa.string()))
     source = fsv.feature_set.source
     if not source.created_timestamp_column:
-        fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(source, created_timestamp_column=_PUSHED_AT)))
+        declared = {"schema": {**source.schema, _PUSHED_AT: "timestamp"}} if source.schema else {}  # a kafka source
+        fsv = replace(fsv, feature_set=replace(fsv.feature_set, source=replace(
+            source, created_timestamp_column=_PUSHED_AT, **declared)))
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         table = table.append_column(_PUSHED_AT, pa.array([now] * table.num_rows, pa.timestamp("us")))
     index = {w.feature: w.index for w in windows}

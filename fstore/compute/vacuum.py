@@ -23,7 +23,8 @@ older than the retention and pinned by no training set has lost files: reading i
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fstore.core.errors import InvalidDefinition
 from fstore.registry import runs
@@ -39,12 +40,9 @@ def vacuum_offline(store: "StoreContext", ref: str | int, *, retain_hours: int =
     """Delete (or with ``dry_run`` only list) the set's unneeded offline files; returns what was done."""
     from fstore.ops import audit
     from fstore.storage import offline
-    from fstore.compute.materialize import LOCK_TTL_SECONDS, lock_name, take_set_lock
     from fstore.registry.training_sets import pinned_versions
 
-    if isinstance(retain_hours, bool) or not isinstance(retain_hours, int) or retain_hours < 0:
-        raise InvalidDefinition(f"retain_hours must be a whole number of hours >= 0, not {retain_hours!r}",
-                                field="retain_hours")
+    check_retain_hours(retain_hours)
     with store.transaction() as s:
         row = runs.feature_set_row(s, ref)
         fs_id, name = row.id, row.name
@@ -52,17 +50,32 @@ def vacuum_offline(store: "StoreContext", ref: str | int, *, retain_hours: int =
     if store.settings.storage_format != "delta":
         raise InvalidDefinition(f"vacuum applies to Delta offline stores; {name} is stored as plain Parquet "
                                 "(STORAGE_FORMAT=parquet), which keeps no old versions", field="storage_format")
-    lock, owner = lock_name(fs_id), f"vacuum:{uuid.uuid4()}"
-    take_set_lock(store, fs_id, name, owner)
-    try:
-        with runs.keep_lease(store.engine, lock, owner, LOCK_TTL_SECONDS):
-            files = offline.vacuum(store.settings, name, retain_hours=retain_hours, keep_versions=keep,
-                                   dry_run=dry_run)
-    finally:
-        runs.release_lock(store.engine, lock, owner)
+    with set_lock(store, fs_id, name, "vacuum"):
+        files = offline.vacuum(store.settings, name, retain_hours=retain_hours, keep_versions=keep, dry_run=dry_run)
     result = {"feature_set": name, "dry_run": dry_run, "retain_hours": retain_hours, "kept_versions": keep,
               "files": len(files), "paths": files[:100]}
     if not dry_run:
         audit.record(store.engine, actor=actor, action="vacuum", target=name, outcome="ok",
                      detail={"retain_hours": retain_hours, "files_deleted": len(files), "kept_versions": keep})
     return result
+
+
+def check_retain_hours(retain_hours: Any) -> None:
+    if isinstance(retain_hours, bool) or not isinstance(retain_hours, int) or retain_hours < 0:
+        raise InvalidDefinition(f"retain_hours must be a whole number of hours >= 0, not {retain_hours!r}",
+                                field="retain_hours")
+
+
+@contextmanager
+def set_lock(store: "StoreContext", fs_id: int, name: str, work: str) -> Iterator[None]:
+    """Hold feature set ``name``'s materialization lock (kept alive by a lease) while changing its table
+    outside a run (``work``: vacuum, retention); ``Conflict`` while a run holds it."""
+    from fstore.compute.materialize import LOCK_TTL_SECONDS, lock_name, take_set_lock
+
+    lock, owner = lock_name(fs_id), f"{work}:{uuid.uuid4()}"
+    take_set_lock(store, fs_id, name, owner)
+    try:
+        with runs.keep_lease(store.engine, lock, owner, LOCK_TTL_SECONDS):
+            yield
+    finally:
+        runs.release_lock(store.engine, lock, owner)

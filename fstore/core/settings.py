@@ -143,6 +143,35 @@ def _roots(env: Mapping[str, str]) -> tuple[str, ...] | None:
     return tuple(roots)
 
 
+def _cold_path(env: Mapping[str, str], data_root: str) -> str:
+    """COLD_STORAGE_PATH: a local folder (made absolute) or an ``s3://``/``s3a://`` bucket prefix (kept as
+    ``s3a://bucket/prefix``, as ``data_root`` is); no other scheme, no '.' or '..' segments, and never
+    overlapping STORAGE_PATH's data (the cold table of a set must not be a warm table, nor hold one)."""
+    raw = env.get("COLD_STORAGE_PATH", "").strip()
+    if not raw:
+        return ""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", raw)
+    kind = scheme.group(1).lower() if scheme else ""
+    if kind in ("s3", "s3a"):
+        bucket, _, prefix = raw.split("://", 1)[1].partition("/") if "://" in raw else ("", "", "")
+        segments = [s for s in prefix.split("/") if s]
+        if not bucket or any(s in (".", "..") for s in segments):
+            raise InvalidDefinition(f"COLD_STORAGE_PATH={raw!r} is not s3://bucket/prefix (a bucket, no '.' or '..')",
+                                    field="COLD_STORAGE_PATH")
+        root = "/".join([f"s3a://{bucket.lower()}", *segments])
+    elif kind in ("", "file"):
+        local = raw[len("file://"):] if raw.startswith("file://") else raw[len("file:"):] if kind == "file" else raw
+        root = os.path.realpath(local)
+    else:
+        raise InvalidDefinition(f"COLD_STORAGE_PATH={raw!r}: use a local folder or an s3://bucket/prefix",
+                                field="COLD_STORAGE_PATH")
+    warm = data_root.rstrip("/") if data_root.startswith("s3a://") else os.path.realpath(data_root)
+    if root == warm or root.startswith(warm + "/") or warm.startswith(root + "/"):
+        raise InvalidDefinition(f"COLD_STORAGE_PATH={raw!r} overlaps STORAGE_PATH (the warm offline store): "
+                                "give a location outside it", field="COLD_STORAGE_PATH")
+    return root
+
+
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
@@ -305,6 +334,9 @@ class Settings:
     # UNUSED_ONLINE_DROP_DAYS: features neither served online nor in a training set for this many days have
     # their online values dropped when the policy is applied (fstore.ops.unused); 0 = never drop, report only.
     unused_online_drop_days: int = 0
+    # COLD_STORAGE_PATH: where feature sets' cold offline tables live (a local folder or an s3a:// prefix, kept
+    # normalized; "" = no cold tier). Outside STORAGE_PATH; only fstore.storage.cold reads or writes it.
+    cold_storage_path: str = ""
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -379,6 +411,9 @@ class Settings:
             unused_online_drop_days=_int(env, "UNUSED_ONLINE_DROP_DAYS", 0, maximum=36500),
         )
         values.update(overrides)
+        if "cold_storage_path" not in overrides:
+            probe = cls(**{k: v for k, v in values.items() if k != "cold_storage_path"})
+            values["cold_storage_path"] = _cold_path(env, probe.data_root)
         return cls(**values)
 
     @property

@@ -144,7 +144,7 @@ class _Own:
     """fstore's own locations for one settings object."""
 
     files: tuple[tuple[Place, str], ...]  # (place, what): refused inside and as an ancestor
-    offline: Place                        # hidden entries below an offline table are refused
+    offline: tuple[Place, ...]            # the warm and cold offline stores: hidden entries below a table refused
     write_areas: tuple[tuple[Place, str], ...]  # outputs never go there
 
 
@@ -163,7 +163,11 @@ def _own(settings: "Settings") -> _Own:
              (_root(f"{data_root}/training_sets"), "the training sets")]
     if settings.storage_backend == "local":
         files.append((_root(os.path.join(settings.storage_path, "logs")), "the run logs"))
-    return _Own(files=tuple(files), offline=_root(f"{data_root}/offline"), write_areas=tuple(areas))
+    offline = [_root(f"{data_root}/offline")]
+    if settings.cold_storage_path:  # the cold tier: read as the offline store is, written only by fstore
+        offline.append(_root(settings.cold_storage_path))
+        areas.append((offline[-1], "the cold offline store"))
+    return _Own(files=tuple(files), offline=tuple(offline), write_areas=tuple(areas))
 
 
 def _refuse(field: str, text: str, why: str) -> InvalidDefinition:
@@ -179,10 +183,11 @@ def _check_place(settings: "Settings", where: Place, text: str, *, field: str, o
     for own_place, what in own.files:
         if where.inside(own_place) or own_place.inside(where):
             raise _refuse(field, text, f"it is or holds {what}, which fstore never reads or writes as data")
-    if where.inside(own.offline) and where != own.offline:
-        below = PurePosixPath(where.path).relative_to(PurePosixPath(own.offline.path)).parts
-        if any(p.startswith(("_", ".")) for p in below):
-            raise _refuse(field, text, "it is inside an offline table's internal files (staging or log)")
+    for store in own.offline:
+        if where.inside(store) and where != store:
+            below = PurePosixPath(where.path).relative_to(PurePosixPath(store.path)).parts
+            if any(p.startswith(("_", ".")) for p in below):
+                raise _refuse(field, text, "it is inside an offline table's internal files (staging or log)")
     if writing:
         for area, what in own.write_areas:
             if where.inside(area) or area.inside(where):

@@ -268,9 +268,77 @@ class Entity:
         return {"name": self.name, "join_keys": list(self.join_keys), "value_type": self.value_type, "description": self.description}
 
 
+KAFKA_FORMATS = ("json",)
+STARTING_OFFSETS = ("earliest", "latest")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_SERVER_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSource:
+    """A Kafka topic whose message values are a feature set's source rows (``fstore.compute.stream`` reads it
+    with Spark Structured Streaming). ``format``: how a value is encoded (JSON objects; avro is not supported yet).
+    ``starting_offsets``: where a stream's first start reads from (later starts go on from their checkpoint)."""
+
+    bootstrap_servers: str
+    topic: str
+    format: str = "json"
+    starting_offsets: str = "earliest"
+
+    def __post_init__(self) -> None:
+        servers = [s.strip() for s in str(self.bootstrap_servers or "").split(",")]
+        bad = [s for s in servers if not _SERVER_RE.match(s)]
+        if not self.bootstrap_servers or bad:
+            raise InvalidDefinition(f"source.kafka.bootstrap_servers must be host:port[,host:port…], not "
+                                    f"{self.bootstrap_servers!r}", field="source.kafka.bootstrap_servers")
+        if not isinstance(self.topic, str) or not _TOPIC_RE.match(self.topic) or self.topic in (".", ".."):
+            raise InvalidDefinition(f"source.kafka.topic {self.topic!r} is not a Kafka topic name (1-249 of "
+                                    "letters, digits, '.', '_', '-')", field="source.kafka.topic")
+        if self.format not in KAFKA_FORMATS:
+            raise InvalidDefinition(f"source.kafka.format {self.format!r} is not supported; use one of: "
+                                    f"{', '.join(KAFKA_FORMATS)}", field="source.kafka.format")
+        if self.starting_offsets not in STARTING_OFFSETS:
+            raise InvalidDefinition(f"source.kafka.starting_offsets {self.starting_offsets!r} is not one of: "
+                                    f"{', '.join(STARTING_OFFSETS)}", field="source.kafka.starting_offsets")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "KafkaSource":
+        if not isinstance(data, Mapping):
+            raise InvalidDefinition("source.kafka must be an object {bootstrap_servers, topic, format}", field="source.kafka")
+        _reject_unknown(data, {"bootstrap_servers", "topic", "format", "starting_offsets"}, "source.kafka")
+        for key in ("bootstrap_servers", "topic"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise InvalidDefinition(f"source.kafka.{key} is required (a string)", field=f"source.kafka.{key}")
+        return cls(bootstrap_servers=data["bootstrap_servers"].strip(), topic=data["topic"].strip(),
+                   format=str(data.get("format") or "json").lower(),
+                   starting_offsets=str(data.get("starting_offsets") or "earliest").lower())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap_servers, "topic": self.topic, "format": self.format,
+                "starting_offsets": self.starting_offsets}
+
+
+def _schema(value: Any) -> dict[str, str]:
+    """A kafka source's declared value columns: ``{column: scalar type}``, in the order given."""
+    if not isinstance(value, Mapping) or not value:
+        raise InvalidDefinition("source.schema must be a non-empty object of column -> type "
+                                f"({', '.join(SCALAR_TYPES)}): a kafka source's JSON values are parsed by it",
+                                field="source.schema")
+    out = {}
+    for column, kind in value.items():
+        check_name(column, field_name="source.schema")
+        kind = normalize_data_type(kind, field_name=f"source.schema.{column}")
+        if kind not in SCALAR_TYPES:
+            raise InvalidDefinition(f"source.schema.{column}: {kind} is not a scalar type ({', '.join(SCALAR_TYPES)})",
+                                    field=f"source.schema.{column}")
+        out[column] = kind
+    return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class Source:
-    """Where a feature set's rows come from: a path (with format), a Spark table, or a SQL query."""
+    """Where a feature set's rows come from: a path (with format), a Spark table, a SQL query, or a Kafka topic
+    (``kafka``, with the ``schema`` of its JSON values: ``{column: type}``)."""
 
     path: str | None = None
     format: str = "parquet"
@@ -280,11 +348,18 @@ class Source:
     created_timestamp_column: str | None = None
     entity_columns: tuple[str, ...] = ()
     options: dict[str, str] = field(default_factory=dict)
+    kafka: KafkaSource | None = None
+    schema: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        given = [k for k in ("path", "table", "query") if getattr(self, k)]
+        given = [k for k in ("path", "table", "query", "kafka") if getattr(self, k)]
         if len(given) != 1:
-            raise InvalidDefinition("a source needs exactly one of path, table or query", field="source")
+            raise InvalidDefinition("a source needs exactly one of path, table, query or kafka", field="source")
+        if self.kafka is not None:
+            self._check_kafka()
+        elif self.schema:
+            raise InvalidDefinition("source.schema declares a kafka source's value columns; a path, table or query "
+                                    "source brings its own schema", field="source.schema")
         if self.format not in SOURCE_FORMATS:
             raise InvalidDefinition(f"source format {self.format!r} is not supported; use one of: {', '.join(SOURCE_FORMATS)}", field="source.format")
         if self.table is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$", self.table):
@@ -295,10 +370,35 @@ class Source:
         for column in self.entity_columns:
             check_name(column, field_name="source.entity_columns")
 
+    def _check_kafka(self) -> None:
+        """A kafka source's schema names its event time (a timestamp or ISO 8601 text), created time and entity columns."""
+        if not self.schema:
+            raise InvalidDefinition("a kafka source needs source.schema: {column: type} of its JSON values",
+                                    field="source.schema")
+        if self.options:
+            raise InvalidDefinition("source.options are for path sources; a kafka source takes source.kafka",
+                                    field="source.options")
+        named = [("source.event_timestamp_column", self.event_timestamp_column)]
+        named += [("source.created_timestamp_column", self.created_timestamp_column)] if self.created_timestamp_column else []
+        named += [("source.entity_columns", c) for c in self.entity_columns]
+        for where, column in named:
+            if column not in self.schema:
+                raise InvalidDefinition(f"{where}: {column!r} is not in source.schema ({', '.join(self.schema)})",
+                                        field=where)
+        for where, column in named[:2 if self.created_timestamp_column else 1]:
+            if self.schema[column] not in ("timestamp", "string"):
+                raise InvalidDefinition(f"{where}: {column!r} is {self.schema[column]} in source.schema; it must be a "
+                                        "timestamp (or ISO 8601 text: string)", field=where)
+
+    @property
+    def is_stream(self) -> bool:
+        """A source only a stream reads (``fstore stream``), never a batch run."""
+        return self.kafka is not None
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Source":
         allowed = {"path", "format", "table", "query", "event_timestamp_column", "timestamp_column",
-                   "created_timestamp_column", "entity_columns", "options", "type"}
+                   "created_timestamp_column", "entity_columns", "options", "type", "kafka", "schema"}
         _reject_unknown(data, allowed, "source")
         options = data.get("options") or {}
         if not isinstance(options, Mapping):
@@ -322,6 +422,8 @@ class Source:
             created_timestamp_column=data.get("created_timestamp_column"),
             entity_columns=_name_list(data.get("entity_columns"), "source.entity_columns"),
             options={str(k): str(v) for k, v in options.items()},
+            kafka=KafkaSource.from_dict(data["kafka"]) if data.get("kafka") is not None else None,
+            schema=_schema(data["schema"]) if data.get("schema") is not None else {},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -337,6 +439,9 @@ class Source:
             out["entity_columns"] = list(self.entity_columns)
         if self.options:
             out["options"] = dict(self.options)
+        if self.kafka is not None:
+            out["kafka"] = self.kafka.to_dict()
+            out["schema"] = dict(self.schema)
         return out
 
 
@@ -360,6 +465,12 @@ class FeatureSet:
     allowed_lateness_seconds: int | None = None
     # Anomaly detection on the set's run-level series (fstore.ops.quality); None = the defaults, alerting only.
     anomaly_policy: "AnomalyPolicy | None" = None
+    # How long the offline store keeps a row after its event time (None: forever); older rows are deleted by
+    # ``fstore retention apply`` and after each scheduled run (fstore.compute.retention).
+    retention_seconds: int | None = None
+    # How long a row stays in the warm offline table after its event time (None: always); older days move to the
+    # cold table under COLD_STORAGE_PATH by ``fstore tiers apply`` and the scheduler (fstore.compute.tiers).
+    cold_after_seconds: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -377,7 +488,8 @@ class FeatureSet:
 
     FIELDS = frozenset({"name", "entities", "description", "owner", "source_type", "offline_enabled", "online_enabled",
                         "materialization_schedule", "source", "ttl", "ttl_seconds", "tags", "allowed_lateness",
-                        "allowed_lateness_seconds", "anomaly_policy"})
+                        "allowed_lateness_seconds", "anomaly_policy", "retention",
+                        "retention_seconds", "cold_after", "cold_after_seconds"})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSet":
@@ -393,7 +505,8 @@ class FeatureSet:
             entities=_name_list(data.get("entities"), "entities"),
             description=_str(data, "description"),
             owner=_str(data, "owner"),
-            source_type=_str(data, "source_type", "batch") or "batch",
+            source_type=_str(data, "source_type", "") or ("stream" if isinstance(source, Mapping) and source.get("kafka")
+                                                          else "batch"),
             offline_enabled=_bool(data, "offline_enabled", True),
             online_enabled=_bool(data, "online_enabled", True),
             materialization_schedule=check_cron(data.get("materialization_schedule")),
@@ -402,6 +515,8 @@ class FeatureSet:
             if ttl is not None else None,
             tags=_tags(data.get("tags")),
             allowed_lateness_seconds=_lateness(data),
+            retention_seconds=_duration(data, "retention"),
+            cold_after_seconds=_duration(data, "cold_after"),
             anomaly_policy=AnomalyPolicy.from_dict(data["anomaly_policy"]) if data.get("anomaly_policy") is not None else None,
         )
 
@@ -410,6 +525,8 @@ class FeatureSet:
         return {
             **({"allowed_lateness_seconds": lateness} if lateness is not None else {}),
             **({"anomaly_policy": self.anomaly_policy.to_dict()} if self.anomaly_policy is not None else {}),
+            **({"retention_seconds": self.retention_seconds} if self.retention_seconds is not None else {}),
+            **({"cold_after_seconds": self.cold_after_seconds} if self.cold_after_seconds is not None else {}),
             "name": self.name,
             "entities": list(self.entities),
             "description": self.description,
@@ -472,6 +589,13 @@ class AnomalyPolicy:
 def _lateness(data: Mapping[str, Any]) -> int | None:
     """``allowed_lateness`` (a duration such as ``2d``) or ``allowed_lateness_seconds`` of a feature set body."""
     key = "allowed_lateness_seconds" if data.get("allowed_lateness_seconds") is not None else "allowed_lateness"
+    value = data.get(key)
+    return parse_duration(value, field_name=key) if value is not None else None
+
+
+def _duration(data: Mapping[str, Any], name: str) -> int | None:
+    """``NAME`` (a duration such as ``400d``) or ``NAME_seconds`` of a feature set body (retention, cold_after)."""
+    key = f"{name}_seconds" if data.get(f"{name}_seconds") is not None else name
     value = data.get(key)
     return parse_duration(value, field_name=key) if value is not None else None
 

@@ -68,6 +68,10 @@ def validate_version(store, fsv: FeatureSetVersion, *, allow_missing_source: boo
         _check_duckdb_regexes(fsv)
     if source is None or not fsv.features:
         return
+    if source.is_stream:
+        # Its columns are declared (source.schema): the keys are checked now; the SQL when a stream starts.
+        _check_source_columns(fsv, list(source.schema))
+        return
     from fstore.engine.sources import local_path_missing
 
     if local_path_missing(source):

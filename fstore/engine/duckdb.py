@@ -164,6 +164,8 @@ def read_source(con, source: Source, *, settings: Settings):
 def unsupported(source: Source) -> str | None:
     """Why the DuckDB engine cannot read ``source`` (a Spark table or query, a remote path, Spark-only options),
     or None when it can. The definition itself is fine: such a set runs with COMPUTE_ENGINE=spark."""
+    if source.is_stream:
+        return f"a kafka source (topic {source.kafka.topic}) is read by a stream (`fstore stream`), not by a batch run"
     if not source.path:
         kind = "table" if source.table else "query"
         return (f"COMPUTE_ENGINE=duckdb reads path sources (parquet, csv, json, delta); this source is a Spark {kind}: "

@@ -42,7 +42,11 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None, *, mas
         # installed copy (another checkout's, say) would run their half of the job.
         conf.setdefault("spark.executorEnv.PYTHONPATH", executor_python_path())
     conf.update(jars.spark_conf(settings, _running_jvm()))  # the cached Delta (and, for S3, hadoop-aws) jars
-    conf.update(extra or {})
+    extra = dict(extra or {})
+    if conf.get("spark.jars") and extra.get("spark.jars"):  # a session's own jars (Kafka's) join the cached ones
+        joined = conf["spark.jars"].split(",") + extra["spark.jars"].split(",")
+        extra["spark.jars"] = ",".join(dict.fromkeys(j for j in joined if j))
+    conf.update(extra)
     options = [conf.get("spark.driver.extraJavaOptions", "")]
     if LOG4J_FILE.is_file() and "SPARK_CONF_DIR" not in os.environ:  # an operator's own Spark conf wins
         options.append(f"-Dlog4j2.configurationFile=file:{LOG4J_FILE}")

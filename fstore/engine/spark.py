@@ -99,6 +99,9 @@ def read_source(spark, source: Source, *, settings: Settings, start: datetime | 
     from fstore.compiler import sql_policy
 
     sql_policy.check_source(source)
+    if source.is_stream:
+        raise InvalidDefinition(f"a kafka source (topic {source.kafka.topic}) is read by a stream (`fstore stream`, "
+                                "fstore.compute.stream), not by a batch read", field="source.kafka")
     if source.path:
         guard.check_source(settings, source)
         if local_path_missing(source):

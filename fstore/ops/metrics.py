@@ -367,7 +367,15 @@ def _freshness_metrics(freshness: dict):
             last.add_metric([name], at.timestamp())
         if item["late"] is not None:
             late.add_metric([name], 1.0 if item["late"] else 0.0)
-    return lag, last, late
+    stream = GaugeMetricFamily("fstore_stream_freshness_seconds",
+                               "Event time to online visibility of a streaming set's events in the last minute, "
+                               "by quantile (0.5, 0.99)", labels=["feature_set", "quantile"])
+    for item in freshness["items"]:
+        measured = item.get("stream") or {}
+        for quantile, key in (("0.5", "p50_seconds"), ("0.99", "p99_seconds")):
+            if measured.get(key) is not None:
+                stream.add_metric([item["feature_set"], quantile], measured[key])
+    return lag, last, late, stream
 
 
 def render(store: "StoreContext | None" = None, *, allowed: Callable[[str], bool] | None = None) -> tuple[bytes, str]:

@@ -217,10 +217,26 @@ def online_values_lost(store: "StoreContext", names: list[str] | None = None) ->
     return out
 
 
+def _stream(store: "StoreContext", name: str, now: datetime) -> dict | None:
+    """A streaming set's event time → online visibility (p50/p99 over the last minute's events, from its stream
+    job: ``fstore.ops.stream_freshness``), with the age of that figure; None for a set that never streamed here."""
+    from fstore.ops.stream_freshness import read
+
+    measured = read(store.settings, name)
+    if measured is None:
+        return None
+    at = datetime.fromtimestamp(measured["at"], timezone.utc).replace(tzinfo=None)
+    return {"p50_seconds": measured.get("p50_seconds"), "p99_seconds": measured.get("p99_seconds"),
+            "window_events": measured.get("window_events"), "measured_at": _iso(at),
+            "age_seconds": round((now - at).total_seconds(), 3), "batches": measured.get("batches"),
+            "events": measured.get("events"), "last_batch_id": measured.get("last_batch_id")}
+
+
 def data_freshness(store: "StoreContext", *, allowed: Callable[[str], bool] | None = None,
                    now: datetime | None = None) -> dict:
     """Per feature set: newest event time offline and online, last succeeded run, lateness, and
-    ``online_values_lost`` (why its online values cannot be trusted, else null: ``online_values_lost()``)."""
+    ``online_values_lost`` (why its online values cannot be trusted, else null: ``online_values_lost()``), and for a
+    streaming set ``stream``: event time → online visibility p50/p99 (``_stream``)."""
     now = now or utcnow()
     with store.transaction() as s:
         sets = s.execute(select(FeatureSetRow.id, FeatureSetRow.name, FeatureSetRow.spec, FeatureSetRow.watermark,
@@ -261,6 +277,7 @@ def data_freshness(store: "StoreContext", *, allowed: Callable[[str], bool] | No
             "last_failure_at": _iso(failed.get(set_id)),
             "late": late_against_schedule(schedule, last_success, now, created_at),
             "online_values_lost": lost.get(name),
+            "stream": _stream(store, name, now),
         })
     body: dict[str, Any] = {"at": _iso(now), "items": items}
     if online_error is not None:

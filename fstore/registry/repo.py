@@ -363,6 +363,10 @@ def update_feature_set(s: Session, ref: str | int, changes: dict, *, actor: str 
         merged.pop("ttl_seconds", None)
     if "allowed_lateness" in changes:
         merged.pop("allowed_lateness_seconds", None)
+    if "retention" in changes:
+        merged.pop("retention_seconds", None)
+    if "cold_after" in changes:
+        merged.pop("cold_after_seconds", None)
     fs, entities, new_entities = _resolve_entities(s, FeatureSet.from_dict(merged))
     changed = diff(plain, fs.to_dict())
     current = _current_features(s, row.id)

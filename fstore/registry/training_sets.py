@@ -101,12 +101,17 @@ def readable_with(saved: dict[str, Any], grant) -> bool:
 
 def pinned_versions(s: Session, feature_set: str) -> list[int]:
     """The offline versions of ``feature_set`` that saved training sets read (a vacuum keeps their files)."""
-    versions = set()
-    for spec in s.scalars(select(TrainingSetRow.spec)):
+    return sorted(set(pinning(s, feature_set).values()))
+
+
+def pinning(s: Session, feature_set: str) -> dict[str, int]:
+    """Saved training set name -> the offline version of ``feature_set`` it pinned (those that read it)."""
+    pins = {}
+    for name, spec in s.execute(select(TrainingSetRow.name, TrainingSetRow.spec)):
         version = (spec or {}).get("offline_versions", {}).get(feature_set)
         if isinstance(version, int) and not isinstance(version, bool):
-            versions.add(version)
-    return sorted(versions)
+            pins[name] = version
+    return pins
 
 
 def finish_training_set(s: Session, name: str, spec: dict[str, Any], *, entity_count: int,

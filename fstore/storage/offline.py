@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from fstore.storage import offline_spark_delta
+from fstore.storage import cold, offline_spark_delta
 from fstore.storage.offline_table import (PARTITION, by_day, current_version, delta_table, delta_uri,  # noqa: F401
                                           filesystem, parquet_writer, release_failed_writers, schema_changes,
                                           storage_options, table_uri)
@@ -81,6 +81,36 @@ def vacuum(settings: Settings, name: str, *, retain_hours: int, keep_versions: l
         checkpoint_if_due(settings, name, current)  # VACUUM commits twice (START and END)
     # Delta's VACUUM skips folders starting with "_", where stage_delta_files and offline_arrow stage files.
     return deleted + clear_staging(settings, name, dry_run=dry_run)
+
+
+def count_older(settings: Settings, name: str, cutoff: datetime, version: int | None = None) -> int:
+    """Rows of ``name``'s table (at ``version``, default the current one) with event time before ``cutoff``
+    (naive UTC); 0 before the first write."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    table = delta_table(settings, name, version)
+    if table is None:
+        return 0
+    dataset = table.to_pyarrow_dataset()
+    kind = dataset.schema.field("event_timestamp").type
+    bound = cutoff.replace(tzinfo=timezone.utc) if getattr(kind, "tz", None) else cutoff
+    return dataset.count_rows(filter=ds.field("event_timestamp") < pa.scalar(bound, type=kind))
+
+
+def delete_older(settings: Settings, name: str, cutoff: datetime) -> int:
+    """Delete, in one Delta commit (delta-rs ``DELETE``), the rows of ``name`` with event time strictly before
+    ``cutoff`` (naive UTC; a row exactly at it stays). Files holding such rows are rewritten without them and
+    removed from the new version (still on disk for older versions until a vacuum). Returns the rows deleted.
+    delta-rs writes the commit whether Spark or delta-rs wrote the table, so both writers share this path.
+    The caller holds the set's lock (``fstore.compute.retention``)."""
+    table = delta_table(settings, name)
+    if table is None or not count_older(settings, name, cutoff):
+        return 0  # no commit for nothing: the version (and what training sets pinned) stays
+    before = table.version()
+    metrics = table.delete(f"event_timestamp < '{cutoff.strftime('%Y-%m-%d %H:%M:%S.%f')}'")
+    checkpoint_if_due(settings, name, before)
+    return int(metrics.get("num_deleted_rows", 0))
 
 
 # -- staging: what a run wrote before its commit ------------------------------------------------------
@@ -174,6 +204,7 @@ def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: da
     if settings.storage_format == "parquet":
         _write_parquet(spark, settings, fsv.name, rows, start, end)
         return None
+    cold.refuse_cold_range(settings, fsv.name, start, end)
     if offline_spark_delta.in_use(spark, settings):
         return offline_spark_delta.write_range(spark, settings, fsv.name, rows, start, end)
     staged = stage_delta_files(spark, settings, fsv.name, rows, start, end)
@@ -494,19 +525,30 @@ def read_table_version(spark, settings: Settings, name: str, *,
     # A Delta version never changes, so the DataFrame over its files (Spark's file listing and footer
     # reads, ~0.4 s for 60 files) is built once per session and version and reused by later reads.
     # The table's id (a UUID made at creation) tells a re-created table at the same path apart.
+    # Rows moved to the cold tier are read with it: warm at this version plus the cold version it names.
+    cold_table = cold.complement(settings, name, table)
     by_delta_spark = offline_spark_delta.in_use(spark, settings)
-    key = (id(spark), table.table_uri, table.metadata().id, table.version(), by_delta_spark)
+    key = (id(spark), table.table_uri, table.metadata().id, table.version(), by_delta_spark,
+           None if cold_table is None else cold_table.version())
     cached = _VERSION_FRAMES.get(key)
     if cached is None or cached.sparkSession is not spark:
         cached = (offline_spark_delta.read_version(spark, settings, name, table.version()) if by_delta_spark
                   else _read_files(spark, table, table.file_uris()))
+        if cold_table is not None:
+            cached = cached.unionByName(_read_files(spark, cold_table, [_spark_uri(u) for u in cold_table.file_uris()]),
+                                        allowMissingColumns=True)
         if len(_VERSION_FRAMES) >= _VERSION_FRAMES_MAX:
             _VERSION_FRAMES.pop(next(iter(_VERSION_FRAMES)))
         _VERSION_FRAMES[key] = cached
     return cached, table.version()
 
 
-_VERSION_FRAMES: dict[tuple[int, str, str, int, bool], Any] = {}
+def _spark_uri(uri: str) -> str:
+    """A file URI as delta-rs lists it, as Spark reads it (S3 through ``s3a://``)."""
+    return "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
+
+
+_VERSION_FRAMES: dict[tuple, Any] = {}
 _VERSION_FRAMES_MAX = 64
 
 

@@ -51,6 +51,9 @@ def write_range_arrow(settings: Settings, fsv: FeatureSetVersion, table: pyarrow
     if settings.storage_format == "parquet":
         _write_parquet_arrow(settings, fsv.name, rows, start, end)
         return None
+    from fstore.storage import cold
+
+    cold.refuse_cold_range(settings, fsv.name, start, end)
     staged = stage_delta_arrow(settings, fsv.name, rows, start, end)
     return offline.commit_delta_files(settings, fsv.name, staged)
 
@@ -247,13 +250,38 @@ def read_files(settings: Settings, name: str, *, as_of: int | str | datetime | N
         return OfflineFiles(version=None, paths=_parquet_files(settings, name, lo, hi))
     table = open_version(settings, name, as_of)
     from fstore.engine.sources import delta_arrow_schema
+    from fstore.storage import cold
 
     schema = delta_arrow_schema(table)
+    # Rows moved to the cold tier are read with it: warm at this version plus the cold version it names,
+    # the cold files after the warm ones (a read's order of rows stays the order of each table's log).
+    tables = [table, *([c] if (c := cold.complement(settings, name, table)) is not None else [])]
+    if not all(_local(t) for t in tables):
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        if len(tables) == 1:
+            return OfflineFiles(version=table.version(), dataset=table.to_pyarrow_dataset(), schema=schema)
+        parts = [t.to_pyarrow_dataset() for t in tables]
+        unified = pa.unify_schemas([p.schema for p in parts], promote_options="permissive")
+        return OfflineFiles(version=table.version(), schema=schema,
+                            dataset=ds.dataset([ds.dataset(p.files, schema=unified, format="parquet",
+                                                           filesystem=p.filesystem, partitioning="hive")
+                                                for p in parts]))
+    paths = [p for t in tables for p in _pruned_paths(t, lo, hi)]
+    return OfflineFiles(version=table.version(), paths=paths, schema=schema)
+
+
+def _local(table) -> bool:
     root = table.table_uri.rstrip("/")
-    if not (root.startswith("file://") or "://" not in root):
-        return OfflineFiles(version=table.version(), dataset=table.to_pyarrow_dataset(), schema=schema)
+    return root.startswith("file://") or "://" not in root
+
+
+def _pruned_paths(table, lo: datetime | None, hi: datetime | None) -> list[str]:
+    """A local Delta table's data files (in its log's order) that can hold event times in ``[lo, hi]``."""
     import pyarrow as pa
 
+    root = table.table_uri.rstrip("/")
     actions = pa.table(table.get_add_actions(flatten=True))
     base = root[len("file://"):] if root.startswith("file://") else root
     columns = {c: actions.column(c).to_pylist() for c in actions.column_names
@@ -268,7 +296,7 @@ def read_files(settings: Settings, name: str, *, as_of: int | str | datetime | N
         if lo is not None and ((day is not None and _as_date(day) < lo.date()) or (last is not None and last < lo)):
             continue
         paths.append(path if path.startswith("/") else f"{base}/{path}")
-    return OfflineFiles(version=table.version(), paths=paths, schema=schema)
+    return paths
 
 
 def _naive(value: Any) -> datetime | None:
@@ -350,3 +378,44 @@ def append_new(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Table,
 def offline_table_columns(table) -> list[str]:
     """The column names of a Delta table's current schema."""
     return [f.name for f in table.schema().fields]
+
+
+def append_batch(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Table, ids: list[str], *, app_id: str,
+                 version: int) -> dict[str, Any]:
+    """Append one stream micro-batch exactly once: Delta's idempotent write (the protocol's ``txn`` action, what
+    delta-spark's ``txnAppId``/``txnVersion`` options write). The commit records ``(app_id, version)``; a batch
+    whose version the table already holds for ``app_id`` (a replay after a crash between the commit and the
+    stream's checkpoint) is skipped whole. One writer per ``app_id`` (the stream holds its set's stream lock).
+    ``ids`` (each event's ``topic:partition:offset``) go to the ``push_id`` column. Rows without an event time
+    are not written (counted in ``dropped``). Returns ``{"appended", "dropped", "replayed", "offline_version"}``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties, Transaction
+
+    if settings.storage_format == "parquet":
+        raise InvalidDefinition(f"streaming offline needs a Delta offline store; {fsv.name} is stored as plain Parquet "
+                                "(STORAGE_FORMAT=parquet), which has no idempotent append", field="offline_enabled")
+    current = offline.delta_table(settings, fsv.name)
+    done = current.transaction_version(app_id) if current is not None else None
+    if done is not None and done >= version:
+        return {"appended": 0, "dropped": 0, "replayed": True, "offline_version": current.version()}
+    event = pc.min_max(table.column("event_timestamp"))
+    if table.num_rows == 0 or event["min"].as_py() is None:
+        return {"appended": 0, "dropped": table.num_rows, "replayed": False,
+                "offline_version": current.version() if current is not None else None}
+    low, high = to_utc_naive(event["min"].as_py()), to_utc_naive(event["max"].as_py())
+    valid = pc.is_valid(table.column("event_timestamp"))
+    kept = table.filter(valid)
+    rows = _prepare_arrow(kept, fsv, low, high + timedelta(microseconds=1))
+    if rows.num_rows != kept.num_rows:  # every row lies in [min, max]: a difference is a bug, never silent loss
+        raise ComputeError(f"stream batch {version} of {fsv.name}: {kept.num_rows - rows.num_rows} row(s) lost preparing")
+    rows = rows.append_column(pa.field(EVENT_ID, pa.string()), pa.array(ids, pa.string()).filter(valid))
+    uri = offline.delta_uri(offline.table_uri(settings, fsv.name))
+    write_deltalake(uri, rows, mode="append", partition_by=[offline.PARTITION], schema_mode="merge",
+                    storage_options=offline.storage_options(settings),
+                    commit_properties=CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)],
+                                                       custom_metadata={"fstore.operation": "stream"}))
+    after = offline.delta_table(settings, fsv.name)
+    return {"appended": rows.num_rows, "dropped": table.num_rows - rows.num_rows, "replayed": False,
+            "offline_version": after.version() if after is not None else None}

@@ -60,7 +60,7 @@ def test_help_needs_no_database(tmp_path):
     result = CliRunner().invoke(main, ["--help"], env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
     assert result.exit_code == 0
     for command in ("apply", "plan", "entities", "feature-sets", "features", "search", "db", "serve", "compile",
-                    "materialize", "materialize-incremental", "backfill", "runs", "scheduler",
+                    "materialize", "materialize-incremental", "backfill", "runs", "scheduler", "stream",
                     "get-online-features", "get-historical-features"):
         assert command in result.stdout
 

@@ -91,8 +91,10 @@ def test_an_older_load_never_moves_serving_backwards(spark, load_settings):
 def test_rows_older_than_the_ttl_are_skipped(spark, load_settings):
     codec = Codec(name="recent", version=1, key_columns=("user_id",), key_types=("int",), features=(("n", "int"),),
                   ttl_seconds=3600)
-    df = spark.createDataFrame([(1, T0, 1), (2, T0 + timedelta(hours=2), 2)], "user_id int, event_timestamp timestamp, n int")
-    now = to_micros(T0 + timedelta(hours=2, minutes=30))
+    # Times near the real clock: the stores also expire a row at event time + TTL by it (Redis PEXPIREAT).
+    t0 = datetime.utcnow().replace(microsecond=0) - timedelta(hours=2, minutes=30)
+    df = spark.createDataFrame([(1, t0, 1), (2, t0 + timedelta(hours=2), 2)], "user_id int, event_timestamp timestamp, n int")
+    now = to_micros(t0 + timedelta(hours=2, minutes=30))
     assert load_dataframe(df, codec, load_settings, now_micros=now) == 1
     got = read_back(load_settings, codec, [(1,), (2,)])
     assert got[0] is None and got[1][1] == {"n": 2}

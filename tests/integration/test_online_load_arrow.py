@@ -246,9 +246,11 @@ def test_rows_older_than_the_ttl_are_skipped(make_settings):
     settings = make_settings("store")
     codec = Codec(name="recent", version=1, key_columns=("user_id",), key_types=("int",), features=(("n", "int"),),
                   ttl_seconds=3600)
+    # Times near the real clock: the stores also expire a row at event time + TTL by it (Redis PEXPIREAT).
+    t0 = datetime.utcnow().replace(microsecond=0) - timedelta(hours=2, minutes=30)
     table = pa.table({"user_id": pa.array([1, 2], pa.int32()), "n": [1, 2],
-                      "event_timestamp": pa.array([T0, T0 + 2 * HOUR], pa.timestamp("us", "UTC"))})
-    now = to_micros(T0 + timedelta(hours=2, minutes=30))
+                      "event_timestamp": pa.array([t0, t0 + 2 * HOUR], pa.timestamp("us", "UTC"))})
+    now = to_micros(t0 + timedelta(hours=2, minutes=30))
     assert load_arrow(table, codec, settings, now_micros=now) == 1
     got = read_back(settings, codec, [(1,), (2,)])
     assert got[0] is None and got[1][1] == {"n": 2}

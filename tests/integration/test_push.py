@@ -198,3 +198,17 @@ def test_pushed_offline_rows_are_read_by_retrieval_and_survive_a_run_of_other_da
     asked = pd.DataFrame({"user_id": [1, 3], "event_timestamp": [T0 + timedelta(days=3), T0 + timedelta(days=5)]})
     got = store.get_historical_features(entity_df=asked, features=["clicks:clicks_x2"]).arrow
     assert got.column("clicks__clicks_x2").to_pylist() == [20, 4]
+
+
+def test_a_pushed_row_past_its_ttl_is_not_stored_and_is_counted(store):
+    """Pushing history to a set with a TTL: rows already past it are not stored online (serving would call
+    them expired; Redis would expire them at once) and the answer counts them instead of dropping them silently."""
+    store.update_feature_set("clicks", {"ttl": "1h"})
+    now = datetime.utcnow()
+    done = store.push("clicks", [{"user_id": 1, "event_timestamp": now - timedelta(minutes=5), "clicks": 2, "page": "a"},
+                                 {"user_id": 2, "event_timestamp": now - timedelta(hours=2), "clicks": 3, "page": "b"}])
+    assert (done["online_rows"], done["online_past_ttl"]) == (1, 1)
+    answer = store.get_online_features(**ASK)
+    assert answer["features"] == {"1": {"clicks:clicks_x2": 4, "clicks:page_upper": "A"},
+                                  "2": {"clicks:clicks_x2": None, "clicks:page_upper": None}}
+    assert answer["statuses"]["2"] == {"clicks:clicks_x2": "missing", "clicks:page_upper": "missing"}

@@ -100,3 +100,38 @@ def test_run_scheduler_stops_when_asked(store, source):
     assert run_scheduler(store, poll_seconds=1, stop=stop) == []
     with pytest.raises(InvalidDefinition):
         run_scheduler(store, once=True, poll_seconds=0)
+
+
+def test_a_scheduled_run_applies_the_sets_retention_after_it(store, source):
+    """Retention (issue #28): rows older than now - retention are deleted after the scheduled run commits."""
+    from fstore.registry.models import utcnow
+
+    created = create_set(store, source, schedule=HOURLY)
+    cutoff = T0 + timedelta(days=2)  # between events: seconds passing before the run move no row across it
+    store.update_feature_set("user_txn", {"retention": int((utcnow() - cutoff).total_seconds())})
+    assert claim_tick(store, created["id"], datetime(2024, 1, 5, 14))
+    [outcome] = run_due(store, now=datetime(2024, 1, 6, 0, 30))
+    assert outcome["status"] == "succeeded" and "error" not in outcome["retention"]
+    expected = [r for r in oracle(events()) if r[1] >= cutoff]
+    assert outcome["retention"]["rows_deleted"] == len(oracle(events())) - len(expected) > 0
+    assert offline_rows(store) == expected
+
+
+def test_a_scheduled_run_moves_the_sets_old_days_to_cold_storage_after_it(settings, spark, source, tmp_path):
+    """Tiers (issue #28): with COLD_STORAGE_PATH set, a set's days older than cold_after move after its run,
+    and retrieval's rows do not change."""
+    from fstore.registry.models import utcnow
+
+    s = make_store(settings.with_(compute_engine="duckdb", cold_storage_path=str(tmp_path / "cold")), spark)
+    try:
+        created = create_set(s, source, schedule=HOURLY)
+        boundary = T0 + timedelta(days=2)  # a day's start: the days before it move
+        s.update_feature_set("user_txn", {"cold_after": int((utcnow() - boundary).total_seconds())})
+        assert claim_tick(s, created["id"], datetime(2024, 1, 5, 14))
+        [outcome] = run_due(s, now=datetime(2024, 1, 6, 0, 30))
+        assert outcome["status"] == "succeeded" and "error" not in outcome["tiers"], outcome
+        moved = len([r for r in oracle(events()) if r[1] < boundary])
+        assert outcome["tiers"]["rows_moved"] == moved > 0 and outcome["tiers"]["boundary"] == "2024-01-03T00:00:00Z"
+        assert len(offline_rows(s)) == len(oracle(events())) - moved  # what is left warm
+    finally:
+        s.close()

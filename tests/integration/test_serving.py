@@ -11,7 +11,10 @@ from fstore.serving.online import clear_caches
 from fstore.core.settings import Settings
 from fstore.store import FeatureStore
 
-T0 = datetime(2026, 1, 1, 12, 0, 0)
+# Rows are written at T0 and read at fixed instants after it (``now_micros``). T0 lies ahead of the wall
+# clock: writes drop a row already past its TTL (60 s here) and Redis expires keys at event time + TTL, so
+# a T0 in the past would leave nothing stored; ahead, the TTL is judged only at the instants the tests give.
+T0 = datetime(2099, 1, 1, 12, 0, 0)
 NOW = to_micros(T0) + 10 * 1_000_000
 
 

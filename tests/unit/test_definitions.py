@@ -294,6 +294,23 @@ def test_spec_basic_features_read_as_the_spec_writes_them():
     assert Feature.from_dict({**FEATURE, "transformation": None, "window_size": "7d"}).transformation is None
 
 
+@pytest.mark.parametrize("given, seconds", [("400d", 400 * 86400), ("2w", 14 * 86400), (3600, 3600), (None, None)])
+def test_retention_is_a_duration_kept_in_the_spec(given, seconds):
+    fs = FeatureSet.from_dict({"name": "s", "entities": ["user"], **({"retention": given} if given else {})})
+    assert fs.retention_seconds == seconds
+    assert fs.to_dict().get("retention_seconds") == seconds
+    assert FeatureSet.from_dict(fs.to_dict()) == fs
+
+
+@pytest.mark.parametrize("body, field", [({"retention": "forever"}, "retention"), ({"retention": "0d"}, "retention"),
+                                         ({"retention_seconds": -1}, "retention_seconds"),
+                                         ({"retention": True}, "retention")])
+def test_a_bad_retention_is_refused_naming_its_field(body, field):
+    with pytest.raises(InvalidDefinition) as refused:
+        FeatureSet.from_dict({"name": "s", "entities": ["user"], **body})
+    assert refused.value.field == field
+
+
 @pytest.mark.parametrize("value", [-1, 0, 1.5, True, "1h"])
 def test_allowed_lateness_seconds_built_directly_must_be_positive_whole_seconds(value):
     from fstore.definitions.model import FeatureSet

@@ -168,3 +168,15 @@ def test_an_s3_error_never_shows_the_secret():
                             doing="opening offline table t", uri="s3://lake/x")
     assert error.message.startswith("opening offline table t: S3 bucket 'lake' at http://h:9000 failed: denied")
     assert "s3cr3t" not in error.message and "other" not in error.message and "\x1b" not in error.message
+
+
+def test_a_sessions_own_jars_join_the_cached_ones_once_each(tmp_path, monkeypatch):
+    """A stream's Kafka jars (``extra``) go beside the cached Delta jars, not instead of them; none twice."""
+    monkeypatch.setenv("SPARK_CLASS_ARCHIVE", "off")
+    for name in ("delta-spark_2.13-4.0.0.jar", "delta-storage-4.0.0.jar"):
+        (tmp_path / name).write_bytes(b"")
+    settings = Settings.from_env({"SPARK_JARS_DIR": str(tmp_path)})
+    delta = [f"local:{tmp_path / 'delta-spark_2.13-4.0.0.jar'}", f"local:{tmp_path / 'delta-storage-4.0.0.jar'}"]
+    assert session_conf(settings)["spark.jars"].split(",") == delta
+    joined = session_conf(settings, {"spark.jars": f"local:/k/kafka.jar,{delta[1]}"})["spark.jars"]
+    assert joined.split(",") == [*delta, "local:/k/kafka.jar"]

@@ -37,11 +37,13 @@ def test_every_variable_is_read(tmp_path):
         "DELTA_WRITER": "Delta-RS", "SPARK_JARS_DIR": "/opt/jars", "UI_SESSION_SECRET": "s" * 40,
         "ONLINE_SKEW_SAMPLE": "0.25", "PROFILES": "OFF", "ALERT_WEBHOOK_URL": "http://hooks:8080/fstore",
         "SPARK_CONNECT": "OFF", "SPARK_CONNECT_DIR": "/run/fstore-connect", "ONLINE_CACHE": "Tracking",
+        "COLD_STORAGE_PATH": "s3://Archive/cold/",
         "COST_PRICES": '{"cpu_hour": 0.05, "gb_month_offline": 0.023, "gb_month_online": 5}',
         "UNUSED_ONLINE_DROP_DAYS": "90",
     }
     s = Settings.from_env(env)
     assert s.profiles is False and s.alert_webhook_url == "http://hooks:8080/fstore"
+    assert s.cold_storage_path == "s3a://archive/cold" and Settings.from_env({}).cold_storage_path == ""
     assert s.python_feature_modules == ("acme.features", "acme.udfs")
     assert s.source_roots == s.allowed_source_roots == (f"{tmp_path}/data", "s3a://lake/raw", str(Path.cwd() / "relative"))
     assert s.storage_backend == "s3" and s.storage_format == "parquet"
@@ -185,6 +187,30 @@ def test_a_redis_cluster_is_chosen_by_the_url_scheme():
                 "redis+cluster://[::1]:7000/"):
         s = Settings.from_env({"REDIS_URL": url})
         assert s.redis_cluster and s.redis_url == url
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("ftp://host/cold", "use a local folder or an s3://bucket/prefix"),
+    ("s3:///no-bucket", "is not s3://bucket/prefix"),
+    ("s3://bucket/a/../b", "is not s3://bucket/prefix"),
+    ("{warm}", "overlaps STORAGE_PATH"),
+    ("{warm}/offline/cold", "overlaps STORAGE_PATH"),
+    ("{parent}", "overlaps STORAGE_PATH"),
+])
+def test_a_cold_storage_path_that_could_read_elsewhere_is_refused(tmp_path, value, problem):
+    """The cold tier's root comes from the operator; still, it never overlaps the warm store (a cold table
+    must not be a warm one) and names one bucket or one folder."""
+    warm = tmp_path / "warm"
+    env = {"STORAGE_PATH": str(warm), "COLD_STORAGE_PATH": value.format(warm=warm, parent=tmp_path)}
+    with pytest.raises(InvalidDefinition, match=problem) as err:
+        Settings.from_env(env)
+    assert err.value.field == "COLD_STORAGE_PATH"
+
+
+def test_a_local_cold_storage_path_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({"STORAGE_PATH": str(tmp_path / "warm"), "COLD_STORAGE_PATH": "archive"})
+    assert s.cold_storage_path == str((tmp_path / "archive").resolve())
 
 
 @pytest.mark.parametrize(("env", "mode"), [

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -266,6 +267,22 @@ class Codec:
         return {k: v for k, v in self.__dict__.items() if k not in ("decoders", "normalizers")}
 
     @property
+    def keep_seconds(self) -> int:
+        """How long after its event time a row can still be served (0: forever, no TTL): the TTL, or the
+        longest window when that is longer (a window answers at the request's time whatever the TTL).
+        Redis keys expire then (``PEXPIREAT``); the embedded store deletes older rows on each load."""
+        return max(self.ttl_seconds, self.window_seconds) if self.ttl_seconds else 0
+
+    def keep_cutoff(self, now_micros: int | None = None) -> int | None:
+        """The oldest event time (micros) still worth storing at ``now_micros`` (default: the wall clock), or
+        None without a TTL. Every write path (bulk loads, ``write_rows``, so pushes too) drops older rows:
+        serving would call them expired, and Redis would drop them at once (their expiry is past)."""
+        if not self.keep_seconds:
+            return None
+        now = now_micros if now_micros is not None else time.time_ns() // 1000
+        return now - self.keep_seconds * 1_000_000
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.features)
 
@@ -350,10 +367,15 @@ class OnlineStore(ABC):
     def write_rows(self, feature_set: "Codec | FeatureSetVersion", rows: Iterable[Mapping[str, Any]]) -> int:
         """Write rows given as dicts (join keys, ``event_timestamp``, every feature). Returns rows written.
 
-        All rows are encoded (and so checked) before anything is written.
+        All rows are encoded (and so checked) before anything is written. A row already past the set's TTL
+        (``Codec.keep_cutoff``) is not written nor counted, as in a bulk load (``past_ttl`` counts them).
         """
         codec = as_codec(feature_set)
-        return self.write_encoded(codec, encode_rows(codec, rows))
+        encoded = encode_rows(codec, rows)
+        cutoff = codec.keep_cutoff()
+        if cutoff is not None:
+            encoded = [r for r in encoded if r.ts >= cutoff]
+        return self.write_encoded(codec, encoded)
 
     @abstractmethod
     def write_at(self, name: str, fields: Sequence[str], rows: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
@@ -362,11 +384,13 @@ class OnlineStore(ABC):
         Returns keys written."""
 
     def swap(self, name: str, fields: Sequence[str], guard: str,
-             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]]) -> list[bool]:
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]], *,
+             keep_ms: int = 0) -> list[bool]:
         """Compare-and-set per key, atomically: for each ``(hash key, expected @ts, expected guard value, new @ts,
         values)`` set ``@ts`` and ``fields`` only where the stored ``@ts`` and ``guard`` field still equal what the
         caller read (None: absent), so a read-modify-write loses no concurrent writer's update (the loser reads
-        again; ``fstore.compute.stream_windows``). Returns per row whether it was written."""
+        again; ``fstore.compute.stream_windows``). Returns per row whether it was written. ``keep_ms``: as in
+        writes, a written key expires that long after its new event time (Redis ``PEXPIREAT``; 0: never)."""
         raise NotImplementedError(f"{type(self).__name__} has no compare-and-set (swap)")
 
     @abstractmethod
@@ -419,6 +443,11 @@ class OnlineStore(ABC):
     @abstractmethod
     def delete_feature_set(self, name: str) -> int:
         """Remove every key of a feature set (and its load marker); returns how many were removed."""
+
+    def expire(self, codec: Codec, now_micros: int | None = None) -> int:
+        """Delete the set's rows older than ``codec.keep_seconds`` before now; returns how many. Redis needs
+        none of this (each write sets the key's ``PEXPIREAT``), so by default nothing is done."""
+        return 0
 
     @abstractmethod
     def newest_timestamp(self, name: str) -> datetime | None:

@@ -147,7 +147,8 @@ class EmbeddedOnlineStore(OnlineStore):
             return written
 
     def swap(self, name: str, fields: Sequence[str], guard: str,
-             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]]) -> list[bool]:
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]], *,
+             keep_ms: int = 0) -> list[bool]:
         """``OnlineStore.swap`` in one ``BEGIN IMMEDIATE`` transaction (SQLite's write lock: no other writer
         between the comparison and the write)."""
         if not rows:
@@ -277,6 +278,17 @@ class EmbeddedOnlineStore(OnlineStore):
                 conn.execute("ROLLBACK")
                 raise
             return removed
+
+    def expire(self, codec: Codec, now_micros: int | None = None) -> int:
+        """Delete the set's rows whose event time is more than ``codec.keep_seconds`` ago (what Redis does with
+        ``PEXPIREAT``), so the file stays bounded; called after every load."""
+        cutoff = codec.keep_cutoff(now_micros)
+        if cutoff is None:
+            return 0
+        with self._guard():
+            conn = self._conn()
+            with conn:
+                return conn.execute("DELETE FROM online_values WHERE fs = ? AND ts < ?", (codec.name, cutoff)).rowcount
 
     def memory_usage(self, name: str, *, sample: int = 100) -> dict[str, Any]:
         """The SQLite file's bytes (with its WAL) shared out by each set's share of the stored keys and values."""

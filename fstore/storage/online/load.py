@@ -25,7 +25,6 @@ Nothing is collected to the driver.
 """
 from __future__ import annotations
 
-import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -101,12 +100,10 @@ def ttl_cutoff(codec: Codec, now_micros: int | None) -> int | None:
     """The oldest event time (micros) still worth loading, or None when the set has no TTL.
 
     A windowed feature answers its window at the request's time whatever the TTL (as historical
-    retrieval does), so a set with windows keeps rows up to its longest window when that is longer.
+    retrieval does), so a set with windows keeps rows up to its longest window when that is longer
+    (``Codec.keep_cutoff``, which ``OnlineStore.write_rows`` applies too).
     """
-    if not codec.ttl_seconds:
-        return None
-    now = now_micros if now_micros is not None else int(time.time() * 1_000_000)
-    return now - max(codec.ttl_seconds, codec.window_seconds) * 1_000_000
+    return codec.keep_cutoff(now_micros)
 
 
 def latest_rows(df, codec: Codec, *, now_micros: int | None = None):
@@ -247,8 +244,10 @@ def state_before(online, codec: Codec) -> LoadState:
 
 
 def mark_loaded(online, codec: Codec, written: int, info: LoadInfo | None, before: LoadState) -> None:
-    """Write the set's load marker after a load's rows (fields: ``fstore.storage.online.marker.marker_fields``)."""
+    """Write the set's load marker after a load's rows (fields: ``fstore.storage.online.marker.marker_fields``),
+    once the store dropped the rows its TTL expired (the embedded store; Redis keys expire by themselves)."""
     try:
+        online.expire(codec)
         online.write_marker(codec.name, marker_fields(codec.version, written, info or LoadInfo(), before))
     except Unavailable as exc:
         raise Unavailable(f"online load of feature set {codec.name} wrote its rows but not its marker: {exc}") from None

@@ -359,7 +359,8 @@ class RedisClusterOnlineStore(OnlineStore):
         return written
 
     def swap(self, name: str, fields: Sequence[str], guard: str,
-             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]]) -> list[bool]:
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]], *,
+             keep_ms: int = 0) -> list[bool]:
         """``RedisOnlineStore.swap`` per slot on the slot's node (the cluster script, no ``fsmeta``), then
         ``fsmeta`` raised to the newest event time written."""
         prefix = key_prefix(name).encode()
@@ -375,7 +376,7 @@ class RedisClusterOnlineStore(OnlineStore):
             node = self._node(layout[slot])
             try:
                 done, top = node.swap_keys(name, fields, guard, [(stored[i], *rows[i][1:]) for i in indexes],
-                                           cluster=True)
+                                           cluster=True, keep_ms=keep_ms)
             except Unavailable:
                 self._refresh_soon()
                 raise
@@ -415,7 +416,8 @@ class RedisClusterOnlineStore(OnlineStore):
             calls = per_node.setdefault(layout[slot], [])
             for start in range(0, len(items), self.write_batch):
                 chunk = items[start:start + self.write_batch]
-                calls.append(pack_write(fields, codec.name, [k for k, _ in chunk], [p for _, p in chunk], cluster=True))
+                calls.append(pack_write(fields, codec.name, [k for k, _ in chunk], [p for _, p in chunk],
+                                        keep_ms=codec.keep_seconds * 1000, cluster=True))
         plan = [(self._node(name), calls) for name, calls in per_node.items()]
         for node, _ in plan:
             self._check(node)

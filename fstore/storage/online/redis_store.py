@@ -39,15 +39,18 @@ from fstore.storage.online.breaker import CircuitBreaker, CircuitOpen
 from fstore.storage.online.marker import COMPLETE_FIELD, LoadState, marker_key, parse_marker
 from fstore.storage.online.tracking import InvalidationTracker, OnInvalidate, tracking_command
 
-# The newer-wins loop over KEYS[first..]; ``first`` is set by the variant below that runs it.
+# The newer-wins loop over KEYS[first..]; ``first`` is set by the variant below that runs it. ARGV: the
+# number of fields nf, the expiry span in ms after a row's event time (0: none; ``Codec.keep_seconds``),
+# the nf field names, then per key its event time (micros) and nf values.
 _NEWER_WINS = """
 local nf = tonumber(ARGV[1])
-local a = nf + 2
+local keep = tonumber(ARGV[2])
+local a = nf + 3
 local written = 0
 local newest = nil
 local newest_text = nil
 local args = {'@ts', ''}
-for j = 1, nf do args[2 * j + 1] = ARGV[1 + j] end
+for j = 1, nf do args[2 * j + 1] = ARGV[2 + j] end
 for i = first, #KEYS do
   local ts_text = ARGV[a]
   local ts = tonumber(ts_text)
@@ -57,6 +60,8 @@ for i = first, #KEYS do
     args[2] = ts_text
     for j = 1, nf do args[2 * j + 2] = ARGV[a + j] end
     redis.call('HSET', KEYS[i], unpack(args))
+    -- the key lives until its event time (micros) plus the set's TTL (ms), then Redis drops it
+    if keep > 0 then redis.call('PEXPIREAT', KEYS[i], string.format('%d', math.floor(ts / 1000) + keep)) end
     written = written + 1
   end
   if (not newest) or ts > newest then
@@ -102,17 +107,18 @@ return written
 WRITE_AT_SHA = hashlib.sha1(_WRITE_AT_LUA.encode()).hexdigest()
 
 # Compare-and-set (``OnlineStore.swap``): KEYS[first..] the hashes (KEYS[1] ``fsmeta:<set>`` when first = 2);
-# ARGV = nf, the guard field, the nf field names, then per key: the expected @ts ('' = absent), the SHA-1 of
+# ARGV = nf, the guard field, the expiry span in ms after the new @ts (0: none), the nf field names, then per key: the expected @ts ('' = absent), the SHA-1 of
 # the expected guard value ('' = absent), the new @ts and nf values. Answers 1/0 per key.
 _SWAP_BODY = """
 local nf = tonumber(ARGV[1])
 local guard = ARGV[2]
-local a = nf + 3
+local keep = tonumber(ARGV[3])
+local a = nf + 4
 local out = {}
 local newest = nil
 local newest_text = nil
 local args = {'@ts', ''}
-for j = 1, nf do args[2 * j + 1] = ARGV[2 + j] end
+for j = 1, nf do args[2 * j + 1] = ARGV[3 + j] end
 for i = first, #KEYS do
   local cur = redis.call('HMGET', KEYS[i], '@ts', guard)
   local g = cur[2]
@@ -124,6 +130,8 @@ for i = first, #KEYS do
     redis.call('HSET', KEYS[i], unpack(args))
     out[#out + 1] = 1
     local ts = tonumber(ARGV[a + 2])
+    -- the key now lives until its new event time plus the set's TTL, as a write sets it
+    if keep > 0 then redis.call('PEXPIREAT', KEYS[i], string.format('%d', math.floor(ts / 1000) + keep)) end
     if (not newest) or ts > newest then newest = ts; newest_text = ARGV[a + 2] end
   else
     out[#out + 1] = 0
@@ -153,24 +161,26 @@ def bulk(value: bytes) -> bytes:
 
 
 def pack_write(codec_fields: Sequence[str], feature_set: str, keys: Sequence[bytes], payloads: Sequence[bytes], *,
-               cluster: bool = False) -> bytes:
+               keep_ms: int, cluster: bool = False) -> bytes:
     """The RESP bytes of one ``EVALSHA`` write call.
 
     ``keys`` are RESP bulk strings of the hash keys; ``payloads`` per key the RESP
     bulk strings of its ``@ts`` then each feature value, in ``codec_fields`` order.
     Built by hand so the bulk loader (which gets these pieces ready-made from
     Spark) does no per-value work in Python. ``cluster``: the cluster variant of the
-    script (``CLUSTER_WRITE_LUA``: no ``fsmeta`` key; ``keys`` must share one slot).
+    script (``CLUSTER_WRITE_LUA``: no ``fsmeta`` key; ``keys`` must share one slot). ``keep_ms``: each key
+    written expires that long after its event time (0: never).
     """
     nf = len(codec_fields)
     numkeys = len(keys) + (0 if cluster else 1)
-    nargs = 3 + numkeys + 1 + nf + len(keys) * (1 + nf)
+    nargs = 3 + numkeys + 2 + nf + len(keys) * (1 + nf)
     head = [b"*%d\r\n$7\r\nEVALSHA\r\n" % nargs, bulk((CLUSTER_WRITE_SHA if cluster else WRITE_SHA).encode()),
             bulk(b"%d" % numkeys)]
     if not cluster:
         head.append(bulk(meta_key(feature_set).encode()))
     head.extend(keys)
     head.append(bulk(b"%d" % nf))
+    head.append(bulk(b"%d" % keep_ms))
     head.extend(bulk(f.encode()) for f in codec_fields)
     head.extend(payloads)
     return b"".join(head)
@@ -276,7 +286,8 @@ class RedisOnlineStore(OnlineStore):
         written = 0
         for start in range(0, len(rows), self.write_batch):
             chunk = rows[start:start + self.write_batch]
-            args: list[Any] = [meta_key(codec.name), *(r.key for r in chunk), len(fields), *fields]
+            args: list[Any] = [meta_key(codec.name), *(r.key for r in chunk), len(fields), codec.keep_seconds * 1000,
+                               *fields]
             for r in chunk:
                 args.append(r.ts)
                 args.extend(r.values)
@@ -297,14 +308,15 @@ class RedisOnlineStore(OnlineStore):
         return written
 
     def swap(self, name: str, fields: Sequence[str], guard: str,
-             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]]) -> list[bool]:
+             rows: Sequence[tuple[str, int | None, bytes | None, int, Sequence[bytes]]], *,
+             keep_ms: int = 0) -> list[bool]:
         """``OnlineStore.swap`` in one script call per ``write_batch`` keys (the guard compared by its SHA-1, so
         a large value is not sent twice); the same call raises ``fsmeta``."""
-        return self.swap_keys(name, fields, guard, rows)[0]
+        return self.swap_keys(name, fields, guard, rows, keep_ms=keep_ms)[0]
 
     def swap_keys(self, name: str, fields: Sequence[str], guard: str,
                   rows: Sequence[tuple[str | bytes, int | None, bytes | None, int, Sequence[bytes]]], *,
-                  cluster: bool = False) -> tuple[list[bool], int | None]:
+                  cluster: bool = False, keep_ms: int = 0) -> tuple[list[bool], int | None]:
         """``swap`` and the newest event time written. ``cluster``: the script variant without ``fsmeta``
         (``rows``' keys share one slot; ``RedisClusterOnlineStore.swap`` raises ``fsmeta`` after)."""
         out: list[bool] = []
@@ -312,7 +324,7 @@ class RedisOnlineStore(OnlineStore):
         for start in range(0, len(rows), self.write_batch):
             chunk = rows[start:start + self.write_batch]
             keys = [key for key, *_ in chunk] if cluster else [meta_key(name), *(key for key, *_ in chunk)]
-            args: list[Any] = [*keys, len(fields), guard, *fields]
+            args: list[Any] = [*keys, len(fields), guard, keep_ms, *fields]
             for _, expected_ts, expected, ts, values in chunk:
                 args.append(b"" if expected_ts is None else b"%d" % expected_ts)
                 args.append(b"" if expected is None else hashlib.sha1(expected).hexdigest().encode())
@@ -673,7 +685,7 @@ class RedisOnlineStore(OnlineStore):
 
             try:
                 for keys, payloads in batches:
-                    connection.send_packed_command([pack_write(fields, codec.name, keys, payloads)])
+                    connection.send_packed_command([pack_write(fields, codec.name, keys, payloads, keep_ms=codec.keep_seconds * 1000)])
                     waiting += 1
                     if waiting > depth:
                         receive()

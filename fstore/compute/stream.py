@@ -1,0 +1,321 @@
+"""Stream: a feature set whose source is a Kafka topic, computed by Spark Structured Streaming.
+
+``run_stream(store, name)`` reads the topic with Spark's Kafka source (its jars cached at set-up:
+``fstore.engine.jars.kafka_conf``), parses each message value as a JSON object of the source's declared
+``schema`` and, per micro-batch (``foreachBatch``):
+
+1. **computes** the set's row features with the batch job's own path on Spark (``compile_feature_set`` then
+   ``fstore.engine.spark.run_compiled`` over the batch's rows), then its validation rules;
+2. **offline**: appends every event of the batch to the set's Delta table exactly once: one commit carrying
+   Delta's idempotent-write ``txn`` action (app id = the stream's checkpoint id, version = the batch id;
+   ``fstore.storage.offline_arrow.append_batch``). Spark replays the last batch after a crash with the same id and
+   the same offsets, and the table then already holds that version: skipped. Each row's ``push_id`` is
+   ``kafka:topic:partition:offset``;
+3. **online**: the newest row per key of the batch, written with the online store's atomic newer-wins write
+   (``write_rows``, as push does), so an event older than what a run or an earlier batch loaded is dropped;
+4. **freshness**: each event's time → the end of its batch's online write, p50/p99 (``fstore.ops.stream_freshness``).
+
+The checkpoint lives under the store (``STORAGE_PATH/_streams/NAME/checkpoint``); one stream per set at a time
+(registry lock ``stream:ID``, renewed while it runs; a killed stream's lease ends after ``lock_ttl``, and a new
+start waits that long for it before it refuses with ``Conflict``).
+A set with windowed features goes through ``fstore.compute.stream_windows.apply_events`` instead of steps 1
+and 3: each event's windows are exact over the entity's online record plus the batch, computed in the
+driver on DuckDB, and written online with the record by compare-and-set (a replayed batch's events are
+recognised by their ``kafka:topic:partition:offset`` ids and counted once); the rows it returns are
+appended offline as in step 2.
+A message whose value is not a JSON object, or lacks a key or event time (or a row a validation rule drops), is
+counted (``dropped``), not written.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from fstore.core.errors import ComputeError, Conflict, InvalidDefinition, Unavailable
+
+if TYPE_CHECKING:
+    from fstore.core.context import StoreContext
+    from fstore.definitions.model import FeatureSetVersion
+
+log = logging.getLogger(__name__)
+
+STREAM_LOCK_TTL = 30.0
+_ID = "__fs_event_id"
+_KAFKA_TS = "__fs_kafka_ts"
+_SPARK_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "STRING", "bool": "BOOLEAN", "timestamp": "TIMESTAMP"}
+
+
+def checkpoint_dir(store: "StoreContext", name: str) -> str:
+    """The stream's Spark checkpoint, under the store (never a fixed /tmp path)."""
+    from fstore.ops.stream_freshness import stream_dir
+
+    return str(stream_dir(store.settings, name) / "checkpoint")
+
+
+def refuse_set(fsv: "FeatureSetVersion") -> None:
+    """What a stream cannot do for this set, refused before Spark starts, naming the cause."""
+    fs = fsv.feature_set
+    if fs.source is None or not fs.source.is_stream:
+        raise InvalidDefinition(f"feature set {fsv.name} has no kafka source: `fstore stream` reads a Kafka topic "
+                                "(source.kafka); materialize batch sources instead", field="source.kafka")
+    if not fs.online_enabled and not fs.offline_enabled:
+        raise InvalidDefinition(f"feature set {fsv.name} has offline_enabled and online_enabled both false: a stream "
+                                "would store nothing", field="offline_enabled")
+
+
+def windowed_features(fsv: "FeatureSetVersion") -> list[str]:
+    """The set's windowed features and the features built on them, at any depth (what a row alone cannot compute)."""
+    windowed = [f.name for f in fsv.features if f.window is not None]
+    grew = bool(windowed)
+    while grew:
+        built = [f.name for f in fsv.features if f.name not in windowed and set(f.source_features) & set(windowed)]
+        windowed += built
+        grew = bool(built)
+    return windowed
+
+
+def run_stream(store: "StoreContext", ref: str | int, *, trigger_seconds: float = 1.0,
+               stop: threading.Event | None = None, lock_ttl: float = STREAM_LOCK_TTL,
+               max_offsets_per_trigger: int | None = None,
+               on_batch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Stream feature set ``ref`` from its Kafka topic until ``stop`` is set (or the query fails: ``ComputeError``).
+    Returns totals: batches, events, appended offline, written online, dropped. ``on_batch`` gets each batch's figures."""
+    from fstore.registry import runs
+    from fstore.registry.repo import load_feature_set_version
+
+    if trigger_seconds <= 0:
+        raise InvalidDefinition(f"the trigger interval must be positive, not {trigger_seconds}", field="trigger")
+    with store.transaction() as s:
+        fs_id = runs.feature_set_row(s, ref).id
+        fsv = load_feature_set_version(s, fs_id, secrets=store.secrets)
+    refuse_set(fsv)
+    stop = stop or threading.Event()
+    lock, owner = f"stream:{fs_id}", f"stream:{uuid.uuid4()}"
+    deadline = time.monotonic() + lock_ttl + 1  # a killed stream's lease ends within lock_ttl: wait that long
+    holder = runs.try_acquire_lock(store.engine, lock, owner, lock_ttl)
+    while holder is not None and not holder.get("taken_over") and time.monotonic() < deadline and not stop.is_set():
+        time.sleep(0.5)
+        holder = runs.try_acquire_lock(store.engine, lock, owner, lock_ttl)
+    if holder is not None and not holder.get("taken_over"):
+        raise Conflict(f"feature set {fsv.name} is already streaming ({holder['owner']}, since "
+                       f"{runs.iso(holder['acquired_at'])}); one stream per set")
+    try:
+        with runs.keep_lease(store.engine, lock, owner, lock_ttl) as lost:
+            return _run(store, fsv, trigger_seconds, stop, lost, max_offsets_per_trigger, on_batch)
+    finally:
+        runs.release_lock(store.engine, lock, owner)
+
+
+def _run(store, fsv, trigger_seconds, stop, lost, max_offsets, on_batch) -> dict[str, Any]:
+    from fstore.engine import jars
+    from fstore.engine.session import get_spark
+
+    spark = get_spark(store.settings, app_name=f"fstore-stream-{fsv.name}", extra=jars.kafka_conf(store.settings))
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        raise Unavailable("a stream runs on a Spark driver of its own (local or a cluster), not over Spark Connect: "
+                          "unset SPARK_REMOTE (or SPARK_CONNECT=off)")
+    batch = _BatchWriter(store, fsv, checkpoint_dir(store, fsv.name), on_batch)
+    query = _start(spark, fsv, batch, trigger_seconds, max_offsets)
+    log.info("streaming %s from Kafka topic %s (trigger %s s, checkpoint %s)", fsv.name,
+             fsv.feature_set.source.kafka.topic, trigger_seconds, batch.checkpoint)
+    from pyspark.errors import StreamingQueryException
+
+    try:
+        while query.isActive and not stop.is_set():
+            if lost.is_set():
+                raise Conflict(f"the stream of {fsv.name} lost its lock (registry unreachable or taken over): stopped")
+            query.awaitTermination(0.5)
+    except StreamingQueryException as exc:  # a batch failed (Spark's or ours): one line, the query is over
+        raise ComputeError(f"the stream of {fsv.name} failed: {_cause(str(exc)) or type(exc).__name__}") from None
+    finally:
+        if query.isActive:
+            query.stop()  # between batches' commits or inside one: Spark replays an unfinished batch on restart
+    return dict(batch.totals)
+
+
+def _start(spark, fsv: "FeatureSetVersion", batch: "_BatchWriter", trigger_seconds: float, max_offsets: int | None):
+    """The streaming query: Kafka → the source's columns (parsed JSON) → ``batch`` per micro-batch."""
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F
+
+    from fstore.compiler.dialect import quote
+
+    source = fsv.feature_set.source
+    kafka = source.kafka
+    reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", kafka.bootstrap_servers)
+              .option("subscribe", kafka.topic).option("startingOffsets", kafka.starting_offsets))
+    if max_offsets:
+        reader = reader.option("maxOffsetsPerTrigger", str(int(max_offsets)))
+    # Timestamps are parsed as text, then cast: Spark's cast reads ISO 8601 with any fraction and offset.
+    ddl = ", ".join(f"{quote(c)} {'STRING' if t == 'timestamp' else _SPARK_TYPES[t]}" for c, t in source.schema.items())
+    columns = [F.expr(f"CAST(v.{quote(c)} AS TIMESTAMP)" if t == "timestamp" else f"v.{quote(c)}").alias(c)
+               for c, t in source.schema.items()]
+    try:
+        raw = reader.load()
+        parsed = (raw.select(F.from_json(F.col("value").cast("string"), ddl).alias("v"),
+                             F.concat_ws(":", F.lit("kafka"), "topic", F.col("partition").cast("string"),
+                                         F.col("offset").cast("string")).alias(_ID),
+                             F.col("timestamp").alias(_KAFKA_TS))
+                  .select(*columns, _ID, _KAFKA_TS))
+        return (parsed.writeStream.foreachBatch(batch).queryName(f"fstore_stream_{fsv.name}")
+                .option("checkpointLocation", batch.checkpoint)
+                .trigger(processingTime=f"{trigger_seconds} seconds").start())
+    except PySparkException as exc:
+        text = str(exc).strip().splitlines()[0]
+        if "kafka" in text.lower() and ("not find" in text.lower() or "failed to find" in text.lower()):
+            raise Unavailable(f"Spark's Kafka source is not on this session's class path ({text}); run the stream in "
+                              "a process of its own (`fstore stream`, jobs/stream.py) after `make setup`") from None
+        raise ComputeError(f"the stream of {fsv.name} does not start: {text}") from None
+
+
+class _BatchWriter:
+    """``foreachBatch``'s function: compute one micro-batch, append it offline once, write its newest rows online."""
+
+    def __init__(self, store: "StoreContext", fsv: "FeatureSetVersion", checkpoint: str,
+                 on_batch: Callable[[dict], None] | None) -> None:
+        from fstore.compiler import compile_feature_set
+        from fstore.compiler.dialect import quote
+        from fstore.ops.stream_freshness import FreshnessRecorder
+
+        self.store, self.checkpoint, self.on_batch = store, checkpoint, on_batch
+        self.fsv = fsv  # what is stored (the set's version)
+        source = fsv.feature_set.source
+        if not source.created_timestamp_column:  # the broker's time orders rows of one event time, as a run's created time
+            source = replace(source, created_timestamp_column=_KAFKA_TS, schema={**source.schema, _KAFKA_TS: "timestamp"})
+        self.computing = replace(fsv, feature_set=replace(fsv.feature_set, source=source))
+        compiled = compile_feature_set(self.computing)
+        self.compiled = replace(compiled, projection=compiled.projection + (quote(_ID),))
+        self.recorder = FreshnessRecorder(store.settings, fsv.name)
+        self.windowed = bool(windowed_features(fsv))
+        self.app_id: str | None = None
+        self.totals = {"batches": 0, "events": 0, "appended": 0, "online_rows": 0, "dropped": 0, "replayed": 0}
+
+    def __call__(self, df, batch_id: int) -> None:
+        from fstore.compute.validation import validate
+        from fstore.engine.spark import run_compiled
+        from fstore.storage.offline_arrow import append_batch
+
+        began = time.perf_counter()
+        fs = self.fsv.feature_set
+        keys = list(self.fsv.join_keys)
+        applied = None
+        if self.windowed:  # exact windows over the online records: computed and written online in the driver
+            from fstore.compute.stream_windows import apply_events
+
+            # in event-time order within the batch (apply_events takes a key's events in the order given, and one
+            # older than an earlier one of its key counts as late): a batch arrives at once, whatever its partitions
+            messages = df.select(*fs.source.schema, _ID).toArrow().sort_by(fs.source.event_timestamp_column)
+            events = messages.num_rows
+            applied = apply_events(self.store, self.fsv, messages.drop_columns([_ID]),
+                                   ids=messages.column(_ID).to_pylist(), online=fs.online_enabled)
+            table = applied.rows
+        else:
+            # Cached: the batch's messages are read from Kafka once, for the count (a message the query drops, one
+            # without an event time, is counted, never silently lost) and for the features.
+            df = df.persist()
+            try:
+                events = df.count()
+                computed = run_compiled(df.sparkSession, self.computing, self.compiled, df, settings=self.store.settings)
+                if not all(f.validation.is_empty for f in self.fsv.features):
+                    computed = validate(computed, self.fsv).df
+                table = computed.toArrow()
+            finally:
+                df.unpersist()
+        stages = {"compute": round(time.perf_counter() - began, 3)}
+        valid = _valid_rows(table, keys)
+        dropped = events - valid.num_rows
+        ids = valid.column(_ID).to_pylist()
+        rows = valid.drop_columns([_ID])
+        result: dict[str, Any] = {"feature_set": self.fsv.name, "batch_id": batch_id, "events": events,
+                                  "dropped": dropped}
+        if applied is not None:
+            result.update(late_events=applied.late, duplicate_events=applied.duplicates)
+        if fs.offline_enabled:
+            wrote = append_batch(self.store.settings, self.fsv, rows, ids, app_id=self._app_id(), version=batch_id)
+            result.update(appended=wrote["appended"], replayed=wrote["replayed"], offline_version=wrote["offline_version"])
+        stages["offline"] = round(time.perf_counter() - began - sum(stages.values()), 3)
+        online = 0
+        if applied is not None:
+            online = applied.online_rows
+        elif fs.online_enabled and rows.num_rows:
+            online = self.store.online.write_rows(self.fsv, _newest_per_key(rows, keys).to_pylist())
+        visible = time.time()
+        stages["online"] = round(time.perf_counter() - began - sum(stages.values()), 3)
+        result.update(online_rows=online, seconds=round(time.perf_counter() - began, 3), stages=stages)
+        if rows.num_rows:
+            latencies = [visible - t for t in _epoch_seconds(rows.column("event_timestamp"))]
+            result["freshness"] = self.recorder.record(batch_id, latencies, events=events,
+                                                       seconds=time.perf_counter() - began)
+        self._count(result)
+        if dropped:
+            log.warning("stream %s batch %d: %d message(s) without a parsable key or event time were not written",
+                        self.fsv.name, batch_id, dropped)
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    def _app_id(self) -> str:
+        """The idempotent writes' app id: the checkpoint's query id (Spark writes it before the first batch), so a
+        new checkpoint (its batch ids starting at 0 again) never matches an old one's versions."""
+        if self.app_id is None:
+            import json
+            from pathlib import Path
+
+            try:
+                query_id = json.loads(Path(self.checkpoint, "metadata").read_text())["id"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise ComputeError(f"the stream's checkpoint {self.checkpoint} has no readable query id: {exc}") from None
+            self.app_id = f"fstore-stream:{self.fsv.name}:{query_id}"
+        return self.app_id
+
+    def _count(self, result: dict) -> None:
+        t = self.totals
+        t["batches"] += 1
+        t["events"] += result["events"]
+        t["dropped"] += result["dropped"]
+        t["appended"] += result.get("appended", 0)
+        t["online_rows"] += result["online_rows"]
+        t["replayed"] += 1 if result.get("replayed") else 0
+
+
+def _valid_rows(table, keys: list[str]):
+    """The rows with every join key and an event time (a message that did not parse has neither)."""
+    import pyarrow.compute as pc
+
+    mask = pc.is_valid(table.column("event_timestamp"))
+    for key in keys:
+        mask = pc.and_(mask, pc.is_valid(table.column(key)))
+    return table.filter(mask)
+
+
+def _newest_per_key(rows, keys: list[str]):
+    """The newest row per key (event time, then created time): what newer-wins would keep, sent once per key."""
+    import pyarrow as pa
+
+    order = rows.sort_by([(k, "ascending") for k in keys] + [("event_timestamp", "descending"),
+                                                               ("created_timestamp", "descending")])
+    if order.num_rows == 0:
+        return order
+    tuples = list(zip(*(order.column(k).to_pylist() for k in keys)))
+    first = [i for i in range(len(tuples)) if i == 0 or tuples[i] != tuples[i - 1]]
+    return order.take(pa.array(first, pa.int64()))
+
+
+def _epoch_seconds(column) -> list[float]:
+    """Seconds since the epoch of an Arrow timestamp column (naive values are UTC, as everywhere in fstore)."""
+    import pyarrow as pa
+
+    micros = column.cast(pa.timestamp("us", tz=None) if column.type.tz is None else pa.timestamp("us", tz="UTC"))
+    return [m / 1e6 for m in micros.cast(pa.int64()).to_pylist()]
+
+
+def _cause(text: str) -> str:
+    """The line of a failed query's message that names the cause: the innermost error of the Python traceback or
+    of Spark's (``...Exception: [DIVIDE_BY_ZERO] ...``), not Spark's wrapper line (which ends in "Traceback")."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b:?", line) and "Traceback" not in line]
+    return (causes[-1] if causes else lines[0] if lines else "")[:500]

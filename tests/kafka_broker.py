@@ -1,0 +1,107 @@
+"""A single-node Kafka broker in KRaft mode, from the jars set-up cached (``fstore.engine.jars.broker_dir``).
+
+For the streaming tests and bench: ``kafka.tools.StorageTool format`` then ``kafka.Kafka server.properties``
+in a JVM of its own, on 127.0.0.1 with free ports, its data in the folder given; stopped by its PID.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class KafkaBroker:
+    """``start()`` returns once the broker answers on its port; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, jars: Path, folder: Path) -> None:
+        self.jars, self.folder = jars, folder
+        self.port, self.controller = _free_port(), _free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self, *args: str, **kwargs) -> list[str]:
+        java = shutil.which("java") or "java"
+        return [java, "-Xmx512m", "-cp", f"{self.jars}/*", *args]
+
+    def start(self, timeout: float = 60.0) -> "KafkaBroker":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        props = self.folder / "server.properties"
+        props.write_text(SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data"))
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)),
+                                   capture_output=True, text=True, timeout=timeout)
+        if formatted.returncode != 0:
+            raise RuntimeError(f"kafka-storage format failed: {formatted.stdout[-500:]} {formatted.stderr[-500:]}")
+        log = open(self.folder / "broker.log", "wb")
+        self.process = subprocess.Popen(self._java("kafka.Kafka", str(props)), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Kafka broker exited {self.process.returncode}: "
+                                   f"{(self.folder / 'broker.log').read_text()[-1000:]}")
+            if self._ready():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Kafka broker did not answer on {self.bootstrap} within {timeout:.0f} s")
+
+    def _ready(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=5)
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})  # kept alive until its futures resolve
+        for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+            future.result(30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
