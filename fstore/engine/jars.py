@@ -56,6 +56,8 @@ KAFKA_BROKER = "org.apache.kafka:kafka_2.13:4.1.1"
 DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # tables delta-spark creates keep their whole log, as fstore.storage.offline_table.TABLE_PROPERTIES says why
+    "spark.databricks.delta.properties.defaults.enableExpiredLogCleanup": "false",
 }
 
 

@@ -30,11 +30,10 @@ from typing import Any
 from fstore.core.errors import Conflict, InvalidDefinition, NotFound
 from fstore.core.settings import Settings
 from fstore.engine import s3
-from fstore.storage.offline_table import PARTITION, delta_table, delta_uri
+from fstore.storage.offline_table import PARTITION, TABLE_PROPERTIES, delta_table, delta_uri, keep_log
 
 COLD_VERSION = "fstore.cold_version"  # in a warm commit's info: the cold version that complements it
 MOVE = "fstore.tier_move"             # in both commits of a move: its id
-KEEP_LOG = "delta.enableExpiredLogCleanup"  # false on a warm table with a cold tier: its marks stay readable
 _MARKS: dict[tuple[str, str, int], int | None] = {}  # (warm uri, table id, version) -> cold version: immutable
 
 
@@ -157,14 +156,6 @@ def move_older(settings: Settings, name: str, boundary: datetime) -> dict[str, A
     return result
 
 
-def keep_log(warm) -> None:
-    """Turn off expired-log cleanup on a warm table before its first move (one commit, once). Readers find their
-    cold version in warm's commit history; Delta writers (delta-spark, delta-rs) otherwise delete commits older
-    than 30 days at a checkpoint, and with them the mark that says which cold version the table's rows complement."""
-    if warm is not None and warm.metadata().configuration.get(KEEP_LOG) != "false":
-        warm.alter.set_table_properties({KEEP_LOG: "false"})
-
-
 def copy_older(settings: Settings, name: str, boundary: datetime) -> dict[str, Any]:
     """A move's first commit: append the warm rows before ``boundary`` to the cold table (tagged with the move's
     id and the warm version they came from). Until warm names the new cold version, no reader sees them."""
@@ -184,7 +175,7 @@ def copy_older(settings: Settings, name: str, boundary: datetime) -> dict[str, A
 
         rows = rows.append_column(PARTITION, pc.cast(rows.column("event_timestamp"), "date32"))
     write_deltalake(delta_uri(cold_uri(settings, name)), rows, mode="append", partition_by=[PARTITION],
-                    schema_mode="merge", storage_options=_options(settings),
+                    schema_mode="merge", storage_options=_options(settings), configuration=TABLE_PROPERTIES,
                     commit_properties=CommitProperties(custom_metadata={MOVE: move,
                                                                         "fstore.warm_version": str(warm.version())}))
     result.update(move=move, cold_version=cold_table(settings, name).version())

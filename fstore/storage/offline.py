@@ -49,9 +49,9 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from fstore.storage import cold, offline_spark_delta
-from fstore.storage.offline_table import (PARTITION, by_day, current_version, delta_table, delta_uri,  # noqa: F401
-                                          filesystem, parquet_writer, release_failed_writers, schema_changes,
-                                          storage_options, table_uri)
+from fstore.storage.offline_table import (PARTITION, TABLE_PROPERTIES, by_day, current_version,  # noqa: F401
+                                          delta_table, delta_uri, filesystem, keep_log, parquet_writer,
+                                          release_failed_writers, schema_changes, storage_options, table_uri)
 from fstore.definitions.model import FeatureSetVersion
 from fstore.engine.spark import ts_literal
 from fstore.engine.sources import delta_arrow_schema, to_utc_naive
@@ -206,7 +206,10 @@ def write_range(spark, settings: Settings, fsv: FeatureSetVersion, df, start: da
         return None
     cold.refuse_cold_range(settings, fsv.name, start, end)
     if offline_spark_delta.in_use(spark, settings):
-        return offline_spark_delta.write_range(spark, settings, fsv.name, rows, start, end)
+        version = offline_spark_delta.write_range(spark, settings, fsv.name, rows, start, end)
+        table = delta_table(settings, fsv.name)
+        # a table delta-spark made before its session's default said so: one more commit, once
+        return table.version() if keep_log(table) else version
     staged = stage_delta_files(spark, settings, fsv.name, rows, start, end)
     return commit_delta_files(settings, fsv.name, staged)
 
@@ -407,7 +410,7 @@ def _commit(uri: str, settings: Settings, name: str, staged: StagedWrite, meta) 
     if staged.first:
         create_table_with_add_actions(uri, Schema.from_arrow(staged.schema), staged.adds, mode="error",
                                       partition_by=[PARTITION], name=name, storage_options=storage_options(settings),
-                                      commit_properties=meta)
+                                      configuration=TABLE_PROPERTIES, commit_properties=meta)
     else:
         table = delta_table(settings, name)
         before = table.version()
@@ -428,6 +431,7 @@ def checkpoint_if_due(settings: Settings, name: str, before: int) -> int:
     """Write a checkpoint when the commits made since version ``before`` reached a multiple of
     ``CHECKPOINT_INTERVAL``; returns the table's version."""
     table = delta_table(settings, name)
+    keep_log(table)  # a table from before TABLE_PROPERTIES, or one delta-spark created
     version = table.version()
     if version // CHECKPOINT_INTERVAL > before // CHECKPOINT_INTERVAL:
         table.create_checkpoint()

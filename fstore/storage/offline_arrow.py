@@ -369,6 +369,7 @@ def append_new(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Table,
     new = rows.take(pa.array(keep, pa.int64()))
     uri = offline.delta_uri(offline.table_uri(settings, fsv.name))
     write_deltalake(uri, new, mode="append", partition_by=[offline.PARTITION], schema_mode="merge",
+                    configuration=offline.TABLE_PROPERTIES,
                     storage_options=offline.storage_options(settings),
                     commit_properties=CommitProperties(custom_metadata={"fstore.operation": "push"}))
     return {"appended": len(keep), "skipped": len(ids) - len(keep),
@@ -413,6 +414,7 @@ def append_batch(settings: Settings, fsv: FeatureSetVersion, table: pyarrow.Tabl
     rows = rows.append_column(pa.field(EVENT_ID, pa.string()), pa.array(ids, pa.string()).filter(valid))
     uri = offline.delta_uri(offline.table_uri(settings, fsv.name))
     write_deltalake(uri, rows, mode="append", partition_by=[offline.PARTITION], schema_mode="merge",
+                    configuration=offline.TABLE_PROPERTIES,
                     storage_options=offline.storage_options(settings),
                     commit_properties=CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)],
                                                        custom_metadata={"fstore.operation": "stream"}))

@@ -18,6 +18,13 @@ from fstore.engine.sources import delta_arrow_schema
 
 PARTITION = "event_date"
 
+# Every offline table keeps its whole commit log. Training sets pin table versions (``recreate`` and ``as_of``
+# read them a year later); Delta's writers (delta-spark at its checkpoints, delta-rs in its post-commit hook)
+# otherwise delete commits older than ``delta.logRetentionDuration`` (30 days), and a version whose commits are
+# gone cannot be read again. The log is small (a JSON file per run); ``fstore vacuum`` and retention decide
+# what data files go, keeping the pinned versions'.
+TABLE_PROPERTIES = {"delta.enableExpiredLogCleanup": "false"}
+
 
 def table_uri(settings: Settings, name: str) -> str:
     """Where the offline table of feature set ``name`` lives (a path or an ``s3a://`` URI)."""
@@ -206,3 +213,12 @@ def table_bytes(settings: Settings, name: str) -> int | None:
         return None
     sizes = pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
     return int(sum(sizes))
+
+
+def keep_log(table) -> bool:
+    """Give a table written before ``TABLE_PROPERTIES`` existed the same properties (one metadata commit, once);
+    True when it committed."""
+    if table is None or all(table.metadata().configuration.get(k) == v for k, v in TABLE_PROPERTIES.items()):
+        return False
+    table.alter.set_table_properties(TABLE_PROPERTIES)
+    return True

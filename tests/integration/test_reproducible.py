@@ -143,3 +143,20 @@ def test_recreate_a_set_with_a_python_feature(settings, on_engine, tmp_path, mon
     finally:
         s.close()
         sys.modules.pop("h30_pyfeatures", None)
+
+
+
+def test_offline_tables_keep_their_whole_log_so_pinned_versions_stay_readable(store):
+    """Delta's writers delete commits older than 30 days (``delta.logRetentionDuration``) at a checkpoint unless the
+    table turns it off (``delta.enableExpiredLogCleanup``); a training set pinning an old version could then never be
+    read again. Every offline table turns it off, whichever engine and writer made it, and a table made before
+    that (here: the property removed) gets it back at its next commit."""
+    from deltalake import DeltaTable
+
+    from fstore.storage.offline import table_uri
+
+    uri = table_uri(store.settings, "spend")
+    assert DeltaTable(uri).metadata().configuration.get("delta.enableExpiredLogCleanup") == "false"
+    DeltaTable(uri).alter.set_table_properties({"delta.enableExpiredLogCleanup": "true"})
+    _late_data_arrives(store)
+    assert DeltaTable(uri).metadata().configuration.get("delta.enableExpiredLogCleanup") == "false"
