@@ -10,7 +10,7 @@ it, one process per point (``python -m bench.wide point …`` prints one JSON li
 * definitions: ``sets`` feature sets ``w0..`` over that one Parquet source, each with
   ``features / sets`` features ``c0..`` (plain columns), no TTL;
 * work: materialize every set over the whole range (``FeatureStore.materialize_many``: one
-  run per set; the sets do not share a scan of their source yet), then ``calls`` historical retrievals of every feature for the label
+  run per set, all reading one shared scan of their source), then ``calls`` historical retrievals of every feature for the label
   rows, recording each call's seconds, the rows returned, and (Spark) the driver's heap after
   the call (after a full GC), and the process tree's peak resident memory at the end.
 

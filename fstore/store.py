@@ -281,8 +281,9 @@ class FeatureStore:
 
     def materialize_many(self, refs: list[str | int], start: datetime, end: datetime, *, actor: str = "",
                          progress: Callable[[dict], None] | None = None) -> list[dict]:
-        """Materialize several sets over ``[start, end)``, one run each
-        (``fstore.compute.materialize.materialize_many``). Returns the finished runs in order."""
+        """Materialize several sets over ``[start, end)``, one run each, sets over the same source reading it
+        once (``fstore.compute.materialize.materialize_many``). Returns one record per set in order: its run
+        (``succeeded`` or ``failed`` with the error; one failing does not stop the others), or ``refused``."""
         from fstore.compute.materialize import materialize_many
 
         return materialize_many(self, refs, start, end, actor=actor, progress=progress)

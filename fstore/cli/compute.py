@@ -48,19 +48,31 @@ def sql_functions(cli: CliState) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True)
 @click.option("--start", required=True, help="ISO 8601 date or time (UTC unless an offset is given).")
 @click.option("--end", required=True, help="Exclusive end, ISO 8601.")
 @json_option
 @pass_cli
-def materialize(cli: CliState, name: str, start: str, end: str) -> None:
-    """Compute [START, END) of a feature set into the offline and online stores.
+def materialize(cli: CliState, names: tuple[str, ...], start: str, end: str) -> None:
+    """Compute [START, END) of one or more feature sets into the offline and online stores.
 
+    Several sets are one run each, and sets over the same source read it once. A set that fails does not
+    stop the others; the exit code is then 8 (a run failed) or 5 (a set was refused: running, unknown).
     Progress per stage goes to stderr: a bar on a terminal, a plain line per stage otherwise.
     Ctrl-C or SIGTERM records the run cancelled and frees the set at once (exit 130)."""
+    if len(names) == 1:
+        with stoppable(), StageProgress() as progress:
+            run = cli.store.materialize(names[0], start, end, actor=cli.actor, progress=progress)
+        emit(cli, run, run_text)
+        return
     with stoppable(), StageProgress() as progress:
-        run = cli.store.materialize(name, start, end, actor=cli.actor, progress=progress)
-    emit(cli, run, run_text)
+        records = cli.store.materialize_many(list(names), start, end, actor=cli.actor, progress=progress)
+    emit(cli, records, lambda rows: table(rows, [c for c in RUN_COLUMNS + ["error"] if any(c in r for r in rows)]))
+    statuses = {r["status"] for r in records}
+    if "failed" in statuses or "cancelled" in statuses:
+        sys.exit(8)
+    if "refused" in statuses:
+        sys.exit(5)
 
 
 @main.command("materialize-incremental")

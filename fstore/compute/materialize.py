@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from fstore.storage.online.marker import LoadInfo
     from fstore.core.settings import Settings
     from fstore.core.context import StoreContext
+    from fstore.compute.shared_scan import SharedScan
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,15 @@ def lock_name(feature_set_id: int) -> str:
 def materialize(store: "StoreContext", ref: str | int, start: datetime, end: datetime, *, actor: str = "",
                 kind: str = "full", backfill_id: str | None = None, lock_ttl: float = LOCK_TTL_SECONDS,
                 source_read: dict | None = None, late_dropped: int | None = None,
-                progress: Callable[[dict], None] | None = None) -> dict:
+                progress: Callable[[dict], None] | None = None, shared: "SharedScan | None" = None) -> dict:
     """Compute ``[start, end)`` of the current version of ``ref``; returns the finished run.
 
     Raises ``Conflict`` (nothing recorded) when another run of the set holds the
     lock, and the run's ``FStoreError`` (recorded on the run as ``failed``) when
     it fails. Interrupted (Ctrl-C, or SIGTERM turned into ``KeyboardInterrupt``
     by the CLI), the run is recorded ``cancelled`` and its lock released at once.
-    ``progress`` receives an event per stage (``Progress``).
+    ``progress`` receives an event per stage (``Progress``); ``shared`` (``materialize_many``) gives the
+    source already read for several sets.
     """
     start, end = runs.check_range(start, end)
     with store.transaction() as s:
@@ -80,7 +82,8 @@ def materialize(store: "StoreContext", ref: str | int, start: datetime, end: dat
         raise
     _clean_up_after(store, taken, fs_id)
     return _run_locked(store, run_id, fs_id, fsv, start, end, lock_ttl, source_read=source_read,
-                       late_dropped=late_dropped, skip_empty=kind in ("incremental", "scheduled"), progress=progress)
+                       late_dropped=late_dropped, skip_empty=kind in ("incremental", "scheduled"), progress=progress,
+                       shared=shared)
 
 
 def execute_run(store: "StoreContext", run_id: str, *, lock_ttl: float = LOCK_TTL_SECONDS) -> dict:
@@ -194,7 +197,8 @@ def new_files(previous: dict | None, current: dict | None) -> list[str] | None:
 
 def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSetVersion", start: datetime,
                 end: datetime, lock_ttl: float, *, source_read: dict | None = None, late_dropped: int | None = None,
-                skip_empty: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
+                skip_empty: bool = False, progress: Callable[[dict], None] | None = None,
+                shared: "SharedScan | None" = None) -> dict:
     """Do the work of a run whose lock is held; always records the outcome and releases the lock.
 
     The run records what of the source it reads (listed before reading, so a file arriving meanwhile is
@@ -203,7 +207,8 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
 
     name = lock_name(fs_id)
     if source_read is None:
-        source_read = reads.take(fsv.feature_set.source)
+        shares = shared is not None and shared.shares(fsv.feature_set.source)
+        source_read = shared.listing(fsv.feature_set.source) if shares else reads.take(fsv.feature_set.source)
     began = time.perf_counter()
     # The watermark goes no further than now: a range ending in the future (2099) must not stop incremental
     # runs from reading the events that arrive until then.
@@ -212,7 +217,7 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
         with runs.keep_lease(store.engine, name, run_id, lock_ttl) as lost, _active(run_id, fs_id, lost):
             clear_dead_staging(store, fs_id)
             figures = _compute_and_write(store, fsv, start, end, lost, run_id, skip_empty, Progress(fsv, progress),
-                                         source_read)
+                                         source_read, shared)
         figures.update(source_read=source_read, late_dropped=late_dropped)
         profile = figures.pop("profile", None)
         with store.transaction() as s:
@@ -240,6 +245,7 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
         # The caller reports the error itself (the CLI's one line): logged for log files, marked as reported.
         log.warning("run %s of %s %s: %s", run_id, fsv.name, status, error.message, extra={"reported": True})
         _audit_run(store, run_id, fsv.name, status, error.message)
+        error.fstore_run_id = run_id  # type: ignore[attr-defined]  # materialize_many returns the failed run
         if error is exc or not isinstance(exc, Exception):
             raise
         raise error from exc
@@ -252,27 +258,30 @@ def _run_locked(store: "StoreContext", run_id: str, fs_id: int, fsv: "FeatureSet
 
 def _compute_and_write(store: "StoreContext", fsv: "FeatureSetVersion", start: datetime, end: datetime,
                        lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress",
-                       source_read: dict | None = None) -> dict[str, Any]:
+                       source_read: dict | None = None, shared: "SharedScan | None" = None) -> dict[str, Any]:
     """Compute, validate, then write offline and online on the configured engine; returns the run's figures,
-    with what the run cost (``fstore.compute.cost``)."""
+    with what the run cost (``fstore.compute.cost``). ``shared``: the source read once for several sets."""
     from fstore.compute.cost import RunMeter
 
     if store.settings.compute_engine == "duckdb":
         meter = RunMeter("duckdb", run_id).start()
-        figures = _compute_and_write_duckdb(store, fsv, start, end, lost, run_id, skip_empty, progress)
+        rows = shared.duckdb_rows(fsv.feature_set.source) if shared is not None else None
+        figures = _compute_and_write_duckdb(store, fsv, start, end, lost, run_id, skip_empty, progress, rows)
     else:
         spark = store.spark
         meter = RunMeter("spark", run_id, spark).start()
         with _run_jobs(spark, run_id, f"fstore materialize {fsv.name} run {run_id}"):
-            figures = _compute_and_write_spark(store, spark, fsv, start, end, lost, run_id, skip_empty, progress)
+            rows = shared.spark_rows(spark, fsv.feature_set.source) if shared is not None else None
+            figures = _compute_and_write_spark(store, spark, fsv, start, end, lost, run_id, skip_empty, progress, rows)
     figures["cost"] = meter.finish(store.settings, fsv.name, source_read=source_read,
                                    offline_version=figures.get("offline_version"))
     return figures
 
 
 def _compute_and_write_spark(store: "StoreContext", spark, fsv: "FeatureSetVersion", start: datetime, end: datetime,
-                             lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress") -> dict[str, Any]:
-    """The Spark side of ``_compute_and_write``."""
+                             lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress",
+                             source_df=None) -> dict[str, Any]:
+    """The Spark side of ``_compute_and_write`` (``source_df``: the source already read, shared by several sets)."""
     from pyspark import StorageLevel
 
     from fstore.engine.spark import compute
@@ -285,7 +294,7 @@ def _compute_and_write_spark(store: "StoreContext", spark, fsv: "FeatureSetVersi
     progress.start("read")
     # compute() resolves the source (listing files, reading the schema) and builds the plan; the rows
     # themselves are read by the first action below, so "compute" includes the scan.
-    computed = compute(spark, fsv, settings=store.settings, start=start, end=end)
+    computed = compute(spark, fsv, settings=store.settings, start=start, end=end, source_df=source_df)
     stages["read"] = round(time.perf_counter() - t, 3)
     progress.done("read")
 
@@ -302,15 +311,17 @@ def _compute_and_write_spark(store: "StoreContext", spark, fsv: "FeatureSetVersi
         return _write_outputs(store, fsv, validated, stages, lost, run_id, progress,
                               offline=lambda rows: write_range(spark, store.settings, fsv, rows, start, end),
                               online=lambda rows, info: _with_windows(
-                                  store, fsv, start, end, load_dataframe(rows, fsv, store.settings, info=info)),
+                                  store, fsv, start, end, load_dataframe(rows, fsv, store.settings, info=info), source_df),
                               skip_empty=skip_empty)
     finally:
         computed.unpersist()
 
 
 def _compute_and_write_duckdb(store: "StoreContext", fsv: "FeatureSetVersion", start: datetime, end: datetime,
-                              lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress") -> dict[str, Any]:
-    """The same run on the embedded DuckDB engine: rows computed in this process as an Arrow table."""
+                              lost: threading.Event, run_id: str, skip_empty: bool, progress: "Progress",
+                              rows=None) -> dict[str, Any]:
+    """The same run on the embedded DuckDB engine: rows computed in this process as an Arrow table
+    (``rows``: the source already read into Arrow, shared by several sets; None reads it)."""
     from fstore.engine import duckdb as engine
     from fstore.storage.offline_arrow import write_range_arrow
     from fstore.storage.online.load_arrow import PreparedLoad
@@ -322,7 +333,7 @@ def _compute_and_write_duckdb(store: "StoreContext", fsv: "FeatureSetVersion", s
     try:
         t = time.perf_counter()
         progress.start("read")
-        computed = engine.compute(con, fsv, settings=store.settings, start=start, end=end)
+        computed = engine.compute(con, fsv, settings=store.settings, start=start, end=end, rows=rows)
         stages["read_compute"] = round(time.perf_counter() - t, 3)
         progress.done("read")
         progress.done("compute", computed.num_rows)
@@ -336,7 +347,7 @@ def _compute_and_write_duckdb(store: "StoreContext", fsv: "FeatureSetVersion", s
             online = PreparedLoad(validated.df, fsv, store.settings)
         return _write_outputs(store, fsv, validated, stages, lost, run_id, progress,
                               offline=lambda rows: write_range_arrow(store.settings, fsv, rows, start, end),
-                              online=lambda rows, info: _with_windows(store, fsv, start, end, online.write(info)),
+                              online=lambda _, info: _with_windows(store, fsv, start, end, online.write(info), rows),
                               skip_empty=skip_empty)
     finally:
         if online is not None:
@@ -420,12 +431,14 @@ def drop_again(store: "StoreContext", name: str) -> None:
         store.online.drop_fields(name, features)
 
 
-def _with_windows(store: "StoreContext", fsv: "FeatureSetVersion", start: datetime, end: datetime, written: int) -> int:
+def _with_windows(store: "StoreContext", fsv: "FeatureSetVersion", start: datetime, end: datetime, written: int,
+                  rows=None) -> int:
     """After the online load of ``[start, end)``: its windowed features' contributions, so online windows
-    answer exactly at the request's time (``fstore.storage.online.windows``). Returns ``written``, the keys loaded."""
+    answer exactly at the request's time (``fstore.storage.online.windows``). Returns ``written``, the keys loaded.
+    ``rows``: the source as read for the run when shared by several sets (None: read it again)."""
     from fstore.storage.online.load_windows import load_windows
 
-    load_windows(store, fsv, start, end)
+    load_windows(store, fsv, start, end, rows=rows)
     return written
 
 
@@ -817,5 +830,42 @@ def spawn_run_process(settings: "Settings", run_id: str, *, extra_args: tuple[st
 
 def materialize_many(store: "StoreContext", refs: list[str | int], start: datetime, end: datetime, *,
                      actor: str = "", progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Materialize each of ``refs`` over ``[start, end)`` (one run, lock and Delta commit each)."""
-    return [materialize(store, ref, start, end, actor=actor, progress=progress) for ref in refs]
+    """Materialize each of ``refs`` over ``[start, end)``; returns one record per ref, in order.
+
+    Each set keeps its own run, lock, validation, Delta commit and online load, but sets over the same
+    source read it once (``fstore.compute.shared_scan``), and every run records that read's file listing.
+    A set that fails does not stop the others: its record is its run, ``failed`` with the error (or, when
+    refused before any run was recorded — its lock held, its definition unusable — ``{"id": None,
+    "feature_set", "status": "refused", "error"}``); check each record's ``status``. Interrupted
+    (Ctrl-C), the current run is recorded ``cancelled`` and the rest are not started.
+    """
+    from fstore.compute.shared_scan import SharedScan
+
+    start, end = runs.check_range(start, end)
+    versions = []
+    for ref in refs:
+        try:
+            with store.transaction() as s:
+                versions.append(_load_version(store, s, runs.feature_set_row(s, ref).id, None))
+        except FStoreError:
+            pass  # its own materialize() below reports it
+    shared = SharedScan(store, versions, start, end)
+    out = []
+    try:
+        for ref in refs:
+            try:
+                out.append(materialize(store, ref, start, end, actor=actor, progress=progress, shared=shared))
+            except FStoreError as exc:
+                out.append(_failed_record(store, ref, exc))
+    finally:
+        shared.close()
+    return out
+
+
+def _failed_record(store: "StoreContext", ref: str | int, exc: FStoreError) -> dict:
+    """The record of a set of ``materialize_many`` that failed: its failed run, or ``refused`` when none was made."""
+    run_id = getattr(exc, "fstore_run_id", None)
+    if run_id is not None:
+        with store.transaction() as s:
+            return runs.get_run(s, run_id)
+    return {"id": None, "feature_set": str(ref), "status": "refused", "error": exc.message}

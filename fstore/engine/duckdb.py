@@ -320,9 +320,11 @@ def _strip_header(sql: str) -> str:
 
 
 def compute(con, fsv: FeatureSetVersion, *, settings: Settings, start: datetime | None = None,
-            end: datetime | None = None):
+            end: datetime | None = None, rows=None):
     """The features of ``fsv`` for every source event with event time in ``[start, end)``, as a pyarrow Table.
 
+    ``rows``: the source already read (a pyarrow Table from ``read_range`` with at least this set's look-back),
+    shared by the sets of one ``materialize_many`` over the same source and range; None reads the source.
     ``con`` is sealed (``seal``) once the source is registered, so it reads no other file afterwards:
     use a new connection for each computation.
     """
@@ -330,20 +332,40 @@ def compute(con, fsv: FeatureSetVersion, *, settings: Settings, start: datetime 
         raise InvalidDefinition(f"feature set {fsv.name} has no source to compute from", field="source")
     compiled = compile_feature_set(fsv)
     source = fsv.feature_set.source
-    relation = read_source(con, source, settings=settings)
-    ts = source.event_timestamp_column
-    conds, keep = [], []
+    relation = read_source(con, source, settings=settings) if rows is None else con.from_arrow(rows)
+    relation = in_range(relation, source, start, end, compiled.lookback_seconds)
+    keep = []
     if start is not None:
-        earliest = to_utc_naive(start) - timedelta(seconds=compiled.lookback_seconds)
-        conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) >= {_timestamp_literal(earliest)}")
         keep.append(f"__fs_event_time >= {_timestamp_literal(start)}")  # the look-back rows only feed windows
     if end is not None:
-        conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) < {_timestamp_literal(end)}")
         keep.append(f"__fs_event_time < {_timestamp_literal(end)}")
-    if conds:
-        relation = relation.filter(" AND ".join(conds))
     seal(con)  # the source is registered: user SQL runs with no file access beyond it
     return run_compiled(con, fsv, compiled, relation, settings=settings, keep=" AND ".join(keep))
+
+
+def in_range(relation, source: Source, start: datetime | None, end: datetime | None, lookback_seconds: int):
+    """The source rows with event time in ``[start - lookback, end)`` (either bound optional)."""
+    ts = source.event_timestamp_column
+    conds = []
+    if start is not None:
+        earliest = to_utc_naive(start) - timedelta(seconds=lookback_seconds)
+        conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) >= {_timestamp_literal(earliest)}")
+    if end is not None:
+        conds.append(f"CAST({ident(ts)} AS TIMESTAMPTZ) < {_timestamp_literal(end)}")
+    return relation.filter(" AND ".join(conds)) if conds else relation
+
+
+def read_range(source: Source, *, settings: Settings, start: datetime | None, end: datetime | None,
+               lookback_seconds: int = 0, threads: int = 0):
+    """The source rows with event time in ``[start - lookback, end)`` read once into a pyarrow Table, for
+    ``compute(rows=...)`` of several sets over that source (one scan instead of one per set)."""
+    con = connect(threads)
+    try:
+        relation = in_range(read_source(con, source, settings=settings), source, start, end, lookback_seconds)
+        seal(con)
+        return relation.to_arrow_table()
+    finally:
+        con.close()
 
 
 def earliest_event(source: Source, *, settings: Settings) -> datetime | None:
@@ -360,4 +382,4 @@ def earliest_event(source: Source, *, settings: Settings) -> datetime | None:
 
 
 __all__ = ["connect", "allow_files", "seal", "ident", "to_duckdb", "unsupported", "open_source", "read_source", "run_compiled",
-           "compute", "earliest_event"]
+           "compute", "in_range", "read_range", "earliest_event"]

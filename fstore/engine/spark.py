@@ -141,6 +141,11 @@ def read_source(spark, source: Source, *, settings: Settings, start: datetime | 
         raise InvalidDefinition(f"the source has no event timestamp column {ts!r}; its columns are: {', '.join(df.columns)}",
                                 field="source.event_timestamp_column")
     check_event_time_type(ts, dict(df.dtypes)[ts])
+    return in_range(df, ts, start, end, lookback_seconds)
+
+
+def in_range(df, ts: str, start: datetime | None, end: datetime | None, lookback_seconds: int):
+    """The rows of ``df`` with event time ``ts`` in ``[start - lookback, end)`` (either bound optional)."""
     conds = []
     if start is not None:
         conds.append(f"CAST(`{ts}` AS TIMESTAMP) >= {ts_literal(to_utc_naive(start) - timedelta(seconds=lookback_seconds))}")
@@ -231,13 +236,20 @@ def run_compiled(spark, fsv: FeatureSetVersion, compiled: CompiledQuery, source_
 
 
 def compute(spark, fsv: FeatureSetVersion, *, settings: Settings, start: datetime | None = None,
-            end: datetime | None = None):
-    """The features of ``fsv`` for every source event with event time in ``[start, end)``."""
+            end: datetime | None = None, source_df=None):
+    """The features of ``fsv`` for every source event with event time in ``[start, end)``.
+
+    ``source_df``: the source already read (``read_source`` with at least this set's look-back, usually
+    persisted), shared by the sets of one ``materialize_many`` over the same source and range; None reads it."""
     if fsv.feature_set.source is None:
         raise InvalidDefinition(f"feature set {fsv.name} has no source to compute from", field="source")
     compiled = compile_feature_set(fsv)
-    source_df = read_source(spark, fsv.feature_set.source, settings=settings, start=start, end=end,
-                            lookback_seconds=compiled.lookback_seconds)
+    if source_df is None:
+        source_df = read_source(spark, fsv.feature_set.source, settings=settings, start=start, end=end,
+                                lookback_seconds=compiled.lookback_seconds)
+    else:
+        source_df = in_range(source_df, fsv.feature_set.source.event_timestamp_column, start, end,
+                              compiled.lookback_seconds)
     df = run_compiled(spark, fsv, compiled, source_df, settings=settings)
     conds = []
     if start is not None:
@@ -247,4 +259,4 @@ def compute(spark, fsv: FeatureSetVersion, *, settings: Settings, start: datetim
     return df.where(" AND ".join(conds)) if conds else df
 
 
-__all__ = ["read_source", "compute", "read_delta", "run_compiled", "wide_frame", "sql_with_frames", "ts_literal", "EVENT_TIME"]
+__all__ = ["read_source", "in_range", "compute", "read_delta", "run_compiled", "wide_frame", "sql_with_frames", "ts_literal", "EVENT_TIME"]

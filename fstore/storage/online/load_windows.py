@@ -112,9 +112,10 @@ def _micros(value: datetime | None) -> int | None:
 
 
 def load_windows(store: "StoreContext", fsv: "FeatureSetVersion", start: datetime | None, end: datetime | None, *,
-                 now_micros: int | None = None) -> int:
+                 now_micros: int | None = None, rows=None) -> int:
     """Write the window contributions of ``fsv``'s entities whose last event is in ``[start, end)``;
-    returns keys written (0 for a set without windowed features)."""
+    returns keys written (0 for a set without windowed features). ``rows``: the source already read for the
+    run (a pyarrow Table on DuckDB, a DataFrame on Spark, holding at least the look-back), or None to read it."""
     from fstore.storage.online.load import ttl_cutoff
 
     specs = _specs(fsv)
@@ -127,13 +128,17 @@ def load_windows(store: "StoreContext", fsv: "FeatureSetVersion", start: datetim
     config = _config(store.settings)
     start_us = _micros(start)
     if store.settings.compute_engine == "duckdb":
-        return _load_duckdb(store, fsv, query, start, end, lambda rows: _write(config, codec, windows, cutoff, start_us, [rows]))
+        return _load_duckdb(store, fsv, query, start, end, lambda found: _write(config, codec, windows, cutoff, start_us, [found]),
+                            rows)
     from pyspark.sql import functions as F
 
-    from fstore.engine.spark import read_source, run_compiled
+    from fstore.engine.spark import in_range, read_source, run_compiled
 
-    source_df = read_source(store.spark, fsv.feature_set.source, settings=store.settings, start=start, end=end,
-                            lookback_seconds=query.lookback_seconds)
+    if rows is None:
+        source_df = read_source(store.spark, fsv.feature_set.source, settings=store.settings, start=start, end=end,
+                                lookback_seconds=query.lookback_seconds)
+    else:
+        source_df = in_range(rows, fsv.feature_set.source.event_timestamp_column, start, end, query.lookback_seconds)
     df = run_compiled(store.spark, fsv, query, source_df, settings=store.settings)
     keys = list(fsv.join_keys)
     df = df.where(" AND ".join([f"{TS} IS NOT NULL", *(f"{quote(k)} IS NOT NULL" for k in keys)]))
@@ -143,7 +148,8 @@ def load_windows(store: "StoreContext", fsv: "FeatureSetVersion", start: datetim
     return int(tasks.agg(F.sum("written")).collect()[0][0] or 0)
 
 
-def _load_duckdb(store: "StoreContext", fsv: "FeatureSetVersion", query, start: datetime | None, end: datetime | None, write) -> int:
+def _load_duckdb(store: "StoreContext", fsv: "FeatureSetVersion", query, start: datetime | None, end: datetime | None, write,
+                 rows=None) -> int:
     from fstore.engine import duckdb as engine
     from fstore.engine.duckdb import ident
     from fstore.engine.duckdb import _timestamp_literal as literal
@@ -151,7 +157,7 @@ def _load_duckdb(store: "StoreContext", fsv: "FeatureSetVersion", query, start: 
     source = fsv.feature_set.source
     con = engine.connect(store.settings.max_compute_threads)
     try:
-        relation = engine.read_source(con, source, settings=store.settings)
+        relation = engine.read_source(con, source, settings=store.settings) if rows is None else con.from_arrow(rows)
         column = f"CAST({ident(source.event_timestamp_column)} AS TIMESTAMPTZ)"
         conds = []
         if start is not None:
