@@ -172,7 +172,11 @@ def test_an_s3_error_never_shows_the_secret():
 
 def test_a_sessions_own_jars_join_the_cached_ones_once_each(tmp_path, monkeypatch):
     """A stream's Kafka jars (``extra``) go beside the cached Delta jars, not instead of them; none twice."""
+    from fstore.engine import session
+
     monkeypatch.setenv("SPARK_CLASS_ARCHIVE", "off")
+    # a new driver's conf: a JVM already running in this process (an earlier test's session) takes no jars
+    monkeypatch.setattr(session, "_running_jvm", lambda: None)
     for name in ("delta-spark_2.13-4.0.0.jar", "delta-storage-4.0.0.jar"):
         (tmp_path / name).write_bytes(b"")
     settings = Settings.from_env({"SPARK_JARS_DIR": str(tmp_path)})
