@@ -321,21 +321,13 @@ def _codec(fsv: "FeatureSetVersion"):
     return codec
 
 
-_LOCAL = threading.local()
 
 
 def _connection():
-    """This thread's DuckDB connection for pushes, sealed at once (it reads only the Arrow rows it is given, never
-    a file): opening one costs ~25 ms, more than a push's computation. Each call registers and unregisters its
-    own views, so one connection serves the thread's pushes one after another."""
-    con = getattr(_LOCAL, "con", None)
-    if con is None:
-        from fstore.engine import duckdb as engine
+    """This thread's sealed DuckDB connection (``fstore.engine.duckdb.thread_connection``)."""
+    from fstore.engine.duckdb import thread_connection
 
-        con = engine.connect(1)
-        engine.seal(con)
-        _LOCAL.con = con
-    return con
+    return thread_connection()
 
 
 def _append_offline(store: "StoreContext", fs_id: int, fsv: "FeatureSetVersion", rows, ids: list[str]) -> dict:

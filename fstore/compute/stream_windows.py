@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 EVENT_ID = "__fs_event_id"  # the returned rows' event id column (when ids are given)
 _PUSHED_AT = "__fs_pushed_at"
 MAX_ATTEMPTS = 64  # compare-and-set rounds before a key under constant contention is given up (Conflict)
-_LOCAL = threading.local()
 _CACHE: dict[tuple, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -172,15 +171,10 @@ def _swap(store: "StoreContext", codec, swaps: dict[str, tuple]) -> dict[str, bo
 # -- computing ------------------------------------------------------------------------------------
 
 def _connection():
-    """This thread's sealed DuckDB connection (it reads only the Arrow rows it is given)."""
-    con = getattr(_LOCAL, "con", None)
-    if con is None:
-        from fstore.engine import duckdb as engine
+    """This thread's sealed DuckDB connection (``fstore.engine.duckdb.thread_connection``)."""
+    from fstore.engine.duckdb import thread_connection
 
-        con = engine.connect(1)
-        engine.seal(con)
-        _LOCAL.con = con
-    return con
+    return thread_connection()
 
 
 def _value_column(index: int) -> str:

@@ -83,24 +83,16 @@ def test_a_runs_cost_is_plausible_against_proc(store, source):
 
 
 @pytest.fixture()
-def redis_store(settings, source):
-    """A DuckDB store on the real Redis (FSTORE_TEST_REDIS), its set materialized once."""
-    url = os.environ.get("FSTORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        if os.environ.get("FSTORE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Redis is not reachable: {exc}")
-        pytest.skip(f"Redis is not reachable: {exc}")
-    store = FeatureStore(settings.with_(compute_engine="duckdb", redis_url=url,
+def redis_store(settings, source, redis_url):
+    """A DuckDB store on the real Redis (FSTORE_TEST_REDIS, emptied), its set materialized once."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    store = FeatureStore(settings.with_(compute_engine="duckdb", redis_url=redis_url,
                                         cost_prices=(("cpu_hour", 0.05), ("gb_month_offline", 0.023),
                                                      ("gb_month_online", 5.0))))
     create_set(store, source)
     run = store.materialize("user_txn", T0, T_END)
     yield store, client, run
     store.close()
-    client.flushdb()
     client.close()
 
 

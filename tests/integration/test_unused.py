@@ -3,7 +3,6 @@ with UNUSED_ONLINE_DROP_DAYS their online values are dropped (never their defini
 null with the reason, later loads keep them dropped, and a restore brings them back."""
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pandas as pd
@@ -27,14 +26,8 @@ def store(request, settings, source):
     made 40 days old, ``amount_x2`` served online through the REST API, ``txn_count_2d`` only in a training set."""
     client = None
     if request.param == "redis":
-        url = os.environ.get("FSTORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+        url = request.getfixturevalue("redis_url")  # the real Redis, emptied
         client = redis.Redis.from_url(url, socket_timeout=2)
-        try:
-            client.flushdb()
-        except redis.RedisError as exc:
-            if os.environ.get("FSTORE_REQUIRE_SERVICES") == "1":
-                pytest.fail(f"Redis is not reachable: {exc}")
-            pytest.skip(f"Redis is not reachable: {exc}")
         settings = settings.with_(redis_url=url)
     store = FeatureStore(settings.with_(compute_engine="duckdb", unused_online_drop_days=30))
     create_set(store, source)
