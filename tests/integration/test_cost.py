@@ -153,3 +153,31 @@ def test_cost_prices_name_the_variable():
     with pytest.raises(InvalidDefinition, match="COST_PRICES") as info:
         Settings.from_env({"COST_PRICES": '{"cpu_hour": "free"}'})
     assert info.value.field == "COST_PRICES"
+
+
+def test_a_key_limited_to_one_set_sees_no_other_sets_cost_or_use(settings, source):
+    """Cost and unused reports name feature sets: a key granted one set reads only that set's, never another
+    tenant's names or figures."""
+    from fstore.ops import auth
+    from test_materialize_support import feature_set_body
+
+    store = FeatureStore(settings.with_(compute_engine="duckdb", auth_enabled=True), auto_upgrade=True)
+    try:
+        create_set(store, source)
+        store.create_feature_set({**feature_set_body(source), "name": "tenant_b_secret"})
+        with store.transaction() as s:
+            key = auth.create_key(s, owner="tenant-a", scopes=["read_registry"], feature_sets=["user_txn"])["key"]
+            admin = auth.create_key(s, owner="ops", scopes=["admin"])["key"]
+        http = create_app(store=store).test_client()
+        def get(path: str, who: str):
+            answer = http.get(path, headers={"Authorization": f"Bearer {who}"})
+            assert answer.status_code == 200, (path, answer.get_json())
+            return answer
+
+        assert "tenant_b_secret" in get("/monitoring/cost?days=7", admin).get_data(as_text=True)  # the filter is real
+        assert "tenant_b_secret" not in get("/monitoring/cost?days=7", key).get_data(as_text=True)
+        # unused: features younger than the period are not judged, so compare what each key had checked
+        everything, seen = (get("/monitoring/unused?days=1", who).get_json() for who in (admin, key))
+        assert seen["features_checked"] * 2 == everything["features_checked"] > 0
+    finally:
+        store.close()
