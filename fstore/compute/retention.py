@@ -19,12 +19,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 
 from fstore.compute.vacuum import DEFAULT_RETAIN_HOURS, check_retain_hours, set_lock
 from fstore.core.errors import InvalidDefinition
 from fstore.registry import runs
-from fstore.registry.models import FeatureSetRow, utcnow
+from fstore.registry.models import utcnow
 
 if TYPE_CHECKING:
     from fstore.core.context import StoreContext
@@ -32,10 +31,10 @@ if TYPE_CHECKING:
 
 def retention_sets(store: "StoreContext") -> list[str]:
     """Names of the feature sets that declare a retention and keep an offline table."""
+    from fstore.registry.search import offline_sets_declaring
+
     with store.transaction() as s:
-        rows = s.execute(select(FeatureSetRow.name, FeatureSetRow.spec).order_by(FeatureSetRow.name)).all()
-    return [name for name, spec in rows if isinstance(spec, dict) and spec.get("retention_seconds")
-            and spec.get("offline_enabled", True)]
+        return offline_sets_declaring(s, "retention_seconds")
 
 
 def apply_retention(store: "StoreContext", ref: str | int | None = None, *, dry_run: bool = False,

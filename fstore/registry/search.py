@@ -230,3 +230,10 @@ def _text_stmt(model, text: str, *columns):
     cond = _text_match(text, *columns)
     stmt = select(model)
     return stmt.where(cond) if cond is not None else stmt
+
+
+def offline_sets_declaring(s: Session, field: str) -> list[str]:
+    """Names of the feature sets whose spec sets ``field`` (e.g. ``retention_seconds``, ``cold_after_seconds``)
+    and that keep an offline table, by name."""
+    rows = s.execute(select(FeatureSetRow.name, FeatureSetRow.spec).order_by(FeatureSetRow.name)).all()
+    return [name for name, spec in rows if isinstance(spec, dict) and spec.get(field) and spec.get("offline_enabled", True)]
