@@ -18,7 +18,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-
 from fstore.compute.vacuum import set_lock
 from fstore.core.errors import InvalidDefinition
 from fstore.registry import runs
