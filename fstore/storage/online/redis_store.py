@@ -72,12 +72,12 @@ for i = first, #KEYS do
 end
 """
 # One Redis: KEYS[1] is ``fsmeta:<set>``, kept at the newest event time written, in the same call.
-_WRITE_LUA = "local first = 2" + _NEWER_WINS + """if newest then
+_RAISE_META = """if newest then
   local m = redis.call('GET', KEYS[1])
   if (not m) or tonumber(m) < newest then redis.call('SET', KEYS[1], newest_text) end
 end
-return written
 """
+_WRITE_LUA = "local first = 2" + _NEWER_WINS + _RAISE_META + "return written\n"
 # A Redis Cluster: a call's keys must share one slot, which ``fsmeta:<set>`` does not, so every key
 # is a data key and the call answers {written, newest event time}; the caller then raises ``fsmeta``
 # (``fstore.storage.online.redis_cluster``).
@@ -139,12 +139,7 @@ for i = first, #KEYS do
   a = a + 3 + nf
 end
 """
-_SWAP_LUA = "local first = 2" + _SWAP_BODY + """if newest then
-  local m = redis.call('GET', KEYS[1])
-  if (not m) or tonumber(m) < newest then redis.call('SET', KEYS[1], newest_text) end
-end
-return out
-"""
+_SWAP_LUA = "local first = 2" + _SWAP_BODY + _RAISE_META + "return out\n"
 CLUSTER_SWAP_LUA = "local first = 1" + _SWAP_BODY + "out[#out + 1] = newest_text or ''\nreturn out\n"
 SWAP_SHA = hashlib.sha1(_SWAP_LUA.encode()).hexdigest()
 CLUSTER_SWAP_SHA = hashlib.sha1(CLUSTER_SWAP_LUA.encode()).hexdigest()
