@@ -148,13 +148,15 @@ class InvalidationTracker:
         return seq
 
     def _run(self) -> None:
+        warned = False  # one warning per outage, not one per failed reconnect (every ``retry_seconds``)
         while not self._closed.is_set():
             try:
                 self._track()
             except _ERRORS as exc:
-                if not self._closed.is_set():
+                if not self._closed.is_set() and (self.state is not None or not warned):
                     log.warning("Redis tracking connection lost (%s): online cache flushed and bypassed until it is "
                                 "back", exc)
+                warned = True
             except Exception:  # noqa: BLE001 - never let the thread die: the cache would stay bypassed for good
                 log.exception("Redis tracking failed: online cache flushed and bypassed until it is back")
             finally:
