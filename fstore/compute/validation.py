@@ -253,9 +253,14 @@ def validate_arrow(con, table, fsv: FeatureSetVersion, *, profile: bool = False)
         if profile:
             from fstore.compute import profile as profiles
 
-            sql = profiles.second_pass(f"({wide}) AS w", [f for f, _ in checked], before)
+            features = [f for f, _ in checked]
+            sql = profiles.sampled_quantiles(to_duckdb(wide), features, before)
+            if sql and rows:
+                quantiles = con.sql(sql)
+                row.update(zip(quantiles.columns, quantiles.fetchall()[0]))
+            sql = profiles.second_pass(f"({wide}) AS w", features, before)
             groups = con.sql(to_duckdb(sql)).fetchall() if sql and rows else []
-            profiled = profiles.build(quality, [f for f, _ in checked], row, groups)
+            profiled = profiles.build(quality, features, row, groups)
         if drop is None and not steps:
             out = table
         else:
