@@ -609,9 +609,11 @@ def _wide_agreement(fstore: dict, output: Path, feast_output: Path, notes: list[
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line. ``part``'s default is the string "all", not ``["all"]``: Python 3.11's argparse checks
+    an empty ``nargs="*"`` positional's default against ``choices`` as one value, and a list is no choice."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("part", nargs="*", default=["all"], choices=(*PARTS, "all"),
+    parser.add_argument("part", nargs="*", default="all", choices=(*PARTS, "all"),
                         help="one or more parts, in order (default: all)")
     parser.add_argument("--scale", type=float, default=None, help="multiply the data sizes (default 1; 0.1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer requests and repeats, scale 0.1 unless --scale")
@@ -623,7 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", nargs="*", metavar="FEATURESxLABELS", default=None,
                         help="the wide sweep: 100/300/1,000 features x 17k/170k labels, or the points given (100x17000)")
     parser.add_argument("--calls", type=int, default=10, help="wide: consecutive retrievals per point")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    parts = [args.part] if isinstance(args.part, str) else args.part
     if args.spark_remote not in (None, "start") and not args.spark_remote.startswith("sc://"):
         parser.error("--spark-remote takes a sc://HOST:PORT URL, or nothing to start a server for the run")
     if args.wide or args.sweep is not None:
@@ -646,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.notes.append("Feast is not installed (pip install -e .[bench]); fstore measured alone.")
         log(ctx.notes[-1])
     try:
-        for name in (PARTS if "all" in args.part else dict.fromkeys(args.part)):
+        for name in (PARTS if "all" in parts else dict.fromkeys(parts)):
             start, date = report.machine(), report.now()
             log(f"== {name} (load average {start['load_avg']})")
             data = PARTS[name](ctx)
