@@ -45,6 +45,18 @@ def test_feast_columns_map_to_fstore_output_names():
     assert PAIRS == {"w0__c0": "w0__c0", "w0__c1": "w0__c1", "w1__c0": "w1__c0", "w1__c1": "w1__c1"}
 
 
+def test_columns_are_matched_through_the_mapping_not_their_position(case):
+    labels, events, fstore, feast = case
+    renamed = {"w0__c0": "a", "w0__c1": "b", "w1__c0": "c", "w1__c1": "d"}
+    fstore = fstore.rename(columns=renamed)[["user_id", "event_timestamp", "d", "c", "b", "a"]]
+    assert wide_compare.compare(labels, events, fstore, feast, renamed)["values_differ"] == 0
+    swapped = {"w0__c0": "b", "w0__c1": "a", "w1__c0": "c", "w1__c1": "d"}
+    summary = wide_compare.compare(labels, events, fstore, feast, swapped)
+    # Rows 0 and 2 differ in both swapped columns; row 4 (all null) does not.
+    assert summary["values_differ"] == 4 and summary["examples"][0] == {
+        "row_id": 0, "column": "b", "fstore": 0.25, "feast": 0.5}
+
+
 def test_equal_values_agree_and_feast_drops_are_explained(case):
     summary = wide_compare.compare(*case, PAIRS)
     assert summary["labels"] == 5 and summary["fstore_rows"] == 5 and summary["feast_rows"] == 3
