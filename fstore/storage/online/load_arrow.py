@@ -196,7 +196,10 @@ def redis_packed_sql(latest: str, codec: Codec) -> str:
     texts = ["CAST(ts AS VARCHAR)", *(f"t{i}" for i in range(len(codec.features)))]
     not_null = " AND ".join(f"{t} IS NOT NULL" for t in texts)
     # Text concatenation is 1.5x faster than BLOB's, but a text cannot hold the NULL marker (0xFF).
-    payload = (f"CASE WHEN {not_null} THEN encode({' || '.join(f'fs_resp({t})' for t in texts)}) "
+    # One n-ary concat, not a chain of ||: a chain copies the growing payload at each step (100 float
+    # features: 0.41 s against 2.67 s per 20,000 keys).
+    pieces = ", ".join(f"'$', CAST(strlen({t}) AS VARCHAR), E'\\r\\n', {t}, E'\\r\\n'" for t in texts)
+    payload = (f"CASE WHEN {not_null} THEN encode(concat({pieces})) "
                f"ELSE {' || '.join(f'fs_bulk({t})' for t in texts)} END")
     return f"SELECT encode(fs_resp(k)) AS kr, {payload} AS p FROM ({latest})"
 
