@@ -14,8 +14,9 @@ it, one process per point (``python -m bench.wide point …`` prints one JSON li
   rows, recording each call's seconds, the rows returned, and (Spark) the driver's heap after
   the call (after a full GC), and the process tree's peak resident memory at the end.
 
-``python -m bench --wide`` runs the issue's point on both engines and ``--sweep`` the
-scaling curve (``bench.wide_report`` writes the table and chart).
+``python -m bench --wide`` runs the issue's point on both engines, after Feast's side of it
+(``bench.wide_feast``, on the same data) and with the values compared (``bench.wide_compare``);
+``--sweep`` the scaling curve (``bench.wide_report`` writes the table and chart).
 """
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ def point(args: argparse.Namespace) -> dict:
     folder = make_data(Path(args.data), events=args.events, users=args.users, columns=per_set, labels=[args.labels])
     store_dir = Path(args.work) / f"store-{args.engine}-{args.features}"
     out: dict = {"engine": args.engine, "features": per_set * args.sets, "sets": args.sets, "labels": args.labels,
-                 "events": args.events}
+                 "events": args.events, "data": str(folder)}
     fresh = not (store_dir / "materialized.json").exists()
     if fresh:
         shutil.rmtree(store_dir, ignore_errors=True)

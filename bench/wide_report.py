@@ -1,13 +1,18 @@
-"""The wide case's results: ``bench/results/wide.json`` (points as ``bench.wide`` measured them), a Markdown
-table ``wide.md`` and a chart ``wide.png`` (seconds and peak memory per number of features; matplotlib,
-from the ``bench`` extra — without it the chart is skipped and the table says so).
+"""The wide case's results: ``bench/results/wide.json`` (points as ``bench.wide`` and ``bench.wide_feast``
+measured them, fstore's with their comparison to Feast's), a Markdown table ``wide.md`` and a chart
+``wide.png`` (seconds and peak memory per number of features; matplotlib, from the ``bench`` extra —
+without it the chart is skipped and the table says so).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from bench import wide_compare
+
 FEAST_ISSUE_SECONDS = 88.2  # issue #33: Feast 0.67, 1,000 features x 17,000 labels, call 1, on this machine
+ISSUE_POINT = (1000, 17_000)  # the point that figure is for
+ORDER = {"feast": 0, "duckdb": 1, "spark": 2}
 
 
 def best(point: dict) -> float | None:
@@ -15,20 +20,62 @@ def best(point: dict) -> float | None:
     return min(calls) if calls else None
 
 
-def table(points: list[dict], feast_seconds: float | None) -> str:
-    lines = ["| engine | features | labels | materialize s | call seconds | rows | driver heap MB after each call "
-             "| peak RSS MB | worst call / Feast |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for p in sorted(points, key=lambda p: (p["engine"], p["features"], p["labels"])):
+def worst(point: dict) -> float | None:
+    calls = [c["seconds"] for c in point.get("calls", [])]
+    return max(calls) if calls else None
+
+
+def ratio_cell(point: dict, feast: dict | None) -> str:
+    """fstore's worst call over Feast's worst call on the same point; without a Feast measurement there, the
+    issue's figure for its point (said in the cell), else nothing."""
+    mine = worst(point)
+    if mine is None or point["engine"] == "feast":
+        return ""
+    theirs = worst(feast) if feast else None
+    if theirs:
+        return f"{mine / theirs:.2f}"
+    if (point["features"], point["labels"]) == ISSUE_POINT:
+        return f"{mine / FEAST_ISSUE_SECONDS:.2f} (against issue #33's {FEAST_ISSUE_SECONDS} s, not this run)"
+    return ""
+
+
+def values_cell(point: dict) -> str:
+    """The comparison with Feast's last call, in a few words (the full sentence is under the table)."""
+    summary = point.get("feast_agreement")
+    if not summary:
+        return ""
+    dropped = summary["feast_dropped"]
+    explained = dropped["total"] - dropped["unexplained"]
+    return (f"{'agree' if wide_compare.agrees(summary) else 'DIFFER'}: {summary['rows_equal']:,}/"
+            f"{summary['rows_in_both']:,} rows equal; Feast dropped {dropped['total']:,} ({explained:,} explained)")
+
+
+def table(points: list[dict]) -> str:
+    """One row per system and point, Feast's first; fstore's rows carry the ratio and the values' agreement."""
+    feast = {(p["features"], p["labels"]): p for p in points if p["engine"] == "feast"}
+    lines = ["| system | features | labels | materialize s | call seconds | rows | driver heap MB after each call "
+             "| peak RSS MB | worst call / Feast's worst | values against Feast (last call) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(points, key=lambda p: (p["features"], p["labels"], ORDER.get(p["engine"], 9))):
         calls = p.get("calls", [])
-        worst = max((c["seconds"] for c in calls), default=None)
-        ratio = f"{worst / feast_seconds:.2f}" if worst is not None and feast_seconds and p["features"] == 1000 \
-            and p["labels"] == 17_000 else ""
+        system = f"Feast {p.get('feast_version', '')}".strip() if p["engine"] == "feast" else f"fstore {p['engine']}"
         heap = ", ".join(str(c["driver_heap_mb"]) for c in calls if c.get("driver_heap_mb") is not None) or "-"
-        lines.append(f"| {p['engine']} | {p['features']:,} | {p['labels']:,} | {p.get('materialize_seconds', '-')} | "
+        ratio = ratio_cell(p, feast.get((p["features"], p["labels"])))
+        lines.append(f"| {system} | {p['features']:,} | {p['labels']:,} | {p.get('materialize_seconds', '-')} | "
                      f"{', '.join(str(c['seconds']) for c in calls)} | {', '.join(str(c['rows']) for c in calls)} | "
-                     f"{heap} | {p.get('peak_rss_mb', '-')} | {ratio} |")
+                     f"{heap} | {p.get('peak_rss_mb', '-')} | {ratio} | {values_cell(p)} |")
     return "\n".join(lines) + "\n"
+
+
+def agreement_section(points: list[dict]) -> str:
+    """Each fstore point's full comparison with Feast, and why Feast drops labels; empty without Feast."""
+    lines = [f"- {p['features']:,} x {p['labels']:,}: {p['feast_agreement']['line']}\n"
+             for p in sorted(points, key=lambda p: (p["features"], p["labels"], ORDER.get(p["engine"], 9)))
+             if p.get("feast_agreement")]
+    if not lines:
+        return ""
+    return ("## Values: fstore's last call against Feast's, label by label\n\n" + "".join(lines)
+            + f"\nWhy Feast returns fewer rows: {wide_compare.DROPPED_EXPLANATION}\n")
 
 
 def chart(points: list[dict], path: Path) -> bool:
@@ -61,16 +108,16 @@ def chart(points: list[dict], path: Path) -> bool:
     return True
 
 
-def write(points: list[dict], results: Path, *, machine: dict, feast_seconds: float | None, notes: list[str]) -> Path:
+def write(points: list[dict], results: Path, *, machine: dict, notes: list[str]) -> Path:
     """``wide.json``, ``wide.md`` and ``wide.png`` in ``results``; returns the Markdown file."""
     results.mkdir(parents=True, exist_ok=True)
-    (results / "wide.json").write_text(json.dumps({"machine": machine, "feast_seconds": feast_seconds,
-                                                    "notes": notes, "points": points}, indent=2, default=str))
+    (results / "wide.json").write_text(json.dumps({"machine": machine, "notes": notes, "points": points},
+                                                   indent=2, default=str))
     has_chart = chart(points, results / "wide.png")
     text = ["# Wide training sets (issue #33)\n",
             f"Machine: {machine}\n",
             *[f"- {n}\n" for n in notes],
-            "\n", table(points, feast_seconds), "\n",
+            "\n", table(points), "\n", agreement_section(points), "\n",
             "![seconds and memory per point](wide.png)\n" if has_chart else "(no chart: matplotlib is not installed)\n"]
     path = results / "wide.md"
     path.write_text("".join(text))
