@@ -37,6 +37,9 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None, *, mas
     if local:
         # Local workers run this interpreter: let them import pyspark compiled, not from its zip.
         conf.setdefault("spark.python.daemon.module", "fstore.engine.spark_daemon")
+        # Delta rebuilds a table version's file list in this many tasks at every query over it (50 by default):
+        # one task per core here. A 10-set retrieval of 1,000 labels ran 500 such tasks: 14 s -> 6 s.
+        conf.setdefault("spark.databricks.delta.snapshotPartitions", str(_local_cores(master)))
     else:
         # Executors' Python workers inherit nothing from this process: name the tree fstore came from, or an
         # installed copy (another checkout's, say) would run their half of the job.
@@ -58,6 +61,12 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None, *, mas
         _join_options(conf, "spark.executor.extraJavaOptions",
                       [conf.get("spark.executor.extraJavaOptions", ""), driver_java_options()])
     return conf
+
+
+def _local_cores(master: str) -> int:
+    """The cores a ``local``, ``local[N]`` or ``local[*]`` master runs on."""
+    inside = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
+    return (os.cpu_count() or 1) if inside.startswith("*") else max(1, int(inside.split(",")[0]))
 
 
 def _join_options(conf: dict[str, str], key: str, options: list[str]) -> None:

@@ -184,3 +184,13 @@ def test_a_sessions_own_jars_join_the_cached_ones_once_each(tmp_path, monkeypatc
     assert session_conf(settings)["spark.jars"].split(",") == delta
     joined = session_conf(settings, {"spark.jars": f"local:/k/kafka.jar,{delta[1]}"})["spark.jars"]
     assert joined.split(",") == [*delta, "local:/k/kafka.jar"]
+
+
+@pytest.mark.parametrize("master, tasks", [("local[2]", "2"), ("local", "1"), ("local[3,2]", "3"),
+                                           ("local[*]", str(os.cpu_count()))])
+def test_a_local_session_rebuilds_delta_file_lists_in_one_task_per_core(master, tasks):
+    conf = session_conf(Settings.from_env({"SPARK_MASTER": master}))
+    assert conf["spark.databricks.delta.snapshotPartitions"] == tasks
+    assert "spark.databricks.delta.snapshotPartitions" not in session_conf(Settings.from_env({"SPARK_MASTER": "spark://h:7077"}))
+    mine = session_conf(Settings.from_env({"SPARK_MASTER": master}), {"spark.databricks.delta.snapshotPartitions": "16"})
+    assert mine["spark.databricks.delta.snapshotPartitions"] == "16"
