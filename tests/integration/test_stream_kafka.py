@@ -70,6 +70,31 @@ def test_apply_checks_the_keys_against_the_declared_schema_and_batch_runs_are_re
         store.close()
 
 
+def test_the_warm_up_runs_the_batch_path_over_made_up_messages_and_writes_nothing(tmp_path, spark):
+    """Before subscribing, the stream runs its own parse → compute → Arrow path over made-up messages of the
+    declared schema (every key and event time parsed, so the JVM compiles the path real batches take), and stores
+    nothing: no offline table, no online row, no stream totals."""
+    from fstore.compute.stream import _BatchWriter, _parse, warm_rows
+
+    store = new_store(tmp_path)
+    try:
+        store.create_feature_set(kafka_body("127.0.0.1:9", "clicks"))
+        fsv = store.feature_set_version("clicks_stream")
+        batch = _BatchWriter(store, fsv, str(tmp_path / "checkpoint"), None)
+        source = fsv.feature_set.source
+        events, table = batch._compute(_parse(warm_rows(spark, source, 500), source))
+        assert events == 500 and table.num_rows == 500
+        assert table.column("user_id").null_count == 0 and table.column("event_timestamp").null_count == 0
+        assert table.column("clicks_x2").to_pylist()[:3] == [0, 2, 4]
+        assert batch.warm_up(spark, rows=500, rounds=2) > 0
+        assert batch.totals["batches"] == 0 and not (tmp_path / "checkpoint").exists()
+        assert not Path(table_uri(store.settings, "clicks_stream")).exists()
+        answer = store.get_online_features(features=["clicks_stream:clicks_x2"], entities={"user_id": [0, 1]})
+        assert {s["clicks_stream:clicks_x2"] for s in answer["statuses"].values()} == {"missing"}
+    finally:
+        store.close()
+
+
 # -- with a broker --------------------------------------------------------------------------------
 
 def _missing(why: str):
