@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to produce")
     parser.add_argument("--trigger", type=float, default=1.0)
     parser.add_argument("--keys", type=int, default=10_000, help="distinct users")
+    parser.add_argument("--no-warm-up", action="store_true", help="the stream job subscribes without warming up first")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from confluent_kafka import Producer
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                              {"name": "page_upper", "data_type": "string", "transformation": "upper(page)"}]})
             log = root / "stream.log"
             job = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py"), "--feature-set", "events_stream",
-                                    "--trigger", str(args.trigger)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                    "--trigger", str(args.trigger), *(["--no-warm-up"] if args.no_warm_up else [])], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                    env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, start_new_session=True)
             deadline = time.monotonic() + 180
             while "\"batch_id\"" not in log.read_text() and time.monotonic() < deadline:  # the query is up
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 "events_per_batch_median": _quantile([x["events"] for x in steady], 0.5),
                 "loadavg_1_5_15": [round(v, 2) for v in load],
                 "online_store": "redis" if args.redis else "embedded",
+                "warm_up": (re.findall(r"warmed up in ([0-9.]+ s)|warm-up stopped.*", log.read_text()) or ["off"])[0],
                 "batches_detail": [{k: x.get(k) for k in ("batch_id", "events", "seconds", "stages", "p99_seconds")}
                                    for x in batches],
             }

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-offsets-per-trigger", type=int, default=None, help="cap on messages per micro-batch")
     parser.add_argument("--lock-ttl", type=float, default=None, help="seconds a killed stream keeps the set's stream lock")
     parser.add_argument("--quiet-batches", action="store_true", help="no line per micro-batch")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="subscribe at once, without running the batch path over made-up messages first")
     return parser.parse_args(argv)
 
 
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         store = FeatureStore(Settings.from_env())
         totals = run_stream(store, args.feature_set, trigger_seconds=args.trigger, stop=stop,
                             lock_ttl=args.lock_ttl or STREAM_LOCK_TTL,
-                            max_offsets_per_trigger=args.max_offsets_per_trigger, on_batch=batch_line)
+                            max_offsets_per_trigger=args.max_offsets_per_trigger, on_batch=batch_line,
+                            warm=not args.no_warm_up)
         print(json.dumps({"status": "stopped", "feature_set": args.feature_set, **totals}), flush=True)
         return 0
     except FStoreError as exc:

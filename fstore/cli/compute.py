@@ -305,9 +305,11 @@ def scheduler(cli: CliState, once: bool, poll: float) -> None:
 @click.argument("name")
 @click.option("--trigger", default=1.0, show_default=True, type=float, help="Seconds between micro-batches.")
 @click.option("--max-offsets-per-trigger", type=int, default=None, help="Cap on Kafka messages per micro-batch.")
+@click.option("--warm-up/--no-warm-up", default=True, show_default=True,
+              help="Run the batch path over made-up messages before subscribing (faster first batches).")
 @json_option
 @pass_cli
-def stream(cli: CliState, name: str, trigger: float, max_offsets_per_trigger: int | None) -> None:
+def stream(cli: CliState, name: str, trigger: float, max_offsets_per_trigger: int | None, warm_up: bool) -> None:
     """Stream feature set NAME from its Kafka topic (Spark Structured Streaming) until SIGTERM or Ctrl-C.
 
     Every event goes to the offline Delta table exactly once, the newest value per key online (newer wins).
@@ -329,7 +331,7 @@ def stream(cli: CliState, name: str, trigger: float, max_offsets_per_trigger: in
 
     try:
         totals = run_stream(cli.store, name, trigger_seconds=trigger, stop=stop,
-                            max_offsets_per_trigger=max_offsets_per_trigger, on_batch=report)
+                            max_offsets_per_trigger=max_offsets_per_trigger, on_batch=report, warm=warm_up)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
