@@ -28,6 +28,8 @@ without reading the source), so ``col / 2`` stays a fraction: write
 """
 from __future__ import annotations
 
+import functools
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -55,17 +57,29 @@ def quote(name: str) -> str:
 
 
 def parse(text: str, dialect: str, *, feature: str, field: str = "transformation") -> exp.Expression:
-    """Parse one SQL expression in ``dialect``; a syntax error names the feature."""
+    """Parse one SQL expression in ``dialect``; a syntax error names the feature. The caller owns the tree it
+    gets (a copy of the parsed one, which is kept: a retrieval of 1,000 features parsed 3,000 texts, 0.6 s)."""
     try:
-        statements = [n for n in sqlglot.parse(text, read=dialect) if n is not None]
+        return _parsed(text, dialect).copy()
     except SqlglotError as exc:
         raise InvalidDefinition(f"feature {feature}: {field} {text!r} is not valid {dialect} SQL: {sql_error_text(exc)}", field=field) from None
+    except _NotOneExpression as exc:
+        raise InvalidDefinition(f"feature {feature}: {field} must be one SQL expression, not {exc.args[0]}: {text!r}",
+                                field=field) from None
+
+
+class _NotOneExpression(Exception):
+    """The text parsed, but is not one expression (the argument says what it is)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str, dialect: str) -> exp.Expression:
+    statements = [n for n in sqlglot.parse(text, read=dialect) if n is not None]
     if len(statements) > 1:
-        raise InvalidDefinition(f"feature {feature}: {field} must be one SQL expression, not {len(statements)} statements: "
-                                f"{text!r}", field=field)
+        raise _NotOneExpression(f"{len(statements)} statements")
     node = statements[0] if statements else None
     if node is None or isinstance(node, (exp.Select, exp.Union, exp.Insert, exp.Create, exp.Drop, exp.Command)):
-        raise InvalidDefinition(f"feature {feature}: {field} must be one SQL expression, not a statement: {text!r}", field=field)
+        raise _NotOneExpression("a statement")
     return node
 
 
@@ -222,5 +236,13 @@ def to_spark(text: str, dialect: str, *, event_time: str, feature: str, rename: 
 
 def column_names(text: str, dialect: str, *, feature: str) -> set[str]:
     """The unqualified column names an expression reads."""
-    node = parse(text, dialect, feature=feature)
-    return {c.name for c in node.find_all(exp.Column) if not c.table}
+    try:
+        return set(_column_names(text, dialect))
+    except (SqlglotError, _NotOneExpression):
+        parse(text, dialect, feature=feature)  # raises the error naming the feature
+        raise
+
+
+@functools.lru_cache(maxsize=4096)
+def _column_names(text: str, dialect: str) -> frozenset[str]:
+    return frozenset(c.name for c in _parsed(text, dialect).find_all(exp.Column) if not c.table)
