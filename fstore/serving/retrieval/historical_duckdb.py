@@ -50,6 +50,7 @@ EVENT = "__fs_event"
 SORT = "__fs_sort"
 EVENT_TS = "__fs_ev"
 POSITION = "__fs_pos"
+MATCH = "__fs_match"
 _MAX_BIGINT = 9223372036854775807
 _DUCK_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ"}
 _FRACTIONAL = ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
@@ -119,9 +120,13 @@ def as_of_join_sql(con, labels: str, rows: str, *, keys: Sequence[str], ts: str,
     sort = (f"{{'t': CAST({ident(event_ts)} AS TIMESTAMPTZ), 'c': {created}, "
             f"'p': {f'CAST({ident(position)} AS BIGINT)' if position else '0'}}}")
     present = " AND ".join(f"{c} IS NOT NULL" for c in [ident(event_ts), *k])
+    # With a position (unique per row), the as-of join carries only it, and the features are fetched afterwards by
+    # a hash join on the matched positions: the feature values are never sorted along with every feature row.
+    late = position is not None
+    carried = [] if late else [f"{ident(src)} AS {ident(f'__fs_f{i}')}" for i, (src, _) in enumerate(features)]
     feature_rows = (f"SELECT {', '.join(_aligned_keys(con, labels, rows, keys))}, "
-                    f"CAST({ident(event_ts)} AS TIMESTAMPTZ) AS {EVENT_TS}, {sort} AS {SORT}, "
-                    + ", ".join(f"{ident(src)} AS {ident(f'__fs_f{i}')}" for i, (src, _) in enumerate(features))
+                    f"CAST({ident(event_ts)} AS TIMESTAMPTZ) AS {EVENT_TS}, {sort} AS {SORT}"
+                    + "".join(", " + c for c in carried)
                     + f" FROM {rows} WHERE {present}{f' AND ({where})' if where else ''}")
     # Only rows some label row can see: of its keys, at or before that key's last label time.
     last_label = f"SELECT {', '.join(k)}, max(CAST({ident(ts)} AS TIMESTAMPTZ)) AS __fs_last FROM {labels} GROUP BY ALL"
@@ -132,11 +137,17 @@ def as_of_join_sql(con, labels: str, rows: str, *, keys: Sequence[str], ts: str,
     visible = f"r.{EVENT_TS} IS NOT NULL AND l.{ident(ts)} IS NOT NULL"
     if ttl_seconds is not None:
         visible += f" AND r.{EVENT_TS} >= CAST(l.{ident(ts)} AS TIMESTAMPTZ) - INTERVAL '{int(ttl_seconds)} seconds'"
+    on = " AND ".join(f"l.{c} = r.{c}" for c in k) + f" AND l.{SORT} >= r.{SORT}"
+    if late:
+        matched = (f"SELECT l.* EXCLUDE ({SORT}), CASE WHEN {visible} THEN r.{SORT}.p END AS {MATCH} "
+                   f"FROM ({label_side}) l ASOF LEFT JOIN ({visible_rows}) r ON {on}")
+        values = ", ".join(f"{ident(src)} AS {ident(out)}" for src, out in features)
+        return (f"SELECT m.* EXCLUDE ({MATCH}), {', '.join('f.' + ident(out) for _, out in features)} "
+                f"FROM ({matched}) m LEFT JOIN (SELECT {ident(position)}, {values} FROM {rows}) f "
+                f"ON f.{ident(position)} = m.{MATCH}")
     outputs = [f"CASE WHEN {visible} THEN r.{ident(f'__fs_f{i}')} END AS {ident(out)}"
                for i, (_, out) in enumerate(features)]
-    return (f"SELECT l.* EXCLUDE ({SORT}){''.join(', ' + o for o in outputs)} "
-            f"FROM ({label_side}) l ASOF LEFT JOIN ({visible_rows}) r ON "
-            + " AND ".join(f"l.{c} = r.{c}" for c in k) + f" AND l.{SORT} >= r.{SORT}")
+    return f"SELECT l.* EXCLUDE ({SORT}){''.join(', ' + o for o in outputs)} FROM ({label_side}) l ASOF LEFT JOIN ({visible_rows}) r ON {on}"
 
 
 def as_of_join(con, labels: Any, rows: Any, *, keys: Sequence[str], ts: str, features: Sequence[tuple[str, str]],
@@ -352,6 +363,7 @@ def retrieve(store: "StoreContext", entities: Entities, groups: list[FeatureGrou
              as_of: dict[str, int | datetime | None], sources: dict[str, Any] | None = None) -> "RetrievalResult":
     """``fstore.serving.retrieval.historical.retrieve`` on DuckDB, for entity rows from ``prepare_local``."""
     import duckdb
+    import pyarrow.compute as pc
 
     from fstore.engine import duckdb as engine
     from fstore.core.errors import ComputeError
@@ -376,7 +388,10 @@ def retrieve(store: "StoreContext", entities: Entities, groups: list[FeatureGrou
         user = ", ".join(f"l.{ident(c)}" for c in entities.columns)
         joins = "".join(f" LEFT JOIN ({sql}) g{i} USING ({ident(ROW)})" for i, sql in enumerate(parts))
         answers = "".join(f", {ident(internal)} AS {ident(out)}" for internal, out in outputs)
-        table = con.sql(f"SELECT {user}{answers} FROM {LABELS} l{joins} ORDER BY l.{ident(ROW)}").to_arrow_table()
+        # In label order: sorting only the row numbers and taking the rows in Arrow is cheaper than DuckDB's
+        # ORDER BY carrying every column (1,000 features x 17,000 labels: 0.55 s)
+        table = con.sql(f"SELECT l.{ident(ROW)}, {user}{answers} FROM {LABELS} l{joins}").to_arrow_table()
+        table = table.take(pc.sort_indices(table.column(0))).drop_columns([ROW])
     except duckdb.Error as exc:
         text = str(exc).strip()
         raise ComputeError(f"historical retrieval failed on DuckDB: {text.splitlines()[0] if text else type(exc).__name__}") \
