@@ -108,13 +108,12 @@ def open_store(store_dir: Path, redis_db: int, engine: str, data_root: Path):
 
 def apply_definitions(store, source: str, *, sets: int, per_set: int) -> None:
     store.create_entity({"name": ENTITY, "join_keys": [ENTITY], "value_type": "int"}, actor="bench")
-    for name in set_names(sets):
+    for name in set_names(sets):  # one body per set, its features in it (one check against the source, not 100)
         store.create_feature_set({"name": name, "entities": [ENTITY],
                                   "source": {"path": source, "format": "parquet",
-                                             "event_timestamp_column": "event_timestamp"}}, actor="bench")
-        for column in column_names(per_set):
-            store.create_feature({"name": column, "feature_set": name, "data_type": "float",
-                                  "transformation": column}, actor="bench")
+                                             "event_timestamp_column": "event_timestamp"},
+                                  "features": [{"name": column, "data_type": "float", "transformation": column}
+                                               for column in column_names(per_set)]}, actor="bench")
 
 
 def feature_refs(sets: int, per_set: int) -> list[str]:
@@ -200,9 +199,9 @@ def point(args: argparse.Namespace) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.wide", description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=("spark", "duckdb"), required=True)
+def point_parser(prog: str, work: str) -> argparse.ArgumentParser:
+    """The arguments of one point, for fstore's side and Feast's (``bench.wide_feast``) alike."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--features", type=int, default=1000)
     parser.add_argument("--sets", type=int, default=10)
     parser.add_argument("--labels", type=int, default=17_000)
@@ -210,11 +209,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--calls", type=int, default=2)
     parser.add_argument("--data", required=True, help="folder for the generated data")
-    parser.add_argument("--work", required=True, help="folder for the stores")
-    parser.add_argument("--redis-db", type=int, default=9)
+    parser.add_argument("--work", required=True, help=work)
     parser.add_argument("--output", default="", help="write the last call's rows here (Parquet)")
-    args = parser.parse_args(argv)
-    print(json.dumps(point(args), default=str))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = point_parser("python -m bench.wide", "folder for the stores")
+    parser.add_argument("--engine", choices=("spark", "duckdb"), required=True)
+    parser.add_argument("--redis-db", type=int, default=9)
+    print(json.dumps(point(parser.parse_args(argv)), default=str))
 
 
 if __name__ == "__main__":

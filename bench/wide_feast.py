@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.wide import ENTITY, column_names, label_path, make_data, peak_rss_mb, set_names
+from bench.wide import ENTITY, column_names, label_path, make_data, peak_rss_mb, point_parser, set_names
 
 ROW_ID = "row_id"
 
@@ -108,17 +108,7 @@ def point(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.wide_feast", description=__doc__.split("\n")[0])
-    parser.add_argument("--features", type=int, default=1000)
-    parser.add_argument("--sets", type=int, default=10)
-    parser.add_argument("--labels", type=int, default=17_000)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--calls", type=int, default=2)
-    parser.add_argument("--data", required=True, help="folder for the generated data (bench.wide's)")
-    parser.add_argument("--work", required=True, help="folder for the Feast repo")
-    parser.add_argument("--output", default="", help="write the last call's rows here (Parquet)")
-    args = parser.parse_args(argv)
+    args = point_parser("python -m bench.wide_feast", "folder for the Feast repo").parse_args(argv)
     print(json.dumps(point(args), default=str))
 
 
