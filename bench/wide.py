@@ -183,20 +183,26 @@ def point(args: argparse.Namespace) -> dict:
         (store_dir / "materialized.json").write_text("{}")
     labels = pd.read_parquet(label_path(folder, args.labels))
     refs = feature_refs(args.sets, per_set)
+    timed_calls(out, args, lambda: store.get_historical_features(entity_df=labels, features=refs, actor="bench").to_df(),
+                lambda: {"driver_heap_mb": driver_heap_mb(store)})
+    store.close()
+    return out
+
+
+def timed_calls(out: dict, args: argparse.Namespace, call, after=dict) -> None:
+    """``args.calls`` timed retrievals (``call`` returns the frame) into ``out``: seconds, rows and ``after()`` per
+    call, then the last frame's width and non-null values (written to ``args.output`` when given), and peak RSS."""
     calls = []
     for _ in range(args.calls):
         t0 = time.perf_counter()
-        result = store.get_historical_features(entity_df=labels, features=refs, actor="bench").to_df()
-        calls.append({"seconds": round(time.perf_counter() - t0, 2), "rows": len(result),
-                      "driver_heap_mb": driver_heap_mb(store)})
+        result = call()
+        calls.append({"seconds": round(time.perf_counter() - t0, 2), "rows": len(result), **after()})
     out["calls"] = calls
     out["columns"] = len(result.columns)
     out["non_null_values"] = int(result.notna().to_numpy().sum())
     if args.output:
         result.to_parquet(args.output, index=False)
     out["peak_rss_mb"] = peak_rss_mb()
-    store.close()
-    return out
 
 
 def point_parser(prog: str, work: str) -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.wide import ENTITY, column_names, label_path, make_data, peak_rss_mb, point_parser, set_names
+from bench.wide import ENTITY, column_names, label_path, make_data, point_parser, set_names, timed_calls
 
 ROW_ID = "row_id"
 
@@ -93,17 +93,8 @@ def point(args: argparse.Namespace) -> dict:
     labels = pd.read_parquet(label_path(folder, args.labels))
     labels.insert(0, ROW_ID, range(len(labels)))
     refs = feature_refs(args.sets, per_set)
-    calls = []
-    for _ in range(args.calls):
-        t0 = time.perf_counter()
-        result = store.get_historical_features(entity_df=labels, features=refs, full_feature_names=True).to_df()
-        calls.append({"seconds": round(time.perf_counter() - t0, 2), "rows": len(result)})
-    out["calls"] = calls
-    out["columns"] = len(result.columns)
-    out["non_null_values"] = int(result.notna().to_numpy().sum())
-    if args.output:
-        result.to_parquet(args.output, index=False)
-    out["peak_rss_mb"] = peak_rss_mb()
+    timed_calls(out, args, lambda: store.get_historical_features(entity_df=labels, features=refs,
+                                                                 full_feature_names=True).to_df())
     return out
 
 
