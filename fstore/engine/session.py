@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fstore.engine import connect, jars
 from fstore.engine.class_archive import driver_java_options
-from fstore.engine.spark_env import LOG4J_FILE, ensure_java, spark_defaults
+from fstore.engine.spark_env import LOG4J_FILE, ensure_java, local_cores, spark_defaults
 from fstore.core.settings import Settings
 
 
@@ -39,7 +39,7 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None, *, mas
         conf.setdefault("spark.python.daemon.module", "fstore.engine.spark_daemon")
         # Delta rebuilds a table version's file list in this many tasks at every query over it (50 by default):
         # one task per core here. A 10-set retrieval of 1,000 labels ran 500 such tasks: 14 s -> 6 s.
-        conf.setdefault("spark.databricks.delta.snapshotPartitions", str(_local_cores(master)))
+        conf.setdefault("spark.databricks.delta.snapshotPartitions", str(local_cores(master) or 1))
     else:
         # Executors' Python workers inherit nothing from this process: name the tree fstore came from, or an
         # installed copy (another checkout's, say) would run their half of the job.
@@ -61,12 +61,6 @@ def session_conf(settings: Settings, extra: dict[str, str] | None = None, *, mas
         _join_options(conf, "spark.executor.extraJavaOptions",
                       [conf.get("spark.executor.extraJavaOptions", ""), driver_java_options()])
     return conf
-
-
-def _local_cores(master: str) -> int:
-    """The cores a ``local``, ``local[N]`` or ``local[*]`` master runs on."""
-    inside = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
-    return (os.cpu_count() or 1) if inside.startswith("*") else max(1, int(inside.split(",")[0]))
 
 
 def _join_options(conf: dict[str, str], key: str, options: list[str]) -> None:

