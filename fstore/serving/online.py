@@ -97,7 +97,10 @@ class _Group:
     aliases: tuple[tuple[str, str], ...] = ()  # (entity name, its join key) for single-key entities
     # windowed features asked: (pick index, window, combiner), answered at the request's time from the
     # stored record of their events, read as the last field (fstore.storage.online.windows)
-    windows: tuple[tuple[int, Any, Callable[[list, int], Any]], ...] = ()
+    windows: tuple[tuple[int, Any], ...] = ()  # (pick index, OnlineWindow)
+    window_values: Callable[[list, int], list] | None = None  # their values at a time from one record (``combiners``)
+    window_outs: tuple[str, ...] = ()  # the windows' output names, in ``windows`` order
+    row_picks: tuple[tuple[str, int, Callable[[bytes], Any], Any], ...] = ()  # the picks that are not windows
 
 
 class _State:
@@ -271,6 +274,33 @@ def _float_values(g: _Group, results: list[Any], now: int) -> list[float] | None
     return values
 
 
+def _window_parts(picks: tuple, win: tuple) -> dict:
+    """A group's window fields: its windows, their combined evaluation, and the picks answered as stored."""
+    if not win:
+        return {}
+    from fstore.storage.online.windows import combiners
+
+    windowed = {pi for pi, _ in win}
+    return {"windows": win, "window_values": combiners([w for _, w in win]),
+            "window_outs": tuple(picks[pi][0] for pi, _ in win),
+            "row_picks": tuple(p for pi, p in enumerate(picks) if pi not in windowed)}
+
+
+def _window_records(results: list[Any]) -> list[list | None]:
+    """Each stored row's decoded record of window events (the last field read), None where there is none:
+    one ``orjson`` parse of them all joined as a JSON array (row by row if that parse does not line up)."""
+    texts = [None if r is None or r[1][-1] == NULL else r[1][-1] for r in results]
+    present = [t for t in texts if t is not None]
+    try:
+        parsed = orjson.loads(b"[" + b",".join(present) + b"]")
+    except orjson.JSONDecodeError:
+        parsed = None
+    if parsed is None or len(parsed) != len(present):
+        parsed = [orjson.loads(t) for t in present]
+    records = iter(parsed)
+    return [None if t is None else next(records) for t in texts]
+
+
 # -- resolution ------------------------------------------------------------------------------
 
 def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any, cache_all: bool) -> list[_Group]:
@@ -311,11 +341,10 @@ def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any
         win = ()
         # a cached read serves any later request of the set: it carries the record whenever the set has windows
         if windows and (cache_all or any(name in windows for name in group.features)):
-            from fstore.storage.online.windows import FIELD, combiner
+            from fstore.storage.online.windows import FIELD
 
             read_fields = (*read_fields, FIELD)  # one record of every window's events, after the features
-            win = tuple((pi, windows[name], combiner(windows[name]))
-                        for pi, name in enumerate(group.features) if name in windows)
+            win = tuple((pi, windows[name]) for pi, name in enumerate(group.features) if name in windows)
         ttl = fsv.ttl_seconds * 1_000_000 if fsv.ttl_seconds else None
         indexes = tuple(p[1] for p in picks)
         getter = None if indexes == tuple(range(len(read_fields))) else (
@@ -323,7 +352,7 @@ def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any
         groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl,
                              outs=tuple(p[0] for p in picks), features=tuple(group.features), decoders=tuple(p[2] for p in picks), getter=getter,
                              present=dict.fromkeys((p[0] for p in picks), _PRESENT),
-                             all_float=not win and all(p[2] is float for p in picks), windows=win,
+                             all_float=not win and all(p[2] is float for p in picks), **_window_parts(picks, win),
                              aliases=tuple((e.name, e.join_keys[0]) for e in fsv.entities
                                            if len(e.join_keys) == 1 and e.name != e.join_keys[0])))
     if key is not None:
@@ -587,6 +616,7 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
     picks = g.picks
     ttl = g.ttl_micros
     floats = _float_values(g, results, now) if g.all_float else None
+    records = _window_records(results) if g.windows else None
     width, at = len(g.outs), 0
     full = 0  # rows with every asked value present and not null
     partial: dict[str, int] = {}
@@ -601,16 +631,13 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
             for out, _, _, default in picks:
                 fo[out] = default
                 so[out] = _MISSING
-            for pi, window, _ in g.windows:  # never stored: the empty window, as historical retrieval answers
+            for pi, window in g.windows:  # never stored: the empty window, as historical retrieval answers
                 out, _, _, default = picks[pi]
                 fo[out] = window.empty if default is None else default
             continue
         ts, raw = result
-        if g.windows:  # the windows answered at `now`; the other features as usual
-            _windowed_row(g, ts, raw, now, fo, so)
-            for out, _, _, _ in picks:
-                if so[out] == _PRESENT and fo[out] is not None:
-                    partial[out] = partial.get(out, 0) + 1
+        if records is not None:  # the windows answered at `now`; the other features as usual
+            _windowed_row(g, ts, raw, records[ri], now, fo, so, partial)
             continue
         if ttl is not None and now - ts > ttl:
             for out, i, _, default in picks:
@@ -643,25 +670,33 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
     return {out: full + partial.get(out, 0) for out in g.outs}
 
 
-def _windowed_row(g: _Group, ts: int, raw: list, now: int, fo: dict, so: dict) -> None:
-    """One stored row of a group with windowed features: each window at ``now`` from the row's record of
+def _windowed_row(g: _Group, ts: int, raw: list, record: list | None, now: int, fo: dict, so: dict,
+                  found: dict[str, int]) -> None:
+    """One stored row of a group with windowed features: each window at ``now`` from the row's ``record`` of
     events (the TTL does not apply to them: a window ages events out itself, as in historical retrieval);
-    the other features, and the windows when the record is absent or of an older row or version, as stored."""
+    the other features, and the windows when the record is absent or of an older row or version, as stored.
+    Counts into ``found`` the outputs answered with a value."""
+    picks = g.picks
+    if record is not None and record[0] == ts and record[1] == g.codec.version:
+        for out, value in zip(g.window_outs, g.window_values(record, now)):
+            fo[out] = value
+            so[out] = _PRESENT
+            if value is not None:
+                found[out] = found.get(out, 0) + 1
+        picks = g.row_picks
     expired = g.ttl_micros is not None and now - ts > g.ttl_micros
-    done = 0
-    stored = raw[-1]
-    if stored is not None and stored != NULL:
-        record = orjson.loads(stored)
-        if record[0] == ts and record[1] == g.codec.version:
-            picks = g.picks
-            for pi, _, combine in g.windows:
-                out = picks[pi][0]
-                fo[out] = combine(record, now)
+    if not expired:
+        try:  # the common case: every other value stored and not null (decoders raise otherwise)
+            decoded = [decode(raw[i]) for _, i, decode, _ in picks]
+        except (ValueError, TypeError, KeyError):
+            decoded = None
+        if decoded is not None:
+            for (out, _, _, _), value in zip(picks, decoded):
+                fo[out] = value
                 so[out] = _PRESENT
-                done |= 1 << pi
-    for pi, (out, i, decode, default) in enumerate(g.picks):
-        if done >> pi & 1:
-            continue
+                found[out] = found.get(out, 0) + 1
+            return
+    for out, i, decode, default in picks:
         value = raw[i]
         if expired:
             fo[out] = default
@@ -672,6 +707,8 @@ def _windowed_row(g: _Group, ts: int, raw: list, now: int, fo: dict, so: dict) -
         else:
             fo[out] = None if value == NULL else decode(value)
             so[out] = _PRESENT
+            if fo[out] is not None:
+                found[out] = found.get(out, 0) + 1
 
 
 _METRICS = None

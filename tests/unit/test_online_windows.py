@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from fstore.storage.online.windows import (OnlineWindow, cast, combine, combiner, contribution, decode, encode,
+from fstore.storage.online.windows import (OnlineWindow, cast, combine, combiners, contribution, decode, encode,
                                           encode_takes, record_events, usable)
 
 SIZE = 10_000_000  # 10 s in micros
@@ -63,10 +63,10 @@ def test_combine_equals_the_oracle_at_every_instant(fn, column, seed):
     instants = {last, last + 1, last + SIZE, last + SIZE - 1, last + 3 * SIZE}
     instants |= {ts + SIZE + d for ts, _ in events for d in (-1, 0, 1) if ts + SIZE + d >= last}
     instants |= {last + rng.randint(0, 2 * SIZE) for _ in range(20)}
-    fast = combiner(window)  # serving's prepared form: the same value, cast
+    fast = combiners([window])  # serving's prepared form: the same value, cast
     for t in sorted(instants):
         got, want = combine(window, stored, t), oracle(fn, column, events, t)
-        assert fast(stored, t) == cast(window)(got)
+        assert fast(stored, t) == [cast(window)(got)]
         if isinstance(want, float):
             assert math.isclose(got, want, rel_tol=1e-12), (t, got, want)
         else:
@@ -89,6 +89,21 @@ def test_one_record_serves_windows_of_different_sizes_and_filters():
     assert combine(short, record, 3 * SIZE + 1) == 0 and combine(long, record, 5 * SIZE + 1) is None
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_the_windows_of_a_set_combined_at_once_equal_each_window_alone(seed):
+    """``combiners`` finds each distinct size's bounds once for all windows: every value as ``combine`` gives it."""
+    rng = random.Random(seed)
+    windows = [OnlineWindow(feature=f"w{i}", function=rng.choice(AGGS), size_micros=rng.choice((SIZE, 2 * SIZE, 3 * SIZE)),
+                            data_type=rng.choice(("int", "float")), column=rng.random() < 0.8, index=i) for i in range(6)]
+    events = [(rng.randint(0, 40_000_000), [(rng.random() < 0.8, None if rng.random() < 0.2 else rng.randint(-5, 5))
+                                             for _ in windows]) for _ in range(rng.randint(0, 40))]
+    last = max((ts for ts, _ in events), default=0)
+    record = decode(encode(windows, 1, last, events))
+    values = combiners(windows)
+    for t in [last, last + 1, last + SIZE, last + SIZE + 1, last + 3 * SIZE] + [last + rng.randint(0, 3 * SIZE) for _ in range(20)]:
+        assert values(record, t) == [cast(w)(combine(w, record, t)) for w in windows], t
+
+
 def test_only_the_window_before_the_last_event_is_stored():
     window = OnlineWindow(feature="f", function="sum", size_micros=SIZE, data_type="int")
     events = [(0, 100), (1, 10), (SIZE, 1), (SIZE + 5, 2), (SIZE + 6, None)]
@@ -104,13 +119,13 @@ def test_only_the_window_before_the_last_event_is_stored():
 def test_count_star_counts_null_values_and_empty_is_zero():
     window = OnlineWindow(feature="n", function="count", size_micros=SIZE, data_type="int", column=False)
     stored = one(window, 5, [(1, None), (5, 3.0)])
-    assert combine(window, stored, 5) == 2 and combiner(window)(stored, 5 + SIZE * 2) == 0
+    assert combine(window, stored, 5) == 2 and combiners([window])(stored, 5 + SIZE * 2) == [0]
 
 
 def test_a_record_of_another_row_or_version_is_not_used():
     window = OnlineWindow(feature="f", function="max", size_micros=SIZE, data_type="float")
     stored = one(window, 100, [(100, 7)])
-    assert usable(stored, 100, 3) and combiner(window)(stored, 150) == 7.0
+    assert usable(stored, 100, 3) and combiners([window])(stored, 150) == [7.0]
     assert not usable(stored, 200, 3)  # the hash holds a newer row now
     assert not usable(stored, 100, 4)  # written for another definition of the set
 
@@ -137,7 +152,7 @@ def test_a_pushed_record_keeps_the_lateness_margin_and_event_ids_and_serves_as_b
     assert record == [at, 7, [2 * SIZE - 1, 2 * SIZE + 1, 3 * SIZE, at], [None, None, 1, 1], [2, 3, None, 4],
                       ["b", None, "d", "e"]]
     assert combine(short, record, at) == 1 and combine(long, record, at) == 7  # (3 SIZE, at] and (2 SIZE, at]
-    assert combiner(long)(record, at + SIZE) == 4 and usable(record, at, 7)
+    assert combiners([long])(record, at + SIZE) == [4] and usable(record, at, 7)
     again = decode(encode_takes([short, long], 7, at, record_events(record, 2), keep_micros=keep))
     assert again == record
     plain = decode(encode_takes([short, long], 7, at, [(e[0], e[1], None) for e in events]))
