@@ -11,9 +11,10 @@ import os
 # under gunicorn the config already set it from the real bind list.
 os.environ.setdefault("FSTORE_BIND_HOST", os.environ.get("HOST", "0.0.0.0"))
 
-from fstore.api import create_app  # noqa: E402
+from fstore.api import create_app, settle_gc  # noqa: E402
 
 app = create_app()
+settle_gc()  # each worker process loads this module, so each settles its own collector
 
 if __name__ == "__main__":
     app.run(host=os.environ.get("HOST", "0.0.0.0"), port=app.extensions["fstore"].settings.port, threaded=True)

@@ -8,6 +8,8 @@ views; ``fstore.api.errors`` is the one place errors become JSON.
 """
 from __future__ import annotations
 
+import gc
+
 from flask import redirect
 from flask_openapi3 import Info, OpenAPI
 
@@ -49,3 +51,27 @@ def create_app(settings: Settings | None = None, store=None) -> OpenAPI:
     app.add_url_rule("/openapi.json", "openapi_json", lambda: app.api_doc)
     app.add_url_rule("/docs", "docs", lambda: redirect("/openapi/swagger", code=302))
     return app
+
+
+GC_GEN0_THRESHOLD = 50_000
+
+
+def settle_gc() -> None:
+    """Keep Python's cyclic garbage collector out of the online tail: called by ``server.py`` once the app is
+    loaded, so in each worker process of whichever server runs it.
+
+    - ``gc.freeze()`` moves the ~160,000 objects the loaded app holds (modules, Flask, pydantic, the
+      store) out of the collector's sight: a full collection of them took 71 ms, and one came every
+      few thousand online requests (measured in a worker-like process over 2,500 online requests).
+    - The first generation's threshold goes from 700 to ``GC_GEN0_THRESHOLD``: a 100-entity answer alone
+      allocates more than 700 containers, so the default collected every few requests, and every 10th
+      collection scanned the second generation (0.4-0.8 ms each). Online requests leave almost no
+      cyclic garbage (no collection at all over those 2,500 requests with the higher threshold), so
+      collections become rare; reference counting still frees everything else at once.
+
+    Measured in process, 1 entity × 10 features with 4 windows: p99 0.68 ms before, 0.48 ms after.
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, second, third)
