@@ -33,6 +33,7 @@ setup(
         "Flask==3.1.2",
         "gunicorn==23.0.0",
         "gevent==26.9.0",          # gunicorn's gevent workers for online-serving pods (GUNICORN_WORKER_CLASS=gevent)
+        "granian==2.8.9",          # a Rust HTTP server for online-serving pods (fstore serve --server granian)
         "click==8.2.1",
         "sqlglot==27.8.0",         # PostgreSQL → Spark SQL transpiling, expression parsing
         "croniter==6.0.0",         # materialization schedules

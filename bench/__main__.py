@@ -409,6 +409,16 @@ def part_online(ctx: Context) -> dict:
         _wait_http(target, fstore_body([1]), process)
         out["fstore_gevent"] = _merge(_load(target, ctx, concurrent=False), _load(target, ctx, concurrent=True))
         out["fstore_gevent"]["server"] = "GUNICORN_WORKER_CLASS=gevent " + out["fstore"]["server"]
+    log("fstore: granian, 2 workers (fstore serve --server granian, for online-serving pods)")
+    with server(fstore_side.granian_command(FSTORE_PORT, 2), env=env, log_path=ctx.work / "fstore-server-granian.log",
+                port=FSTORE_PORT) as process:
+        _wait_http(target, fstore_body([1]), process)
+        out["fstore_granian"] = _merge(_load(target, ctx, concurrent=False), _load(target, ctx, concurrent=True))
+        out["fstore_granian"]["server"] = " ".join(fstore_side.granian_command(FSTORE_PORT, 2)[1:])
+        granian_windows = httpload.Target(name="fstore-granian-windows", port=FSTORE_PORT,
+                                          path="/api/v1/serving/online", body=fstore_windows_body)
+        out["fstore_granian_windows"] = _merge(_load(granian_windows, ctx, concurrent=False),
+                                               _load(granian_windows, ctx, concurrent=True))
     if ctx.feast:
         target = httpload.Target(name="feast", port=FEAST_PORT, path="/get-online-features", body=feast_body)
         log("Feast: feast serve (defaults: 1 worker) for one client")

@@ -160,6 +160,12 @@ def server_command(port: int, workers: int = 2) -> list[str]:
             "-b", f"127.0.0.1:{port}", "-w", str(workers)]
 
 
+def granian_command(port: int, workers: int = 2) -> list[str]:
+    """``fstore serve --server granian`` (``fstore.api.serve_granian``); bind and workers given explicitly."""
+    return [sys.executable, "-m", "fstore.api.serve_granian", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers)]
+
+
 def historical(store_dir: Path, redis_db: int, entity_files: list[str], outputs: list[str], repeats: int,
                long_lived: int) -> dict:
     """Retrieval per entity file in ``time_retrievals``' order (the first call on a fresh session); results saved."""

@@ -123,6 +123,11 @@ def _online_rows(o: dict) -> list[list[str]]:
     if o.get("fstore_windows"):
         rows += _online_server_rows(o, "fstore_windows", ", fstore's 10 with 4 windows exact at the request's time "
                                     "(`user_windows`; Feast: its 10 stored values)")
+    if o.get("fstore_granian"):
+        rows += _online_server_rows(o, "fstore_granian", ", fstore on granian (`fstore serve --server granian`)")
+    if o.get("fstore_granian_windows"):
+        rows += _online_server_rows(o, "fstore_granian_windows", ", fstore on granian, its 10 with 4 windows exact at "
+                                    "the request's time (`user_windows`; Feast: its 10 stored values)")
     return rows
 
 
@@ -191,7 +196,8 @@ HOW_MEASURED = [
     "Online: Python `http.client` keep-alive clients, one process per client, bodies built before timing, the same "
     "user ids for both systems; warm-up requests untimed. Feast: `feast serve` defaults (1 worker) for one client, "
     "`feast serve -w 2` for 4 clients (its default `--max-requests 1000` recycles workers: the errors column counts "
-    "the dropped connections); fstore: `gunicorn server:app -c conf/gunicorn.conf.py -w 2`. Each keeps its default: "
+    "the dropped connections); fstore: `gunicorn server:app -c conf/gunicorn.conf.py -w 2`, then the same app on gevent "
+    "workers and on granian (`python -m fstore.api.serve_granian --workers 2`). Each keeps its default: "
     "Feast's access log is on, fstore's is off (`GUNICORN_ACCESS_LOG=-` turns it on); Feast is also measured with "
     "`--no-access-log` for 4 clients.",
     "Historical: `get_historical_features(...).to_df()` into pandas for both; Feast's file (dask) offline store reads "
@@ -239,10 +245,11 @@ def target_rows(parts: dict[str, dict]) -> list[list[str]]:
         add(f"historical {large} rows, best of the first calls on that frame, {label} / Feast",
             _get(h, key, "best_seconds", large), _get(h, "feast", "best_seconds", large), 1.0, True)
     o = parts.get("online") or {}
-    for key, label, limit in (("batch1", "1 entity", 0.4), ("batch100", "100 entities", 0.2)):
-        add(f"online p99, 1 client, {label} × 10 features with 4 windows (#31) / Feast's 10 stored values",
-            _get(o, "fstore_windows", key, "sequential", "p99_ms"), _get(o, "feast", key, "sequential", "p99_ms"),
-            limit, True)
+    for system, server in (("fstore_windows", "gunicorn"), ("fstore_granian_windows", "granian")):
+        for key, label, limit in (("batch1", "1 entity", 0.4), ("batch100", "100 entities", 0.2)):
+            add(f"online p99, 1 client, {label} × 10 features with 4 windows (#31), fstore on {server} / Feast's 10 "
+                "stored values", _get(o, system, key, "sequential", "p99_ms"), _get(o, "feast", key, "sequential", "p99_ms"),
+                limit, True)
     return rows
 
 

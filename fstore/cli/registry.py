@@ -261,9 +261,11 @@ def db_upgrade(revision: str) -> None:
 @main.command()
 @click.option("--host", help="Default: the HOST setting (0.0.0.0).")
 @click.option("--port", type=int, help="Default: the PORT setting (8002).")
-@click.option("--workers", type=int, help="gunicorn worker processes. Default: WEB_CONCURRENCY (2).")
-def serve(host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the REST API: gunicorn when installed, else Flask's development server.
+@click.option("--workers", type=int, help="Worker processes. Default: WEB_CONCURRENCY (2).")
+@click.option("--server", "server_name", type=click.Choice(["gunicorn", "granian"]), default="gunicorn",
+              show_default=True, help="granian: a Rust HTTP server, for pods that serve online lookups (README).")
+def serve(host: str | None, port: int | None, workers: int | None, server_name: str) -> None:
+    """Serve the REST API: gunicorn when installed, else Flask's development server; or Granian.
 
     Options left out come from the environment, as ``conf/gunicorn.conf.py`` reads it.
     """
@@ -272,6 +274,17 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     settings = Settings.from_env()
     bind_host = host or os.environ.get("HOST", "0.0.0.0")
     port = port or settings.port
+    if server_name == "granian":
+        if importlib.util.find_spec("granian") is None:
+            raise click.UsageError("--server granian needs the granian package (pip install granian)")
+        command = [sys.executable, "-m", "fstore.api.serve_granian", "--host", bind_host, "--port", str(port)]
+        if workers is not None:
+            command += ["--workers", str(workers)]
+        click.echo(f"serving on http://{bind_host}:{port} with granian", err=True)
+        # fstore found from this tree, the user's working directory kept; the server replaces this process,
+        # so signals (Ctrl-C, a supervisor's TERM) reach it directly
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        os.execve(sys.executable, command, {**os.environ, "PYTHONPATH": path})
     if importlib.util.find_spec("gunicorn") is not None:
         # --pythonpath finds server.py, so the user's working directory (and a relative STORAGE_PATH) stays
         command = [sys.executable, "-m", "gunicorn", "server:app", "-c", str(REPO_ROOT / "conf" / "gunicorn.conf.py"),
