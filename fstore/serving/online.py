@@ -60,7 +60,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import orjson
 
@@ -100,6 +100,7 @@ class _Group:
     windows: tuple[tuple[int, Any], ...] = ()  # (pick index, OnlineWindow)
     window_values: Callable[[list, int], list] | None = None  # their values at a time from one record (``combiners``)
     window_outs: tuple[str, ...] = ()  # the windows' output names, in ``windows`` order
+    composites: "_Composites | None" = None  # composites over windows, recomputed at the request's time
     row_picks: tuple[tuple[str, int, Callable[[bytes], Any], Any], ...] = ()  # the picks that are not windows
 
 
@@ -274,16 +275,39 @@ def _float_values(g: _Group, results: list[Any], now: int) -> list[float] | None
     return values
 
 
-def _window_parts(picks: tuple, win: tuple) -> dict:
-    """A group's window fields: its windows, their combined evaluation, and the picks answered as stored."""
-    if not win:
+@dataclass(frozen=True)
+class _Composites:
+    """A group's composites over windows (``fstore.serving.online_composites``), prepared for its picks."""
+
+    spec: Any  # OnlineComposites
+    window_values: Callable[[list, int], list]  # the windows they read, from one record
+    stored: tuple[tuple[str, int, Callable[[bytes], Any]], ...]  # (input, read index, decoder) of the other inputs
+    outs: tuple[tuple[int, int], ...]  # (pick index, position in spec.names) of the asked composites
+
+
+def _composite_parts(composites: Any, features: Sequence[str], picks: tuple, index: dict[str, int],
+                     codec: Codec) -> _Composites | None:
+    if composites is None:
+        return None
+    from fstore.storage.online.windows import combiners
+
+    position = {name: i for i, name in enumerate(composites.names)}
+    return _Composites(spec=composites, window_values=combiners(composites.windows),
+                       stored=tuple((n, index[n], codec.decoders[n]) for n in composites.stored),
+                       outs=tuple((pi, position[name]) for pi, name in enumerate(features) if name in position))
+
+
+def _window_parts(picks: tuple, win: tuple, composites: _Composites | None) -> dict:
+    """A group's window fields: its windows, their combined evaluation, its composites over windows, and the
+    picks answered as stored when the record is usable."""
+    if not win and composites is None:
         return {}
     from fstore.storage.online.windows import combiners
 
-    windowed = {pi for pi, _ in win}
+    computed = {pi for pi, _ in win} | ({pi for pi, _ in composites.outs} if composites else set())
     return {"windows": win, "window_values": combiners([w for _, w in win]),
-            "window_outs": tuple(picks[pi][0] for pi, _ in win),
-            "row_picks": tuple(p for pi, p in enumerate(picks) if pi not in windowed)}
+            "window_outs": tuple(picks[pi][0] for pi, _ in win), "composites": composites,
+            "row_picks": tuple(p for pi, p in enumerate(picks) if pi not in computed)}
 
 
 def _window_records(results: list[Any]) -> list[list | None]:
@@ -334,13 +358,18 @@ def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any
             from fstore.storage.online.windows import online_windows
 
             windows = state.windows[codec_key] = online_windows(fsv)
-        read_fields = codec.feature_names if cache_all else group.features
+        composites = None
+        if windows:  # composites over windows are recomputed at the request's time from every input
+            from fstore.serving.online_composites import online_composites
+
+            composites = online_composites(fsv, group.features, windows)
+        read_fields = codec.feature_names if cache_all or composites else group.features
         index = {name: i for i, name in enumerate(read_fields)}
         picks = tuple((out, index[name], codec.decoders[name], fsv.feature(name).default_value)
                       for name, out in zip(group.features, group.output_names))
         win = ()
         # a cached read serves any later request of the set: it carries the record whenever the set has windows
-        if windows and (cache_all or any(name in windows for name in group.features)):
+        if windows and (cache_all or composites or any(name in windows for name in group.features)):
             from fstore.storage.online.windows import FIELD
 
             read_fields = (*read_fields, FIELD)  # one record of every window's events, after the features
@@ -352,7 +381,8 @@ def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any
         groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl,
                              outs=tuple(p[0] for p in picks), features=tuple(group.features), decoders=tuple(p[2] for p in picks), getter=getter,
                              present=dict.fromkeys((p[0] for p in picks), _PRESENT),
-                             all_float=not win and all(p[2] is float for p in picks), **_window_parts(picks, win),
+                             all_float=not win and all(p[2] is float for p in picks),
+                             **_window_parts(picks, win, _composite_parts(composites, group.features, picks, index, codec)),
                              aliases=tuple((e.name, e.join_keys[0]) for e in fsv.entities
                                            if len(e.join_keys) == 1 and e.name != e.join_keys[0])))
     if key is not None:
@@ -616,7 +646,8 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
     picks = g.picks
     ttl = g.ttl_micros
     floats = _float_values(g, results, now) if g.all_float else None
-    records = _window_records(results) if g.windows else None
+    records = _window_records(results) if g.windows or g.composites else None
+    recompute: list[tuple[int, dict, list | None]] = []  # (row, inputs, stored row) of the composites recomputed
     width, at = len(g.outs), 0
     full = 0  # rows with every asked value present and not null
     partial: dict[str, int] = {}
@@ -634,10 +665,15 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
             for pi, window in g.windows:  # never stored: the empty window, as historical retrieval answers
                 out, _, _, default = picks[pi]
                 fo[out] = window.empty if default is None else default
+            if g.composites is not None:  # and its composites over those empty windows
+                c = g.composites
+                recompute.append((ri, {**{w.feature: w.empty for w in c.spec.windows}, **{n: None for n, _, _ in c.stored}},
+                                  None))
             continue
         ts, raw = result
         if records is not None:  # the windows answered at `now`; the other features as usual
-            _windowed_row(g, ts, raw, records[ri], now, fo, so, partial)
+            if _windowed_row(g, ts, raw, records[ri], now, fo, so, partial) and g.composites is not None:
+                recompute.append((ri, _composite_inputs(g, ts, raw, records[ri], now), raw))
             continue
         if ttl is not None and now - ts > ttl:
             for out, i, _, default in picks:
@@ -667,17 +703,70 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
                 so[out] = _PRESENT
                 if fo[out] is not None:
                     partial[out] = partial.get(out, 0) + 1
+    if recompute:
+        _recompute_composites(g, recompute, ids, now, out_features, out_status, partial)
     return {out: full + partial.get(out, 0) for out in g.outs}
 
 
+def _composite_inputs(g: _Group, ts: int, raw: list, record: list, now: int) -> dict[str, Any]:
+    """A row's inputs of its composites over windows: the windows at ``now``; the others as stored, null past
+    the set's TTL (what historical retrieval's point-in-time read gives)."""
+    c = g.composites
+    inputs = dict(zip((w.feature for w in c.spec.windows), c.window_values(record, now)))
+    expired = g.ttl_micros is not None and now - ts > g.ttl_micros
+    for name, i, decode in c.stored:
+        value = raw[i]
+        inputs[name] = None if expired or value is None or value == NULL else decode(value)
+    return inputs
+
+
+def _recompute_composites(g: _Group, rows: list[tuple[int, dict, list | None]], ids: list[str], now: int,
+                          out_features: dict, out_status: dict, found: dict[str, int]) -> None:
+    """The asked composites over windows of ``rows``, recomputed at ``now`` in one query (an entity never stored:
+    over its empty windows, as historical retrieval answers). Should the query fail (a value out of DuckDB's
+    range), the stored values answer, and the failure is logged: serving keeps answering."""
+    import duckdb
+
+    from fstore.serving.online_composites import evaluate, log
+
+    try:
+        values = evaluate(g.composites.spec, [inputs for _, inputs, _ in rows], now)
+    except duckdb.Error as exc:
+        log.warning("online: %s's composites over windows answered as stored: %s", g.codec.name, exc)
+        values = []
+        for _, _, raw in rows:
+            stored = [None] * len(g.composites.spec.names)
+            for pi, position in g.composites.outs:
+                stored[position] = _stored(g.picks[pi], raw)
+            values.append(stored)
+    for (ri, _, _), computed in zip(rows, values):
+        fo, so = out_features[ids[ri]], out_status[ids[ri]]
+        for pi, position in g.composites.outs:
+            out, value = g.picks[pi][0], computed[position]
+            fo[out] = value
+            if so.get(out) != _MISSING:  # an entity never stored stays missing, its composites over empty windows
+                so[out] = _PRESENT
+                if value is not None:
+                    found[out] = found.get(out, 0) + 1
+
+
+def _stored(pick: tuple, raw: list | None) -> Any:
+    """A pick's stored value (its default when absent)."""
+    out, i, decode, default = pick
+    value = None if raw is None else raw[i]
+    return default if value is None else None if value == NULL else decode(value)
+
+
 def _windowed_row(g: _Group, ts: int, raw: list, record: list | None, now: int, fo: dict, so: dict,
-                  found: dict[str, int]) -> None:
+                  found: dict[str, int]) -> bool:
     """One stored row of a group with windowed features: each window at ``now`` from the row's ``record`` of
     events (the TTL does not apply to them: a window ages events out itself, as in historical retrieval);
     the other features, and the windows when the record is absent or of an older row or version, as stored.
-    Counts into ``found`` the outputs answered with a value."""
+    Counts into ``found`` the outputs answered with a value; True when the record was usable (the caller then
+    recomputes the composites over windows, left out here)."""
     picks = g.picks
-    if record is not None and record[0] == ts and record[1] == g.codec.version:
+    usable = record is not None and record[0] == ts and record[1] == g.codec.version
+    if usable:
         for out, value in zip(g.window_outs, g.window_values(record, now)):
             fo[out] = value
             so[out] = _PRESENT
@@ -695,7 +784,7 @@ def _windowed_row(g: _Group, ts: int, raw: list, record: list | None, now: int, 
                 fo[out] = value
                 so[out] = _PRESENT
                 found[out] = found.get(out, 0) + 1
-            return
+            return usable
     for out, i, decode, default in picks:
         value = raw[i]
         if expired:
@@ -709,6 +798,7 @@ def _windowed_row(g: _Group, ts: int, raw: list, record: list | None, now: int, 
             so[out] = _PRESENT
             if fo[out] is not None:
                 found[out] = found.get(out, 0) + 1
+    return usable
 
 
 _METRICS = None

@@ -62,11 +62,21 @@ def features() -> list[dict]:
         out.append({"name": f"{fn}_2d", "data_type": dt, "transformation": "amount", "window_size": "2d", "aggregation": fn})
         out.append({"name": f"{fn}_6h_a", "data_type": dt, "transformation": "amount", "window_size": "6h",
                     "aggregation": fn, "window_filter": "kind = 'a'"})
+    # composites over windows (one over another composite, one mixing a row feature under the TTL, one reading
+    # the time): recomputed at the request's time online, as historical retrieval recomputes them at the label's
+    out += [{"name": "mean_2d", "data_type": "float", "transformation": "sum_2d / NULLIF(count_2d, 0)",
+             "source_features": ["sum_2d", "count_2d"]},
+            {"name": "mean_2d_x10", "data_type": "float", "transformation": "mean_2d * 10", "source_features": ["mean_2d"]},
+            {"name": "busy_or_big", "data_type": "int", "transformation": "events_2d + COALESCE(amount_x2, -1)",
+             "source_features": ["events_2d", "amount_x2"]},
+            {"name": "events_per_hour_of_day", "data_type": "float",
+             "transformation": "events_2d / (hour(current_timestamp()) + 1)", "source_features": ["events_2d"]}]
     return out
 
 
 FEATURES = [f["name"] for f in features()]
-INEXACT = {"sum_2d", "sum_6h_a", "avg_2d", "avg_6h_a", "stddev_2d", "stddev_6h_a"}  # float arithmetic: a few ULPs
+INEXACT = {"sum_2d", "sum_6h_a", "avg_2d", "avg_6h_a", "stddev_2d", "stddev_6h_a",  # float arithmetic: a few ULPs
+           "mean_2d", "mean_2d_x10"}
 
 
 def instants(events: pd.DataFrame, rng: random.Random) -> list[datetime]:
@@ -110,7 +120,8 @@ def historical(store, ats: list[datetime], users: list[int]) -> dict:
             v = None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
             values[f] = v.item() if hasattr(v, "item") else v
             if values[f] is not None:
-                values[f] = int(values[f]) if f.startswith(("events", "count", "units")) else float(values[f])
+                values[f] = int(values[f]) if f.startswith(("events_2d", "events_6h", "events_pg", "count", "units", "busy"))\
+                    else float(values[f])
         out[(int(r["user_id"]), t)] = values
     return out
 
@@ -166,3 +177,28 @@ def test_online_windows_equal_historical_at_every_instant(any_online_store, tmp_
     assert differences(store, ats, users, want)[0] == []
     quiet = store.get_online_features(features=["w:events_2d", "w:sum_2d"], entities={"user_id": [1, 2, 3]}, at=END)
     assert all(v == {"w:events_2d": 0, "w:sum_2d": None} for v in quiet["features"].values())
+
+
+def test_a_composite_over_windows_that_fails_at_the_request_answers_as_stored(tmp_path, settings, redis_url, caplog):
+    """BIGINT overflow once the window empties: DuckDB refuses the recomputation; serving still answers (the
+    stored value) and logs why."""
+    from fstore.store import FeatureStore
+
+    store = FeatureStore(settings.with_(compute_engine="duckdb", redis_url=redis_url), auto_upgrade=True)
+    events = pd.DataFrame([{"user_id": 1, "event_timestamp": END - timedelta(hours=1), "amount": 1.0, "units": 1}])
+    source = write_source(tmp_path / "source" / "events", events)
+    store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+    store.create_feature_set({"name": "o", "entities": ["user"], "ttl": "7d",
+                              "source": {"path": source, "format": "parquet", "event_timestamp_column": "event_timestamp"},
+                              "features": [{"name": "n", "data_type": "int", "window_size": "2d", "aggregation": "count"},
+                                           {"name": "edge", "data_type": "int", "source_features": ["n"],
+                                            "transformation": "9223372036854775807 - n + 1"}]})
+    store.materialize("o", END - timedelta(days=3), END)
+    ask = {"features": ["o:n", "o:edge"], "entities": {"user_id": [1]}}
+    assert store.get_online_features(**ask, at=END)["features"]["1"] == {"o:n": 1, "o:edge": 9223372036854775807}
+    with caplog.at_level("WARNING", logger="fstore.serving.online_composites"):
+        later = store.get_online_features(**ask, at=END + timedelta(days=3))  # n = 0: out of BIGINT's range
+    assert later["features"]["1"] == {"o:n": 0, "o:edge": 9223372036854775807}
+    assert later["statuses"]["1"]["o:edge"] == "present"
+    assert any("answered as stored" in r.getMessage() and "Overflow" in r.getMessage() for r in caplog.records)
+    store.close()
