@@ -52,7 +52,8 @@ setup(
                  "requests>=2.31",
                  "playwright==1.65.2",  # tests/ui drive Debian's chromium (executable_path), no browser download
                  "moto[server]==5.2.5",  # tests/integration/test_s3.py: a loopback S3 server (python -m moto.server)
-                 "confluent-kafka==2.16.1"],  # tests/integration/test_stream_kafka.py and bench/stream_latency.py: a producer
+                 "confluent-kafka==2.16.1",  # tests/integration/test_stream_kafka.py and bench/stream_latency.py: a producer
+                 "fastavro==1.13.1"],  # tests/integration/test_stream_kafka.py: Avro messages written apart from Spark
         "bench": ["feast[redis]==0.67.0", "matplotlib==3.10.7"],  # matplotlib: the wide sweep's chart
     },
     entry_points={"console_scripts": ["fstore=fstore.cli:main"]},

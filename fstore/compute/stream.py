@@ -173,10 +173,18 @@ def _parse(raw, source):
 
     from fstore.compiler.dialect import quote
 
-    ddl = ", ".join(f"{quote(c)} {'STRING' if t == 'timestamp' else _SPARK_TYPES[t]}" for c, t in source.schema.items())
-    columns = [F.expr(f"CAST(v.{quote(c)} AS TIMESTAMP)" if t == "timestamp" else f"v.{quote(c)}").alias(c)
-               for c, t in source.schema.items()]
-    return (raw.select(F.from_json(F.col("value").cast("string"), ddl).alias("v"),
+    if source.kafka.avro_schema is not None:  # Avro records (fstore.definitions.avro); a malformed one: all null
+        from pyspark.sql.avro.functions import from_avro
+
+        body = F.expr("substring(value, 6)") if source.kafka.format == "confluent_avro" else F.col("value")
+        parsed = from_avro(body, source.kafka.avro_schema, {"mode": "PERMISSIVE"})
+        columns = [F.expr(f"CAST(v.{quote(c)} AS {_SPARK_TYPES[t]})").alias(c) for c, t in source.schema.items()]
+    else:
+        ddl = ", ".join(f"{quote(c)} {'STRING' if t == 'timestamp' else _SPARK_TYPES[t]}" for c, t in source.schema.items())
+        parsed = F.from_json(F.col("value").cast("string"), ddl)
+        columns = [F.expr(f"CAST(v.{quote(c)} AS TIMESTAMP)" if t == "timestamp" else f"v.{quote(c)}").alias(c)
+                   for c, t in source.schema.items()]
+    return (raw.select(parsed.alias("v"),
                        F.concat_ws(":", F.lit("kafka"), "topic", F.col("partition").cast("string"),
                                    F.col("offset").cast("string")).alias(_ID),
                        F.col("timestamp").alias(_KAFKA_TS))
@@ -194,9 +202,32 @@ def warm_rows(spark, source, rows: int):
     from datetime import datetime, timezone
 
     now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if source.kafka.avro_schema is not None:
+        return _warm_avro_rows(spark, source, rows, now)
     data = [(json.dumps({c: _WARM_VALUES[t](i) for c, t in source.schema.items()}).encode(), "warm-up", i % 4, i, now)
             for i in range(rows)]
     return spark.createDataFrame(data, "value BINARY, topic STRING, partition INT, offset LONG, timestamp TIMESTAMP")
+
+
+def _warm_avro_rows(spark, source, rows: int, now):
+    """``warm_rows`` with Avro values: the same made-up values, written by Spark's ``to_avro`` with the source's
+    schema (each column cast to its Avro field's exact type; Confluent's 5-byte header in front when declared)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.avro.functions import to_avro
+
+    from fstore.compiler.dialect import quote
+    from fstore.definitions.avro import spark_types
+
+    types = spark_types(source.kafka.avro_schema)
+    ddl = ", ".join(f"{quote(c)} {'STRING' if t == 'timestamp' else _SPARK_TYPES[t]}" for c, t in source.schema.items())
+    values = spark.createDataFrame([tuple(_WARM_VALUES[t](i) for t in source.schema.values()) for i in range(rows)], ddl)
+    value = to_avro(F.struct(*[F.expr(f"CAST({quote(c)} AS {types[c]})").alias(c) for c in source.schema]),
+                    source.kafka.avro_schema)
+    if source.kafka.format == "confluent_avro":
+        value = F.concat(F.unhex(F.lit("0000000000")), value)
+    return values.select(value.alias("value"), F.lit("warm-up").alias("topic"),
+                         (F.monotonically_increasing_id() % 4).cast("int").alias("partition"),
+                         F.monotonically_increasing_id().alias("offset"), F.lit(now).cast("timestamp").alias("timestamp"))
 
 
 class _BatchWriter:

@@ -268,7 +268,7 @@ class Entity:
         return {"name": self.name, "join_keys": list(self.join_keys), "value_type": self.value_type, "description": self.description}
 
 
-KAFKA_FORMATS = ("json",)
+KAFKA_FORMATS = ("json", "avro", "confluent_avro")
 STARTING_OFFSETS = ("earliest", "latest")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SERVER_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
@@ -277,13 +277,15 @@ _SERVER_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 @dataclass(frozen=True, kw_only=True)
 class KafkaSource:
     """A Kafka topic whose message values are a feature set's source rows (``fstore.compute.stream`` reads it
-    with Spark Structured Streaming). ``format``: how a value is encoded (JSON objects; avro is not supported yet).
+    with Spark Structured Streaming). ``format``: how a value is encoded: ``json`` objects, or Avro records
+    (``avro``; ``confluent_avro``: Confluent's wire format) written with ``avro_schema`` (``fstore.definitions.avro``).
     ``starting_offsets``: where a stream's first start reads from (later starts go on from their checkpoint)."""
 
     bootstrap_servers: str
     topic: str
     format: str = "json"
     starting_offsets: str = "earliest"
+    avro_schema: str | None = None  # compact JSON text of the writer's record schema (Avro formats only)
 
     def __post_init__(self) -> None:
         servers = [s.strip() for s in str(self.bootstrap_servers or "").split(",")]
@@ -300,22 +302,31 @@ class KafkaSource:
         if self.starting_offsets not in STARTING_OFFSETS:
             raise InvalidDefinition(f"source.kafka.starting_offsets {self.starting_offsets!r} is not one of: "
                                     f"{', '.join(STARTING_OFFSETS)}", field="source.kafka.starting_offsets")
+        if (self.format == "json") != (self.avro_schema is None):
+            raise InvalidDefinition("source.kafka.avro_schema is required with format avro or confluent_avro, and "
+                                    "only then", field="source.kafka.avro_schema")
 
     @classmethod
     def from_dict(cls, data: Any) -> "KafkaSource":
         if not isinstance(data, Mapping):
             raise InvalidDefinition("source.kafka must be an object {bootstrap_servers, topic, format}", field="source.kafka")
-        _reject_unknown(data, {"bootstrap_servers", "topic", "format", "starting_offsets"}, "source.kafka")
+        _reject_unknown(data, {"bootstrap_servers", "topic", "format", "starting_offsets", "avro_schema"}, "source.kafka")
         for key in ("bootstrap_servers", "topic"):
             if not isinstance(data.get(key), str) or not data[key].strip():
                 raise InvalidDefinition(f"source.kafka.{key} is required (a string)", field=f"source.kafka.{key}")
+        from fstore.definitions.avro import schema_text
+
         return cls(bootstrap_servers=data["bootstrap_servers"].strip(), topic=data["topic"].strip(),
                    format=str(data.get("format") or "json").lower(),
-                   starting_offsets=str(data.get("starting_offsets") or "earliest").lower())
+                   starting_offsets=str(data.get("starting_offsets") or "earliest").lower(),
+                   avro_schema=schema_text(data["avro_schema"]) if data.get("avro_schema") is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bootstrap_servers": self.bootstrap_servers, "topic": self.topic, "format": self.format,
-                "starting_offsets": self.starting_offsets}
+        out = {"bootstrap_servers": self.bootstrap_servers, "topic": self.topic, "format": self.format,
+               "starting_offsets": self.starting_offsets}
+        if self.avro_schema is not None:
+            out["avro_schema"] = self.avro_schema
+        return out
 
 
 def _schema(value: Any) -> dict[str, str]:
@@ -371,7 +382,17 @@ class Source:
             check_name(column, field_name="source.entity_columns")
 
     def _check_kafka(self) -> None:
-        """A kafka source's schema names its event time (a timestamp or ISO 8601 text), created time and entity columns."""
+        """A kafka source's schema names its event time (a timestamp or ISO 8601 text), created time and entity columns.
+        With Avro values, the schema is the Avro schema's columns (declared too, it must say the same)."""
+        if self.kafka.avro_schema is not None:
+            from fstore.definitions.avro import avro_columns
+
+            columns = avro_columns(self.kafka.avro_schema)
+            internal = {c: t for c, t in self.schema.items() if c.startswith("__fs_")}  # fstore's own (the stream's)
+            if self.schema and {c: t for c, t in self.schema.items() if c not in internal} != columns:
+                raise InvalidDefinition(f"source.schema {self.schema} is not what source.kafka.avro_schema gives "
+                                        f"({columns}); leave source.schema out with Avro values", field="source.schema")
+            object.__setattr__(self, "schema", {**columns, **internal})
         if not self.schema:
             raise InvalidDefinition("a kafka source needs source.schema: {column: type} of its JSON values",
                                     field="source.schema")

@@ -14,7 +14,8 @@ the session's class path (``spark_conf``).
   ``org.apache.spark:spark-sql-kafka-0-10_2.13`` for pyspark's line with what it needs beyond pyspark's jars:
   ``spark-token-provider-kafka-0-10`` (4.0.0: Maven Central does not serve 4.0.1's jar; the 4.0 line keeps its
   classes' binary interface), ``kafka-clients`` (3.9.1, the version spark-sql-kafka 4.0.1's pom names) and
-  ``commons-pool2``. On a session's class path only when a stream asks (``kafka_conf``).
+  ``commons-pool2``; and ``spark-avro`` (4.0.1) for Avro values (``format: avro``). On a session's class path
+  only when a stream asks (``kafka_conf``).
 - **A Kafka broker** for the streaming tests and bench: ``org.apache.kafka:kafka_2.13`` (``KAFKA_BROKER``) with its
   runtime dependencies, copied by ``mvn dependency:copy-dependencies`` into their own folder of the cache
   (``broker_dir``): they run in a JVM of their own (``java -cp 'DIR/*' kafka.Kafka``), never on Spark's path.
@@ -51,7 +52,8 @@ AWS_SDK_BUNDLE = "software.amazon.awssdk:bundle:2.24.6"  # hadoop-project 3.4.1'
 # spark-sql-kafka per pyspark line, and the jars it needs that pyspark lacks (see the module's docstring).
 KAFKA_FOR_SPARK = {"4.0": ["org.apache.spark:spark-sql-kafka-0-10_2.13:4.0.1",
                            "org.apache.spark:spark-token-provider-kafka-0-10_2.13:4.0.0",
-                           "org.apache.kafka:kafka-clients:3.9.1", "org.apache.commons:commons-pool2:2.12.0"]}
+                           "org.apache.kafka:kafka-clients:3.9.1", "org.apache.commons:commons-pool2:2.12.0",
+                           "org.apache.spark:spark-avro_2.13:4.0.1"]}  # Avro values (pyspark has avro 1.12.0's jars)
 KAFKA_BROKER = "org.apache.kafka:kafka_2.13:4.1.1"
 DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",

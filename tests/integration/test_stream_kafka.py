@@ -124,7 +124,8 @@ def produce(bootstrap: str, topic: str, events: list, key: str | None = None) ->
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for event in events:
-        producer.produce(topic, value=event.encode() if isinstance(event, str) else json.dumps(event).encode(),
+        value = event if isinstance(event, bytes) else event.encode() if isinstance(event, str) else json.dumps(event).encode()
+        producer.produce(topic, value=value,
                          key=None if key is None else str(event[key]).encode())
     assert producer.flush(30) == 0
 
@@ -324,6 +325,61 @@ def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, 
     assert said["status"] == "failed" and said["error"].startswith("the stream of clicks_stream failed: ")
     assert "DIVIDE_BY_ZERO" in said["error"]
     assert len(offline_rows(store, "clicks_stream")) == 0
+    store.close()
+
+
+CLICK_AVRO = {"type": "record", "name": "Click", "fields": [
+    {"name": "user_id", "type": "long"}, {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "clicks", "type": ["null", "int"]}, {"name": "page", "type": "string"}]}
+
+
+def avro_message(e: dict) -> bytes:
+    """``e`` in Confluent's wire format, written by fastavro (not by Spark, which reads it): a zero byte, a 4-byte
+    schema id, then the Avro body."""
+    import io
+    import struct
+
+    from fastavro import parse_schema, schemaless_writer
+
+    out = io.BytesIO()
+    out.write(b"\x00" + struct.pack(">I", 42))
+    ts = datetime.fromisoformat(e["ts"].rstrip("Z"))
+    schemaless_writer(out, parse_schema(CLICK_AVRO), {**e, "ts": int((ts - datetime(1970, 1, 1)).total_seconds() * 1e6)})
+    return out.getvalue()
+
+
+def test_avro_values_in_confluents_wire_format_stream_like_json_ones(broker, tmp_path, redis_url):
+    """``format: confluent_avro`` with the writer's schema: the columns come from it, the warm-up writes Avro of its
+    own, every event lands offline once and the newest per user online; a message that is not Avro is dropped
+    and counted, not fatal."""
+    topic = f"avro-{time.monotonic_ns()}"
+    broker.create_topic(topic, partitions=2)
+    store = new_store(tmp_path, REDIS_URL=redis_url)
+    body = kafka_body(broker.bootstrap, topic)
+    body["source"]["kafka"].update(format="confluent_avro", avro_schema=json.dumps(CLICK_AVRO))
+    del body["source"]["schema"]
+    store.create_feature_set(body)
+    assert store.feature_set_version("clicks_stream").feature_set.source.schema == {"user_id": "int", "ts": "timestamp", "clicks": "int", "page": "string"}
+    events = [event(i, i % 7, (i * 37) % 600) for i in range(120)]
+    produce(broker.bootstrap, topic, [avro_message(e) for e in events] + [b"\x00\x00\x00\x00\x2a\xff\xff\xff"])
+    job = StreamJob(store, tmp_path, "clicks_stream")
+    try:
+        wait_for(lambda: len(offline_rows(store, "clicks_stream")) == len(events), job, "the Avro events offline")
+        wait_for(lambda: sum(line.get("dropped", 0) for line in job.lines()) == 1, job, "the bad message counted")
+        newest = {}
+        for e in events:
+            if e["user_id"] not in newest or e["ts"] > newest[e["user_id"]]["ts"]:
+                newest[e["user_id"]] = e
+        assert online(store, list(newest)) == {u: {"clicks_stream:clicks_x2": e["clicks"] * 2,
+                                                    "clicks_stream:page_upper": e["page"].upper()}
+                                               for u, e in newest.items()}
+        assert job.signal(signal.SIGTERM) == 0
+    finally:
+        if job.alive():
+            job.signal(signal.SIGKILL)
+    rows = offline_rows(store, "clicks_stream")
+    assert sorted(rows["clicks_x2"]) == sorted(e["clicks"] * 2 for e in events)
+    assert "batch path warmed up" in job.output()  # the warm-up's own Avro messages read back
     store.close()
 
 
