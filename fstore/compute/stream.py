@@ -15,7 +15,7 @@
    (``write_rows``, as push does), so an event older than what a run or an earlier batch loaded is dropped;
 4. **freshness**: each event's time → the end of its batch's online write, p50/p99 (``fstore.ops.stream_freshness``).
 
-The checkpoint lives under the store (``STORAGE_PATH/_streams/NAME/checkpoint``); one stream per set at a time
+The checkpoint lives under the store (``STORAGE_PATH/_streams/NAME/checkpoint``, on S3 under the store's prefix); one stream per set at a time
 (registry lock ``stream:ID``, renewed while it runs; a killed stream's lease ends after ``lock_ttl``, and a new
 start waits that long for it before it refuses with ``Conflict``).
 A set with windowed features goes through ``fstore.compute.stream_windows.apply_events`` instead of steps 1
@@ -55,7 +55,7 @@ def checkpoint_dir(store: "StoreContext", name: str) -> str:
     """The stream's Spark checkpoint, under the store (never a fixed /tmp path)."""
     from fstore.ops.stream_freshness import stream_dir
 
-    return str(stream_dir(store.settings, name) / "checkpoint")
+    return f"{stream_dir(store.settings, name)}/checkpoint"
 
 
 def refuse_set(fsv: "FeatureSetVersion") -> None:
@@ -352,10 +352,11 @@ class _BatchWriter:
         new checkpoint (its batch ids starting at 0 again) never matches an old one's versions."""
         if self.app_id is None:
             import json
-            from pathlib import Path
+
+            from fstore.ops.stream_freshness import read_text
 
             try:
-                query_id = json.loads(Path(self.checkpoint, "metadata").read_text())["id"]
+                query_id = json.loads(read_text(self.store.settings, f"{self.checkpoint}/metadata"))["id"]
             except (OSError, ValueError, KeyError) as exc:
                 raise ComputeError(f"the stream's checkpoint {self.checkpoint} has no readable query id: {exc}") from None
             self.app_id = f"fstore-stream:{self.fsv.name}:{query_id}"

@@ -1,9 +1,9 @@
 """Stream freshness: event time → online visibility, per feature set, measured by the stream job per micro-batch.
 
 The stream (``fstore.compute.stream``) runs in its own process; the server and ``/metrics`` read what it measured
-from a small JSON file beside the stream's checkpoint (``STORAGE_PATH/_streams/NAME/freshness.json``), replaced
-atomically after each batch. It holds p50/p99 over the events of the recent batches (``WINDOW_SECONDS``), the
-last batch's own figures and totals. Local storage only (an S3 store's streams report nothing here).
+from a small JSON file beside the stream's checkpoint (``STORAGE_PATH/_streams/NAME/freshness.json``; on an S3
+store, under its prefix in the bucket), replaced atomically after each batch (a local rename; one S3 object put).
+It holds p50/p99 over the events of the recent batches (``WINDOW_SECONDS``), the last batch's own figures and totals.
 """
 from __future__ import annotations
 
@@ -20,19 +20,47 @@ WINDOW_SECONDS = 60.0  # p50/p99 are over the events made visible in the last mi
 _MAX_SAMPLES = 200_000  # and of at most this many of them (a uniform subsample of each batch beyond it)
 
 
-def stream_dir(settings: Settings, name: str) -> Path:
-    """A set's stream folder under the store: its checkpoint and its freshness file."""
-    return Path(settings.storage_path).resolve() / "_streams" / name
+def stream_dir(settings: Settings, name: str) -> str:
+    """A set's stream folder under the store (a local folder, or ``s3a://bucket/prefix/…`` on an S3 store): its
+    checkpoint and its freshness file. Where the offline tables are (``Settings.data_root``), so a stream job
+    moved to another machine finds its checkpoint, and with it its exactly-once writes."""
+    return f"{settings.data_root}/_streams/{name}"
 
 
-def freshness_path(settings: Settings, name: str) -> Path:
-    return stream_dir(settings, name) / "freshness.json"
+def freshness_path(settings: Settings, name: str) -> str:
+    return f"{stream_dir(settings, name)}/freshness.json"
+
+
+def read_text(settings: Settings, path: str) -> str:
+    """A small file of the stream folder (local or on S3); OSError when it cannot be read."""
+    if settings.storage_backend != "s3":
+        return Path(path).read_text()
+    from fstore.engine.s3 import filesystem, path_on
+
+    with filesystem(settings).open_input_stream(path_on(path)) as f:
+        return f.read().decode()
+
+
+def write_text(settings: Settings, path: str, text: str) -> None:
+    """Replace a small file of the stream folder whole: a local temporary file renamed, or one S3 put."""
+    if settings.storage_backend == "s3":
+        from fstore.engine.s3 import filesystem, path_on
+
+        with filesystem(settings).open_output_stream(path_on(path)) as f:
+            f.write(text.encode())
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, target)
 
 
 class FreshnessRecorder:
     """Keeps the recent batches' latencies of one stream and writes the file after each batch."""
 
     def __init__(self, settings: Settings, name: str) -> None:
+        self._settings = settings
         self._path = freshness_path(settings, name)
         self._batches: deque[tuple[float, list[float]]] = deque()
         self._totals = {"batches": 0, "events": 0}
@@ -56,10 +84,7 @@ class FreshnessRecorder:
             "last_batch_p50_seconds": _quantile(last, 0.5), "last_batch_p99_seconds": _quantile(last, 0.99),
             **self._totals,
         }
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(body))
-        os.replace(partial, self._path)
+        write_text(self._settings, self._path, json.dumps(body))
         return body
 
 
@@ -72,9 +97,7 @@ def _quantile(ordered: list[float], q: float) -> float | None:
 
 def read(settings: Settings, name: str) -> dict[str, Any] | None:
     """What the set's stream last wrote, or None (no stream ran here, or the file is unreadable)."""
-    if settings.storage_backend != "local":
-        return None
     try:
-        return json.loads(freshness_path(settings, name).read_text())
+        return json.loads(read_text(settings, freshness_path(settings, name)))
     except (OSError, ValueError):
         return None

@@ -28,6 +28,7 @@ from fstore.storage.offline import table_uri
 from fstore.store import FeatureStore
 from tests.conftest import REQUIRE_SERVICES, store_env
 from tests.kafka_broker import KafkaBroker
+from test_s3 import s3_server  # noqa: F401 - fixture (a loopback S3 server)
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2024, 3, 1)
@@ -137,10 +138,10 @@ def event(i: int, user: int, minutes: int) -> dict:
 class StreamJob:
     """jobs/stream.py as a process of its own, its output in a file."""
 
-    def __init__(self, store: FeatureStore, tmp_path: Path, name: str) -> None:
+    def __init__(self, store: FeatureStore, tmp_path: Path, name: str, store_vars: dict | None = None) -> None:
         self.log = tmp_path / f"stream-{time.monotonic_ns()}.log"
-        env = {**os.environ, **store_env(tmp_path, REDIS_URL=store.settings.redis_url, SPARK_MASTER="local[2]",
-                                         SPARK_CONNECT="off", PYTHONPATH=str(ROOT))}
+        env = {**os.environ, **(store_vars or store_env(tmp_path)), "REDIS_URL": store.settings.redis_url,
+               "SPARK_MASTER": "local[2]", "SPARK_CONNECT": "off", "PYTHONPATH": str(ROOT)}
         env.pop("SPARK_REMOTE", None)
         self.process = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py"), "--feature-set", name,
                                          "--trigger", "1", "--lock-ttl", "3"], stdout=open(self.log, "wb"),
@@ -380,6 +381,64 @@ def test_avro_values_in_confluents_wire_format_stream_like_json_ones(broker, tmp
     rows = offline_rows(store, "clicks_stream")
     assert sorted(rows["clicks_x2"]) == sorted(e["clicks"] * 2 for e in events)
     assert "batch path warmed up" in job.output()  # the warm-up's own Avro messages read back
+    store.close()
+
+
+def test_a_stream_on_an_s3_store_keeps_its_checkpoint_in_the_bucket_and_survives_a_kill(broker, s3_server, tmp_path,
+                                                                                        redis_url):
+    """STORAGE_BACKEND=s3: the checkpoint and the freshness file live under the store's prefix in the bucket (a job
+    moved to another machine finds them), nothing under the working folder; killed mid-run and restarted, every
+    event is offline exactly once (the restart reads its query id back from S3)."""
+    from deltalake import DeltaTable
+
+    from fstore.engine.s3 import delta_options, filesystem
+    from fstore.ops.stream_freshness import read as read_freshness
+    from test_s3 import s3_env
+
+    topic = f"s3-{time.monotonic_ns()}"
+    broker.create_topic(topic, partitions=2)
+    variables = s3_env(s3_server, tmp_path, COMPUTE_ENGINE="duckdb")
+    store = FeatureStore(Settings.from_env({**variables, "REDIS_URL": redis_url}), auto_upgrade=True)
+    store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+    store.create_feature_set(kafka_body(broker.bootstrap, topic))
+    settings = store.settings
+
+    def offline() -> int:
+        uri = table_uri(settings, "clicks_stream")
+        try:
+            return len(DeltaTable(uri, storage_options=delta_options(settings)).to_pandas())
+        except Exception:  # noqa: BLE001 - no table yet
+            return 0
+
+    first = [event(i, i % 9, i) for i in range(300)]
+    produce(broker.bootstrap, topic, first)
+    job = StreamJob(store, tmp_path, "clicks_stream", variables)
+    try:
+        wait_for(lambda: offline() == len(first), job, "the first events offline on S3")
+        more = [event(1000 + i, i % 9, 1000 + i) for i in range(2000)]
+        produce(broker.bootstrap, topic, more[:1000])
+        wait_for(lambda: offline() > len(first), job, "a batch of the second events")
+        produce(broker.bootstrap, topic, more[1000:])
+        assert job.signal(signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        if job.alive():
+            job.signal(signal.SIGKILL)
+    prefix = f"{settings.s3_bucket}/{settings.storage_path}/_streams/clicks_stream"
+    from pyarrow import fs
+
+    on_s3 = [i.path for i in filesystem(settings).get_file_info(fs.FileSelector(prefix, recursive=True))]
+    assert f"{prefix}/checkpoint/metadata" in on_s3 and f"{prefix}/freshness.json" in on_s3
+    assert not list(tmp_path.rglob("_streams"))  # nothing of the stream on the local disk
+    again = StreamJob(store, tmp_path, "clicks_stream", variables)
+    try:
+        wait_for(lambda: offline() >= len(first) + len(more), again, "every event offline on S3")
+        time.sleep(3)  # a doubled batch would land in the next trigger or two
+        assert again.signal(signal.SIGTERM) == 0
+    finally:
+        if again.alive():
+            again.signal(signal.SIGKILL)
+    assert offline() == len(first) + len(more)
+    assert read_freshness(settings, "clicks_stream")["events"] > 0
     store.close()
 
 
