@@ -34,6 +34,29 @@ auto.create.topics.enable=false
 """
 
 
+SASL_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+sasl.mechanism.inter.broker.protocol=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule \
+required username="admin" password="admin-secret" user_admin="admin-secret" {users};
+log.dirs={data}
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,14 +66,25 @@ def _free_port() -> int:
 class KafkaBroker:
     """``start()`` returns once the broker answers on its port; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, jars: Path, folder: Path) -> None:
+    def __init__(self, jars: Path, folder: Path, *, sasl_users: dict[str, str] | None = None) -> None:
+        """``sasl_users``: a SASL_PLAINTEXT listener (mechanism PLAIN) accepting these users, not a PLAINTEXT one."""
         self.jars, self.folder = jars, folder
         self.port, self.controller = _free_port(), _free_port()
+        self.sasl_users = sasl_users
         self.process: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def client_conf(self) -> dict[str, str]:
+        """What a librdkafka client (confluent-kafka) needs to reach it: its admin user when it takes SASL."""
+        conf = {"bootstrap.servers": self.bootstrap}
+        if self.sasl_users is not None:
+            conf.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+                         "sasl.username": "admin", "sasl.password": "admin-secret"})
+        return conf
 
     def _java(self, *args: str, **kwargs) -> list[str]:
         java = shutil.which("java") or "java"
@@ -59,7 +93,13 @@ class KafkaBroker:
     def start(self, timeout: float = 60.0) -> "KafkaBroker":
         self.folder.mkdir(parents=True, exist_ok=True)
         props = self.folder / "server.properties"
-        props.write_text(SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data"))
+        if self.sasl_users is None:
+            text = SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data")
+        else:
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            text = SASL_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data",
+                                          users=users)
+        props.write_text(text)
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)),
                                    capture_output=True, text=True, timeout=timeout)
@@ -84,7 +124,7 @@ class KafkaBroker:
 
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=5)
+            AdminClient({**self.client_conf, "log_level": 0}).list_topics(timeout=5)
             return True
         except Exception:  # noqa: BLE001 - not up yet
             return False
@@ -92,7 +132,7 @@ class KafkaBroker:
     def create_topic(self, name: str, partitions: int = 1) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})  # kept alive until its futures resolve
+        admin = AdminClient(self.client_conf)  # kept alive until its futures resolve
         for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
             future.result(30)
 

@@ -148,7 +148,10 @@ def _start(spark, fsv: "FeatureSetVersion", batch: "_BatchWriter", trigger_secon
 
     source = fsv.feature_set.source
     kafka = source.kafka
+    from fstore.definitions.kafka_security import client_options
+
     reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", kafka.bootstrap_servers)
+              .options(**client_options(source.options))  # SASL and TLS (resolved secrets), allow-listed
               .option("subscribe", kafka.topic).option("startingOffsets", kafka.starting_offsets))
     if max_offsets:
         reader = reader.option("maxOffsetsPerTrigger", str(int(max_offsets)))

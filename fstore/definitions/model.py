@@ -396,9 +396,10 @@ class Source:
         if not self.schema:
             raise InvalidDefinition("a kafka source needs source.schema: {column: type} of its JSON values",
                                     field="source.schema")
-        if self.options:
-            raise InvalidDefinition("source.options are for path sources; a kafka source takes source.kafka",
-                                    field="source.options")
+        if self.options:  # how the stream authenticates (SASL) and checks certificates (TLS), from an allow-list
+            from fstore.definitions.kafka_security import check_options
+
+            check_options(self.options)
         named = [("source.event_timestamp_column", self.event_timestamp_column)]
         named += [("source.created_timestamp_column", self.created_timestamp_column)] if self.created_timestamp_column else []
         named += [("source.entity_columns", c) for c in self.entity_columns]

@@ -119,11 +119,21 @@ def broker(tmp_path_factory):
     running.stop()
 
 
-def produce(bootstrap: str, topic: str, events: list, key: str | None = None) -> None:
+@pytest.fixture(scope="module")
+def sasl_broker(broker, tmp_path_factory):
+    """A second broker that takes only SASL_PLAINTEXT (PLAIN) logins: user ``fstore``, password ``fstore-secret``."""
+    settings = Settings.from_env({k: os.environ[k] for k in ("SPARK_JARS_DIR", "XDG_CACHE_HOME") if k in os.environ})
+    running = KafkaBroker(jars.broker_jars(settings), tmp_path_factory.mktemp("kafka-sasl"),
+                          sasl_users={"fstore": "fstore-secret"}).start()
+    yield running
+    running.stop()
+
+
+def produce(bootstrap: str, topic: str, events: list, key: str | None = None, conf: dict | None = None) -> None:
     """``events`` to ``topic``; with ``key``, each message keyed by that field (one partition per key value)."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, **(conf or {})})
     for event in events:
         value = event if isinstance(event, bytes) else event.encode() if isinstance(event, str) else json.dumps(event).encode()
         producer.produce(topic, value=value,
@@ -326,6 +336,45 @@ def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, 
     assert said["status"] == "failed" and said["error"].startswith("the stream of clicks_stream failed: ")
     assert "DIVIDE_BY_ZERO" in said["error"]
     assert len(offline_rows(store, "clicks_stream")) == 0
+    store.close()
+
+
+def test_a_stream_logs_in_with_sasl_its_password_sealed_at_rest_and_never_shown(sasl_broker, tmp_path, redis_url):
+    """``source.options`` SASL_PLAINTEXT/PLAIN: the events stream in; the password is encrypted in the registry,
+    redacted in every answer; a wrong password stops the job with an error that does not show it."""
+    topic = f"sasl-{time.monotonic_ns()}"
+    sasl_broker.create_topic(topic)
+    store = new_store(tmp_path, REDIS_URL=redis_url)
+    login = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.username": "fstore"}
+    body = kafka_body(sasl_broker.bootstrap, topic)
+    body["source"]["options"] = {**login, "sasl.password": "fstore-secret"}
+    store.create_feature_set(body)
+    wrong = kafka_body(sasl_broker.bootstrap, topic, name="clicks_wrong")
+    wrong["source"]["options"] = {**login, "sasl.password": "not-the-password"}
+    store.create_feature_set(wrong)
+    assert store.get_feature_set("clicks_stream")["source"]["options"]["sasl.password"] == "<redacted>"
+    registry = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*.db*"))
+    assert b"fernet:" in registry  # the registry's file, its passwords sealed
+    assert b"fstore-secret" not in registry and b"not-the-password" not in registry
+    events = [event(i, i % 5, i) for i in range(50)]
+    produce(sasl_broker.bootstrap, topic, events, conf=sasl_broker.client_conf)
+    job = StreamJob(store, tmp_path, "clicks_stream")
+    try:
+        wait_for(lambda: len(offline_rows(store, "clicks_stream")) == len(events), job, "the events, logged in")
+        assert job.signal(signal.SIGTERM) == 0
+    finally:
+        if job.alive():
+            job.signal(signal.SIGKILL)
+    refused = StreamJob(store, tmp_path, "clicks_wrong")
+    try:
+        code = refused.process.wait(240)
+    finally:
+        if refused.alive():
+            refused.signal(signal.SIGKILL)
+    said = refused.output()
+    assert code != 0 and "not-the-password" not in said, said
+    assert "Authentication failed" in said or "SaslAuthenticationException" in said, said
+    assert len(offline_rows(store, "clicks_wrong")) == 0
     store.close()
 
 

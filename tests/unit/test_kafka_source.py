@@ -47,7 +47,7 @@ def test_a_kafka_source_round_trips_and_makes_a_stream_set():
     (source(schema={**SCHEMA, "ts": "int"}), "source.event_timestamp_column", "must be a timestamp"),
     (source(created_timestamp_column="seen"), "source.created_timestamp_column", "'seen' is not in source.schema"),
     (source(entity_columns=["uid"]), "source.entity_columns", "'uid' is not in source.schema"),
-    (source(options={"x": "1"}), "source.options", "path sources"),
+    (source(options={"x": "1"}), "source.options.x", "cannot be given to a kafka source"),
     (source(path="/data/clicks"), "source", "exactly one of path, table, query or kafka"),
     ({"path": "/data/clicks", "schema": SCHEMA, "event_timestamp_column": "ts"}, "source.schema", "brings its own schema"),
 ])
