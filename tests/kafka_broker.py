@@ -34,20 +34,16 @@ auto.create.topics.enable=false
 """
 
 
-SASL_PROPERTIES = """\
+SECURED_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}
+listeners={protocol}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners={protocol}://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=SASL_PLAINTEXT
-sasl.enabled.mechanisms=PLAIN
-sasl.mechanism.inter.broker.protocol=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule \
-required username="admin" password="admin-secret" user_admin="admin-secret" {users};
-log.dirs={data}
+listener.security.protocol.map={protocol}:{protocol},CONTROLLER:PLAINTEXT
+inter.broker.listener.name={protocol}
+{security}log.dirs={data}
 num.partitions=1
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
@@ -66,12 +62,20 @@ def _free_port() -> int:
 class KafkaBroker:
     """``start()`` returns once the broker answers on its port; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, jars: Path, folder: Path, *, sasl_users: dict[str, str] | None = None) -> None:
-        """``sasl_users``: a SASL_PLAINTEXT listener (mechanism PLAIN) accepting these users, not a PLAINTEXT one."""
+    def __init__(self, jars: Path, folder: Path, *, sasl_users: dict[str, str] | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
+        """``sasl_users``: its listener takes SASL logins (mechanism PLAIN) of these users. ``tls``: (certificate,
+        PKCS#8 key) in PEM, its listener speaks TLS with them. Both: SASL_SSL."""
         self.jars, self.folder = jars, folder
         self.port, self.controller = _free_port(), _free_port()
-        self.sasl_users = sasl_users
+        self.sasl_users, self.tls = sasl_users, tls
         self.process: subprocess.Popen | None = None
+
+    @property
+    def protocol(self) -> str:
+        if self.sasl_users is not None:
+            return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
+        return "SSL" if self.tls else "PLAINTEXT"
 
     @property
     def bootstrap(self) -> str:
@@ -80,11 +84,27 @@ class KafkaBroker:
     @property
     def client_conf(self) -> dict[str, str]:
         """What a librdkafka client (confluent-kafka) needs to reach it: its admin user when it takes SASL."""
-        conf = {"bootstrap.servers": self.bootstrap}
+        conf = {"bootstrap.servers": self.bootstrap, "security.protocol": self.protocol}
         if self.sasl_users is not None:
-            conf.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
-                         "sasl.username": "admin", "sasl.password": "admin-secret"})
+            conf.update({"sasl.mechanism": "PLAIN", "sasl.username": "admin", "sasl.password": "admin-secret"})
+        if self.tls is not None:
+            conf["ssl.ca.pem"] = self.tls[0]
         return conf
+
+    def _security(self) -> str:
+        """The listener's SASL and TLS lines of server.properties (PEM values with their line breaks escaped)."""
+        lines = []
+        if self.sasl_users is not None:
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            lines += ["sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.inter.broker.protocol=PLAIN",
+                      f"listener.name.{self.protocol.lower()}.plain.sasl.jaas.config=org.apache.kafka.common.security"
+                      f'.plain.PlainLoginModule required username="admin" password="admin-secret" '
+                      f'user_admin="admin-secret" {users};']
+        if self.tls is not None:
+            cert, key = (pem.strip().replace("\n", "\\n") for pem in self.tls)
+            lines += ["ssl.keystore.type=PEM", f"ssl.keystore.certificate.chain={cert}", f"ssl.keystore.key={key}",
+                      "ssl.truststore.type=PEM", f"ssl.truststore.certificates={cert}"]
+        return "".join(line + "\n" for line in lines)
 
     def _java(self, *args: str, **kwargs) -> list[str]:
         java = shutil.which("java") or "java"
@@ -93,12 +113,11 @@ class KafkaBroker:
     def start(self, timeout: float = 60.0) -> "KafkaBroker":
         self.folder.mkdir(parents=True, exist_ok=True)
         props = self.folder / "server.properties"
-        if self.sasl_users is None:
+        if self.protocol == "PLAINTEXT":
             text = SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data")
         else:
-            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
-            text = SASL_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data",
-                                          users=users)
+            text = SECURED_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data",
+                                             protocol=self.protocol, security=self._security())
         props.write_text(text)
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)),

@@ -135,7 +135,8 @@ def _run(store, fsv, trigger_seconds, stop, lost, max_offsets, on_batch, warm) -
                 raise Conflict(f"the stream of {fsv.name} lost its lock (registry unreachable or taken over): stopped")
             query.awaitTermination(0.5)
     except StreamingQueryException as exc:  # a batch failed (Spark's or ours): one line, the query is over
-        raise ComputeError(f"the stream of {fsv.name} failed: {_cause(str(exc)) or type(exc).__name__}") from None
+        cause = _cause(str(exc), getattr(exc, "_stackTrace", None) or "")
+        raise ComputeError(f"the stream of {fsv.name} failed: {cause or type(exc).__name__}") from None
     finally:
         if query.isActive:
             query.stop()  # between batches' commits or inside one: Spark replays an unfinished batch on restart
@@ -406,9 +407,14 @@ def _epoch_seconds(column) -> list[float]:
     return [m / 1e6 for m in micros.cast(pa.int64()).to_pylist()]
 
 
-def _cause(text: str) -> str:
+def _cause(text: str, trace: str = "") -> str:
     """The line of a failed query's message that names the cause: the innermost error of the Python traceback or
-    of Spark's (``...Exception: [DIVIDE_BY_ZERO] ...``), not Spark's wrapper line (which ends in "Traceback")."""
+    of Spark's (``...Exception: [DIVIDE_BY_ZERO] ...``), not Spark's wrapper line (which ends in "Traceback").
+    When the message names none (``[STREAM_FAILED] Query … terminated with error``: the Kafka source failed), the
+    JVM's innermost ``Caused by:`` of ``trace`` (e.g. ``SSLHandshakeException: PKIX path building failed``)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b:?", line) and "Traceback" not in line]
+    if not causes:
+        causes = [line.strip()[len("Caused by:"):].strip() for line in trace.splitlines()
+                  if line.strip().startswith("Caused by:")]
     return (causes[-1] if causes else lines[0] if lines else "")[:500]

@@ -119,12 +119,37 @@ def broker(tmp_path_factory):
     running.stop()
 
 
+def self_signed_127() -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (an IP SAN, so the host name check passes) and its PKCS#8 key, in PEM."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fstore test broker")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
 @pytest.fixture(scope="module")
 def sasl_broker(broker, tmp_path_factory):
-    """A second broker that takes only SASL_PLAINTEXT (PLAIN) logins: user ``fstore``, password ``fstore-secret``."""
+    """A second broker that takes only SASL_SSL: TLS with a self-signed certificate for 127.0.0.1, then PLAIN
+    logins (user ``fstore``, password ``fstore-secret``)."""
     settings = Settings.from_env({k: os.environ[k] for k in ("SPARK_JARS_DIR", "XDG_CACHE_HOME") if k in os.environ})
     running = KafkaBroker(jars.broker_jars(settings), tmp_path_factory.mktemp("kafka-sasl"),
-                          sasl_users={"fstore": "fstore-secret"}).start()
+                          sasl_users={"fstore": "fstore-secret"}, tls=self_signed_127()).start()
     yield running
     running.stop()
 
@@ -339,19 +364,25 @@ def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, 
     store.close()
 
 
-def test_a_stream_logs_in_with_sasl_its_password_sealed_at_rest_and_never_shown(sasl_broker, tmp_path, redis_url):
-    """``source.options`` SASL_PLAINTEXT/PLAIN: the events stream in; the password is encrypted in the registry,
-    redacted in every answer; a wrong password stops the job with an error that does not show it."""
+def test_a_stream_logs_in_with_sasl_over_tls_its_password_sealed_at_rest_and_never_shown(sasl_broker, tmp_path,
+                                                                                         redis_url):
+    """``source.options`` SASL_SSL/PLAIN with the broker's CA: the events stream in (the certificate and its host
+    checked); the password is encrypted in the registry, redacted in every answer; a wrong password stops the job
+    with an error that does not show it."""
     topic = f"sasl-{time.monotonic_ns()}"
     sasl_broker.create_topic(topic)
     store = new_store(tmp_path, REDIS_URL=redis_url)
-    login = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.username": "fstore"}
+    login = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "fstore",
+             "ssl.ca.pem": sasl_broker.tls[0]}
     body = kafka_body(sasl_broker.bootstrap, topic)
     body["source"]["options"] = {**login, "sasl.password": "fstore-secret"}
     store.create_feature_set(body)
     wrong = kafka_body(sasl_broker.bootstrap, topic, name="clicks_wrong")
     wrong["source"]["options"] = {**login, "sasl.password": "not-the-password"}
     store.create_feature_set(wrong)
+    untrusted = kafka_body(sasl_broker.bootstrap, topic, name="clicks_untrusted")  # the JVM's CAs only
+    untrusted["source"]["options"] = {k: v for k, v in body["source"]["options"].items() if k != "ssl.ca.pem"}
+    store.create_feature_set(untrusted)
     assert store.get_feature_set("clicks_stream")["source"]["options"]["sasl.password"] == "<redacted>"
     registry = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*.db*"))
     assert b"fernet:" in registry  # the registry's file, its passwords sealed
@@ -365,16 +396,19 @@ def test_a_stream_logs_in_with_sasl_its_password_sealed_at_rest_and_never_shown(
     finally:
         if job.alive():
             job.signal(signal.SIGKILL)
-    refused = StreamJob(store, tmp_path, "clicks_wrong")
-    try:
-        code = refused.process.wait(240)
-    finally:
-        if refused.alive():
-            refused.signal(signal.SIGKILL)
-    said = refused.output()
-    assert code != 0 and "not-the-password" not in said, said
-    assert "Authentication failed" in said or "SaslAuthenticationException" in said, said
-    assert len(offline_rows(store, "clicks_wrong")) == 0
+    for name, why in (("clicks_wrong", ("Authentication failed", "SaslAuthenticationException")),
+                      ("clicks_untrusted", ("PKIX", "SSLHandshakeException", "certification path"))):
+        refused = StreamJob(store, tmp_path, name)
+        try:
+            code = refused.process.wait(240)
+        finally:
+            if refused.alive():
+                refused.signal(signal.SIGKILL)
+        said = refused.output()
+        assert code != 0 and "not-the-password" not in said and "fstore-secret" not in said, said
+        error = refused.lines()[-1]["error"]  # the job's one line names the cause, not Spark's wrapper
+        assert any(w in error for w in why), (name, error)
+        assert len(offline_rows(store, name)) == 0
     store.close()
 
 
