@@ -56,7 +56,7 @@ def test_without_maven_set_up_says_so_and_goes_on(tmp_path, monkeypatch, capsys)
     assert jars.main([]) == 0
     said = capsys.readouterr()
     assert "Maven (mvn) is not installed, so none of io.delta:delta-spark_2.13:4.0.0" in said.err
-    assert "Spark commits Delta through delta-rs" in said.err and "jars: 0/8" in said.out
+    assert "Spark commits Delta through delta-rs" in said.err and "jars: 0/9" in said.out
     assert "Kafka broker not fetched: Maven (mvn) is not installed, so not org.apache.kafka:kafka_2.13:4.1.1" in said.err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -72,7 +72,8 @@ def test_an_artifact_maven_cannot_resolve_leaves_no_jar_and_names_it(tmp_path):
 def test_kafka_jars_are_a_streams_own_and_refused_naming_the_set_up_when_missing(tmp_path):
     assert jars.kafka_artifacts() == ["org.apache.spark:spark-sql-kafka-0-10_2.13:4.0.1",
                                       "org.apache.spark:spark-token-provider-kafka-0-10_2.13:4.0.0",
-                                      "org.apache.kafka:kafka-clients:3.9.1", "org.apache.commons:commons-pool2:2.12.0"]
+                                      "org.apache.kafka:kafka-clients:3.9.1", "org.apache.commons:commons-pool2:2.12.0",
+                                      "org.apache.spark:spark-avro_2.13:4.0.1"]
     empty = Settings.from_env({"SPARK_JARS_DIR": str(tmp_path)})
     with pytest.raises(Unavailable, match=f"spark-sql-kafka-0-10_2.13:4.0.1.* SPARK_JARS_DIR={tmp_path}.*make setup"):
         jars.kafka_conf(empty)
