@@ -19,25 +19,6 @@ SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-log.dirs={data}
-num.partitions=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-"""
-
-
-SECURED_PROPERTIES = """\
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller}
 listeners={protocol}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
 advertised.listeners={protocol}://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
@@ -113,12 +94,8 @@ class KafkaBroker:
     def start(self, timeout: float = 60.0) -> "KafkaBroker":
         self.folder.mkdir(parents=True, exist_ok=True)
         props = self.folder / "server.properties"
-        if self.protocol == "PLAINTEXT":
-            text = SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data")
-        else:
-            text = SECURED_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data",
-                                             protocol=self.protocol, security=self._security())
-        props.write_text(text)
+        props.write_text(SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data",
+                                                  protocol=self.protocol, security=self._security()))
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)),
                                    capture_output=True, text=True, timeout=timeout)
