@@ -45,7 +45,7 @@ class KafkaBroker:
 
     def __init__(self, jars: Path, folder: Path, *, sasl_users: dict[str, str] | None = None,
                  tls: tuple[str, str] | None = None) -> None:
-        """``sasl_users``: its listener takes SASL logins (mechanism PLAIN) of these users. ``tls``: (certificate,
+        """``sasl_users``: its listener takes SASL logins (PLAIN and SCRAM-SHA-256) of these users. ``tls``: (certificate,
         PKCS#8 key) in PEM, its listener speaks TLS with them. Both: SASL_SSL."""
         self.jars, self.folder = jars, folder
         self.port, self.controller = _free_port(), _free_port()
@@ -77,10 +77,12 @@ class KafkaBroker:
         lines = []
         if self.sasl_users is not None:
             users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
-            lines += ["sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.inter.broker.protocol=PLAIN",
-                      f"listener.name.{self.protocol.lower()}.plain.sasl.jaas.config=org.apache.kafka.common.security"
-                      f'.plain.PlainLoginModule required username="admin" password="admin-secret" '
-                      f'user_admin="admin-secret" {users};']
+            listener = f"listener.name.{self.protocol.lower()}"
+            lines += ["sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256", "sasl.mechanism.inter.broker.protocol=PLAIN",
+                      f"{listener}.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
+                      f'required username="admin" password="admin-secret" user_admin="admin-secret" {users};',
+                      f"{listener}.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram."
+                      "ScramLoginModule required;"]
         if self.tls is not None:
             cert, key = (pem.strip().replace("\n", "\\n") for pem in self.tls)
             lines += ["ssl.keystore.type=PEM", f"ssl.keystore.certificate.chain={cert}", f"ssl.keystore.key={key}",
@@ -97,8 +99,10 @@ class KafkaBroker:
         props.write_text(SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data",
                                                   protocol=self.protocol, security=self._security()))
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)),
-                                   capture_output=True, text=True, timeout=timeout)
+        scram = [arg for u, p in (self.sasl_users or {}).items()  # the same users for SCRAM-SHA-256, in the metadata
+                 for arg in ("--add-scram", f"SCRAM-SHA-256=[name={u},password={p}]")]
+        formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props),
+                                              *scram), capture_output=True, text=True, timeout=timeout)
         if formatted.returncode != 0:
             raise RuntimeError(f"kafka-storage format failed: {formatted.stdout[-500:]} {formatted.stderr[-500:]}")
         log = open(self.folder / "broker.log", "wb")

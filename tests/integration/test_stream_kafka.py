@@ -366,8 +366,8 @@ def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, 
 
 def test_a_stream_logs_in_with_sasl_over_tls_its_password_sealed_at_rest_and_never_shown(sasl_broker, tmp_path,
                                                                                          redis_url):
-    """``source.options`` SASL_SSL/PLAIN with the broker's CA: the events stream in (the certificate and its host
-    checked); the password is encrypted in the registry, redacted in every answer; a wrong password stops the job
+    """``source.options`` SASL_SSL with the broker's CA, by PLAIN and by SCRAM-SHA-256: the events stream in (the
+    certificate and its host checked); the password is encrypted in the registry, redacted in every answer; a wrong password stops the job
     with an error that does not show it."""
     topic = f"sasl-{time.monotonic_ns()}"
     sasl_broker.create_topic(topic)
@@ -380,6 +380,9 @@ def test_a_stream_logs_in_with_sasl_over_tls_its_password_sealed_at_rest_and_nev
     wrong = kafka_body(sasl_broker.bootstrap, topic, name="clicks_wrong")
     wrong["source"]["options"] = {**login, "sasl.password": "not-the-password"}
     store.create_feature_set(wrong)
+    scram = kafka_body(sasl_broker.bootstrap, topic, name="clicks_scram")
+    scram["source"]["options"] = {**login, "sasl.mechanism": "SCRAM-SHA-256", "sasl.password": "fstore-secret"}
+    store.create_feature_set(scram)
     untrusted = kafka_body(sasl_broker.bootstrap, topic, name="clicks_untrusted")  # the JVM's CAs only
     untrusted["source"]["options"] = {k: v for k, v in body["source"]["options"].items() if k != "ssl.ca.pem"}
     store.create_feature_set(untrusted)
@@ -389,13 +392,14 @@ def test_a_stream_logs_in_with_sasl_over_tls_its_password_sealed_at_rest_and_nev
     assert b"fstore-secret" not in registry and b"not-the-password" not in registry
     events = [event(i, i % 5, i) for i in range(50)]
     produce(sasl_broker.bootstrap, topic, events, conf=sasl_broker.client_conf)
-    job = StreamJob(store, tmp_path, "clicks_stream")
-    try:
-        wait_for(lambda: len(offline_rows(store, "clicks_stream")) == len(events), job, "the events, logged in")
-        assert job.signal(signal.SIGTERM) == 0
-    finally:
-        if job.alive():
-            job.signal(signal.SIGKILL)
+    for name in ("clicks_stream", "clicks_scram"):  # PLAIN, then SCRAM-SHA-256
+        job = StreamJob(store, tmp_path, name)
+        try:
+            wait_for(lambda: len(offline_rows(store, name)) == len(events), job, f"the events, logged in ({name})")
+            assert job.signal(signal.SIGTERM) == 0
+        finally:
+            if job.alive():
+                job.signal(signal.SIGKILL)
     for name, why in (("clicks_wrong", ("Authentication failed", "SaslAuthenticationException")),
                       ("clicks_untrusted", ("PKIX", "SSLHandshakeException", "certification path"))):
         refused = StreamJob(store, tmp_path, name)
