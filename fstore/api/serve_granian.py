@@ -16,8 +16,8 @@ worker's figures. ``server.py`` is the app, found from this tree, so the user's 
 folder (and a relative ``STORAGE_PATH``) stays.
 
 What gunicorn's setup has and this has not (README, "Production servers"): the connection
-spreading and the keep-alive drain on SIGTERM of fstore's gthread worker (Granian stops
-accepting and finishes requests in flight), JSON answers for requests the server itself
+spreading and the keep-alive drain on SIGTERM of fstore's gthread worker (Granian shuts its
+workers down in its own way), JSON answers for requests the server itself
 refuses (Granian answers those), and dropping a dead worker's live gauges (a worker that
 dies is respawned; its gauges stay until the server restarts).
 """
