@@ -15,7 +15,7 @@ required when ``AUTH_ENABLED`` is unset) and gives the workers one fresh
 worker's figures. ``server.py`` is the app, found from this tree, so the user's working
 folder (and a relative ``STORAGE_PATH``) stays.
 
-What gunicorn's setup has and this has not (README, "Production servers"): the connection
+What gunicorn's setup has and this has not (README, "REST API"): the connection
 spreading and the keep-alive drain on SIGTERM of fstore's gthread worker (Granian shuts its
 workers down in its own way), JSON answers for requests the server itself
 refuses (Granian answers those), and dropping a dead worker's live gauges (a worker that
