@@ -98,6 +98,13 @@ class SpreadThreadWorker(ThreadWorker):
         self._publish()
 
     def finish_request(self, fs):  # a request done: its connection kept or closed
+        if not self.alive and not fs.cancelled() and fs.exception() is None and fs.result()[0]:
+            # answered keep-alive while the worker was alive, done after it began to stop: gunicorn would close it
+            # under its client, whose next request (sent on the strength of that answer) would be lost; the
+            # drain answers that request "Connection: close" instead
+            with self._lock:
+                self._keep.append(fs.result()[1])
+            return
         super().finish_request(fs)
         self._publish()
 
@@ -114,15 +121,17 @@ class SpreadThreadWorker(ThreadWorker):
     def _drain_idle(self) -> None:
         """Answer the next request of each idle keep-alive connection with ``Connection: close`` (the
         worker is no longer alive, so gunicorn closes every response), then close what stays idle."""
-        with self._lock:
-            idle, self._keep = list(self._keep), type(self._keep)()
         deadline = time.monotonic() + self._drain
         with selectors.DefaultSelector() as waiting:
-            for conn in idle:
-                waiting.register(conn.sock, selectors.EVENT_READ, conn)
-            while waiting.get_map() and (left := deadline - time.monotonic()) > 0:
+            while (left := deadline - time.monotonic()) > 0:
+                with self._lock:  # idle ones, and those a request finishing after the stop hands over (finish_request)
+                    idle, self._keep = list(self._keep), type(self._keep)()
+                for conn in idle:
+                    waiting.register(conn.sock, selectors.EVENT_READ, conn)
+                if not waiting.get_map() and all(f.done() for f in self.futures):
+                    break
                 self.notify()
-                for key, _ in waiting.select(min(left, 0.5)):
+                for key, _ in waiting.select(min(left, 0.05)):
                     waiting.unregister(key.fileobj)
                     conn = key.data
                     conn.init()
