@@ -4,15 +4,17 @@
 ``fstore.engine.jars.kafka_conf``), parses each message value as a JSON object of the source's declared
 ``schema`` and, per micro-batch (``foreachBatch``):
 
-1. **computes** the set's row features with the batch job's own path on Spark (``compile_feature_set`` then
-   ``fstore.engine.spark.run_compiled`` over the batch's rows), then its validation rules;
+1. **computes** the set's row features: Spark reads the batch's messages into Arrow, and the set's compiled
+   query runs over them in the driver on DuckDB, then its validation rules, as for pushed rows
+   (``fstore.compute.push.compute_rows``; both engines give the same values, tested byte for byte);
 2. **offline**: appends every event of the batch to the set's Delta table exactly once: one commit carrying
    Delta's idempotent-write ``txn`` action (app id = the stream's checkpoint id, version = the batch id;
    ``fstore.storage.offline_arrow.append_batch``). Spark replays the last batch after a crash with the same id and
    the same offsets, and the table then already holds that version: skipped. Each row's ``push_id`` is
    ``kafka:topic:partition:offset``;
-3. **online**: the newest row per key of the batch, written with the online store's atomic newer-wins write
-   (``write_rows``, as push does), so an event older than what a run or an earlier batch loaded is dropped;
+3. **online**: the newest row per key of the batch, made ready as a bulk load makes it (the same bytes) and
+   written with the online store's atomic newer-wins write (``load_arrow.write_latest``), so an event older than
+   what a run or an earlier batch loaded is dropped;
 4. **freshness**: each event's time → the end of its batch's online write, p50/p99 (``fstore.ops.stream_freshness``).
 
 The checkpoint lives under the store (``STORAGE_PATH/_streams/NAME/checkpoint``, on S3 under the store's prefix); one stream per set at a time
@@ -239,9 +241,8 @@ class _BatchWriter:
 
     def __init__(self, store: "StoreContext", fsv: "FeatureSetVersion", checkpoint: str,
                  on_batch: Callable[[dict], None] | None) -> None:
-        from fstore.compiler import compile_feature_set
-        from fstore.compiler.dialect import quote
         from fstore.ops.stream_freshness import FreshnessRecorder
+        from fstore.storage.online.base import Codec
 
         self.store, self.checkpoint, self.on_batch = store, checkpoint, on_batch
         self.fsv = fsv  # what is stored (the set's version)
@@ -249,8 +250,7 @@ class _BatchWriter:
         if not source.created_timestamp_column:  # the broker's time orders rows of one event time, as a run's created time
             source = replace(source, created_timestamp_column=_KAFKA_TS, schema={**source.schema, _KAFKA_TS: "timestamp"})
         self.computing = replace(fsv, feature_set=replace(fsv.feature_set, source=source))
-        compiled = compile_feature_set(self.computing)
-        self.compiled = replace(compiled, projection=compiled.projection + (quote(_ID),))
+        self.codec = Codec.from_version(fsv)  # the online rows' layout, made once (it parses every feature's SQL)
         self.recorder = FreshnessRecorder(store.settings, fsv.name)
         self.windowed = bool(windowed_features(fsv))
         self.app_id: str | None = None
@@ -261,20 +261,19 @@ class _BatchWriter:
 
         began = time.perf_counter()
         fs = self.fsv.feature_set
-        keys = list(self.fsv.join_keys)
-        applied = None
+        messages = self._read(df)
+        stages = {"read": round(time.perf_counter() - began, 3)}
+        events, applied = messages.num_rows, None
         if self.windowed:  # exact windows over the online records: computed and written online in the driver
             from fstore.compute.stream_windows import apply_events
 
-            messages = self._messages(df)
-            events = messages.num_rows
             applied = apply_events(self.store, self.fsv, messages.drop_columns([_ID]),
                                    ids=messages.column(_ID).to_pylist(), online=fs.online_enabled)
             table = applied.rows
         else:
-            events, table = self._compute(df)
-        stages = {"compute": round(time.perf_counter() - began, 3)}
-        valid = _valid_rows(table, keys)
+            table = self._compute(messages)
+        stages["compute"] = round(time.perf_counter() - began - sum(stages.values()), 3)
+        valid = _valid_rows(table, list(self.fsv.join_keys))
         dropped = events - valid.num_rows
         ids = valid.column(_ID).to_pylist()
         rows = valid.drop_columns([_ID])
@@ -290,7 +289,9 @@ class _BatchWriter:
         if applied is not None:
             online = applied.online_rows
         elif fs.online_enabled and rows.num_rows:
-            online = self.store.online.write_rows(self.fsv, _newest_per_key(rows, keys).to_pylist())
+            from fstore.storage.online.load_arrow import write_latest
+
+            online = write_latest(self.store.online, rows, self.codec, self.store.settings)
         visible = time.time()
         stages["online"] = round(time.perf_counter() - began - sum(stages.values()), 3)
         result.update(online_rows=online, seconds=round(time.perf_counter() - began, 3), stages=stages)
@@ -305,47 +306,44 @@ class _BatchWriter:
         if self.on_batch is not None:
             self.on_batch(result)
 
-    def _messages(self, df):
-        """A windowed set's batch as Arrow, in event-time order (``apply_events`` takes a key's events in the order
-        given, and one older than an earlier one of its key counts as late): a batch arrives at once, whatever its
-        partitions."""
+    def _read(self, df):
+        """The batch's parsed messages, read from Kafka once into Arrow: every message, counted (one without an
+        event time or key is dropped later, never silently lost). A windowed set's come in event-time order
+        (``apply_events`` takes a key's events in the order given, and one older than an earlier one of its key
+        counts as late): a batch arrives at once, whatever its partitions."""
+        if not self.windowed:
+            return df.toArrow()
         source = self.fsv.feature_set.source
         return df.select(*source.schema, _ID).toArrow().sort_by(source.event_timestamp_column)
 
-    def _compute(self, df):
-        """``(messages read, the computed rows as Arrow)`` of a batch of a set without windows. Cached: the batch's
-        messages are read from Kafka once, for the count (a message the query drops, one without an event time,
-        is counted, never silently lost) and for the features."""
-        from fstore.compute.validation import validate
-        from fstore.engine.spark import run_compiled
+    def _compute(self, messages):
+        """The computed rows of a batch of a set without windows, in this process as pushed rows are
+        (``push.compute_rows``: the set's compiled query on DuckDB, then its validation rules). A micro-batch is
+        small: a second Spark job over its messages cost more than the computation (0.17 s a batch of 10,000)."""
+        from fstore.compute.push import ID_COLUMN, compute_rows
 
-        df = df.persist()
-        try:
-            events = df.count()
-            computed = run_compiled(df.sparkSession, self.computing, self.compiled, df, settings=self.store.settings)
-            if not all(f.validation.is_empty for f in self.fsv.features):
-                computed = validate(computed, self.fsv).df
-            return events, computed.toArrow()
-        finally:
-            df.unpersist()
+        source_columns = messages.select(list(self.computing.feature_set.source.schema))
+        computed = compute_rows(self.store, self.computing, source_columns, messages.column(_ID).to_pylist())
+        return computed.rename_columns([_ID if c == ID_COLUMN else c for c in computed.column_names])
 
     def warm_up(self, spark, rows: int = WARM_ROWS, rounds: int = WARM_ROUNDS) -> float:
-        """Run ``rounds`` batches of ``rows`` made-up messages through the batch's own path (parse, compute,
-        validate, to Arrow, the newest row per key) and write nothing: the JVM compiles that path before the first
-        real batch, which otherwise waits for it (first batches at 10,000 events/s: up to 7.3 s). Seconds taken.
+        """Run ``rounds`` batches of ``rows`` made-up messages through the batch's own path (parse, read into Arrow,
+        compute, validate, the online rows made ready) and write nothing: the JVM compiles that path before the
+        first real batch, which otherwise waits for it (first batches at 10,000 events/s: up to 7.3 s). Seconds taken.
 
         Made-up values may break a transformation that real ones never do (``x DIV (x - x)``): the warm-up then
         stops there, and the stream starts as it would have without it (a real batch that fails says so itself)."""
+        from fstore.storage.online.load_arrow import ready_batches
+
         began = time.perf_counter()
         source = self.fsv.feature_set.source
-        keys = list(self.fsv.join_keys)
         try:
             for _ in range(rounds):
-                df = _parse(warm_rows(spark, source, rows), source)
-                if self.windowed:
-                    self._messages(df)
-                else:
-                    _newest_per_key(_valid_rows(self._compute(df)[1], keys).drop_columns([_ID]), keys)
+                messages = self._read(_parse(warm_rows(spark, source, rows), source))
+                if not self.windowed:
+                    computed = _valid_rows(self._compute(messages), list(self.fsv.join_keys)).drop_columns([_ID])
+                    for _ in ready_batches(computed, self.codec, self.store.settings):
+                        pass
         except Exception as exc:  # noqa: BLE001 - a warm-up never stops a stream (see above)
             log.info("stream %s: warm-up stopped on made-up messages (%s)", self.fsv.name,
                      str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -386,19 +384,6 @@ def _valid_rows(table, keys: list[str]):
     return table.filter(mask)
 
 
-def _newest_per_key(rows, keys: list[str]):
-    """The newest row per key (event time, then created time): what newer-wins would keep, sent once per key."""
-    import pyarrow as pa
-
-    order = rows.sort_by([(k, "ascending") for k in keys] + [("event_timestamp", "descending"),
-                                                               ("created_timestamp", "descending")])
-    if order.num_rows == 0:
-        return order
-    tuples = list(zip(*(order.column(k).to_pylist() for k in keys)))
-    first = [i for i in range(len(tuples)) if i == 0 or tuples[i] != tuples[i - 1]]
-    return order.take(pa.array(first, pa.int64()))
-
-
 def _epoch_seconds(column) -> list[float]:
     """Seconds since the epoch of an Arrow timestamp column (naive values are UTC, as everywhere in fstore)."""
     import pyarrow as pa
@@ -411,10 +396,12 @@ def _cause(text: str, trace: str = "") -> str:
     """The line of a failed query's message that names the cause: the innermost error of the Python traceback or
     of Spark's (``...Exception: [DIVIDE_BY_ZERO] ...``), not Spark's wrapper line (which ends in "Traceback").
     When the message names none (``[STREAM_FAILED] Query … terminated with error``: the Kafka source failed), the
-    JVM's innermost ``Caused by:`` of ``trace`` (e.g. ``SSLHandshakeException: PKIX path building failed``)."""
+    JVM's innermost ``Caused by:`` of ``trace`` (e.g. ``SSLHandshakeException: PKIX path building failed``).
+    fstore's own errors are told as they are written, without their class's path."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b:?", line) and "Traceback" not in line]
     if not causes:
         causes = [line.strip()[len("Caused by:"):].strip() for line in trace.splitlines()
                   if line.strip().startswith("Caused by:")]
-    return (causes[-1] if causes else lines[0] if lines else "")[:500]
+    cause = causes[-1] if causes else lines[0] if lines else ""
+    return re.sub(r"^fstore\.[\w.]+Error: ", "", cause)[:500]

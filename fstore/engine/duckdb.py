@@ -268,6 +268,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def query_error(fsv: FeatureSetVersion, exc: BaseException) -> ComputeError:
+    """A set's query that DuckDB refused: "does not compile" when it could not be planned (parser, binder,
+    catalog), "failed on its rows" when a value broke it at run time (division by zero, a bad cast)."""
+    import duckdb
+
+    planning = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+    what = "does not compile against its source" if isinstance(exc, planning) else "failed on its rows"
+    return ComputeError(f"feature set {fsv.name} v{fsv.version} {what}: {_first_line(exc)}")
+
+
 def _timestamp_literal(value: datetime) -> str:
     return f"TIMESTAMPTZ '{to_utc_naive(value).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
 
@@ -309,8 +319,7 @@ def run_compiled(con, fsv: FeatureSetVersion, compiled: CompiledQuery, source, *
         finally:
             con.unregister("wide")
     except duckdb.Error as exc:
-        raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: "
-                           f"{_first_line(exc)}") from None
+        raise query_error(fsv, exc) from None
     finally:
         con.unregister(SOURCE_VIEW)
 

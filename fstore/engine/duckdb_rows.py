@@ -17,8 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fstore.compiler.dialect import quote
-from fstore.core.errors import ComputeError
-from fstore.engine.duckdb import SOURCE_VIEW, _first_line, _strip_header, ident, to_duckdb
+from fstore.engine.duckdb import SOURCE_VIEW, _strip_header, ident, query_error, to_duckdb
 
 if TYPE_CHECKING:
     import pyarrow
@@ -82,6 +81,5 @@ def run_rows(con, fsv: "FeatureSetVersion", statement: str, table: "pyarrow.Tabl
             return con.sql(statement, params=values).to_arrow_table()
         rows = con.execute(statement, values).fetchall()
     except duckdb.Error as exc:
-        raise ComputeError(f"feature set {fsv.name} v{fsv.version} does not compile against its source: "
-                           f"{_first_line(exc)}") from None
+        raise query_error(fsv, exc) from None
     return pa.Table.from_pydict({f.name: [r[i] for r in rows] for i, f in enumerate(schema)}, schema=schema)

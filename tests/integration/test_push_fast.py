@@ -257,3 +257,45 @@ def test_parameter_bound_rows_compute_what_the_arrow_view_computes(settings, tmp
         assert [r["pick"] for r in by_user(computed[1])][::2] == ["AB", "ü!"] and by_user(computed[1])[1]["n"] is None
     finally:
         store.close()
+
+
+def test_many_rows_go_as_an_arrow_view_and_compute_what_parameters_compute(settings, tmp_path, monkeypatch):
+    """Past ``PARAMETER_ROWS`` rows (a stream's micro-batch) the rows go to DuckDB as an Arrow view, not as
+    parameters (10,000 rows: 5 ms against 190 ms); the values are those the parameter path gives in small pushes."""
+    from fstore.engine import duckdb_rows
+
+    templates = [{"i32": 7, "f32": 1.5, "f64": 2.25, "flag": True, "s": "Ab", "d": date(2024, 2, 29),
+                  "tz": datetime(2024, 1, 1, 5, tzinfo=timezone.utc)},
+                 {"i32": None, "f32": None, "f64": None, "flag": None, "s": None, "d": None, "tz": None},
+                 {"i32": -2, "f32": float("inf"), "f64": -0.0, "flag": False, "s": "ü", "d": date(1970, 1, 1),
+                  "tz": datetime(2023, 12, 31, 23, tzinfo=timezone.utc)}]
+    count = push_module.PARAMETER_ROWS * 2 + 5
+    rows = [{"user_id": i, "event_timestamp": T0 + timedelta(seconds=i), **templates[i % 3]} for i in range(count)]
+    folder = tmp_path / "many"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), folder / "part-0.parquet")
+    store = FeatureStore(settings.with_(compute_engine="duckdb"), auto_upgrade=True)
+    bound = []
+    real = duckdb_rows.run_rows
+    monkeypatch.setattr(duckdb_rows, "run_rows", lambda con, fsv, statement, table, schema: bound.append(
+        table.num_rows) or real(con, fsv, statement, table, schema))
+    try:
+        store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+        store.create_feature_set({
+            "name": "many", "entities": ["user"], "online_enabled": True,
+            "source": {"path": str(folder), "format": "parquet", "event_timestamp_column": "event_timestamp"},
+            "features": [{"name": n, "data_type": t, "transformation": x} for n, t, x in FEATURES]})
+        fsv = store.feature_set_version("many")
+        table = push_module.source_table(fsv, push_module.source_schema(store, fsv), rows)
+        ids = push_module.event_ids(table, rows, has_id_column=False)
+        whole = push_module.compute_rows(store, fsv, table, ids)
+        assert bound == []  # one Arrow view, no parameters
+        step = push_module.PARAMETER_ROWS
+        pieces = [push_module.compute_rows(store, fsv, table.slice(i, step), ids[i:i + step]) for i in range(0, count, step)]
+        assert bound == [step, step, 5]
+        by_user = lambda rs: sorted(rs, key=lambda r: r["user_id"])  # noqa: E731
+        values = lambda t: t.drop_columns(["created_timestamp"]).to_pylist()  # noqa: E731
+        assert whole.num_rows == count
+        assert by_user(values(whole)) == by_user([r for piece in pieces for r in values(piece)])
+    finally:
+        store.close()

@@ -72,9 +72,9 @@ def test_apply_checks_the_keys_against_the_declared_schema_and_batch_runs_are_re
 
 
 def test_the_warm_up_runs_the_batch_path_over_made_up_messages_and_writes_nothing(tmp_path, spark):
-    """Before subscribing, the stream runs its own parse → compute → Arrow path over made-up messages of the
-    declared schema (every key and event time parsed, so the JVM compiles the path real batches take), and stores
-    nothing: no offline table, no online row, no stream totals."""
+    """Before subscribing, the stream runs its own parse → Arrow → compute → online rows path over made-up messages
+    of the declared schema (every key and event time parsed, so the JVM compiles the path real batches take), and
+    stores nothing: no offline table, no online row, no stream totals."""
     from fstore.compute.stream import _BatchWriter, _parse, warm_rows
 
     store = new_store(tmp_path)
@@ -83,8 +83,9 @@ def test_the_warm_up_runs_the_batch_path_over_made_up_messages_and_writes_nothin
         fsv = store.feature_set_version("clicks_stream")
         batch = _BatchWriter(store, fsv, str(tmp_path / "checkpoint"), None)
         source = fsv.feature_set.source
-        events, table = batch._compute(_parse(warm_rows(spark, source, 500), source))
-        assert events == 500 and table.num_rows == 500
+        messages = batch._read(_parse(warm_rows(spark, source, 500), source))
+        table = batch._compute(messages)
+        assert messages.num_rows == 500 and table.num_rows == 500
         assert table.column("user_id").null_count == 0 and table.column("event_timestamp").null_count == 0
         assert table.column("clicks_x2").to_pylist()[:3] == [0, 2, 4]
         assert batch.warm_up(spark, rows=500, rounds=2) > 0
@@ -359,7 +360,9 @@ def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, 
             job.signal(signal.SIGKILL)
     said = job.lines()[-1]
     assert said["status"] == "failed" and said["error"].startswith("the stream of clicks_stream failed: ")
-    assert "DIVIDE_BY_ZERO" in said["error"]
+    # Computed on DuckDB in the driver: the error names the set, that its rows broke it, and DuckDB's reason.
+    assert "feature set clicks_stream v1 failed on its rows: " in said["error"], said["error"]
+    assert "Division by zero" in said["error"]
     assert len(offline_rows(store, "clicks_stream")) == 0
     store.close()
 

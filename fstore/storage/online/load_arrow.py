@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from fstore.engine.duckdb import ident
 from fstore.core.errors import ComputeError, InvalidDefinition, Unavailable
-from fstore.storage.online.base import Codec, as_codec, key_prefix
+from fstore.storage.online.base import Codec, OnlineStore, as_codec, key_prefix
 from fstore.storage.online.load import EMBEDDED_BATCH, mark_loaded, state_before, packed_pieces, require_columns, ttl_cutoff
 from fstore.storage.online.marker import LoadInfo
 
@@ -260,6 +260,19 @@ def load_arrow(table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec", setting
         return load.write(info)
     finally:
         load.close()
+
+
+def write_latest(store: "OnlineStore", table: "pyarrow.Table", fsv: "FeatureSetVersion | Codec",
+                 settings: "Settings") -> int:
+    """The latest row per key of ``table`` written through the open ``store`` with its atomic newer-wins write and
+    the bytes a load writes, but no load marker: a stream's micro-batch (``fstore.compute.stream``). A row already
+    past the set's TTL is not written. Keys written."""
+    codec = as_codec(fsv)
+    require_columns(table.schema.names, codec, "table")
+    batches = ready_batches(table, codec, settings)
+    if settings.redis_url:
+        return store.write_packed(codec, packed_pieces(batches))
+    return _embedded_write(store, codec, batches)
 
 
 class PreparedLoad:
