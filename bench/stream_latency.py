@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 "median_batch_p99_seconds": _quantile([x["p99_seconds"] for x in steady], 0.5),
                 "worst_batch_p99_seconds": max((round(x["p99_seconds"], 3) for x in steady), default=None),
                 "last_minute_p50_seconds": freshness["p50_seconds"], "last_minute_p99_seconds": freshness["p99_seconds"],
+                "last_minute_events": freshness.get("window_events"),
                 "events_per_batch_median": _quantile([x["events"] for x in steady], 0.5),
                 "loadavg_1_5_15": [round(v, 2) for v in load],
                 "online_store": "redis" if args.redis else "embedded",
