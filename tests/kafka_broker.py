@@ -45,7 +45,7 @@ class KafkaBroker:
 
     def __init__(self, jars: Path, folder: Path, *, sasl_users: dict[str, str] | None = None,
                  tls: tuple[str, str] | None = None) -> None:
-        """``sasl_users``: its listener takes SASL logins (PLAIN and SCRAM-SHA-256) of these users. ``tls``: (certificate,
+        """``sasl_users``: its listener takes SASL logins (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512) of these users. ``tls``: (certificate,
         PKCS#8 key) in PEM, its listener speaks TLS with them. Both: SASL_SSL."""
         self.jars, self.folder = jars, folder
         self.port, self.controller = _free_port(), _free_port()
@@ -78,11 +78,11 @@ class KafkaBroker:
         if self.sasl_users is not None:
             users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
             listener = f"listener.name.{self.protocol.lower()}"
-            lines += ["sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256", "sasl.mechanism.inter.broker.protocol=PLAIN",
+            lines += ["sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512", "sasl.mechanism.inter.broker.protocol=PLAIN",
                       f"{listener}.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
                       f'required username="admin" password="admin-secret" user_admin="admin-secret" {users};',
-                      f"{listener}.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram."
-                      "ScramLoginModule required;"]
+                      *(f"{listener}.scram-sha-{bits}.sasl.jaas.config=org.apache.kafka.common.security.scram."
+                        "ScramLoginModule required;" for bits in (256, 512))]
         if self.tls is not None:
             cert, key = (pem.strip().replace("\n", "\\n") for pem in self.tls)
             lines += ["ssl.keystore.type=PEM", f"ssl.keystore.certificate.chain={cert}", f"ssl.keystore.key={key}",
@@ -99,8 +99,8 @@ class KafkaBroker:
         props.write_text(SERVER_PROPERTIES.format(port=self.port, controller=self.controller, data=self.folder / "data",
                                                   protocol=self.protocol, security=self._security()))
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        scram = [arg for u, p in (self.sasl_users or {}).items()  # the same users for SCRAM-SHA-256, in the metadata
-                 for arg in ("--add-scram", f"SCRAM-SHA-256=[name={u},password={p}]")]
+        scram = [arg for u, p in (self.sasl_users or {}).items()  # the same users for SCRAM, in the metadata
+                 for bits in (256, 512) for arg in ("--add-scram", f"SCRAM-SHA-{bits}=[name={u},password={p}]")]
         formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props),
                                               *scram), capture_output=True, text=True, timeout=timeout)
         if formatted.returncode != 0:

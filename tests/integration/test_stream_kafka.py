@@ -369,7 +369,7 @@ def test_a_failing_batch_stops_the_job_with_one_line_and_writes_nothing(broker, 
 
 def test_a_stream_logs_in_with_sasl_over_tls_its_password_sealed_at_rest_and_never_shown(sasl_broker, tmp_path,
                                                                                          redis_url):
-    """``source.options`` SASL_SSL with the broker's CA, by PLAIN and by SCRAM-SHA-256: the events stream in (the
+    """``source.options`` SASL_SSL with the broker's CA, by PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512: the events stream in (the
     certificate and its host checked); the password is encrypted in the registry, redacted in every answer; a wrong password stops the job
     with an error that does not show it."""
     topic = f"sasl-{time.monotonic_ns()}"
@@ -386,6 +386,9 @@ def test_a_stream_logs_in_with_sasl_over_tls_its_password_sealed_at_rest_and_nev
     scram = kafka_body(sasl_broker.bootstrap, topic, name="clicks_scram")
     scram["source"]["options"] = {**login, "sasl.mechanism": "SCRAM-SHA-256", "sasl.password": "fstore-secret"}
     store.create_feature_set(scram)
+    scram512 = kafka_body(sasl_broker.bootstrap, topic, name="clicks_scram512")
+    scram512["source"]["options"] = {**login, "sasl.mechanism": "SCRAM-SHA-512", "sasl.password": "fstore-secret"}
+    store.create_feature_set(scram512)
     untrusted = kafka_body(sasl_broker.bootstrap, topic, name="clicks_untrusted")  # the JVM's CAs only
     untrusted["source"]["options"] = {k: v for k, v in body["source"]["options"].items() if k != "ssl.ca.pem"}
     store.create_feature_set(untrusted)
@@ -395,7 +398,7 @@ def test_a_stream_logs_in_with_sasl_over_tls_its_password_sealed_at_rest_and_nev
     assert b"fstore-secret" not in registry and b"not-the-password" not in registry
     events = [event(i, i % 5, i) for i in range(50)]
     produce(sasl_broker.bootstrap, topic, events, conf=sasl_broker.client_conf)
-    for name in ("clicks_stream", "clicks_scram"):  # PLAIN, then SCRAM-SHA-256
+    for name in ("clicks_stream", "clicks_scram", "clicks_scram512"):  # PLAIN, then SCRAM-SHA-256 and -512
         job = StreamJob(store, tmp_path, name)
         try:
             wait_for(lambda: len(offline_rows(store, name)) == len(events), job, f"the events, logged in ({name})")
