@@ -45,6 +45,9 @@ def connect(threads: int = 0):
     """
     import duckdb
 
+    from fstore.engine.arrow_memory import prefer_system_allocator
+
+    prefer_system_allocator()  # DuckDB's results are copied in Arrow: see fstore.engine.arrow_memory
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")  # ICU is built in, but only settable once the connection exists
     con.execute(_MACROS)
