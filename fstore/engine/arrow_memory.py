@@ -3,8 +3,8 @@
 pyarrow's default pool here is mimalloc, which returns large freed blocks to the operating system at once and
 faults them in again on the next allocation. Wide results pay that on every copy: a retrieval of 1,000 features
 for 17,000 labels on DuckDB spent 0.74–1.05 s in one ``take`` of its rows into label order with mimalloc, and
-0.14–0.15 s with the system allocator; the three calls took 6.06, 5.33 and 5.05 s against 4.60, 4.80 and
-4.26 s (bench/wide.py's data, measured 2026-12-08). ``ARROW_DEFAULT_MEMORY_POOL`` (pyarrow's own setting:
+0.14–0.15 s with the system allocator. Over 3 processes of 3 calls each (bench/wide.py's data, 2026-12-08): first
+calls 4.62 s against 5.11 s, all calls 4.36 s against 4.75 s (means), and no call over 4.9 s against 5.43 s. ``ARROW_DEFAULT_MEMORY_POOL`` (pyarrow's own setting:
 ``system``, ``mimalloc`` or ``jemalloc``), when set, is left alone.
 """
 from __future__ import annotations
