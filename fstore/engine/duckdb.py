@@ -50,6 +50,9 @@ def connect(threads: int = 0):
     prefer_system_allocator()  # DuckDB's results are copied in Arrow: see fstore.engine.arrow_memory
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")  # ICU is built in, but only settable once the connection exists
+    # Each parquet footer read once per connection: a retrieval binds a set's files several times (the read, its
+    # types, the as-of join); 1,000 features x 17,000 labels, 60 files a set: 4.36 s → 3.57 s a call (means).
+    con.execute("SET parquet_metadata_cache = true")
     con.execute(_MACROS)
     if threads:
         con.execute(f"SET threads = {int(threads)}")
