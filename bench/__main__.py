@@ -569,6 +569,9 @@ def run_wide(points: list[tuple[int, int]], *, calls: int, engines: tuple[str, .
                 notes.append(f"{engine} {features} features x {labels} labels failed: {str(exc)[-300:]}")
                 log(notes[-1])
                 continue
+            if "materialize_seconds" not in result:
+                notes.append(f"fstore {engine} at {features} x {labels} reused the stores it materialized in an earlier "
+                             f"run (under {work}): this run did not time materialization (delete them to time it)")
             if feast:
                 result["feast_agreement"] = _wide_agreement(result, output, feast_output, notes)
             output.unlink(missing_ok=True)

@@ -33,9 +33,9 @@ def ratio_cell(point: dict, feast: dict | None) -> str:
         return ""
     theirs = worst(feast) if feast else None
     if theirs:
-        return f"{mine / theirs:.2f}"
+        return f"{mine / theirs:.3f}"
     if (point["features"], point["labels"]) == ISSUE_POINT:
-        return f"{mine / FEAST_ISSUE_SECONDS:.2f} (against issue #33's {FEAST_ISSUE_SECONDS} s, not this run)"
+        return f"{mine / FEAST_ISSUE_SECONDS:.3f} (against issue #33's {FEAST_ISSUE_SECONDS} s, not this run)"
     return ""
 
 

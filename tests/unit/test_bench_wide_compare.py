@@ -125,10 +125,10 @@ def point(engine: str, features: int, labels: int, seconds: list[float]) -> dict
 
 def test_ratio_uses_feasts_measured_worst_call_and_the_issues_figure_only_as_fallback():
     feast = point("feast", 100, 17_000, [8.0, 4.0])
-    assert wide_report.ratio_cell(point("duckdb", 100, 17_000, [1.0, 2.0]), feast) == "0.25"
+    assert wide_report.ratio_cell(point("duckdb", 100, 17_000, [1.0, 2.0]), feast) == "0.250"
     assert wide_report.ratio_cell(feast, feast) == ""
     fallback = wide_report.ratio_cell(point("spark", 1000, 17_000, [44.1]), None)
-    assert fallback == "0.50 (against issue #33's 88.2 s, not this run)"
+    assert fallback == "0.500 (against issue #33's 88.2 s, not this run)"
     assert wide_report.ratio_cell(point("spark", 300, 17_000, [44.1]), None) == ""
 
 
@@ -140,7 +140,7 @@ def test_table_puts_feast_beside_fstore_with_the_agreement(case):
     rows = wide_report.table([fstore, feast]).splitlines()[2:]
     assert rows[0].startswith("| Feast 0.67.0 | 4 | 5 | - | 0.4 | 5 | - | 250.0 |")
     assert rows[1].startswith("| fstore duckdb | 4 | 5 |")
-    assert rows[1].endswith("| 0.50 | agree: 3/3 rows equal; Feast dropped 2 (2 explained) |")
+    assert rows[1].endswith("| 0.500 | agree: 3/3 rows equal; Feast dropped 2 (2 explained) |")
     assert "fstore (duckdb) returned 5 of 5 labels" in wide_report.agreement_section([fstore, feast])
 
 
