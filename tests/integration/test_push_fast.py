@@ -203,6 +203,19 @@ FEATURES = [("i32_plus", "int", "i32 + 1"), ("f32_x", "float", "f32 * 3"), ("rat
             ("late", "boolean", "tz > event_timestamp"), ("both", "double", "coalesce(f64, f32, 0)")]
 
 
+def typed_set(settings, folder, name: str, rows: pa.Table):
+    """A DuckDB store with set ``name`` of ``FEATURES`` over ``rows`` written to ``folder``: (store, its version)."""
+    folder.mkdir()
+    pq.write_table(rows, folder / "part-0.parquet")
+    store = FeatureStore(settings.with_(compute_engine="duckdb"), auto_upgrade=True)
+    store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
+    store.create_feature_set({
+        "name": name, "entities": ["user"], "online_enabled": True,
+        "source": {"path": str(folder), "format": "parquet", "event_timestamp_column": "event_timestamp"},
+        "features": [{"name": n, "data_type": t, "transformation": x} for n, t, x in FEATURES]})
+    return store, store.feature_set_version(name)
+
+
 @pytest.mark.parametrize(("extra",), [(None,), (("amount", pa.decimal128(10, 2)),)])
 def test_parameter_bound_rows_compute_what_the_arrow_view_computes(settings, tmp_path, extra):
     """Every supported type, nulls included, both runs (the first builds the result schema, later ones use it);
@@ -219,16 +232,8 @@ def test_parameter_bound_rows_compute_what_the_arrow_view_computes(settings, tmp
         for r, v in zip(rows, (Decimal("1.25"), None, Decimal("-3.00"))):
             r["amount"] = v
     folder = tmp_path / "typed"
-    folder.mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-0.parquet")
-    store = FeatureStore(settings.with_(compute_engine="duckdb"), auto_upgrade=True)
+    store, fsv = typed_set(settings, folder, "typed", pa.Table.from_pylist(rows, schema=schema))
     try:
-        store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
-        store.create_feature_set({
-            "name": "typed", "entities": ["user"], "online_enabled": True,
-            "source": {"path": str(folder), "format": "parquet", "event_timestamp_column": "event_timestamp"},
-            "features": [{"name": n, "data_type": t, "transformation": x} for n, t, x in FEATURES]})
-        fsv = store.feature_set_version("typed")
         source_schema = push_module.source_schema(store, fsv)
         table = push_module.source_table(fsv, source_schema, rows)
         ids = push_module.event_ids(table, rows, has_id_column=False)
@@ -271,21 +276,12 @@ def test_many_rows_go_as_an_arrow_view_and_compute_what_parameters_compute(setti
                   "tz": datetime(2023, 12, 31, 23, tzinfo=timezone.utc)}]
     count = push_module.PARAMETER_ROWS * 2 + 5
     rows = [{"user_id": i, "event_timestamp": T0 + timedelta(seconds=i), **templates[i % 3]} for i in range(count)]
-    folder = tmp_path / "many"
-    folder.mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), folder / "part-0.parquet")
-    store = FeatureStore(settings.with_(compute_engine="duckdb"), auto_upgrade=True)
+    store, fsv = typed_set(settings, tmp_path / "many", "many", pa.Table.from_pylist(rows, schema=SCHEMA))
     bound = []
     real = duckdb_rows.run_rows
     monkeypatch.setattr(duckdb_rows, "run_rows", lambda con, fsv, statement, table, schema: bound.append(
         table.num_rows) or real(con, fsv, statement, table, schema))
     try:
-        store.create_entity({"name": "user", "join_keys": ["user_id"], "value_type": "int"})
-        store.create_feature_set({
-            "name": "many", "entities": ["user"], "online_enabled": True,
-            "source": {"path": str(folder), "format": "parquet", "event_timestamp_column": "event_timestamp"},
-            "features": [{"name": n, "data_type": t, "transformation": x} for n, t, x in FEATURES]})
-        fsv = store.feature_set_version("many")
         table = push_module.source_table(fsv, push_module.source_schema(store, fsv), rows)
         ids = push_module.event_ids(table, rows, has_id_column=False)
         whole = push_module.compute_rows(store, fsv, table, ids)
