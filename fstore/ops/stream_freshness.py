@@ -3,7 +3,8 @@
 The stream (``fstore.compute.stream``) runs in its own process; the server and ``/metrics`` read what it measured
 from a small JSON file beside the stream's checkpoint (``STORAGE_PATH/_streams/NAME/freshness.json``; on an S3
 store, under its prefix in the bucket), replaced atomically after each batch (a local rename; one S3 object put).
-It holds p50/p99 over the events of the recent batches (``WINDOW_SECONDS``), the last batch's own figures and totals.
+It holds p50/p99 over every event made visible in the last ``WINDOW_SECONDS`` (each batch weighed by its events),
+the last batch's own figures and totals.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from typing import Any
 
 from fstore.core.settings import Settings
 
-WINDOW_SECONDS = 60.0  # p50/p99 are over the events made visible in the last minute
-_MAX_SAMPLES = 200_000  # and of at most this many of them (a uniform subsample of each batch beyond it)
+WINDOW_SECONDS = 60.0  # p50/p99 are over every event made visible in the last minute
+# Latencies kept for them: beyond this many, every batch of the window is thinned to every other kept value,
+# each standing for the events it replaces, so the quantiles still weigh every batch by its events.
+_MAX_SAMPLES = 200_000
 
 
 def stream_dir(settings: Settings, name: str) -> str:
@@ -62,30 +65,45 @@ class FreshnessRecorder:
     def __init__(self, settings: Settings, name: str) -> None:
         self._settings = settings
         self._path = freshness_path(settings, name)
-        self._batches: deque[tuple[float, list[float]]] = deque()
+        # per batch: (when recorded, events it had, a sorted uniform sample of their latencies)
+        self._batches: deque[tuple[float, int, list[float]]] = deque()
         self._totals = {"batches": 0, "events": 0}
 
     def record(self, batch_id: int, latencies: list[float], *, events: int, seconds: float) -> dict[str, Any]:
         """Add one batch's latencies (seconds from each event's time to its online visibility); write the file."""
         now = time.time()
-        step = max(1, len(latencies) // 20_000)
-        self._batches.append((now, sorted(latencies[::step])))
-        while self._batches and (now - self._batches[0][0] > WINDOW_SECONDS
-                                 or sum(len(b) for _, b in self._batches) > _MAX_SAMPLES):
+        last = sorted(latencies)
+        self._batches.append((now, len(last), last))
+        while self._batches and now - self._batches[0][0] > WINDOW_SECONDS:
             self._batches.popleft()
+        while sum(len(sample) for _, _, sample in self._batches) > _MAX_SAMPLES:
+            self._batches = deque((at, count, sample[::2] if len(sample) > 1 else sample)
+                                  for at, count, sample in self._batches)
         self._totals["batches"] += 1
         self._totals["events"] += events
-        recent = sorted(v for _, b in self._batches for v in b)
-        last = sorted(latencies)
+        weighted = sorted((v, count / len(sample)) for _, count, sample in self._batches for v in sample)
         body = {
             "at": now, "last_batch_id": batch_id, "last_batch_events": events, "last_batch_seconds": round(seconds, 3),
-            "window_seconds": WINDOW_SECONDS, "window_events": len(recent),
-            "p50_seconds": _quantile(recent, 0.5), "p99_seconds": _quantile(recent, 0.99),
+            "window_seconds": WINDOW_SECONDS, "window_events": sum(count for _, count, _ in self._batches),
+            "p50_seconds": _weighted_quantile(weighted, 0.5), "p99_seconds": _weighted_quantile(weighted, 0.99),
             "last_batch_p50_seconds": _quantile(last, 0.5), "last_batch_p99_seconds": _quantile(last, 0.99),
             **self._totals,
         }
         write_text(self._settings, self._path, json.dumps(body))
         return body
+
+
+def _weighted_quantile(ordered: list[tuple[float, float]], q: float) -> float | None:
+    """The nearest-rank quantile of sorted ``(value, weight)`` pairs, each value standing for ``weight`` events."""
+    if not ordered:
+        return None
+    rank = q * sum(w for _, w in ordered)
+    seen = 0.0
+    for value, weight in ordered:
+        seen += weight
+        if seen >= rank - 1e-9:
+            return round(value, 4)
+    return round(ordered[-1][0], 4)
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
