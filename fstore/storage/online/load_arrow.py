@@ -269,7 +269,11 @@ def write_latest(store: "OnlineStore", table: "pyarrow.Table", fsv: "FeatureSetV
     past the set's TTL is not written. Keys written."""
     codec = as_codec(fsv)
     require_columns(table.schema.names, codec, "table")
-    batches = ready_batches(table, codec, settings)
+    return _send(store, codec, settings, ready_batches(table, codec, settings))
+
+
+def _send(store: "OnlineStore", codec: Codec, settings: "Settings", batches: Iterator) -> int:
+    """Write ``ready_batches``' output through ``store``: Redis's packed calls, or the embedded store's upserts."""
     if settings.redis_url:
         return store.write_packed(codec, packed_pieces(batches))
     return _embedded_write(store, codec, batches)
@@ -337,10 +341,7 @@ class PreparedLoad:
         try:
             before = state_before(store, codec)
             try:
-                if settings.redis_url:
-                    written = store.write_packed(codec, packed_pieces(self._batches()))
-                else:
-                    written = _embedded_write(store, codec, self._batches())
+                written = _send(store, codec, settings, self._batches())
             except Unavailable as exc:
                 raise Unavailable(f"online load of feature set {codec.name} failed: {exc}") from None
             mark_loaded(store, codec, written, info, before)
