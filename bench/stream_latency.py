@@ -76,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                                     "--trigger", str(args.trigger), *(["--no-warm-up"] if args.no_warm_up else [])], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                    env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, start_new_session=True)
             deadline = time.monotonic() + 180
+            waiting = Producer({"bootstrap.servers": broker.bootstrap})  # one message every 2 s until the query is up
             while "\"batch_id\"" not in log.read_text() and time.monotonic() < deadline:  # the query is up
                 if job.poll() is not None:
                     raise SystemExit(f"the stream job exited: {log.read_text()[-2000:]}")
-                Producer({"bootstrap.servers": broker.bootstrap}).produce("events", value=json.dumps(
+                waiting.produce("events", value=json.dumps(
                     {"user_id": 0, "ts": datetime.now(timezone.utc).isoformat(), "amount": 0.0, "page": "warm"}))
+                waiting.flush(10)
                 time.sleep(2)
             producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "batch.num.messages": 10_000,
                                  "queue.buffering.max.messages": 1_000_000})
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_1_5_15": [round(v, 2) for v in load],
                 "online_store": "redis" if args.redis else "embedded",
                 "warm_up": (re.findall(r"warmed up in ([0-9.]+ s)|warm-up stopped.*", log.read_text()) or ["off"])[0],
+                "warm_up_topic_messages": int((re.findall(r"warm-up read (\d+) message", log.read_text()) or [0])[0]),
                 "batches_detail": [{k: x.get(k) for k in ("batch_id", "events", "seconds", "stages", "p99_seconds")}
                                    for x in batches],
             }

@@ -179,11 +179,13 @@ def spark(tmp_path_factory):
     # The jars an S3 store's session gets too (hadoop-aws, when cached): jars join the class path only at the
     # start, and test_s3 reaches its moto server through this session (the bucket's settings come later,
     # from FeatureStore.use_spark: fstore.engine.session.configure_s3a).
-    from fstore.engine.jars import spark_conf
+    # And Spark's Kafka source (when cached), for the stream's warm-up read tested in process (test_stream_kafka).
+    from fstore.engine.jars import kafka_jars, spark_conf
 
     s3_jars = spark_conf(settings.with_(storage_backend="s3")).get("spark.jars")
-    if s3_jars and server is None:
-        extra["spark.jars"] = s3_jars
+    jars = [j for j in (s3_jars or "").split(",") if j] + [f"local:{j}" for j in kafka_jars(settings) or []]
+    if jars and server is None:
+        extra["spark.jars"] = ",".join(jars)
     session = get_spark(settings, app_name="fstore-tests", extra=extra)
     yield session
     session.stop()

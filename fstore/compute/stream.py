@@ -54,6 +54,12 @@ _KAFKA_TS = "__fs_kafka_ts"
 # the batch after the producer stopped read 2,985 events in 1.09 s at 500 ms, 9,712 in 0.32 s at 100 ms.
 FETCH_MAX_WAIT_MS = 100
 WARM_ROWS, WARM_ROUNDS = 20_000, 3  # made-up messages per warm-up batch, and batches, before subscribing
+# Then the warm-up reads the topic's oldest messages (at most this many, each partition stopping there): the first
+# real batch otherwise loads Kafka's consumer and Spark's Kafka reader for the first time.
+WARM_TOPIC_ROWS = 10_000
+# A broker that accepts and never answers held that read 63 s (Kafka's API timeout, 60 s): bounded to a few seconds.
+_WARM_READ_TIMEOUTS = {"kafka.default.api.timeout.ms": "3000", "kafka.request.timeout.ms": "3000",
+                       "fetchOffset.numRetries": "1"}
 _SPARK_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "STRING", "bool": "BOOLEAN", "timestamp": "TIMESTAMP"}
 
 
@@ -154,13 +160,8 @@ def _start(spark, fsv: "FeatureSetVersion", batch: "_BatchWriter", trigger_secon
     from pyspark.errors import PySparkException
 
     source = fsv.feature_set.source
-    kafka = source.kafka
-    from fstore.definitions.kafka_security import client_options
-
-    reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", kafka.bootstrap_servers)
-              .options(**client_options(source.options))  # SASL and TLS (resolved secrets), allow-listed
-              .option("subscribe", kafka.topic).option("startingOffsets", kafka.starting_offsets)
-              .option("kafka.fetch.max.wait.ms", str(FETCH_MAX_WAIT_MS)))
+    reader = (spark.readStream.format("kafka").options(**_kafka_options(source))
+              .option("startingOffsets", source.kafka.starting_offsets))
     if max_offsets:
         reader = reader.option("maxOffsetsPerTrigger", str(int(max_offsets)))
     try:
@@ -174,6 +175,15 @@ def _start(spark, fsv: "FeatureSetVersion", batch: "_BatchWriter", trigger_secon
             raise Unavailable(f"Spark's Kafka source is not on this session's class path ({text}); run the stream in "
                               "a process of its own (`fstore stream`, jobs/stream.py) after `make setup`") from None
         raise ComputeError(f"the stream of {fsv.name} does not start: {text}") from None
+
+
+def _kafka_options(source) -> dict[str, str]:
+    """Spark's Kafka source options of ``source``, the stream's and its warm-up read's: the broker, SASL and TLS
+    (resolved secrets, allow-listed), the topic, the fetch wait."""
+    from fstore.definitions.kafka_security import client_options
+
+    return {"kafka.bootstrap.servers": source.kafka.bootstrap_servers, **client_options(source.options),
+            "subscribe": source.kafka.topic, "kafka.fetch.max.wait.ms": str(FETCH_MAX_WAIT_MS)}
 
 
 def _parse(raw, source):
@@ -334,10 +344,13 @@ class _BatchWriter:
     def warm_up(self, spark, rows: int = WARM_ROWS, rounds: int = WARM_ROUNDS) -> float:
         """Run ``rounds`` batches of ``rows`` made-up messages through the batch's own path (parse, read into Arrow,
         compute, validate, the online rows made ready) and write nothing: the JVM compiles that path before the
-        first real batch, which otherwise waits for it (first batches at 10,000 events/s: up to 7.3 s). Seconds taken.
+        first real batch, which otherwise waits for it (first batches at 10,000 events/s: up to 7.3 s). Then it
+        reads the topic's oldest ``WARM_TOPIC_ROWS`` messages into Arrow, and drops them: Kafka's consumer and
+        Spark's Kafka reader are loaded before the first real batch needs them. Seconds taken.
 
         Made-up values may break a transformation that real ones never do (``x DIV (x - x)``): the warm-up then
-        stops there, and the stream starts as it would have without it (a real batch that fails says so itself)."""
+        stops there, and the stream starts as it would have without it (a real batch that fails says so itself).
+        A topic that cannot be read (a broker down, a refused login) is left to the stream's start to report."""
         from fstore.storage.online.load_arrow import ready_batches
 
         began = time.perf_counter()
@@ -350,8 +363,14 @@ class _BatchWriter:
                     for _ in ready_batches(computed, self.codec, self.store.settings):
                         pass
         except Exception as exc:  # noqa: BLE001 - a warm-up never stops a stream (see above)
-            log.info("stream %s: warm-up stopped on made-up messages (%s)", self.fsv.name,
-                     str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            log.info("stream %s: warm-up stopped on made-up messages (%s)", self.fsv.name, _first_line(exc))
+        try:
+            read = self._read(_parse(spark.read.format("kafka").options(**_kafka_options(source), **_WARM_READ_TIMEOUTS)
+                                     .option("startingOffsets", "earliest").option("endingOffsets", "latest")
+                                     .load().limit(WARM_TOPIC_ROWS), source))
+            log.info("stream %s: warm-up read %d message(s) of the topic", self.fsv.name, read.num_rows)
+        except Exception as exc:  # noqa: BLE001 - nor does its read of the topic: the stream's own start says why
+            log.info("stream %s: warm-up read of the topic stopped (%s)", self.fsv.name, _first_line(exc))
         return time.perf_counter() - began
 
     def _app_id(self) -> str:
@@ -395,6 +414,11 @@ def _epoch_seconds(column) -> list[float]:
 
     micros = column.cast(pa.timestamp("us", tz=None) if column.type.tz is None else pa.timestamp("us", tz="UTC"))
     return [m / 1e6 for m in micros.cast(pa.int64()).to_pylist()]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _cause(text: str, trace: str = "") -> str:

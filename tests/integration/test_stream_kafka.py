@@ -97,6 +97,35 @@ def test_the_warm_up_runs_the_batch_path_over_made_up_messages_and_writes_nothin
         store.close()
 
 
+def test_a_broker_that_never_answers_holds_the_warm_up_seconds_not_a_minute(tmp_path, spark, caplog):
+    """The warm-up's read of the topic (Kafka's client loaded before the first real batch) has its own short
+    timeouts: against a broker that accepts connections and never answers, it gave up after 63 s with Kafka's
+    defaults (the API timeout, 60 s). It logs why and the stream's start is left to report the broker."""
+    import socket
+    import threading
+
+    from fstore.compute.stream import _BatchWriter
+
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(16)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(frozen.accept()[0]) for _ in range(16)], daemon=True).start()
+    store = new_store(tmp_path)
+    try:
+        store.create_feature_set(kafka_body(f"127.0.0.1:{frozen.getsockname()[1]}", "clicks"))
+        batch = _BatchWriter(store, store.feature_set_version("clicks_stream"), str(tmp_path / "checkpoint"), None)
+        with caplog.at_level("INFO", logger="fstore.compute.stream"):
+            assert batch.warm_up(spark, rows=100, rounds=1) < 30
+        assert "warm-up read of the topic stopped" in caplog.text
+        assert held, "the warm-up never reached the frozen broker"
+    finally:
+        store.close()
+        for connection in held:
+            connection.close()
+        frozen.close()
+
+
 # -- with a broker --------------------------------------------------------------------------------
 
 def _missing(why: str):
@@ -242,6 +271,33 @@ def online(store: FeatureStore, users: list[int]) -> dict:
     got = store.get_online_features(features=["clicks_stream:clicks_x2", "clicks_stream:page_upper"],
                                     entities={"user_id": users})["features"]
     return {int(k): v for k, v in got.items()}
+
+
+def test_the_warm_up_reads_the_topics_oldest_messages_and_writes_nothing(broker, tmp_path, spark, caplog, monkeypatch):
+    """The warm-up's last step reads the topic's oldest messages (at most ``WARM_TOPIC_ROWS``) into Arrow, so the
+    first real batch finds Kafka's client loaded; what it read is dropped: no offline table, no online row, no
+    checkpoint, no stream totals."""
+    import re
+
+    from fstore.compute import stream
+
+    broker.create_topic("warm", partitions=4)
+    produce(broker.bootstrap, "warm", [event(i, i % 8, i) for i in range(40)], key="user_id")
+    store = new_store(tmp_path)
+    try:
+        store.create_feature_set(kafka_body(broker.bootstrap, "warm"))
+        batch = stream._BatchWriter(store, store.feature_set_version("clicks_stream"), str(tmp_path / "checkpoint"), None)
+        with caplog.at_level("INFO", logger="fstore.compute.stream"):
+            batch.warm_up(spark, rows=100, rounds=1)
+            monkeypatch.setattr(stream, "WARM_TOPIC_ROWS", 10)
+            batch.warm_up(spark, rows=100, rounds=1)
+        assert re.findall(r"warm-up read (\d+) message", caplog.text) == ["40", "10"]
+        assert batch.totals["batches"] == 0 and not (tmp_path / "checkpoint").exists()
+        assert not Path(table_uri(store.settings, "clicks_stream")).exists()
+        answer = store.get_online_features(features=["clicks_stream:clicks_x2"], entities={"user_id": list(range(8))})
+        assert {s["clicks_stream:clicks_x2"] for s in answer["statuses"].values()} == {"missing"}
+    finally:
+        store.close()
 
 
 def test_stream_to_online_and_offline_exactly_once_across_a_kill(broker, tmp_path, redis_url):
