@@ -102,6 +102,9 @@ class _Group:
     window_outs: tuple[str, ...] = ()  # the windows' output names, in ``windows`` order
     composites: "_Composites | None" = None  # composites over windows, recomputed at the request's time
     row_picks: tuple[tuple[str, int, Callable[[bytes], Any], Any], ...] = ()  # the picks that are not windows
+    # no composite asked and every row pick a float: those picks' raw values, for one parse of many rows
+    row_floats: Callable[[Any], tuple] | None = None
+    window_row_outs: tuple[str, ...] = ()  # window_outs then the row picks' outputs
 
 
 class _State:
@@ -266,6 +269,11 @@ def _float_values(g: _Group, results: list[Any], now: int) -> list[float] | None
         if result is None or (ttl is not None and now - result[0] > ttl):
             continue
         texts.extend(result[1] if getter is None else getter(result[1]))
+    return _parse_floats(texts)
+
+
+def _parse_floats(texts: list[bytes]) -> list[float] | None:
+    """``texts`` parsed as floats at once (see ``_float_values``), or None when any is not a float's text."""
     try:
         values = orjson.loads(b"[" + b",".join(texts) + b"]")
     except (TypeError, orjson.JSONDecodeError):
@@ -273,6 +281,23 @@ def _float_values(g: _Group, results: list[Any], now: int) -> list[float] | None
     if len(values) != len(texts) or not _FLOAT_ONLY.issuperset(map(type, values)):
         return None
     return values
+
+
+def _windowed_rows(g: _Group, results: list[Any], records: list, now: int) -> tuple[list[bool], list[float]] | None:
+    """The one-parse path of a windowed group whose other asked features are floats (``g.row_floats``): which
+    rows take it (stored, their record usable, not past the TTL), and those rows' other values parsed at once,
+    in row order; None (every row then goes through ``_windowed_row``) when any is not a float's text."""
+    ttl, version, pick = g.ttl_micros, g.codec.version, g.row_floats
+    fast: list[bool] = []
+    texts: list[bytes] = []
+    for result, record in zip(results, records):
+        ok = (result is not None and record is not None and record[0] == result[0] and record[1] == version
+              and (ttl is None or now - result[0] <= ttl))
+        fast.append(ok)
+        if ok:
+            texts.extend(pick(result[1]))
+    values = _parse_floats(texts)
+    return None if values is None else (fast, values)
 
 
 @dataclass(frozen=True)
@@ -297,17 +322,29 @@ def _composite_parts(composites: Any, features: Sequence[str], picks: tuple, ind
                        outs=tuple((pi, position[name]) for pi, name in enumerate(features) if name in position))
 
 
+def _picker(indexes: Sequence[int]) -> Callable[[Any], tuple]:
+    """A function giving the tuple of ``raw``'s values at ``indexes``."""
+    if len(indexes) == 1:
+        return lambda raw, i=indexes[0]: (raw[i],)
+    return operator.itemgetter(*indexes) if indexes else (lambda raw: ())
+
+
 def _window_parts(picks: tuple, win: tuple, composites: _Composites | None) -> dict:
-    """A group's window fields: its windows, their combined evaluation, its composites over windows, and the
-    picks answered as stored when the record is usable."""
+    """A group's window fields: its windows, their combined evaluation, its composites over windows, the
+    picks answered as stored when the record is usable and, when those are all floats and no composite is
+    asked, what ``_windowed_rows``'s one-parse path needs."""
     if not win and composites is None:
         return {}
     from fstore.storage.online.windows import combiners
 
     computed = {pi for pi, _ in win} | ({pi for pi, _ in composites.outs} if composites else set())
-    return {"windows": win, "window_values": combiners([w for _, w in win]),
-            "window_outs": tuple(picks[pi][0] for pi, _ in win), "composites": composites,
-            "row_picks": tuple(p for pi, p in enumerate(picks) if pi not in computed)}
+    row_picks = tuple(p for pi, p in enumerate(picks) if pi not in computed)
+    window_outs = tuple(picks[pi][0] for pi, _ in win)
+    floats = composites is None and all(p[2] is float for p in row_picks)
+    return {"windows": win, "window_values": combiners([w for _, w in win]), "window_outs": window_outs,
+            "composites": composites, "row_picks": row_picks,
+            "row_floats": _picker(tuple(p[1] for p in row_picks)) if floats else None,
+            "window_row_outs": window_outs + tuple(p[0] for p in row_picks)}
 
 
 def _window_records(results: list[Any]) -> list[list | None]:
@@ -376,8 +413,7 @@ def _plan(store: "StoreContext", state: _State, features: Any, feature_sets: Any
             win = tuple((pi, windows[name]) for pi, name in enumerate(group.features) if name in windows)
         ttl = fsv.ttl_seconds * 1_000_000 if fsv.ttl_seconds else None
         indexes = tuple(p[1] for p in picks)
-        getter = None if indexes == tuple(range(len(read_fields))) else (
-            (lambda raw, i=indexes[0]: (raw[i],)) if len(indexes) == 1 else operator.itemgetter(*indexes))
+        getter = None if indexes == tuple(range(len(read_fields))) else _picker(indexes)
         groups.append(_Group(codec=codec, read_fields=tuple(read_fields), picks=picks, ttl_micros=ttl,
                              outs=tuple(p[0] for p in picks), features=tuple(group.features), decoders=tuple(p[2] for p in picks), getter=getter,
                              present=dict.fromkeys((p[0] for p in picks), _PRESENT),
@@ -647,6 +683,9 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
     ttl = g.ttl_micros
     floats = _float_values(g, results, now) if g.all_float else None
     records = _window_records(results) if g.windows or g.composites else None
+    windowed = _windowed_rows(g, results, records, now) if records is not None and g.row_floats is not None else None
+    fast, row_values = windowed if windowed is not None else ((), ())
+    row_width = len(g.row_picks)
     recompute: list[tuple[int, dict, list | None]] = []  # (row, inputs, stored row) of the composites recomputed
     width, at = len(g.outs), 0
     full = 0  # rows with every asked value present and not null
@@ -671,6 +710,19 @@ def _decode_group(g: _Group, results: list[Any], ids: list[str], now: int, out_f
                                   None))
             continue
         ts, raw = result
+        if fast and fast[ri]:  # every window at `now` and the other values parsed at once: one update each
+            values = g.window_values(records[ri], now)
+            if None in values:  # an empty window of an aggregation without a value (sum, avg, min, max...)
+                for out, value in zip(g.window_row_outs, values + [0.0] * row_width):
+                    if value is not None:
+                        partial[out] = partial.get(out, 0) + 1
+            else:
+                full += 1
+            values.extend(row_values[at:at + row_width])
+            at += row_width
+            fo.update(zip(g.window_row_outs, values))
+            so.update(g.present)
+            continue
         if records is not None:  # the windows answered at `now`; the other features as usual
             if _windowed_row(g, ts, raw, records[ri], now, fo, so, partial) and g.composites is not None:
                 recompute.append((ri, _composite_inputs(g, ts, raw, records[ri], now), raw))
