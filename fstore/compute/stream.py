@@ -57,9 +57,10 @@ WARM_ROWS, WARM_ROUNDS = 20_000, 3  # made-up messages per warm-up batch, and ba
 # Then the warm-up reads the topic's oldest messages (at most this many, each partition stopping there): the first
 # real batch otherwise loads Kafka's consumer and Spark's Kafka reader for the first time.
 WARM_TOPIC_ROWS = 10_000
-# A broker that accepts and never answers held that read 63 s (Kafka's API timeout, 60 s): bounded to a few seconds.
-_WARM_READ_TIMEOUTS = {"kafka.default.api.timeout.ms": "3000", "kafka.request.timeout.ms": "3000",
-                       "fetchOffset.numRetries": "1"}
+# That read's own options. A broker that accepts and never answers held it 63 s (Kafka's API timeout, 60 s): bounded
+# to a few seconds. The oldest messages may be deleted by retention while it reads: it reads what is left.
+_WARM_READ_OPTIONS = {"kafka.default.api.timeout.ms": "3000", "kafka.request.timeout.ms": "3000",
+                      "fetchOffset.numRetries": "1", "failOnDataLoss": "false"}
 _SPARK_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "STRING", "bool": "BOOLEAN", "timestamp": "TIMESTAMP"}
 
 
@@ -365,9 +366,9 @@ class _BatchWriter:
         except Exception as exc:  # noqa: BLE001 - a warm-up never stops a stream (see above)
             log.info("stream %s: warm-up stopped on made-up messages (%s)", self.fsv.name, _first_line(exc))
         try:
-            read = self._read(_parse(spark.read.format("kafka").options(**_kafka_options(source), **_WARM_READ_TIMEOUTS)
-                                     .option("startingOffsets", "earliest").option("endingOffsets", "latest")
-                                     .load().limit(WARM_TOPIC_ROWS), source))
+            oldest = (spark.read.format("kafka").options(**{**_kafka_options(source), **_WARM_READ_OPTIONS})
+                      .option("startingOffsets", "earliest").option("endingOffsets", "latest").load())
+            read = self._read(_parse(oldest.limit(WARM_TOPIC_ROWS), source))
             log.info("stream %s: warm-up read %d message(s) of the topic", self.fsv.name, read.num_rows)
         except Exception as exc:  # noqa: BLE001 - nor does its read of the topic: the stream's own start says why
             log.info("stream %s: warm-up read of the topic stopped (%s)", self.fsv.name, _first_line(exc))
