@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -97,7 +98,16 @@ def test_the_warm_up_runs_the_batch_path_over_made_up_messages_and_writes_nothin
         store.close()
 
 
-def test_a_broker_that_never_answers_holds_the_warm_up_seconds_not_a_minute(tmp_path, spark, caplog):
+@pytest.fixture
+def stream_log(caplog, monkeypatch):
+    """``caplog`` of the stream module at INFO, whatever an earlier test's logging set-up left: a gunicorn or
+    ``dictConfig`` set-up disables the loggers that already exist (the unit tests before these did)."""
+    monkeypatch.setattr(logging.getLogger("fstore.compute.stream"), "disabled", False)
+    caplog.set_level("INFO", logger="fstore.compute.stream")
+    return caplog
+
+
+def test_a_broker_that_never_answers_holds_the_warm_up_seconds_not_a_minute(tmp_path, spark, stream_log):
     """The warm-up's read of the topic (Kafka's client loaded before the first real batch) has its own short
     timeouts: against a broker that accepts connections and never answers, it gave up after 63 s with Kafka's
     defaults (the API timeout, 60 s). It logs why and the stream's start is left to report the broker."""
@@ -115,9 +125,8 @@ def test_a_broker_that_never_answers_holds_the_warm_up_seconds_not_a_minute(tmp_
     try:
         store.create_feature_set(kafka_body(f"127.0.0.1:{frozen.getsockname()[1]}", "clicks"))
         batch = _BatchWriter(store, store.feature_set_version("clicks_stream"), str(tmp_path / "checkpoint"), None)
-        with caplog.at_level("INFO", logger="fstore.compute.stream"):
-            assert batch.warm_up(spark, rows=100, rounds=1) < 30
-        assert "warm-up read of the topic stopped" in caplog.text
+        assert batch.warm_up(spark, rows=100, rounds=1) < 30
+        assert "warm-up read of the topic stopped" in stream_log.text
         assert held, "the warm-up never reached the frozen broker"
     finally:
         store.close()
@@ -273,7 +282,8 @@ def online(store: FeatureStore, users: list[int]) -> dict:
     return {int(k): v for k, v in got.items()}
 
 
-def test_the_warm_up_reads_the_topics_oldest_messages_and_writes_nothing(broker, tmp_path, spark, caplog, monkeypatch):
+def test_the_warm_up_reads_the_topics_oldest_messages_and_writes_nothing(broker, tmp_path, spark, stream_log,
+                                                                         monkeypatch):
     """The warm-up's last step reads the topic's oldest messages (at most ``WARM_TOPIC_ROWS``) into Arrow, so the
     first real batch finds Kafka's client loaded; what it read is dropped: no offline table, no online row, no
     checkpoint, no stream totals."""
@@ -287,11 +297,10 @@ def test_the_warm_up_reads_the_topics_oldest_messages_and_writes_nothing(broker,
     try:
         store.create_feature_set(kafka_body(broker.bootstrap, "warm"))
         batch = stream._BatchWriter(store, store.feature_set_version("clicks_stream"), str(tmp_path / "checkpoint"), None)
-        with caplog.at_level("INFO", logger="fstore.compute.stream"):
-            batch.warm_up(spark, rows=100, rounds=1)
-            monkeypatch.setattr(stream, "WARM_TOPIC_ROWS", 10)
-            batch.warm_up(spark, rows=100, rounds=1)
-        assert re.findall(r"warm-up read (\d+) message", caplog.text) == ["40", "10"]
+        batch.warm_up(spark, rows=100, rounds=1)
+        monkeypatch.setattr(stream, "WARM_TOPIC_ROWS", 10)
+        batch.warm_up(spark, rows=100, rounds=1)
+        assert re.findall(r"warm-up read (\d+) message", stream_log.text) == ["40", "10"]
         assert batch.totals["batches"] == 0 and not (tmp_path / "checkpoint").exists()
         assert not Path(table_uri(store.settings, "clicks_stream")).exists()
         answer = store.get_online_features(features=["clicks_stream:clicks_x2"], entities={"user_id": list(range(8))})
