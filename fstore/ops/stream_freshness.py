@@ -15,6 +15,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fstore.core.settings import Settings
 
 WINDOW_SECONDS = 60.0  # p50/p99 are over every event made visible in the last minute
@@ -66,13 +68,14 @@ class FreshnessRecorder:
         self._settings = settings
         self._path = freshness_path(settings, name)
         # per batch: (when recorded, events it had, a sorted uniform sample of their latencies)
-        self._batches: deque[tuple[float, int, list[float]]] = deque()
+        self._batches: deque[tuple[float, int, np.ndarray]] = deque()
         self._totals = {"batches": 0, "events": 0}
 
     def record(self, batch_id: int, latencies: list[float], *, events: int, seconds: float) -> dict[str, Any]:
-        """Add one batch's latencies (seconds from each event's time to its online visibility); write the file."""
+        """Add one batch's latencies (seconds from each event's time to its online visibility); write the file.
+        In arrays: with Python lists, weighing the window's 200,000 samples took 150–320 ms a batch."""
         now = time.time()
-        last = sorted(latencies)
+        last = np.sort(np.asarray(latencies, dtype=np.float64))
         self._batches.append((now, len(last), last))
         while self._batches and now - self._batches[0][0] > WINDOW_SECONDS:
             self._batches.popleft()
@@ -81,11 +84,12 @@ class FreshnessRecorder:
                                   for at, count, sample in self._batches)
         self._totals["batches"] += 1
         self._totals["events"] += events
-        weighted = sorted((v, count / len(sample)) for _, count, sample in self._batches for v in sample)
+        values, weights = _weighed(self._batches)
         body = {
             "at": now, "last_batch_id": batch_id, "last_batch_events": events, "last_batch_seconds": round(seconds, 3),
             "window_seconds": WINDOW_SECONDS, "window_events": sum(count for _, count, _ in self._batches),
-            "p50_seconds": _weighted_quantile(weighted, 0.5), "p99_seconds": _weighted_quantile(weighted, 0.99),
+            "p50_seconds": _weighted_quantile(values, weights, 0.5),
+            "p99_seconds": _weighted_quantile(values, weights, 0.99),
             "last_batch_p50_seconds": _quantile(last, 0.5), "last_batch_p99_seconds": _quantile(last, 0.99),
             **self._totals,
         }
@@ -93,24 +97,31 @@ class FreshnessRecorder:
         return body
 
 
-def _weighted_quantile(ordered: list[tuple[float, float]], q: float) -> float | None:
-    """The nearest-rank quantile of sorted ``(value, weight)`` pairs, each value standing for ``weight`` events."""
-    if not ordered:
+def _weighed(batches) -> tuple[np.ndarray, np.ndarray]:
+    """Every kept latency of ``batches`` in order, and the events each stands for (its batch's events / kept)."""
+    if not batches:
+        return np.empty(0), np.empty(0)
+    values = np.concatenate([sample for _, _, sample in batches])
+    weights = np.concatenate([np.full(len(sample), count / len(sample)) for _, count, sample in batches if len(sample)]
+                             or [np.empty(0)])
+    order = np.argsort(values, kind="stable")
+    return values[order], weights[order]
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float | None:
+    """The nearest-rank quantile of sorted ``values``, each standing for its ``weights`` events."""
+    if not len(values):
         return None
-    rank = q * sum(w for _, w in ordered)
-    seen = 0.0
-    for value, weight in ordered:
-        seen += weight
-        if seen >= rank - 1e-9:
-            return round(value, 4)
-    return round(ordered[-1][0], 4)
+    seen = np.cumsum(weights)
+    at = int(np.searchsorted(seen, q * seen[-1] - 1e-9, side="left"))
+    return round(float(values[min(at, len(values) - 1)]), 4)
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
     """The nearest-rank quantile of sorted values (None for none)."""
-    if not ordered:
+    if not len(ordered):
         return None
-    return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))], 4)
+    return round(float(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]), 4)
 
 
 def read(settings: Settings, name: str) -> dict[str, Any] | None:

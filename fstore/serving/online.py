@@ -287,11 +287,13 @@ def _windowed_rows(g: _Group, results: list[Any], records: list, now: int) -> tu
     """The one-parse path of a windowed group whose other asked features are floats (``g.row_floats``): which
     rows take it (stored, their record usable, not past the TTL), and those rows' other values parsed at once,
     in row order; None (every row then goes through ``_windowed_row``) when any is not a float's text."""
+    from fstore.storage.online.windows import usable
+
     ttl, version, pick = g.ttl_micros, g.codec.version, g.row_floats
     fast: list[bool] = []
     texts: list[bytes] = []
     for result, record in zip(results, records):
-        ok = (result is not None and record is not None and record[0] == result[0] and record[1] == version
+        ok = (result is not None and record is not None and usable(record, result[0], version)
               and (ttl is None or now - result[0] <= ttl))
         fast.append(ok)
         if ok:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from fstore.core.settings import Settings
 from fstore.ops import stream_freshness
 from fstore.ops.stream_freshness import FreshnessRecorder, freshness_path
@@ -33,9 +35,9 @@ def test_thinned_samples_keep_each_batch_at_its_weight(tmp_path):
     body = r.record(2, [9.0] * 1_000, events=1_000, seconds=0.1)
     assert body["window_events"] == 301_000
     assert body["p99_seconds"] == 2.0
-    kept = [(v, count / len(sample)) for _, count, sample in r._batches for v in sample]
-    assert len(kept) <= stream_freshness._MAX_SAMPLES
-    assert stream_freshness._weighted_quantile(sorted(kept), 0.999) == 9.0
+    values, weights = stream_freshness._weighed(r._batches)
+    assert len(values) <= stream_freshness._MAX_SAMPLES
+    assert stream_freshness._weighted_quantile(values, weights, 0.999) == 9.0
 
 
 def test_batches_older_than_the_window_leave_it(tmp_path, monkeypatch):
@@ -50,7 +52,7 @@ def test_batches_older_than_the_window_leave_it(tmp_path, monkeypatch):
 
 def test_nearest_rank_on_equal_weights_matches_the_plain_quantile():
     values = [i / 10 for i in range(1, 101)]
-    weighted = [(v, 1.0) for v in values]
+    weights = np.ones(len(values))
     for q in (0.5, 0.9, 0.99, 1.0):
-        assert stream_freshness._weighted_quantile(weighted, q) == stream_freshness._quantile(values, q)
-    assert stream_freshness._weighted_quantile([], 0.99) is None
+        assert stream_freshness._weighted_quantile(np.array(values), weights, q) == stream_freshness._quantile(values, q)
+    assert stream_freshness._weighted_quantile(np.empty(0), np.empty(0), 0.99) is None
